@@ -1,0 +1,89 @@
+"""Suite-wide fixtures and the machine-hygiene check.
+
+The session fails if any test leaves a SysV object of this user behind
+(/proc/sysvipc before vs after) or a project daemon running.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+BIN = os.path.dirname(sys.executable)
+_counter = itertools.count()
+
+
+def sysv_objects() -> set[tuple[str, int]]:
+    """(kind, id) of every SysV object owned by this uid."""
+    uid = os.getuid()
+    found = set()
+    for kind in ("shm", "sem", "msg"):
+        with open(f"/proc/sysvipc/{kind}") as f:
+            head = f.readline().split()
+            iid, iuid = 1, head.index("uid")
+            for line in f:
+                cols = line.split()
+                if int(cols[iuid]) == uid:
+                    found.add((kind, int(cols[iid])))
+    return found
+
+
+def project_daemons() -> set[int]:
+    """Pids of running pvm_shmd daemons (any VM id) of this uid."""
+    pids = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+            if os.stat(f"/proc/{d}").st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if any(w.endswith(b"pvm_shmd") or w == b"shmd.daemon" for w in cmd[:3]):
+            pids.add(int(d))
+    return pids
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_left_as_found():
+    """Fail the session when tests leak SysV objects or daemons."""
+    before_ipc, before_pids = sysv_objects(), project_daemons()
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaked_ipc = sysv_objects() - before_ipc
+        leaked_pids = project_daemons() - before_pids
+        if not (leaked_ipc or leaked_pids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for pid in leaked_pids:  # clean up so the next run starts clean, then fail
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for kind, iid in leaked_ipc:
+        subprocess.run(["ipcrm", f"-{kind[0]}", str(iid)], capture_output=True)
+    assert not leaked_ipc, f"tests leaked SysV objects: {sorted(leaked_ipc)}"
+    assert not leaked_pids, f"tests left daemons running: {sorted(leaked_pids)}"
+
+
+@pytest.fixture
+def pvm_env(tmp_path, monkeypatch):
+    """A private PVM_TMP and a unique VM id for one test."""
+    vmid = f"t{os.getpid()}x{next(_counter)}"
+    monkeypatch.setenv("PVM_TMP", str(tmp_path))
+    monkeypatch.setenv("PVM_VMID", vmid)
+    return {"tmp": str(tmp_path), "vmid": vmid}
+
+
+def need_root(what: str) -> None:
+    """Skip (loudly, with the reason) when not root."""
+    if os.geteuid() != 0:
+        pytest.skip(f"{what} needs root (namespaces); run the suite as root to include it")
