@@ -1,0 +1,126 @@
+"""The console's handle on one host's pvm_shmd: start, stat, stop, kill tasks.
+
+Everything goes through a Runner (runner.py) running the daemon's own programs,
+so a local host and one reached over SSH look the same. :func:`link_for` is the
+one place that decides how a host is reached.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+from typing import Mapping, Sequence
+
+from pvmconsole.runner import LocalRunner, Runner, local_program
+from shmd import handshake
+from shmd.errors import (
+    PvmCantStart, PvmDenied, PvmDupHost, PvmError, PvmHostFail, PvmOutOfRes,
+)
+
+DAEMON = "pvm_shmd"
+STAT = "pvm_shmd_stat"
+START_TIMEOUT = 30.0  # a daemon that is not up by then never will be
+STAT_TIMEOUT = 10.0
+STOP_TIMEOUT = 30.0
+#: Extra words for every pvm_shmd the console starts (e.g. "-maxpages=64 -maxsegs=2").
+OPTS_ENV = "PVM_SHMD_OPTS"
+
+#: pvm_shmd's exit statuses (see its man page) -> the PVM error `add` reports.
+_START_ERRORS = {3: PvmDupHost, 4: PvmOutOfRes, 5: PvmDenied}
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+
+
+class HostLink:
+    """Runs pvm_shmd / pvm_shmd_stat for one VM on one host."""
+
+    def __init__(self, runner: Runner, vmid: str, daemon: str, stat: str, cwd: str | None = None):
+        self.runner = runner
+        self.vmid = vmid
+        self.daemon = daemon
+        self.stat_program = stat
+        self.cwd = cwd
+
+    @property
+    def host(self) -> str:
+        return self.runner.host
+
+    def _vm_args(self) -> list[str]:
+        return [f"-vmid={self.vmid}"] if self.vmid else []
+
+    def start(self, index: int, name: str, extra: Sequence[str] = ()) -> dict[str, object]:
+        """Start the host's daemon; return its parsed handshake line."""
+        argv = [self.daemon, *self._vm_args(), f"-host={index}", f"-name={name}", *extra,
+                *shlex.split(os.environ.get(OPTS_ENV, ""))]
+        r = self.runner.run(argv, timeout=START_TIMEOUT, cwd=self.cwd)
+        if r.rc != 0:
+            raise PvmError(_START_ERRORS.get(r.rc, PvmCantStart),
+                           _first_line(r.stderr) or f"{self.daemon} exited {r.rc}")
+        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("ddpro")), "")
+        try:
+            return handshake.parse(line)
+        except ValueError as e:
+            raise PvmError(PvmCantStart, str(e)) from None
+
+    def stat(self) -> dict[str, object]:
+        """The daemon's state (pvm_shmd_stat --json); PvmHostFail if it is not running."""
+        r = self.runner.run([self.stat_program, "--json", *self._vm_args()], timeout=STAT_TIMEOUT)
+        if r.rc != 0:
+            raise PvmError(PvmHostFail, _first_line(r.stderr) or f"{self.stat_program} exited {r.rc}")
+        try:
+            state = json.loads(r.stdout)
+        except ValueError:
+            raise PvmError(PvmHostFail, f"unreadable state from {self.stat_program}") from None
+        if not isinstance(state, dict):
+            raise PvmError(PvmHostFail, f"unreadable state from {self.stat_program}")
+        return state
+
+    def stop(self) -> bool:
+        """Stop the daemon and wait until its IPC objects are gone.
+        True if one was stopped, False if none was running."""
+        r = self.runner.run([self.stat_program, "--stop", *self._vm_args()], timeout=STOP_TIMEOUT)
+        if r.rc == 0:
+            return True
+        if r.rc == 1 and "No pvm_shmd" in r.stderr:
+            return False
+        raise PvmError(PvmHostFail, _first_line(r.stderr) or f"{self.stat_program} --stop exited {r.rc}")
+
+    def kill_tasks(self, pids: list[int]) -> None:
+        """SIGTERM the given task pids on the host (best effort: some may be gone)."""
+        if pids:
+            self.runner.run(["kill", "-TERM", *(str(p) for p in pids)], timeout=STAT_TIMEOUT)
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def is_local(name: str) -> bool:
+    """True if *name* is this machine (its host name or a loopback name)."""
+    me = socket.gethostname()
+    return name in ("localhost", "127.0.0.1", "::1", me, me.split(".")[0], socket.getfqdn())
+
+
+def link_for(name: str, options: Mapping[str, str], vmid: str) -> HostLink:
+    """How the console reaches host *name*, from its hostfile options.
+
+    Local hosts run programs directly; any other host goes over SSH (ssh.py),
+    logging in as ``lo=`` at address ``ip=`` (else the name). ``dx=`` names the
+    daemon program; pvm_shmd_stat is taken from the same directory; ``wd=`` is
+    the daemon's working directory.
+    """
+    dx = options.get("dx")
+    if is_local(name):
+        runner: Runner = LocalRunner(name)
+        daemon = dx or local_program(DAEMON)
+    else:
+        try:
+            from pvmconsole.ssh import SshRunner  # the next issue's transport
+        except ImportError as e:
+            raise PvmError(PvmCantStart, f"no SSH transport to reach {name} ({e})") from None
+        runner = SshRunner(name, login=options.get("lo"), address=options.get("ip"))
+        daemon = dx or DAEMON
+    stat = os.path.join(os.path.dirname(daemon), STAT) if "/" in daemon else STAT
+    return HostLink(runner, vmid, daemon, stat, cwd=options.get("wd"))

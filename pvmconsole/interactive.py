@@ -1,0 +1,92 @@
+"""Interactive use (stdin is a terminal): prompt_toolkit with history, completion
+and the current command's syntax in the bottom toolbar."""
+from __future__ import annotations
+
+import os
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory
+
+from pvmconsole.console import PROMPT, Console
+from shmd.errors import PvmError
+
+HOST_COMMANDS = ("add", "delete", "mstat", "stat")  # their arguments are host names
+
+
+def history_path() -> str:
+    return os.path.join(os.environ.get("HOME") or ".", ".pvm_history")
+
+
+class ConsoleCompleter(Completer):
+    """Command and alias names for the first word; host names (and for `add`
+    the hostfile's known hosts) after host commands; file paths for words that
+    look like paths."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.paths = PathCompleter(expanduser=True)
+
+    def host_names(self, command: str) -> list[str]:
+        vm = self.console.vm
+        if vm is None:
+            return []
+        try:
+            t = vm.table()
+        except PvmError:
+            return []
+        if command == "add":
+            return sorted(set(t.known) - {h.name for h in t.hosts})
+        return [h.name for h in t.hosts]
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent):
+        text = document.text_before_cursor
+        words = text.split()
+        current = "" if not words or text[-1:].isspace() else words[-1]
+        if len(words) == 0 or (len(words) == 1 and current):
+            choices = sorted(set(self.console.registry.names()) | set(self.console.aliases))
+        elif current[:1] in ("/", ".", "~"):
+            sub = Document(current, len(current))
+            yield from self.paths.get_completions(sub, complete_event)
+            return
+        else:
+            cmd = self.console.expand_aliases_quiet(words[:1])[:1]
+            choices = self.host_names(cmd[0]) if cmd and cmd[0] in HOST_COMMANDS else []
+        for c in choices:
+            if c.startswith(current):
+                yield Completion(c, start_position=-len(current))
+
+
+def syntax_hint(console: Console, text: str) -> str:
+    """The syntax lines of the command being typed (shown in the toolbar)."""
+    words = console.expand_aliases_quiet(text.split()[:1])
+    cmd = console.registry.get(words[0]) if words else None
+    if cmd is None:
+        return ""
+    return "  ".join(line.strip() for line in cmd.syntax if line.lstrip().startswith(("Syntax", "or ")))
+
+
+def run_interactive(console: Console, session: PromptSession | None = None) -> int:
+    """Read-run loop; Ctrl-C abandons the line, Ctrl-D (EOF) quits."""
+    if session is None:
+        session = PromptSession(
+            history=FileHistory(history_path()),
+            completer=ConsoleCompleter(console),
+            complete_while_typing=False,  # completion on Tab; typing never waits for it
+            bottom_toolbar=lambda: syntax_hint(console, session.default_buffer.text),  # type: ignore[union-attr]
+        )
+    while True:
+        try:
+            line = session.prompt(PROMPT)
+        except KeyboardInterrupt:
+            continue
+        except EOFError:
+            console.print("quit")  # as PVM at end of input
+            line = "quit"
+        res = console.execute(line)
+        if res.error is not None:
+            console.err.write(res.error + "\n")
+            console.err.flush()
+        if res.exit is not None:
+            return res.exit

@@ -1,0 +1,321 @@
+"""The virtual machine as the console drives it: start or attach, add, delete,
+mstat, stat, reset and halt, over the host table (vmtable.py) and one HostLink
+per host (hostlink.py)."""
+from __future__ import annotations
+
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+from pvmconsole import hostfile as hf
+from pvmconsole.hostlink import HostLink, is_local, link_for
+from pvmconsole.vmtable import MAX_HOSTS, HostRecord, TableStore, VmTable
+from shmd.errors import (
+    PvmBadParam, PvmDupHost, PvmError, PvmHostFail, PvmNoHost, PvmSysErr,
+)
+
+PARALLEL_STARTS = 5  # PVM started up to 5 hosts at once (RSHNPLL)
+MASTER = 1  # the console's own host has index 1 (dtid 40000)
+
+LinkFactory = Callable[[str, Mapping[str, str], str], HostLink]
+
+
+@dataclass
+class Outcome:
+    """What happened to one host in a multi-host operation."""
+
+    name: str
+    error: int | None = None  # PVM error code, None = success
+    detail: str = ""  # why, for stderr
+    dtid: int | None = None
+
+
+def _attempt(name: str, fn: Callable[[], object]) -> Outcome:
+    try:
+        fn()
+        return Outcome(name)
+    except PvmError as e:
+        return Outcome(name, e.code, e.detail or "")
+
+
+def _parallel(fn: Callable, items: Sequence) -> list:
+    """fn over items, up to PARALLEL_STARTS at once, results in item order."""
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_STARTS, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+class VirtualMachine:
+    """One virtual machine (VM id) seen from a console."""
+
+    def __init__(self, vmid: str, *, master_name: str | None = None, debug: str = "0",
+                 link_factory: LinkFactory = link_for):
+        self.vmid = vmid
+        self.master_name = master_name or socket.gethostname()
+        mask = int(debug, 0)  # PVM's -d: hex 0x.., octal 0.. or decimal
+        self.daemon_args = [f"-debug={mask}"] if mask else []
+        self.store = TableStore(vmid)
+        self.link_factory = link_factory
+        self._links: dict[str, HostLink] = {}
+        self.notes: list[str] = []  # things worth telling the user (stderr)
+
+    # -- plumbing ---------------------------------------------------------------
+    def link(self, host: HostRecord) -> HostLink:
+        if host.name not in self._links:
+            self._links[host.name] = self.link_factory(host.name, host.options, self.vmid)
+        return self._links[host.name]
+
+    def close(self) -> None:
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+
+    def table(self) -> VmTable:
+        """The current table (another console may have changed it)."""
+        t = self.store.load()
+        if t is None:
+            raise PvmError(PvmSysErr, "the virtual machine is gone (halted by another console?)")
+        return t
+
+    @contextmanager
+    def changing(self) -> Iterator[VmTable]:
+        """Load the table under the lock, let the caller change it, save it."""
+        with self.store.locked():
+            t = self.table()
+            yield t
+            self.store.save(t)
+
+    def hosts(self, names: Sequence[str] = ()) -> list[HostRecord]:
+        """Hosts by name (all when none given); PvmNoHost for an unknown one."""
+        t = self.table()
+        if not names:
+            return list(t.hosts)
+        out = []
+        for n in names:
+            h = t.host(n)
+            if h is None:
+                raise PvmError(PvmNoHost, n)
+            out.append(h)
+        return out
+
+    def _start_host(self, name: str, index: int, options: Mapping[str, str]) -> HostRecord:
+        link = self.link_factory(name, options, self.vmid)
+        self._links[name] = link
+        info = link.start(index, name, self.daemon_args)
+        sp = options.get("sp")
+        return HostRecord(
+            name=name, index=index, arch=str(info.get("arch", "?")),
+            speed=int(sp) if sp else int(info.get("speed", 1000)),  # type: ignore[arg-type]
+            dsig=int(info.get("dsig", 0)), pid=int(info["pid"]),  # type: ignore[arg-type]
+            options=dict(options),
+        )
+
+    # -- start / attach -----------------------------------------------------------
+    def open(self, hosts: hf.Hostfile | None) -> bool:
+        """Attach to the running VM, or start one (master + the hostfile's hosts).
+        Returns True when attached to an already running VM."""
+        with self.store.locked():
+            t = self.store.load()
+            if t is not None:
+                if self._alive(t):
+                    if hosts is not None:
+                        self.notes.append(f"virtual machine already running; hostfile {hosts.path} ignored")
+                    return True
+                self._clear_stale(t)
+            self._create(hosts)
+            return False
+
+    def _alive(self, t: VmTable) -> bool:
+        master = next((h for h in t.hosts if h.index == MASTER), None)
+        if master is None:
+            return False
+        try:
+            state = self.link(master).stat()
+        except PvmError:
+            return False
+        master.pid = int(state.get("pid", master.pid))  # type: ignore[arg-type]
+        return True
+
+    def _clear_stale(self, t: VmTable) -> None:
+        """A table whose master daemon is dead: stop what is left of it, drop it."""
+        self.notes.append(f"stale virtual machine table {self.store.path} (its pvm_shmd is gone): replaced")
+        for h in t.hosts:
+            try:
+                self.link(h).stop()
+            except PvmError:
+                pass  # that host is unreachable or already clean
+        self.close()
+        os.unlink(self.store.path)
+
+    def _create(self, hosts: hf.Hostfile | None) -> None:
+        entries = list(hosts.entries) if hosts else []
+        me = self.master_name
+        own = next((e for e in entries if is_local(e.name)), None)  # the master's own line
+        master_opts = dict(own.options if own else (hosts.defaults if hosts else {}))
+        try:
+            master = self._start_host(me, MASTER, master_opts)
+        except PvmError as e:
+            if e.code != PvmDupHost:
+                raise
+            # a daemon of this VM id without a table: stale, never trusted
+            self.notes.append(f"stale pvm_shmd for this virtual machine on {me}: replaced")
+            self._links[me].stop()
+            master = self._start_host(me, MASTER, master_opts)
+        t = VmTable(self.vmid, hosts=[master], hostfile=hosts.path if hosts else "",
+                    defaults=dict(hosts.defaults) if hosts else {},
+                    known={e.name: dict(e.options) for e in entries if e is not own})
+        self.store.save(t)  # the master is up: the VM exists even if other hosts fail
+        todo = [e for e in entries if e is not own and not e.defer]
+        for o in self._add_entries(t, todo):
+            if o.error is not None:
+                self.notes.append(f"{o.name}: {PvmError(o.error, o.detail)}")
+        self.store.save(t)
+
+    # -- add / delete -------------------------------------------------------------
+    def _add_entries(self, t: VmTable, entries: Sequence[hf.HostEntry]) -> list[Outcome]:
+        """Start the given hosts into table *t* (in parallel); the caller saves."""
+        plan: list[tuple[hf.HostEntry, int | None, Outcome | None]] = []
+        taken = {h.name for h in t.hosts}
+        local_taken = any(is_local(h.name) for h in t.hosts)
+        used = {h.index for h in t.hosts}
+        for e in entries:
+            if e.name in taken or (is_local(e.name) and local_taken):
+                plan.append((e, None, Outcome(e.name, PvmDupHost, "already in the virtual machine")))
+                continue
+            taken.add(e.name)
+            local_taken |= is_local(e.name)
+            index = next(i for i in range(1, MAX_HOSTS + 1) if i not in used)  # lowest free
+            used.add(index)
+            plan.append((e, index, None))
+
+        def start(item: tuple[hf.HostEntry, int | None, Outcome | None]) -> tuple[Outcome, HostRecord | None]:
+            e, index, done = item
+            if done is not None:
+                return done, None
+            assert index is not None
+            try:
+                rec = self._start_host(e.name, index, e.options)
+                return Outcome(e.name, dtid=rec.dtid), rec
+            except PvmError as err:
+                return Outcome(e.name, err.code, err.detail or ""), None
+
+        results = _parallel(start, plan)
+        for _, rec in results:
+            if rec is not None:
+                t.hosts.append(rec)
+        t.hosts.sort(key=lambda h: h.index)
+        return [o for o, _ in results]
+
+    def add(self, specs: Sequence[str]) -> list[Outcome]:
+        """`add`: each spec is a host line; unset options come from the hostfile's
+        entry of that name, else from its last ``*`` defaults."""
+        parsed: list[hf.HostEntry] = []
+        errors: list[hf.LineError] = []
+        for i, spec in enumerate(specs, start=1):
+            entry, defaults, errs = hf.parse_line(spec, env=os.environ, path="add", lineno=i)
+            if defaults is not None:
+                errs = errs + [hf.LineError("add", i, spec, "defaults (*) can't be added")]
+            elif entry is None and not errs:
+                errs = [hf.LineError("add", i, spec, "missing host name")]
+            errors.extend(errs)
+            if entry is not None:
+                parsed.append(entry)
+        if errors:  # nothing half-made: a bad spec starts nothing
+            raise PvmError(PvmBadParam, "; ".join(str(e) for e in errors))
+        with self.changing() as t:
+            full = [hf.HostEntry(e.name, {**t.known.get(e.name, t.defaults), **e.options},
+                                 e.line, False, e.overload) for e in parsed]
+            return self._add_entries(t, full)
+
+    def delete(self, names: Sequence[str]) -> list[Outcome]:
+        """`delete`: stop each host's daemon and drop it from the table. The
+        master can't be deleted (PVM: Bad parameter); use `halt`."""
+        out = []
+        with self.changing() as t:
+            for n in names:
+                h = t.host(n)
+                if h is None:
+                    out.append(Outcome(n, PvmNoHost))
+                    continue
+                if h.index == MASTER:
+                    out.append(Outcome(n, PvmBadParam, "the master host can't be deleted (use halt)"))
+                    continue
+                o = _attempt(n, lambda: self._stop_host(h))
+                if o.error is None or o.error == PvmHostFail:  # a dead host is dropped as well
+                    t.hosts.remove(h)
+                    self._drop_link(n)
+                    o = Outcome(n)
+                out.append(o)
+        return out
+
+    def _drop_link(self, name: str) -> None:
+        link = self._links.pop(name, None)
+        if link is not None:
+            link.close()
+
+    # -- state ------------------------------------------------------------------
+    def mstat(self, names: Sequence[str]) -> list[Outcome]:
+        t = self.table()
+        out = []
+        for n in names:
+            h = t.host(n)
+            out.append(Outcome(n, PvmNoHost) if h is None else _attempt(n, self.link(h).stat))
+        return out
+
+    def stat(self, names: Sequence[str] = ()) -> list[tuple[str, dict | PvmError]]:
+        """Each host's daemon state (pvm_shmd_stat --json), or the error."""
+        hosts = self.hosts(names)
+
+        def one(h: HostRecord) -> tuple[str, dict | PvmError]:
+            try:
+                return h.name, self.link(h).stat()
+            except PvmError as e:
+                return h.name, e
+
+        return _parallel(one, hosts)
+
+    # -- reset / halt -------------------------------------------------------------
+    def _stop_host(self, h: HostRecord) -> None:
+        """Kill the host's joined tasks, then stop its daemon (IPC objects removed)."""
+        link = self.link(h)
+        try:
+            tasks = link.stat().get("tasks", [])
+        except PvmError:
+            tasks = []  # no daemon: nothing joined to kill
+        pids = [int(x["pid"]) for x in tasks if isinstance(x, dict) and x.get("pid")]  # type: ignore[union-attr]
+        link.kill_tasks(pids)
+        if not link.stop():
+            raise PvmError(PvmHostFail, f"no pvm_shmd was running on {h.name}")
+
+    def reset(self) -> list[Outcome]:
+        """Kill every task and daemon, then start a fresh daemon on every host."""
+        with self.changing() as t:
+            def one(h: HostRecord) -> Outcome:
+                try:
+                    try:
+                        self._stop_host(h)
+                    except PvmError as e:
+                        if e.code != PvmHostFail:
+                            raise
+                    fresh = self._start_host(h.name, h.index, h.options)
+                    h.pid, h.arch, h.dsig, h.state = fresh.pid, fresh.arch, fresh.dsig, "running"
+                    return Outcome(h.name, dtid=h.dtid)
+                except PvmError as e:
+                    h.state = "failed"
+                    return Outcome(h.name, e.code, e.detail or "")
+            return _parallel(one, list(t.hosts))
+
+    def halt(self) -> list[Outcome]:
+        """Kill every task and daemon, remove every IPC object and the table."""
+        with self.store.locked():
+            t = self.store.load()
+            hosts = t.hosts if t else []
+            out = _parallel(lambda h: _attempt(h.name, lambda: self._stop_host(h)), hosts)
+            self.store.remove()
+        self.close()
+        return [o for o in out if o.error not in (None, PvmHostFail)]
+

@@ -1,0 +1,152 @@
+"""The virtual machine's host table and where it lives between consoles.
+
+The table is JSON in ``$PVM_TMP/pvmd.<uid>[.<vmid>]`` (PVM's file name for the
+master's socket address: its existence means "a virtual machine is running").
+Every change is made under an flock on a sibling ``.lock`` file and written with
+write-to-temp + rename, so two consoles at once never see a torn file.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+from shmd.errors import PvmError, PvmOutOfRes, PvmSysErr
+from shmd.paths import tmpfile
+
+FORMAT = 1  # bump when the JSON layout changes incompatibly
+LOCK_TIMEOUT = 60.0  # another console may be starting hosts under the lock
+HOST_SHIFT = 18  # dtid = host index << 18, as PVM
+MAX_HOSTS = 4095
+
+
+def dtid(index: int) -> int:
+    return index << HOST_SHIFT
+
+
+@dataclass
+class HostRecord:
+    """One host of the virtual machine."""
+
+    name: str
+    index: int
+    arch: str
+    speed: int
+    dsig: int
+    pid: int
+    state: str = "running"  # running | failed (its daemon did not answer)
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dtid(self) -> int:
+        return dtid(self.index)
+
+
+@dataclass
+class VmTable:
+    """The hosts, plus the hostfile's remembered ``&`` entries and ``*`` defaults
+    (they fill in later `add`s)."""
+
+    vmid: str
+    hosts: list[HostRecord] = field(default_factory=list)
+    known: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> options
+    defaults: dict[str, str] = field(default_factory=dict)
+    hostfile: str = ""
+    created: float = field(default_factory=time.time)
+
+    def host(self, name: str) -> HostRecord | None:
+        return next((h for h in self.hosts if h.name == name), None)
+
+    def free_index(self) -> int:
+        used = {h.index for h in self.hosts}
+        for i in range(1, MAX_HOSTS + 1):
+            if i not in used:
+                return i
+        raise PvmError(PvmOutOfRes, "no free host index")
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, **asdict(self)}, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> VmTable:
+        d = json.loads(text)
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError("not a pvm-shmd host table (or another format version)")
+        d.pop("format")
+        d["hosts"] = [HostRecord(**h) for h in d.get("hosts", [])]
+        return cls(**d)
+
+
+def table_path(vmid: str) -> str:
+    return tmpfile("pvmd", vmid)
+
+
+class TableStore:
+    """Load/save/remove the table of one VM id, under its lock."""
+
+    def __init__(self, vmid: str):
+        self.vmid = vmid
+        self.path = table_path(vmid)
+        self.lock_path = self.path + ".lock"
+
+    @contextmanager
+    def locked(self, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+        """Hold the VM's lock (waiting at most *timeout* seconds for it)."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise PvmError(PvmSysErr, f"{self.lock_path} stays locked by another console")
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def load(self) -> VmTable | None:
+        """The stored table, None if there is none. A file that is not a table
+        is an error (it is someone else's: we must not overwrite it blindly)."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            return VmTable.from_json(text)
+        except (ValueError, TypeError) as e:
+            raise PvmError(PvmSysErr, f"{self.path} is not a virtual machine table ({e})") from None
+
+    def save(self, table: VmTable) -> None:
+        d = os.path.dirname(self.path) or "."
+        fd, tmp = tempfile.mkstemp(prefix=".pvmd.", dir=d)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(table.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)  # atomic: readers see the old or the new table
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def remove(self) -> None:
+        for p in (self.path, self.lock_path):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
