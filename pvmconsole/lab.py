@@ -47,7 +47,8 @@ IPC_SYSCTLS = ("msgmax", "msgmnb", "msgmni", "sem", "shmall", "shmmax", "shmmni"
 #  - the lab dir is parked on /mnt and moved back after the tmpfs mounts, because
 #    it may itself live under /tmp or /run, which the host gets private copies of;
 #  - IPC limits start at kernel defaults in a new IPC namespace: copy the machine's;
-#  - /etc/hosts is bind-mounted so host names resolve inside every host;
+#  - /etc/hosts is bind-mounted so host names resolve inside every host; with --password a
+#    private /etc/shadow gives root that password in the hosts only;
 #  - sshd execs in place, so it is PID 1: it reaps orphans and killing it ends the host.
 _INIT = r"""
 set -e
@@ -59,6 +60,7 @@ mount -t tmpfs -o mode=755 pvmlab-run /run
 mkdir -p "$dir" /run/sshd
 mount --move /mnt "$dir"
 mount --bind "$dir/hosts" /etc/hosts
+if [ -f "$dir/shadow" ]; then mount --bind "$dir/shadow" /etc/shadow; fi
 for kv in "$@"; do echo "${kv#*=}" > "/proc/sys/kernel/${kv%%=*}"; done
 hostname "$hn"
 exec /usr/sbin/sshd -D -e -f "$dir/$hn/sshd_config"
@@ -154,7 +156,7 @@ def _strict_modes_ok(path: str) -> bool:
         path = os.path.dirname(path)
 
 
-def _sshd_config(lab: Lab, h: LabHost, strict: bool) -> str:
+def _sshd_config(lab: Lab, h: LabHost, strict: bool, password: bool) -> str:
     d = lab.dir
     return "\n".join([
         f"# pvm-lab {lab.name}: host {h.name}",
@@ -162,8 +164,8 @@ def _sshd_config(lab: Lab, h: LabHost, strict: bool) -> str:
         "Port 22",
         f"HostKey {d}/{h.name}/ssh_host_ed25519_key",
         f"AuthorizedKeysFile {d}/authorized_keys",
-        "PermitRootLogin prohibit-password",
-        "PasswordAuthentication no",
+        f"PermitRootLogin {'yes' if password else 'prohibit-password'}",
+        f"PasswordAuthentication {'yes' if password else 'no'}",
         "KbdInteractiveAuthentication no",
         "UsePAM no",
         "UseDNS no",
@@ -184,7 +186,17 @@ def _write(path: str, text: str, mode: int = 0o644) -> None:
         f.write(text)
 
 
-def _write_files(lab: Lab, daemon: str) -> None:
+def _write_shadow(lab: Lab, password: str) -> None:
+    """A copy of /etc/shadow where root has *password*, bind-mounted in the hosts only."""
+    hashed = _sh(["openssl", "passwd", "-6", "-stdin"], password + "\n").strip()
+    with open("/etc/shadow") as f:
+        lines = f.read().splitlines()
+    out = [":".join([c[0], hashed, *c[2:]]) if c[0] == "root" else ":".join(c)
+           for c in (l.split(":") for l in lines)]
+    _write(os.path.join(lab.dir, "shadow"), "\n".join(out) + "\n", 0o600)
+
+
+def _write_files(lab: Lab, daemon: str, password: str | None) -> None:
     """Keys, sshd configs, known_hosts, ssh_config, /etc/hosts and hostfile."""
     d = lab.dir
     _sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"pvm-lab-{lab.name}", "-f", lab.key])
@@ -201,7 +213,9 @@ def _write_files(lab: Lab, daemon: str) -> None:
             kind, blob = f.read().split()[:2]
         known.append(f"{h.name},{h.addr} {kind} {blob}")
         etc_hosts.append(f"{h.addr}\t{h.name}")
-        _write(os.path.join(hd, "sshd_config"), _sshd_config(lab, h, strict))
+        _write(os.path.join(hd, "sshd_config"), _sshd_config(lab, h, strict, password is not None))
+    if password is not None:
+        _write_shadow(lab, password)
     _write(lab.known_hosts, "\n".join(known) + "\n")
     _write(os.path.join(d, "hosts"), "\n".join(etc_hosts) + "\n")
     names = " ".join(h.name for h in lab.hosts)
@@ -282,13 +296,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def up(n: int, dir: str = DEFAULT_DIR, name: str = DEFAULT_NAME, daemon: str | None = None) -> Lab:
-    """Create *n* emulated hosts; on any failure tear down what was made and raise LabError."""
+def up(n: int, dir: str = DEFAULT_DIR, name: str = DEFAULT_NAME, daemon: str | None = None,
+       password: str | None = None) -> Lab:
+    """Create *n* emulated hosts; on any failure tear down what was made and raise LabError.
+    With *password*, root may also log in with it (to try ``so=pw``)."""
     if os.geteuid() != 0:
         raise LabError("pvm-lab needs root (it creates network, IPC, mount and PID namespaces)")
     if not 1 <= n <= MAX_HOSTS:
         raise LabError(f"bad host count {n}: use 1..{MAX_HOSTS}")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise LabError(f"bad lab name {name!r}: use a-z then up to 9 of a-z 0-9")
     if not os.path.exists("/usr/sbin/sshd"):
         raise LabError("/usr/sbin/sshd missing: apt-get install -y openssh-server")
@@ -327,7 +343,7 @@ def up(n: int, dir: str = DEFAULT_DIR, name: str = DEFAULT_NAME, daemon: str | N
         for h in lab.hosts:
             _sh(["ip", "-n", h.netns, "-b", "-"],
                 f"link set lo up\naddr add {h.addr}/24 dev eth0\nlink set eth0 up\n")
-        _write_files(lab, daemon)
+        _write_files(lab, daemon, password)
         limits = _ipc_limits()
         for h in lab.hosts:
             _start_host(lab, h, limits)
@@ -432,13 +448,14 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("n", type=int)
     u.add_argument("--name", default=DEFAULT_NAME, help="namespace prefix (default %(default)s)")
     u.add_argument("--dx", help="daemon program for the hostfile (default: this venv's pvm_shmd)")
+    u.add_argument("--password", help="also let root log in with this password (to try so=pw)")
     sub.add_parser("down", help="remove every host and file of the lab")
     sub.add_parser("status", help="show the hosts")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "up":
             t0 = time.monotonic()
-            lab = up(a.n, a.dir, a.name, a.dx)
+            lab = up(a.n, a.dir, a.name, a.dx, a.password)
             print(f"pvm-lab: {a.n} hosts up in {time.monotonic() - t0:.2f} s, subnet {lab.subnet}")
             for h in lab.hosts:
                 print(f"  {h.name}  {h.addr}")

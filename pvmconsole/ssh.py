@@ -1,0 +1,480 @@
+"""SshRunner: run a program on a remote host over SSH (paramiko), as PVM's master did with rsh.
+
+What users expect of ``ssh`` holds here too:
+
+- ``~/.ssh/config`` (or the file named by ``$PVM_SSH_CONFIG``, as ``ssh -F``): host aliases,
+  HostName, User, Port, IdentityFile, IdentitiesOnly, UserKnownHostsFile, StrictHostKeyChecking,
+  ProxyCommand and ProxyJump;
+- keys from the agent, from ``~/.ssh`` and from IdentityFile; a password (``so=pw``) asked for
+  at the console prompt;
+- host keys checked against the known_hosts files (user's and ``/etc/ssh/ssh_known_hosts``):
+  an unknown host is refused unless accept-new was asked for (``$PVM_SSH_ACCEPT_NEW=1`` or
+  ``StrictHostKeyChecking accept-new``), a changed key is always refused.
+
+One connection per host is opened lazily and reused by every later command; a dropped one is
+re-opened once, transparently, when a command could not even be started on it. Every
+blocking step has a timeout. The remote command line is built with shlex only, and host
+names, logins, programs and directories that could smuggle in shell syntax are refused.
+"""
+from __future__ import annotations
+
+import errno
+import getpass
+import logging
+import os
+import re
+import select
+import shlex
+import socket
+import threading
+import time
+from typing import Callable, Mapping, Sequence
+
+import paramiko
+
+from pvmconsole.runner import Result
+from shmd.errors import PvmBadParam, PvmCantStart, PvmError, PvmHostFail, PvmNoHost
+
+CONNECT_TIMEOUT = 10.0  # TCP connect and key exchange
+AUTH_TIMEOUT = 15.0  # all authentication attempts together
+OPEN_TIMEOUT = 10.0  # opening a session on an open connection
+CONFIG_ENV = "PVM_SSH_CONFIG"  # an ssh_config used instead of ~/.ssh/config (like ssh -F)
+ACCEPT_NEW_ENV = "PVM_SSH_ACCEPT_NEW"  # "1": add unknown host keys to known_hosts
+USER_CONFIG = "~/.ssh/config"
+SYSTEM_CONFIG = "/etc/ssh/ssh_config"
+USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,252}$|^[0-9A-Fa-f:.]+(%[A-Za-z0-9]+)?$")
+_LOGIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$")
+_PATH_RE = re.compile(r"^[A-Za-z0-9_./+,:@%=~][A-Za-z0-9_./+,:@%=~-]*$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MAX_JUMPS = 5
+
+# paramiko logs transport errors itself; the console reports them once, as one line.
+_log = logging.getLogger("paramiko")
+if not os.environ.get("PVM_SSH_DEBUG"):
+    _log.setLevel(logging.CRITICAL)
+
+
+class SshError(PvmError):
+    """A per-host SSH failure; ``str()`` is one line naming the host and the reason."""
+
+
+def _bad(what: str, value: object, why: str) -> SshError:
+    return SshError(PvmBadParam, f"bad {what} {value!r}: {why}")
+
+
+def check_host(name: str) -> str:
+    """A host name or address usable on an ssh command line, else SshError(PvmBadParam)."""
+    if not isinstance(name, str) or not _HOST_RE.fullmatch(name):
+        raise _bad("host name", name, "use letters, digits, '.', '_', '-' (no leading '-')")
+    return name
+
+
+def check_login(login: str) -> str:
+    if not isinstance(login, str) or not _LOGIN_RE.fullmatch(login):
+        raise _bad("login", login, "use letters, digits, '.', '_', '-' (no leading '-')")
+    return login
+
+
+def check_path(what: str, path: str) -> str:
+    """A remote program or directory: no shell syntax, no leading '-', so it can't be a
+    command or an option even where some tool re-parses it."""
+    if not isinstance(path, str) or not _PATH_RE.fullmatch(path) or "~" in path[1:]:
+        raise _bad(what, path, "no spaces, quotes, '$', '`', ';', '&', '|', '<', '>', "
+                               "'*', '?', '!' or a leading '-'")
+    return path
+
+
+def _remote_path(path: str) -> str:
+    """``~/x`` -> ``x``: ssh commands start in the home directory, and a quoted ``~``
+    would not be expanded by the remote shell."""
+    if path == "~":
+        return "."
+    return path[2:] or "." if path.startswith("~/") else path
+
+
+def remote_command(argv: Sequence[str], cwd: str | None = None,
+                   env: Mapping[str, str] | None = None) -> str:
+    """The one string sshd hands to the login shell; every word quoted by shlex."""
+    if not argv:
+        raise _bad("command", list(argv), "empty")
+    check_path("program", argv[0])
+    words: list[str] = []
+    if cwd:
+        words += ["cd", "--", shlex.quote(_remote_path(check_path("directory", cwd))), "&&"]
+    words.append("exec")
+    if env:
+        words.append("env")
+        for k, v in env.items():
+            if not _ENV_RE.fullmatch(k):
+                raise _bad("environment name", k, "use letters, digits and '_'")
+            words.append(shlex.quote(f"{k}={v}"))
+    words.append(shlex.join([_remote_path(argv[0]), *argv[1:]]))
+    return " ".join(words)
+
+
+_prompt_lock = threading.Lock()
+
+
+def console_password(host: str, user: str) -> str:
+    """Ask for a password on the console (PVM's rexec prompt); one prompt at a time."""
+    with _prompt_lock:
+        return getpass.getpass(f"Password ({host}:{user}): ")
+
+
+def _fp(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.fingerprint}" if hasattr(key, "fingerprint") else key.get_name()
+
+
+class _Refuse(paramiko.MissingHostKeyPolicy):
+    """Unknown host: refuse, saying how to accept it."""
+
+    def __init__(self, alias: str, files: list[str]):
+        self.alias, self.files = alias, files
+
+    def missing_host_key(self, client, hostname, key):
+        raise SshError(PvmCantStart, (
+            f"{self.alias}: host key of {hostname} not known ({_fp(key)}); refused. "
+            f"To accept it: ssh {self.alias} once, or set {ACCEPT_NEW_ENV}=1 "
+            f"(checked: {', '.join(self.files) or 'no known_hosts file'})"))
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """Unknown host: record its key in the user's known_hosts (never replaces a key)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def missing_host_key(self, client, hostname, key):
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+class SshRunner:
+    """Runs argv on one remote host over one reused SSH connection (the Runner protocol)."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        login: str | None = None,
+        address: str | None = None,
+        port: int | None = None,
+        password: str | Callable[[str, str], str] | None = None,
+        config: str | None = None,
+        known_hosts: str | None = None,
+        accept_new: bool | None = None,
+        proxy_jump: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        auth_timeout: float = AUTH_TIMEOUT,
+        _depth: int = 0,
+    ):
+        """*host*: the name as written (an ssh_config alias works); *address*: PVM's ``ip=``,
+        used instead of the name; *password*: a string, or ``f(host, user)`` asked once
+        (so=pw); *config*: an ssh_config file (default ``$PVM_SSH_CONFIG``, else
+        ~/.ssh/config and /etc/ssh/ssh_config)."""
+        self.host = check_host(host)
+        self.login = check_login(login) if login else None
+        self.address = check_host(address) if address else None
+        if port is not None and not (isinstance(port, int) and 0 < port < 65536):
+            raise _bad("port", port, "use 1..65535")
+        self.port = port
+        self._password = password
+        self._config_files = [config] if config else (
+            [os.environ[CONFIG_ENV]] if os.environ.get(CONFIG_ENV) else [USER_CONFIG, SYSTEM_CONFIG])
+        self._known_hosts = known_hosts
+        self._accept_new = accept_new
+        self._proxy_jump = proxy_jump
+        self.connect_timeout = connect_timeout
+        self.auth_timeout = auth_timeout
+        self._depth = _depth
+        self._lock = threading.Lock()
+        self._client: paramiko.SSHClient | None = None
+        self._jump: SshRunner | None = None
+        self._ever_connected = False
+        #: Number of connections opened so far (reuse keeps it at 1).
+        self.connects = 0
+        self.settings = self._resolve()
+
+    # -- configuration -------------------------------------------------------------
+    def _resolve(self) -> dict:
+        """HostName, port, user, keys, proxy and known_hosts for this host, as ssh would."""
+        cfg = paramiko.SSHConfig()
+        for path in self._config_files:
+            path = os.path.expanduser(path)
+            try:
+                with open(path) as f:
+                    cfg.parse(f)
+            except FileNotFoundError:
+                if path == os.path.expanduser(os.environ.get(CONFIG_ENV, "")):
+                    raise SshError(PvmCantStart, f"{self.host}: ssh config {path} not found") from None
+            except Exception as e:  # a syntax error in someone's ssh_config
+                raise SshError(PvmCantStart, f"{self.host}: bad ssh config {path}: {e}") from None
+        try:
+            c = cfg.lookup(self.address or self.host)
+        except Exception as e:
+            raise SshError(PvmCantStart, f"{self.host}: ssh config lookup failed: {e}") from None
+        hostname = check_host(c.get("hostname", self.address or self.host))
+        user = self.login or c.get("user") or getpass.getuser()
+        check_login(user)
+        try:
+            port = self.port or int(c.get("port", 22))
+        except ValueError:
+            raise _bad("Port in ssh config for", self.host, c.get("port")) from None
+        only = str(c.get("identitiesonly", "no")).lower() == "yes"
+        strict = str(c.get("stricthostkeychecking", "yes")).lower()
+        user_kh = ([self._known_hosts] if self._known_hosts else
+                   c.get("userknownhostsfile", "").split() or list(USER_KNOWN_HOSTS))
+        global_kh = c.get("globalknownhostsfile", "").split() or list(GLOBAL_KNOWN_HOSTS)
+        accept_new = self._accept_new
+        if accept_new is None:
+            accept_new = os.environ.get(ACCEPT_NEW_ENV) == "1" or strict in ("accept-new", "no", "off")
+        jump = self._proxy_jump if self._proxy_jump is not None else c.get("proxyjump")
+        if jump and jump.lower() == "none":
+            jump = None
+        proxy_cmd = c.get("proxycommand")
+        if proxy_cmd and proxy_cmd.lower() == "none":
+            proxy_cmd = None
+        return {
+            "hostname": hostname, "port": port, "user": user,
+            "identityfile": [os.path.expanduser(p) for p in c.get("identityfile", [])],
+            "identitiesonly": only, "accept_new": bool(accept_new),
+            "user_known_hosts": [os.path.expanduser(p) for p in user_kh],
+            "global_known_hosts": [os.path.expanduser(p) for p in global_kh],
+            "proxyjump": jump, "proxycommand": proxy_cmd,
+        }
+
+    # -- connection ------------------------------------------------------------------
+    def _where(self) -> str:
+        s = self.settings
+        return f"{s['hostname']}:{s['port']}"
+
+    def _open_socket(self, deadline: float):
+        """TCP (with TCP_NODELAY: paramiko doesn't set it, ~40 ms per round trip), a
+        ProxyCommand, or a channel through the ProxyJump host."""
+        s = self.settings
+        left = max(0.1, min(self.connect_timeout, deadline - time.monotonic()))
+        if s["proxycommand"]:
+            try:
+                return paramiko.ProxyCommand(s["proxycommand"])
+            except Exception as e:
+                raise SshError(PvmCantStart, f"{self.host}: ProxyCommand failed: {e}") from None
+        if s["proxyjump"]:
+            return self._jump_channel(s["proxyjump"], deadline)
+        try:
+            sock = socket.create_connection((s["hostname"], s["port"]), timeout=left)
+        except socket.gaierror as e:
+            raise SshError(PvmNoHost, f"{self.host}: cannot resolve {s['hostname']} ({e.strerror})") from None
+        except (socket.timeout, TimeoutError):
+            raise SshError(PvmCantStart, f"{self.host}: no answer from {self._where()} "
+                                         f"within {left:.3g} s") from None
+        except ConnectionRefusedError:
+            raise SshError(PvmCantStart, f"{self.host}: connection refused by {self._where()} "
+                                         f"(no sshd there?)") from None
+        except OSError as e:
+            raise SshError(PvmCantStart, f"{self.host}: cannot reach {self._where()}: "
+                                         f"{e.strerror or e}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _jump_channel(self, spec: str, deadline: float):
+        if self._depth >= _MAX_JUMPS:
+            raise SshError(PvmCantStart, f"{self.host}: more than {_MAX_JUMPS} ProxyJump hops (a loop?)")
+        hops = spec.split(",")
+        m = re.match(r"^(?:([^@]+)@)?([^:@]+)(?::(\d+))?$", hops[-1].strip())
+        if not m:
+            raise _bad("ProxyJump", spec, "use [user@]host[:port][,...]")
+        user, host, port = m.group(1), m.group(2), m.group(3)
+        self._jump = SshRunner(
+            host, login=user, port=int(port) if port else None, password=None,
+            config=self._config_files[0] if len(self._config_files) == 1 else None,
+            accept_new=self._accept_new, proxy_jump=",".join(hops[:-1]) or None,
+            connect_timeout=self.connect_timeout, auth_timeout=self.auth_timeout,
+            _depth=self._depth + 1)
+        t = self._jump._transport(deadline)
+        s = self.settings
+        try:
+            return t.open_channel("direct-tcpip", (s["hostname"], s["port"]), ("127.0.0.1", 0),
+                                  timeout=max(0.1, deadline - time.monotonic()))
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise SshError(PvmCantStart, f"{self.host}: jump host {host} cannot reach "
+                                         f"{self._where()}: {e}") from None
+
+    def _connect(self, deadline: float) -> paramiko.SSHClient:
+        s = self.settings
+        client = paramiko.SSHClient()
+        checked = []
+        for path in s["global_known_hosts"] + s["user_known_hosts"]:
+            if os.path.exists(path):
+                try:
+                    client.load_system_host_keys(path)  # read-only: we never rewrite them
+                except Exception as e:
+                    raise SshError(PvmCantStart, f"{self.host}: unreadable known_hosts {path}: {e}") from None
+                checked.append(path)
+        if s["accept_new"]:
+            client.set_missing_host_key_policy(_AcceptNew(s["user_known_hosts"][0]))
+        else:
+            client.set_missing_host_key_policy(_Refuse(self.host, checked))
+        password = None
+        if self._password is not None:
+            password = self._password if isinstance(self._password, str) else self._password(self.host, s["user"])
+            self._password = password  # asked once; reconnects reuse it
+        sock = self._open_socket(deadline)
+        left = max(0.1, min(self.connect_timeout, deadline - time.monotonic()))
+        try:
+            client.connect(
+                s["hostname"], port=s["port"], username=s["user"], sock=sock,
+                timeout=left, banner_timeout=left, auth_timeout=self.auth_timeout,
+                channel_timeout=OPEN_TIMEOUT,
+                password=password,
+                key_filename=(s["identityfile"] or None) if password is None else None,
+                # so=pw means the password, as PVM's rexec; else keys as ssh would try them
+                allow_agent=password is None and not s["identitiesonly"],
+                look_for_keys=password is None and not s["identitiesonly"],
+            )
+        except SshError:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise SshError(PvmCantStart, (
+                f"{self.host}: HOST KEY CHANGED for {e.hostname}: got {_fp(e.key)}, known_hosts "
+                f"has {_fp(e.expected_key)}; refused (if the change is expected: "
+                f"ssh-keygen -R {e.hostname})")) from None
+        except paramiko.AuthenticationException as e:
+            client.close()
+            how = "password" if password is not None else "keys from " + (
+                ", ".join(s["identityfile"]) if s["identitiesonly"] else "agent, ~/.ssh"
+                + (", " + ", ".join(s["identityfile"]) if s["identityfile"] else ""))
+            raise SshError(PvmCantStart, f"{self.host}: authentication as {s['user']} failed "
+                                         f"(tried {how}): {e}") from None
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            client.close()
+            why = str(e) or type(e).__name__
+            raise SshError(PvmCantStart, f"{self.host}: SSH handshake with {self._where()} failed: {why}") from None
+        self.connects += 1
+        self._ever_connected = True
+        return client
+
+    def _transport(self, deadline: float) -> paramiko.Transport:
+        """The open connection, (re)connecting if there is none or it died."""
+        with self._lock:
+            t = self._client.get_transport() if self._client else None
+            if t is None or not t.is_active():
+                self._drop_locked()
+                self._client = self._connect(deadline)
+                t = self._client.get_transport()
+            return t
+
+    def _drop_locked(self) -> None:
+        if self._client:
+            self._client.close()
+            self._client = None
+        if self._jump:
+            self._jump.close()
+            self._jump = None
+
+    def connected(self) -> bool:
+        t = self._client.get_transport() if self._client else None
+        return bool(t and t.is_active())
+
+    # -- Runner protocol ------------------------------------------------------------------
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        input: str | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Result:
+        """Run argv on the host; rc 124 on timeout. Connection failures raise SshError
+        (PvmCantStart before the host was ever reached, PvmHostFail after)."""
+        command = remote_command(argv, cwd, env)  # refuses bad values before any network
+        deadline = time.monotonic() + timeout
+        for attempt in (1, 2):
+            try:
+                t = self._transport(deadline)
+            except SshError as e:
+                if self._ever_connected and e.code == PvmCantStart:
+                    raise SshError(PvmHostFail, e.detail) from None
+                raise
+            try:
+                ch = t.open_session(timeout=max(0.1, min(OPEN_TIMEOUT, deadline - time.monotonic())))
+                break
+            except (paramiko.SSHException, EOFError, OSError) as e:
+                # The command never started: safe to reconnect once and try again.
+                with self._lock:
+                    self._drop_locked()
+                if attempt == 2 or time.monotonic() >= deadline:
+                    raise SshError(PvmHostFail, f"{self.host}: connection lost: {e or type(e).__name__}") from None
+        return self._exec(ch, command, input, deadline, timeout)
+
+    def _exec(self, ch: paramiko.Channel, command: str, input: str | None,
+              deadline: float, timeout: float) -> Result:
+        # exec_command waits for sshd's answer without a timeout: a watchdog closes the
+        # connection if it never comes (the host is then gone anyway).
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), ch.get_transport().close)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            ch.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            with self._lock:
+                self._drop_locked()
+            raise SshError(PvmHostFail, f"{self.host}: connection lost starting "
+                                        f"{shlex.split(command)[-1] if command else ''}: {e}") from None
+        finally:
+            watchdog.cancel()
+        out, err = bytearray(), bytearray()
+        try:
+            if input:
+                ch.settimeout(max(0.1, deadline - time.monotonic()))
+                ch.sendall(input.encode())
+            ch.shutdown_write()  # remote stdin: EOF, so nothing waits for us
+            ch.settimeout(0.0)
+            while True:
+                got = False
+                while ch.recv_ready():
+                    out += ch.recv(65536)
+                    got = True
+                while ch.recv_stderr_ready():
+                    err += ch.recv_stderr(65536)
+                    got = True
+                if ch.exit_status_ready() and ch.eof_received and not got:
+                    break
+                if ch.closed and not (ch.recv_ready() or ch.recv_stderr_ready()):
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    ch.close()
+                    return Result(124, out.decode(errors="replace"), err.decode(errors="replace")
+                                  + f"{self.host}: timed out after {timeout:g} s\n")
+                if not got:
+                    if ch.eof_received:
+                        ch.status_event.wait(min(left, 0.05))
+                    else:
+                        select.select([ch], [], [], min(left, 0.05))
+            rc = ch.recv_exit_status() if ch.exit_status_ready() else -1
+        except (paramiko.SSHException, EOFError, OSError, socket.timeout) as e:
+            with self._lock:
+                self._drop_locked()
+            raise SshError(PvmHostFail, f"{self.host}: connection lost: {e or type(e).__name__}") from None
+        finally:
+            ch.close()
+        if rc == -1:  # the channel closed without an exit status: host or sshd died
+            with self._lock:
+                self._drop_locked()
+            raise SshError(PvmHostFail, f"{self.host}: connection lost (no exit status)")
+        return Result(rc, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_locked()
+
+    def __repr__(self) -> str:
+        return f"SshRunner({self.host!r} -> {self.settings['user']}@{self._where()})"
