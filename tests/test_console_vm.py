@@ -1,0 +1,208 @@
+"""The real `pvm` console driven in batches (stdin, -f, -e) against real pvm_shmd daemons."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from conftest import BIN, sysv_objects
+
+PVM = os.path.join(BIN, "pvm")
+SHMD_STAT = os.path.join(BIN, "pvm_shmd_stat")
+ME = socket.gethostname()
+TIMEOUT = 90
+
+
+@pytest.fixture
+def vm(pvm_env, tmp_path, monkeypatch):
+    """A private VM id, PVM_TMP and HOME; small segments; every daemon stopped after."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PVM_SHMD_OPTS", "-maxpages=64 -maxsegs=2")
+    env = {**pvm_env, "home": str(home), "table": os.path.join(pvm_env["tmp"], f"pvmd.{os.getuid()}.{pvm_env['vmid']}")}
+    yield env
+    if os.path.exists(env["table"]):
+        subprocess.run([PVM, "--norc", "-e", "halt"], capture_output=True, timeout=TIMEOUT)
+    subprocess.run([SHMD_STAT, "--stop"], capture_output=True, timeout=TIMEOUT)  # belt and braces
+
+
+def pvm(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([PVM, *args], input=input, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def daemon_state() -> dict:
+    r = subprocess.run([SHMD_STAT, "--json"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def shm_ids() -> set[int]:
+    return {i for kind, i in sysv_objects() if kind == "shm"}
+
+
+def test_stdin_batch_starts_attaches_and_halts(vm):
+    before = sysv_objects()
+    r = pvm(input="conf\nid\nversion\nstat\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[:7] == [
+        "pvm> conf",
+        "1 host, 1 data format",
+        "                    HOST     DTID     ARCH   SPEED       DSIG",
+        f"{ME:>24}    40000  LINUX64    1000 0x00408c41",
+        "pvm> id", "t40001", "pvm> version",
+    ]
+    assert r.stdout.endswith("pvm> quit\n\npvmd still running.\n")  # EOF acts as quit
+    st = daemon_state()
+    row = next(line for line in r.stdout.splitlines() if line.startswith(f"{ME:>24} ") and "LINUX64" not in line)
+    assert row.split() == [ME, str(st["pid"]), "2", "0", "128", "64", "0", "0"]
+    assert os.path.exists(vm["table"]) and alive(st["pid"])
+
+    again = pvm("--norc", "-e", "stat -j")  # a later console attaches to the same VM
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("pvmd already running.\npvm> stat -j\n")
+    assert json.loads(again.stdout.splitlines()[2])["pid"] == st["pid"]
+
+    h = pvm("-e", "halt")
+    assert h.returncode == 0, h.stderr
+    assert not alive(st["pid"]) and not os.path.exists(vm["table"])
+    assert sysv_objects() - before == set()
+    assert subprocess.run([SHMD_STAT, "--json"], capture_output=True, timeout=TIMEOUT).returncode == 1
+
+
+def test_hostfile_master_line_and_f_script_stop_at_first_failure(vm, tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# test VM\nlocalhost sp=1234\n* lo=nobody\n&later wd=/tmp\n")
+    script = tmp_path / "script.pvm"
+    script.write_text("conf\n# a comment\nmstat nosuch\necho not reached\n")
+    r = pvm("-f", str(script), str(hosts))
+    assert r.returncode == 1
+    assert f"{ME:>24}    40000  LINUX64    1234 0x00408c41" in r.stdout.splitlines()
+    assert r.stderr == f"{script}:3: mstat: nosuch: No such host\n"
+    assert "not reached" not in r.stdout and "pvm> # a comment" in r.stdout
+    table = json.load(open(vm["table"]))
+    assert table["known"] == {"later": {"lo": "nobody", "wd": "/tmp"}} and table["defaults"] == {"lo": "nobody"}
+
+
+def test_keep_going_runs_every_line_and_reports_each(vm):
+    r = pvm("-k", "-e", f"frob; conf x; delete {ME}; add localhost; delete nosuch; echo done")
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        "-e:1: frob: not found",
+        "-e:2: conf: wrong #args",
+        f"-e:3: delete: {ME}: Bad parameter (the master host can't be deleted (use halt))",
+        "-e:4: add: localhost: Duplicate host (already in the virtual machine)",
+        "-e:5: delete: nosuch: No such host",
+    ]
+    out = r.stdout.splitlines()
+    assert out[out.index("pvm> add localhost") + 1:][:3] == [
+        "0 successful", "                    HOST     DTID", "               localhost Duplicate host"]
+    assert "done" in out
+
+
+def test_reset_replaces_daemons_and_their_ipc_objects(vm):
+    assert pvm("-e", "quit").returncode == 0
+    old = daemon_state()
+    old_shm = {s["shmid"] for s in old["segments"]}
+    assert old_shm <= shm_ids()
+    r = pvm("--norc", "-e", "reset; mstat " + ME)
+    assert r.returncode == 0, r.stderr
+    assert f"{ME:>24}  ok" in r.stdout
+    new = daemon_state()
+    assert new["pid"] != old["pid"] and not alive(old["pid"])
+    assert not old_shm & shm_ids()  # the old daemon's segments are gone
+    assert json.load(open(vm["table"]))["hosts"][0]["pid"] == new["pid"]
+
+
+def test_stale_table_is_detected_and_replaced(vm):
+    assert pvm("-e", "quit").returncode == 0
+    old = daemon_state()["pid"]
+    subprocess.run([SHMD_STAT, "--stop"], capture_output=True, timeout=TIMEOUT, check=True)
+    assert os.path.exists(vm["table"])  # left behind, naming a dead daemon
+    r = pvm("-e", f"mstat {ME}")
+    assert r.returncode == 0, r.stderr
+    assert "stale virtual machine table" in r.stderr
+    assert "pvmd already running." not in r.stdout and f"{ME:>24}  ok" in r.stdout
+    assert daemon_state()["pid"] != old
+
+
+def test_console_survives_daemon_death_mid_session_and_reset_heals(vm):
+    p = subprocess.Popen([PVM, "-k"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        p.stdin.write(f"mstat {ME}\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == f"pvm> mstat {ME}\n"
+        assert p.stdout.readline() == f"{ME:>24}  ok\n"
+        subprocess.run([SHMD_STAT, "--stop"], capture_output=True, timeout=TIMEOUT, check=True)
+        out, err = p.communicate(f"mstat {ME}\nstat\nreset\nmstat {ME}\n", timeout=TIMEOUT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(TIMEOUT)
+    assert p.returncode == 1  # -k: everything ran, failures are in the exit status
+    lines = out.splitlines()
+    assert lines[:2] == [f"pvm> mstat {ME}", f"{ME:>24}  Host failed"]
+    assert f"{ME:>24}  Host failed: No pvm_shmd" in lines  # stat's row for the dead host
+    assert lines[lines.index("pvm> reset") + 1:lines.index("pvm> reset") + 3] == [
+        f"pvm> mstat {ME}", f"{ME:>24}  ok"]
+    assert err.splitlines()[0] == f"stdin:2: mstat: {ME}: Host failed (No pvm_shmd)"
+
+
+def test_bad_hostfile_starts_nothing(vm, tmp_path):
+    hosts = tmp_path / "bad"
+    hosts.write_text("localhost\nnode1 sp=fast\n\n&node2 colour=blue\n")
+    r = pvm("-e", "conf", str(hosts))
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        f'{hosts}:2: speed must be 1..1000000 in "sp=fast"',
+        f'{hosts}:4: unknown option "colour=blue"',
+        f"{hosts}: 2 errors in hostfile",
+    ]
+    assert r.stdout == "" and not os.path.exists(vm["table"])
+    assert subprocess.run([SHMD_STAT, "--json"], capture_output=True, timeout=TIMEOUT).returncode == 1
+
+
+def test_missing_files_and_bad_usage(vm, tmp_path):
+    r = pvm("-f", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "nope" in r.stderr and "No such file" in r.stderr
+    assert pvm("--bogus").returncode == 2
+    assert pvm(str(tmp_path / "nohosts")).returncode == 2
+    assert not os.path.exists(vm["table"])
+
+
+def test_two_consoles_at_once_make_one_vm(vm):
+    results: list[subprocess.CompletedProcess] = []
+    threads = [threading.Thread(target=lambda: results.append(pvm("--norc", "-e", "conf"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    assert sum(r.stdout.startswith("pvmd already running.") for r in results) == 1
+    table = json.load(open(vm["table"]))
+    assert [h["index"] for h in table["hosts"]] == [1]
+    assert table["hosts"][0]["pid"] == daemon_state()["pid"]
+
+
+def test_pvmrc_runs_first(vm):
+    with open(os.path.join(vm["home"], ".pvmrc"), "w") as f:
+        f.write("# my settings\nalias v version\nfrob\n")
+    r = pvm("-e", "v")
+    assert r.returncode == 0, r.stderr  # a bad .pvmrc line is reported but does not stop
+    assert "pvm> alias v version\n" in r.stdout and "pvm> v\n3.4.6\n" in r.stdout
+    assert r.stderr.endswith(".pvmrc:3: frob: not found\n")
+    assert pvm("--norc", "-e", "v").returncode == 1
