@@ -117,10 +117,11 @@ def link_for(name: str, options: Mapping[str, str], vmid: str) -> HostLink:
         daemon = dx or local_program(DAEMON)
     else:
         try:
-            from pvmconsole.ssh import SshRunner  # the next issue's transport
+            from pvmconsole.ssh import SshRunner, console_password
         except ImportError as e:
             raise PvmError(PvmCantStart, f"no SSH transport to reach {name} ({e})") from None
-        runner = SshRunner(name, login=options.get("lo"), address=options.get("ip"))
+        runner = SshRunner(name, login=options.get("lo"), address=options.get("ip"),
+                           password=console_password if options.get("so") == "pw" else None)
         daemon = dx or DAEMON
     stat = os.path.join(os.path.dirname(daemon), STAT) if "/" in daemon else STAT
     return HostLink(runner, vmid, daemon, stat, cwd=options.get("wd"))

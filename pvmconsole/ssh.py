@@ -119,9 +119,17 @@ _prompt_lock = threading.Lock()
 
 
 def console_password(host: str, user: str) -> str:
-    """Ask for a password on the console (PVM's rexec prompt); one prompt at a time."""
+    """Ask for a password on the console's terminal (PVM's rexec prompt), one prompt at a
+    time. Without a terminal it fails: reading stdin would eat a command script."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        raise SshError(PvmCantStart, f"{host}: so=pw needs a terminal to ask for the password") from None
     with _prompt_lock:
-        return getpass.getpass(f"Password ({host}:{user}): ")
+        try:
+            return getpass.getpass(f"Password ({host}:{user}): ")
+        except (EOFError, KeyboardInterrupt):
+            raise SshError(PvmCantStart, f"{host}: no password given") from None
 
 
 def _fp(key: paramiko.PKey) -> str:
@@ -169,7 +177,7 @@ class SshRunner:
         known_hosts: str | None = None,
         accept_new: bool | None = None,
         proxy_jump: str | None = None,
-        connect_timeout: float = CONNECT_TIMEOUT,
+        connect_timeout: float | None = None,
         auth_timeout: float = AUTH_TIMEOUT,
         _depth: int = 0,
     ):
@@ -225,6 +233,11 @@ class SshRunner:
             port = self.port or int(c.get("port", 22))
         except ValueError:
             raise _bad("Port in ssh config for", self.host, c.get("port")) from None
+        if self.connect_timeout is None:  # an explicit timeout wins, then ssh_config's
+            try:
+                self.connect_timeout = float(c.get("connecttimeout", CONNECT_TIMEOUT))
+            except ValueError:
+                raise _bad("ConnectTimeout in ssh config for", self.host, c["connecttimeout"]) from None
         only = str(c.get("identitiesonly", "no")).lower() == "yes"
         strict = str(c.get("stricthostkeychecking", "yes")).lower()
         user_kh = ([self._known_hosts] if self._known_hosts else
