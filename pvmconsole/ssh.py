@@ -425,10 +425,10 @@ class SshRunner:
                     self._drop_locked()
                 if attempt == 2 or time.monotonic() >= deadline:
                     raise SshError(PvmHostFail, f"{self.host}: connection lost: {e or type(e).__name__}") from None
-        return self._exec(ch, command, input, deadline, timeout)
+        return self._exec(ch, command, input, deadline, timeout, argv[0])
 
     def _exec(self, ch: paramiko.Channel, command: str, input: str | None,
-              deadline: float, timeout: float) -> Result:
+              deadline: float, timeout: float, prog: str) -> Result:
         # exec_command waits for sshd's answer without a timeout: a watchdog closes the
         # connection if it never comes (the host is then gone anyway).
         watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), ch.get_transport().close)
@@ -440,7 +440,7 @@ class SshRunner:
             with self._lock:
                 self._drop_locked()
             raise SshError(PvmHostFail, f"{self.host}: connection lost starting "
-                                        f"{shlex.split(command)[-1] if command else ''}: {e}") from None
+                                        f"{prog}: {e}") from None
         finally:
             watchdog.cancel()
         out, err = bytearray(), bytearray()
@@ -479,11 +479,18 @@ class SshRunner:
             raise SshError(PvmHostFail, f"{self.host}: connection lost: {e or type(e).__name__}") from None
         finally:
             ch.close()
-        if rc == -1:  # the channel closed without an exit status: host or sshd died
+        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        if rc == -1:
+            t = self._client.get_transport() if self._client else None
+            if t is not None and t.is_active():
+                # sshd sent exit-signal (paramiko keeps only exit-status): the program was
+                # killed by a signal; ssh(1) reports that as 255 too.
+                return Result(255, stdout, stderr + f"{self.host}: {prog} "
+                                                     f"was killed by a signal\n")
             with self._lock:
                 self._drop_locked()
             raise SshError(PvmHostFail, f"{self.host}: connection lost (no exit status)")
-        return Result(rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        return Result(rc, stdout, stderr)
 
     def close(self) -> None:
         with self._lock:
