@@ -81,8 +81,13 @@ class Registry:
         problems = []
         for ep in entry_points(group=group):
             try:
-                for command in ep.load():
-                    self.add(command, origin=f"plugin {ep.name}")
+                commands = list(ep.load())
             except Exception as e:  # any failure inside third-party code
                 problems.append(f"plugin {ep.name} ({ep.value}): {e}")
+                continue
+            for command in commands:
+                try:
+                    self.add(command, origin=f"plugin {ep.name}")
+                except ValueError as e:  # a clash: that command is left out, the rest load
+                    problems.append(str(e))
         return problems

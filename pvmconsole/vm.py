@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 from pvmconsole import hostfile as hf
 from pvmconsole.hostlink import HostLink, is_local, link_for
-from pvmconsole.vmtable import MAX_HOSTS, HostRecord, TableStore, VmTable
+from pvmconsole.vmtable import HostRecord, TableStore, VmTable, lowest_free_index
 from shmd.errors import (
     PvmBadParam, PvmDupHost, PvmError, PvmHostFail, PvmNoHost, PvmSysErr,
 )
@@ -188,7 +188,7 @@ class VirtualMachine:
                 continue
             taken.add(e.name)
             local_taken |= is_local(e.name)
-            index = next(i for i in range(1, MAX_HOSTS + 1) if i not in used)  # lowest free
+            index = lowest_free_index(used)
             used.add(index)
             plan.append((e, index, None))
 

@@ -63,12 +63,6 @@ class VmTable:
     def host(self, name: str) -> HostRecord | None:
         return next((h for h in self.hosts if h.name == name), None)
 
-    def free_index(self) -> int:
-        used = {h.index for h in self.hosts}
-        for i in range(1, MAX_HOSTS + 1):
-            if i not in used:
-                return i
-        raise PvmError(PvmOutOfRes, "no free host index")
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=1, sort_keys=True)
@@ -81,6 +75,14 @@ class VmTable:
         d.pop("format")
         d["hosts"] = [HostRecord(**h) for h in d.get("hosts", [])]
         return cls(**d)
+
+
+def lowest_free_index(used: set[int]) -> int:
+    """The lowest host index not in *used* (PVM reuses freed slots)."""
+    for i in range(1, MAX_HOSTS + 1):
+        if i not in used:
+            return i
+    raise PvmError(PvmOutOfRes, f"all {MAX_HOSTS} host indices in use")
 
 
 def table_path(vmid: str) -> str:

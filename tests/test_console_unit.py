@@ -212,3 +212,20 @@ def test_add_delete_mstat_formats_match_pvm():
     assert formats.delete([("n1", None)])[2] == "                      n1  deleted"
     assert formats.mstat([("nosuch", -6), ("vm", None)]) == [
         "                  nosuch  No such host", "                      vm  ok"]
+
+
+def test_plugin_clash_leaves_out_only_that_command(monkeypatch):
+    ok = Command("fine", 1, 1, "x", ("Syntax:  fine",), lambda c, a: None)
+    clash = Command("conf", 1, 1, "x", ("Syntax:  conf",), lambda c, a: None)
+
+    class EP:
+        name, value = "p", "p:COMMANDS"
+
+        def load(self):
+            return [clash, ok]
+
+    monkeypatch.setattr("pvmconsole.registry.entry_points", lambda group: [EP()])
+    reg = builtin_registry()
+    problems = reg.load_plugins()
+    assert problems == ["command 'conf' from plugin p clashes with one from builtin"]
+    assert reg.origin["fine"] == "plugin p" and reg.origin["conf"] == "builtin"
