@@ -368,6 +368,9 @@ class SshRunner:
         except (paramiko.SSHException, EOFError, OSError) as e:
             client.close()
             why = str(e) or type(e).__name__
+            if "No authentication methods" in why:
+                raise SshError(PvmCantStart, f"{self.host}: authentication as {s['user']} failed: no key "
+                                             f"(agent, ~/.ssh, IdentityFile) and no password") from None
             raise SshError(PvmCantStart, f"{self.host}: SSH handshake with {self._where()} failed: {why}") from None
         self.connects += 1
         self._ever_connected = True

@@ -248,3 +248,44 @@ def test_remote_command_quoting():
     assert remote_command(["~/bin/pvm_shmd"]) == "exec bin/pvm_shmd"
     with pytest.raises(SshError):
         remote_command(["x"], env={"A;B": "1"})
+
+
+def bare_config(lab, tmp_path) -> str:
+    """Alias, address, user and known_hosts only: the key must come from elsewhere."""
+    cfg = tmp_path / "bare_config"
+    cfg.write_text(f"Host pvmh1\n    HostName {lab.hosts[0].addr}\n    User root\n"
+                   f"    UserKnownHostsFile {lab.known_hosts}\n")
+    return str(cfg)
+
+
+def test_key_from_home_ssh(lab, runners, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    shutil.copy(lab.key, home / ".ssh" / "id_ed25519")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    assert runners("pvmh1", config=bare_config(lab, tmp_path)).run(["hostname"], timeout=10).stdout == "pvmh1\n"
+    (home / ".ssh" / "id_ed25519").unlink()
+    with pytest.raises(SshError, match="authentication as root failed"):
+        runners("pvmh1", config=bare_config(lab, tmp_path)).run(["true"], timeout=10)
+
+
+def test_key_from_agent(lab, runners, tmp_path, monkeypatch):
+    if not shutil.which("ssh-agent"):
+        pytest.skip("ssh-agent not installed")
+    sock = str(tmp_path / "agent.sock")
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        env = dict(os.environ, SSH_AUTH_SOCK=sock)
+        subprocess.run(["ssh-add", "-q", lab.key], env=env, check=True, timeout=10,
+                       capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh keys: only the agent can help
+        assert runners("pvmh1", config=bare_config(lab, tmp_path)).run(["hostname"], timeout=10).stdout == "pvmh1\n"
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
