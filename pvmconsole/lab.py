@@ -386,13 +386,14 @@ def down(dir: str = DEFAULT_DIR, *, _remove_dir: bool = True) -> list[str]:
                 killed[pid] = h.name
             except ProcessLookupError:
                 pass
-    # Wait until every killed process is gone, zombies included (their parents reap them;
-    # the unshare processes are our children when the lab was made in this process).
+    # Wait until every killed process is dead. We reap our own children (a lab made in this
+    # process); a zombie of someone else's (init's, after `pvm-lab up` exited) holds nothing —
+    # its namespaces are already released — and init may be slow to reap it.
     deadline = time.monotonic() + 5
     while killed and time.monotonic() < deadline:
         for pid in list(killed):
             _reap(pid)
-            if not os.path.exists(f"/proc/{pid}"):
+            if not _alive(pid):
                 del killed[pid]
         if killed:
             time.sleep(0.01)

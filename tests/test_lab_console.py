@@ -76,6 +76,15 @@ def test_four_hosts_conf_stat_halt(lab, console, pvm_env):
     assert all(ipc_objects(lab, h) for h in names)
     print(f"start of 4 lab hosts + master through the console: {took:.2f} s")
 
+    # reset restarts every daemon over the open connections; delete stops one host's.
+    before = {h: daemons(lab, h, vmid) for h in names}
+    r = console("reset; delete pvmh2; conf")
+    assert r.returncode == 0, r.stderr
+    assert daemons(lab, "pvmh2", vmid) == [] and ipc_objects(lab, "pvmh2") == []
+    for h in ("pvmh1", "pvmh3", "pvmh4"):
+        now = daemons(lab, h, vmid)
+        assert len(now) == 1 and now != before[h], (h, before[h], now)
+
     r = console("halt")
     assert r.returncode == 0, r.stderr
     for h in names:
