@@ -380,12 +380,18 @@ def down(dir: str = DEFAULT_DIR, *, _remove_dir: bool = True) -> list[str]:
             continue
         # Every process in the host's netns: sshd (PID 1 of its PID namespace, so its death
         # takes the whole host with it), daemons started over ssh, anything a user started.
-        for pid in _netns_pids(h.netns) + ([h.pid] if h.pid else []):
+        # The host's unshare is spared: it reaps sshd and exits by itself (else sshd's zombie
+        # would wait for init); it is killed below if it lingers.
+        for pid in _netns_pids(h.netns):
+            if pid == h.pid:
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed[pid] = h.name
             except ProcessLookupError:
                 pass
+        if h.pid and _alive(h.pid):
+            killed[h.pid] = h.name
     # Wait until every killed process is dead. We reap our own children (a lab made in this
     # process); a zombie of someone else's (init's, after `pvm-lab up` exited) holds nothing —
     # its namespaces are already released — and init may be slow to reap it.
@@ -397,6 +403,15 @@ def down(dir: str = DEFAULT_DIR, *, _remove_dir: bool = True) -> list[str]:
                 del killed[pid]
         if killed:
             time.sleep(0.01)
+        if killed and time.monotonic() > deadline - 3:  # a lingering unshare
+            for pid in killed:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    for h in lab.hosts:  # our zombie children of hosts that died before down
+        if h.pid:
+            _reap(h.pid)
     problems += [f"{name}: pid {pid} did not exit" for pid, name in killed.items()]
     for ns in [h.netns for h in lab.hosts] + [lab.name]:
         if os.path.exists(f"/run/netns/{ns}"):
