@@ -100,3 +100,7 @@ class PvmTimeout(PvmError):
 
     def __init__(self, detail: str = "timed out"):
         super().__init__(PvmNoData, detail)
+        self.args = (f"Timed out: {detail}",)
+
+    def __str__(self) -> str:
+        return self.args[0]

@@ -1,0 +1,102 @@
+"""Finding a host's pvm_shmd and talking to it over its control socket.
+
+The daemon is found the way an alien process must find it: from the user and the
+VM id alone (segment 0's key), never by trusting a file. Requests are one JSON
+object per line on a Unix socket whose path is recorded in segment 0.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import sysv_ipc
+
+from . import layout, paths
+from .errors import PvmDenied, PvmError, PvmSysErr
+
+
+class NoDaemon(PvmError):
+    """No pvm_shmd runs for this user and VM id on this host."""
+
+    def __init__(self, detail: str = "No pvm_shmd"):
+        super().__init__(PvmSysErr, detail)
+
+
+def attach_seg0(vmid: str) -> tuple[sysv_ipc.SharedMemory, memoryview]:
+    """Attach and check segment 0 of (this user, *vmid*); the caller detaches."""
+    key = paths.seg0_key(vmid)
+    try:
+        shm = sysv_ipc.SharedMemory(key)
+    except sysv_ipc.ExistentialError:
+        raise NoDaemon() from None
+    except sysv_ipc.PermissionsError:
+        raise PvmError(PvmDenied, f"segment key {key:#010x} belongs to another user") from None
+    buf = memoryview(shm)
+    try:
+        layout.check(buf, os.getuid(), vmid)
+    except layout.LayoutError as e:
+        buf.release()
+        shm.detach()
+        raise PvmError(PvmDenied, f"segment key {key:#010x}: {e}") from None
+    return shm, buf
+
+
+def daemon_info(vmid: str) -> dict:
+    """Pid, state and socket path from segment 0, or NoDaemon."""
+    shm, buf = attach_seg0(vmid)
+    try:
+        h = layout.header(buf)
+        return {"pid": h["pid"], "state": h["state"], "sock": h["sock"],
+                "start_ticks": h["start_ticks"], "host": h["host"]}
+    finally:
+        buf.release()
+        shm.detach()
+
+
+class Connection:
+    """A line-oriented JSON connection to the daemon."""
+
+    def __init__(self, path: str, timeout: float = 5.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError as e:
+            self.sock.close()
+            raise NoDaemon(f"No pvm_shmd ({path}: {e.strerror})") from None
+        self.rfile = self.sock.makefile("rb")
+
+    def request(self, op: str, **args) -> dict:
+        try:
+            self.sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+            line = self.rfile.readline()
+        except OSError as e:
+            raise NoDaemon(f"pvm_shmd did not answer: {e}") from None
+        if not line:
+            raise NoDaemon("pvm_shmd closed the connection")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise PvmError(reply.get("code", PvmSysErr), reply["error"])
+        return reply
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.rfile.close()
+        self.sock.close()
+
+
+def connect(vmid: str | None = None, timeout: float = 5.0) -> Connection:
+    vmid = paths.current_vmid(vmid)
+    return Connection(daemon_info(vmid)["sock"], timeout)
+
+
+def request(op: str, vmid: str | None = None, timeout: float = 5.0, **args) -> dict:
+    """One request on a fresh connection."""
+    c = connect(vmid, timeout)
+    try:
+        return c.request(op, **args)
+    finally:
+        c.close()

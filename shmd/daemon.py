@@ -1,0 +1,636 @@
+"""pvm_shmd: the per-host shared-memory daemon.
+
+It creates the segments, their page maps and semaphores, keeps the task table,
+notices dead tasks and reclaims their pages, and answers joins and status requests
+on a Unix socket. Tasks allocate and free pages themselves, under each segment's
+semaphore, without asking it.
+
+Signals: HUP clears the shared memory and every joined process (TERM, then KILL
+after a grace period) and goes on fresh; TERM and INT remove every IPC object and
+file and exit 0; USR1 reports the state to stdout (foreground) or the log.
+Handlers only record the signal; the main loop acts.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import select
+import selectors
+import signal
+import socket
+import sys
+import time
+
+import sysv_ipc
+
+from . import handshake, ipc, layout, pagemap, paths
+from .errors import PvmOutOfRes, strerror
+from .log import Log
+from .options import (EXIT_DENIED, EXIT_OK, EXIT_RESOURCES, EXIT_RUNNING, EXIT_USAGE, USAGE,
+                      Options, UsageError, parse)
+from .resources import OutOfResources, Resources, leftovers
+
+LOCK_TIMEOUT = 2.0  # longest the daemon waits for a page-map or inbox semaphore
+HUP_GRACE = 2.0  # seconds between TERM and KILL of a task on HUP
+TICK = 0.2  # liveness-check period (seconds)
+
+
+class StartError(Exception):
+    def __init__(self, status: int, msg: str):
+        super().__init__(msg)
+        self.status = status
+
+
+class Daemon:
+    def __init__(self, opts: Options, log: Log):
+        self.o, self.log = opts, log
+        self.files = paths.daemon_files(opts.vmid)
+        self.res = Resources(self.files["ipc"])
+        self.segs: list[sysv_ipc.SharedMemory] = []
+        self.seg_locks: list[ipc.Lock] = []
+        self.buf: memoryview | None = None
+        self.m32: memoryview | None = None
+        self.lock_fd = -1
+        self.listener: socket.socket | None = None
+        self.clients: dict[socket.socket, dict] = {}  # socket -> {"buf": bytes, "slot": int}
+        self.signals: list[int] = []
+        self.sel = selectors.DefaultSelector()
+        self.dtid = opts.host << 18
+        self.running = True
+
+    # ---- start-up -------------------------------------------------------------------
+    def take_lock(self) -> None:
+        """One daemon per (user, VM id, host): an flock on the pid file. The kernel drops
+        it when the holder dies, so a stale file never blocks a restart."""
+        fd = os.open(self.files["lock"], os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.read(fd, 32).decode().strip() or "?"
+            os.close(fd)
+            raise StartError(EXIT_RUNNING, f"already running (pid {other})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.lock_fd = fd
+
+    def reclaim(self) -> None:
+        """Remove what a daemon of this VM killed with SIGKILL left behind; refuse a
+        foreign segment at our key."""
+        key = paths.seg0_key(self.o.vmid)
+        seg0 = None
+        try:
+            shm = sysv_ipc.SharedMemory(key)
+        except sysv_ipc.ExistentialError:
+            shm = None
+        except sysv_ipc.PermissionsError:
+            raise StartError(EXIT_DENIED, f"segment key {key:#010x} is in use by another "
+                                          "user; choose another VM id (-vmid=)") from None
+        if shm is not None:
+            buf = memoryview(shm)
+            try:
+                layout.check(buf, os.getuid(), self.o.vmid)
+            except layout.LayoutError as e:
+                buf.release()
+                shm.detach()
+                raise StartError(EXIT_DENIED, f"segment key {key:#010x} (shmid {shm.id}) "
+                                              f"is not ours: {e}; remove it (ipcrm -m "
+                                              f"{shm.id}) or choose another VM id") from None
+            h = layout.header(buf)
+            if ipc.alive(h["pid"], h["start_ticks"]):
+                pid = h["pid"]
+                buf.release()
+                shm.detach()
+                raise StartError(EXIT_RUNNING, f"already running (pid {pid})")
+            seg0 = buf
+        found = leftovers(self.files["ipc"], seg0)
+        if seg0 is not None:
+            pid = layout.header(seg0)["pid"]
+            found.add(("shm", shm.id))
+            seg0.release()
+            shm.detach()
+            self.log(f"reclaiming leftovers of dead pvm_shmd pid {pid}")
+        for kind, iid in sorted(found):
+            ipc.remove(kind, iid)
+        if found:
+            self.log(f"removed {len(found)} leftover IPC objects: "
+                     + " ".join(f"{k}:{i}" for k, i in sorted(found)))
+        for f in (self.files["ipc"], self.files["sock"]):
+            try:
+                os.unlink(f)
+            except FileNotFoundError:
+                pass
+
+    def create(self) -> None:
+        """Probe the segment size (halving on refusal), then make the segments, their
+        semaphores and page maps."""
+        o, ps = self.o, layout.pagesize()
+        npages = o.maxpages
+        key0 = paths.seg0_key(o.vmid)
+        while True:
+            geo = layout.Geometry(ps, npages, o.maxsegs)
+            try:
+                self.segs.append(self.res.segment(key0, geo.seg_size(0)))
+                break
+            except (sysv_ipc.Error, OSError) as e:
+                self.log(f"shmget of {geo.seg_size(0)} bytes refused ({e}); halving")
+                if npages == 1:
+                    raise OutOfResources(f"cannot create segment 0 ({e})") from None
+                npages //= 2
+        for i in range(1, o.maxsegs):
+            try:
+                self.segs.append(self.res.segment(sysv_ipc.IPC_PRIVATE, geo.seg_size(i)))
+            except (sysv_ipc.Error, OSError, ValueError, MemoryError) as e:
+                self.log(f"segment {i} of {geo.seg_size(i)} bytes refused ({e})")
+                break
+        need = min(2, o.maxsegs)
+        if len(self.segs) < need:
+            raise OutOfResources(f"can create only {len(self.segs)} segment(s) of {npages} "
+                                 f"pages; need at least {need} (see kernel.shmmni, shmall)")
+        self.geo = geo = layout.Geometry(ps, npages, len(self.segs))
+        try:
+            for _ in self.segs:
+                self.seg_locks.append(ipc.Lock(self.res.semaphore(1)))
+        except (sysv_ipc.Error, OSError) as e:
+            raise OutOfResources(f"cannot create semaphores ({e}); see kernel.sem") from None
+        self.buf = memoryview(self.segs[0])
+        self.m32 = self.buf.cast("i")
+        h = layout.header(self.buf)
+        for name, value in (("version", layout.VERSION), ("uid", os.getuid()),
+                            ("pid", os.getpid()), ("host", o.host), ("pagesize", ps),
+                            ("nsegs", len(self.segs)), ("max_tasks", layout.MAX_TASKS),
+                            ("ring", layout.RING), ("state", layout.STARTING),
+                            ("start_ticks", ipc.process_start(os.getpid()) or 0),
+                            ("maps_off", geo.maps_off), ("vmid", o.vmid),
+                            ("sock", self.files["sock"]), ("started", time.time())):
+            h[name] = value
+        for i, (shm, lock) in enumerate(zip(self.segs, self.seg_locks)):
+            e = layout.segent(self.buf, i)
+            for name, value in (("shmid", shm.id), ("key", shm.key), ("semid", lock.id),
+                                ("semkey", lock.sem.key), ("npages", npages),
+                                ("data_off", geo.data0_off if i == 0 else 0),
+                                ("map_off", layout.map_off(i))):
+                e[name] = value
+        self.clear_maps()
+        self.buf[:8] = layout.MAGIC  # last: only now may an alien process trust it
+
+    def clear_maps(self) -> None:
+        for i in range(len(self.segs)):
+            pagemap.init(self.m32, layout.map_off(i) // 4, self.geo.npages)
+            layout.segent(self.buf, i)["free"] = self.geo.npages
+
+    def listen(self) -> None:
+        path = self.files["sock"]
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            s.bind(path)
+        finally:
+            os.umask(old)
+        s.listen(64)
+        s.setblocking(False)
+        self.listener = s
+        self.sel.register(s, selectors.EVENT_READ, "listen")
+
+    def ready_line(self) -> str:
+        return handshake.format_line(
+            ip=self.o.name, mtu=self.geo.pagesize, dsig=handshake.DSIG, speed=1000,
+            pid=os.getpid(), tid=f"{self.dtid:x}", segs=len(self.segs), pages=self.geo.npages)
+
+    # ---- tasks ----------------------------------------------------------------------
+    def slots(self):
+        for i in range(layout.MAX_TASKS):
+            yield i, layout.slot(self.buf, i)
+
+    def join(self, conn: socket.socket, req: dict) -> dict:
+        pid, name = int(req.get("pid", 0)), str(req.get("name", ""))[:31]
+        start = ipc.process_start(pid)
+        if start is None:
+            return {"error": f"no such process {pid}", "code": -2}
+        for i, t in self.slots():
+            if t["tid"] and t["pid"] == pid and t["start_ticks"] == start:
+                # a spawner enrolled this process for it: it adopts its slot
+                self.clients[conn]["slot"] = i
+                return {"tid": t["tid"], "slot": i,
+                        "generation": layout.header(self.buf)["generation"]}
+        free = next((i for i, t in self.slots() if not t["tid"]), None)
+        if free is None:
+            return {"error": "task table full", "code": PvmOutOfRes}
+        h = layout.header(self.buf)
+        used = {t["tid"] & 0x3FFFF for _, t in self.slots() if t["tid"]}
+        local = h["next_local"] or 1
+        while local in used or local == 0:
+            local = local % 0x3FFFF + 1
+        h["next_local"] = local % 0x3FFFF + 1
+        tid = self.dtid | local
+        try:
+            lock = self.res.semaphore(1)
+            wake = self.res.semaphore(0)
+        except (sysv_ipc.Error, OSError) as e:
+            return {"error": f"cannot create semaphores: {e}", "code": PvmOutOfRes}
+        t = layout.slot(self.buf, free)
+        for k, v in (("pid", pid), ("start_ticks", start), ("name", name), ("head", 0),
+                     ("tail", 0), ("waiting", 0), ("pending", 0), ("lock_key", lock.key),
+                     ("lock_id", lock.id), ("wake_key", wake.key), ("wake_id", wake.id),
+                     ("state", layout.ACTIVE)):
+            t[k] = v
+        t["tid"] = tid  # last: a slot with a tid is complete
+        h["joined"] = h["joined"] + 1
+        self.clients[conn]["slot"] = free
+        self.log.debug(1, f"task t{tid:x} pid {pid} ({name}) joined, slot {free}")
+        return {"tid": tid, "slot": free, "generation": h["generation"]}
+
+    def reap(self, i: int, why: str) -> None:
+        """Free everything of the task in slot *i*: pages it holds, messages queued to
+        it, its semaphores and slot."""
+        t = layout.slot(self.buf, i)
+        tid = t["tid"]
+        if not tid:
+            return
+        lock = None
+        try:
+            lock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
+            locked = lock.acquire(LOCK_TIMEOUT)  # keep senders out while we empty the ring
+        except (ipc.Gone, sysv_ipc.Error):
+            locked = False
+        t["state"] = layout.FREE
+        queued = {}
+        for n in range(t["head"], t["tail"]):
+            d = layout.desc_off(i, n)
+            seg = self.m32[(d + layout.D_SEG) // 4]
+            if seg >= 0:
+                queued.setdefault(seg, set()).add(self.m32[(d + layout.D_PAGE) // 4])
+        live_refs = self.live_ring_refs(exclude=i)
+        freed = 0
+        for s in range(len(self.segs)):
+            b = layout.map_off(s) // 4
+            got = self.seg_locks[s].acquire(LOCK_TIMEOUT)
+            try:
+                doomed = set(queued.get(s, ()))
+                for p, n, allocated, owner in pagemap.runs(self.m32, b, self.geo.npages):
+                    if allocated and owner == tid and (s, p) not in live_refs:
+                        doomed.add(p)
+                for p in doomed:
+                    n = pagemap.free(self.m32, b, self.geo.npages, p)
+                    freed += n
+                    e = layout.segent(self.buf, s)
+                    e["free"] = e["free"] + n
+                    e["freed"] = e["freed"] + (1 if n else 0)
+            finally:
+                if got:
+                    self.seg_locks[s].release()
+        t["tid"] = 0
+        if locked and lock is not None:
+            lock.release()
+        for k in ("lock_id", "wake_id"):
+            try:
+                self.res.drop("sem", t[k])
+            except OSError:
+                pass
+        h = layout.header(self.buf)
+        if why == "left":
+            h["exited"] = h["exited"] + 1
+        else:
+            h["reaped"] = h["reaped"] + 1
+        self.log(f"task t{tid:x} {why}; freed {freed} pages")
+
+    def live_ring_refs(self, exclude: int) -> set[tuple[int, int]]:
+        """(segment, page) of every message waiting in a live task's inbox."""
+        refs = set()
+        for i, t in self.slots():
+            if i == exclude or not t["tid"]:
+                continue
+            for n in range(t["head"], t["tail"]):
+                d = layout.desc_off(i, n)
+                seg = self.m32[(d + layout.D_SEG) // 4]
+                if seg >= 0:
+                    refs.add((seg, self.m32[(d + layout.D_PAGE) // 4]))
+        return refs
+
+    def check_tasks(self) -> None:
+        for i, t in self.slots():
+            if t["tid"] and not ipc.alive(t["pid"], t["start_ticks"]):
+                self.reap(i, "exited without leaving (reaped)")
+
+    # ---- status ---------------------------------------------------------------------
+    def state(self) -> dict:
+        h = layout.header(self.buf)
+        segs, held = [], {}
+        for s in range(len(self.segs)):
+            e, b = layout.segent(self.buf, s), layout.map_off(s) // 4
+            got = self.seg_locks[s].acquire(LOCK_TIMEOUT)
+            try:
+                runs = list(pagemap.runs(self.m32, b, self.geo.npages))
+            finally:
+                if got:
+                    self.seg_locks[s].release()
+            free = sum(n for _, n, a, _ in runs if not a)
+            for _, n, a, owner in runs:
+                if a:
+                    held[owner] = held.get(owner, 0) + n
+            segs.append({"id": s, "shmid": e["shmid"], "semid": e["semid"],
+                         "pages": self.geo.npages, "free": free,
+                         "largest_free": max([n for _, n, a, _ in runs if not a] or [0]),
+                         "allocated": e["allocated"], "freed": e["freed"]})
+        tasks = [{"tid": t["tid"], "pid": t["pid"], "name": t["name"],
+                  "pages": held.get(t["tid"], 0),
+                  "waiting": t["tail"] - t["head"] + t["pending"]}
+                 for _, t in self.slots() if t["tid"]]
+        return {"pid": os.getpid(), "tid": self.dtid, "host": self.o.host, "name": self.o.name,
+                "vmid": self.o.vmid, "uptime": round(time.time() - h["started"], 3),
+                "pagesize": self.geo.pagesize, "generation": h["generation"],
+                "segments": segs, "tasks": tasks,
+                "counters": {"allocated": sum(s["allocated"] for s in segs),
+                             "freed": sum(s["freed"] for s in segs), "joined": h["joined"],
+                             "exited": h["exited"], "reaped": h["reaped"], "hups": h["hups"]}}
+
+    def report(self) -> None:
+        """USR1: the internal state, human-readable, to stdout or the log."""
+        st = self.state()
+        lines = [f"pvm_shmd pid {st['pid']} tid t{st['tid']:x} vmid {st['vmid'] or '-'} "
+                 f"up {st['uptime']:.0f} s, page size {st['pagesize']}"]
+        for s in st["segments"]:
+            lines.append(f"segment {s['id']} shmid {s['shmid']} semid {s['semid']}: "
+                         f"{s['pages']} pages, {s['free']} free, largest free run "
+                         f"{s['largest_free']}, {s['allocated']} allocated, {s['freed']} freed")
+        for t in st["tasks"]:
+            lines.append(f"task t{t['tid']:x} pid {t['pid']} {t['name'] or '-'}: "
+                         f"{t['pages']} pages held, {t['waiting']} messages waiting")
+        lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in st["counters"].items()))
+        if self.o.foreground:
+            print("\n".join(lines), flush=True)
+        else:
+            self.log("\n".join(lines))
+
+    # ---- signals and the loop -------------------------------------------------------
+    def on_signal(self, signum, frame) -> None:
+        self.signals.append(signum)  # only record; the loop acts
+
+    def hup(self) -> None:
+        """Clear the shared memory and every associated process, then go on fresh."""
+        victims = [(i, t["pid"], t["start_ticks"]) for i, t in self.slots() if t["tid"]]
+        for _, pid, start in victims:
+            if ipc.alive(pid, start):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + HUP_GRACE
+        while time.monotonic() < deadline and any(ipc.alive(p, s) for _, p, s in victims):
+            time.sleep(0.02)
+        for _, pid, start in victims:
+            if ipc.alive(pid, start):
+                os.kill(pid, signal.SIGKILL)
+        for i, _, _ in victims:
+            self.reap(i, "killed by HUP")
+        for c in list(self.clients):
+            self.drop_client(c, reap=False)
+        self.clear_maps()
+        h = layout.header(self.buf)
+        h["generation"] = h["generation"] + 1
+        h["hups"] = h["hups"] + 1
+        self.log(f"HUP: cleared shared memory and {len(victims)} task(s)")
+
+    def handle_signals(self) -> None:
+        while self.signals:
+            sig = self.signals.pop(0)
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self.log(f"received {signal.Signals(sig).name}; removing IPC objects, exiting")
+                self.running = False
+            elif sig == signal.SIGHUP:
+                self.hup()
+            elif sig == signal.SIGUSR1:
+                self.report()
+
+    def drop_client(self, conn: socket.socket, reap: bool = True) -> None:
+        info = self.clients.pop(conn, None)
+        self.sel.unregister(conn)
+        conn.close()
+        if reap and info and info.get("slot") is not None:
+            i = info["slot"]
+            t = layout.slot(self.buf, i)
+            if t["tid"] and not ipc.alive(t["pid"], t["start_ticks"]):
+                self.reap(i, "exited without leaving (reaped)")
+
+    def serve(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.drop_client(conn)
+            return
+        info = self.clients[conn]
+        info["buf"] += data
+        if len(info["buf"]) > 1 << 20:
+            self.drop_client(conn)
+            return
+        while b"\n" in info["buf"]:
+            line, info["buf"] = info["buf"].split(b"\n", 1)
+            try:
+                req = json.loads(line)
+                op = req["op"]
+            except (ValueError, KeyError, TypeError):
+                reply = {"error": "bad request", "code": -2}
+            else:
+                reply = self.dispatch(conn, op, req)
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                self.drop_client(conn)
+                return
+
+    def dispatch(self, conn: socket.socket, op: str, req: dict) -> dict:
+        if op == "join":
+            if self.clients[conn].get("slot") is not None:
+                return {"error": "already joined", "code": -33}
+            return self.join(conn, req)
+        if op == "leave":
+            i = self.clients[conn].pop("slot", None)
+            if i is not None:
+                self.reap(i, "left")
+            return {"ok": True}
+        if op == "stat":
+            return self.state()
+        if op == "ping":
+            return {"pid": os.getpid()}
+        return {"error": f"unknown request {op!r}", "code": -2}
+
+    def loop(self) -> None:
+        last = time.monotonic()
+        while self.running:
+            for key, _ in self.sel.select(TICK):
+                if key.data == "listen":
+                    try:
+                        conn, _ = self.listener.accept()
+                    except OSError:
+                        continue
+                    conn.setblocking(True)
+                    conn.settimeout(LOCK_TIMEOUT)
+                    self.clients[conn] = {"buf": b"", "slot": None}
+                    self.sel.register(conn, selectors.EVENT_READ, "client")
+                elif key.data == "signal":
+                    try:
+                        os.read(key.fd, 512)
+                    except OSError:
+                        pass
+                else:
+                    self.serve(key.fileobj)
+            self.handle_signals()
+            if time.monotonic() - last >= TICK:
+                last = time.monotonic()
+                self.check_tasks()
+
+    def shutdown(self) -> None:
+        """Remove every IPC object and file made; safe to call at any stage."""
+        if self.buf is not None:
+            layout.header(self.buf)["state"] = layout.STOPPING
+            self.m32.release()
+            self.buf.release()
+            self.buf = None
+        for shm in self.segs:
+            try:
+                shm.detach()
+            except sysv_ipc.Error:
+                pass
+        self.res.remove_all()
+        if self.listener is not None:
+            self.listener.close()
+            for f in (self.files["sock"],):
+                try:
+                    os.unlink(f)
+                except FileNotFoundError:
+                    pass
+        if self.lock_fd >= 0:
+            try:
+                os.unlink(self.files["lock"])
+            except FileNotFoundError:
+                pass
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+
+def run(opts: Options, ready_fd: int | None) -> int:
+    """Start up, say ready (on *ready_fd* or stdout), serve until TERM/INT."""
+    log_path = paths.log_path(opts.vmid)
+    log = Log(log_path, f"[pvm_shmd t{opts.host << 18:x}] ", echo=opts.foreground,
+              debug=opts.debug)
+
+    def fail(status: int, msg: str) -> int:
+        log(f"cannot start: {msg}")
+        line = f"pvm_shmd: {msg}"
+        if ready_fd is not None:
+            os.write(ready_fd, f"error {status} {line}\n".encode())
+        else:
+            print(line, file=sys.stderr)
+        return status
+
+    d = Daemon(opts, log)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, d.on_signal)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w)
+    d.sel.register(r, selectors.EVENT_READ, "signal")
+    try:
+        d.take_lock()
+        d.reclaim()
+        d.create()
+        d.listen()
+    except StartError as e:
+        d.shutdown()
+        return fail(e.status, str(e))
+    except OutOfResources as e:
+        d.shutdown()
+        return fail(EXIT_RESOURCES, str(e))
+    except (PermissionError, sysv_ipc.PermissionsError) as e:
+        d.shutdown()
+        return fail(EXIT_DENIED, f"permission denied: {e}")
+    except OSError as e:
+        d.shutdown()
+        return fail(EXIT_RESOURCES, f"{e.strerror or e}")
+    layout.header(d.buf)["state"] = layout.READY
+    line = d.ready_line()
+    log(f"ready: {line}")
+    if ready_fd is not None:
+        os.write(ready_fd, (line + "\n").encode())
+        os.close(ready_fd)
+    else:
+        print(line, flush=True)
+    try:
+        d.handle_signals()  # a signal that came during start-up
+        d.loop()
+    finally:
+        d.shutdown()
+        log("exited")
+        log.close()
+    return EXIT_OK
+
+
+def detach(opts: Options) -> int:
+    """Fork the daemon into the background; return once it said ready (or failed)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        try:
+            status = run(opts, w)
+        except BaseException:  # the daemon must never leave a half-made state unreported
+            import traceback
+
+            Log(paths.log_path(opts.vmid), "[pvm_shmd] ")(traceback.format_exc())
+            status = 1
+        os._exit(status)
+    os.close(w)
+    os.waitpid(pid, 0)
+    data = b""
+    deadline = time.monotonic() + 60
+    while not data.endswith(b"\n") and time.monotonic() < deadline:
+        ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    line = data.decode(errors="replace").strip()
+    if line.startswith("ddpro<"):
+        print(line, flush=True)
+        return EXIT_OK
+    if line.startswith("error "):
+        _, status, msg = line.split(" ", 2)
+        print(msg, file=sys.stderr)
+        return int(status)
+    print("pvm_shmd: daemon died during start-up (see " + paths.log_path(opts.vmid) + ")",
+          file=sys.stderr)
+    return EXIT_RESOURCES
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help", "-help"):
+        print(USAGE)
+        return EXIT_OK
+    try:
+        opts = parse(argv)
+    except UsageError as e:
+        print(f"pvm_shmd: {e} (pvm_shmd -help for usage)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        os.makedirs(paths.pvm_tmp(), exist_ok=True)
+    except OSError as e:
+        print(f"pvm_shmd: PVM_TMP {paths.pvm_tmp()}: {e.strerror}", file=sys.stderr)
+        return EXIT_DENIED
+    if opts.foreground:
+        return run(opts, None)
+    return detach(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

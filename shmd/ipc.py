@@ -1,0 +1,157 @@
+"""SysV IPC plumbing: timed semaphore operations, /proc/sysvipc, removal by id.
+
+sysv_ipc does the creating, attaching and fast non-blocking operations. Its wheels
+are built without semtimedop (``SEMAPHORE_TIMEOUT_SUPPORTED`` is False, a timeout is
+then ignored and the call blocks forever), so timed waits call semtimedop through
+ctypes: every blocking call here has a timeout.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+
+import sysv_ipc
+
+SEM_UNDO = 0x1000
+IPC_NOWAIT = 0o4000
+IPC_RMID = 0
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+class _Sembuf(ctypes.Structure):
+    _fields_ = [("sem_num", ctypes.c_ushort), ("sem_op", ctypes.c_short), ("sem_flg", ctypes.c_short)]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc.semtimedop.argtypes = [ctypes.c_int, ctypes.POINTER(_Sembuf), ctypes.c_size_t,
+                             ctypes.POINTER(_Timespec)]
+_libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+_libc.semctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+_libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+_libc.msgctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+_DOWN_UNDO = _Sembuf(0, -1, SEM_UNDO)
+_DOWN = _Sembuf(0, -1, 0)
+
+
+class Gone(Exception):
+    """The semaphore was removed (its owner, the daemon, tore it down)."""
+
+
+def timed_down(semid: int, timeout: float, undo: bool) -> bool:
+    """semop -1 on *semid*, waiting at most *timeout* seconds; True if acquired."""
+    ts = _Timespec(int(timeout), int((timeout % 1) * 1e9))
+    op = _DOWN_UNDO if undo else _DOWN
+    while True:
+        if _libc.semtimedop(semid, ctypes.byref(op), 1, ctypes.byref(ts)) == 0:
+            return True
+        e = ctypes.get_errno()
+        if e == errno.EAGAIN:
+            return False
+        if e == errno.EINTR:
+            continue  # a signal: the caller's loop re-checks its state anyway
+        if e in (errno.EIDRM, errno.EINVAL):
+            raise Gone(f"semaphore {semid} removed")
+        raise OSError(e, os.strerror(e))
+
+
+def nonblocking(sem: sysv_ipc.Semaphore) -> sysv_ipc.Semaphore:
+    """Make acquire() raise BusyError instead of blocking (IPC_NOWAIT). Note that
+    ``acquire(0)`` is no substitute: without semtimedop it blocks."""
+    sem.block = False
+    return sem
+
+
+class Lock:
+    """A binary semaphore used as a lock, taken and released with SEM_UNDO so that a
+    process dying while holding it does not block the others."""
+
+    __slots__ = ("sem", "id")
+
+    def __init__(self, sem: sysv_ipc.Semaphore):
+        sem.undo = True
+        nonblocking(sem)
+        self.sem, self.id = sem, sem.id
+
+    def acquire(self, timeout: float) -> bool:
+        try:
+            self.sem.acquire()  # fast path, uncontended: no ctypes
+            return True
+        except sysv_ipc.BusyError:
+            return timed_down(self.id, timeout, True)
+        except sysv_ipc.ExistentialError:
+            raise Gone(f"semaphore {self.id} removed") from None
+
+    def release(self) -> None:
+        try:
+            self.sem.release()
+        except sysv_ipc.ExistentialError:
+            raise Gone(f"semaphore {self.id} removed") from None
+
+
+def create_segment(key: int, size: int) -> int:
+    """shmget(IPC_CREAT|IPC_EXCL, mode 0600): the kernel zero-fills new segments, and
+    sysv_ipc would memset every byte again (touching all the memory at start-up)."""
+    iid = _libc.shmget(key, size, 0o1000 | 0o2000 | 0o600)
+    if iid < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"shmget of {size} bytes: {os.strerror(e)}")
+    return iid
+
+
+def open_sem(key: int, semid: int) -> sysv_ipc.Semaphore:
+    """Open a semaphore by key and make sure it is still the object recorded as *semid*."""
+    sem = sysv_ipc.Semaphore(key)
+    if sem.id != semid:
+        raise Gone(f"semaphore key {key:#x} now names id {sem.id}, not {semid}")
+    return sem
+
+
+def proc_table(kind: str) -> list[dict[str, int]]:
+    """Rows of /proc/sysvipc/<kind> (shm, sem, msg) as dicts of ints."""
+    with open(f"/proc/sysvipc/{kind}") as f:
+        names = f.readline().split()
+        rows = []
+        for line in f:
+            cols = line.split()
+            rows.append({n: int(c) for n, c in zip(names, cols)})
+    return rows
+
+
+ID_COLUMN = {"shm": "shmid", "sem": "semid", "msg": "msqid"}
+
+
+def remove(kind: str, iid: int) -> bool:
+    """IPC_RMID the object; False if it was already gone."""
+    fn = {"shm": _libc.shmctl, "sem": _libc.semctl, "msg": _libc.msgctl}[kind]
+    rc = fn(iid, 0, IPC_RMID) if kind == "sem" else fn(iid, IPC_RMID, None)
+    if rc == 0:
+        return True
+    e = ctypes.get_errno()
+    if e in (errno.EINVAL, errno.EIDRM):
+        return False
+    raise OSError(e, f"removing {kind} {iid}: {os.strerror(e)}")
+
+
+def process_start(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of *pid*, None if there is no such
+    process or it is a zombie: together (pid, start) name one process for its life."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rindex(b")") + 2:].split()
+    if rest[0] in (b"Z", b"X"):
+        return None
+    return int(rest[19])
+
+
+def alive(pid: int, start: int) -> bool:
+    """Is the process that was *pid* with start time *start* still running?"""
+    return pid > 0 and process_start(pid) == start

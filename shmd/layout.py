@@ -1,0 +1,193 @@
+"""The control structure at the head of segment 0, shared by the daemon and every task.
+
+Segment 0 holds, in order (all offsets relative to the segment's start, so every
+process may map it anywhere)::
+
+    0        header (4 KiB): magic, layout version, uid, VM id, daemon pid and start
+             time, geometry, counters, the segment table (one 64-byte entry per segment)
+    4096     task table: MAX_TASKS slots; each slot is a small header plus a ring of
+             RING message descriptors (the task's inbox)
+    maps_off one page map per segment (three int32 arrays of MAXPAGES entries)
+    data0    message pages of segment 0 (other segments are all message pages)
+
+Everything here is plain offsets and struct formats; the hot paths in ``task.py`` use
+typed memoryviews over the same offsets.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"pvmshmd\x00"
+VERSION = 1
+
+MAXSEG = 8  # the man page's MAXSEG: segments at most
+MAXPAGES = 4096  # the man page's MAXPAGES: pages per segment at most
+MAX_TASKS = 128  # task slots (tids joined at once)
+RING = 128  # descriptors in a task's inbox
+DESC = 128  # bytes per descriptor
+INLINE = DESC - 40  # payload bytes carried in the descriptor itself (no pages)
+
+HEADER_SIZE = 4096
+SEGTAB_OFF = 512
+SEGENT = 64
+SLOT_HDR = 128
+SLOT_SIZE = SLOT_HDR + RING * DESC
+TASKS_OFF = HEADER_SIZE
+MAP_STRIDE = 3 * 4 * MAXPAGES  # hdr, ftr, owner (int32 each)
+
+# Header fields: name -> (offset, struct format).
+H = {
+    "magic": (0, "8s"),
+    "version": (8, "I"),
+    "uid": (12, "I"),
+    "pid": (16, "I"),
+    "host": (20, "I"),
+    "pagesize": (24, "I"),
+    "nsegs": (28, "I"),
+    "max_tasks": (32, "I"),
+    "ring": (36, "I"),
+    "state": (40, "I"),
+    "start_ticks": (48, "Q"),
+    "generation": (56, "Q"),
+    "next_local": (64, "Q"),
+    "maps_off": (80, "Q"),
+    "vmid": (96, "32s"),
+    "sock": (128, "108s"),
+    "joined": (240, "Q"),
+    "exited": (248, "Q"),
+    "reaped": (256, "Q"),
+    "hups": (264, "Q"),
+    "started": (272, "d"),
+}
+# Segment table entry fields (offset within the entry).
+S = {
+    "shmid": (0, "i"),
+    "key": (4, "i"),
+    "semid": (8, "i"),
+    "semkey": (12, "i"),
+    "npages": (16, "I"),
+    "free": (20, "I"),
+    "data_off": (24, "Q"),
+    "map_off": (32, "Q"),
+    "allocated": (40, "Q"),
+    "freed": (48, "Q"),
+}
+# Task slot header fields (offset within the slot).
+T = {
+    "tid": (0, "I"),
+    "pid": (4, "I"),
+    "state": (8, "I"),
+    "waiting": (12, "I"),
+    "head": (16, "Q"),
+    "tail": (24, "Q"),
+    "lock_key": (32, "i"),
+    "lock_id": (36, "i"),
+    "wake_key": (40, "i"),
+    "wake_id": (44, "i"),
+    "pending": (48, "I"),
+    "start_ticks": (56, "Q"),
+    "name": (64, "32s"),
+}
+# Descriptor fields (offset within a descriptor).
+D_SRC, D_TAG, D_NBYTES, D_SEG, D_PAGE, D_NPAGES, D_FLAGS, D_TOTAL, D_INLINE = (
+    0, 4, 8, 16, 20, 24, 28, 32, 40)
+DESC_FMT = "<IiQiIIIQ"  # src tag nbytes seg page npages flags total
+
+# Daemon states in the header.
+STARTING, READY, STOPPING = 0, 1, 2
+# Task slot states.
+FREE, ACTIVE = 0, 1
+# Descriptor flags.
+F_FIRST, F_MORE, F_ABORT = 1, 2, 4
+
+
+def round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of one daemon's segments."""
+
+    pagesize: int
+    npages: int  # message pages per segment
+    nsegs: int
+
+    @property
+    def maps_off(self) -> int:
+        return TASKS_OFF + MAX_TASKS * SLOT_SIZE
+
+    @property
+    def data0_off(self) -> int:
+        return round_up(self.maps_off + MAXSEG * MAP_STRIDE, self.pagesize)
+
+    def seg_size(self, seg: int) -> int:
+        return (self.data0_off if seg == 0 else 0) + self.npages * self.pagesize
+
+
+def pagesize() -> int:
+    return os.sysconf("SC_PAGESIZE")
+
+
+class Struct:
+    """Typed access to the fields of one region (header, segment entry, task slot)."""
+
+    __slots__ = ("buf", "base", "fields")
+
+    def __init__(self, buf: memoryview, base: int, fields: dict[str, tuple[int, str]]):
+        self.buf, self.base, self.fields = buf, base, fields
+
+    def __getitem__(self, name: str):
+        off, fmt = self.fields[name]
+        v = struct.unpack_from("<" + fmt, self.buf, self.base + off)[0]
+        return v.rstrip(b"\0").decode() if fmt.endswith("s") and fmt != "8s" else v
+
+    def __setitem__(self, name: str, value) -> None:
+        off, fmt = self.fields[name]
+        if isinstance(value, str):
+            value = value.encode()
+        struct.pack_into("<" + fmt, self.buf, self.base + off, value)
+
+
+def header(buf: memoryview) -> Struct:
+    return Struct(buf, 0, H)
+
+
+def segent(buf: memoryview, seg: int) -> Struct:
+    return Struct(buf, SEGTAB_OFF + seg * SEGENT, S)
+
+
+def slot_off(i: int) -> int:
+    return TASKS_OFF + i * SLOT_SIZE
+
+
+def slot(buf: memoryview, i: int) -> Struct:
+    return Struct(buf, slot_off(i), T)
+
+
+def desc_off(i: int, n: int) -> int:
+    """Offset of descriptor number *n* (any counter value) in slot *i*'s ring."""
+    return slot_off(i) + SLOT_HDR + (n % RING) * DESC
+
+
+def map_off(seg: int) -> int:
+    return TASKS_OFF + MAX_TASKS * SLOT_SIZE + seg * MAP_STRIDE
+
+
+class LayoutError(Exception):
+    """Segment 0 is not (or not this version of) a pvm_shmd control structure."""
+
+
+def check(buf: memoryview, uid: int, vmid: str) -> None:
+    """Refuse a segment that is not ours: wrong magic, version, owner or VM id."""
+    h = header(buf)
+    if bytes(buf[:8]) != MAGIC:
+        raise LayoutError("segment is not a pvm_shmd control structure (bad magic)")
+    if h["version"] != VERSION:
+        raise LayoutError(f"control structure layout version {h['version']}, expected {VERSION}")
+    if h["uid"] != uid:
+        raise LayoutError(f"control structure belongs to uid {h['uid']}, not {uid}")
+    if h["vmid"] != vmid:
+        raise LayoutError(f"control structure is VM id {h['vmid']!r}, not {vmid!r}")

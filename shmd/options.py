@@ -1,0 +1,74 @@
+"""pvm_shmd's command line: the options its man page documents plus what a starter needs."""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from . import paths
+from .layout import MAXPAGES, MAXSEG
+
+USAGE = ("usage: pvm_shmd [-debug=N] [-maxsegs=N] [-maxpages=N] [-vmid=ID] [-host=N] "
+         "[-name=HOST] [-foreground]")
+
+# Exit statuses (documented in docs/shmd.md).
+EXIT_OK, EXIT_USAGE, EXIT_RUNNING, EXIT_RESOURCES, EXIT_DENIED = 0, 2, 3, 4, 5
+
+
+class UsageError(Exception):
+    """A bad command line; the message names the offending word."""
+
+
+@dataclass
+class Options:
+    debug: int = 0
+    maxsegs: int = MAXSEG
+    maxpages: int = MAXPAGES
+    vmid: str = ""
+    host: int = 1
+    name: str = ""
+    foreground: bool = False
+
+
+_INT_BOUNDS = {"debug": (0, 0xFFFFFF), "maxsegs": (1, MAXSEG), "maxpages": (1, MAXPAGES),
+               "host": (1, 4095)}
+
+
+def parse(argv: list[str]) -> Options:
+    """Parse ``-word=value`` options; raise UsageError naming the bad word."""
+    o = Options(vmid=None)  # type: ignore[arg-type]
+    for word in argv:
+        if word in ("-foreground", "-f"):
+            o.foreground = True
+            continue
+        if not word.startswith("-") or "=" not in word:
+            if not word.startswith("-"):
+                raise UsageError(f"unexpected argument {word!r} (pvm_shmd takes no hostfile)")
+            raise UsageError(f"unknown option {word!r}")
+        name, value = word[1:].split("=", 1)
+        if name in _INT_BOUNDS:
+            try:
+                n = int(value, 0)
+            except ValueError:
+                raise UsageError(f"{word!r}: {value!r} is not a number") from None
+            lo, hi = _INT_BOUNDS[name]
+            if not lo <= n <= hi:
+                raise UsageError(f"{word!r}: must be between {lo} and {hi}")
+            setattr(o, name, n)
+        elif name in ("vmid", "id"):
+            try:
+                o.vmid = paths.check_vmid(value)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+        elif name == "name":
+            if not value or any(c.isspace() for c in value):
+                raise UsageError(f"{word!r}: bad host name")
+            o.name = value
+        else:
+            raise UsageError(f"unknown option {word!r}")
+    if o.vmid is None:
+        try:
+            o.vmid = paths.current_vmid()
+        except ValueError as e:
+            raise UsageError(f"PVM_VMID: {e}") from None
+    o.name = o.name or socket.gethostname()
+    return o

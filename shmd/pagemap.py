@@ -1,0 +1,81 @@
+"""A segment's page map: first-fit runs with boundary tags, in shared memory.
+
+For a run of n pages starting at page p: ``hdr[p]`` and ``ftr[p+n-1]`` hold +n when
+the run is free and -n when it is allocated; ``owner[p]`` holds the tid that holds an
+allocated run. Allocation skips whole runs (allocated ones too), and freeing merges
+with both neighbours in constant time, so no operation walks page by page.
+
+Callers hold the segment's semaphore; these functions only compute.
+``m`` is an int32 memoryview over segment 0 and ``b`` the map's index in it.
+"""
+from __future__ import annotations
+
+from .layout import MAXPAGES
+
+
+def init(m: memoryview, b: int, npages: int) -> None:
+    """One free run of every page."""
+    m[b] = npages
+    m[b + MAXPAGES + npages - 1] = npages
+    m[b + 2 * MAXPAGES] = 0
+
+
+def alloc(m: memoryview, b: int, npages: int, want: int, owner: int) -> int:
+    """First free run of at least *want* pages: mark it for *owner*; return its first
+    page, or -1 when no run is large enough."""
+    p = 0
+    while p < npages:
+        v = m[b + p]
+        if v >= want:
+            f = b + MAXPAGES
+            m[b + p] = -want
+            m[f + p + want - 1] = -want
+            if v > want:
+                m[b + p + want] = v - want
+                m[f + p + v - 1] = v - want
+            m[b + 2 * MAXPAGES + p] = owner
+            return p
+        p += v if v > 0 else -v
+    return -1
+
+
+def free(m: memoryview, b: int, npages: int, p: int) -> int:
+    """Free the allocated run starting at page *p*, merging it with free neighbours;
+    return the number of pages freed (0 if *p* does not start an allocated run)."""
+    n = -m[b + p]
+    if n <= 0 or p + n > npages:
+        return 0
+    f = b + MAXPAGES
+    m[b + 2 * MAXPAGES + p] = 0
+    start, length = p, n
+    q = p + n
+    if q < npages and m[b + q] > 0:
+        length += m[b + q]
+    if p > 0 and m[f + p - 1] > 0:
+        start -= m[f + p - 1]
+        length += m[f + p - 1]
+    m[b + start] = length
+    m[f + start + length - 1] = length
+    return n
+
+
+def runs(m: memoryview, b: int, npages: int):
+    """Yield (first page, pages, allocated, owner) for every run."""
+    p = 0
+    while p < npages:
+        v = m[b + p]
+        if v == 0:  # a corrupt map must not loop forever
+            raise ValueError(f"page map corrupt at page {p}")
+        n = v if v > 0 else -v
+        yield p, n, v < 0, (m[b + 2 * MAXPAGES + p] if v < 0 else 0)
+        p += n
+
+
+def summary(m: memoryview, b: int, npages: int) -> tuple[int, int]:
+    """(pages free, largest free run)."""
+    free_pages = largest = 0
+    for _, n, allocated, _ in runs(m, b, npages):
+        if not allocated:
+            free_pages += n
+            largest = max(largest, n)
+    return free_pages, largest

@@ -1,0 +1,542 @@
+"""Message passing through the daemon's shared pages: ``join()``, ``Task.psend/precv``.
+
+A sender allocates pages in a segment under that segment's semaphore, copies the
+data there (or into the descriptor itself for small messages), and appends a
+descriptor to the receiver's inbox ring under the inbox's semaphore; it wakes the
+receiver only if the receiver said it is going to sleep. The receiver drains its
+ring in arrival order into a private list, takes the first match, copies the data
+out and frees the pages. Nothing on this path talks to the daemon.
+
+Page ownership makes death safe: a run belongs to its sender until the receiver
+takes the descriptor off its ring, then to the receiver; the daemon frees the runs
+of a dead task that no live inbox still refers to, and everything queued to it.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import time
+from collections import deque
+from typing import NamedTuple
+
+import sysv_ipc
+
+from . import control, ipc, layout, pagemap, paths
+from .errors import (PvmBadParam, PvmError, PvmNoMem, PvmNoTask, PvmOverflow, PvmSysErr,
+                     PvmTimeout)
+
+ANY = -1
+TIDHOST = 0x3FFC0000
+TIDLOCAL = 0x3FFFF
+SLICE = 0.2  # a blocked receiver re-checks the daemon this often (seconds)
+MAX_SPIN = 200e-6  # longest busy-wait before blocking (seconds)
+
+_DESC = struct.Struct(layout.DESC_FMT)
+_unpack_desc = _DESC.unpack_from
+_pack_desc = _DESC.pack_into
+_M = layout.MAXPAGES
+
+
+class Message(NamedTuple):
+    """A received message."""
+
+    src: int
+    tag: int
+    data: bytes
+
+
+class _Desc(NamedTuple):
+    src: int
+    tag: int
+    nbytes: int
+    seg: int
+    page: int
+    npages: int
+    flags: int
+    total: int
+    inline: bytes | None
+
+
+class MessageView:
+    """A received message left in the shared pages: ``data`` is a memoryview on them.
+    Release it (``release()`` or a ``with`` block) to free the pages."""
+
+    def __init__(self, task: "Task", d: _Desc, data: memoryview):
+        self._task, self._d, self.src, self.tag, self.data = task, d, d.src, d.tag, data
+
+    def array(self, dtype):
+        """The data as a numpy array (no copy), valid until release()."""
+        import numpy
+
+        return numpy.frombuffer(self.data, dtype=dtype)
+
+    def release(self) -> None:
+        if self._d is not None:
+            self.data.release()
+            if self._d.seg >= 0:
+                self._task._free(self._d.seg, self._d.page)
+            self._d = None
+
+    def __enter__(self) -> "MessageView":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _as_bytes_view(data) -> memoryview:
+    try:
+        mv = memoryview(data)
+    except TypeError:
+        raise PvmError(PvmBadParam, f"data of type {type(data).__name__} is not a buffer") from None
+    if mv.format != "B" or mv.ndim != 1:
+        if not mv.c_contiguous:
+            raise PvmError(PvmBadParam, "data is not contiguous")
+        mv = mv.cast("B")
+    return mv
+
+
+def _spin_allowed() -> bool:
+    """Busy-waiting only pays when the peer has a CPU of its own."""
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+    except OSError:
+        ncpu = os.cpu_count() or 1
+    return ncpu >= 2 and os.getloadavg()[0] < ncpu
+
+
+class Task:
+    """A process enrolled with this host's pvm_shmd. Use ``shmd.join()``."""
+
+    def __init__(self, vmid: str | None = None, name: str | None = None, spin: bool | None = None):
+        self.vmid = paths.current_vmid(vmid)
+        self._shm0, buf = control.attach_seg0(self.vmid)
+        self._views: list[memoryview] = [buf]
+        self._segs = [self._shm0]
+        self._conn = None
+        try:
+            h = layout.header(buf)
+            if h["state"] != layout.READY:
+                raise control.NoDaemon("pvm_shmd is not ready")
+            self._daemon = (h["pid"], h["start_ticks"])
+            self._conn = control.Connection(h["sock"])
+            name = name or os.path.basename(sys.argv[0] or "python")
+            reply = self._conn.request("join", pid=os.getpid(), name=name)
+            self.tid, self._slot, self._gen = reply["tid"], reply["slot"], reply["generation"]
+            self._attach(buf, h)
+        except BaseException:
+            self._detach()
+            raise
+        self._spin = _spin_allowed() if spin is None else spin
+        self._spin_budget = MAX_SPIN if self._spin else 0.0
+        self.closed = False
+
+    def _attach(self, buf: memoryview, h) -> None:
+        self._buf = buf
+        self._q = buf.cast("Q")
+        self._i = buf.cast("i")
+        self._views += [self._q, self._i]
+        self._ps = h["pagesize"]
+        self._nsegs = h["nsegs"]
+        self._data: list[memoryview] = []
+        self._locks: list[ipc.Lock] = []
+        self._npages = []
+        self._mapb = []
+        for s in range(self._nsegs):
+            e = layout.segent(buf, s)
+            shm = self._shm0 if s == 0 else sysv_ipc.attach(e["shmid"])
+            if s:
+                self._segs.append(shm)
+            whole = memoryview(shm)
+            self._views.append(whole)
+            n = e["npages"]
+            data = whole[e["data_off"]:e["data_off"] + n * self._ps]
+            self._views.append(data)
+            self._data.append(data)
+            self._locks.append(ipc.Lock(ipc.open_sem(e["semkey"], e["semid"])))
+            self._npages.append(n)
+            self._mapb.append(e["map_off"] // 4)
+        self._segq = [(layout.SEGTAB_OFF + s * layout.SEGENT) // 8 for s in range(self._nsegs)]
+        self._segi = [(layout.SEGTAB_OFF + s * layout.SEGENT) // 4 for s in range(self._nsegs)]
+        self._maxpages = max(self._npages)
+        sb = layout.slot_off(self._slot)
+        self._H, self._T = (sb + 16) // 8, (sb + 24) // 8
+        self._W, self._P = (sb + 12) // 4, (sb + 48) // 4
+        t = layout.slot(buf, self._slot)
+        self._mylock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
+        self._mywake_id = t["wake_id"]
+        self._mywake = ipc.nonblocking(ipc.open_sem(t["wake_key"], t["wake_id"]))
+        self._pending: deque[_Desc] = deque()
+        self._peers: dict[int, tuple] = {}  # tid -> (slot, lock, wake)
+        self._home = self._slot % self._nsegs  # senders spread over segments
+
+    # ---- lifecycle ------------------------------------------------------------------
+    def _detach(self) -> None:
+        for v in reversed(self._views):
+            v.release()
+        self._views = []
+        for shm in self._segs:
+            try:
+                shm.detach()
+            except sysv_ipc.Error:
+                pass
+        self._segs = []
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def leave(self) -> None:
+        """Leave the virtual machine: messages still queued to us are dropped."""
+        if self.closed:
+            return
+        self.closed = True
+        self._pending.clear()
+        try:
+            self._conn.request("leave")
+        except PvmError:
+            pass  # the daemon is gone: nothing to tell it
+        self._detach()
+
+    close = leave
+
+    def __enter__(self) -> "Task":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.leave()
+
+    def __repr__(self) -> str:
+        return f"<Task t{self.tid:x}{' left' if self.closed else ''}>"
+
+    # ---- checks ---------------------------------------------------------------------
+    def _check_alive(self) -> None:
+        """Raise if the daemon died or the shared memory was reset under us."""
+        h = layout.header(self._buf)
+        if h["generation"] != self._gen or h["state"] != layout.READY:
+            raise PvmError(PvmSysErr, "the shared memory was reset (HUP or reset)")
+        if not ipc.alive(*self._daemon):
+            raise PvmError(PvmSysErr, "pvm_shmd died")
+        if self._i[layout.slot_off(self._slot) // 4] & 0xFFFFFFFF != self.tid:
+            raise PvmError(PvmSysErr, "this task was removed by pvm_shmd")
+
+    def _peer(self, tid: int) -> tuple:
+        """(slot, inbox lock, wake semaphore) of a local task, cached."""
+        p = self._peers.get(tid)
+        if p is not None and self._i[p[3]] & 0xFFFFFFFF == tid:
+            return p
+        if (tid & TIDHOST) != (self.tid & TIDHOST):
+            raise PvmError(PvmNoTask, f"t{tid:x} is on another host (shared memory is local)")
+        for i in range(layout.MAX_TASKS):
+            t = layout.slot(self._buf, i)
+            if t["tid"] == tid and t["state"] == layout.ACTIVE:
+                try:
+                    lock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
+                    wake = ipc.open_sem(t["wake_key"], t["wake_id"])
+                except (ipc.Gone, sysv_ipc.Error):
+                    break
+                p = (i, lock, wake, layout.slot_off(i) // 4)
+                self._peers[tid] = p
+                return p
+        raise PvmError(PvmNoTask, f"no task t{tid:x}")
+
+    # ---- pages ----------------------------------------------------------------------
+    def _alloc(self, want: int, deadline: float) -> tuple[int, int]:
+        """(segment, first page) of *want* pages, waiting for frees until *deadline*."""
+        delay = 20e-6
+        m, tid = self._i, self.tid
+        while True:
+            for k in range(self._nsegs):
+                s = (self._home + k) % self._nsegs
+                if want > self._npages[s]:
+                    continue
+                lock = self._locks[s]
+                if not lock.acquire(max(0.0, deadline - time.monotonic())):
+                    continue
+                try:
+                    p = pagemap.alloc(m, self._mapb[s], self._npages[s], want, tid)
+                    if p >= 0:
+                        m[self._segi[s] + 5] -= want  # free pages
+                        self._q[self._segq[s] + 5] += 1  # allocations
+                        return s, p
+                finally:
+                    lock.release()
+            if time.monotonic() >= deadline:
+                raise PvmError(PvmNoMem, f"no {want} free pages in any segment before the "
+                                         "timeout (memory full)")
+            self._check_alive()
+            time.sleep(delay)
+            delay = min(delay * 2, 5e-3)
+
+    def _free(self, s: int, p: int) -> None:
+        lock = self._locks[s]
+        if not lock.acquire(5.0):
+            raise PvmError(PvmSysErr, f"segment {s} semaphore stuck")
+        try:
+            n = pagemap.free(self._i, self._mapb[s], self._npages[s], p)
+            if n:
+                self._i[self._segi[s] + 5] += n
+                self._q[self._segq[s] + 6] += 1
+        finally:
+            lock.release()
+
+    # ---- send -----------------------------------------------------------------------
+    def psend(self, dest: int, tag: int, data, timeout: float | None = None) -> None:
+        """Send *data* (any contiguous buffer) to task *dest* with *tag* >= 0.
+
+        Waits up to *timeout* seconds (None: for ever) for free pages or inbox room."""
+        if tag < 0:
+            raise PvmError(PvmBadParam, f"tag {tag} must be >= 0")
+        mv = _as_bytes_view(data)
+        n = mv.nbytes
+        deadline = float("inf") if timeout is None else time.monotonic() + timeout
+        peer = self._peer(dest)
+        if n <= layout.INLINE:
+            self._post(peer, dest, tag, n, -1, 0, 0, layout.F_FIRST, n, mv, deadline)
+            return
+        ps, off, flags = self._ps, 0, layout.F_FIRST
+        while off < n:
+            chunk = min(n - off, self._maxpages * ps)
+            want = -(-chunk // ps)
+            try:
+                s, p = self._alloc(want, deadline)
+            except PvmError:
+                if off:  # the receiver must drop the pieces it already has
+                    self._post(peer, dest, tag, 0, -1, 0, 0, layout.F_ABORT, n, None,
+                               time.monotonic() + 5)
+                raise
+            b = p * ps
+            self._data[s][b:b + chunk] = mv[off:off + chunk]
+            more = layout.F_MORE if off + chunk < n else 0
+            try:
+                self._post(peer, dest, tag, chunk, s, p, want, flags | more, n, None, deadline)
+            except BaseException:
+                self._free(s, p)
+                raise
+            off += chunk
+            flags = 0
+
+    def _post(self, peer, dest, tag, n, s, p, npages, flags, total, inline, deadline) -> None:
+        slot, lock, wake, ti = peer
+        q, i = self._q, self._i
+        sb = ti * 4
+        H, T = (sb + 16) >> 3, (sb + 24) >> 3
+        delay = 20e-6
+        while True:
+            try:
+                if not lock.acquire(max(0.0, deadline - time.monotonic())):
+                    raise PvmTimeout(f"inbox of t{dest:x} stayed locked")
+            except ipc.Gone:
+                raise PvmError(PvmNoTask, f"t{dest:x} exited") from None
+            if i[ti] & 0xFFFFFFFF != dest:
+                lock.release()
+                raise PvmError(PvmNoTask, f"t{dest:x} exited")
+            tail = q[T]
+            if tail - q[H] < layout.RING:
+                break
+            lock.release()
+            if time.monotonic() >= deadline:
+                raise PvmTimeout(f"inbox of t{dest:x} full (it does not receive)")
+            self._check_alive()
+            time.sleep(delay)
+            delay = min(delay * 2, 5e-3)
+        d = sb + layout.SLOT_HDR + (tail % layout.RING) * layout.DESC
+        _pack_desc(self._buf, d, self.tid, tag, n, s, p, npages, flags, total)
+        if inline is not None and n:
+            self._buf[d + layout.D_INLINE:d + layout.D_INLINE + n] = inline
+        q[T] = tail + 1
+        waiting = i[(sb + 12) >> 2]
+        lock.release()
+        if waiting:
+            try:
+                wake.release()
+            except sysv_ipc.ExistentialError:
+                pass  # it left meanwhile; the message went with it
+
+    # ---- receive --------------------------------------------------------------------
+    def _read_desc(self, n: int) -> _Desc:
+        d = layout.SLOT_HDR + layout.slot_off(self._slot) + (n % layout.RING) * layout.DESC
+        f = _unpack_desc(self._buf, d)
+        if f[3] < 0:
+            return _Desc(*f, bytes(self._buf[d + layout.D_INLINE:d + layout.D_INLINE + f[2]]))
+        self._i[self._mapb[f[3]] + 2 * _M + f[4]] = self.tid  # the run is ours now
+        return _Desc(*f, None)
+
+    def _drain(self, match) -> _Desc | None:
+        """Move ring entries to the pending list until one satisfies *match*."""
+        q, H, T = self._q, self._H, self._T
+        head, tail = q[H], q[T]
+        while head < tail:
+            d = self._read_desc(head)
+            head += 1
+            q[H] = head
+            if match(d):
+                self._i[self._P] = len(self._pending)
+                return d
+            self._pending.append(d)
+        self._i[self._P] = len(self._pending)
+        return None
+
+    def _take(self, match, deadline: float, block: bool = True) -> _Desc | None:
+        """The first message (pending, then ring) that satisfies *match*."""
+        for k, d in enumerate(self._pending):
+            if match(d):
+                del self._pending[k]
+                self._i[self._P] = len(self._pending)
+                return d
+        q, H, T = self._q, self._H, self._T
+        while True:
+            d = self._drain(match)
+            if d is not None or not block:
+                return d
+            if self._spin_budget:
+                head, end = q[H], time.perf_counter() + self._spin_budget
+                while q[T] == head and time.perf_counter() < end:
+                    pass
+                if q[T] != head:
+                    continue
+            self._sleep(deadline)
+
+    def _sleep(self, deadline: float) -> None:
+        """Block until a sender wakes us, a slice passes or the deadline is reached."""
+        now = time.monotonic()
+        if now >= deadline:
+            raise PvmTimeout("no matching message before the timeout")
+        lock = self._mylock
+        try:
+            lock.acquire(5.0)
+        except ipc.Gone:
+            raise PvmError(PvmSysErr, "pvm_shmd removed our inbox (it exited)") from None
+        if self._q[self._T] != self._q[self._H]:
+            lock.release()
+            return
+        self._i[self._W] = 1
+        lock.release()
+        try:
+            try:
+                self._mywake.acquire()
+                woke = True
+            except sysv_ipc.BusyError:
+                woke = ipc.timed_down(self._mywake_id, min(SLICE, deadline - now), False)
+            except sysv_ipc.ExistentialError:
+                raise ipc.Gone("wake semaphore removed") from None
+        except ipc.Gone:
+            raise PvmError(PvmSysErr, "pvm_shmd removed our inbox (it exited)") from None
+        finally:
+            self._i[self._W] = 0
+        if not woke:
+            self._check_alive()
+
+    @staticmethod
+    def _matcher(source: int, tag: int):
+        if source == ANY and tag == ANY:
+            return lambda d: d.flags & layout.F_FIRST
+        if source == ANY:
+            return lambda d: d.flags & layout.F_FIRST and d.tag == tag
+        if tag == ANY:
+            return lambda d: d.flags & layout.F_FIRST and d.src == source
+        return lambda d: d.flags & layout.F_FIRST and d.src == source and d.tag == tag
+
+    def _next_piece(self, src: int, deadline: float) -> _Desc | None:
+        """The next piece of *src*'s message in flight; None if it was aborted or *src*
+        died before sending it."""
+        def match(d):
+            return d.src == src and not d.flags & layout.F_FIRST
+
+        while True:
+            d = self._take(match, deadline, block=False)
+            if d is not None:
+                return None if d.flags & layout.F_ABORT else d
+            try:
+                self._peer(src)
+            except PvmError:
+                d = self._take(match, deadline, block=False)  # it may have sent, then died
+                return None if d is None or d.flags & layout.F_ABORT else d
+            self._sleep(deadline)
+
+    def _receive(self, source: int, tag: int, timeout: float | None, into=None):
+        """Take a whole message: (descriptor, data) where data is bytes, or the byte
+        count written into *into*."""
+        deadline = float("inf") if timeout is None else time.monotonic() + timeout
+        match = self._matcher(source, tag)
+        while True:
+            d = self._take(match, deadline)
+            if into is not None and d.total > into.nbytes:
+                self._pending.appendleft(d)
+                self._i[self._P] = len(self._pending)
+                raise PvmError(PvmOverflow, f"message of {d.total} bytes from t{d.src:x} does "
+                                            f"not fit in {into.nbytes} bytes (kept)")
+            if not d.flags & layout.F_MORE:
+                return d, self._copy_out(d, into)
+            whole = bytearray(d.total) if into is None else None
+            out = into if into is not None else memoryview(whole)
+            off = 0
+            while d is not None:
+                self._copy_out(d, out[off:off + d.nbytes])
+                off += d.nbytes
+                if not d.flags & layout.F_MORE:
+                    if whole is None:
+                        return d._replace(flags=layout.F_FIRST), d.total
+                    out.release()
+                    return d._replace(flags=layout.F_FIRST), whole
+                d = self._next_piece(d.src, deadline)
+            # the sender gave up or died mid-message: drop it, wait for another
+
+    def _copy_out(self, d: _Desc, into):
+        if d.seg < 0:
+            if into is None:
+                return d.inline
+            into[:d.nbytes] = d.inline
+            return d.nbytes
+        b = d.page * self._ps
+        src = self._data[d.seg][b:b + d.nbytes]
+        try:
+            if into is None:
+                return bytes(src)
+            into[:d.nbytes] = src
+            return d.nbytes
+        finally:
+            src.release()
+            self._free(d.seg, d.page)
+
+    def precv(self, source: int = ANY, tag: int = ANY, timeout: float | None = None) -> Message:
+        """Receive the first message from *source* with *tag* (-1: any)."""
+        d, data = self._receive(source, tag, timeout)
+        return Message(d.src, d.tag, data)
+
+    def precv_into(self, buffer, source: int = ANY, tag: int = ANY,
+                   timeout: float | None = None) -> tuple[int, int, int]:
+        """Receive straight into *buffer*; return (src, tag, nbytes). A message larger
+        than the buffer raises PvmError(PvmOverflow) and stays queued."""
+        mv = _as_bytes_view(buffer)
+        if mv.readonly:
+            raise PvmError(PvmBadParam, "receive buffer is read-only")
+        d, n = self._receive(source, tag, timeout, into=mv)
+        return d.src, d.tag, n
+
+    def precv_view(self, source: int = ANY, tag: int = ANY,
+                   timeout: float | None = None) -> MessageView:
+        """Receive without copying: a MessageView on the shared pages (a message sent
+        in several pieces is assembled, so it is a copy)."""
+        deadline = float("inf") if timeout is None else time.monotonic() + timeout
+        d = self._take(self._matcher(source, tag), deadline)
+        if d.seg >= 0 and not d.flags & layout.F_MORE:
+            b = d.page * self._ps
+            return MessageView(self, d, self._data[d.seg][b:b + d.nbytes])
+        self._pending.appendleft(d)
+        _, data = self._receive(d.src, d.tag, None)
+        return MessageView(self, d._replace(seg=-1), memoryview(data))
+
+    def probe(self, source: int = ANY, tag: int = ANY) -> tuple[int, int, int] | None:
+        """(src, tag, total bytes) of the first matching message waiting, else None."""
+        self._drain(lambda d: False)
+        match = self._matcher(source, tag)
+        for d in self._pending:
+            if match(d):
+                return d.src, d.tag, d.total
+        return None
+
+
+def join(vmid: str | None = None, name: str | None = None, spin: bool | None = None) -> Task:
+    """Enroll this process with the host's pvm_shmd (found from the user and the VM id)."""
+    return Task(vmid, name, spin)
