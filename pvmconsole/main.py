@@ -19,7 +19,7 @@ from pvmconsole.status import Exit
 from pvmconsole.tokenizer import split_commands
 from pvmconsole.vm import VirtualMachine
 from shmd.errors import PvmError, strerror
-from shmd.paths import check_vmid
+from shmd.paths import check_vmid, pvm_tmp
 
 PROG = "pvm"
 
@@ -86,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         say(f"{getattr(e, 'filename', None) or ''}{': ' if getattr(e, 'filename', None) else ''}"
             f"{getattr(e, 'strerror', None) or e}")
+        return Exit.USAGE
+    try:
+        os.makedirs(pvm_tmp(), mode=0o700, exist_ok=True)
+    except OSError as e:
+        say(f"PVM_TMP {pvm_tmp()}: {e.strerror}")
         return Exit.USAGE
     os.environ["PVM_VMID"] = vmid  # the daemons and their tasks see the same VM id
     registry, problems = full_registry()
