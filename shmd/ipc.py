@@ -17,6 +17,7 @@ import sysv_ipc
 SEM_UNDO = 0x1000
 IPC_NOWAIT = 0o4000
 IPC_RMID = 0
+MAX_WAIT = 3600.0
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -45,6 +46,7 @@ class Gone(Exception):
 
 def timed_down(semid: int, timeout: float, undo: bool) -> bool:
     """semop -1 on *semid*, waiting at most *timeout* seconds; True if acquired."""
+    timeout = min(timeout, MAX_WAIT)  # "for ever" is an hour at a time
     ts = _Timespec(int(timeout), int((timeout % 1) * 1e9))
     op = _DOWN_UNDO if undo else _DOWN
     while True:
