@@ -17,20 +17,26 @@ import os
 import struct
 import sys
 import time
+import weakref
 from collections import deque
 from typing import NamedTuple
 
 import sysv_ipc
 
 from . import control, ipc, layout, pagemap, paths
-from .errors import (PvmBadParam, PvmError, PvmNoMem, PvmNoTask, PvmOverflow, PvmSysErr,
-                     PvmTimeout)
+from .errors import (PvmBadMsg, PvmBadParam, PvmError, PvmExists, PvmNoMem, PvmNoTask,
+                     PvmOverflow, PvmSysErr, PvmTimeout)
 
 ANY = -1
 TIDHOST = 0x3FFC0000
 TIDLOCAL = 0x3FFFF
 SLICE = 0.2  # a blocked receiver re-checks the daemon this often (seconds)
 MAX_SPIN = 200e-6  # longest busy-wait before blocking (seconds)
+ABORT_WAIT = 10.0  # how long a sender that gives up mid-message tries to post F_ABORT
+MAX_TAG = 0x7FFFFFFF
+
+_INF = float("inf")
+_open: dict[str, "Task"] = {}  # VM id -> this process's open task (one task per process)
 
 _DESC = struct.Struct(layout.DESC_FMT)
 _unpack_desc = _DESC.unpack_from
@@ -60,29 +66,60 @@ class _Desc(NamedTuple):
 
 class MessageView:
     """A received message left in the shared pages: ``data`` is a memoryview on them.
-    Release it (``release()`` or a ``with`` block) to free the pages."""
+
+    Release it (``release()`` or a ``with`` block) to free the pages; until then the
+    sender's pages stay allocated. Arrays made with ``array()`` must be dropped
+    before the release (it raises BufferError while one is still referenced)."""
+
+    __slots__ = ("_task", "_d", "src", "tag", "data", "_arrays", "__weakref__")
 
     def __init__(self, task: "Task", d: _Desc, data: memoryview):
         self._task, self._d, self.src, self.tag, self.data = task, d, d.src, d.tag, data
+        self._arrays: list = []
 
-    def array(self, dtype):
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def array(self, dtype, shape=None):
         """The data as a numpy array (no copy), valid until release()."""
         import numpy
 
-        return numpy.frombuffer(self.data, dtype=dtype)
+        if self._d is None:
+            raise ValueError("the view was released")
+        a = numpy.frombuffer(self.data, dtype=dtype)
+        if shape is not None:
+            a = a.reshape(shape)
+        self._arrays.append(a)
+        return a
 
     def release(self) -> None:
-        if self._d is not None:
-            self.data.release()
-            if self._d.seg >= 0:
-                self._task._free(self._d.seg, self._d.page)
-            self._d = None
+        """Free the pages. Raises BufferError if an array from array() is still in use."""
+        if self._d is None:
+            return
+        for a in self._arrays:
+            if sys.getrefcount(a) > 3:  # the list, the loop variable, the argument
+                raise BufferError("an array made by MessageView.array() is still in use; "
+                                  "drop it (del) before releasing the view")
+        self._arrays.clear()
+        d, self._d = self._d, None
+        self.data.release()
+        if d.seg >= 0:
+            self._task._free(d.seg, d.page)
+
+    @property
+    def released(self) -> bool:
+        return self._d is None
 
     def __enter__(self) -> "MessageView":
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._d is None else f"{self.data.nbytes} bytes"
+        return f"<MessageView from t{self.src:x} tag {self.tag}: {state}>"
 
 
 def _as_bytes_view(data) -> memoryview:
@@ -111,6 +148,14 @@ class Task:
 
     def __init__(self, vmid: str | None = None, name: str | None = None, spin: bool | None = None):
         self.vmid = paths.current_vmid(vmid)
+        self.closed = True
+        other = _open.get(self.vmid)
+        if other is not None and not other.closed and other._pid == os.getpid():
+            # pvm_shmd gives a process that joins again the slot it already has (as a
+            # spawner's child adopts its slot): two Task objects would share one inbox.
+            raise PvmError(PvmExists, f"this process already joined as t{other.tid:x}; "
+                                      "one task per process (use that one)")
+        self._pid = os.getpid()
         self._shm0, buf = control.attach_seg0(self.vmid)
         self._views: list[memoryview] = [buf]
         self._segs = [self._shm0]
@@ -130,7 +175,12 @@ class Task:
             raise
         self._spin = _spin_allowed() if spin is None else spin
         self._spin_budget = MAX_SPIN if self._spin else 0.0
+        self._owed: dict[int, int] = {}  # dest -> tag of an F_ABORT not yet posted
+        self._mviews: weakref.WeakSet[MessageView] = weakref.WeakSet()
+        self._at: int | None = None  # where _take found its message (pending index)
+        self._unspilled = False  # the pending list holds messages still in the pages
         self.closed = False
+        _open[self.vmid] = self
 
     def _attach(self, buf: memoryview, h) -> None:
         self._buf = buf
@@ -173,6 +223,10 @@ class Task:
 
     # ---- lifecycle ------------------------------------------------------------------
     def _detach(self) -> None:
+        if any(not mv.released for mv in getattr(self, "_mviews", ())):
+            # an array still points into the segments: unmapping them would leave it
+            # dangling (a crash on access), so they stay mapped until the process exits
+            self._views, self._segs = [], []
         for v in reversed(self._views):
             v.release()
         self._views = []
@@ -191,7 +245,14 @@ class Task:
         if self.closed:
             return
         self.closed = True
-        self._pending.clear()
+        if _open.get(self.vmid) is self:
+            del _open[self.vmid]
+        for mv in list(self._mviews):  # before leaving: after it the pages are not ours
+            try:
+                mv.release()
+            except (BufferError, PvmError):
+                pass
+        self._pending.clear()  # pages we hold are ours: the daemon frees them on leave
         try:
             self._conn.request("leave")
         except PvmError:
@@ -225,6 +286,8 @@ class Task:
         p = self._peers.get(tid)
         if p is not None and self._i[p[3]] & 0xFFFFFFFF == tid:
             return p
+        if not isinstance(tid, int) or not 0 < tid <= 0x7FFFFFFF:
+            raise PvmError(PvmBadParam, f"bad tid {tid!r}")
         if (tid & TIDHOST) != (self.tid & TIDHOST):
             raise PvmError(PvmNoTask, f"t{tid:x} is on another host (shared memory is local)")
         for i in range(layout.MAX_TASKS):
@@ -251,8 +314,11 @@ class Task:
                 if want > self._npages[s]:
                     continue
                 lock = self._locks[s]
-                if not lock.acquire(max(0.0, deadline - time.monotonic())):
-                    continue
+                try:
+                    if not lock.acquire(SLICE):  # held that long only if its holder stopped
+                        continue
+                except ipc.Gone:
+                    raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
                 try:
                     p = pagemap.alloc(m, self._mapb[s], self._npages[s], want, tid)
                     if p >= 0:
@@ -270,8 +336,11 @@ class Task:
 
     def _free(self, s: int, p: int) -> None:
         lock = self._locks[s]
-        if not lock.acquire(5.0):
-            raise PvmError(PvmSysErr, f"segment {s} semaphore stuck")
+        try:
+            if not lock.acquire(5.0):
+                raise PvmError(PvmSysErr, f"segment {s} semaphore stuck")
+        except ipc.Gone:
+            raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
         try:
             n = pagemap.free(self._i, self._mapb[s], self._npages[s], p)
             if n:
@@ -282,15 +351,20 @@ class Task:
 
     # ---- send -----------------------------------------------------------------------
     def psend(self, dest: int, tag: int, data, timeout: float | None = None) -> None:
-        """Send *data* (any contiguous buffer) to task *dest* with *tag* >= 0.
+        """Send *data* (any contiguous buffer) to task *dest* with 0 <= *tag* < 2**31.
 
-        Waits up to *timeout* seconds (None: for ever) for free pages or inbox room."""
-        if tag < 0:
-            raise PvmError(PvmBadParam, f"tag {tag} must be >= 0")
+        Waits up to *timeout* seconds (None: for ever) for free pages or inbox room,
+        then raises PvmError(PvmNoMem) or PvmTimeout; the message is then not sent."""
+        if not 0 <= tag <= MAX_TAG:
+            raise PvmError(PvmBadParam, f"tag {tag} must be >= 0 and < 2**31")
         mv = _as_bytes_view(data)
         n = mv.nbytes
         deadline = float("inf") if timeout is None else time.monotonic() + timeout
         peer = self._peer(dest)
+        if self._owed and dest in self._owed:
+            self._post(peer, dest, self._owed[dest], 0, -1, 0, 0, layout.F_ABORT, 0, None,
+                       deadline)
+            del self._owed[dest]
         if n <= layout.INLINE:
             self._post(peer, dest, tag, n, -1, 0, 0, layout.F_FIRST, n, mv, deadline)
             return
@@ -300,21 +374,32 @@ class Task:
             want = -(-chunk // ps)
             try:
                 s, p = self._alloc(want, deadline)
-            except PvmError:
+            except BaseException:
                 if off:  # the receiver must drop the pieces it already has
-                    self._post(peer, dest, tag, 0, -1, 0, 0, layout.F_ABORT, n, None,
-                               time.monotonic() + 5)
+                    self._abort(peer, dest, tag)
                 raise
-            b = p * ps
-            self._data[s][b:b + chunk] = mv[off:off + chunk]
-            more = layout.F_MORE if off + chunk < n else 0
             try:
+                b = p * ps
+                self._data[s][b:b + chunk] = mv[off:off + chunk]
+                more = layout.F_MORE if off + chunk < n else 0
                 self._post(peer, dest, tag, chunk, s, p, want, flags | more, n, None, deadline)
             except BaseException:
                 self._free(s, p)
+                if off:
+                    self._abort(peer, dest, tag)
                 raise
             off += chunk
             flags = 0
+
+    def _abort(self, peer, dest: int, tag: int) -> None:
+        """Tell *dest* that the message in pieces we were sending will not be finished.
+        If its inbox stays full, the abort is owed: posted before our next message to it."""
+        try:
+            self._post(peer, dest, tag, 0, -1, 0, 0, layout.F_ABORT, 0, None,
+                       time.monotonic() + ABORT_WAIT)
+        except PvmError as e:
+            if e.code != PvmNoTask:
+                self._owed[dest] = tag
 
     def _post(self, peer, dest, tag, n, s, p, npages, flags, total, inline, deadline) -> None:
         slot, lock, wake, ti = peer
@@ -324,19 +409,20 @@ class Task:
         delay = 20e-6
         while True:
             try:
-                if not lock.acquire(max(0.0, deadline - time.monotonic())):
-                    raise PvmTimeout(f"inbox of t{dest:x} stayed locked")
+                got = lock.acquire(SLICE)  # held that long only if its holder stopped
             except ipc.Gone:
                 raise PvmError(PvmNoTask, f"t{dest:x} exited") from None
-            if i[ti] & 0xFFFFFFFF != dest:
+            if got:
+                if i[ti] & 0xFFFFFFFF != dest:
+                    lock.release()
+                    raise PvmError(PvmNoTask, f"t{dest:x} exited")
+                tail = q[T]
+                if tail - q[H] < layout.RING:
+                    break
                 lock.release()
-                raise PvmError(PvmNoTask, f"t{dest:x} exited")
-            tail = q[T]
-            if tail - q[H] < layout.RING:
-                break
-            lock.release()
             if time.monotonic() >= deadline:
-                raise PvmTimeout(f"inbox of t{dest:x} full (it does not receive)")
+                raise PvmTimeout(f"inbox of t{dest:x} full (it does not receive)" if got
+                                 else f"inbox of t{dest:x} stayed locked")
             self._check_alive()
             time.sleep(delay)
             delay = min(delay * 2, 5e-3)
@@ -374,6 +460,8 @@ class Task:
                 self._i[self._P] = len(self._pending)
                 return d
             self._pending.append(d)
+            if d.seg >= 0:
+                self._unspilled = True
         self._i[self._P] = len(self._pending)
         return None
 
@@ -383,7 +471,9 @@ class Task:
             if match(d):
                 del self._pending[k]
                 self._i[self._P] = len(self._pending)
+                self._at = k
                 return d
+        self._at = None
         q, H, T = self._q, self._H, self._T
         while True:
             d = self._drain(match)
@@ -397,16 +487,47 @@ class Task:
                     continue
             self._sleep(deadline)
 
+    def _put_back(self, d: _Desc) -> None:
+        """Return the descriptor _take just gave to where it was (order is kept)."""
+        if self._at is None:
+            self._pending.append(d)
+        else:
+            self._pending.insert(self._at, d)
+        self._i[self._P] = len(self._pending)
+        if d.seg >= 0:
+            self._unspilled = True
+
+    def _spill(self) -> None:
+        """Copy the messages waiting in the pending list out of the shared pages and
+        free the pages. Done only before blocking: a sender we wait for may need those
+        pages (otherwise a receiver waiting for one source while others' messages fill
+        the memory would deadlock with that source's psend)."""
+        pend = self._pending
+        for k, d in enumerate(pend):
+            if d.seg >= 0:
+                b = d.page * self._ps
+                src = self._data[d.seg][b:b + d.nbytes]
+                data = bytes(src)
+                src.release()
+                self._free(d.seg, d.page)
+                pend[k] = d._replace(seg=-1, inline=data)
+        self._unspilled = False
+
     def _sleep(self, deadline: float) -> None:
         """Block until a sender wakes us, a slice passes or the deadline is reached."""
         now = time.monotonic()
         if now >= deadline:
             raise PvmTimeout("no matching message before the timeout")
+        if self._unspilled:
+            self._spill()
         lock = self._mylock
         try:
-            lock.acquire(5.0)
+            got = lock.acquire(SLICE)
         except ipc.Gone:
             raise PvmError(PvmSysErr, "pvm_shmd removed our inbox (it exited)") from None
+        if not got:  # a sender stopped while holding it
+            self._check_alive()
+            return
         if self._q[self._T] != self._q[self._H]:
             lock.release()
             return
@@ -437,50 +558,64 @@ class Task:
             return lambda d: d.flags & layout.F_FIRST and d.src == source
         return lambda d: d.flags & layout.F_FIRST and d.src == source and d.tag == tag
 
-    def _next_piece(self, src: int, deadline: float) -> _Desc | None:
+    def _next_piece(self, src: int) -> _Desc | None:
         """The next piece of *src*'s message in flight; None if it was aborted or *src*
-        died before sending it."""
+        died before sending it. No timeout: the sender either sends the piece or
+        posts F_ABORT when it gives up, and its death is noticed."""
         def match(d):
             return d.src == src and not d.flags & layout.F_FIRST
 
         while True:
-            d = self._take(match, deadline, block=False)
+            d = self._take(match, _INF, block=False)
             if d is not None:
                 return None if d.flags & layout.F_ABORT else d
             try:
                 self._peer(src)
             except PvmError:
-                d = self._take(match, deadline, block=False)  # it may have sent, then died
+                d = self._take(match, _INF, block=False)  # it may have sent, then died
                 return None if d is None or d.flags & layout.F_ABORT else d
-            self._sleep(deadline)
+            self._sleep(_INF)
+
+    def _assemble(self, d: _Desc, into):
+        """The data of the message whose first piece is *d*: bytes-like, or the byte
+        count written into *into*; None if its sender gave up or died mid-message."""
+        if not d.flags & layout.F_MORE:
+            return self._copy_out(d, into)
+        whole = bytearray(d.total) if into is None else None
+        out = memoryview(whole) if into is None else into
+        off = 0
+        try:
+            while True:
+                self._copy_out(d, out[off:off + d.nbytes])
+                off += d.nbytes
+                if not d.flags & layout.F_MORE:
+                    break
+                d = self._next_piece(d.src)
+                if d is None:
+                    return None
+        finally:
+            if whole is not None:
+                out.release()
+        if off != d.total:
+            raise PvmError(PvmBadMsg, f"message from t{d.src:x}: pieces hold {off} bytes, "
+                                      f"the first said {d.total}")
+        return off if whole is None else whole
 
     def _receive(self, source: int, tag: int, timeout: float | None, into=None):
-        """Take a whole message: (descriptor, data) where data is bytes, or the byte
-        count written into *into*."""
-        deadline = float("inf") if timeout is None else time.monotonic() + timeout
+        """Take a whole message: (first descriptor, data) where data is bytes-like, or
+        the byte count written into *into*."""
+        deadline = _INF if timeout is None else time.monotonic() + timeout
         match = self._matcher(source, tag)
         while True:
             d = self._take(match, deadline)
             if into is not None and d.total > into.nbytes:
-                self._pending.appendleft(d)
-                self._i[self._P] = len(self._pending)
+                self._put_back(d)
                 raise PvmError(PvmOverflow, f"message of {d.total} bytes from t{d.src:x} does "
                                             f"not fit in {into.nbytes} bytes (kept)")
-            if not d.flags & layout.F_MORE:
-                return d, self._copy_out(d, into)
-            whole = bytearray(d.total) if into is None else None
-            out = into if into is not None else memoryview(whole)
-            off = 0
-            while d is not None:
-                self._copy_out(d, out[off:off + d.nbytes])
-                off += d.nbytes
-                if not d.flags & layout.F_MORE:
-                    if whole is None:
-                        return d._replace(flags=layout.F_FIRST), d.total
-                    out.release()
-                    return d._replace(flags=layout.F_FIRST), whole
-                d = self._next_piece(d.src, deadline)
-            # the sender gave up or died mid-message: drop it, wait for another
+            data = self._assemble(d, into)
+            if data is not None:
+                return d, data
+            # the sender gave up or died mid-message: it is dropped; wait for another
 
     def _copy_out(self, d: _Desc, into):
         if d.seg < 0:
@@ -500,7 +635,9 @@ class Task:
             self._free(d.seg, d.page)
 
     def precv(self, source: int = ANY, tag: int = ANY, timeout: float | None = None) -> Message:
-        """Receive the first message from *source* with *tag* (-1: any)."""
+        """Receive the first message from *source* with *tag* (-1: any). Waits up to
+        *timeout* seconds (None: for ever) for it to start arriving, then raises
+        PvmTimeout. ``data`` is bytes (a bytearray for a message sent in pieces)."""
         d, data = self._receive(source, tag, timeout)
         return Message(d.src, d.tag, data)
 
@@ -516,16 +653,21 @@ class Task:
 
     def precv_view(self, source: int = ANY, tag: int = ANY,
                    timeout: float | None = None) -> MessageView:
-        """Receive without copying: a MessageView on the shared pages (a message sent
-        in several pieces is assembled, so it is a copy)."""
-        deadline = float("inf") if timeout is None else time.monotonic() + timeout
-        d = self._take(self._matcher(source, tag), deadline)
-        if d.seg >= 0 and not d.flags & layout.F_MORE:
-            b = d.page * self._ps
-            return MessageView(self, d, self._data[d.seg][b:b + d.nbytes])
-        self._pending.appendleft(d)
-        _, data = self._receive(d.src, d.tag, None)
-        return MessageView(self, d._replace(seg=-1), memoryview(data))
+        """Receive without copying: a MessageView on the shared pages, to release.
+        A message that came inline (small) or in pieces (larger than a segment), or
+        that was moved out of the pages while we waited, is a private copy."""
+        deadline = _INF if timeout is None else time.monotonic() + timeout
+        match = self._matcher(source, tag)
+        while True:
+            d = self._take(match, deadline)
+            if d.seg >= 0 and not d.flags & layout.F_MORE:
+                b = d.page * self._ps
+                v = MessageView(self, d, self._data[d.seg][b:b + d.nbytes])
+                self._mviews.add(v)
+                return v
+            data = self._assemble(d, None)
+            if data is not None:
+                return MessageView(self, d._replace(seg=-1), memoryview(data))
 
     def probe(self, source: int = ANY, tag: int = ANY) -> tuple[int, int, int] | None:
         """(src, tag, total bytes) of the first matching message waiting, else None."""
