@@ -4,8 +4,9 @@ every failure becomes a LineResult with one message for stderr."""
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pvmconsole.registry import CommandError, Registry
 from pvmconsole.tokenizer import TokenizeError, split
@@ -49,11 +50,27 @@ class Console:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
     aliases: dict[str, list[str]] = field(default_factory=dict)
+    #: Output jobs of `spawn ->` (pvmconsole.jobs.JobTable), made at the first spawn.
+    jobs: Any = None
+    #: `quit` (and end of a script) first waits for the output jobs to finish, so a
+    #: script sees its tasks' output; the interactive console quits at once, as PVM.
+    wait_jobs_on_quit: bool = True
+    _out_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def print(self, *lines: str) -> None:
-        for line in lines:
-            self.out.write(line + "\n")
-        self.out.flush()
+        with self._out_lock:
+            for line in lines:
+                self.out.write(line + "\n")
+            self.out.flush()
+
+    def print_async(self, *lines: str) -> None:
+        """Output that is not the answer to a command (job output, from a thread):
+        whole lines, never mixed into another print (the interactive console shows
+        them above the line being edited)."""
+        try:
+            self.print(*lines)
+        except (OSError, ValueError):
+            pass  # the terminal went away: nothing to show it on
 
     def machine(self) -> VirtualMachine:
         if self.vm is None:
@@ -96,6 +113,8 @@ class Console:
             return LineResult(f"{name}: not found")
         if not cmd.arity_ok(len(words)):
             return LineResult(f"{name}: wrong #args")
+        if name == "quit" and self.jobs is not None and self.wait_jobs_on_quit:
+            self.jobs.wait_all()  # Ctrl-C (KeyboardInterrupt) gives up waiting
         try:
             cmd.handler(self, args)
         except ExitConsole as e:

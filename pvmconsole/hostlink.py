@@ -12,14 +12,18 @@ import shlex
 import socket
 from typing import Mapping, Sequence
 
-from pvmconsole.runner import LocalRunner, Runner, local_program
+from pvmconsole.runner import LineStream, LocalRunner, Runner, local_program
 from shmd import handshake
+from shmd.spawner import parse_err_line
 from shmd.errors import (
     PvmCantStart, PvmDenied, PvmDupHost, PvmError, PvmHostFail, PvmOutOfRes,
 )
 
 DAEMON = "pvm_shmd"
 STAT = "pvm_shmd_stat"
+SPAWN = "pvm_spawn"
+SPAWN_TIMEOUT = 30.0  # starting pvm_spawn on the host (not the tasks' run time)
+KILL_GRACE = 2.0  # reset/halt: TERM, then KILL what is still there after this
 START_TIMEOUT = 30.0  # a daemon that is not up by then never will be
 STAT_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
@@ -88,10 +92,71 @@ class HostLink:
             return False
         raise PvmError(PvmHostFail, _first_line(r.stderr) or f"{self.stat_program} --stop exited {r.rc}")
 
+    @property
+    def spawn_program(self) -> str:
+        """pvm_spawn, from the daemon's directory (as pvm_shmd_stat)."""
+        return os.path.join(os.path.dirname(self.daemon), SPAWN) if "/" in self.daemon else SPAWN
+
     def kill_tasks(self, pids: list[int]) -> None:
-        """SIGTERM the given task pids on the host (best effort: some may be gone)."""
-        if pids:
-            self.runner.run(["kill", "-TERM", *(str(p) for p in pids)], timeout=STAT_TIMEOUT)
+        """TERM the given task pids on the host, KILL what is left after KILL_GRACE s
+        (best effort: some may be gone). A task pvm_spawn started goes with its
+        process group; pvm_spawn's record of who spawned what is dropped. Falls back
+        to kill(1) where pvm_spawn is missing."""
+        words = [str(int(p)) for p in pids]
+        r = self.runner.run([self.spawn_program, "--kill", f"--grace={KILL_GRACE:g}",
+                             *self._vm_args(), *words], timeout=STAT_TIMEOUT + KILL_GRACE)
+        if r.rc in (126, 127) and words:
+            self.runner.run(["kill", "-TERM", *words], timeout=STAT_TIMEOUT)
+
+    def spawn(self, prog: str, args: Sequence[str], count: int, *, ptid: int, relay: bool,
+              wd: str | None = None, ep: str | None = None,
+              env: Mapping[str, str] | None = None) -> LineStream:
+        """Start *count* copies of *prog* on the host through pvm_spawn; its output
+        protocol (``tid``/``err`` lines, ``spawned``, then with *relay* the tasks'
+        ``out``/``eof`` lines and ``done``) comes back on the stream."""
+        argv = [self.spawn_program, *self._vm_args(), f"--count={int(count)}", f"--ptid={ptid:x}"]
+        if relay:
+            argv.append("--relay")
+        if wd:
+            argv.append(f"--wd={wd}")
+        if ep is not None:
+            argv.append(f"--ep={ep}")
+        argv += ["--", prog, *args]
+        return self.runner.start(argv, timeout=SPAWN_TIMEOUT, env=env)
+
+    def tasks(self) -> list[dict[str, object]]:
+        """The host's tasks (pvm_spawn --tasks): the daemon's table plus ptid and flags."""
+        r = self.runner.run([self.spawn_program, "--tasks", *self._vm_args()], timeout=STAT_TIMEOUT)
+        if r.rc != 0:
+            raise PvmError(PvmHostFail, _first_line(r.stderr) or _first_line(r.stdout)
+                           or f"{self.spawn_program} --tasks exited {r.rc}")
+        try:
+            tasks = json.loads(r.stdout)
+        except ValueError:
+            tasks = None
+        if not isinstance(tasks, list):
+            raise PvmError(PvmHostFail, f"unreadable task list from {self.spawn_program}")
+        return [t for t in tasks if isinstance(t, dict)]
+
+    def signal(self, signum: int, tids: Sequence[int]) -> dict[int, PvmError | None]:
+        """Send *signum* to tasks of this host by tid; per tid None or the error."""
+        r = self.runner.run([self.spawn_program, f"--signal={int(signum)}", *self._vm_args(),
+                             *(f"{t:x}" for t in tids)], timeout=STAT_TIMEOUT)
+        out: dict[int, PvmError | None] = {}
+        lines = r.stdout.splitlines()
+        for line in lines:
+            w = line.split(" ", 2)
+            if w[0] == "ok" and len(w) > 1:
+                out[int(w[1], 16)] = None
+        errs = [ln for ln in lines if ln.startswith("err ")]
+        for tid in tids:
+            if tid not in out:
+                if errs:
+                    out[tid] = parse_err_line(errs.pop(0))
+                else:
+                    out[tid] = PvmError(PvmHostFail, _first_line(r.stderr)
+                                        or f"{self.spawn_program} exited {r.rc}")
+        return out
 
     def close(self) -> None:
         self.runner.close()

@@ -3,11 +3,13 @@ and the current command's syntax in the bottom toolbar."""
 from __future__ import annotations
 
 import os
+import sys
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
+from prompt_toolkit.patch_stdout import patch_stdout
 
 from pvmconsole.console import PROMPT, Console
 from shmd.errors import PvmError
@@ -76,17 +78,27 @@ def run_interactive(console: Console, session: PromptSession | None = None) -> i
             complete_while_typing=False,  # completion on Tab; typing never waits for it
             bottom_toolbar=lambda: syntax_hint(console, session.default_buffer.text),  # type: ignore[union-attr]
         )
-    while True:
-        try:
-            line = session.prompt(PROMPT)
-        except KeyboardInterrupt:
-            continue
-        except EOFError:
-            console.print("quit")  # as PVM at end of input
-            line = "quit"
-        res = console.execute(line)
-        if res.error is not None:
-            console.err.write(res.error + "\n")
-            console.err.flush()
-        if res.exit is not None:
-            return res.exit
+    # Job output (`spawn ->`) comes from threads while the user types: through
+    # patch_stdout it is printed above the line being edited, which is redrawn intact.
+    saved = console.out, console.err, console.wait_jobs_on_quit
+    console.wait_jobs_on_quit = False  # as PVM: quitting drops the jobs' output
+    try:
+        with patch_stdout(raw=True):
+            console.out, console.err = sys.stdout, sys.stderr
+            while True:
+                try:
+                    line = session.prompt(PROMPT)
+                except KeyboardInterrupt:
+                    continue
+                except EOFError:
+                    console.print("quit")  # as PVM at end of input
+                    line = "quit"
+                res = console.execute(line)
+                if res.error is not None:
+                    with console._out_lock:
+                        console.err.write(res.error + "\n")
+                        console.err.flush()
+                if res.exit is not None:
+                    return res.exit
+    finally:
+        console.out, console.err, console.wait_jobs_on_quit = saved

@@ -32,7 +32,7 @@ from typing import Callable, Mapping, Sequence
 
 import paramiko
 
-from pvmconsole.runner import Result
+from pvmconsole.runner import LineStream, Result
 from shmd.errors import PvmBadParam, PvmCantStart, PvmError, PvmHostFail, PvmNoHost
 
 CONNECT_TIMEOUT = 10.0  # TCP connect and key exchange
@@ -429,6 +429,54 @@ class SshRunner:
                 if attempt == 2 or time.monotonic() >= deadline:
                     raise SshError(PvmHostFail, f"{self.host}: connection lost: {e or type(e).__name__}") from None
         return self._exec(ch, command, input, deadline, timeout, argv[0])
+
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> LineStream:
+        """Start argv on the host on a channel of its own (other commands go on over the
+        same connection) and return its merged stdout/stderr line by line. *timeout*
+        bounds connecting and starting; closing the stream closes the channel."""
+        command = remote_command(argv, cwd, env)
+        deadline = time.monotonic() + timeout
+        for attempt in (1, 2):
+            try:
+                t = self._transport(deadline)
+            except SshError as e:
+                if self._ever_connected and e.code == PvmCantStart:
+                    raise SshError(PvmHostFail, e.detail) from None
+                raise
+            try:
+                ch = t.open_session(timeout=max(0.1, min(OPEN_TIMEOUT, deadline - time.monotonic())))
+                break
+            except (paramiko.SSHException, EOFError, OSError) as e:
+                with self._lock:
+                    self._drop_locked()
+                if attempt == 2 or time.monotonic() >= deadline:
+                    raise SshError(PvmHostFail, f"{self.host}: connection lost: {e or type(e).__name__}") from None
+        ch.set_combine_stderr(True)
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), ch.get_transport().close)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            ch.exec_command(command)
+            ch.shutdown_write()
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            with self._lock:
+                self._drop_locked()
+            raise SshError(PvmHostFail, f"{self.host}: connection lost starting {argv[0]}: {e}") from None
+        finally:
+            watchdog.cancel()
+        ch.settimeout(None)
+
+        def read() -> bytes:
+            return ch.recv(65536)
+
+        return LineStream(read, on_close=ch.close, name=f"start {self.host}")
 
     def _exec(self, ch: paramiko.Channel, command: str, input: str | None,
               deadline: float, timeout: float, prog: str) -> Result:

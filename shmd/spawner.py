@@ -1,0 +1,527 @@
+"""pvm_spawn: start tasks on this host, enrolled with its pvm_shmd; list and signal them.
+
+The console runs this program on a host (directly, or over SSH) for `spawn`, `ps`,
+`kill`, `sig`, `reset` and `halt`; a task can call :func:`spawn` to start tasks on
+its own host. Each copy is forked, enrolled with the daemon (a ``join`` carrying the
+child's pid, so the tid is in this host's range before the program runs), and only
+then exec'd with ``PVM_MYTID``/``PVM_PARENT``/``PVM_VMID`` set; its own
+``shmd.join()`` adopts the slot. A copy that dies is reaped by the daemon like any task.
+
+    pvm_spawn [-vmid=ID] [--count=N] [--ep=PATH] [--wd=DIR] [--ptid=HEX] [--relay] -- PROG [ARG ...]
+    pvm_spawn --tasks  [-vmid=ID]                  tasks as JSON (the daemon's table + ptid, flags)
+    pvm_spawn --signal=N [-vmid=ID] TID ...        signal tasks by tid (hex, optional 't')
+    pvm_spawn --kill [--grace=S] [-vmid=ID] PID ... TERM, then KILL after S seconds (reset/halt)
+
+Spawn output, one line each on stdout:
+
+    tid <hex>            a copy started as this task
+    err <code> <text>    a copy could not be started (PVM error code, negative)
+    spawned              end of the results
+    out <hex> <text>     (--relay) a line the task wrote (stdout and stderr together)
+    eof <hex>            (--relay) the task closed its output
+    done                 (--relay) every task's output has ended
+
+Without ``--relay`` tasks write to the host's log ($PVM_TMP/pvml.<uid>[.<vmid>]), as
+PVM's tasks wrote to the pvmd log, and pvm_spawn exits as soon as all are started.
+A program is searched on ``--ep`` (a colon list; default ``~/pvm3/bin/LINUX64`` then
+``$PATH``) unless it contains a ``/``; relative names are taken from the working
+directory (``--wd``, default ``$HOME``). A ``.py`` program is run by the Python that
+runs pvm_spawn (the project's virtual environment), so it can import shmd and numpy.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import json
+import os
+import selectors
+import signal
+import sys
+import time
+from typing import Callable, Iterable, Sequence
+
+from . import control, paths
+from .errors import (PvmBadParam, PvmDenied, PvmError, PvmNoFile, PvmNoTask, PvmSysErr,
+                     strerror)
+
+ARCH = "LINUX64"
+DEFAULT_EP = f"~/pvm3/bin/{ARCH}"
+CONSOLE_TID = 0x40001
+KILL_GRACE = 2.0
+MAX_LINE = 65536
+ENROLL_TIMEOUT = 10.0
+
+# ps FLAG bits (PVM's TF_*)
+F_SPAWNED = 0x2  # "f": child of pvmd
+F_CONNECTED = 0x4  # "c": joined by itself
+
+
+class Copy:
+    """One started copy: its tid, pid and (with relay) the read end of its output."""
+
+    def __init__(self, tid: int, pid: int, fd: int | None):
+        self.tid, self.pid, self.fd = tid, pid, fd
+
+
+# ---- program lookup ---------------------------------------------------------------------
+def default_wd() -> str:
+    return os.path.expanduser("~")
+
+
+def search_path(ep: str | None) -> list[str]:
+    if ep is None:
+        ep = DEFAULT_EP + ":" + os.environ.get("PATH", "")
+    return [os.path.expanduser(d) or "." for d in ep.split(":")]
+
+
+def resolve(prog: str, ep: str | None, wd: str) -> list[str]:
+    """The argv prefix that runs *prog*: ``[path]``, or ``[python, path]`` for a .py.
+    PvmError(PvmNoFile) when it is not found, PvmDenied when it can't be run."""
+    if not prog:
+        raise PvmError(PvmBadParam, "empty program name")
+    if "/" in prog:
+        cands = [os.path.join(wd, os.path.expanduser(prog))]
+    else:
+        cands = [os.path.join(wd, d, prog) for d in search_path(ep)]
+    found = None
+    for c in cands:
+        if os.path.isfile(c):
+            found = c
+            break
+    if found is None:
+        where = cands[0] if "/" in prog else f"path {ep if ep is not None else DEFAULT_EP + ':$PATH'}"
+        raise PvmError(PvmNoFile, f"{prog} not found ({where})")
+    if found.endswith(".py"):
+        if not os.access(found, os.R_OK):
+            raise PvmError(PvmDenied, f"{found} is not readable")
+        return [sys.executable, os.path.abspath(found)]
+    if not os.access(found, os.X_OK):
+        raise PvmError(PvmDenied, f"{found} is not executable")
+    return [os.path.abspath(found)]
+
+
+# ---- the spawn registry: who spawned which tid (for ps -l's PTID and kill -c) -------------
+def registry_path(vmid: str) -> str:
+    return paths.tmpfile("pvmspawn", vmid)
+
+
+def _read_registry(f) -> dict[int, dict]:
+    out = {}
+    f.seek(0)
+    for line in f.read().splitlines():
+        try:
+            r = json.loads(line)
+            out[int(r["tid"])] = r
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def load_registry(vmid: str) -> dict[int, dict]:
+    try:
+        with open(registry_path(vmid), encoding="utf-8") as f:
+            return _read_registry(f)
+    except OSError:
+        return {}
+
+
+def record(vmid: str, entries: Sequence[dict], live: Iterable[int]) -> None:
+    """Add *entries*; drop records of tids no longer in the daemon's table."""
+    path = registry_path(vmid)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return  # ps -l then shows no PTID: not worth failing a spawn for
+    with os.fdopen(fd, "r+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        keep = {t: r for t, r in _read_registry(f).items() if t in set(live)}
+        for e in entries:
+            keep[int(e["tid"])] = e
+        f.seek(0)
+        f.truncate()
+        f.write("".join(json.dumps(r) + "\n" for r in keep.values()))
+
+
+def tasks(vmid: str) -> list[dict]:
+    """The daemon's task table with each task's ptid (None if not spawned) and flags."""
+    st = control.request("stat", vmid)
+    reg = load_registry(vmid)
+    out = []
+    for t in st.get("tasks", []):
+        r = reg.get(t["tid"])
+        spawned = r is not None and r.get("pid") == t["pid"]
+        flags = (F_SPAWNED if spawned else 0) | (F_CONNECTED if t.get("connected", True) else 0)
+        out.append({**t, "ptid": r.get("ptid") if spawned else None, "flags": flags,
+                    "host": st.get("host"), "hostname": st.get("name")})
+    return out
+
+
+# ---- starting copies ----------------------------------------------------------------------
+def _child(argv: list[str], env: dict, wd: str, go: int, exec_err: int, out: int | None) -> None:
+    """In the forked child: wait for the tid, set up, exec. Never returns."""
+    try:
+        os.setsid()  # its own session: the console's Ctrl-C, a closed ssh channel don't reach it
+        data = b""
+        while True:
+            chunk = os.read(go, 64)
+            if not chunk:
+                break
+            data += chunk
+        if not data:  # the spawner could not enroll it
+            os._exit(0)
+        env = dict(env, PVM_MYTID=data.decode().strip())
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        if out is not None:
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+        for s in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_DFL)
+        os.chdir(wd)
+        os.closerange(3, exec_err)
+        os.closerange(exec_err + 1, 65536)
+        os.execve(argv[0], argv, env)
+    except OSError as e:
+        try:
+            os.write(exec_err, f"{e.errno} {e.strerror}".encode())
+        except OSError:
+            pass
+    except BaseException:
+        pass
+    os._exit(127)
+
+
+_EXEC_ERRORS = {errno.ENOENT: PvmNoFile, errno.EACCES: PvmDenied, errno.ENOTDIR: PvmNoFile,
+                errno.ENOEXEC: PvmDenied, errno.EPERM: PvmDenied}
+
+
+def start_copies(prog: str, args: Sequence[str], count: int, *, vmid: str, ep: str | None,
+                 wd: str | None, ptid: int, output: str) -> list[Copy | PvmError]:
+    """Start *count* copies; *output* is "relay" (a pipe each), "log" or "inherit"."""
+    if count < 1:
+        raise PvmError(PvmBadParam, f"count {count} must be at least 1")
+    wd = os.path.expanduser(wd) if wd else default_wd()
+    if not os.path.isdir(wd):
+        raise PvmError(PvmNoFile, f"no directory {wd}")
+    argv = resolve(prog, ep, wd) + list(args)
+    name = os.path.basename(prog)[:31]
+    sock = control.daemon_info(vmid)["sock"]
+    env = dict(os.environ, PVM_VMID=vmid, PVM_PARENT=f"{ptid:x}")
+    log_fd = None
+    if output == "log":
+        log_fd = os.open(paths.log_path(vmid), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    results: list[Copy | PvmError] = []
+    try:
+        for _ in range(count):
+            results.append(_start_one(argv, env, wd, name, sock, output, log_fd))
+    finally:
+        if log_fd is not None:
+            os.close(log_fd)
+    started = [c for c in results if isinstance(c, Copy)]
+    if started:
+        try:
+            live = [t["tid"] for t in control.request("stat", vmid).get("tasks", [])]
+        except PvmError:
+            live = [c.tid for c in started]
+        record(vmid, [{"tid": c.tid, "pid": c.pid, "ptid": ptid} for c in started], live)
+    return results
+
+
+def _start_one(argv, env, wd, name, sock, output, log_fd) -> Copy | PvmError:
+    go_r, go_w = os.pipe()
+    ex_r, ex_w = os.pipe2(os.O_CLOEXEC)
+    out_r = out_w = None
+    if output == "relay":
+        out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        os.close(ex_r)
+        if out_r is not None:
+            os.close(out_r)
+        _child(argv, env, wd, go_r, ex_w, out_w if out_w is not None else log_fd)
+    os.close(go_r)
+    os.close(ex_w)
+    if out_w is not None:
+        os.close(out_w)
+    try:
+        conn = control.Connection(sock, timeout=ENROLL_TIMEOUT)
+        try:
+            tid = conn.request("join", pid=pid, name=name)["tid"]
+        finally:
+            conn.close()
+    except PvmError as e:
+        os.close(go_w)  # EOF without a tid: the child exits
+        os.close(ex_r)
+        if out_r is not None:
+            os.close(out_r)
+        os.waitpid(pid, 0)
+        return e
+    os.write(go_w, f"{tid:x}".encode())
+    os.close(go_w)
+    err = b""
+    while True:  # EOF once the exec succeeded (close-on-exec), else the error
+        chunk = os.read(ex_r, 256)
+        if not chunk:
+            break
+        err += chunk
+    os.close(ex_r)
+    if err:
+        os.waitpid(pid, 0)  # the daemon reaps its slot: the pid is gone
+        if out_r is not None:
+            os.close(out_r)
+        code, _, text = err.decode(errors="replace").partition(" ")
+        return PvmError(_EXEC_ERRORS.get(int(code) if code.isdigit() else 0, PvmSysErr),
+                        f"{argv[0]}: {text}")
+    return Copy(tid, pid, out_r)
+
+
+def spawn(prog: str, args: Sequence[str] = (), count: int = 1, *, ep: str | None = None,
+          wd: str | None = None, output: str = "inherit", vmid: str | None = None,
+          ptid: int | None = None) -> list[int | PvmError]:
+    """For tasks: start *count* copies of *prog* on this host (pvm_spawn's library form).
+
+    Returns one entry per copy: its tid, or the PvmError saying why it failed. The
+    copies write to our stdout/stderr (``output="inherit"``) or the host's log
+    (``"log"``). They are our children: reap them (``os.wait()``) when they end; the
+    daemon counts a zombie as dead either way."""
+    vmid = paths.current_vmid(vmid)
+    if ptid is None:
+        ptid = int(os.environ.get("PVM_MYTID", "0"), 16)
+    out = start_copies(prog, args, count, vmid=vmid, ep=ep, wd=wd, ptid=ptid, output=output)
+    return [c.tid if isinstance(c, Copy) else c for c in out]
+
+
+# ---- relaying output ----------------------------------------------------------------------
+class Sink:
+    """Our stdout; once the reader went away (console quit, ssh channel closed) writes are
+    dropped so the tasks' output is still drained and they never block."""
+
+    def __init__(self, f=None):
+        self.f = f or sys.stdout.buffer
+        self.broken = False
+
+    def line(self, text: str) -> None:
+        if self.broken:
+            return
+        try:
+            self.f.write(text.encode(errors="replace") + b"\n")
+            self.f.flush()
+        except OSError:
+            self.broken = True
+
+
+def relay(copies: Sequence[Copy], sink: Sink) -> None:
+    """Pass the copies' output lines on, tagged with their tid, until every one ended."""
+    sel = selectors.DefaultSelector()
+    bufs: dict[int, bytes] = {}
+    for c in copies:
+        if c.fd is not None:
+            sel.register(c.fd, selectors.EVENT_READ, c)
+            bufs[c.fd] = b""
+    while bufs:
+        for key, _ in sel.select(1.0):
+            c: Copy = key.data
+            try:
+                data = os.read(c.fd, 65536)
+            except OSError:
+                data = b""
+            buf = bufs[c.fd] + data
+            *lines, rest = buf.split(b"\n")
+            while len(rest) > MAX_LINE:  # a line without end: pass it on in pieces
+                lines.append(rest[:MAX_LINE])
+                rest = rest[MAX_LINE:]
+            for ln in lines:
+                sink.line(f"out {c.tid:x} {ln.decode(errors='replace')}")
+            if data:
+                bufs[c.fd] = rest
+                continue
+            if rest:
+                sink.line(f"out {c.tid:x} {rest.decode(errors='replace')}")
+            sink.line(f"eof {c.tid:x}")
+            sel.unregister(c.fd)
+            os.close(c.fd)
+            del bufs[c.fd]
+        _reap_children()
+    sink.line("done")
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+# ---- signals ------------------------------------------------------------------------------
+def parse_tid(word: str) -> int:
+    """PVM's tid syntax: optional 't', then hex digits."""
+    w = word[1:] if word[:1] in ("t", "T") else word
+    try:
+        tid = int(w, 16)
+    except ValueError:
+        raise PvmError(PvmBadParam, f"bad tid {word!r}") from None
+    if not 0 < tid <= 0x3FFFFFFF:
+        raise PvmError(PvmBadParam, f"bad tid {word!r}")
+    return tid
+
+
+def signal_tids(vmid: str, signum: int, tids: Sequence[int]) -> list[tuple[int, PvmError | None]]:
+    table = {t["tid"]: t for t in control.request("stat", vmid).get("tasks", [])}
+    out = []
+    for tid in tids:
+        t = table.get(tid)
+        if t is None:
+            out.append((tid, PvmError(PvmNoTask, f"t{tid:x}")))
+            continue
+        try:
+            os.kill(t["pid"], signum)
+            out.append((tid, None))
+        except ProcessLookupError:
+            out.append((tid, PvmError(PvmNoTask, f"t{tid:x} exited")))
+        except PermissionError:
+            out.append((tid, PvmError(PvmDenied, f"t{tid:x} (pid {t['pid']})")))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+
+
+def kill_pids(pids: Sequence[int], grace: float = KILL_GRACE) -> list[int]:
+    """TERM each pid (the whole process group of a task we spawned: its children go too),
+    KILL what is left after *grace* seconds. Returns the pids that survived even that."""
+    def send(pid: int, sig: int) -> None:
+        try:
+            if os.getsid(pid) == pid:  # a task pvm_spawn started (setsid): its group
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        except OSError:
+            pass
+
+    pids = [p for p in pids if p > 1 and p != os.getpid()]
+    for p in pids:
+        send(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.02)
+    left = [p for p in pids if _alive(p)]
+    for p in left:
+        send(p, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and any(_alive(p) for p in left):
+        time.sleep(0.02)
+    return [p for p in left if _alive(p)]
+
+
+# ---- command line -----------------------------------------------------------------------------
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _err_line(e: PvmError) -> str:
+    detail = " ".join((e.detail or "").split())
+    return f"err {e.code} {strerror(e.code)}" + (f" ({detail})" if detail else "")
+
+
+def parse_err_line(line: str) -> PvmError:
+    """The PvmError of an ``err <code> <text> (<detail>)`` line."""
+    parts = line.split(" ", 2)
+    try:
+        code = int(parts[1])
+    except (IndexError, ValueError):
+        return PvmError(PvmSysErr, line)
+    rest = parts[2] if len(parts) > 2 else ""
+    detail = rest[len(strerror(code)):].strip() if rest.startswith(strerror(code)) else rest
+    if detail.startswith("(") and detail.endswith(")"):
+        detail = detail[1:-1]
+    return PvmError(code, detail or None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pvm_spawn", description=__doc__.splitlines()[0])
+    ap.add_argument("-vmid", "--vmid", default=None)
+    ap.add_argument("--count", type=int, default=1)
+    ap.add_argument("--ep", default=None)
+    ap.add_argument("--wd", default=None)
+    ap.add_argument("--ptid", default=f"{CONSOLE_TID:x}")
+    ap.add_argument("--relay", action="store_true")
+    ap.add_argument("--tasks", action="store_true")
+    ap.add_argument("--signal", type=int, default=None)
+    ap.add_argument("--kill", action="store_true")
+    ap.add_argument("--grace", type=float, default=KILL_GRACE)
+    ap.add_argument("words", nargs="*")
+    a = ap.parse_args(argv)
+    try:
+        vmid = paths.current_vmid(a.vmid)
+    except ValueError as e:
+        print(f"pvm_spawn: {e}", file=sys.stderr)
+        return 2
+    if a.kill:
+        try:
+            pids = [int(w) for w in a.words]
+        except ValueError:
+            print("pvm_spawn: --kill takes pids", file=sys.stderr)
+            return 2
+        left = kill_pids(pids, a.grace)
+        try:
+            os.unlink(registry_path(vmid))  # reset/halt: every task is gone
+        except OSError:
+            pass
+        if left:
+            print(f"pvm_spawn: still alive after KILL: {left}", file=sys.stderr)
+            return 1
+        return 0
+    if a.tasks:
+        try:
+            _say(json.dumps(tasks(vmid)))
+        except PvmError as e:
+            print(f"pvm_spawn: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if a.signal is not None:
+        try:
+            tids = [parse_tid(w) for w in a.words]
+            if not 0 < a.signal < signal.NSIG:
+                raise PvmError(PvmBadParam, f"bad signal number {a.signal}")
+            for tid, e in signal_tids(vmid, a.signal, tids):
+                _say(f"ok {tid:x}" if e is None else f"{_err_line(e)}")
+        except PvmError as e:
+            _say(_err_line(e))
+            return 1
+        return 0
+    # spawn
+    if not a.words:
+        print("pvm_spawn: no program", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        ptid = int(a.ptid, 16)
+        copies = start_copies(a.words[0], a.words[1:], a.count, vmid=vmid, ep=a.ep, wd=a.wd,
+                              ptid=ptid, output="relay" if a.relay else "log")
+    except PvmError as e:
+        copies = [e] * max(a.count, 1)
+    except ValueError as e:
+        copies = [PvmError(PvmBadParam, str(e))] * max(a.count, 1)
+    sink = Sink()
+    for c in copies:
+        sink.line(f"tid {c.tid:x}" if isinstance(c, Copy) else _err_line(c))
+    sink.line("spawned")
+    if a.relay:
+        relay([c for c in copies if isinstance(c, Copy)], sink)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
