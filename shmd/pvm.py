@@ -14,7 +14,7 @@ from . import errors
 from .errors import (PvmAlready, PvmBadMsg, PvmBadParam, PvmDenied, PvmError, PvmExists,  # noqa: F401
                      PvmMismatch, PvmNoData, PvmNoMem, PvmNoTask, PvmNotImpl, PvmOk, PvmOutOfRes,
                      PvmOverflow, PvmSysErr, PvmTimeout, strerror)
-from .task import ANY, Task, _as_bytes_view, join
+from .task import ANY, Task, _as_bytes_view, current, join
 
 PVM_STR, PVM_BYTE, PVM_SHORT, PVM_INT, PVM_FLOAT, PVM_CPLX, PVM_DOUBLE, PVM_DCPLX = range(8)
 PVM_LONG, PVM_USHORT, PVM_UINT, PVM_ULONG = 8, 9, 10, 11
@@ -52,7 +52,7 @@ def _room(buf, count: int, size: int) -> memoryview:
 def _me() -> Task:
     global _task
     if _task is None or _task.closed:
-        _task = join()
+        _task = current() or join()  # a process that joined with shmd.join() is that task
     return _task
 
 

@@ -679,6 +679,12 @@ class Task:
         return None
 
 
+def current(vmid: str | None = None) -> Task | None:
+    """This process's open task for *vmid* (default ``$PVM_VMID``), if it joined."""
+    t = _open.get(paths.current_vmid(vmid))
+    return t if t is not None and not t.closed and t._pid == os.getpid() else None
+
+
 def join(vmid: str | None = None, name: str | None = None, spin: bool | None = None) -> Task:
     """Enroll this process with the host's pvm_shmd (found from the user and the VM id)."""
     return Task(vmid, name, spin)
