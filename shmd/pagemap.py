@@ -35,17 +35,24 @@ def alloc(m: memoryview, b: int, npages: int, want: int, owner: int) -> int:
                 m[f + p + v - 1] = v - want
             m[b + 2 * MAXPAGES + p] = owner
             return p
+        if v == 0:  # a corrupt map must not loop forever
+            return -1
         p += v if v > 0 else -v
     return -1
 
 
 def free(m: memoryview, b: int, npages: int, p: int) -> int:
     """Free the allocated run starting at page *p*, merging it with free neighbours;
-    return the number of pages freed (0 if *p* does not start an allocated run)."""
-    n = -m[b + p]
-    if n <= 0 or p + n > npages:
+    return the number of pages freed (0 if *p* does not start an allocated run).
+
+    A page that does not start an allocated run (a second free of the same run, a
+    stale descriptor) is refused: its header and footer must both say -n."""
+    if not 0 <= p < npages:
         return 0
+    n = -m[b + p]
     f = b + MAXPAGES
+    if n <= 0 or p + n > npages or m[f + p + n - 1] != -n:
+        return 0
     m[b + 2 * MAXPAGES + p] = 0
     start, length = p, n
     q = p + n
@@ -54,6 +61,8 @@ def free(m: memoryview, b: int, npages: int, p: int) -> int:
     if p > 0 and m[f + p - 1] > 0:
         start -= m[f + p - 1]
         length += m[f + p - 1]
+    if start != p:
+        m[b + p] = 0  # no stale -n inside the merged run: a second free must fail
     m[b + start] = length
     m[f + start + length - 1] = length
     return n

@@ -1,0 +1,112 @@
+"""The page map (shmd/pagemap.py): random alloc/free sequences keep the boundary-tag
+invariants and the page accounting; a stale or double free is refused, never corrupts.
+
+Pure computation on a private int32 array laid out like a map in segment 0.
+"""
+from __future__ import annotations
+
+from array import array
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shmd import pagemap
+from shmd.layout import MAXPAGES
+
+B = 7  # maps live at an arbitrary index inside segment 0, not at 0
+
+
+def new_map(npages: int) -> memoryview:
+    m = memoryview(array("i", [0x5A5A5A5A] * (B + 3 * MAXPAGES)))  # garbage, as in reused shm
+    pagemap.init(m, B, npages)
+    return m
+
+
+def check_invariants(m: memoryview, npages: int, held: dict[int, tuple[int, int]]) -> None:
+    """Runs tile [0, npages); header and footer agree; no two free runs touch; every
+    allocated run is one we hold, with its owner; accounting adds up."""
+    runs = list(pagemap.runs(m, B, npages))
+    p, prev_free = 0, False
+    allocated = {}
+    for start, n, alloc, owner in runs:
+        assert start == p and n > 0
+        sign = -1 if alloc else 1
+        assert m[B + start] == sign * n, f"header of run at {start}"
+        assert m[B + MAXPAGES + start + n - 1] == sign * n, f"footer of run at {start}"
+        if not alloc:
+            assert not prev_free, f"two adjacent free runs at {start}"
+        else:
+            allocated[start] = (n, owner)
+        prev_free = not alloc
+        p += n
+    assert p == npages
+    assert allocated == held
+    free, largest = pagemap.summary(m, B, npages)
+    assert free == npages - sum(n for n, _ in held.values())
+    assert largest == max([n for _, n, a, _ in runs if not a] or [0])
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("alloc"), st.integers(1, 24), st.integers(1, 5)),
+    st.tuples(st.just("free"), st.integers(0, 1000)),
+    st.tuples(st.just("stale"), st.integers(0, 1000)),  # free of a page we do not hold
+), max_size=120)
+
+
+@settings(max_examples=300, deadline=None)
+@given(npages=st.integers(1, 64), seq=ops)
+def test_random_alloc_free_keeps_invariants(npages, seq):
+    m = new_map(npages)
+    held: dict[int, tuple[int, int]] = {}
+    freed_once: list[int] = []
+    for op in seq:
+        if op[0] == "alloc":
+            _, want, owner = op
+            free, _ = pagemap.summary(m, B, npages)
+            biggest = max([n for _, n, a, _ in pagemap.runs(m, B, npages) if not a] or [0])
+            p = pagemap.alloc(m, B, npages, want, owner)
+            if want <= biggest:
+                assert p >= 0, "first fit missed a run large enough"
+                held[p] = (want, owner)
+            else:
+                assert p == -1
+        elif op[0] == "free" and held:
+            p = sorted(held)[op[1] % len(held)]
+            n, _ = held.pop(p)
+            assert pagemap.free(m, B, npages, p) == n
+            freed_once.append(p)
+        elif op[0] == "stale":
+            # a page that does not start a run we hold: a second free, or any page
+            cands = freed_once + list(range(npages))
+            p = cands[op[1] % len(cands)]
+            if p not in held:
+                assert pagemap.free(m, B, npages, p) == 0, f"stale free of page {p} accepted"
+        check_invariants(m, npages, held)
+    for p in list(held):
+        assert pagemap.free(m, B, npages, p) == held.pop(p)[0]
+    check_invariants(m, npages, {})
+    assert list(pagemap.runs(m, B, npages)) == [(0, npages, False, 0)]
+
+
+def test_double_free_after_merge_does_not_release_someone_elses_run():
+    """The case hypothesis found: free A, free B (merges into A), C takes A+B; a second
+    free of B's old first page used to release half of C."""
+    m = new_map(8)
+    a = pagemap.alloc(m, B, 8, 2, 1)
+    b = pagemap.alloc(m, B, 8, 2, 2)
+    assert pagemap.free(m, B, 8, a) == 2 and pagemap.free(m, B, 8, b) == 2
+    c = pagemap.alloc(m, B, 8, 4, 3)
+    assert c == 0
+    assert pagemap.free(m, B, 8, b) == 0
+    check_invariants(m, 8, {0: (4, 3)})
+
+
+def test_out_of_range_and_corrupt_map_do_not_hang():
+    m = new_map(4)
+    assert pagemap.free(m, B, 4, -1) == 0
+    assert pagemap.free(m, B, 4, 4) == 0
+    m[B] = 0  # corrupt: a zero-length run
+    assert pagemap.alloc(m, B, 4, 1, 1) == -1
+    with pytest.raises(ValueError):
+        list(pagemap.runs(m, B, 4))
