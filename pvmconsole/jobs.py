@@ -95,6 +95,8 @@ def parse_spawn(words: Sequence[str]) -> SpawnRequest:
 def place(req: SpawnRequest, hosts: Sequence[HostRecord], start: int) -> list[HostRecord | PvmError]:
     """The host of each copy: the named host, or round robin (from *start*) over the
     hosts of the architecture / all running hosts / all but the named one."""
+    if req.host == ".":  # the console's own host (the master)
+        req.host = next((h.name for h in hosts if h.index == 1), ".")
     if req.host and not req.complement:
         h = next((h for h in hosts if h.name == req.host), None)
         return [h or PvmError(PvmNoHost, req.host)] * req.count

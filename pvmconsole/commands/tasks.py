@@ -230,7 +230,7 @@ COMMANDS = [
     Command("spawn", 2, None, "Spawn task", (
         "Syntax:  spawn [ options ] file [ arg ... ]",
         "Options:  -(count)  number of tasks, default 1",
-        "          -(host)   spawn on host, default is any",
+        "          -(host)   spawn on host, default is any (-. = the console's host)",
         "          -(ARCH)   spawn on hosts of ARCH",
         "          -~(host)  spawn on any host but this one (or any ARCH but this)",
         "          -:(wd)    working directory for the tasks (also -host:wd, -ARCH:wd)",

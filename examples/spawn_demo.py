@@ -1,0 +1,143 @@
+"""Master / foreman / worker over every host of the virtual machine.
+
+From the console (the master must run on the console's host, where the VM table is):
+
+    pvm> spawn -> -. spawn_demo.py master 2 200000
+
+(``spawn_demo.py`` found on the host's ``ep=`` path, or give its full path.) Roles:
+
+master  [W] [N]  joins the local pvm_shmd (so it shows in `ps`), starts one foreman on
+                 every host of the VM through that host's pvm_spawn (over SSH for remote
+                 hosts) with the foreman's output sent back to it, gathers each foreman's
+                 RESULT line and checks it against the same sum computed here.
+foreman W N SEED joins its host's pvm_shmd, spawns W workers there (shmd.spawner.spawn),
+                 hands each a slice of an N-element numpy array with psend, collects the
+                 partial sums with precv, prints ``RESULT <host> <seed> <sum> <workers>``.
+worker           precv's its slice from the foreman (PVM_PARENT), sends back sum(x*x).
+
+Messages between foreman and workers go through the host's shared memory only; the
+master hears from remote foremen through their relayed output (psend/precv is local).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+import numpy as np
+
+import shmd
+from shmd import spawner
+from shmd.task import ANY
+
+TAG_WORK, TAG_RESULT = 1, 2
+TIMEOUT = 60.0
+
+
+def data_for(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(n)
+
+
+def worker() -> int:
+    me = shmd.join()
+    parent = int(os.environ["PVM_PARENT"], 16)
+    msg = me.precv(parent, TAG_WORK, timeout=TIMEOUT)
+    x = np.frombuffer(msg.data, dtype=np.float64)
+    me.psend(parent, TAG_RESULT, np.array([np.dot(x, x)]), timeout=TIMEOUT)
+    me.leave()
+    return 0
+
+
+def foreman(w: int, n: int, seed: int) -> int:
+    me = shmd.join()
+    host = socket.gethostname()
+    tids = spawner.spawn(os.path.abspath(__file__), ["worker"], count=w, output="inherit")
+    bad = [t for t in tids if not isinstance(t, int)]
+    if bad:
+        print(f"ERROR {host}: {bad[0]}", flush=True)
+        return 1
+    x = data_for(seed, n)
+    for tid, part in zip(tids, np.array_split(x, w)):
+        me.psend(tid, TAG_WORK, np.ascontiguousarray(part), timeout=TIMEOUT)
+    total = 0.0
+    for _ in tids:
+        msg = me.precv(ANY, TAG_RESULT, timeout=TIMEOUT)
+        total += float(np.frombuffer(msg.data, dtype=np.float64)[0])
+    for _ in tids:  # reap our children
+        os.wait()
+    print(f"RESULT {host} {seed} {total!r} {w} t{me.tid:x}", flush=True)
+    me.leave()
+    return 0
+
+
+def master(w: int, n: int) -> int:
+    from pvmconsole.vm import VirtualMachine
+    from shmd.paths import current_vmid
+
+    from shmd.errors import PvmError
+
+    vm = VirtualMachine(current_vmid())
+    try:
+        hosts = vm.hosts()
+    except PvmError:
+        print(f"master: no virtual machine table on {socket.gethostname()}: run the master on "
+              "the console's host (spawn -> -. spawn_demo.py master)", flush=True)
+        return 1
+    me = shmd.join()
+    print(f"master t{me.tid:x}: {len(hosts)} hosts, {w} workers each, {n} numbers per host",
+          flush=True)
+    t0 = time.monotonic()
+    started = []
+    for k, h in enumerate(hosts):
+        seed = 1000 + k
+        s = vm.link(h).spawn(os.path.abspath(__file__), ["foreman", str(w), str(n), str(seed)], 1,
+                             ptid=me.tid, relay=True, ep=h.options.get("ep"))
+        started.append((h, seed, s))
+    ok = 0
+    for h, seed, s in started:
+        result = None
+        try:
+            while (line := s.readline(TIMEOUT)) is not None:
+                kind, _, rest = line.partition(" ")
+                if kind == "err":
+                    print(f"{h.name}: foreman not started: {rest}", flush=True)
+                elif kind == "out":
+                    text = rest.partition(" ")[2]
+                    if text.startswith(("RESULT", "ERROR")):
+                        result = text
+                elif kind == "done":
+                    break
+        except TimeoutError:
+            print(f"{h.name}: no answer within {TIMEOUT:g} s", flush=True)
+        finally:
+            s.close()
+        want = float(np.dot(data_for(seed, n), data_for(seed, n)))
+        if result and result.startswith("RESULT"):
+            _, where, _, got, workers, ftid = result.split()
+            good = abs(float(got) - want) <= 1e-9 * abs(want)
+            ok += good
+            print(f"{h.name} ({where}, foreman {ftid}, {workers} workers): sum {float(got):.6f} "
+                  f"{'ok' if good else f'WRONG (expected {want:.6f})'}", flush=True)
+        else:
+            print(f"{h.name}: {result or 'no result'}", flush=True)
+    vm.close()
+    print(f"{ok} of {len(hosts)} hosts ok in {time.monotonic() - t0:.2f} s", flush=True)
+    me.leave()
+    return 0 if ok == len(hosts) else 1
+
+
+def main(argv: list[str]) -> int:
+    role = argv[0] if argv else "master"
+    if role == "worker":
+        return worker()
+    if role == "foreman":
+        return foreman(int(argv[1]), int(argv[2]), int(argv[3]))
+    if role == "master":
+        return master(int(argv[1]) if len(argv) > 1 else 2, int(argv[2]) if len(argv) > 2 else 100000)
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
