@@ -35,6 +35,8 @@ from .resources import OutOfResources, Resources, leftovers
 LOCK_TIMEOUT = 2.0  # longest the daemon waits for a page-map or inbox semaphore
 HUP_GRACE = 2.0  # seconds between TERM and KILL of a task on HUP
 TICK = 0.2  # liveness-check period (seconds)
+QUICK = 0.005  # re-check period for a task whose socket closed while it was still exiting
+QUICK_FOR = 1.0  # ... for at most this long (then the TICK check takes over)
 
 
 class StartError(Exception):
@@ -55,6 +57,7 @@ class Daemon:
         self.lock_fd = -1
         self.listener: socket.socket | None = None
         self.clients: dict[socket.socket, dict] = {}  # socket -> {"buf": bytes, "slot": int}
+        self.suspects: dict[int, tuple[int, float]] = {}  # slot -> (tid, re-check until)
         self.signals: list[int] = []
         self.sel = selectors.DefaultSelector()
         self.dtid = opts.host << 18
@@ -68,8 +71,15 @@ class Daemon:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            other = os.read(fd, 32).decode().strip() or "?"
+            other = ""
+            deadline = time.monotonic() + 1.0  # the holder may be between truncate and write
+            while True:
+                other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                if other or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
             os.close(fd)
+            other = other or "?"
             raise StartError(EXIT_RUNNING, f"already running (pid {other})") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -94,6 +104,16 @@ class Daemon:
             except layout.LayoutError as e:
                 buf.release()
                 shm.detach()
+                if ("shm", shm.id) in leftovers(self.files["ipc"], None) and \
+                        self._unfinished(shm.id):
+                    # a daemon of ours was killed before it finished segment 0
+                    found = leftovers(self.files["ipc"], None)
+                    for kind, iid in sorted(found):
+                        ipc.remove(kind, iid)
+                    self.log(f"removed {len(found)} IPC objects of a pvm_shmd killed during "
+                             "start-up: " + " ".join(f"{k}:{i}" for k, i in sorted(found)))
+                    self._unlink_stale()
+                    return
                 raise StartError(EXIT_DENIED, f"segment key {key:#010x} (shmid {shm.id}) "
                                               f"is not ours: {e}; remove it (ipcrm -m "
                                               f"{shm.id}) or choose another VM id") from None
@@ -116,11 +136,22 @@ class Daemon:
         if found:
             self.log(f"removed {len(found)} leftover IPC objects: "
                      + " ".join(f"{k}:{i}" for k, i in sorted(found)))
+        self._unlink_stale()
+
+    def _unlink_stale(self) -> None:
         for f in (self.files["ipc"], self.files["sock"]):
             try:
                 os.unlink(f)
             except FileNotFoundError:
                 pass
+
+    @staticmethod
+    def _unfinished(shmid: int) -> bool:
+        """Is segment *shmid* one nobody is attached to and whose creator is gone?"""
+        for row in ipc.proc_table("shm"):
+            if row["shmid"] == shmid:
+                return row["nattch"] == 0 and ipc.process_start(row["cpid"]) is None
+        return False
 
     def create(self) -> None:
         """Probe the segment size (halving on refusal), then make the segments, their
@@ -134,9 +165,15 @@ class Daemon:
                 self.segs.append(self.res.segment(key0, geo.seg_size(0)))
                 break
             except (sysv_ipc.Error, OSError) as e:
+                if getattr(e, "errno", None) == errno.EEXIST:
+                    raise StartError(EXIT_RUNNING, f"segment key {key0:#010x} appeared while "
+                                     "starting: another pvm_shmd of this VM is starting") from None
+                if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM):
+                    raise StartError(EXIT_DENIED, f"segment 0: {e}") from None
                 self.log(f"shmget of {geo.seg_size(0)} bytes refused ({e}); halving")
                 if npages == 1:
-                    raise OutOfResources(f"cannot create segment 0 ({e})") from None
+                    raise OutOfResources(f"cannot create segment 0 ({e}); see kernel.shmmax, "
+                                         "shmall and shmmni") from None
                 npages //= 2
         for i in range(1, o.maxsegs):
             try:
@@ -224,10 +261,13 @@ class Daemon:
             local = local % 0x3FFFF + 1
         h["next_local"] = local % 0x3FFFF + 1
         tid = self.dtid | local
+        lock = None
         try:
             lock = self.res.semaphore(1)
             wake = self.res.semaphore(0)
         except (sysv_ipc.Error, OSError) as e:
+            if lock is not None:
+                self.res.drop("sem", lock.id)
             return {"error": f"cannot create semaphores: {e}", "code": PvmOutOfRes}
         t = layout.slot(self.buf, free)
         for k, v in (("pid", pid), ("start_ticks", start), ("name", name), ("head", 0),
@@ -371,23 +411,30 @@ class Daemon:
         """Clear the shared memory and every associated process, then go on fresh."""
         victims = [(i, t["pid"], t["start_ticks"]) for i, t in self.slots() if t["tid"]]
         for _, pid, start in victims:
-            if ipc.alive(pid, start):
-                os.kill(pid, signal.SIGTERM)
+            self._kill(pid, start, signal.SIGTERM)
         deadline = time.monotonic() + HUP_GRACE
         while time.monotonic() < deadline and any(ipc.alive(p, s) for _, p, s in victims):
             time.sleep(0.02)
         for _, pid, start in victims:
-            if ipc.alive(pid, start):
-                os.kill(pid, signal.SIGKILL)
+            self._kill(pid, start, signal.SIGKILL)
         for i, _, _ in victims:
             self.reap(i, "killed by HUP")
         for c in list(self.clients):
             self.drop_client(c, reap=False)
+        self.suspects.clear()
         self.clear_maps()
         h = layout.header(self.buf)
         h["generation"] = h["generation"] + 1
         h["hups"] = h["hups"] + 1
         self.log(f"HUP: cleared shared memory and {len(victims)} task(s)")
+
+    def _kill(self, pid: int, start: int, sig: int) -> None:
+        if ipc.alive(pid, start) and pid != os.getpid():
+            try:
+                os.kill(pid, sig)
+            except OSError as e:  # gone meanwhile, or not ours to kill
+                if e.errno != errno.ESRCH:
+                    self.log(f"cannot send {signal.Signals(sig).name} to pid {pid}: {e.strerror}")
 
     def handle_signals(self) -> None:
         while self.signals:
@@ -409,6 +456,22 @@ class Daemon:
             t = layout.slot(self.buf, i)
             if t["tid"] and not ipc.alive(t["pid"], t["start_ticks"]):
                 self.reap(i, "exited without leaving (reaped)")
+            elif t["tid"]:
+                # the kernel closes a dying process's files before it becomes a zombie:
+                # watch it closely for a moment instead of waiting for the next TICK
+                self.suspects[i] = (t["tid"], time.monotonic() + QUICK_FOR)
+
+    def check_suspects(self) -> None:
+        now = time.monotonic()
+        for i, (tid, until) in list(self.suspects.items()):
+            t = layout.slot(self.buf, i)
+            if t["tid"] != tid:
+                del self.suspects[i]
+            elif not ipc.alive(t["pid"], t["start_ticks"]):
+                del self.suspects[i]
+                self.reap(i, "exited without leaving (reaped)")
+            elif now > until:
+                del self.suspects[i]
 
     def serve(self, conn: socket.socket) -> None:
         try:
@@ -431,7 +494,10 @@ class Daemon:
             except (ValueError, KeyError, TypeError):
                 reply = {"error": "bad request", "code": -2}
             else:
-                reply = self.dispatch(conn, op, req)
+                try:
+                    reply = self.dispatch(conn, op, req)
+                except (ValueError, TypeError, KeyError, OverflowError) as e:
+                    reply = {"error": f"bad request: {e}", "code": -2}
             try:
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
@@ -457,7 +523,7 @@ class Daemon:
     def loop(self) -> None:
         last = time.monotonic()
         while self.running:
-            for key, _ in self.sel.select(TICK):
+            for key, _ in self.sel.select(QUICK if self.suspects else TICK):
                 if key.data == "listen":
                     try:
                         conn, _ = self.listener.accept()
@@ -475,6 +541,8 @@ class Daemon:
                 else:
                     self.serve(key.fileobj)
             self.handle_signals()
+            if self.suspects:
+                self.check_suspects()
             if time.monotonic() - last >= TICK:
                 last = time.monotonic()
                 self.check_tasks()
@@ -511,8 +579,16 @@ class Daemon:
 def run(opts: Options, ready_fd: int | None) -> int:
     """Start up, say ready (on *ready_fd* or stdout), serve until TERM/INT."""
     log_path = paths.log_path(opts.vmid)
-    log = Log(log_path, f"[pvm_shmd t{opts.host << 18:x}] ", echo=opts.foreground,
-              debug=opts.debug)
+    try:
+        log = Log(log_path, f"[pvm_shmd t{opts.host << 18:x}] ", echo=opts.foreground,
+                  debug=opts.debug)
+    except OSError as e:
+        msg = f"pvm_shmd: cannot open log {log_path}: {e.strerror}"
+        if ready_fd is not None:
+            os.write(ready_fd, f"error {EXIT_DENIED} {msg}\n".encode())
+        else:
+            print(msg, file=sys.stderr)
+        return EXIT_DENIED
 
     def fail(status: int, msg: str) -> int:
         log(f"cannot start: {msg}")
@@ -580,11 +656,18 @@ def detach(opts: Options) -> int:
         os.close(devnull)
         try:
             status = run(opts, w)
-        except BaseException:  # the daemon must never leave a half-made state unreported
+        except BaseException as e:  # the daemon must never leave a half-made state unreported
             import traceback
 
-            Log(paths.log_path(opts.vmid), "[pvm_shmd] ")(traceback.format_exc())
-            status = 1
+            status = EXIT_RESOURCES
+            try:
+                os.write(w, f"error {status} pvm_shmd: internal error: {e!r}\n".encode())
+            except OSError:
+                pass
+            try:
+                Log(paths.log_path(opts.vmid), "[pvm_shmd] ")(traceback.format_exc())
+            except OSError:
+                pass
         os._exit(status)
     os.close(w)
     os.waitpid(pid, 0)

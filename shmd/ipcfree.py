@@ -3,8 +3,11 @@
 By default only this project's objects of the calling user: every segment 0 at a
 pvm-shmd key (found in /proc/sysvipc/shm) and what it and the daemon's registry
 file name. ``--all`` removes every SysV object the user owns (PVM's ipcfree).
-``-n`` lists without removing. The resources of a live daemon are refused unless
-``--force``.
+``-n`` lists without removing. ``--vmid ID`` limits it to one virtual machine.
+The resources of a live daemon are refused (also with ``--all``) unless ``--force``.
+
+Exit status: 0 done (or nothing found), 1 something was refused or could not be
+removed, 2 usage.
 """
 from __future__ import annotations
 
@@ -21,9 +24,11 @@ from .resources import leftovers
 FLAG = {"shm": "-m", "sem": "-s", "msg": "-q"}
 
 
-def project_objects(force: bool) -> tuple[set[tuple[str, int]], list[str]]:
-    """(objects to remove, refusals) for this user's pvm-shmd virtual machines."""
-    uid, found, refused = os.getuid(), set(), []
+def project_objects(force: bool, vmid: str | None = None
+                    ) -> tuple[set[tuple[str, int]], list[str], set[tuple[str, int]]]:
+    """(objects to remove, refusals, a live daemon's objects) for this user's pvm-shmd
+    virtual machines (only VM id *vmid* if given)."""
+    uid, found, refused, live = os.getuid(), set(), [], set()
     seen_registries = set()
     for row in ipc.proc_table("shm"):
         key = row["key"] & 0xFFFFFFFF
@@ -38,31 +43,42 @@ def project_objects(force: bool) -> tuple[set[tuple[str, int]], list[str]]:
             if bytes(buf[:8]) != layout.MAGIC:
                 continue
             h = layout.header(buf)
-            vmid, pid = h["vmid"], h["pid"]
-            if ipc.alive(pid, h["start_ticks"]) and not force:
-                refused.append(f"pvm_shmd pid {pid} (VM id {vmid or '-'}) is alive: stop it "
-                               "with pvm_shmd_stat --stop, or use --force")
+            vm, pid = h["vmid"], h["pid"]
+            if vmid is not None and vm != vmid:
                 continue
-            reg = paths.daemon_files(vmid)["ipc"]
+            reg = paths.daemon_files(vm)["ipc"]
             seen_registries.add(reg)
-            found |= leftovers(reg, buf) | {("shm", row["shmid"])}
+            objs = leftovers(reg, buf) | {("shm", row["shmid"])}
+            if ipc.alive(pid, h["start_ticks"]) and not force:
+                refused.append(f"pvm_shmd pid {pid} (VM id {vm or '-'}) is alive: stop it "
+                               "with pvm_shmd_stat --stop, or use --force")
+                live |= objs
+                continue
+            found |= objs
         finally:
             buf.release()
             shm.detach()
-    for reg in glob.glob(os.path.join(paths.pvm_tmp(), f"pvm_shmd.{uid}*.ipc")):
-        if reg not in seen_registries:
+    regs = ([paths.daemon_files(vmid)["ipc"]] if vmid is not None else
+            glob.glob(os.path.join(paths.pvm_tmp(), f"pvm_shmd.{uid}.*.ipc"))
+            + glob.glob(os.path.join(paths.pvm_tmp(), f"pvm_shmd.{uid}.ipc")))
+    for reg in regs:
+        if reg not in seen_registries and os.path.exists(reg):
             lockf = reg[:-4] + ".pid"
             if os.path.exists(lockf) and _locked(lockf) and not force:
                 refused.append(f"{lockf} is held by a live pvm_shmd; use --force")
                 continue
             found |= leftovers(reg, None)
-    return found, refused
+    return found, refused, live
 
 
 def _locked(path: str) -> bool:
     import fcntl
 
-    with open(path) as f:
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        return False
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -82,12 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="every SysV object you own")
     ap.add_argument("-n", "--dry-run", action="store_true", help="list, do not remove")
     ap.add_argument("-f", "--force", action="store_true", help="also a live daemon's objects")
+    ap.add_argument("-vmid", "--vmid", default=None,
+                    help="only this VM id's objects (default: every VM id of yours)")
     a = ap.parse_args(argv)
-    refused: list[str] = []
+    if a.vmid is not None:
+        try:
+            paths.check_vmid(a.vmid)
+        except ValueError as e:
+            ap.error(str(e))
+        if a.all:
+            ap.error("--all and --vmid exclude each other")
+    objs, refused, live = project_objects(a.force, a.vmid)
     if a.all:
-        objs = all_objects()
-    else:
-        objs, refused = project_objects(a.force)
+        objs = all_objects() - live
     for r in refused:
         print(f"ipcfree: refusing: {r}", file=sys.stderr)
     if not objs:
@@ -98,16 +121,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"would delete {words}")
         return 1 if refused else 0
     print(f"deleting {words}")
+    failed = False
     for kind, iid in sorted(objs):
         try:
             ipc.remove(kind, iid)
         except OSError as e:
             print(f"ipcfree: {e}", file=sys.stderr)
-    for reg in glob.glob(os.path.join(paths.pvm_tmp(), f"pvm_shmd.{os.getuid()}*.ipc")):
-        lockf = reg[:-4] + ".pid"
-        if not (os.path.exists(lockf) and _locked(lockf)):
-            os.unlink(reg)
-    return 1 if refused else 0
+            failed = True
+    # the files of a dead daemon: registry, stale lock (pid) file, socket
+    pattern = (f"pvm_shmd.{os.getuid()}.{a.vmid}.pid" if a.vmid else
+               f"pvm_shmd.{os.getuid()}.*.pid")
+    lockfiles = glob.glob(os.path.join(paths.pvm_tmp(), pattern))
+    if not a.vmid:
+        lockfiles += glob.glob(os.path.join(paths.pvm_tmp(), f"pvm_shmd.{os.getuid()}.pid"))
+    for lockf in lockfiles:
+        if _locked(lockf):
+            continue
+        for f in (lockf[:-4] + ".ipc", lockf[:-4] + ".sock", lockf):
+            try:
+                os.unlink(f)
+            except FileNotFoundError:
+                pass
+    return 1 if refused or failed else 0
 
 
 if __name__ == "__main__":
