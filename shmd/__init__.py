@@ -4,8 +4,11 @@
     with shmd.join() as me:                 # enroll with this host's pvm_shmd
         me.psend(other_tid, 1, b"hello")
         msg = me.precv(tag=1, timeout=5)    # msg.src, msg.tag, msg.data
+
+PVM-shaped names (pvm_mytid, pvm_psend, pvm_precv, PVM_DOUBLE, ...) are in shmd.pvm;
+the reference is docs/library.md.
 """
 from .errors import PvmError, PvmTimeout
-from .task import ANY, Message, MessageView, Task, join
+from .task import ANY, Message, MessageView, Task, current, join
 
-__all__ = ["ANY", "Message", "MessageView", "PvmError", "PvmTimeout", "Task", "join"]
+__all__ = ["ANY", "Message", "MessageView", "PvmError", "PvmTimeout", "Task", "current", "join"]
