@@ -32,6 +32,8 @@ TIDHOST = 0x3FFC0000
 TIDLOCAL = 0x3FFFF
 SLICE = 0.2  # a blocked receiver re-checks the daemon this often (seconds)
 MAX_SPIN = 200e-6  # longest busy-wait before blocking (seconds)
+MIN_SPIN = 10e-6  # a spin that keeps missing shrinks to this
+SPIN_RECHECK = 1.0  # how often an automatic spin re-checks the host's load (seconds)
 ABORT_WAIT = 10.0  # how long a sender that gives up mid-message tries to post F_ABORT
 MAX_TAG = 0x7FFFFFFF
 
@@ -173,8 +175,9 @@ class Task:
         except BaseException:
             self._detach()
             raise
-        self._spin = _spin_allowed() if spin is None else spin
-        self._spin_budget = MAX_SPIN if self._spin else 0.0
+        self._spin_auto = spin is None  # re-judged now and then: load changes
+        self._spin_checked = time.monotonic()
+        self._spin_budget = MAX_SPIN if (_spin_allowed() if spin is None else spin) else 0.0
         self._owed: dict[int, int] = {}  # dest -> tag of an F_ABORT not yet posted
         self._mviews: weakref.WeakSet[MessageView] = weakref.WeakSet()
         self._at: int | None = None  # where _take found its message (pending index)
@@ -214,7 +217,6 @@ class Task:
         self._H, self._T = (sb + 16) // 8, (sb + 24) // 8
         self._W, self._P = (sb + 12) // 4, (sb + 48) // 4
         t = layout.slot(buf, self._slot)
-        self._mylock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
         self._mywake_id = t["wake_id"]
         self._mywake = ipc.nonblocking(ipc.open_sem(t["wake_key"], t["wake_id"]))
         self._pending: deque[_Desc] = deque()
@@ -431,9 +433,8 @@ class Task:
         if inline is not None and n:
             self._buf[d + layout.D_INLINE:d + layout.D_INLINE + n] = inline
         q[T] = tail + 1
-        waiting = i[(sb + 12) >> 2]
-        lock.release()
-        if waiting:
+        lock.release()  # a semop, the barrier between our tail store and the flag load
+        if i[(sb + 12) >> 2]:
             try:
                 wake.release()
             except sysv_ipc.ExistentialError:
@@ -479,12 +480,17 @@ class Task:
             d = self._drain(match)
             if d is not None or not block:
                 return d
-            if self._spin_budget:
-                head, end = q[H], time.perf_counter() + self._spin_budget
+            budget = self._spin_budget
+            if budget:
+                head, end = q[H], time.perf_counter() + budget
                 while q[T] == head and time.perf_counter() < end:
                     pass
                 if q[T] != head:
+                    if budget < MAX_SPIN:
+                        self._spin_budget = min(budget * 2, MAX_SPIN)
                     continue
+                if budget > MIN_SPIN:  # the peer is slow: spin less before sleeping
+                    self._spin_budget = max(budget / 2, MIN_SPIN)
             self._sleep(deadline)
 
     def _put_back(self, d: _Desc) -> None:
@@ -520,31 +526,28 @@ class Task:
             raise PvmTimeout("no matching message before the timeout")
         if self._unspilled:
             self._spill()
-        lock = self._mylock
-        try:
-            got = lock.acquire(SLICE)
-        except ipc.Gone:
-            raise PvmError(PvmSysErr, "pvm_shmd removed our inbox (it exited)") from None
-        if not got:  # a sender stopped while holding it
-            self._check_alive()
-            return
-        if self._q[self._T] != self._q[self._H]:
-            lock.release()
-            return
-        self._i[self._W] = 1
-        lock.release()
+        if self._spin_auto and now - self._spin_checked > SPIN_RECHECK:
+            self._spin_checked = now
+            self._spin_budget = (self._spin_budget or MAX_SPIN) if _spin_allowed() else 0.0
+        # No lock here (a Dekker handshake): we store waiting=1, then a semop (a full
+        # barrier in the kernel) before looking at the ring; a sender stores the tail,
+        # then a semop (its unlock) before looking at waiting. One of the two always
+        # sees the other's store, so no wake-up is lost.
+        i, W = self._i, self._W
+        i[W] = 1
         try:
             try:
-                self._mywake.acquire()
-                woke = True
+                self._mywake.acquire()  # the barrier; a stale wake-up only costs a loop
+                return
             except sysv_ipc.BusyError:
-                woke = ipc.timed_down(self._mywake_id, min(SLICE, deadline - now), False)
-            except sysv_ipc.ExistentialError:
-                raise ipc.Gone("wake semaphore removed") from None
-        except ipc.Gone:
+                pass
+            if self._q[self._T] != self._q[self._H]:
+                return
+            woke = ipc.timed_down(self._mywake_id, min(SLICE, deadline - now), False)
+        except (ipc.Gone, sysv_ipc.ExistentialError):
             raise PvmError(PvmSysErr, "pvm_shmd removed our inbox (it exited)") from None
         finally:
-            self._i[self._W] = 0
+            i[W] = 0
         if not woke:
             self._check_alive()
 
