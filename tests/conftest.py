@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -53,7 +51,8 @@ def project_daemons() -> set[int]:
 
 @pytest.fixture(scope="session", autouse=True)
 def machine_left_as_found():
-    """Fail the session when tests leak SysV objects or daemons."""
+    """Fail the session when tests leak SysV objects or daemons. It only reports: on
+    a machine shared with other work it must not remove what it did not make."""
     before_ipc, before_pids = sysv_objects(), project_daemons()
     yield
     deadline = time.monotonic() + 5
@@ -63,13 +62,6 @@ def machine_left_as_found():
         if not (leaked_ipc or leaked_pids) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    for pid in leaked_pids:  # clean up so the next run starts clean, then fail
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    for kind, iid in leaked_ipc:
-        subprocess.run(["ipcrm", f"-{kind[0]}", str(iid)], capture_output=True)
     assert not leaked_ipc, f"tests leaked SysV objects: {sorted(leaked_ipc)}"
     assert not leaked_pids, f"tests left daemons running: {sorted(leaked_pids)}"
 

@@ -53,14 +53,7 @@ TASK_PROG = textwrap.dedent('''\
 ''')
 
 
-# ---- scoped hygiene ---------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def machine_left_as_found():
-    """Overrides conftest's machine-wide check (it would count, and remove, objects of
-    other people's daemons running meanwhile); see vm_procs/sysv_ids below."""
-    yield
-
-
+# ---- per-VM hygiene (the machine-wide check is conftest's) ------------------------------
 def vm_procs(vmid: str) -> list[int]:
     """Live processes of this machine whose environment carries PVM_VMID=vmid."""
     mark = f"PVM_VMID={vmid}".encode()

@@ -15,7 +15,7 @@ import pytest
 
 from pvmconsole import lab as labmod
 from test_lab import lab_args, lab_traces, need_lab, ssh
-from test_tasks import (PVM, TASK_PROG, Console, machine_left_as_found, task_rows,  # noqa: F401
+from test_tasks import (PVM, TASK_PROG, Console, task_rows,  # noqa: F401
                         vm_procs, wait_for)
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
