@@ -35,7 +35,7 @@ from .resources import OutOfResources, Resources, leftovers
 LOCK_TIMEOUT = 2.0  # longest the daemon waits for a page-map or inbox semaphore
 HUP_GRACE = 2.0  # seconds between TERM and KILL of a task on HUP
 TICK = 0.2  # liveness-check period (seconds)
-QUICK = 0.005  # re-check period for a task whose socket closed while it was still exiting
+QUICK = 0.002  # re-check period for a task whose socket closed while it was still exiting
 QUICK_FOR = 1.0  # ... for at most this long (then the TICK check takes over)
 
 
