@@ -12,8 +12,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
-
 from conftest import need_root
 
 from test_daemon_util import (IPCFREE, daemon_objects, exists, listed, proc_alive,
