@@ -20,13 +20,14 @@ import select
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 
 import sysv_ipc
 
 from . import handshake, ipc, layout, pagemap, paths
-from .errors import PvmOutOfRes, strerror
+from .errors import PvmOutOfRes
 from .log import Log
 from .options import (EXIT_DENIED, EXIT_OK, EXIT_RESOURCES, EXIT_RUNNING, EXIT_USAGE, USAGE,
                       Options, UsageError, parse)
@@ -257,7 +258,8 @@ class Daemon:
         h = layout.header(self.buf)
         used = {t["tid"] & 0x3FFFF for _, t in self.slots() if t["tid"]}
         local = h["next_local"] or 1
-        while local in used or local == 0:
+        # t40001 is the console's tid on the master host (as in PVM): never a task's
+        while local in used or local == 0 or (self.o.host == 1 and local == 1):
             local = local % 0x3FFFF + 1
         h["next_local"] = local % 0x3FFFF + 1
         tid = self.dtid | local
@@ -373,10 +375,14 @@ class Daemon:
                          "pages": self.geo.npages, "free": free,
                          "largest_free": max([n for _, n, a, _ in runs if not a] or [0]),
                          "allocated": e["allocated"], "freed": e["freed"]})
+        # "connected": the task joined by itself (its own connection holds the slot),
+        # not only through the spawner that enrolled it
+        own = {c["slot"] for c in self.clients.values() if c.get("slot") is not None
+               and c.get("peer") == layout.slot(self.buf, c["slot"])["pid"]}
         tasks = [{"tid": t["tid"], "pid": t["pid"], "name": t["name"],
-                  "pages": held.get(t["tid"], 0),
+                  "pages": held.get(t["tid"], 0), "connected": i in own,
                   "waiting": t["tail"] - t["head"] + t["pending"]}
-                 for _, t in self.slots() if t["tid"]]
+                 for i, t in self.slots() if t["tid"]]
         return {"pid": os.getpid(), "tid": self.dtid, "host": self.o.host, "name": self.o.name,
                 "vmid": self.o.vmid, "uptime": round(time.time() - h["started"], 3),
                 "pagesize": self.geo.pagesize, "generation": h["generation"],
@@ -529,9 +535,14 @@ class Daemon:
                         conn, _ = self.listener.accept()
                     except OSError:
                         continue
+                    peer, uid = peer_credentials(conn)
+                    if uid not in (os.getuid(), 0):  # the socket is 0600; belt and braces
+                        self.log(f"refused a connection from uid {uid} (pid {peer})")
+                        conn.close()
+                        continue
                     conn.setblocking(True)
                     conn.settimeout(LOCK_TIMEOUT)
-                    self.clients[conn] = {"buf": b"", "slot": None}
+                    self.clients[conn] = {"buf": b"", "slot": None, "peer": peer}
                     self.sel.register(conn, selectors.EVENT_READ, "client")
                 elif key.data == "signal":
                     try:
@@ -574,6 +585,13 @@ class Daemon:
                 pass
             os.close(self.lock_fd)
             self.lock_fd = -1
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                      struct.calcsize("3i")))
+    return pid, uid
 
 
 def run(opts: Options, ready_fd: int | None) -> int:
