@@ -192,6 +192,8 @@ class Daemon:
                 self.seg_locks.append(ipc.Lock(self.res.semaphore(1)))
         except (sysv_ipc.Error, OSError) as e:
             raise OutOfResources(f"cannot create semaphores ({e}); see kernel.sem") from None
+        for shm in self.segs:  # take the page faults (and zeroing) now, not per message
+            ipc.populate(shm)
         self.buf = memoryview(self.segs[0])
         self.m32 = self.buf.cast("i")
         h = layout.header(self.buf)

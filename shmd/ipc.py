@@ -36,8 +36,12 @@ _libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
 _libc.semctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
 _libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
 _libc.msgctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+_libc.semtimedop.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _DOWN_UNDO = _Sembuf(0, -1, SEM_UNDO)
 _DOWN = _Sembuf(0, -1, 0)
+_DOWN_ADDR = {True: ctypes.addressof(_DOWN_UNDO), False: ctypes.addressof(_DOWN)}
+MADV_POPULATE_WRITE = 23
 
 
 class Gone(Exception):
@@ -48,9 +52,9 @@ def timed_down(semid: int, timeout: float, undo: bool) -> bool:
     """semop -1 on *semid*, waiting at most *timeout* seconds; True if acquired."""
     timeout = min(timeout, MAX_WAIT)  # "for ever" is an hour at a time
     ts = _Timespec(int(timeout), int((timeout % 1) * 1e9))
-    op = _DOWN_UNDO if undo else _DOWN
+    op, tsp = _DOWN_ADDR[undo], ctypes.addressof(ts)
     while True:
-        if _libc.semtimedop(semid, ctypes.byref(op), 1, ctypes.byref(ts)) == 0:
+        if _libc.semtimedop(semid, op, 1, tsp) == 0:
             return True
         e = ctypes.get_errno()
         if e == errno.EAGAIN:
@@ -60,6 +64,13 @@ def timed_down(semid: int, timeout: float, undo: bool) -> bool:
         if e in (errno.EIDRM, errno.EINVAL):
             raise Gone(f"semaphore {semid} removed")
         raise OSError(e, os.strerror(e))
+
+
+def populate(shm: sysv_ipc.SharedMemory) -> None:
+    """Map every page of an attached segment now (MADV_POPULATE_WRITE, Linux 5.14+),
+    so that messages do not pay a page fault per page the first time through. A
+    kernel without it is simply left to fault pages in as they are touched."""
+    _libc.madvise(shm.address, shm.size, MADV_POPULATE_WRITE)
 
 
 def nonblocking(sem: sysv_ipc.Semaphore) -> sysv_ipc.Semaphore:

@@ -44,6 +44,9 @@ _DESC = struct.Struct(layout.DESC_FMT)
 _unpack_desc = _DESC.unpack_from
 _pack_desc = _DESC.pack_into
 _M = layout.MAXPAGES
+_OWNER = 2 * layout.MAXPAGES  # the owner array's index in a page map
+_RING, _DESCSZ, _INL = layout.RING, layout.DESC, layout.D_INLINE
+_new = tuple.__new__
 
 
 class Message(NamedTuple):
@@ -201,6 +204,7 @@ class Task:
             shm = self._shm0 if s == 0 else sysv_ipc.attach(e["shmid"])
             if s:
                 self._segs.append(shm)
+            ipc.populate(shm)  # map every page now: no page faults on the hot path
             whole = memoryview(shm)
             self._views.append(whole)
             n = e["npages"]
@@ -215,6 +219,8 @@ class Task:
         self._maxpages = max(self._npages)
         sb = layout.slot_off(self._slot)
         self._H, self._T = (sb + 16) // 8, (sb + 24) // 8
+        self._ring = sb + layout.SLOT_HDR
+        self._matchers: dict[tuple[int, int], object] = {}
         self._W, self._P = (sb + 12) // 4, (sb + 48) // 4
         t = layout.slot(buf, self._slot)
         self._mywake_id = t["wake_id"]
@@ -359,9 +365,9 @@ class Task:
         then raises PvmError(PvmNoMem) or PvmTimeout; the message is then not sent."""
         if not 0 <= tag <= MAX_TAG:
             raise PvmError(PvmBadParam, f"tag {tag} must be >= 0 and < 2**31")
-        mv = _as_bytes_view(data)
-        n = mv.nbytes
-        deadline = float("inf") if timeout is None else time.monotonic() + timeout
+        mv = data if type(data) is bytes else _as_bytes_view(data)
+        n = len(data) if mv is data else mv.nbytes
+        deadline = _INF if timeout is None else time.monotonic() + timeout
         peer = self._peer(dest)
         if self._owed and dest in self._owed:
             self._post(peer, dest, self._owed[dest], 0, -1, 0, 0, layout.F_ABORT, 0, None,
@@ -370,6 +376,8 @@ class Task:
         if n <= layout.INLINE:
             self._post(peer, dest, tag, n, -1, 0, 0, layout.F_FIRST, n, mv, deadline)
             return
+        if mv is data:
+            mv = memoryview(data)  # slices of bytes would copy
         ps, off, flags = self._ps, 0, layout.F_FIRST
         while off < n:
             chunk = min(n - off, self._maxpages * ps)
@@ -441,39 +449,45 @@ class Task:
                 pass  # it left meanwhile; the message went with it
 
     # ---- receive --------------------------------------------------------------------
-    def _read_desc(self, n: int) -> _Desc:
-        d = layout.SLOT_HDR + layout.slot_off(self._slot) + (n % layout.RING) * layout.DESC
-        f = _unpack_desc(self._buf, d)
-        if f[3] < 0:
-            return _Desc(*f, bytes(self._buf[d + layout.D_INLINE:d + layout.D_INLINE + f[2]]))
-        self._i[self._mapb[f[3]] + 2 * _M + f[4]] = self.tid  # the run is ours now
-        return _Desc(*f, None)
-
     def _drain(self, match) -> _Desc | None:
-        """Move ring entries to the pending list until one satisfies *match*."""
-        q, H, T = self._q, self._H, self._T
-        head, tail = q[H], q[T]
+        """Move ring entries to the pending list until one satisfies *match*.
+
+        The hot path of every receive: descriptors are built with tuple.__new__ (a
+        NamedTuple's own constructor costs several times more)."""
+        q, H = self._q, self._H
+        head, tail = q[H], q[self._T]
+        if head >= tail:
+            return None
+        buf, i, pend, ring = self._buf, self._i, self._pending, self._ring
         while head < tail:
-            d = self._read_desc(head)
+            off = ring + (head % _RING) * _DESCSZ
+            f = _unpack_desc(buf, off)
+            if f[3] < 0:
+                d = _new(_Desc, f + (buf[off + _INL:off + _INL + f[2]].tobytes(),))
+            else:
+                i[self._mapb[f[3]] + _OWNER + f[4]] = self.tid  # the run is ours now
+                d = _new(_Desc, f + (None,))
             head += 1
             q[H] = head
             if match(d):
-                self._i[self._P] = len(self._pending)
+                if pend:
+                    i[self._P] = len(pend)
                 return d
-            self._pending.append(d)
-            if d.seg >= 0:
+            pend.append(d)
+            if f[3] >= 0:
                 self._unspilled = True
-        self._i[self._P] = len(self._pending)
+        i[self._P] = len(pend)
         return None
 
     def _take(self, match, deadline: float, block: bool = True) -> _Desc | None:
         """The first message (pending, then ring) that satisfies *match*."""
-        for k, d in enumerate(self._pending):
-            if match(d):
-                del self._pending[k]
-                self._i[self._P] = len(self._pending)
-                self._at = k
-                return d
+        if self._pending:
+            for k, d in enumerate(self._pending):
+                if match(d):
+                    del self._pending[k]
+                    self._i[self._P] = len(self._pending)
+                    self._at = k
+                    return d
         self._at = None
         q, H, T = self._q, self._H, self._T
         while True:
@@ -551,8 +565,16 @@ class Task:
         if not woke:
             self._check_alive()
 
+    def _matcher(self, source: int, tag: int):
+        m = self._matchers.get((source, tag))
+        if m is None:
+            if len(self._matchers) > 256:
+                self._matchers.clear()
+            m = self._matchers[source, tag] = self._make_matcher(source, tag)
+        return m
+
     @staticmethod
-    def _matcher(source: int, tag: int):
+    def _make_matcher(source: int, tag: int):
         if source == ANY and tag == ANY:
             return lambda d: d.flags & layout.F_FIRST
         if source == ANY:
@@ -642,7 +664,7 @@ class Task:
         *timeout* seconds (None: for ever) for it to start arriving, then raises
         PvmTimeout. ``data`` is bytes (a bytearray for a message sent in pieces)."""
         d, data = self._receive(source, tag, timeout)
-        return Message(d.src, d.tag, data)
+        return _new(Message, (d[0], d[1], data))
 
     def precv_into(self, buffer, source: int = ANY, tag: int = ANY,
                    timeout: float | None = None) -> tuple[int, int, int]:
