@@ -275,7 +275,8 @@ class Daemon:
             return {"error": f"cannot create semaphores: {e}", "code": PvmOutOfRes}
         t = layout.slot(self.buf, free)
         for k, v in (("pid", pid), ("start_ticks", start), ("name", name), ("head", 0),
-                     ("tail", 0), ("waiting", 0), ("pending", 0), ("lock_key", lock.key),
+                     ("tail", 0), ("posted", 0), ("consumed", 0), ("waiting", 0),
+                     ("pending", 0), ("lock_key", lock.key),
                      ("lock_id", lock.id), ("wake_key", wake.key), ("wake_id", wake.id),
                      ("state", layout.ACTIVE)):
             t[k] = v

@@ -89,6 +89,8 @@ T = {
     "pending": (48, "I"),
     "start_ticks": (56, "Q"),
     "name": (64, "32s"),
+    "posted": (96, "Q"),  # bytes of paged messages senders put in the ring
+    "consumed": (104, "Q"),  # bytes of paged messages the receiver took off it
 }
 # Descriptor fields (offset within a descriptor).
 D_SRC, D_TAG, D_NBYTES, D_SEG, D_PAGE, D_NPAGES, D_FLAGS, D_TOTAL, D_INLINE = (

@@ -32,6 +32,7 @@ TIDHOST = 0x3FFC0000
 TIDLOCAL = 0x3FFFF
 SLICE = 0.2  # a blocked receiver re-checks the daemon this often (seconds)
 MAX_SPIN = 200e-6  # longest busy-wait before blocking (seconds)
+IN_FLIGHT = 4 << 20  # paged bytes a receiver may have waiting before senders pause
 MIN_SPIN = 10e-6  # a spin that keeps missing shrinks to this
 SPIN_RECHECK = 1.0  # how often an automatic spin re-checks the host's load (seconds)
 ABORT_WAIT = 10.0  # how long a sender that gives up mid-message tries to post F_ABORT
@@ -220,6 +221,7 @@ class Task:
         sb = layout.slot_off(self._slot)
         self._H, self._T = (sb + 16) // 8, (sb + 24) // 8
         self._ring = sb + layout.SLOT_HDR
+        self._C = (sb + 104) // 8  # our "consumed" counter
         self._matchers: dict[tuple[int, int], object] = {}
         self._W, self._P = (sb + 12) // 4, (sb + 48) // 4
         t = layout.slot(buf, self._slot)
@@ -378,6 +380,7 @@ class Task:
             return
         if mv is data:
             mv = memoryview(data)  # slices of bytes would copy
+        self._throttle(peer, dest, deadline)
         ps, off, flags = self._ps, 0, layout.F_FIRST
         while off < n:
             chunk = min(n - off, self._maxpages * ps)
@@ -400,6 +403,23 @@ class Task:
                 raise
             off += chunk
             flags = 0
+
+    def _throttle(self, peer, dest: int, deadline: float) -> None:
+        """Wait while more than IN_FLIGHT bytes of ours and others' paged messages sit
+        in *dest*'s ring: a sender far ahead of its receiver only evicts the data from
+        the caches before the receiver reads it (and hogs the segments)."""
+        q, sb = self._q, peer[3] * 4
+        P, C = (sb + 96) >> 3, (sb + 104) >> 3
+        if q[P] - q[C] <= IN_FLIGHT:
+            return
+        delay = 5e-6
+        while q[P] - q[C] > IN_FLIGHT:
+            if time.monotonic() >= deadline:
+                raise PvmTimeout(f"t{dest:x} does not receive ({q[P] - q[C]} bytes waiting)")
+            if delay > 1e-3:
+                self._check_alive()
+            time.sleep(delay)
+            delay = min(delay * 2, 2e-3)
 
     def _abort(self, peer, dest: int, tag: int) -> None:
         """Tell *dest* that the message in pieces we were sending will not be finished.
@@ -440,6 +460,8 @@ class Task:
         _pack_desc(self._buf, d, self.tid, tag, n, s, p, npages, flags, total)
         if inline is not None and n:
             self._buf[d + layout.D_INLINE:d + layout.D_INLINE + n] = inline
+        if s >= 0:
+            q[(sb + 96) >> 3] += n
         q[T] = tail + 1
         lock.release()  # a semop, the barrier between our tail store and the flag load
         if i[(sb + 12) >> 2]:
@@ -466,6 +488,7 @@ class Task:
                 d = _new(_Desc, f + (buf[off + _INL:off + _INL + f[2]].tobytes(),))
             else:
                 i[self._mapb[f[3]] + _OWNER + f[4]] = self.tid  # the run is ours now
+                q[self._C] += f[2]
                 d = _new(_Desc, f + (None,))
             head += 1
             q[H] = head
@@ -495,17 +518,24 @@ class Task:
             if d is not None or not block:
                 return d
             budget = self._spin_budget
-            if budget:
-                head, end = q[H], time.perf_counter() + budget
-                while q[T] == head and time.perf_counter() < end:
-                    pass
-                if q[T] != head:
-                    if budget < MAX_SPIN:
-                        self._spin_budget = min(budget * 2, MAX_SPIN)
-                    continue
-                if budget > MIN_SPIN:  # the peer is slow: spin less before sleeping
-                    self._spin_budget = max(budget / 2, MIN_SPIN)
+            if not budget:
+                self._sleep(deadline)
+                continue
+            head, start = q[H], time.perf_counter()
+            end = start + budget
+            while q[T] == head and time.perf_counter() < end:
+                pass
+            if q[T] != head:
+                continue
             self._sleep(deadline)
+            # Adapt the spin to the gaps between messages: a message that came soon
+            # after we gave up means a slightly longer spin would have saved the
+            # sleep (and the sender's costly wake-up); a long gap means spin less.
+            waited = time.perf_counter() - start
+            if q[T] != head and waited < MAX_SPIN:
+                self._spin_budget = min(MAX_SPIN, max(budget, waited * 1.5))
+            elif budget > MIN_SPIN:
+                self._spin_budget = max(budget / 2, MIN_SPIN)
 
     def _put_back(self, d: _Desc) -> None:
         """Return the descriptor _take just gave to where it was (order is kept)."""
