@@ -79,3 +79,25 @@ def need_root(what: str) -> None:
     """Skip (loudly, with the reason) when not root."""
     if os.geteuid() != 0:
         pytest.skip(f"{what} needs root (namespaces); run the suite as root to include it")
+
+
+@pytest.fixture
+def daemon(pvm_env, request):
+    """A pvm_shmd for one test: (maxpages, maxsegs) by indirect parametrization,
+    default (256, 2); stopped (and its IPC objects checked gone) afterwards."""
+    from test_task_helpers import Daemon
+
+    maxpages, maxsegs = getattr(request, "param", (256, 2))
+    d = Daemon(maxpages, maxsegs)
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def peers(daemon):
+    """Helper processes that join the daemon and do what the test tells them."""
+    from test_task_helpers import Peers
+
+    p = Peers()
+    yield p
+    p.close()

@@ -9,24 +9,9 @@ from shmd import errors, pvm
 from shmd.pvm import (ANY, DTYPES, PVM_BYTE, PVM_DOUBLE, PVM_INT, PVM_STR, SIZES, PvmBadParam,
                       PvmError, PvmNotImpl, PvmOverflow, pvm_exit, pvm_mytid, pvm_precv,
                       pvm_probe, pvm_psend)
-from test_task_helpers import Daemon, Peers
 
 ALL_TYPES = ["PVM_BYTE", "PVM_SHORT", "PVM_INT", "PVM_FLOAT", "PVM_CPLX", "PVM_DOUBLE",
              "PVM_DCPLX", "PVM_LONG", "PVM_USHORT", "PVM_UINT", "PVM_ULONG"]
-
-
-@pytest.fixture
-def daemon(pvm_env):
-    d = Daemon(256, 2)
-    yield d
-    d.stop()
-
-
-@pytest.fixture
-def peers(daemon):
-    p = Peers()
-    yield p
-    p.close()
 
 
 @pytest.fixture

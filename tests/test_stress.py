@@ -16,7 +16,6 @@ import time
 import pytest
 
 import shmd
-from test_task_helpers import Daemon, Peers
 
 SEED = int(os.environ.get("STRESS_SEED", "0")) or random.randrange(1, 1 << 30)
 PER_SENDER = int(os.environ.get("STRESS_MESSAGES", "8000"))
@@ -75,20 +74,7 @@ result = {'got': got, 'ends': ends}
 """
 
 
-@pytest.fixture
-def daemon(pvm_env):
-    d = Daemon(512, 2)
-    yield d
-    d.stop()
-
-
-@pytest.fixture
-def peers(daemon):
-    p = Peers()
-    yield p
-    p.close()
-
-
+@pytest.mark.parametrize("daemon", [(512, 2)], indirect=True)
 def test_stress_senders_receivers_with_kills(daemon, peers):
     rng = random.Random(SEED)
     print(f"STRESS_SEED={SEED}")

@@ -14,24 +14,9 @@ import shmd
 from shmd import layout
 from shmd.errors import (PvmBadParam, PvmError, PvmExists, PvmNoMem, PvmNoTask, PvmOverflow,
                          PvmSysErr, PvmTimeout)
-from test_task_helpers import Daemon, PeerError, Peers, crc, payload
+from test_task_helpers import PeerError, crc, payload
 
 PS = layout.pagesize()
-
-
-@pytest.fixture
-def daemon(pvm_env, request):
-    maxpages, maxsegs = getattr(request, "param", (256, 2))
-    d = Daemon(maxpages, maxsegs)
-    yield d
-    d.stop()
-
-
-@pytest.fixture
-def peers(daemon):
-    p = Peers()
-    yield p
-    p.close()
 
 
 @pytest.fixture

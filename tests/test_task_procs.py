@@ -11,24 +11,9 @@ import time
 import pytest
 
 from shmd.errors import PvmNoTask, PvmSysErr
-from test_task_helpers import Daemon, PeerError, Peers
+from test_task_helpers import PeerError
 
 PS = os.sysconf("SC_PAGESIZE")
-
-
-@pytest.fixture
-def daemon(pvm_env, request):
-    maxpages, maxsegs = getattr(request, "param", (256, 2))
-    d = Daemon(maxpages, maxsegs)
-    yield d
-    d.stop()
-
-
-@pytest.fixture
-def peers(daemon):
-    p = Peers()
-    yield p
-    p.close()
 
 
 def blocked(peer, code: str, **names) -> None:
