@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shlex
 import socket
-from typing import Mapping, Sequence
+import sys
+import threading
+from typing import Callable, Mapping, Sequence
 
 from pvmconsole.runner import LineStream, LocalRunner, Runner, local_program
 from shmd import handshake
@@ -25,6 +28,7 @@ SPAWN = "pvm_spawn"
 SPAWN_TIMEOUT = 30.0  # starting pvm_spawn on the host (not the tasks' run time)
 KILL_GRACE = 2.0  # reset/halt: TERM, then KILL what is still there after this
 START_TIMEOUT = 30.0  # a daemon that is not up by then never will be
+MANUAL_TIMEOUT = 300.0  # so=ms: how long the console waits for the typed response
 STAT_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
 #: Extra words for every pvm_shmd the console starts (e.g. "-maxpages=64 -maxsegs=2").
@@ -55,10 +59,14 @@ class HostLink:
     def _vm_args(self) -> list[str]:
         return [f"-vmid={self.vmid}"] if self.vmid else []
 
+    def start_argv(self, index: int, name: str, extra: Sequence[str] = ()) -> list[str]:
+        """The pvm_shmd command line that starts this host's daemon."""
+        return [self.daemon, *self._vm_args(), f"-host={index}", f"-name={name}", *extra,
+                *shlex.split(os.environ.get(OPTS_ENV, ""))]
+
     def start(self, index: int, name: str, extra: Sequence[str] = ()) -> dict[str, object]:
         """Start the host's daemon; return its parsed handshake line."""
-        argv = [self.daemon, *self._vm_args(), f"-host={index}", f"-name={name}", *extra,
-                *shlex.split(os.environ.get(OPTS_ENV, ""))]
+        argv = self.start_argv(index, name, extra)
         r = self.runner.run(argv, timeout=START_TIMEOUT, cwd=self.cwd)
         if r.rc != 0:
             raise PvmError(_START_ERRORS.get(r.rc, PvmCantStart),
@@ -162,6 +170,120 @@ class HostLink:
         self.runner.close()
 
 
+# -- so=ms: manual start-up ---------------------------------------------------------------
+_dialogue_lock = threading.Lock()  # hosts start in parallel; one dialogue at a time
+_pending_read: "queue.Queue[str | None] | None" = None  # a read that timed out, still waiting
+
+
+def _read_response(timeout: float) -> str | None:
+    """One line from the console's stdin (None at EOF), TimeoutError after *timeout* s.
+    sys.stdin is read in a helper thread so a timeout can't hang the console; a read
+    that timed out stays pending and its line is the answer to the next dialogue."""
+    global _pending_read
+    q = _pending_read
+    if q is None:
+        q = queue.Queue(maxsize=1)
+
+        def reader(q: "queue.Queue[str | None]" = q) -> None:
+            try:
+                line = sys.stdin.readline()
+            except (OSError, ValueError):
+                line = ""
+            q.put(line if line else None)
+
+        threading.Thread(target=reader, name="so=ms response", daemon=True).start()
+    try:
+        line = q.get(timeout=timeout)
+    except queue.Empty:
+        _pending_read = q
+        raise TimeoutError from None
+    _pending_read = None
+    return line
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def manual_dialogue(host: str, argv: Sequence[str], timeout: float = MANUAL_TIMEOUT,
+                    err: Callable[[], object] = lambda: sys.stderr) -> dict[str, object]:
+    """PVM's manual start-up: tell the user (stderr) what to run on *host*, read the
+    daemon's ready line from stdin, parse it. PvmCantStart with a one-line reason
+    for EOF, a timeout or a line that is not a ready line."""
+    with _dialogue_lock:
+        out = err()
+        out.write(f'*** Manual startup ***\nLogin to "{host}" and type:\n{shlex.join(argv)}\n'  # type: ignore[attr-defined]
+                  "Type response: ")
+        out.flush()  # type: ignore[attr-defined]
+        try:
+            line = _read_response(timeout)
+            if line is not None and not _stdin_is_tty():
+                out.write("\n")  # type: ignore[attr-defined]  # (a terminal echoed it)
+        except TimeoutError:
+            out.write("\n")  # type: ignore[attr-defined]
+            out.flush()  # type: ignore[attr-defined]
+            raise PvmError(PvmCantStart, f"so=ms: no response within {timeout:g} s") from None
+        if line is None:
+            out.write("\n")  # type: ignore[attr-defined]
+            out.flush()  # type: ignore[attr-defined]
+            raise PvmError(PvmCantStart, "so=ms: end of input, no response")
+        try:
+            info = handshake.parse(line)
+        except ValueError as e:
+            raise PvmError(PvmCantStart, f"so=ms: {e}") from None
+        out.write("Thanks\n")  # type: ignore[attr-defined]
+        out.flush()  # type: ignore[attr-defined]
+        return info
+
+
+MANUAL_HINT = "started by hand (so=ms): stop it there with pvm_shmd_stat --stop"
+
+
+class ManualRunner:
+    """Runner for a so=ms host: later commands (stat, stop, spawn, ...) go over the
+    transport the host would otherwise have (SSH, or local); where that fails the
+    error says the daemon was started by hand."""
+
+    def __init__(self, inner: Runner | None, host: str, why: str = ""):
+        self.inner, self.host, self.why = inner, host, why
+
+    def _unreachable(self, detail: str) -> PvmError:
+        detail = detail.removeprefix(f"{self.host}: ")
+        return PvmError(PvmHostFail, f"{MANUAL_HINT} ({detail})" if detail else MANUAL_HINT)
+
+    def run(self, argv, *, timeout, input=None, cwd=None, env=None):
+        if self.inner is None:
+            raise self._unreachable(self.why)
+        try:
+            return self.inner.run(argv, timeout=timeout, input=input, cwd=cwd, env=env)
+        except PvmError as e:
+            raise self._unreachable(e.detail or str(e)) from None
+
+    def start(self, argv, *, timeout, cwd=None, env=None) -> LineStream:
+        if self.inner is None:
+            raise self._unreachable(self.why)
+        try:
+            return self.inner.start(argv, timeout=timeout, cwd=cwd, env=env)
+        except PvmError as e:
+            raise self._unreachable(e.detail or str(e)) from None
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+
+
+class ManualLink(HostLink):
+    """A host with so=ms: its daemon is started by the user (manual_dialogue)."""
+
+    manual = True
+
+    def start(self, index: int, name: str, extra: Sequence[str] = ()) -> dict[str, object]:
+        return manual_dialogue(name, self.start_argv(index, name, extra))
+
+
 def is_local(name: str) -> bool:
     """True if *name* is this machine (its host name or a loopback name)."""
     me = socket.gethostname()
@@ -174,19 +296,28 @@ def link_for(name: str, options: Mapping[str, str], vmid: str) -> HostLink:
     Local hosts run programs directly; any other host goes over SSH (ssh.py),
     logging in as ``lo=`` at address ``ip=`` (else the name). ``dx=`` names the
     daemon program; pvm_shmd_stat is taken from the same directory; ``wd=`` is
-    the daemon's working directory.
+    the daemon's working directory. ``so=ms`` (manual start-up): the user starts
+    the daemon (ManualLink); later commands still try the usual transport.
     """
     dx = options.get("dx")
+    manual = options.get("so") == "ms"
     if is_local(name):
         runner: Runner = LocalRunner(name)
         daemon = dx or local_program(DAEMON)
     else:
+        daemon = dx or DAEMON
         try:
             from pvmconsole.ssh import SshRunner, console_password
         except ImportError as e:
-            raise PvmError(PvmCantStart, f"no SSH transport to reach {name} ({e})") from None
-        runner = SshRunner(name, login=options.get("lo"), address=options.get("ip"),
-                           password=console_password if options.get("so") == "pw" else None)
-        daemon = dx or DAEMON
+            if not manual:
+                raise PvmError(PvmCantStart, f"no SSH transport to reach {name} ({e})") from None
+            runner = ManualRunner(None, name, f"no SSH transport: {e}")
+        else:
+            runner = SshRunner(name, login=options.get("lo"), address=options.get("ip"),
+                               password=console_password if options.get("so") == "pw" else None)
     stat = os.path.join(os.path.dirname(daemon), STAT) if "/" in daemon else STAT
+    if manual:
+        if not isinstance(runner, ManualRunner):
+            runner = ManualRunner(runner, name)
+        return ManualLink(runner, vmid, daemon, stat, cwd=options.get("wd"))
     return HostLink(runner, vmid, daemon, stat, cwd=options.get("wd"))

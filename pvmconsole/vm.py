@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
 
 from pvmconsole import hostfile as hf
-from pvmconsole.hostlink import HostLink, is_local, link_for
+from pvmconsole.hostlink import MANUAL_HINT, HostLink, is_local, link_for
 from pvmconsole.vmtable import HostRecord, TableStore, VmTable, lowest_free_index
 from shmd.errors import (
     PvmBadParam, PvmDupHost, PvmError, PvmHostFail, PvmNoHost, PvmSysErr,
@@ -39,6 +39,11 @@ def _attempt(name: str, fn: Callable[[], object]) -> Outcome:
         return Outcome(name)
     except PvmError as e:
         return Outcome(name, e.code, e.detail or "")
+
+
+def _by_hand(o: Outcome) -> bool:
+    """A so=ms host whose daemon the console could not reach to stop it."""
+    return o.error == PvmHostFail and MANUAL_HINT in o.detail
 
 
 def _parallel(fn: Callable, items: Sequence) -> list:
@@ -156,6 +161,10 @@ class VirtualMachine:
         me = self.master_name
         own = next((e for e in entries if is_local(e.name)), None)  # the master's own line
         master_opts = dict(own.options if own else (hosts.defaults if hosts else {}))
+        if master_opts.get("so") == "ms":  # as PVM: the master starts itself, in the foreground
+            del master_opts["so"]
+            if own is not None:
+                self.notes.append(f"{me}: so=ms ignored for the master host")
         try:
             master = self._start_host(me, MASTER, master_opts)
         except PvmError as e:
@@ -248,7 +257,8 @@ class VirtualMachine:
                 if o.error is None or o.error == PvmHostFail:  # a dead host is dropped as well
                     t.hosts.remove(h)
                     self._drop_link(n)
-                    o = Outcome(n)
+                    if not _by_hand(o):
+                        o = Outcome(n)  # (a hand-started one is dropped, with its hint)
                 out.append(o)
         return out
 
@@ -299,8 +309,8 @@ class VirtualMachine:
                     try:
                         self._stop_host(h)
                     except PvmError as e:
-                        if e.code != PvmHostFail:
-                            raise
+                        if e.code != PvmHostFail or MANUAL_HINT in (e.detail or ""):
+                            raise  # (a hand-started daemon we can't reach: no new dialogue)
                     fresh = self._start_host(h.name, h.index, h.options)
                     h.pid, h.arch, h.dsig, h.state = fresh.pid, fresh.arch, fresh.dsig, "running"
                     return Outcome(h.name, dtid=h.dtid)
@@ -317,5 +327,5 @@ class VirtualMachine:
             out = _parallel(lambda h: _attempt(h.name, lambda: self._stop_host(h)), hosts)
             self.store.remove()
         self.close()
-        return [o for o in out if o.error not in (None, PvmHostFail)]
+        return [o for o in out if o.error not in (None, PvmHostFail) or _by_hand(o)]
 
