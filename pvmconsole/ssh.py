@@ -18,7 +18,6 @@ names, logins, programs and directories that could smuggle in shell syntax are r
 """
 from __future__ import annotations
 
-import errno
 import getpass
 import logging
 import os

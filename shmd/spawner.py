@@ -39,7 +39,7 @@ import selectors
 import signal
 import sys
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from . import control, paths
 from .errors import (PvmBadParam, PvmDenied, PvmError, PvmNoFile, PvmNoTask, PvmSysErr,

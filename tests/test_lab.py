@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 
 import pytest
 
@@ -56,6 +57,19 @@ def lab_traces(lab: labmod.Lab) -> list[str]:
         except OSError:
             pass
     return out
+
+
+@contextmanager
+def running_lab(tag: str, n: int, **kw):
+    """A lab of *n* hosts for a test module; torn down, and checked gone, afterwards."""
+    need_lab()
+    d, name = lab_args(tag)
+    lab = labmod.up(n, d, name, **kw)
+    try:
+        yield lab
+    finally:
+        problems = labmod.down(d)
+        assert problems == [] and lab_traces(lab) == []
 
 
 def test_lab_hosts_are_separate_and_down_leaves_nothing():

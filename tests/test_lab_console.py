@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pvmconsole import lab as labmod
-from test_lab import lab_args, lab_traces, need_lab, ssh
+from test_lab import running_lab, ssh
 
 PVM = os.path.join(os.path.dirname(sys.executable), "pvm")
 PASSWORD = "lab-pw-2"
@@ -17,14 +17,8 @@ PASSWORD = "lab-pw-2"
 
 @pytest.fixture(scope="module")
 def lab():
-    need_lab()
-    d, name = lab_args("c")
-    lab = labmod.up(4, d, name, password=PASSWORD)
-    try:
+    with running_lab("c", 4, password=PASSWORD) as lab:
         yield lab
-    finally:
-        problems = labmod.down(d)
-        assert problems == [] and lab_traces(lab) == []
 
 
 @pytest.fixture

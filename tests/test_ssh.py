@@ -12,19 +12,13 @@ import pytest
 from pvmconsole import lab as labmod
 from pvmconsole.ssh import SshError, SshRunner, remote_command
 from shmd.errors import PvmBadParam, PvmCantStart, PvmHostFail, PvmNoHost
-from test_lab import lab_args, lab_traces, need_lab, ssh
+from test_lab import running_lab, ssh
 
 
 @pytest.fixture(scope="module")
 def lab():
-    need_lab()
-    d, name = lab_args("s")
-    lab = labmod.up(4, d, name, password="lab-pw-1")
-    try:
+    with running_lab("s", 4, password="lab-pw-1") as lab:
         yield lab
-    finally:
-        problems = labmod.down(d)
-        assert problems == [] and lab_traces(lab) == []
 
 
 @pytest.fixture

@@ -368,7 +368,7 @@ def test_kill_sig_pstat_and_pages_reclaimed(vm):
     c.seen(rf"^\[1:{a}\] got signal 10$")
     # kill: one bad tid and one unknown tid don't keep the good one from dying
     lines = c.cmd(f"kill zz {a} t4fff0")
-    assert any(re.search(rf"stdin:\d+: kill: zz: Bad parameter; t4fff0: No such task", ln) for ln in lines), lines
+    assert any(re.search(r"stdin:\d+: kill: zz: Bad parameter; t4fff0: No such task", ln) for ln in lines), lines
     c.seen(rf"^\[1:{a}\] EOF$")
     wait_for(lambda: [r for r in task_rows(c.cmd("ps")) if "t" + r[1] == a] == [], 10, "killed task to leave ps")
     st = [ln for ln in c.cmd(f"pstat {a} {b}") if not ln.startswith("[")]
@@ -381,7 +381,7 @@ def test_kill_sig_pstat_and_pages_reclaimed(vm):
     seg_used = sum(s["pages"] - s["free"] for s in now["segments"])
     assert seg_used == held[int(b[1:], 16)], now
     # sig with a bad number / bad tid: one line each, the task untouched
-    lines = c.cmd(f"sig 99 {b}") + c.cmd(f"sig x {b}") + c.cmd(f"sig 15 qq")
+    lines = c.cmd(f"sig 99 {b}") + c.cmd(f"sig x {b}") + c.cmd("sig 15 qq")
     errs = [ln for ln in lines if ln.startswith("stdin:")]
     assert len(errs) == 3 and "Bad parameter" in errs[0] and "Bad parameter" in errs[2], errs
     # kill -c: the console's children (every task it spawned)

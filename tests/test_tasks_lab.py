@@ -14,7 +14,7 @@ import time
 import pytest
 
 from pvmconsole import lab as labmod
-from test_lab import lab_args, lab_traces, need_lab, ssh
+from test_lab import running_lab, ssh
 from test_tasks import (PVM, TASK_PROG, Console, task_rows,  # noqa: F401
                         vm_procs, wait_for)
 
@@ -31,10 +31,7 @@ for i in range(int(sys.argv[1])):
 
 @pytest.fixture(scope="module")
 def lab():
-    need_lab()
-    d, name = lab_args("k")
-    lab = labmod.up(3, d, name)
-    try:
+    with running_lab("k", 3) as lab:
         progs = os.path.join(lab.dir, "progs")
         os.makedirs(progs)
         with open(os.path.join(progs, "task.py"), "w") as f:
@@ -42,9 +39,6 @@ def lab():
         with open(os.path.join(progs, "ticker.py"), "w") as f:
             f.write(TICKER)
         yield lab
-    finally:
-        problems = labmod.down(d)
-        assert problems == [] and lab_traces(lab) == []
 
 
 def host_procs(lab, host: str, vmid: str) -> list[str]:
