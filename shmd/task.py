@@ -412,7 +412,12 @@ class Task:
         P, C = (sb + 96) >> 3, (sb + 104) >> 3
         if q[P] - q[C] <= IN_FLIGHT:
             return
-        delay = 5e-6
+        # the receiver is busy copying: poll briefly (it frees room within tens of
+        # microseconds), then back off to sleeping
+        end = time.perf_counter() + MAX_SPIN
+        while q[P] - q[C] > IN_FLIGHT and time.perf_counter() < end:
+            pass
+        delay = 20e-6
         while q[P] - q[C] > IN_FLIGHT:
             if time.monotonic() >= deadline:
                 raise PvmTimeout(f"t{dest:x} does not receive ({q[P] - q[C]} bytes waiting)")
