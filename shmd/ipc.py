@@ -8,7 +8,6 @@ ctypes: every blocking call here has a timeout.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 
@@ -19,7 +18,16 @@ IPC_NOWAIT = 0o4000
 IPC_RMID = 0
 MAX_WAIT = 3600.0
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+def _load_libc() -> ctypes.CDLL:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)  # glibc: no ldconfig run needed
+    except OSError:
+        from ctypes.util import find_library
+
+        return ctypes.CDLL(find_library("c"), use_errno=True)
+
+
+_libc = _load_libc()
 
 
 class _Sembuf(ctypes.Structure):
