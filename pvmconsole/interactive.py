@@ -85,6 +85,8 @@ def run_interactive(console: Console, session: PromptSession | None = None) -> i
     try:
         with patch_stdout(raw=True):
             console.out, console.err = sys.stdout, sys.stderr
+            if console.vm is not None:  # hosts slow to start say so while we wait
+                console.vm.progress = console.print_async
             while True:
                 try:
                     line = session.prompt(PROMPT)

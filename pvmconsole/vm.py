@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
@@ -18,6 +18,7 @@ from shmd.errors import (
 )
 
 PARALLEL_STARTS = 5  # PVM started up to 5 hosts at once (RSHNPLL)
+PROGRESS_EVERY = 1.0  # seconds between progress lines while hosts are starting
 MASTER = 1  # the console's own host has index 1 (dtid 40000)
 
 LinkFactory = Callable[[str, Mapping[str, str], str], HostLink]
@@ -46,12 +47,21 @@ def _by_hand(o: Outcome) -> bool:
     return o.error == PvmHostFail and MANUAL_HINT in o.detail
 
 
-def _parallel(fn: Callable, items: Sequence) -> list:
-    """fn over items, up to PARALLEL_STARTS at once, results in item order."""
-    if len(items) <= 1:
+def _parallel(fn: Callable, items: Sequence, progress: Callable[[list[int]], None] | None = None
+              ) -> list:
+    """fn over items, up to PARALLEL_STARTS at once, results in item order. While any
+    is still running, *progress* gets the indexes of those not done, every
+    PROGRESS_EVERY seconds."""
+    if len(items) <= 1 and progress is None:
         return [fn(i) for i in items]
-    with ThreadPoolExecutor(max_workers=min(PARALLEL_STARTS, len(items))) as pool:
-        return list(pool.map(fn, items))
+    with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_STARTS, len(items)))) as pool:
+        futures = [pool.submit(fn, i) for i in items]
+        while progress is not None:
+            _, pending = wait(futures, timeout=PROGRESS_EVERY)
+            if not pending:
+                break
+            progress([k for k, f in enumerate(futures) if not f.done()])
+        return [f.result() for f in futures]
 
 
 class VirtualMachine:
@@ -60,6 +70,8 @@ class VirtualMachine:
     def __init__(self, vmid: str, *, master_name: str | None = None, debug: str = "0",
                  link_factory: LinkFactory = link_for):
         self.vmid = vmid
+        #: called with a line of progress while `add` waits for hosts (interactive only)
+        self.progress: Callable[[str], None] | None = None
         self.master_name = master_name or socket.gethostname()
         mask = int(debug, 0)  # PVM's -d: hex 0x.., octal 0.. or decimal
         self.daemon_args = [f"-debug={mask}"] if mask else []
@@ -212,7 +224,13 @@ class VirtualMachine:
             except PvmError as err:
                 return Outcome(e.name, err.code, err.detail or ""), None
 
-        results = _parallel(start, plan)
+        def report(waiting: list[int]) -> None:
+            if self.progress is not None:
+                names = " ".join(plan[k][0].name for k in waiting)
+                self.progress(f"add: {len(plan) - len(waiting)} of {len(plan)} host(s) done, "
+                              f"still starting: {names}")
+
+        results = _parallel(start, plan, report if self.progress is not None else None)
         for _, rec in results:
             if rec is not None:
                 t.hosts.append(rec)

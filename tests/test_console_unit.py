@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 
@@ -229,3 +230,13 @@ def test_plugin_clash_leaves_out_only_that_command(monkeypatch):
     problems = reg.load_plugins()
     assert problems == ["command 'conf' from plugin p clashes with one from builtin"]
     assert reg.origin["fine"] == "plugin p" and reg.origin["conf"] == "builtin"
+
+
+def test_parallel_starts_report_progress_while_hosts_are_still_starting(monkeypatch):
+    from pvmconsole import vm as vmmod
+
+    monkeypatch.setattr(vmmod, "PROGRESS_EVERY", 0.05)
+    seen: list[list[int]] = []
+    out = vmmod._parallel(lambda x: time.sleep(x) or x, [0.0, 0.4, 0.0], progress=seen.append)
+    assert out == [0.0, 0.4, 0.0]  # results in item order
+    assert seen and all(waiting == [1] for waiting in seen)  # only the slow one is waited for
