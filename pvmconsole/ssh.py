@@ -397,6 +397,26 @@ class SshRunner:
         t = self._client.get_transport() if self._client else None
         return bool(t and t.is_active())
 
+    def _open_channel(self, deadline: float) -> paramiko.Channel:
+        """A new session channel on the (re)used connection. A connection that fails
+        before the command started is re-opened once: nothing ran yet, so it is safe."""
+        for attempt in (1, 2):
+            try:
+                t = self._transport(deadline)
+            except SshError as e:
+                if self._ever_connected and e.code == PvmCantStart:
+                    raise SshError(PvmHostFail, e.detail) from None
+                raise
+            try:
+                return t.open_session(timeout=max(0.1, min(OPEN_TIMEOUT, deadline - time.monotonic())))
+            except (paramiko.SSHException, EOFError, OSError) as e:
+                with self._lock:
+                    self._drop_locked()
+                if attempt == 2 or time.monotonic() >= deadline:
+                    raise SshError(PvmHostFail, f"{self.host}: connection lost: "
+                                                f"{e or type(e).__name__}") from None
+        raise AssertionError("unreachable")
+
     # -- Runner protocol ------------------------------------------------------------------
     def run(
         self,
@@ -411,22 +431,7 @@ class SshRunner:
         (PvmCantStart before the host was ever reached, PvmHostFail after)."""
         command = remote_command(argv, cwd, env)  # refuses bad values before any network
         deadline = time.monotonic() + timeout
-        for attempt in (1, 2):
-            try:
-                t = self._transport(deadline)
-            except SshError as e:
-                if self._ever_connected and e.code == PvmCantStart:
-                    raise SshError(PvmHostFail, e.detail) from None
-                raise
-            try:
-                ch = t.open_session(timeout=max(0.1, min(OPEN_TIMEOUT, deadline - time.monotonic())))
-                break
-            except (paramiko.SSHException, EOFError, OSError) as e:
-                # The command never started: safe to reconnect once and try again.
-                with self._lock:
-                    self._drop_locked()
-                if attempt == 2 or time.monotonic() >= deadline:
-                    raise SshError(PvmHostFail, f"{self.host}: connection lost: {e or type(e).__name__}") from None
+        ch = self._open_channel(deadline)
         return self._exec(ch, command, input, deadline, timeout, argv[0])
 
     def start(
@@ -442,21 +447,7 @@ class SshRunner:
         bounds connecting and starting; closing the stream closes the channel."""
         command = remote_command(argv, cwd, env)
         deadline = time.monotonic() + timeout
-        for attempt in (1, 2):
-            try:
-                t = self._transport(deadline)
-            except SshError as e:
-                if self._ever_connected and e.code == PvmCantStart:
-                    raise SshError(PvmHostFail, e.detail) from None
-                raise
-            try:
-                ch = t.open_session(timeout=max(0.1, min(OPEN_TIMEOUT, deadline - time.monotonic())))
-                break
-            except (paramiko.SSHException, EOFError, OSError) as e:
-                with self._lock:
-                    self._drop_locked()
-                if attempt == 2 or time.monotonic() >= deadline:
-                    raise SshError(PvmHostFail, f"{self.host}: connection lost: {e or type(e).__name__}") from None
+        ch = self._open_channel(deadline)
         ch.set_combine_stderr(True)
         watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), ch.get_transport().close)
         watchdog.daemon = True
