@@ -600,25 +600,25 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int]:
 def run(opts: Options, ready_fd: int | None) -> int:
     """Start up, say ready (on *ready_fd* or stdout), serve until TERM/INT."""
     log_path = paths.log_path(opts.vmid)
-    try:
-        log = Log(log_path, f"[pvm_shmd t{opts.host << 18:x}] ", echo=opts.foreground,
-                  debug=opts.debug)
-    except OSError as e:
-        msg = f"pvm_shmd: cannot open log {log_path}: {e.strerror}"
-        if ready_fd is not None:
-            os.write(ready_fd, f"error {EXIT_DENIED} {msg}\n".encode())
-        else:
-            print(msg, file=sys.stderr)
-        return EXIT_DENIED
 
-    def fail(status: int, msg: str) -> int:
-        log(f"cannot start: {msg}")
+    def say_failed(status: int, msg: str) -> int:
+        """The one error line: to the starter waiting on *ready_fd*, or to stderr."""
         line = f"pvm_shmd: {msg}"
         if ready_fd is not None:
             os.write(ready_fd, f"error {status} {line}\n".encode())
         else:
             print(line, file=sys.stderr)
         return status
+
+    try:
+        log = Log(log_path, f"[pvm_shmd t{opts.host << 18:x}] ", echo=opts.foreground,
+                  debug=opts.debug)
+    except OSError as e:
+        return say_failed(EXIT_DENIED, f"cannot open log {log_path}: {e.strerror}")
+
+    def fail(status: int, msg: str) -> int:
+        log(f"cannot start: {msg}")
+        return say_failed(status, msg)
 
     d = Daemon(opts, log)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
