@@ -33,6 +33,7 @@ TIDLOCAL = 0x3FFFF
 SLICE = 0.2  # a blocked receiver re-checks the daemon this often (seconds)
 MAX_SPIN = 200e-6  # longest busy-wait before blocking (seconds)
 IN_FLIGHT = 4 << 20  # paged bytes a receiver may have waiting before senders pause
+STALL = 5e-3  # a receiver that takes nothing for this long is not paced (seconds)
 MIN_SPIN = 10e-6  # a spin that keeps missing shrinks to this
 SPIN_RECHECK = 1.0  # how often an automatic spin re-checks the host's load (seconds)
 ABORT_WAIT = 10.0  # how long a sender that gives up mid-message tries to post F_ABORT
@@ -405,26 +406,29 @@ class Task:
             flags = 0
 
     def _throttle(self, peer, dest: int, deadline: float) -> None:
-        """Wait while more than IN_FLIGHT bytes of ours and others' paged messages sit
-        in *dest*'s ring: a sender far ahead of its receiver only evicts the data from
-        the caches before the receiver reads it (and hogs the segments)."""
+        """Pace a sender that is far ahead of a receiver that is busy receiving: while
+        more than IN_FLIGHT bytes of paged messages wait in *dest*'s inbox, wait for it
+        to take some (the data is then still in cache when it is read). A receiver
+        that takes nothing for STALL seconds is not receiving: we do not wait for it,
+        so buffering (up to the memory) is as before and nothing deadlocks on it."""
         q, sb = self._q, peer[3] * 4
         P, C = (sb + 96) >> 3, (sb + 104) >> 3
         if q[P] - q[C] <= IN_FLIGHT:
             return
-        # the receiver is busy copying: poll briefly (it frees room within tens of
-        # microseconds), then back off to sleeping
-        end = time.perf_counter() + MAX_SPIN
-        while q[P] - q[C] > IN_FLIGHT and time.perf_counter() < end:
-            pass
-        delay = 20e-6
+        seen, since = q[C], time.perf_counter()
+        delay = 0.0
         while q[P] - q[C] > IN_FLIGHT:
+            now = time.perf_counter()
+            if q[C] != seen:
+                seen, since = q[C], now
+            elif now - since > STALL:
+                return
             if time.monotonic() >= deadline:
-                raise PvmTimeout(f"t{dest:x} does not receive ({q[P] - q[C]} bytes waiting)")
-            if delay > 1e-3:
-                self._check_alive()
-            time.sleep(delay)
-            delay = min(delay * 2, 2e-3)
+                raise PvmTimeout(f"t{dest:x} receives too slowly "
+                                 f"({q[P] - q[C]} bytes waiting in its inbox)")
+            if now - since > MAX_SPIN:  # poll briefly first: it frees room in microseconds
+                delay = min(max(delay * 2, 20e-6), 1e-3)
+                time.sleep(delay)
 
     def _abort(self, peer, dest: int, tag: int) -> None:
         """Tell *dest* that the message in pieces we were sending will not be finished.

@@ -427,3 +427,22 @@ def test_peer_error_reports_codes(peers):
     with pytest.raises(PeerError) as e:
         p.call("me.precv(timeout=0.1)")
     assert e.value.type == "PvmTimeout"
+
+
+@small_daemon(4096, 2)
+def test_senders_ahead_of_a_receiver_that_does_not_receive_are_not_held(me, peers):
+    """The in-flight pacing (4 MiB) waits only for a receiver that is receiving: two
+    tasks that each send 8 MiB to the other before receiving still both finish."""
+    p = peers()
+    big = 1 << 20
+    p.start(f"""
+for i in range(8):
+    me.psend(dest, 1, payload(i, {big}), timeout=10)
+got = [me.precv(dest, 1, timeout=10).data for i in range(8)]
+result = all(bytes(g) == payload(100 + i, {big}) for i, g in enumerate(got))
+""", dest=me.tid)
+    for i in range(8):
+        me.psend(p.tid, 1, payload(100 + i, big), timeout=10)
+    for i in range(8):
+        assert bytes(me.precv(p.tid, 1, timeout=10).data) == payload(i, big)
+    assert p.result(timeout=20) is True
