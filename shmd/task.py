@@ -367,8 +367,37 @@ class Task:
 
         Waits up to *timeout* seconds (None: for ever) for free pages or inbox room,
         then raises PvmError(PvmNoMem) or PvmTimeout; the message is then not sent."""
-        if type(data) is bytes and len(data) <= _INLINE and self._post_fast(dest, tag, data):
-            return
+        if type(data) is bytes and len(data) <= _INLINE:
+            # the common small send, inline here (every interpreter step counts): a known
+            # peer, its inbox lock free, room in its ring; anything else takes the
+            # general path below, which waits and reports errors
+            p = self._peers.get(dest)
+            if p is not None and not self._owed and 0 <= tag <= MAX_TAG:
+                i, q, ti = self._i, self._q, p[3]
+                sem = p[1].sem
+                if i[ti] == dest:
+                    try:
+                        sem.acquire()  # non-blocking (IPC_NOWAIT), with SEM_UNDO
+                    except sysv_ipc.Error:
+                        sem = None  # busy, or gone
+                    if sem is not None:
+                        T = (ti >> 1) + 3  # (slot + 24) / 8
+                        tail = q[T]
+                        if i[ti] == dest and tail - q[T - 1] < _RING:
+                            n = len(data)
+                            d = (ti << 2) + _SLOT_HDR + (tail % _RING) * _DESCSZ
+                            buf = self._buf
+                            _pack_desc(buf, d, self.tid, tag, n, -1, 0, 0, _F_FIRST, n)
+                            buf[d + _INL:d + _INL + n] = data
+                            q[T] = tail + 1
+                            sem.release()  # a semop: barrier between tail store and flag load
+                            if i[ti + 3]:
+                                try:
+                                    p[2].release()
+                                except sysv_ipc.ExistentialError:
+                                    pass
+                            return
+                        sem.release()
         if not 0 <= tag <= MAX_TAG:
             raise PvmError(PvmBadParam, f"tag {tag} must be >= 0 and < 2**31")
         mv = data if type(data) is bytes else _as_bytes_view(data)
@@ -442,39 +471,6 @@ class Task:
         except PvmError as e:
             if e.code != PvmNoTask:
                 self._owed[dest] = tag
-
-    def _post_fast(self, dest: int, tag: int, data: bytes) -> bool:
-        """The common small send, in as few interpreter steps as we can: a known peer,
-        its inbox lock free, room in its ring. False (nothing done) for anything else:
-        psend's general path then handles it, errors and waiting included."""
-        p = self._peers.get(dest)
-        if p is None or self._owed or not 0 <= tag <= MAX_TAG:
-            return False
-        i, q, ti = self._i, self._q, p[3]
-        if i[ti] != dest:
-            return False
-        sem = p[1].sem
-        try:
-            sem.acquire()  # non-blocking (IPC_NOWAIT), with SEM_UNDO
-        except sysv_ipc.Error:  # busy, or gone: the general path waits or reports it
-            return False
-        T = ti // 2 + 3  # (slot + 24) / 8
-        tail = q[T]
-        if i[ti] != dest or tail - q[T - 1] >= _RING:
-            sem.release()
-            return False
-        n = len(data)
-        d = ti * 4 + _SLOT_HDR + (tail % _RING) * _DESCSZ
-        _pack_desc(self._buf, d, self.tid, tag, n, -1, 0, 0, _F_FIRST, n)
-        self._buf[d + _INL:d + _INL + n] = data
-        q[T] = tail + 1
-        sem.release()  # a semop: the barrier between the tail store and the flag load
-        if i[ti + 3]:
-            try:
-                p[2].release()
-            except sysv_ipc.ExistentialError:
-                pass
-        return True
 
     def _post(self, peer, dest, tag, n, s, p, npages, flags, total, inline, deadline) -> None:
         slot, lock, wake, ti = peer
@@ -739,13 +735,14 @@ class Task:
         *timeout* seconds (None: for ever) for it to start arriving, then raises
         PvmTimeout. ``data`` is bytes (a bytearray for a message sent in pieces)."""
         if not self._pending:  # the common case first: the next message is small and ours
-            q, H = self._q, self._H
+            q, H, T = self._q, self._H, self._T
             head = q[H]
-            if head == q[H + 1] and self._spin_budget and timeout != 0:
-                end = time.perf_counter() + self._spin_budget
-                while q[H + 1] == head and time.perf_counter() < end:
+            if head == q[T] and self._spin_budget and timeout != 0:
+                clock = time.perf_counter
+                end = clock() + self._spin_budget
+                while q[T] == head and clock() < end:
                     pass
-            if head != q[H + 1]:
+            if head != q[T]:
                 buf = self._buf
                 off = self._ring + (head % _RING) * _DESCSZ
                 f = _unpack_desc(buf, off)
