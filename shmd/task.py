@@ -734,25 +734,35 @@ class Task:
         """Receive the first message from *source* with *tag* (-1: any). Waits up to
         *timeout* seconds (None: for ever) for it to start arriving, then raises
         PvmTimeout. ``data`` is bytes (a bytearray for a message sent in pieces)."""
-        if not self._pending:  # the common case first: the next message is small and ours
-            q, H, T = self._q, self._H, self._T
-            head = q[H]
-            if head == q[T] and self._spin_budget and timeout != 0:
-                clock = time.perf_counter
-                end = clock() + self._spin_budget
-                while q[T] == head and clock() < end:
-                    pass
-            if head != q[T]:
-                buf = self._buf
-                off = self._ring + (head % _RING) * _DESCSZ
-                f = _unpack_desc(buf, off)
-                if (f[3] < 0 and f[6] == _F_FIRST and (source == ANY or f[0] == source)
-                        and (tag == ANY or f[1] == tag)):
-                    data = buf[off + _INL:off + _INL + f[2]].tobytes()
-                    q[H] = head + 1
-                    return _new(Message, (f[0], f[1], data))
+        if not self._pending:
+            f = self._next_small(source, tag, timeout)
+            if f is not None:
+                data = self._buf[f[8]:f[8] + f[2]].tobytes()
+                self._q[self._H] += 1
+                return _new(Message, (f[0], f[1], data))
         d, data = self._receive(source, tag, timeout)
         return _new(Message, (d[0], d[1], data))
+
+    def _next_small(self, source: int, tag: int, timeout: float | None):
+        """The common case of a receive, in as few interpreter steps as we can: nothing
+        pending, and the next message in the ring (after a spin, if it is empty) is a
+        small one that matches. Its descriptor fields plus the offset of its data, left
+        in the ring for the caller to copy and take; else None (the general path)."""
+        q, H, T = self._q, self._H, self._T
+        head = q[H]
+        if head == q[T] and self._spin_budget and timeout != 0:
+            clock = time.perf_counter
+            end = clock() + self._spin_budget
+            while q[T] == head and clock() < end:
+                pass
+        if head == q[T]:
+            return None
+        off = self._ring + (head % _RING) * _DESCSZ
+        f = _unpack_desc(self._buf, off)
+        if (f[3] < 0 and f[6] == _F_FIRST and (source == ANY or f[0] == source)
+                and (tag == ANY or f[1] == tag)):
+            return f + (off + _INL,)
+        return None
 
     def precv_into(self, buffer, source: int = ANY, tag: int = ANY,
                    timeout: float | None = None) -> tuple[int, int, int]:
@@ -761,6 +771,12 @@ class Task:
         mv = _as_bytes_view(buffer)
         if mv.readonly:
             raise PvmError(PvmBadParam, "receive buffer is read-only")
+        if not self._pending:
+            f = self._next_small(source, tag, timeout)
+            if f is not None and f[2] <= mv.nbytes:
+                mv[:f[2]] = self._buf[f[8]:f[8] + f[2]]
+                self._q[self._H] += 1
+                return f[0], f[1], f[2]
         d, n = self._receive(source, tag, timeout, into=mv)
         return d.src, d.tag, n
 
