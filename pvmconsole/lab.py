@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -44,27 +45,52 @@ READY_TIMEOUT = 10.0  # sshd of every host listening
 IPC_SYSCTLS = ("msgmax", "msgmnb", "msgmni", "sem", "shmall", "shmmax", "shmmni")
 
 # Runs as PID 1 of a fresh host (inside unshare). Why each step:
-#  - the lab dir is parked on /mnt and moved back after the tmpfs mounts, because
-#    it may itself live under /tmp or /run, which the host gets private copies of;
+#  - the lab dir and the project (checkout, virtual environment) are parked on a private
+#    /mnt and moved back after the tmpfs mounts, because they may live under /tmp or
+#    /run, which the host gets private copies of (a CI checkout under /tmp, say);
 #  - IPC limits start at kernel defaults in a new IPC namespace: copy the machine's;
 #  - /etc/hosts is bind-mounted so host names resolve inside every host; with --password a
 #    private /etc/shadow gives root that password in the hosts only;
 #  - sshd execs in place, so it is PID 1: it reaps orphans and killing it ends the host.
+# Arguments: host name, N, N directories to carry (the lab dir first), IPC limits.
 _INIT = r"""
 set -e
-hn=$1; dir=$2; shift 2
-mount --bind "$dir" /mnt
+hn=$1; n=$2; shift 2
+mount -t tmpfs -o mode=700 pvmlab-park /mnt
+i=0
+while [ "$i" -lt "$n" ]; do
+    mkdir "/mnt/$i"; mount --bind "$1" "/mnt/$i"; eval "carry_$i=\$1"; i=$((i+1)); shift
+done
+dir=$carry_0
 mount -t tmpfs -o mode=1777 pvmlab-tmp /tmp
 mount -t tmpfs -o mode=1777 pvmlab-shm /dev/shm
 mount -t tmpfs -o mode=755 pvmlab-run /run
-mkdir -p "$dir" /run/sshd
-mount --move /mnt "$dir"
+mkdir -p /run/sshd
+i=0
+while [ "$i" -lt "$n" ]; do
+    eval "d=\$carry_$i"; mkdir -p "$d"; mount --move "/mnt/$i" "$d"; i=$((i+1))
+done
+umount /mnt
 mount --bind "$dir/hosts" /etc/hosts
 if [ -f "$dir/shadow" ]; then mount --bind "$dir/shadow" /etc/shadow; fi
 for kv in "$@"; do echo "${kv#*=}" > "/proc/sys/kernel/${kv%%=*}"; done
 hostname "$hn"
 exec /usr/sbin/sshd -D -e -f "$dir/$hn/sshd_config"
 """
+_PRIVATE_ROOTS = ("/tmp", "/dev/shm", "/run")  # each host gets its own of these
+
+
+def _carried(lab_dir: str) -> list[str]:
+    """Directories a host must still see under its private /tmp, /dev/shm and /run:
+    the lab dir, and the project's checkout and virtual environment when they live there."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = [lab_dir]
+    for d in (here, sys.prefix):
+        d = os.path.realpath(d)
+        if d.startswith(tuple(r + "/" for r in _PRIVATE_ROOTS)) and not any(
+                d == c or d.startswith(c + "/") for c in out):
+            out.append(d)
+    return out
 
 
 class LabError(Exception):
@@ -243,13 +269,14 @@ def _ipc_limits() -> list[str]:
 
 def _start_host(lab: Lab, h: LabHost, limits: list[str]) -> None:
     """Start the host's init (then sshd) in its namespaces, detached from us."""
+    carry = _carried(lab.dir)
     log = open(os.path.join(lab.dir, h.name, "sshd.log"), "ab")
     try:
         p = subprocess.Popen(
             ["ip", "netns", "exec", h.netns,
              "unshare", "--ipc", "--uts", "--mount", "--propagation", "private",
              "--pid", "--fork", "--kill-child", "--mount-proc",
-             "/bin/sh", "-c", _INIT, "pvm-lab-init", h.name, lab.dir, *limits],
+             "/bin/sh", "-c", _INIT, "pvm-lab-init", h.name, str(len(carry)), *carry, *limits],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             close_fds=True, start_new_session=True,  # pitfall: leaked fds deadlock later starts
         )
