@@ -30,7 +30,6 @@ import signal
 import socket
 import subprocess
 import sys
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 

@@ -90,7 +90,8 @@ def test_lab_hosts_are_separate_and_down_leaves_nothing():
         # The segment exists on host 1 ...
         assert shmid in ssh(lab, "pvmh1", "ipcs -m").stdout.split()
         # ... and nowhere else: not on host 2, not in the root namespace.
-        r2 = ssh(lab, "pvmh2", "hostname; ipcs -m | awk 'NR>3 && NF' | wc -l; ls /tmp | wc -l")
+        r2 = ssh(lab, "pvmh2", "hostname; ipcs -m | awk 'NR>3 && NF' | wc -l; "
+                               "ls -A /tmp | grep -c only-on-h1")
         assert r2.stdout.split() == ["pvmh2", "0", "0"], r2.stdout
         r1 = ssh(lab, "pvmh1", "ipcs -m | awk 'NR>3 && NF {print $1}'")
         key = int(r1.stdout.split()[0], 16)
