@@ -390,14 +390,20 @@ class Task:
                             _pack_desc(buf, d, self.tid, tag, n, -1, 0, 0, _F_FIRST, n)
                             buf[d + _INL:d + _INL + n] = data
                             q[T] = tail + 1
-                            sem.release()  # a semop: barrier between tail store and flag load
+                            try:
+                                sem.release()  # a semop: barrier between tail store, flag load
+                            except sysv_ipc.ExistentialError:
+                                return  # the receiver was reaped meanwhile; so was the message
                             if i[ti + 3]:
                                 try:
                                     p[2].release()
                                 except sysv_ipc.ExistentialError:
                                     pass
                             return
-                        sem.release()
+                        try:
+                            sem.release()
+                        except sysv_ipc.ExistentialError:
+                            pass
         if not 0 <= tag <= MAX_TAG:
             raise PvmError(PvmBadParam, f"tag {tag} must be >= 0 and < 2**31")
         mv = data if type(data) is bytes else _as_bytes_view(data)
