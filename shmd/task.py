@@ -188,6 +188,7 @@ class Task:
         self._mviews: weakref.WeakSet[MessageView] = weakref.WeakSet()
         self._at: int | None = None  # where _take found its message (pending index)
         self._unspilled = False  # the pending list holds messages still in the pages
+        self._spun = False  # the fast path of a receive already spun for this message
         self.closed = False
         _open[self.vmid] = self
 
@@ -563,9 +564,11 @@ class Task:
         while True:
             d = self._drain(match)
             if d is not None or not block:
+                self._spun = False
                 return d
             budget = self._spin_budget
-            if not budget:
+            if not budget or self._spun:
+                self._spun = False
                 self._sleep(deadline)
                 continue
             head, start = q[H], time.perf_counter()
@@ -761,6 +764,9 @@ class Task:
             end = clock() + self._spin_budget
             while q[T] == head and clock() < end:
                 pass
+            if head == q[T]:
+                self._spun = True  # the general path sleeps without spinning again
+                return None
         if head == q[T]:
             return None
         off = self._ring + (head % _RING) * _DESCSZ
