@@ -127,7 +127,6 @@ def test_failures_are_one_line_per_host_and_the_rest_joins(lab, console, pvm_env
         r = console("conf", str(hostfile), config=str(cfg))
         assert time.monotonic() - t < 30, "a dead host stalled the start"
         assert r.returncode == 0, r.stderr
-        print(r.stderr)
         errs = r.stderr.splitlines()
         expect = {
             "pvmh2": "No such file",
