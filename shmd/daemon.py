@@ -274,6 +274,8 @@ class Daemon:
                 self.res.drop("sem", lock.id)
             return {"error": f"cannot create semaphores: {e}", "code": PvmOutOfRes}
         t = layout.slot(self.buf, free)
+        rv = layout.slot_off(free) + layout.RV_OFF
+        self.buf[rv:rv + layout.SLOT_HDR - layout.RV_OFF] = bytes(layout.SLOT_HDR - layout.RV_OFF)
         for k, v in (("pid", pid), ("start_ticks", start), ("name", name), ("head", 0),
                      ("tail", 0), ("posted", 0), ("consumed", 0), ("waiting", 0),
                      ("pending", 0), ("lock_key", lock.key),

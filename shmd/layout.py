@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = b"pvmshmd\x00"
-VERSION = 1
+VERSION = 2
 
 MAXSEG = 8  # the man page's MAXSEG: segments at most
 MAXPAGES = 4096  # the man page's MAXPAGES: pages per segment at most
@@ -32,7 +32,7 @@ INLINE = DESC - 40  # payload bytes carried in the descriptor itself (no pages)
 HEADER_SIZE = 4096
 SEGTAB_OFF = 512
 SEGENT = 64
-SLOT_HDR = 128
+SLOT_HDR = 256  # the fields below, then the direct-delivery record at RV_OFF
 SLOT_SIZE = SLOT_HDR + RING * DESC
 TASKS_OFF = HEADER_SIZE
 MAP_STRIDE = 3 * 4 * MAXPAGES  # hdr, ftr, owner (int32 each)
@@ -92,6 +92,17 @@ T = {
     "posted": (96, "Q"),  # bytes of paged messages senders put in the ring
     "consumed": (104, "Q"),  # bytes of paged messages the receiver took off it
 }
+# The direct-delivery record of a slot (see direct.py): 16 int64 words at RV_OFF, as
+# word indexes. The receiver posts its buffer (RV_STATE OPEN, with address, size and
+# the source and tag it takes); a sender claims it under the inbox lock (CLAIMED,
+# with its own pid, address and size); both then copy chunks of the message, the
+# sender from the front (FA, DA), the receiver from the back (BB, DB). POSTS counts
+# the receiver's posts: senders see from it that it takes messages directly.
+RV_OFF = 128
+RV_STATE, RV_ADDR, RV_CAP, RV_MATCH, RV_FROM, RV_PID, RV_SRC, RV_N, RV_CHUNK = range(9)
+RV_FA, RV_DA, RV_BB, RV_DB, RV_BFAIL = range(9, 14)
+RV_POSTS = 14  # how many times the receiver posted a buffer
+RV_NONE, RV_OPEN, RV_CLAIMED = 0, 1, 2
 # Descriptor fields (offset within a descriptor).
 D_SRC, D_TAG, D_NBYTES, D_SEG, D_PAGE, D_NPAGES, D_FLAGS, D_TOTAL, D_INLINE = (
     0, 4, 8, 16, 20, 24, 28, 32, 40)

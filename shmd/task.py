@@ -13,6 +13,7 @@ of a dead task that no live inbox still refers to, and everything queued to it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import sys
@@ -23,7 +24,7 @@ from typing import NamedTuple
 
 import sysv_ipc
 
-from . import control, ipc, layout, pagemap, paths
+from . import control, direct, ipc, layout, pagemap, paths
 from .errors import (PvmBadMsg, PvmBadParam, PvmError, PvmExists, PvmNoMem, PvmNoTask,
                      PvmOverflow, PvmSysErr, PvmTimeout)
 
@@ -50,6 +51,7 @@ _OWNER = 2 * layout.MAXPAGES  # the owner array's index in a page map
 _RING, _DESCSZ, _INL = layout.RING, layout.DESC, layout.D_INLINE
 _SLOT_HDR, _INLINE, _F_FIRST = layout.SLOT_HDR, layout.INLINE, layout.F_FIRST
 _new = tuple.__new__
+_RV_OPEN, _RV_CLAIMED, _RV_NONE = layout.RV_OPEN, layout.RV_CLAIMED, layout.RV_NONE
 
 
 class Message(NamedTuple):
@@ -229,6 +231,10 @@ class Task:
         self._W, self._P = (sb + 12) // 4, (sb + 48) // 4
         t = layout.slot(buf, self._slot)
         self._mywake_id = t["wake_id"]
+        self._R = (sb + layout.RV_OFF) // 8  # our direct-delivery record (word index)
+        self._mylock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
+        self._direct = direct.available()
+        self._dwait: dict[int, int] = {}  # dest -> its post count when we last gave up
         self._mywake = ipc.nonblocking(ipc.open_sem(t["wake_key"], t["wake_id"]))
         self._pending: deque[_Desc] = deque()
         self._peers: dict[int, tuple] = {}  # tid -> (slot, lock, wake)
@@ -420,6 +426,9 @@ class Task:
             return
         if mv is data:
             mv = memoryview(data)  # slices of bytes would copy
+        if n >= direct.MIN and self._direct and self._send_direct(peer, dest, tag, mv, n,
+                                                                    deadline):
+            return
         self._throttle(peer, dest, deadline)
         ps, off, flags = self._ps, 0, layout.F_FIRST
         while off < n:
@@ -443,6 +452,80 @@ class Task:
                 raise
             off += chunk
             flags = 0
+
+    def _send_direct(self, peer, dest: int, tag: int, mv: memoryview, n: int,
+                     deadline: float) -> bool:
+        """Deliver straight into *dest*'s posted buffer if it is waiting for this
+        message (see direct.py). False: it was not, or cross-memory attach failed
+        (it is then off for this task); the caller sends through the pages."""
+        q, i, ti = self._q, self._i, peer[3]
+        r = (ti * 4 + layout.RV_OFF) >> 3
+        if q[r] != _RV_OPEN:
+            # A receiver that posts its buffer is usually back in precv_into soon:
+            # rather than queue behind (it would then copy out of the pages, and find
+            # its inbox never empty again), wait while it empties its inbox and posts.
+            # Once such a wait fails, no more waiting for it until it posts again.
+            posts = q[r + layout.RV_POSTS]
+            if not posts or self._dwait.get(dest) == posts:
+                return False
+            if not self._await_post(ti, r, n, deadline):
+                self._dwait[dest] = q[r + layout.RV_POSTS]
+                return False
+        lock = peer[1]
+        try:
+            if not lock.acquire(min(SLICE, max(deadline - time.monotonic(), 0.0))):
+                return False
+        except ipc.Gone:
+            return False
+        try:
+            # the inbox is empty (head read before the record: the receiver closes the
+            # record before it takes a message off the ring), the record open, and
+            # this message is the one it waits for, and fits
+            if (i[ti] != dest or q[(ti >> 1) + 2] != q[(ti >> 1) + 3] or q[r] != _RV_OPEN
+                    or i[2 * (r + layout.RV_MATCH)] not in (ANY, self.tid)
+                    or i[2 * (r + layout.RV_MATCH) + 1] not in (ANY, tag)
+                    or q[r + layout.RV_CAP] < n):
+                return False
+            src, chunk = direct.address(mv), direct.chunk_for(n)
+            i[2 * (r + layout.RV_FROM)], i[2 * (r + layout.RV_FROM) + 1] = self.tid, tag
+            q[r + layout.RV_PID], q[r + layout.RV_SRC] = self._pid, src
+            q[r + layout.RV_N], q[r + layout.RV_CHUNK] = n, chunk
+            for w in (direct.FA, direct.DA, direct.BB, direct.DB, direct.BFAIL):
+                q[r + w] = 0
+            q[r] = _RV_CLAIMED
+            dst, pid = q[r + layout.RV_ADDR], i[ti + 1]
+        finally:
+            lock.release()  # a semop: the barrier between the claim and the flag load
+        if i[ti + 3]:
+            try:
+                peer[2].release()
+            except sysv_ipc.ExistentialError:
+                return True  # it left meanwhile; so did its buffer
+        status = direct.send(q, r, pid, src, dst, n, chunk,
+                             lambda: self._check_alive() or i[ti] == dest)
+        if status == direct.GAVE_UP:
+            self._direct = False
+            return False
+        return True
+
+    def _await_post(self, ti: int, r: int, n: int, deadline: float) -> bool:
+        """Wait for the receiver in slot word *ti* to empty its inbox and post its
+        buffer again (True), as long as it makes progress: taking messages, or posting,
+        at least every REPOST_WAIT plus the time it takes to copy *n* bytes out."""
+        q, h, t = self._q, (ti >> 1) + 2, (ti >> 1) + 3
+        patience = direct.REPOST_WAIT + n / direct.COPY_RATE
+        seen = (q[h], q[r + layout.RV_POSTS])
+        clock = time.perf_counter
+        start = since = clock()
+        while not (q[r] == _RV_OPEN and q[h] == q[t]):
+            now = clock()
+            if (q[h], q[r + layout.RV_POSTS]) != seen:
+                seen, since = (q[h], q[r + layout.RV_POSTS]), now
+            elif now - since > patience or time.monotonic() >= deadline:
+                return False
+            if now - start > MAX_SPIN:
+                time.sleep(20e-6)
+        return True
 
     def _throttle(self, peer, dest: int, deadline: float) -> None:
         """Pace a sender that is far ahead of a receiver that is busy receiving: while
@@ -635,7 +718,7 @@ class Task:
                 return
             except sysv_ipc.BusyError:
                 pass
-            if self._q[self._T] != self._q[self._H]:
+            if self._q[self._T] != self._q[self._H] or self._q[self._R] == _RV_CLAIMED:
                 return
             woke = ipc.timed_down(self._mywake_id, min(SLICE, deadline - now), False)
         except (ipc.Gone, sysv_ipc.ExistentialError):
@@ -707,20 +790,97 @@ class Task:
         return off if whole is None else whole
 
     def _receive(self, source: int, tag: int, timeout: float | None, into=None):
-        """Take a whole message: (first descriptor, data) where data is bytes-like, or
-        the byte count written into *into*."""
+        """Take a whole message: (src, tag, data) where data is bytes-like, or the byte
+        count written into *into*. A large *into* is posted for direct delivery while
+        nothing matching is queued (see direct.py)."""
         deadline = _INF if timeout is None else time.monotonic() + timeout
         match = self._matcher(source, tag)
+        post = into is not None and into.nbytes >= direct.MIN and self._direct
         while True:
-            d = self._take(match, deadline)
+            d = self._take(match, deadline, block=not post)
+            if d is None:
+                got = self._await_direct(into, source, tag, deadline)
+                if got is not None:
+                    return got
+                continue  # the inbox got something (or the sender gave up): look again
             if into is not None and d.total > into.nbytes:
                 self._put_back(d)
                 raise PvmError(PvmOverflow, f"message of {d.total} bytes from t{d.src:x} does "
                                             f"not fit in {into.nbytes} bytes (kept)")
             data = self._assemble(d, into)
             if data is not None:
-                return d, data
+                return d.src, d.tag, data
             # the sender gave up or died mid-message: it is dropped; wait for another
+
+    def _await_direct(self, into: memoryview, source: int, tag: int, deadline: float):
+        """Post *into* and wait, spinning then sleeping as ``_take`` does, until a
+        sender claims it (then copy with it: (src, tag, nbytes), or None if it gave up)
+        or the inbox gets a message (None). Posting and closing are plain stores: a
+        sender claims only under the inbox lock and with the inbox empty, and we close
+        before we take anything off it."""
+        q, i, r, H, T = self._q, self._i, self._R, self._H, self._T
+        i[2 * (r + layout.RV_MATCH)], i[2 * (r + layout.RV_MATCH) + 1] = source, tag
+        q[r + layout.RV_ADDR], q[r + layout.RV_CAP] = direct.address(into), into.nbytes
+        q[r] = _RV_OPEN
+        q[r + layout.RV_POSTS] += 1
+        try:
+            head = q[H]
+            clock = time.perf_counter
+            end = clock() + self._spin_budget
+            while q[T] == head and q[r] == _RV_OPEN:
+                if clock() >= end:
+                    self._sleep(deadline)
+        except BaseException as e:
+            try:
+                with self._mylock_held():
+                    claimed = q[r] == _RV_CLAIMED
+                    if not claimed:
+                        q[r] = _RV_NONE
+            except (ipc.Gone, PvmError):
+                claimed = q[r] == _RV_CLAIMED  # pvm_shmd is gone: nobody claims any more
+            if not claimed:
+                q[r] = _RV_NONE
+                raise
+            # a sender is already writing into the buffer: finish with it first
+            got = self._take_direct()
+            if got is None or not isinstance(e, PvmTimeout):
+                raise
+            return got
+        if q[r] == _RV_CLAIMED:
+            return self._take_direct()
+        q[r] = _RV_NONE  # before anything is taken off the ring
+        return None
+
+    def _take_direct(self):
+        """Copy our part of the message a sender claimed our record for, and wait for
+        its verdict: (src, tag, nbytes), or None if it gave up or died."""
+        q, i, r = self._q, self._i, self._R
+        src, tag = i[2 * (r + layout.RV_FROM)], i[2 * (r + layout.RV_FROM) + 1]
+        n = q[r + layout.RV_N]
+
+        def alive() -> bool:
+            try:
+                self._peer(src)
+                return True
+            except PvmError:
+                return False
+
+        try:
+            ok = direct.receive(q, r, q[r + layout.RV_PID], q[r + layout.RV_SRC],
+                                q[r + layout.RV_ADDR], n, q[r + layout.RV_CHUNK], alive)
+        finally:
+            q[r] = _RV_NONE
+        return (src, tag, n) if ok else None
+
+    @contextlib.contextmanager
+    def _mylock_held(self):
+        """Our own inbox lock (senders claim our record under it)."""
+        while not self._mylock.acquire(SLICE):
+            self._check_alive()
+        try:
+            yield
+        finally:
+            self._mylock.release()
 
     def _copy_out(self, d: _Desc, into):
         if d.seg < 0:
@@ -749,8 +909,7 @@ class Task:
                 data = self._buf[f[8]:f[8] + f[2]].tobytes()
                 self._q[self._H] += 1
                 return _new(Message, (f[0], f[1], data))
-        d, data = self._receive(source, tag, timeout)
-        return _new(Message, (d[0], d[1], data))
+        return _new(Message, self._receive(source, tag, timeout))
 
     def _next_small(self, source: int, tag: int, timeout: float | None):
         """The common case of a receive, in as few interpreter steps as we can: nothing
@@ -783,14 +942,13 @@ class Task:
         mv = _as_bytes_view(buffer)
         if mv.readonly:
             raise PvmError(PvmBadParam, "receive buffer is read-only")
-        if not self._pending:
+        if not self._pending and (mv.nbytes < direct.MIN or not self._direct):
             f = self._next_small(source, tag, timeout)
             if f is not None and f[2] <= mv.nbytes:
                 mv[:f[2]] = self._buf[f[8]:f[8] + f[2]]
                 self._q[self._H] += 1
                 return f[0], f[1], f[2]
-        d, n = self._receive(source, tag, timeout, into=mv)
-        return d.src, d.tag, n
+        return self._receive(source, tag, timeout, into=mv)
 
     def precv_view(self, source: int = ANY, tag: int = ANY,
                    timeout: float | None = None) -> MessageView:

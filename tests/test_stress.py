@@ -1,7 +1,9 @@
 """Stress: 4 senders x 4 receivers, thousands of messages of random sizes up to 4 MiB
 (each with a checksum and a per-pair sequence number), through a daemon small enough
 (2 segments of 512 pages) that messages go in pieces and the memory is often full,
-while some senders and receivers are killed with SIGKILL at random instants.
+while some senders and receivers are killed with SIGKILL at random instants. Half of
+the receivers use precv (through the pages), half precv_into a large buffer (large
+messages then often go straight from sender to receiver: direct.py).
 
 At the end every message from a living sender to a living receiver has arrived exactly
 once, intact and in order; a killed sender's messages arrived as an intact prefix; and
@@ -60,16 +62,24 @@ import json
 got = {str(s): [] for s in senders}
 ends, dead = {}, set()
 deadline = time.monotonic() + limit
+if into:  # into one large buffer: large messages come straight from the senders
+    mv = memoryview(bytearray(maxsize + 8))
+    def receive(timeout):
+        src, tag, n = me.precv_into(mv, timeout=timeout)
+        return src, tag, mv[:n]
+else:
+    def receive(timeout):
+        return me.precv(timeout=timeout)
 while not all(str(s) in ends or s in dead for s in senders):
-    m = me.precv(timeout=max(0.1, deadline - time.monotonic()))
-    if m.tag == TAG_DEAD:
-        dead.update(json.loads(bytes(m.data)))
-    elif m.tag == TAG_END:
-        ends[str(m.src)] = int(bytes(m.data))
+    src, tag, data = receive(max(0.1, deadline - time.monotonic()))
+    if tag == TAG_DEAD:
+        dead.update(json.loads(bytes(data)))
+    elif tag == TAG_END:
+        ends[str(src)] = int(bytes(data))
     else:
-        seq = int.from_bytes(m.data[:4], 'little')
-        ok = crc(m.data[8:]) == int.from_bytes(m.data[4:8], 'little')
-        got[str(m.src)].append(seq if ok else -1 - seq)
+        seq = int.from_bytes(data[:4], 'little')
+        ok = crc(data[8:]) == int.from_bytes(data[4:8], 'little')
+        got[str(src)].append(seq if ok else -1 - seq)
 result = {'got': got, 'ends': ends}
 """
 
@@ -84,8 +94,9 @@ def test_stress_senders_receivers_with_kills(daemon, peers):
     stids, rtids = [s.tid for s in senders], [r.tid for r in receivers]
     consts = dict(TAG_DATA=TAG_DATA, TAG_END=TAG_END, TAG_DEAD=TAG_DEAD)
     with shmd.join() as me:
-        for r in receivers:
-            r.start(RECEIVER, senders=stids, limit=limit, **consts)
+        for k, r in enumerate(receivers):  # half of them take messages into a buffer
+            r.start(RECEIVER, senders=stids, limit=limit, into=k % 2 == 1, maxsize=MAXSIZE,
+                    **consts)
         t0 = time.monotonic()
         for i, s in enumerate(senders):
             s.start(SENDER, seed=SEED % 100000 * 10 + i, receivers=rtids, n=PER_SENDER,

@@ -1,0 +1,191 @@
+"""Direct delivery of large messages: one copy, done by both processes at once.
+
+A receiver blocked in ``precv_into`` with a large buffer posts that buffer in its
+slot's record (``layout.RV_*``). A sender of a large message that finds the record
+open, matching and its inbox empty claims it under the inbox lock, and the message
+goes straight from the sender's buffer into the receiver's with cross-memory attach
+(``process_vm_writev`` by the sender, ``process_vm_readv`` by the receiver): no
+shared pages, no second copy. The two split the work without a lock: the sender
+takes chunks from the front, the receiver from the back, each announcing a chunk
+before copying it and then (after a full barrier) looking at the other's count.
+In Dekker's way one of the two always sees the other's claim; a chunk both claimed
+is copied twice with the same bytes, which is harmless, and none is left out:
+
+- the sender copies every chunk it claimed, and stops when it reaches the receiver's;
+- the receiver backs off a chunk the sender also claimed (the sender copies it);
+- the sender, before it returns (its buffer may then change), waits until the
+  receiver is done with every chunk the sender saw it claim; a claim it did not see
+  is one the receiver backs off from.
+
+The sender's DA word ends it: 1 delivered, 2 given up (the receiver drops what it
+got and the message goes through the pages). A peer that dies is noticed through
+its slot, which pvm_shmd frees.
+
+The barrier is an atomic exchange (``pthread_spin_trylock``), a full barrier on
+x86-64 only: elsewhere direct delivery stays off (``available()``).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import time
+from typing import Callable
+
+from . import layout
+from .ipc import _libc
+
+FA, DA, BB, DB, BFAIL = layout.RV_FA, layout.RV_DA, layout.RV_BB, layout.RV_DB, layout.RV_BFAIL
+MIN = 256 << 10  # messages (and posted buffers) from this size go direct
+CHUNK = 128 << 10  # the smallest piece one side claims at a time ...
+HALF = 512 << 10  # ... messages up to twice this go in two pieces, bigger ones in PIECES
+PIECES = 16
+SPIN = 200e-6  # how long a wait for the other side polls before it sleeps (seconds)
+REPOST_WAIT = 100e-6  # how long a sender waits for a receiver to post again (seconds) ...
+COPY_RATE = 4e9  # ... plus the time it takes to copy a message out of the pages at this rate
+CHECK = 0.01  # how often a longer wait checks that the other side lives (seconds)
+OK, GAVE_UP, GONE = 0, 1, 2
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _PyBuffer(ctypes.Structure):
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int),
+                ("ndim", ctypes.c_int), ("format", ctypes.c_char_p),
+                ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
+
+
+for _f in (_libc.process_vm_readv, _libc.process_vm_writev):
+    _f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p,
+                   ctypes.c_ulong, ctypes.c_ulong]
+    _f.restype = ctypes.c_ssize_t
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+_lock_word = ctypes.c_int(0)
+_lock_ref = ctypes.byref(_lock_word)
+_xchg = _libc.pthread_spin_trylock
+
+
+def fence() -> None:
+    """A full memory barrier: an atomic exchange on a private word (x86-64)."""
+    _xchg(_lock_ref)
+
+
+def address(buf) -> int:
+    """Address of the first byte of a contiguous buffer (keep *buf* alive meanwhile)."""
+    view = _PyBuffer()
+    _get_buffer(buf, ctypes.byref(view), 0)
+    try:
+        return view.buf
+    finally:
+        _release_buffer(ctypes.byref(view))
+
+
+def _copy(fn, pid: int, local: int, remote: int, n: int) -> int:
+    """Bytes copied by process_vm_writev/readv, or -errno."""
+    lv, rv = _Iovec(local, n), _Iovec(remote, n)
+    got = fn(pid, ctypes.byref(lv), 1, ctypes.byref(rv), 1, 0)
+    return got if got >= 0 else -ctypes.get_errno()
+
+
+def available() -> bool:
+    """Cross-memory attach works here (x86-64, and the kernel lets us use it)."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    src, dst = ctypes.create_string_buffer(b"x" * 8), ctypes.create_string_buffer(8)
+    return _copy(_libc.process_vm_readv, os.getpid(), ctypes.addressof(dst),
+                 ctypes.addressof(src), 8) == 8
+
+
+def chunk_for(n: int) -> int:
+    """Size of the pieces the two sides share *n* bytes in: large enough that the
+    cost of a call is small beside its copy, small enough to share the work out."""
+    return layout.round_up(max(CHUNK, min(-(-n // 2), HALF), -(-n // PIECES)), 4096)
+
+
+def wait(done: Callable[[], bool], alive: Callable[[], bool]) -> bool:
+    """Poll *done* (briefly busy, then sleeping a little longer each time) until it
+    holds (True) or *alive* says the other side is gone (False)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < SPIN:
+        if done():
+            return True
+    delay, checked = 20e-6, time.monotonic()
+    while not done():
+        if time.monotonic() - checked > CHECK:
+            if not alive():
+                return done()
+            checked = time.monotonic()
+        time.sleep(delay)
+        delay = min(delay * 2, 1e-3)
+    return True
+
+
+def send(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
+         alive: Callable[[], bool]) -> int:
+    """The sender's part, once it has claimed the record at word *r* of *q* (the
+    receiver's pid, buffer address *dst*): OK, GAVE_UP or GONE (the receiver died)."""
+    k, last = 0, -(-n // chunk)
+    while True:
+        q[r + FA] = k + 1
+        fence()
+        theirs = q[r + BB]
+        off = k * chunk
+        ln = min(chunk, n - off)
+        got = _copy(_libc.process_vm_writev, pid, src + off, dst + off, ln)
+        if got != ln:
+            status = GONE if got == -errno.ESRCH else GAVE_UP
+            break
+        k += 1
+        if k >= last - theirs:
+            status = OK
+            break
+    if status == GONE:
+        return GONE
+    # the receiver may still be reading our buffer: wait for every chunk we saw it take
+    if not wait(lambda: q[r + DB] >= theirs, alive):
+        return GONE
+    if status == OK and q[r + BFAIL]:
+        # it could not read them after all: we copy its chunks ourselves
+        for c in range(last - theirs, last):
+            off = c * chunk
+            ln = min(chunk, n - off)
+            if _copy(_libc.process_vm_writev, pid, src + off, dst + off, ln) != ln:
+                status = GAVE_UP
+                break
+    q[r + DA] = 1 if status == OK else 2
+    return status
+
+
+def receive(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
+            alive: Callable[[], bool]) -> bool:
+    """The receiver's part of a claimed record: copy chunks from the back until they
+    meet the sender's, then wait for the sender's verdict. True if the message is
+    whole in our buffer; False if the sender gave up or died."""
+    last = -(-n // chunk)
+    j = 0
+    while j < last:
+        c = last - 1 - j
+        if c < q[r + FA]:
+            break  # the sender has taken it (and everything below)
+        q[r + BB] = j + 1
+        fence()
+        if c < q[r + FA]:
+            q[r + DB] = j + 1  # it took this one too: it copies it
+            break
+        off = c * chunk
+        ln = min(chunk, n - off)
+        if _copy(_libc.process_vm_readv, pid, dst + off, src + off, ln) != ln:
+            q[r + BFAIL] = 1
+            q[r + DB] = j + 1
+            break
+        j += 1
+        q[r + DB] = j
+    return wait(lambda: q[r + DA] != 0, alive) and q[r + DA] == 1
