@@ -42,8 +42,8 @@ CHUNK = 128 << 10  # the smallest piece one side claims at a time ...
 HALF = 512 << 10  # ... messages up to twice this go in two pieces, bigger ones in PIECES
 PIECES = 16
 SPIN = 200e-6  # how long a wait for the other side polls before it sleeps (seconds)
-REPOST_WAIT = 100e-6  # how long a sender waits for a receiver to post again (seconds) ...
-COPY_RATE = 4e9  # ... plus the time it takes to copy a message out of the pages at this rate
+REPOST_WAIT = 50e-6  # how long a sender waits for a receiver out of a receive (seconds),
+COPY_RATE = 4e9  # or one taking nothing off its inbox, plus the time to copy out at this rate
 CHECK = 0.01  # how often a longer wait checks that the other side lives (seconds)
 OK, GAVE_UP, GONE = 0, 1, 2
 

@@ -96,12 +96,13 @@ T = {
 # word indexes. The receiver posts its buffer (RV_STATE OPEN, with address, size and
 # the source and tag it takes); a sender claims it under the inbox lock (CLAIMED,
 # with its own pid, address and size); both then copy chunks of the message, the
-# sender from the front (FA, DA), the receiver from the back (BB, DB). POSTS counts
-# the receiver's posts: senders see from it that it takes messages directly.
+# sender from the front (FA, DA), the receiver from the back (BB, DB). ACTIVE and
+# SPINS tell a sender that a receiver not posted now will be soon.
 RV_OFF = 128
 RV_STATE, RV_ADDR, RV_CAP, RV_MATCH, RV_FROM, RV_PID, RV_SRC, RV_N, RV_CHUNK = range(9)
 RV_FA, RV_DA, RV_BB, RV_DB, RV_BFAIL = range(9, 14)
-RV_POSTS = 14  # how many times the receiver posted a buffer
+RV_ACTIVE = 14  # 1 while the receiver is in a receive that posts (taking earlier messages)
+RV_SPINS = 15  # 1: the receiver spins before it sleeps (it is back soon after a message)
 RV_NONE, RV_OPEN, RV_CLAIMED = 0, 1, 2
 # Descriptor fields (offset within a descriptor).
 D_SRC, D_TAG, D_NBYTES, D_SEG, D_PAGE, D_NPAGES, D_FLAGS, D_TOTAL, D_INLINE = (

@@ -234,7 +234,7 @@ class Task:
         self._R = (sb + layout.RV_OFF) // 8  # our direct-delivery record (word index)
         self._mylock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
         self._direct = direct.available()
-        self._dwait: dict[int, int] = {}  # dest -> its post count when we last gave up
+        self._served: set[int] = set()  # dests our last large message went direct to
         self._mywake = ipc.nonblocking(ipc.open_sem(t["wake_key"], t["wake_id"]))
         self._pending: deque[_Desc] = deque()
         self._peers: dict[int, tuple] = {}  # tid -> (slot, lock, wake)
@@ -461,15 +461,15 @@ class Task:
         q, i, ti = self._q, self._i, peer[3]
         r = (ti * 4 + layout.RV_OFF) >> 3
         if q[r] != _RV_OPEN:
-            # A receiver that posts its buffer is usually back in precv_into soon:
-            # rather than queue behind (it would then copy out of the pages, and find
-            # its inbox never empty again), wait while it empties its inbox and posts.
-            # Once such a wait fails, no more waiting for it until it posts again.
-            posts = q[r + layout.RV_POSTS]
-            if not posts or self._dwait.get(dest) == posts:
+            # A receiver that spins and is busy in a receive that posts (taking earlier
+            # messages), or that we just served, posts again soon: rather than queue
+            # behind (it would copy out of the pages, and find its inbox never empty
+            # again), wait while it empties its inbox and posts.
+            if not q[r + layout.RV_SPINS] or not (q[r + layout.RV_ACTIVE]
+                                                  or dest in self._served):
                 return False
-            if not self._await_post(ti, r, n, deadline):
-                self._dwait[dest] = q[r + layout.RV_POSTS]
+            if not self._await_post(ti, r, n, tag, deadline):
+                self._served.discard(dest)
                 return False
         lock = peer[1]
         try:
@@ -506,26 +506,41 @@ class Task:
         if status == direct.GAVE_UP:
             self._direct = False
             return False
+        self._served.add(dest)
         return True
 
-    def _await_post(self, ti: int, r: int, n: int, deadline: float) -> bool:
-        """Wait for the receiver in slot word *ti* to empty its inbox and post its
-        buffer again (True), as long as it makes progress: taking messages, or posting,
-        at least every REPOST_WAIT plus the time it takes to copy *n* bytes out."""
-        q, h, t = self._q, (ti >> 1) + 2, (ti >> 1) + 3
+    def _await_post(self, ti: int, r: int, n: int, tag: int, deadline: float) -> bool:
+        """Wait for the receiver in slot word *ti* to empty its inbox and post a
+        buffer (True). Not for ever: not once it posts for another message, nor once
+        it has been out of a receive for REPOST_WAIT, nor if it takes nothing off its
+        inbox for REPOST_WAIT plus the time it takes to copy *n* bytes out."""
+        q, i, h, t = self._q, self._i, (ti >> 1) + 2, (ti >> 1) + 3
         patience = direct.REPOST_WAIT + n / direct.COPY_RATE
-        seen = (q[h], q[r + layout.RV_POSTS])
+        seen = q[h]
         clock = time.perf_counter
-        start = since = clock()
-        while not (q[r] == _RV_OPEN and q[h] == q[t]):
+        start = since = active = clock()
+        while True:
+            state = q[r]
+            if state == _RV_OPEN:
+                if (i[2 * (r + layout.RV_MATCH)] not in (ANY, self.tid)
+                        or i[2 * (r + layout.RV_MATCH) + 1] not in (ANY, tag)
+                        or q[r + layout.RV_CAP] < n):
+                    return False  # it waits for another message
+                if q[h] == q[t]:
+                    return True
             now = clock()
-            if (q[h], q[r + layout.RV_POSTS]) != seen:
-                seen, since = (q[h], q[r + layout.RV_POSTS]), now
-            elif now - since > patience or time.monotonic() >= deadline:
+            if q[h] != seen:
+                seen, since = q[h], now
+            elif now - since > patience:
+                return False
+            if q[r + layout.RV_ACTIVE]:
+                active = now
+            elif now - active > direct.REPOST_WAIT:
+                return False
+            if time.monotonic() >= deadline:
                 return False
             if now - start > MAX_SPIN:
                 time.sleep(20e-6)
-        return True
 
     def _throttle(self, peer, dest: int, deadline: float) -> None:
         """Pace a sender that is far ahead of a receiver that is busy receiving: while
@@ -796,21 +811,39 @@ class Task:
         deadline = _INF if timeout is None else time.monotonic() + timeout
         match = self._matcher(source, tag)
         post = into is not None and into.nbytes >= direct.MIN and self._direct
+        if post:
+            self._q[self._R + layout.RV_ACTIVE] = 1
+            try:
+                return self._receive_posting(match, source, tag, deadline, into)
+            finally:
+                self._q[self._R + layout.RV_ACTIVE] = 0
         while True:
-            d = self._take(match, deadline, block=not post)
+            d = self._take(match, deadline)
+            got = self._whole(d, into)
+            if got is not None:
+                return got
+
+    def _receive_posting(self, match, source: int, tag: int, deadline: float, into):
+        """_receive for a buffer that direct delivery can fill."""
+        while True:
+            d = self._take(match, deadline, block=False)
             if d is None:
                 got = self._await_direct(into, source, tag, deadline)
-                if got is not None:
-                    return got
-                continue  # the inbox got something (or the sender gave up): look again
-            if into is not None and d.total > into.nbytes:
-                self._put_back(d)
-                raise PvmError(PvmOverflow, f"message of {d.total} bytes from t{d.src:x} does "
-                                            f"not fit in {into.nbytes} bytes (kept)")
-            data = self._assemble(d, into)
-            if data is not None:
-                return d.src, d.tag, data
-            # the sender gave up or died mid-message: it is dropped; wait for another
+            else:
+                got = self._whole(d, into)
+            if got is not None:
+                return got
+            # the inbox got something, or the sender gave up or died: look again
+
+    def _whole(self, d: _Desc, into):
+        """(src, tag, data) of the message *d* starts, once all its pieces are in;
+        None if its sender gave up or died mid-message (it is then dropped)."""
+        if into is not None and d.total > into.nbytes:
+            self._put_back(d)
+            raise PvmError(PvmOverflow, f"message of {d.total} bytes from t{d.src:x} does "
+                                        f"not fit in {into.nbytes} bytes (kept)")
+        data = self._assemble(d, into)
+        return None if data is None else (d.src, d.tag, data)
 
     def _await_direct(self, into: memoryview, source: int, tag: int, deadline: float):
         """Post *into* and wait, spinning then sleeping as ``_take`` does, until a
@@ -821,8 +854,8 @@ class Task:
         q, i, r, H, T = self._q, self._i, self._R, self._H, self._T
         i[2 * (r + layout.RV_MATCH)], i[2 * (r + layout.RV_MATCH) + 1] = source, tag
         q[r + layout.RV_ADDR], q[r + layout.RV_CAP] = direct.address(into), into.nbytes
+        q[r + layout.RV_SPINS] = 1 if self._spin_budget else 0
         q[r] = _RV_OPEN
-        q[r + layout.RV_POSTS] += 1
         try:
             head = q[H]
             clock = time.perf_counter
