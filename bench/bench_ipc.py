@@ -335,25 +335,44 @@ def _pingpong(role, peer, size, iters, warm, send, recv):
 
 
 def lat_shmd(role, peer, cfg):
+    """The loop calls psend/precv directly, as _mpi_ipc.py calls Send/Recv (no wrapper
+    functions between the clock readings)."""
     size, into = cfg["size"], cfg["into"]
     with shmd.join(vmid=cfg["vmid"], name=f"lat{role}", spin=cfg["spin"]) as me:
         peer.send(me.tid)
         other = peer.recv()
-        psend = me.psend
-        if into:
-            rbuf = bytearray(size)
-            rmv = memoryview(rbuf)
-            precv_into = me.precv_into
-
-            def recv():
-                return rmv[:precv_into(rmv, other, 1)[2]]
+        psend, precv, precv_into = me.psend, me.precv, me.precv_into
+        pl = payload(size)
+        rbuf = bytearray(size)
+        rmv = memoryview(rbuf)
+        total = cfg["warm"] + cfg["iters"]
+        barrier(peer)
+        out = None
+        if role == 0:
+            rtts = []
+            clock = time.perf_counter_ns
+            msg = pl.buf
+            for i in range(total):
+                pl.stamp(i)
+                t = clock()
+                psend(other, 1, msg)
+                if into:
+                    got = rmv[:precv_into(rmv, other, 1)[2]]
+                else:
+                    got = precv(other, 1).data
+                rtts.append(clock() - t)
+                if not pl.check_echo(got, i):
+                    raise RuntimeError(f"bad echo at round trip {i}")
+            out = statistics.median(rtts[cfg["warm"]:]) / 2000.0
+        elif into:
+            for _ in range(total):
+                n = precv_into(rmv, other, 1)[2]
+                psend(other, 1, rbuf if n == size else rmv[:n])
         else:
-            precv = me.precv
-
-            def recv():
-                return precv(other, 1).data
-        return _pingpong(role, peer, size, cfg["iters"], cfg["warm"],
-                         lambda b: psend(other, 1, b), recv)
+            for _ in range(total):
+                psend(other, 1, precv(other, 1).data)
+        barrier(peer)
+        return out
 
 
 def lat_floor(role, peer, cfg):
