@@ -52,14 +52,14 @@ _OWNER = 2 * layout.MAXPAGES  # the owner array's index in a page map
 _RING, _DESCSZ, _INL = layout.RING, layout.DESC, layout.D_INLINE
 _SLOT_HDR, _INLINE, _F_FIRST = layout.SLOT_HDR, layout.INLINE, layout.F_FIRST
 _new = tuple.__new__
-_SMALL_TYPES = (bytes, bytearray)
+_SMALL_TYPES = (bytes, bytearray)  # what psend's fast path takes (len() is the byte count)
+_RV_OPEN, _RV_CLAIMED, _RV_NONE = layout.RV_OPEN, layout.RV_CLAIMED, layout.RV_NONE
 
 
 @functools.lru_cache(maxsize=None)
 def _small_desc(n: int) -> struct.Struct:
     """A descriptor with *n* inline bytes: src, tag, nbytes, seg, flags, data."""
-    return struct.Struct(f"<IiQi8xI8x{n}s")  # what psend's fast path takes (len() is the byte count)
-_RV_OPEN, _RV_CLAIMED, _RV_NONE = layout.RV_OPEN, layout.RV_CLAIMED, layout.RV_NONE
+    return struct.Struct(f"<IiQi8xI8x{n}s")
 
 
 class Message(NamedTuple):
