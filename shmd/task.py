@@ -199,6 +199,7 @@ class Task:
         self._at: int | None = None  # where _take found its message (pending index)
         self._unspilled = False  # the pending list holds messages still in the pages
         self._spun = False  # the fast path of a receive already spun for this message
+        self._sleeps = 0  # our sleeps so far (the waiting word holds the current one)
         self.closed = False
         _open[self.vmid] = self
 
@@ -389,14 +390,24 @@ class Task:
 
         Waits up to *timeout* seconds (None: for ever) for free pages or inbox room,
         then raises PvmError(PvmNoMem) or PvmTimeout; the message is then not sent."""
-        if type(data) in _SMALL_TYPES and (n := len(data)) <= _INLINE:
+        p = self._peers.get(dest)
+        if p is not None and type(data) in _SMALL_TYPES and (n := len(data)) <= _INLINE:
             # the common small send, inline here (every interpreter step counts): a known
             # peer, a tag seen before (its descriptor is cached, so the tag is valid),
             # the inbox lock free, room in the ring; anything else takes the general
             # path below, which waits and reports errors
-            p = self._peers.get(dest)
+            i = self._i
+            ti = p[3]
+            # A receiver asleep is woken first, the message posted after: the wake-up
+            # takes tens of microseconds to arrive, the posting one or two.
+            early = i[ti + 3]
+            if early:
+                try:
+                    p[2].release()
+                except sysv_ipc.ExistentialError:
+                    pass
             hdr = self._hdrs.get(tag << 8 | n)
-            if p is not None and hdr is not None and not self._owed:
+            if hdr is not None and not self._owed:
                 sem = p[4]
                 try:
                     sem.acquire()  # non-blocking (IPC_NOWAIT), with SEM_UNDO
@@ -404,8 +415,6 @@ class Task:
                     sem = None  # busy, or gone (a reaped peer's semaphore is removed)
                 if sem is not None:
                     q = self._q
-                    i = self._i
-                    ti = p[3]
                     T = p[5]
                     tail = q[T]
                     seen = p[7]
@@ -419,7 +428,12 @@ class Task:
                             sem.release()  # a semop: barrier between tail store, flag load
                         except sysv_ipc.ExistentialError:
                             return  # the receiver was reaped meanwhile; so was the message
-                        if i[ti + 3]:
+                        # Asleep in a sleep we did not wake: wake it. Still in the one we
+                        # woke: it looks at the ring once awake and, before it sleeps
+                        # again, stores a new number and looks again after a barrier
+                        # (one of us sees the other's store: the Dekker handshake).
+                        w = i[ti + 3]
+                        if w and w != early:
                             try:
                                 p[2].release()
                             except sysv_ipc.ExistentialError:
@@ -754,7 +768,8 @@ class Task:
         # then a semop (its unlock) before looking at waiting. One of the two always
         # sees the other's store, so no wake-up is lost.
         i, W = self._i, self._W
-        i[W] = 1
+        self._sleeps = self._sleeps % 0x7FFFFFFF + 1
+        i[W] = self._sleeps  # which sleep: a sender that woke this one need not again
         try:
             try:
                 self._mywake.acquire()  # the barrier; a stale wake-up only costs a loop
@@ -832,11 +847,14 @@ class Task:
                                       f"the first said {d.total}")
         return off if whole is None else whole
 
-    def _receive(self, source: int, tag: int, timeout: float | None, into=None):
+    def _receive(self, source: int, tag: int, timeout: float | None, into=None,
+                 deadline: float | None = None):
         """Take a whole message: (src, tag, data) where data is bytes-like, or the byte
         count written into *into*. A large *into* is posted for direct delivery while
-        nothing matching is queued (see direct.py)."""
-        deadline = _INF if timeout is None else time.monotonic() + timeout
+        nothing matching is queued (see direct.py). *deadline*, if given, is the one
+        computed from *timeout* when the caller already waited."""
+        if deadline is None:
+            deadline = _INF if timeout is None else time.monotonic() + timeout
         match = self._matcher(source, tag)
         post = into is not None and into.nbytes >= direct.MIN and self._direct
         if post:
@@ -964,17 +982,25 @@ class Task:
         """Receive the first message from *source* with *tag* (-1: any). Waits up to
         *timeout* seconds (None: for ever) for it to start arriving, then raises
         PvmTimeout. ``data`` is bytes (a bytearray for a message sent in pieces)."""
+        deadline = None
         if not self._pending:
             # _next_small, inline: this is the receive every small message takes
             q, H = self._q, self._H
             head = q[H]
-            if head == q[self._T] and self._spin_budget and timeout != 0:
-                T, clock = self._T, time.perf_counter
-                end = clock() + self._spin_budget
-                # three looks per clock reading: a message is seen sooner
-                while q[T] == head and q[T] == head and q[T] == head and clock() < end:
-                    pass
-                self._spun = q[T] == head
+            if head == q[self._T] and timeout != 0:
+                if self._spin_budget:
+                    T, clock = self._T, time.perf_counter
+                    end = clock() + self._spin_budget
+                    # three looks per clock reading: a message is seen sooner
+                    while q[T] == head and q[T] == head and q[T] == head and clock() < end:
+                        pass
+                if head == q[self._T]:
+                    # Sleep here (once: a wake-up, a slice or the deadline), not in the
+                    # general path: what runs between a wake-up and the reply is on the
+                    # critical path, and it runs slowly (cold caches).
+                    self._spun = True  # the general path sleeps without spinning again
+                    deadline = _INF if timeout is None else time.monotonic() + timeout
+                    self._sleep(deadline)
             if head != q[self._T]:
                 off = self._ring + (head % _RING) * _DESCSZ
                 # src, tag, nbytes, seg, flags and the data, in one call, guessing the
@@ -987,8 +1013,9 @@ class Task:
                         data = self._buf[off + _INL:off + _INL + f[2]].tobytes()
                         self._rx = _small_desc(f[2])
                     q[H] = head + 1
+                    self._spun = False
                     return _new(Message, (f[0], f[1], data))
-        return _new(Message, self._receive(source, tag, timeout))
+        return _new(Message, self._receive(source, tag, timeout, deadline=deadline))
 
     def _next_small(self, source: int, tag: int, timeout: float | None):
         """The common case of a receive, in as few interpreter steps as we can: nothing
