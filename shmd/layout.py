@@ -79,7 +79,7 @@ T = {
     "tid": (0, "I"),
     "pid": (4, "I"),
     "state": (8, "I"),
-    "waiting": (12, "I"),
+    "waiting": (112, "I"),  # apart from head and tail: senders read it on every send
     "head": (16, "Q"),
     "tail": (24, "Q"),
     "lock_key": (32, "i"),

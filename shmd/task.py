@@ -237,7 +237,7 @@ class Task:
         self._ring = sb + layout.SLOT_HDR
         self._C = (sb + 104) // 8  # our "consumed" counter
         self._matchers: dict[tuple[int, int], object] = {}
-        self._W, self._P = (sb + 12) // 4, (sb + 48) // 4
+        self._W, self._P = (sb + 112) // 4, (sb + 48) // 4
         t = layout.slot(buf, self._slot)
         self._mywake_id = t["wake_id"]
         self._R = (sb + layout.RV_OFF) // 8  # our direct-delivery record (word index)
@@ -400,7 +400,7 @@ class Task:
             ti = p[3]
             # A receiver asleep is woken first, the message posted after: the wake-up
             # takes tens of microseconds to arrive, the posting one or two.
-            early = i[ti + 3]
+            early = i[ti + 28]
             if early:
                 try:
                     p[2].release()
@@ -432,7 +432,7 @@ class Task:
                         # woke: it looks at the ring once awake and, before it sleeps
                         # again, stores a new number and looks again after a barrier
                         # (one of us sees the other's store: the Dekker handshake).
-                        w = i[ti + 3]
+                        w = i[ti + 28]
                         if w and w != early:
                             try:
                                 p[2].release()
@@ -530,7 +530,7 @@ class Task:
             dst, pid = q[r + layout.RV_ADDR], i[ti + 1]
         finally:
             lock.release()  # a semop: the barrier between the claim and the flag load
-        if i[ti + 3]:
+        if i[ti + 28]:
             try:
                 peer[2].release()
             except sysv_ipc.ExistentialError:
@@ -652,7 +652,7 @@ class Task:
             q[(sb + 96) >> 3] += n
         q[T] = tail + 1
         lock.release()  # a semop, the barrier between our tail store and the flag load
-        if i[(sb + 12) >> 2]:
+        if i[(sb + 112) >> 2]:
             try:
                 wake.release()
             except sysv_ipc.ExistentialError:
