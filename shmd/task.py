@@ -399,8 +399,9 @@ class Task:
             i = self._i
             ti = p[3]
             # A receiver asleep is woken first, the message posted after: the wake-up
-            # takes tens of microseconds to arrive, the posting one or two.
-            early = i[ti + 28]
+            # takes tens of microseconds to arrive, the posting one or two. (Its slot is
+            # checked first: the cached semaphore must still be that task's.)
+            early = i[ti + 28] if i[ti] == dest else 0
             if early:
                 try:
                     p[2].release()
