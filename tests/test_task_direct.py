@@ -168,6 +168,37 @@ direct._copy = refuse
     assert p.call("result = me._direct") is False
 
 
+def test_a_receiver_that_cannot_read_leaves_its_pieces_to_the_sender(daemon, me, peers,
+                                                                     monkeypatch):
+    """process_vm_readv refused in the receiver (faked here): it says so, and the
+    sender copies the pieces the receiver had taken; the message is whole, and direct."""
+    import errno
+
+    real = direct._copy
+    refused = []
+
+    def refuse(fn, pid, local, remote, n):
+        if fn is direct._libc.process_vm_readv:
+            refused.append(n)
+            return -errno.EPERM
+        return real(fn, pid, local, remote, n)
+
+    monkeypatch.setattr(direct, "_copy", refuse)
+    # the receiver spins (whatever the load), so it is awake to take pieces while the
+    # sender copies its own
+    monkeypatch.setattr(me, "_spin_auto", False)
+    monkeypatch.setattr(me, "_spin_budget", 0.5)
+    p = peers()
+    size = 32 << 20  # many pieces: the receiver takes one from the back while it copies
+    buf = bytearray(size)
+    before = allocations(daemon)
+    got = receive_into_later(me, buf, timeout=20)
+    p.call("me.psend(dest, 3, payload(11, size))", dest=me.tid, size=size)
+    assert got() == (p.tid, 3, size) and bytes(buf) == payload(11, size)
+    assert refused, "the receiver never tried to read a piece"
+    assert allocations(daemon) == before
+
+
 @pytest.mark.parametrize("victim", ["sender", "receiver"])
 def test_kill_9_during_a_direct_copy(daemon, me, peers, victim):
     """A 64 MiB message between two peers, one killed mid-copy: the other neither
