@@ -52,6 +52,8 @@ _OWNER = 2 * layout.MAXPAGES  # the owner array's index in a page map
 _RING, _DESCSZ, _INL = layout.RING, layout.DESC, layout.D_INLINE
 _SLOT_HDR, _INLINE, _F_FIRST = layout.SLOT_HDR, layout.INLINE, layout.F_FIRST
 _new = tuple.__new__
+_WAITING = layout.T["waiting"][0] // 4  # the waiting word, in int32s from a slot's start
+_START_TICKS = layout.T["start_ticks"][0] // 8  # a task's start time, in int64s
 _SMALL_TYPES = (bytes, bytearray)  # what psend's fast path takes (len() is the byte count)
 _RV_OPEN, _RV_CLAIMED, _RV_NONE = layout.RV_OPEN, layout.RV_CLAIMED, layout.RV_NONE
 
@@ -237,7 +239,7 @@ class Task:
         self._ring = sb + layout.SLOT_HDR
         self._C = (sb + 104) // 8  # our "consumed" counter
         self._matchers: dict[tuple[int, int], object] = {}
-        self._W, self._P = (sb + 112) // 4, (sb + 48) // 4
+        self._W, self._P = sb // 4 + _WAITING, (sb + 48) // 4
         t = layout.slot(buf, self._slot)
         self._mywake_id = t["wake_id"]
         self._R = (sb + layout.RV_OFF) // 8  # our direct-delivery record (word index)
@@ -401,7 +403,7 @@ class Task:
             # A receiver asleep is woken first, the message posted after: the wake-up
             # takes tens of microseconds to arrive, the posting one or two. (Its slot is
             # checked first: the cached semaphore must still be that task's.)
-            early = i[ti + 28] if i[ti] == dest else 0
+            early = i[ti + _WAITING] if i[ti] == dest else 0
             if early:
                 try:
                     p[2].release()
@@ -433,7 +435,7 @@ class Task:
                         # woke: it looks at the ring once awake and, before it sleeps
                         # again, stores a new number and looks again after a barrier
                         # (one of us sees the other's store: the Dekker handshake).
-                        w = i[ti + 28]
+                        w = i[ti + _WAITING]
                         if w and w != early:
                             try:
                                 p[2].release()
@@ -517,9 +519,7 @@ class Task:
             # record before it takes a message off the ring), the record open, and
             # this message is the one it waits for, and fits
             if (i[ti] != dest or q[(ti >> 1) + 2] != q[(ti >> 1) + 3] or q[r] != _RV_OPEN
-                    or i[2 * (r + layout.RV_MATCH)] not in (ANY, self.tid)
-                    or i[2 * (r + layout.RV_MATCH) + 1] not in (ANY, tag)
-                    or q[r + layout.RV_CAP] < n):
+                    or not self._posted_for(r, tag, n)):
                 return False
             src, chunk = direct.address(mv), direct.chunk_for(n)
             i[2 * (r + layout.RV_FROM)], i[2 * (r + layout.RV_FROM) + 1] = self.tid, tag
@@ -528,16 +528,15 @@ class Task:
             for w in (direct.FA, direct.DA, direct.BB, direct.DB, direct.BFAIL):
                 q[r + w] = 0
             q[r] = _RV_CLAIMED
-            dst, pid = q[r + layout.RV_ADDR], i[ti + 1]
+            dst, pid, start = q[r + layout.RV_ADDR], i[ti + 1], q[(ti >> 1) + _START_TICKS]
         finally:
             lock.release()  # a semop: the barrier between the claim and the flag load
-        if i[ti + 28]:
+        if i[ti + _WAITING]:
             try:
                 peer[2].release()
             except sysv_ipc.ExistentialError:
                 return True  # it left meanwhile; so did its buffer
-        status = direct.send(q, r, pid, src, dst, n, chunk,
-                             lambda: self._check_alive() or i[ti] == dest)
+        status = direct.send(q, r, pid, src, dst, n, chunk, lambda: ipc.alive(pid, start))
         if status == direct.GAVE_UP:
             self._direct = False
             return False
@@ -549,7 +548,7 @@ class Task:
         buffer (True). Not for ever: not once it posts for another message, nor once
         it has been out of a receive for REPOST_WAIT, nor if it takes nothing off its
         inbox for REPOST_WAIT plus the time it takes to copy *n* bytes out."""
-        q, i, h, t = self._q, self._i, (ti >> 1) + 2, (ti >> 1) + 3
+        q, h, t = self._q, (ti >> 1) + 2, (ti >> 1) + 3
         patience = direct.REPOST_WAIT + n / direct.COPY_RATE
         seen = q[h]
         clock = time.perf_counter
@@ -557,9 +556,7 @@ class Task:
         while True:
             state = q[r]
             if state == _RV_OPEN:
-                if (i[2 * (r + layout.RV_MATCH)] not in (ANY, self.tid)
-                        or i[2 * (r + layout.RV_MATCH) + 1] not in (ANY, tag)
-                        or q[r + layout.RV_CAP] < n):
+                if not self._posted_for(r, tag, n):
                     return False  # it waits for another message
                 if q[h] == q[t]:
                     return True
@@ -576,6 +573,14 @@ class Task:
                 return False
             if now - start > MAX_SPIN:
                 time.sleep(20e-6)
+
+    def _posted_for(self, r: int, tag: int, n: int) -> bool:
+        """The buffer posted in the record at word *r* takes our *n*-byte message with
+        *tag* (its source and tag, or wildcards, and its size)."""
+        i = self._i
+        return (i[2 * (r + layout.RV_MATCH)] in (ANY, self.tid)
+                and i[2 * (r + layout.RV_MATCH) + 1] in (ANY, tag)
+                and self._q[r + layout.RV_CAP] >= n)
 
     def _hdr(self, tag: int, n: int) -> bytes:
         """The descriptor of a small message from us (cached: it is the same for
@@ -653,7 +658,7 @@ class Task:
             q[(sb + 96) >> 3] += n
         q[T] = tail + 1
         lock.release()  # a semop, the barrier between our tail store and the flag load
-        if i[(sb + 112) >> 2]:
+        if i[(sb >> 2) + _WAITING]:
             try:
                 wake.release()
             except sysv_ipc.ExistentialError:
@@ -938,16 +943,17 @@ class Task:
         src, tag = i[2 * (r + layout.RV_FROM)], i[2 * (r + layout.RV_FROM) + 1]
         n = q[r + layout.RV_N]
 
-        def alive() -> bool:
-            try:
-                self._peer(src)
-                return True
-            except PvmError:
-                return False
+        # The sender is waited for as long as its process lives, whatever happens to
+        # pvm_shmd: until it says it is done, it may still be writing into the buffer.
+        pid = q[r + layout.RV_PID]
+        try:
+            start = self._q[(self._peer(src)[3] >> 1) + _START_TICKS]
+        except PvmError:
+            start = -1  # its slot is gone: so is it
 
         try:
-            ok = direct.receive(q, r, q[r + layout.RV_PID], q[r + layout.RV_SRC],
-                                q[r + layout.RV_ADDR], n, q[r + layout.RV_CHUNK], alive)
+            ok = direct.receive(q, r, pid, q[r + layout.RV_SRC], q[r + layout.RV_ADDR], n,
+                                q[r + layout.RV_CHUNK], lambda: ipc.alive(pid, start))
         finally:
             q[r] = _RV_NONE
         return (src, tag, n) if ok else None

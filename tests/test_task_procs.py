@@ -25,9 +25,11 @@ def blocked(peer, code: str, **names) -> None:
 
 # ---- the daemon goes away --------------------------------------------------------------
 @pytest.mark.parametrize("how", ["SIGKILL", "stop"])
-def test_daemon_gone_under_a_blocked_receiver_is_an_error(daemon, peers, how):
+@pytest.mark.parametrize("call", ["me.precv()", "me.precv_into(bytearray(1 << 20))"])
+def test_daemon_gone_under_a_blocked_receiver_is_an_error(daemon, peers, how, call):
+    """precv, and precv_into of a buffer large enough to be posted for direct delivery."""
     r = peers()
-    blocked(r, "t0 = time.monotonic()\ntry:\n    me.precv()\n"
+    blocked(r, f"t0 = time.monotonic()\ntry:\n    {call}\n"
                "except shmd.PvmError as e:\n    result = [e.code, time.monotonic() - t0]")
     if how == "SIGKILL":
         os.kill(daemon.pid, signal.SIGKILL)
