@@ -132,11 +132,12 @@ def send(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
          alive: Callable[[], bool]) -> int:
     """The sender's part, once it has claimed the record at word *r* of *q* (the
     receiver's pid, buffer address *dst*): OK, GAVE_UP or GONE (the receiver died)."""
-    k, last = 0, -(-n // chunk)
-    while True:
+    k, last, status = 0, -(-n // chunk), OK
+    # Before each piece, a fresh look at how far the receiver has come from the back
+    # (a stale one would have us copy a piece it is copying too: harmless, but slow).
+    while k < last - q[r + BB]:
         q[r + FA] = k + 1
         fence()
-        theirs = q[r + BB]
         off = k * chunk
         ln = min(chunk, n - off)
         got = _copy(_libc.process_vm_writev, pid, src + off, dst + off, ln)
@@ -144,9 +145,8 @@ def send(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
             status = GONE if got == -errno.ESRCH else GAVE_UP
             break
         k += 1
-        if k >= last - theirs:
-            status = OK
-            break
+    fence()
+    theirs = q[r + BB]  # any piece it takes after this, it sees ours and leaves
     if status == GONE:
         return GONE
     # the receiver may still be reading our buffer: wait for every chunk we saw it take
