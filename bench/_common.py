@@ -74,4 +74,5 @@ def bw_count(size: int, scale: float = 1.0) -> tuple[int, int]:
     """(timed messages, warm-up messages) for a stream of *size*-byte messages."""
     n = max(24, min(6000, (384 << 20) // size))
     n = max(8, int(n * scale))
-    return n, max(2, n // 20)
+    # at least 6 warm-up messages: a fresh 16 MiB receive buffer takes a few to fault in
+    return n, max(6, n // 20)
