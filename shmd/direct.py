@@ -45,7 +45,7 @@ SPIN = 200e-6  # how long a wait for the other side polls before it sleeps (seco
 REPOST_WAIT = 50e-6  # how long a sender waits for a receiver out of a receive (seconds),
 COPY_RATE = 4e9  # or one taking nothing off its inbox, plus the time to copy out at this rate
 CHECK = 0.01  # how often a longer wait checks that the other side lives (seconds)
-OK, GAVE_UP, GONE = 0, 1, 2
+OK, GAVE_UP, GONE, LATE = 0, 1, 2, 3
 
 
 class _Iovec(ctypes.Structure):
@@ -110,28 +110,36 @@ def chunk_for(n: int) -> int:
     return layout.round_up(max(CHUNK, min(-(-n // 2), HALF), -(-n // PIECES)), 4096)
 
 
-def wait(done: Callable[[], bool], alive: Callable[[], bool]) -> bool:
+def wait(done: Callable[[], bool], alive: Callable[[], bool],
+         deadline: float = float("inf")) -> int:
     """Poll *done* (briefly busy, then sleeping a little longer each time) until it
-    holds (True) or *alive* says the other side is gone (False)."""
+    holds (OK), *alive* says the other side is gone (GONE) or *deadline* (monotonic)
+    passes (LATE)."""
     start = time.perf_counter()
     while time.perf_counter() - start < SPIN:
         if done():
-            return True
+            return OK
     delay, checked = 20e-6, time.monotonic()
     while not done():
-        if time.monotonic() - checked > CHECK:
+        now = time.monotonic()
+        if now >= deadline:
+            return OK if done() else LATE
+        if now - checked > CHECK:
             if not alive():
-                return done()
-            checked = time.monotonic()
+                return OK if done() else GONE
+            checked = now
         time.sleep(delay)
         delay = min(delay * 2, 1e-3)
-    return True
+    return OK
 
 
 def send(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
-         alive: Callable[[], bool]) -> int:
+         alive: Callable[[], bool], deadline: float = float("inf")) -> int:
     """The sender's part, once it has claimed the record at word *r* of *q* (the
-    receiver's pid, buffer address *dst*): OK, GAVE_UP or GONE (the receiver died)."""
+    receiver's pid, buffer address *dst*): OK; GAVE_UP (the receiver drops the
+    message: send it another way); GONE (the receiver died); LATE (the receiver,
+    stopped, did not finish its pieces before *deadline*: it drops the message, which
+    is not sent; what it may still read of our buffer it throws away)."""
     k, last, status = 0, -(-n // chunk), OK
     # Before each piece, a fresh look at how far the receiver has come from the back
     # (a stale one would have us copy a piece it is copying too: harmless, but slow).
@@ -150,8 +158,12 @@ def send(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
     if status == GONE:
         return GONE
     # the receiver may still be reading our buffer: wait for every chunk we saw it take
-    if not wait(lambda: q[r + DB] >= theirs, alive):
+    waited = wait(lambda: q[r + DB] >= theirs, alive, deadline)
+    if waited == GONE:
         return GONE
+    if waited == LATE:
+        q[r + DA] = 2
+        return LATE
     if status == OK and q[r + BFAIL]:
         # it could not read them after all: we copy its chunks ourselves
         for c in range(last - theirs, last):
@@ -188,4 +200,4 @@ def receive(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
             break
         j += 1
         q[r + DB] = j
-    return wait(lambda: q[r + DA] != 0, alive) and q[r + DA] == 1
+    return wait(lambda: q[r + DA] != 0, alive) == OK and q[r + DA] == 1

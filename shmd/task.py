@@ -536,10 +536,13 @@ class Task:
                 peer[2].release()
             except sysv_ipc.ExistentialError:
                 return True  # it left meanwhile; so did its buffer
-        status = direct.send(q, r, pid, src, dst, n, chunk, lambda: ipc.alive(pid, start))
+        status = direct.send(q, r, pid, src, dst, n, chunk, lambda: ipc.alive(pid, start),
+                             deadline)
         if status == direct.GAVE_UP:
             self._direct = False
             return False
+        if status == direct.LATE:
+            raise PvmTimeout(f"t{dest:x} did not finish taking the message before the timeout")
         self._served.add(dest)
         return True
 

@@ -199,6 +199,37 @@ def test_a_receiver_that_cannot_read_leaves_its_pieces_to_the_sender(daemon, me,
     assert allocations(daemon) == before
 
 
+def test_a_sender_does_not_wait_past_its_timeout_for_a_stalled_receiver(daemon, me, peers):
+    """The receiver stalls in the middle of its pieces (its first read held up 2 s,
+    as a stopped process would be): psend(timeout=0.5) raises PvmTimeout on time and
+    the message is not delivered; the receiver drops what it had and takes the next."""
+    r = peers()
+    r.start("""
+import time
+from shmd import direct
+real = direct._copy
+held = []
+def slow(fn, pid, local, remote, n):
+    if fn is direct._libc.process_vm_readv and not held:
+        held.append(n)
+        time.sleep(2)
+    return real(fn, pid, local, remote, n)
+direct._copy = slow
+me._spin_auto, me._spin_budget = False, 0.5  # awake to take pieces from the back
+buf = bytearray(size)
+src, tag, n = me.precv_into(buf, timeout=20)
+result = [tag, n, bytes(buf[:n]) == payload(tag, n), len(held)]
+""", size=32 << 20)
+    time.sleep(0.5)  # posted
+    t0 = time.monotonic()
+    with pytest.raises(PvmTimeout):
+        me.psend(r.tid, 1, payload(1, 32 << 20), timeout=0.5)
+    assert time.monotonic() - t0 < 1.5
+    me.psend(r.tid, 2, payload(2, 1 << 20), timeout=10)
+    tag, n, intact, held = r.result(timeout=20)
+    assert (tag, n, intact, held) == (2, 1 << 20, True, 1)
+
+
 @pytest.mark.parametrize("victim", ["sender", "receiver"])
 def test_kill_9_during_a_direct_copy(daemon, me, peers, victim):
     """A 64 MiB message between two peers, one killed mid-copy: the other neither
