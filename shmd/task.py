@@ -403,8 +403,8 @@ class Task:
             # A receiver asleep is woken first, the message posted after: the wake-up
             # takes tens of microseconds to arrive, the posting one or two. (Its slot is
             # checked first: the cached semaphore must still be that task's.)
-            early = i[ti + _WAITING] if i[ti] == dest else 0
-            if early:
+            early = i[ti + _WAITING]
+            if early and i[ti] == dest:
                 try:
                     p[2].release()
                 except sysv_ipc.ExistentialError:
