@@ -994,7 +994,8 @@ class Task:
         PvmTimeout. ``data`` is bytes (a bytearray for a message sent in pieces)."""
         deadline = None
         if not self._pending:
-            # _next_small, inline: this is the receive every small message takes
+            # _next_small, inline (keep the two in step): the receive every small
+            # message takes
             q, H = self._q, self._H
             head = q[H]
             if head == q[self._T] and timeout != 0:
@@ -1027,29 +1028,39 @@ class Task:
                     return _new(Message, (f[0], f[1], data))
         return _new(Message, self._receive(source, tag, timeout, deadline=deadline))
 
-    def _next_small(self, source: int, tag: int, timeout: float | None):
+    def _next_small(self, source: int, tag: int, timeout: float | None, room: int):
         """The common case of a receive, in as few interpreter steps as we can: nothing
-        pending, and the next message in the ring (after a spin, if it is empty) is a
-        small one that matches. Its descriptor fields plus the offset of its data, left
-        in the ring for the caller to copy and take; else None (the general path)."""
+        pending, and the next message in the ring (after a spin, or one sleep, if it is
+        empty) is a small one that matches and fits in *room* bytes. Returns (message,
+        deadline): the message (src, tag, data) taken off the ring, or None for the
+        general path, with the deadline already running if we slept (else None).
+        ``precv`` has this inline (keep the two in step)."""
         q, H, T = self._q, self._H, self._T
         head = q[H]
-        if head == q[T] and self._spin_budget and timeout != 0:
-            clock = time.perf_counter
-            end = clock() + self._spin_budget
-            while q[T] == head and clock() < end:
-                pass
+        deadline = None
+        if head == q[T] and timeout != 0:
+            if self._spin_budget:
+                clock = time.perf_counter
+                end = clock() + self._spin_budget
+                while q[T] == head and q[T] == head and q[T] == head and clock() < end:
+                    pass
             if head == q[T]:
                 self._spun = True  # the general path sleeps without spinning again
-                return None
-        if head == q[T]:
-            return None
-        off = self._ring + (head % _RING) * _DESCSZ
-        f = _unpack_desc(self._buf, off)
-        if (f[3] < 0 and f[6] == _F_FIRST and (source == ANY or f[0] == source)
-                and (tag == ANY or f[1] == tag)):
-            return f + (off + _INL,)
-        return None
+                deadline = _INF if timeout is None else time.monotonic() + timeout
+                self._sleep(deadline)
+        if head != q[T]:
+            off = self._ring + (head % _RING) * _DESCSZ
+            f = self._rx.unpack_from(self._buf, off)
+            if (f[3] < 0 and f[4] == _F_FIRST and f[2] <= room
+                    and (source == ANY or f[0] == source) and (tag == ANY or f[1] == tag)):
+                data = f[5]
+                if len(data) != f[2]:
+                    data = self._buf[off + _INL:off + _INL + f[2]].tobytes()
+                    self._rx = _small_desc(f[2])
+                q[H] = head + 1
+                self._spun = False
+                return (f[0], f[1], data), None
+        return None, deadline
 
     def precv_into(self, buffer, source: int = ANY, tag: int = ANY,
                    timeout: float | None = None) -> tuple[int, int, int]:
@@ -1058,13 +1069,14 @@ class Task:
         mv = _as_bytes_view(buffer)
         if mv.readonly:
             raise PvmError(PvmBadParam, "receive buffer is read-only")
+        deadline = None
         if not self._pending and (mv.nbytes < direct.MIN or not self._direct):
-            f = self._next_small(source, tag, timeout)
-            if f is not None and f[2] <= mv.nbytes:
-                mv[:f[2]] = self._buf[f[8]:f[8] + f[2]]
-                self._q[self._H] += 1
-                return f[0], f[1], f[2]
-        return self._receive(source, tag, timeout, into=mv)
+            got, deadline = self._next_small(source, tag, timeout, mv.nbytes)
+            if got is not None:
+                n = len(got[2])
+                mv[:n] = got[2]
+                return got[0], got[1], n
+        return self._receive(source, tag, timeout, into=mv, deadline=deadline)
 
     def precv_view(self, source: int = ANY, tag: int = ANY,
                    timeout: float | None = None) -> MessageView:
