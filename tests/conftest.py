@@ -69,7 +69,14 @@ def machine_left_as_found():
 @pytest.fixture
 def pvm_env(tmp_path, monkeypatch):
     """A private PVM_TMP and a unique VM id for one test."""
+    # VM ids share a segment-0 key 1 time in 4095 (paths.seg0_key): take one whose key no
+    # segment of ours uses, so a test never meets (or cleans up) another VM's objects
+    from shmd import ipc, paths
+
+    used = {r["key"] & 0xFFFFFFFF for r in ipc.proc_table("shm") if r["uid"] == os.getuid()}
     vmid = f"t{os.getpid()}x{next(_counter)}"
+    while paths.seg0_key(vmid) in used:
+        vmid = f"t{os.getpid()}x{next(_counter)}"
     monkeypatch.setenv("PVM_TMP", str(tmp_path))
     monkeypatch.setenv("PVM_VMID", vmid)
     return {"tmp": str(tmp_path), "vmid": vmid}

@@ -433,7 +433,8 @@ def test_restart_after_sigkill_during_startup_reclaims(shmd_vm):
 
 def test_two_vm_ids_side_by_side(shmd_vm):
     vm = shmd_vm
-    other = vm.vmid + "b"
+    used = {r["key"] & 0xFFFFFFFF for r in ipc.proc_table("shm")} | {paths.seg0_key(vm.vmid)}
+    other = next(v for v in (vm.vmid + c for c in "bcdefghij") if paths.seg0_key(v) not in used)
     r1 = vm.start()
     r2 = vm.start(vmid=other)
     assert r1["pid"] != r2["pid"]

@@ -210,6 +210,8 @@ def daemon_objects(vmid: str) -> set[tuple[str, int]]:
     try:
         if bytes(buf[:8]) != layout.MAGIC:
             return {("shm", row["shmid"])}
+        if layout.header(buf)["vmid"] != vmid:
+            return set()  # another VM id whose key is the same (1 in 4095): not ours
         return leftovers(paths.daemon_files(vmid)["ipc"], buf) | {("shm", row["shmid"])}
     finally:
         buf.release()
