@@ -421,7 +421,7 @@ class Task:
                     T = p[5]
                     tail = q[T]
                     seen = p[7]
-                    if tail - seen[0] >= _RING:
+                    if not 0 <= tail - seen[0] < _RING:  # full, or a new task in the slot
                         seen[0] = q[T - 1]
                     if i[ti] == dest and tail - seen[0] < _RING:
                         d = p[6] + (tail % _RING) * _DESCSZ
