@@ -54,6 +54,7 @@ _SLOT_HDR, _INLINE, _F_FIRST = layout.SLOT_HDR, layout.INLINE, layout.F_FIRST
 _new = tuple.__new__
 _WAITING = layout.T["waiting"][0] // 4  # the waiting word, in int32s from a slot's start
 _START_TICKS = layout.T["start_ticks"][0] // 8  # a task's start time, in int64s
+_LOCK_ID = layout.T["lock_id"][0] // 4  # its inbox lock's semaphore id, in int32s
 _SMALL_TYPES = (bytes, bytearray)  # what psend's fast path takes (len() is the byte count)
 _RV_OPEN, _RV_CLAIMED, _RV_NONE = layout.RV_OPEN, layout.RV_CLAIMED, layout.RV_NONE
 
@@ -316,7 +317,9 @@ class Task:
     def _peer(self, tid: int) -> tuple:
         """(slot, inbox lock, wake semaphore, slot word, ...) of a local task, cached."""
         p = self._peers.get(tid)
-        if p is not None and self._i[p[3]] & 0xFFFFFFFF == tid:
+        # the tid, and the inbox lock (a task that rejoined with the same tid has new ones)
+        if (p is not None and self._i[p[3]] & 0xFFFFFFFF == tid
+                and self._i[p[3] + _LOCK_ID] == p[1].id):
             return p
         if not isinstance(tid, int) or not 0 < tid <= 0x7FFFFFFF:
             raise PvmError(PvmBadParam, f"bad tid {tid!r}")
