@@ -18,8 +18,9 @@ is copied twice with the same bytes, which is harmless, and none is left out:
   is one the receiver backs off from.
 
 The sender's DA word ends it: 1 delivered, 2 given up (the receiver drops what it
-got and the message goes through the pages). A peer that dies is noticed through
-its slot, which pvm_shmd frees.
+got; the message then goes through the pages, or, when psend's timeout ran out, is
+not sent). Each side waits for the other only while the other's process lives (its
+pid and start time), whatever becomes of pvm_shmd.
 
 The barrier is an atomic exchange (``pthread_spin_trylock``), a full barrier on
 x86-64 only: elsewhere direct delivery stays off (``available()``).
