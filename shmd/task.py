@@ -511,6 +511,7 @@ class Task:
             if not self._await_post(ti, r, n, tag, deadline):
                 self._served.discard(dest)
                 return False
+        src, chunk = direct.address(mv), direct.chunk_for(n)  # not under the lock
         lock = peer[1]
         try:
             if not lock.acquire(min(SLICE, max(deadline - time.monotonic(), 0.0))):
@@ -524,7 +525,6 @@ class Task:
             if (i[ti] != dest or q[(ti >> 1) + 2] != q[(ti >> 1) + 3] or q[r] != _RV_OPEN
                     or not self._posted_for(r, tag, n)):
                 return False
-            src, chunk = direct.address(mv), direct.chunk_for(n)
             i[2 * (r + layout.RV_FROM)], i[2 * (r + layout.RV_FROM) + 1] = self.tid, tag
             q[r + layout.RV_PID], q[r + layout.RV_SRC] = self._pid, src
             q[r + layout.RV_N], q[r + layout.RV_CHUNK] = n, chunk
@@ -998,7 +998,8 @@ class Task:
         deadline = None
         if not self._pending:
             # _next_small, inline (keep the two in step): the receive every small
-            # message takes
+            # message takes. Calling it instead costs ~0.05 us a message, measured:
+            # 2.74-2.76x mpi4py's ping-pong latency became 2.83-3.04x, the floor being 3x.
             q, H = self._q, self._H
             head = q[H]
             if head == q[self._T] and timeout != 0:
