@@ -45,8 +45,8 @@ def per_call(stmt, setup_globals, n: int) -> float:
 
 def self_send(vmid: str, n: int) -> None:
     print("1. self-send: psend to itself then receive, one process, us per message")
-    print(f"{'':34}{'8 B':>10}{'64 KiB':>10}{'1 MiB':>10}")
-    sizes = [8, 64 << 10, 1 << 20]
+    print(f"{'':34}{'8 B':>10}{'1 KiB':>10}{'64 KiB':>10}{'1 MiB':>10}")
+    sizes = [8, 1 << 10, 64 << 10, 1 << 20]
     rows = {}
     with shmd.join(vmid=vmid, spin=False) as me:
         me_tid = me.tid
@@ -98,7 +98,7 @@ def _psend_alone(me, data, k: int) -> float:
 def pieces(vmid: str, n: int) -> None:
     print("2. the pieces, timed alone, us per call")
     with shmd.join(vmid=vmid, spin=False) as me:
-        _, lock, _, _ = me._peer(me.tid)  # our inbox lock, as a sender takes it
+        lock = me._peer(me.tid)[1]  # our inbox lock, as a sender takes it
         wake = me._mywake
         desc = shmd.task._DESC
         buf = me._buf
@@ -121,9 +121,10 @@ def pieces(vmid: str, n: int) -> None:
             ("failed non-blocking acquire (BusyError)", "busy()"),
             ("sem.release + ipc.timed_down (succeeds)", "wake.release(); "
                                                        "ipc.timed_down(wid, 1.0, False)"),
+            ("sem.release + Waiter.down (succeeds)", "wake.release(); me._waiter.down(1.0)"),
+            ("ipc.fence()", "ipc.fence()"),
             ("descriptor pack_into", "desc.pack_into(buf, d, 1, 2, 3, -1, 0, 0, 1, 3)"),
             ("descriptor unpack + _Desc(...)", "Desc(*desc.unpack_from(buf, d), None)"),
-            ("me._read_desc(0)", "me._read_desc(0)"),
             ("me._matcher(src, tag)", "me._matcher(5, 1)"),
             ("me._peer(own tid) (cached)", "me._peer(tid)"),
             ("pagemap alloc(16) + free, no lock", "pagemap.free(m, b, np, "

@@ -22,20 +22,19 @@ got; the message then goes through the pages, or, when psend's timeout ran out, 
 not sent). Each side waits for the other only while the other's process lives (its
 pid and start time), whatever becomes of pvm_shmd.
 
-The barrier is an atomic exchange (``pthread_spin_trylock``), a full barrier on
-x86-64 only: elsewhere direct delivery stays off (``available()``).
+The barrier is ``ipc.fence`` (an atomic exchange), which exists on x86-64 only:
+elsewhere direct delivery stays off (``available()``).
 """
 from __future__ import annotations
 
 import ctypes
 import errno
 import os
-import platform
 import time
 from typing import Callable
 
 from . import layout
-from .ipc import _libc
+from .ipc import _libc, fence
 
 FA, DA, BB, DB, BFAIL = layout.RV_FA, layout.RV_DA, layout.RV_BB, layout.RV_DB, layout.RV_BFAIL
 MIN = 256 << 10  # messages (and posted buffers) from this size go direct
@@ -69,16 +68,6 @@ _get_buffer = ctypes.pythonapi.PyObject_GetBuffer
 _get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
 _release_buffer = ctypes.pythonapi.PyBuffer_Release
 _release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
-_lock_word = ctypes.c_int(0)
-_lock_ref = ctypes.byref(_lock_word)
-_xchg = _libc.pthread_spin_trylock
-
-
-def fence() -> None:
-    """A full memory barrier: an atomic exchange on a private word (x86-64)."""
-    _xchg(_lock_ref)
-
-
 def address(buf) -> int:
     """Address of the first byte of a contiguous buffer (keep *buf* alive meanwhile)."""
     view = _PyBuffer()
@@ -98,7 +87,7 @@ def _copy(fn, pid: int, local: int, remote: int, n: int) -> int:
 
 def available() -> bool:
     """Cross-memory attach works here (x86-64, and the kernel lets us use it)."""
-    if platform.machine() not in ("x86_64", "AMD64"):
+    if fence is None:
         return False
     src, dst = ctypes.create_string_buffer(b"x" * 8), ctypes.create_string_buffer(8)
     return _copy(_libc.process_vm_readv, os.getpid(), ctypes.addressof(dst),

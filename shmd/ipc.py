@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 
 import sysv_ipc
 
@@ -72,6 +73,64 @@ def timed_down(semid: int, timeout: float, undo: bool) -> bool:
         if e in (errno.EIDRM, errno.EINVAL):
             raise Gone(f"semaphore {semid} removed")
         raise OSError(e, os.strerror(e))
+
+
+# A second handle on semtimedop, without argtypes, for Waiter: it is called with
+# arguments built once (ctypes converting four arguments costs ~0.8 us a call, more
+# than the system call itself).
+_semtimedop_raw = _libc["semtimedop"]
+_semtimedop_raw.restype = ctypes.c_int
+_ONE = ctypes.c_size_t(1)
+
+
+class Waiter:
+    """Timed downs (-1) of one semaphore, as cheap per call as ctypes allows: what
+    a receiver calls each time it sleeps. Not for use by two threads at once."""
+
+    __slots__ = ("semid", "_args", "_ts")
+
+    def __init__(self, semid: int, undo: bool = False):
+        self.semid = semid
+        self._ts = _Timespec()
+        self._args = (ctypes.c_int(semid), ctypes.byref(_DOWN_UNDO if undo else _DOWN), _ONE,
+                      ctypes.byref(self._ts))
+
+    def down(self, timeout: float) -> bool:
+        """Like ``timed_down``: True if acquired within *timeout* seconds."""
+        timeout = min(timeout, MAX_WAIT)
+        ts = self._ts
+        ts.tv_sec = whole = int(timeout)
+        ts.tv_nsec = int((timeout - whole) * 1e9)
+        while True:
+            if _semtimedop_raw(*self._args) == 0:
+                return True
+            e = ctypes.get_errno()
+            if e == errno.EAGAIN:
+                return False
+            if e == errno.EINTR:
+                continue  # a signal: the caller's loop re-checks its state anyway
+            if e in (errno.EIDRM, errno.EINVAL):
+                raise Gone(f"semaphore {self.semid} removed")
+            raise OSError(e, os.strerror(e))
+
+
+def _make_fence():
+    """A full memory barrier callable from Python for ~0.15 us (a semop costs 0.2-0.5):
+    ``pthread_spin_trylock`` on a private word is an atomic exchange or lock cmpxchg,
+    a full barrier on x86-64. Elsewhere None: callers use a semop instead."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    word = ctypes.c_int(0)
+    ref, xchg = ctypes.byref(word), _libc.pthread_spin_trylock
+
+    def fence() -> None:
+        xchg(ref)
+
+    fence.word = word  # kept alive with the function
+    return fence
+
+
+fence = _make_fence()
 
 
 def populate(shm: sysv_ipc.SharedMemory) -> None:

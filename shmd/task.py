@@ -37,6 +37,7 @@ MAX_SPIN = 200e-6  # longest busy-wait before blocking (seconds)
 IN_FLIGHT = 4 << 20  # paged bytes a receiver may have waiting before senders pause
 STALL = 5e-3  # a receiver that takes nothing for this long is not paced (seconds)
 MIN_SPIN = 10e-6  # a spin that keeps missing shrinks to this
+POST_WAIT = 10e-6  # how long a woken receiver polls for the message its waker posts
 SPIN_RECHECK = 1.0  # how often an automatic spin re-checks the host's load (seconds)
 ABORT_WAIT = 10.0  # how long a sender that gives up mid-message tries to post F_ABORT
 MAX_TAG = 0x7FFFFFFF
@@ -57,6 +58,7 @@ _START_TICKS = layout.T["start_ticks"][0] // 8  # a task's start time, in int64s
 _LOCK_ID = layout.T["lock_id"][0] // 4  # its inbox lock's semaphore id, in int32s
 _SMALL_TYPES = (bytes, bytearray)  # what psend's fast path takes (len() is the byte count)
 _RV_OPEN, _RV_CLAIMED, _RV_NONE = layout.RV_OPEN, layout.RV_CLAIMED, layout.RV_NONE
+_fence = ipc.fence
 
 
 @functools.lru_cache(maxsize=None)
@@ -250,6 +252,7 @@ class Task:
         self._hdrs: dict[int, bytes] = {}  # tag << 8 | length -> descriptor
         self._served: set[int] = set()  # dests our last large message went direct to
         self._mywake = ipc.nonblocking(ipc.open_sem(t["wake_key"], t["wake_id"]))
+        self._waiter = ipc.Waiter(t["wake_id"])
         self._pending: deque[_Desc] = deque()
         self._peers: dict[int, tuple] = {}  # tid -> (slot, lock, wake)
         self._home = self._slot % self._nsegs  # senders spread over segments
@@ -775,28 +778,38 @@ class Task:
         if self._spin_auto and now - self._spin_checked > SPIN_RECHECK:
             self._spin_checked = now
             self._spin_budget = (self._spin_budget or MAX_SPIN) if _spin_allowed() else 0.0
-        # No lock here (a Dekker handshake): we store waiting=1, then a semop (a full
-        # barrier in the kernel) before looking at the ring; a sender stores the tail,
-        # then a semop (its unlock) before looking at waiting. One of the two always
-        # sees the other's store, so no wake-up is lost.
+        # No lock here (a Dekker handshake): we store waiting, then a full barrier,
+        # before looking at the ring; a sender stores the tail, then a semop (its
+        # unlock, a barrier in the kernel) before looking at waiting. One of the two
+        # always sees the other's store, so no wake-up is lost.
         i, W = self._i, self._W
         self._sleeps = self._sleeps % 0x7FFFFFFF + 1
         i[W] = self._sleeps  # which sleep: a sender that woke this one need not again
         try:
-            try:
-                self._mywake.acquire()  # the barrier; a stale wake-up only costs a loop
-                return
-            except sysv_ipc.BusyError:
-                pass
+            if _fence is not None:
+                _fence()  # a stale wake-up left on the semaphore only costs a loop
+            else:
+                try:
+                    self._mywake.acquire()  # a semop: the barrier, where there is no fence
+                    return
+                except sysv_ipc.BusyError:
+                    pass
             if self._q[self._T] != self._q[self._H] or self._q[self._R] == _RV_CLAIMED:
                 return
-            woke = ipc.timed_down(self._mywake_id, min(SLICE, deadline - now), False)
+            woke = self._waiter.down(min(SLICE, deadline - now))
         except (ipc.Gone, sysv_ipc.ExistentialError):
             raise PvmError(PvmSysErr, "pvm_shmd removed our inbox (it exited)") from None
         finally:
             i[W] = 0
         if not woke:
             self._check_alive()
+        elif self._q[self._T] == self._q[self._H]:
+            # Woken before the message is there: psend wakes a sleeper first and posts
+            # after (a microsecond or two). Polling that long beats sleeping again.
+            q, T, H, clock = self._q, self._T, self._H, time.perf_counter
+            end = clock() + POST_WAIT
+            while q[T] == q[H] and clock() < end:
+                pass
 
     def _matcher(self, source: int, tag: int):
         m = self._matchers.get((source, tag))

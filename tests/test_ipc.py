@@ -1,0 +1,49 @@
+"""shmd.ipc's timed semaphore waits, on real SysV semaphores. (The barrier, ipc.fence, is
+tested by what it guards: test_task's test_sleeping_receivers_miss_no_wake_up.)"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import sysv_ipc
+
+from shmd import ipc
+
+
+@pytest.fixture
+def sem():
+    s = sysv_ipc.Semaphore(None, sysv_ipc.IPC_CREX, mode=0o600, initial_value=0)
+    yield s
+    try:
+        s.remove()
+    except sysv_ipc.ExistentialError:
+        pass
+
+
+@pytest.mark.parametrize("undo", [False, True])
+def test_waiter_takes_a_posted_unit(sem, undo):
+    w = ipc.Waiter(sem.id, undo=undo)
+    sem.release()
+    sem.release()
+    assert w.down(1.0) and w.down(1.0)
+    assert sem.value == 0
+
+
+def test_waiter_times_out_and_can_wait_again(sem):
+    w = ipc.Waiter(sem.id)
+    for timeout in (0.05, 0.12):  # the timespec it reuses is set afresh each time
+        t = time.monotonic()
+        assert not w.down(timeout)
+        took = time.monotonic() - t
+        assert timeout * 0.9 <= took < timeout + 1.0
+    threading.Timer(0.05, sem.release).start()
+    assert w.down(5.0)
+
+
+def test_waiter_raises_gone_when_the_semaphore_is_removed(sem):
+    w = ipc.Waiter(sem.id)
+    threading.Timer(0.05, sem.remove).start()
+    with pytest.raises(ipc.Gone):
+        w.down(5.0)
+
