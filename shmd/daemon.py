@@ -303,8 +303,7 @@ class Daemon:
             locked = False
         t["state"] = layout.FREE
         queued = {}
-        for n in range(t["head"], t["tail"]):
-            d = layout.desc_off(i, n)
+        for _, d in layout.ring_entries(self.m32, i, t["head"], t["tail"]):
             seg = self.m32[(d + layout.D_SEG) // 4]
             if seg >= 0:
                 queued.setdefault(seg, set()).add(self.m32[(d + layout.D_PAGE) // 4])
@@ -348,8 +347,7 @@ class Daemon:
         for i, t in self.slots():
             if i == exclude or not t["tid"]:
                 continue
-            for n in range(t["head"], t["tail"]):
-                d = layout.desc_off(i, n)
+            for _, d in layout.ring_entries(self.m32, i, t["head"], t["tail"]):
                 seg = self.m32[(d + layout.D_SEG) // 4]
                 if seg >= 0:
                     refs.add((seg, self.m32[(d + layout.D_PAGE) // 4]))
@@ -386,7 +384,8 @@ class Daemon:
                and c.get("peer") == layout.slot(self.buf, c["slot"])["pid"]}
         tasks = [{"tid": t["tid"], "pid": t["pid"], "name": t["name"],
                   "pages": held.get(t["tid"], 0), "connected": i in own,
-                  "waiting": t["tail"] - t["head"] + t["pending"]}
+                  "waiting": t["pending"] + sum(1 for _ in layout.ring_entries(
+                      self.m32, i, t["head"], t["tail"]))}
                  for i, t in self.slots() if t["tid"]]
         return {"pid": os.getpid(), "tid": self.dtid, "host": self.o.host, "name": self.o.name,
                 "vmid": self.o.vmid, "uptime": round(time.time() - h["started"], 3),

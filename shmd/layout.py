@@ -20,14 +20,16 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = b"pvmshmd\x00"
-VERSION = 2
+VERSION = 3
 
 MAXSEG = 8  # the man page's MAXSEG: segments at most
 MAXPAGES = 4096  # the man page's MAXPAGES: pages per segment at most
 MAX_TASKS = 128  # task slots (tids joined at once)
-RING = 128  # descriptors in a task's inbox
+RING = 256  # descriptors in a task's inbox
 DESC = 128  # bytes per descriptor
 INLINE = DESC - 40  # payload bytes carried in the descriptor itself (no pages)
+MEDIUM = 4096  # up to this, a message's bytes may fill the descriptors after its own ...
+MEDIUM_FILL = RING - 128  # ... while the ring is filled no further: 128 messages always fit
 
 HEADER_SIZE = 4096
 SEGTAB_OFF = 512
@@ -114,7 +116,7 @@ STARTING, READY, STOPPING = 0, 1, 2
 # Task slot states.
 FREE, ACTIVE = 0, 1
 # Descriptor flags.
-F_FIRST, F_MORE, F_ABORT = 1, 2, 4
+F_FIRST, F_MORE, F_ABORT, F_SKIP = 1, 2, 4, 8  # F_SKIP: a filler up to the ring's end
 
 
 def round_up(n: int, to: int) -> int:
@@ -184,6 +186,31 @@ def slot(buf: memoryview, i: int) -> Struct:
 def desc_off(i: int, n: int) -> int:
     """Offset of descriptor number *n* (any counter value) in slot *i*'s ring."""
     return slot_off(i) + SLOT_HDR + (n % RING) * DESC
+
+
+def span(nbytes: int) -> int:
+    """Descriptors taken by a descriptor without pages carrying *nbytes* inline: its
+    bytes run on through the descriptors after it (1 up to INLINE bytes). A message
+    never wraps round the ring's end: an F_SKIP filler takes the rest of the ring
+    first, its nbytes saying how much."""
+    return (nbytes + D_INLINE + DESC - 1) // DESC
+
+
+def ring_entries(m32: memoryview, i: int, head: int, tail: int):
+    """Yield (counter, offset) of each descriptor queued in slot *i*'s ring between
+    *head* and *tail*, stepping over the descriptors inline bytes fill and over
+    fillers. *m32* is an int32 view of segment 0."""
+    n = head
+    while n < tail:
+        d = desc_off(i, n)
+        at = n
+        if m32[(d + D_SEG) // 4] >= 0:
+            n += 1
+        else:
+            n += max(1, span(m32[(d + D_NBYTES) // 4]))  # a bad length must not stall us
+            if m32[(d + D_FLAGS) // 4] & F_SKIP:
+                continue
+        yield at, d
 
 
 def map_off(seg: int) -> int:

@@ -52,6 +52,7 @@ _M = layout.MAXPAGES
 _OWNER = 2 * layout.MAXPAGES  # the owner array's index in a page map
 _RING, _DESCSZ, _INL = layout.RING, layout.DESC, layout.D_INLINE
 _SLOT_HDR, _INLINE, _F_FIRST = layout.SLOT_HDR, layout.INLINE, layout.F_FIRST
+_F_SKIP, _SPAN_ADD = layout.F_SKIP, layout.D_INLINE + layout.DESC - 1  # span: (n + _SPAN_ADD) // DESC
 _new = tuple.__new__
 _WAITING = layout.T["waiting"][0] // 4  # the waiting word, in int32s from a slot's start
 _START_TICKS = layout.T["start_ticks"][0] // 8  # a task's start time, in int64s
@@ -467,6 +468,9 @@ class Task:
             if tag << 8 | n not in self._hdrs:
                 self._hdr(tag, n)  # the next one with this tag and length takes the fast path
             return
+        if n <= layout.MEDIUM and self._post(peer, dest, tag, n, -1, 0, 0, layout.F_FIRST, n,
+                                             mv, deadline, wait=False):
+            return  # in the inbox itself; with no room there, through the pages
         if mv is data:
             mv = memoryview(data)  # slices of bytes would copy
         if n >= direct.MIN and self._direct and self._send_direct(peer, dest, tag, mv, n,
@@ -634,11 +638,23 @@ class Task:
             if e.code != PvmNoTask:
                 self._owed[dest] = tag
 
-    def _post(self, peer, dest, tag, n, s, p, npages, flags, total, inline, deadline) -> None:
+    def _post(self, peer, dest, tag, n, s, p, npages, flags, total, inline, deadline,
+              wait: bool = True) -> bool:
+        """Queue a descriptor in *dest*'s inbox (with *n* bytes of *inline* data after
+        it when *s* < 0), waiting until *deadline* for room; or, if not *wait* (a medium
+        message), return False at once unless the ring is filled no further than
+        MEDIUM_FILL. A sleeping receiver is woken first."""
         slot, lock, wake, ti = peer[:4]
         q, i = self._q, self._i
         sb = ti * 4
         H, T = (sb + 16) >> 3, (sb + 24) >> 3
+        need = 1 if s >= 0 else (n + _SPAN_ADD) // _DESCSZ
+        early = i[ti + _WAITING]  # woken now, it is back about when the message is there
+        if early:
+            try:
+                wake.release()
+            except sysv_ipc.ExistentialError:
+                pass
         delay = 20e-6
         while True:
             try:
@@ -650,28 +666,39 @@ class Task:
                     lock.release()
                     raise PvmError(PvmNoTask, f"t{dest:x} exited")
                 tail = q[T]
-                if tail - q[H] < layout.RING:
+                k = tail % _RING
+                fill = _RING - k if k + need > _RING else 0  # a message does not wrap
+                if tail + fill + need - q[H] <= (_RING if wait else layout.MEDIUM_FILL):
                     break
                 lock.release()
+                if not wait:
+                    return False
             if time.monotonic() >= deadline:
                 raise PvmTimeout(f"inbox of t{dest:x} full (it does not receive)" if got
                                  else f"inbox of t{dest:x} stayed locked")
             self._check_alive()
             time.sleep(delay)
             delay = min(delay * 2, 5e-3)
-        d = sb + layout.SLOT_HDR + (tail % layout.RING) * layout.DESC
+        ring = sb + _SLOT_HDR
+        if fill:
+            _pack_desc(self._buf, ring + k * _DESCSZ, self.tid, 0, fill * _DESCSZ - _INL,
+                       -1, 0, 0, _F_SKIP, 0)
+            tail += fill
+        d = ring + (tail % _RING) * _DESCSZ
         _pack_desc(self._buf, d, self.tid, tag, n, s, p, npages, flags, total)
         if inline is not None and n:
-            self._buf[d + layout.D_INLINE:d + layout.D_INLINE + n] = inline
+            self._buf[d + _INL:d + _INL + n] = inline
         if s >= 0:
             q[(sb + 96) >> 3] += n
-        q[T] = tail + 1
+        q[T] = tail + need
         lock.release()  # a semop, the barrier between our tail store and the flag load
-        if i[(sb >> 2) + _WAITING]:
+        w = i[ti + _WAITING]
+        if w and w != early:  # asleep in a sleep we did not wake (see psend)
             try:
                 wake.release()
             except sysv_ipc.ExistentialError:
                 pass  # it left meanwhile; the message went with it
+        return True
 
     # ---- receive --------------------------------------------------------------------
     def _drain(self, match) -> _Desc | None:
@@ -688,12 +715,16 @@ class Task:
             off = ring + (head % _RING) * _DESCSZ
             f = _unpack_desc(buf, off)
             if f[3] < 0:
+                head += (f[2] + _SPAN_ADD) // _DESCSZ
+                if f[6] & _F_SKIP:
+                    q[H] = head
+                    continue
                 d = _new(_Desc, f + (buf[off + _INL:off + _INL + f[2]].tobytes(),))
             else:
                 i[self._mapb[f[3]] + _OWNER + f[4]] = self.tid  # the run is ours now
                 q[self._C] += f[2]
                 d = _new(_Desc, f + (None,))
-            head += 1
+                head += 1
             q[H] = head
             if match(d):
                 if pend:
@@ -1038,8 +1069,12 @@ class Task:
                         and (tag == ANY or f[1] == tag)):
                     data = f[5]
                     if len(data) != f[2]:
-                        data = self._buf[off + _INL:off + _INL + f[2]].tobytes()
-                        self._rx = _small_desc(f[2])
+                        n = f[2]
+                        data = self._buf[off + _INL:off + _INL + n].tobytes()
+                        if n <= _INLINE:
+                            self._rx = _small_desc(n)
+                        else:  # a medium message: its bytes fill the next descriptors
+                            head += (n + _SPAN_ADD) // _DESCSZ - 1
                     q[H] = head + 1
                     self._spun = False
                     return _new(Message, (f[0], f[1], data))
@@ -1072,8 +1107,12 @@ class Task:
                     and (source == ANY or f[0] == source) and (tag == ANY or f[1] == tag)):
                 data = f[5]
                 if len(data) != f[2]:
-                    data = self._buf[off + _INL:off + _INL + f[2]].tobytes()
-                    self._rx = _small_desc(f[2])
+                    n = f[2]
+                    data = self._buf[off + _INL:off + _INL + n].tobytes()
+                    if n <= _INLINE:
+                        self._rx = _small_desc(n)
+                    else:
+                        head += (n + _SPAN_ADD) // _DESCSZ - 1
                 q[H] = head + 1
                 self._spun = False
                 return (f[0], f[1], data), None

@@ -202,11 +202,12 @@ def test_messages_queued_to_a_dead_receiver_are_freed(shmd_vm):
     vm = shmd_vm
     vm.start()
     snd, rcv = vm.task(name="snd"), vm.task(name="rcv")
-    for n in (3 * 4096, 10 * 4096, 40):  # two page runs and one inline message
+    # two page runs, an inline message and a medium one (its bytes fill 16 descriptors)
+    for n in (3 * 4096, 2000, 10 * 4096, 40):
         snd.do("send", dest=rcv.tid, nbytes=n)
     st = vm.stat()
     assert pages_free(st) == 128 - 13
-    assert {t["tid"]: t["waiting"] for t in st["tasks"]}[rcv.tid] == 3
+    assert {t["tid"]: t["waiting"] for t in st["tasks"]}[rcv.tid] == 4
     rcv.kill()
     wait_for(lambda: pages_free(vm.stat()) == 128, timeout=5, what="queued pages freed")
     assert [t["tid"] for t in vm.stat()["tasks"]] == [snd.tid]

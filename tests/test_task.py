@@ -70,7 +70,8 @@ result = [m.src, m.tag, len(m.data), crc(m.data)]
 """
 
 
-@pytest.mark.parametrize("size", [0, 1, layout.INLINE, layout.INLINE + 1, PS, 3 * PS + 5,
+@pytest.mark.parametrize("size", [0, 1, layout.INLINE, layout.INLINE + 1, layout.MEDIUM,
+                                  layout.MEDIUM + 1, PS, 3 * PS + 5,
                                   1 << 20, 256 * PS * 2 + 12345])  # last: in pieces
 def test_round_trip_every_size(me, peers, size):
     p = peers()
@@ -117,7 +118,7 @@ def test_tag_zero_and_the_largest_tag(me):
 
 
 def test_send_to_self_every_path(me):
-    sizes = [0, 5, layout.INLINE + 1, 10 * PS, 256 * PS + 1]
+    sizes = [0, 5, layout.INLINE + 1, layout.MEDIUM, 10 * PS, 256 * PS + 1]
     for i, n in enumerate(sizes):
         me.psend(me.tid, i, payload(i, n))
     for i, n in enumerate(sizes):
@@ -156,7 +157,7 @@ def test_send_to_a_task_that_left(me, peers):
 
 
 # ---- ordering and wildcards ----------------------------------------------------------
-SIZES = [0, 10, 200, 5000, 40000, 300000]
+SIZES = [0, 10, 200, layout.MEDIUM, 5000, 40000, 300000]
 SEND_SEQ = """
 import random
 rng = random.Random(seed)
@@ -256,6 +257,43 @@ def test_precv_into_a_numpy_array(me, peers):
 
 def pages_used(d):
     return sum(s["pages"] - s["free"] for s in d.stat()["segments"])
+
+
+def test_medium_messages_go_round_the_inbox_without_pages(me, daemon):
+    """Up to layout.MEDIUM bytes, a message's bytes fill the descriptors after its own
+    and no page is used. It never wraps round the ring's end (a filler takes the rest),
+    so sizes that do not divide the ring, sent over and over, go round it many times."""
+    rng = np.random.default_rng(7)
+    sizes = [layout.INLINE + 1, layout.MEDIUM, 1000, layout.MEDIUM - 1]
+    sizes += [int(n) for n in rng.integers(layout.INLINE + 1, layout.MEDIUM + 1, 600)]
+    went_round = 0
+    for k in range(0, len(sizes), 2):
+        batch = [(k + j, payload(k + j, n)) for j, n in enumerate(sizes[k:k + 2])]
+        for tag, data in batch:
+            me.psend(me.tid, tag, data)
+        assert pages_used(daemon) == 0
+        for tag, data in batch:
+            m = me.precv(timeout=5)
+            assert (m.src, m.tag, m.data) == (me.tid, tag, data)
+        went_round = me._q[me._H] // layout.RING
+    assert went_round >= 10
+
+
+def test_medium_messages_past_their_share_of_the_inbox_take_the_pages(me, daemon):
+    """Medium messages fill the ring only up to MEDIUM_FILL descriptors: the rest of
+    the ring is kept for a descriptor per message, so 128 messages always fit; past
+    that share they go through the pages, in order with the others."""
+    n, count = 4000, 40
+    per = layout.span(n)
+    inline = layout.MEDIUM_FILL // per
+    for i in range(count):
+        me.psend(me.tid, i, payload(i, n))
+    assert pages_used(daemon) == (count - inline) * -(-n // PS)
+    tasks = {t["tid"]: t for t in daemon.stat()["tasks"]}
+    assert tasks[me.tid]["waiting"] == count
+    for i in range(count):
+        assert me.precv(timeout=5).data == payload(i, n)
+    assert pages_used(daemon) == 0
 
 
 def test_precv_view_is_zero_copy_until_released(me, daemon):
