@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_ipc.py [--quick] [--repeat 3] [--sizes 8,1K,64K,1M,16M]
                                         [--only shmd,floor,pipe,socket,mpi,memcpy,lat,bw,contention]
+                                        [--idle-poll]
 
 Prints, side by side, for pvm-shmd (psend with precv / precv_into / precv_view, adaptive
 spin on and off), the bare SysV floor (sysv_ipc shared memory + a semaphore pair, no
@@ -20,6 +21,11 @@ fresh process pair and fresh IPC objects; each figure is the median over --repea
 pvm_shmd daemons (private PVM_TMP, VM ids of their own) are started for the run.
 Everything the run creates (processes, daemons, SysV objects, the temp dir) is removed
 at the end, on failure and on Ctrl-C too.
+
+--idle-poll (root) holds /dev/cpu_dma_latency at 0 for the run: idle CPUs then poll
+instead of halting, so waking a process costs what it costs on bare metal or a VM that
+halt-polls, not a trip through the hypervisor. It shows what each transport's own code
+costs once the wake-up is cheap; closing the file at the end restores the machine.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ import shlex
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -794,8 +801,52 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None,
                     help="comma list of transports (shmd,floor,pipe,socket,mpi,memcpy) "
                          "and/or parts (lat,bw,contention)")
+    ap.add_argument("--idle-poll", action="store_true",
+                    help="hold /dev/cpu_dma_latency at 0 for the run (root): idle CPUs poll, "
+                         "wake-ups are cheap")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every run's figure")
     a = ap.parse_args(argv)
+    idle_fd = None
+    if a.idle_poll:
+        try:
+            idle_fd = hold_idle_poll()
+        except OSError as e:
+            print(f"bench_ipc.py: --idle-poll: cannot write {CPU_DMA_LATENCY}: {e.strerror} "
+                  "(it needs root)", file=sys.stderr)
+            return 2
+    try:
+        return run(a, argv)
+    finally:
+        if idle_fd is not None:
+            os.close(idle_fd)  # the kernel drops the request with the last close
+
+
+CPU_DMA_LATENCY = "/dev/cpu_dma_latency"
+
+
+def hold_idle_poll() -> int:
+    """Ask the kernel (PM QoS) for 0 us of wake-up latency from idle CPUs: they then
+    poll instead of halting. Held while the returned descriptor stays open."""
+    fd = os.open(CPU_DMA_LATENCY, os.O_WRONLY)
+    try:
+        os.write(fd, struct.pack("i", 0))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def idle_state() -> str:
+    """How idle CPUs wait here (what a wake-up costs depends on it)."""
+    try:
+        with open("/sys/devices/system/cpu/cpuidle/current_driver") as f:
+            driver = f.read().strip()
+    except OSError:
+        driver = "?"
+    return f"cpuidle driver {driver}"
+
+
+def run(a, argv) -> int:
     repeat = a.repeat or (1 if a.quick else 5)
     scale = 0.25 if a.quick else 1.0
     lat_sizes, bw_sizes, cont_sizes = LAT_SIZES, BW_SIZES, CONT_SIZES
@@ -835,6 +886,9 @@ def main(argv=None) -> int:
           f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     for line in machine():
         print(f"# {line}")
+    print(f"# idle: {idle_state()}; " + ("poll state held for the run (--idle-poll, "
+          f"{CPU_DMA_LATENCY} = 0): wake-ups cost no hypervisor exit" if a.idle_poll
+          else "as the machine is (see --idle-poll)"))
     others = busy_neighbours()
     if others:
         print(f"# note: also running on this box: {others} (their CPU use and, for a test "
