@@ -196,6 +196,7 @@ class Daemon:
             ipc.populate(shm)
         self.buf = memoryview(self.segs[0])
         self.m32 = self.buf.cast("i")
+        self.m64 = self.buf.cast("Q")
         h = layout.header(self.buf)
         for name, value in (("version", layout.VERSION), ("uid", os.getuid()),
                             ("pid", os.getpid()), ("host", o.host), ("pagesize", ps),
@@ -308,6 +309,7 @@ class Daemon:
             if seg >= 0:
                 queued.setdefault(seg, set()).add(self.m32[(d + layout.D_PAGE) // 4])
         live_refs = self.live_ring_refs(exclude=i)
+        copying = self.run_in_copy(i)
         freed = 0
         for s in range(len(self.segs)):
             b = layout.map_off(s) // 4
@@ -316,6 +318,11 @@ class Daemon:
                 doomed = set(queued.get(s, ()))
                 for p, n, allocated, owner in pagemap.runs(self.m32, b, self.geo.npages):
                     if allocated and owner == tid and (s, p) not in live_refs:
+                        if copying and copying[:2] == (s, p) and not self.m64[copying[3]]:
+                            # its sender still writes into it: the run is the sender's
+                            # now, which frees it when done (under this same lock)
+                            self.m32[b + 2 * layout.MAXPAGES + p] = copying[2]
+                            continue
                         doomed.add(p)
                 for p in doomed:
                     n = pagemap.free(self.m32, b, self.geo.npages, p)
@@ -340,6 +347,18 @@ class Daemon:
         else:
             h["reaped"] = h["reaped"] + 1
         self.log(f"task t{tid:x} {why}; freed {freed} pages")
+
+    def run_in_copy(self, i: int) -> tuple[int, int, int, int] | None:
+        """(segment, page, sender tid, index of its DA word) of the run a live sender
+        was handed for slot *i*'s zero-copy receive (see direct.py), else None."""
+        r = (layout.slot_off(i) + layout.RV_OFF) // 8
+        addr = self.m64[r + layout.RV_ADDR]
+        if self.m64[r] != layout.RV_CLAIMED or not addr & layout.RV_PAGES:
+            return None
+        sender = self.m32[2 * (r + layout.RV_FROM)]
+        if not any(t["tid"] == sender for _, t in self.slots()):
+            return None  # gone too: the run is freed with the receiver's
+        return (addr >> 32) & 0x7FFFFFFF, addr & 0xFFFFFFFF, sender, r + layout.RV_DA
 
     def live_ring_refs(self, exclude: int) -> set[tuple[int, int]]:
         """(segment, page) of every message waiting in a live task's inbox."""
@@ -567,6 +586,7 @@ class Daemon:
         if self.buf is not None:
             layout.header(self.buf)["state"] = layout.STOPPING
             self.m32.release()
+            self.m64.release()
             self.buf.release()
             self.buf = None
         for shm in self.segs:

@@ -17,6 +17,15 @@ is copied twice with the same bytes, which is harmless, and none is left out:
   receiver is done with every chunk the sender saw it claim; a claim it did not see
   is one the receiver backs off from.
 
+A receiver blocked in ``precv_view`` posts the same record with no buffer (address
+0): "into pages". The sender then allocates a run of pages, hands it to the receiver
+(page owner, and the record's address word: segment << 32 | page) as it claims, and
+the two copy the same way into the run: the sender with a plain memmove into its
+mapping, the receiver with ``process_vm_readv`` into its own. From the claim on the
+run is the receiver's: it frees it if the message does not come whole, the daemon if
+the receiver dies. So a zero-copy receive of a large message costs the sender half a
+copy, not a whole one.
+
 The sender's DA word ends it: 1 delivered, 2 given up (the receiver drops what it
 got; the message then goes through the pages, or, when psend's timeout ran out, is
 not sent). Each side waits for the other only while the other's process lives (its
@@ -78,6 +87,9 @@ def address(buf) -> int:
         _release_buffer(ctypes.byref(view))
 
 
+_memmove = ctypes.memmove
+
+
 def _copy(fn, pid: int, local: int, remote: int, n: int) -> int:
     """Bytes copied by process_vm_writev/readv, or -errno."""
     lv, rv = _Iovec(local, n), _Iovec(remote, n)
@@ -124,12 +136,20 @@ def wait(done: Callable[[], bool], alive: Callable[[], bool],
 
 
 def send(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
-         alive: Callable[[], bool], deadline: float = float("inf")) -> int:
+         alive: Callable[[], bool], deadline: float = float("inf"), local: int = 0) -> int:
     """The sender's part, once it has claimed the record at word *r* of *q* (the
-    receiver's pid, buffer address *dst*): OK; GAVE_UP (the receiver drops the
-    message: send it another way); GONE (the receiver died); LATE (the receiver,
-    stopped, did not finish its pieces before *deadline*: it drops the message, which
-    is not sent; what it may still read of our buffer it throws away)."""
+    receiver's pid, buffer address *dst*; or, with *local*, shared pages the receiver
+    reads into at its own address and we write at *local*): OK; GAVE_UP (the receiver
+    drops the message: send it another way); GONE (the receiver died); LATE (the
+    receiver, stopped, did not finish its pieces before *deadline*: it drops the
+    message, which is not sent; what it may still read of our buffer it throws away)."""
+    if local:
+        def put(off: int, ln: int) -> int:
+            _memmove(local + off, src + off, ln)
+            return ln
+    else:
+        def put(off: int, ln: int) -> int:
+            return _copy(_libc.process_vm_writev, pid, src + off, dst + off, ln)
     k, last, status = 0, -(-n // chunk), OK
     # Before each piece, a fresh look at how far the receiver has come from the back
     # (a stale one would have us copy a piece it is copying too: harmless, but slow).
@@ -138,7 +158,7 @@ def send(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
         fence()
         off = k * chunk
         ln = min(chunk, n - off)
-        got = _copy(_libc.process_vm_writev, pid, src + off, dst + off, ln)
+        got = put(off, ln)
         if got != ln:
             status = GONE if got == -errno.ESRCH else GAVE_UP
             break
@@ -158,8 +178,7 @@ def send(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
         # it could not read them after all: we copy its chunks ourselves
         for c in range(last - theirs, last):
             off = c * chunk
-            ln = min(chunk, n - off)
-            if _copy(_libc.process_vm_writev, pid, src + off, dst + off, ln) != ln:
+            if put(off, min(chunk, n - off)) != min(chunk, n - off):
                 status = GAVE_UP
                 break
     q[r + DA] = 1 if status == OK else 2

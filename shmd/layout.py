@@ -106,6 +106,7 @@ RV_FA, RV_DA, RV_BB, RV_DB, RV_BFAIL = range(9, 14)
 RV_ACTIVE = 14  # 1 while the receiver is in a receive that posts (taking earlier messages)
 RV_SPINS = 15  # 1: the receiver spins before it sleeps (it is back soon after a message)
 RV_NONE, RV_OPEN, RV_CLAIMED = 0, 1, 2
+RV_PAGES = 1 << 63  # ADDR of a claim into pages: this bit | segment << 32 | page
 # Descriptor fields (offset within a descriptor).
 D_SRC, D_TAG, D_NBYTES, D_SEG, D_PAGE, D_NPAGES, D_FLAGS, D_TOTAL, D_INLINE = (
     0, 4, 8, 16, 20, 24, 28, 32, 40)

@@ -1,9 +1,10 @@
 """Stress: 4 senders x 4 receivers, thousands of messages of random sizes up to 4 MiB
 (each with a checksum and a per-pair sequence number), through a daemon small enough
 (2 segments of 512 pages) that messages go in pieces and the memory is often full,
-while some senders and receivers are killed with SIGKILL at random instants. Half of
-the receivers use precv (through the pages), half precv_into a large buffer (large
-messages then often go straight from sender to receiver: direct.py).
+while some senders and receivers are killed with SIGKILL at random instants. One
+receiver uses precv (through the pages), two precv_into a large buffer (large messages
+then often go straight from sender to receiver: direct.py), one precv_view with its
+spin on (large messages then often come into pages both copy into: direct.py too).
 
 At the end every message from a living sender to a living receiver has arrived exactly
 once, intact and in order; a killed sender's messages arrived as an intact prefix; and
@@ -62,11 +63,16 @@ import json
 got = {str(s): [] for s in senders}
 ends, dead = {}, set()
 deadline = time.monotonic() + limit
-if into:  # into one large buffer: large messages come straight from the senders
+if mode == "into":  # into one large buffer: large messages come straight from the senders
     mv = memoryview(bytearray(maxsize + 8))
     def receive(timeout):
         src, tag, n = me.precv_into(mv, timeout=timeout)
         return src, tag, mv[:n]
+elif mode == "view":  # zero-copy; it posts "into pages" only while it spins
+    me._spin_auto, me._spin_budget = False, 2e-4
+    def receive(timeout):
+        with me.precv_view(timeout=timeout) as v:
+            return v.src, v.tag, bytes(v.data)
 else:
     def receive(timeout):
         return me.precv(timeout=timeout)
@@ -94,8 +100,8 @@ def test_stress_senders_receivers_with_kills(daemon, peers):
     stids, rtids = [s.tid for s in senders], [r.tid for r in receivers]
     consts = dict(TAG_DATA=TAG_DATA, TAG_END=TAG_END, TAG_DEAD=TAG_DEAD)
     with shmd.join() as me:
-        for k, r in enumerate(receivers):  # half of them take messages into a buffer
-            r.start(RECEIVER, senders=stids, limit=limit, into=k % 2 == 1, maxsize=MAXSIZE,
+        for r, mode in zip(receivers, ("precv", "into", "view", "into")):
+            r.start(RECEIVER, senders=stids, limit=limit, mode=mode, maxsize=MAXSIZE,
                     **consts)
         t0 = time.monotonic()
         for i, s in enumerate(senders):

@@ -1,7 +1,8 @@
 """Direct delivery (shmd/direct.py): a large message to a receiver blocked in
 precv_into goes straight from the sender's buffer into the receiver's, both copying,
-with no shared pages. Real processes and a real daemon; the daemon's allocation
-counter tells whether a message went through the pages."""
+with no shared pages; to one blocked (and spinning) in precv_view, into a run of pages
+the sender hands it, both copying. Real processes and a real daemon; the daemon's
+allocation counter tells whether a message went through the pages."""
 from __future__ import annotations
 
 import os
@@ -36,11 +37,16 @@ def allocations(daemon) -> int:
 
 def receive_into_later(me, buf, **kw):
     """precv_into in a thread (the test then sends from a peer); .result() joins it."""
+    return later(lambda: me.precv_into(buf, **kw))
+
+
+def later(receive):
+    """*receive()* in a thread, given time to post and block; .result() joins it."""
     box = {}
 
     def run():
         try:
-            box["r"] = me.precv_into(buf, **kw)
+            box["r"] = receive()
         except BaseException as e:  # handed to the test
             box["e"] = e
 
@@ -275,6 +281,104 @@ result = sent
     me.psend(q.tid, 1, payload(1, BIG))
     assert q.result() == BIG
     for x in (s, r, q):
+        x.close()
+    st = daemon.wait_idle(timeout=10)
+    assert all(x["free"] == x["pages"] for x in st["segments"])
+
+
+def spinning(me, monkeypatch):
+    """The receiver spins whatever the load (a zero-copy receive posts only then)."""
+    monkeypatch.setattr(me, "_spin_auto", False)
+    monkeypatch.setattr(me, "_spin_budget", 0.5)
+
+
+def test_a_zero_copy_receive_gets_a_large_message_into_pages_both_copying(daemon, me, peers,
+                                                                         monkeypatch):
+    """precv_view posts "into pages": the sender allocates a run, hands it over and
+    both copy into it (the receiver's half with process_vm_readv); the view is on that
+    run, which is the receiver's until released."""
+    spinning(me, monkeypatch)
+    took = []
+    real = direct.receive
+    monkeypatch.setattr(direct, "receive", lambda *a: took.append(a[5]) or real(*a))
+    size = 512 << 10  # direct (>= direct.MIN) and within one segment of this daemon
+    p = peers()
+    got = later(lambda: me.precv_view(timeout=20))
+    p.call("me.psend(dest, 7, payload(3, size))", dest=me.tid, size=size)
+    v = got()
+    assert (v.src, v.tag, v.nbytes) == (p.tid, 7, size) and bytes(v.data) == payload(3, size)
+    assert took == [size], "it did not come into pages by direct delivery"
+    held = {t["tid"]: t["pages"] for t in daemon.stat()["tasks"]}
+    assert held == {me.tid: size // PS, p.tid: 0}
+    v.release()
+    assert all(x["free"] == x["pages"] for x in daemon.stat()["segments"])
+    # a message larger than a segment is not offered: it comes in pieces, as before
+    got = later(lambda: me.precv_view(timeout=20))
+    p.call("me.psend(dest, 8, payload(4, size))", dest=me.tid, size=BIG)
+    with got() as v:
+        assert v.tag == 8 and bytes(v.data) == payload(4, BIG)
+    assert took == [size]
+
+
+@pytest.mark.parametrize("daemon", [(4096, 2)], indirect=True)
+@pytest.mark.parametrize("victim", ["sender", "receiver"])
+def test_kill_9_during_a_copy_into_pages(daemon, me, peers, victim):
+    """The sender's half of a 15 MiB copy into pages is slowed to ~2 s, and one side is
+    killed in the middle: the other goes on (the receiver drops the message and frees
+    the run, or the sender's psend returns), and no page stays allocated."""
+    size = 15 << 20
+    s, r = peers(), peers()
+    r.start("""
+me._spin_auto, me._spin_budget = False, 0.5  # it posts into pages only when it spins
+from shmd import direct
+real = direct.receive
+def no_help(q, r, pid, src, dst, n, chunk, alive):
+    q[r + direct.BB] = q[r + direct.DB] = 0  # takes no piece: the sender copies all
+    return real(q, r, pid, src, dst, 0, chunk, alive)
+direct.receive = no_help
+try:
+    v = me.precv_view(timeout=5)
+    result = ["got", v.nbytes]
+except shmd.PvmTimeout:
+    result = ["timeout"]
+""")
+    time.sleep(0.5)
+    s.start("""
+import time
+from shmd import direct
+real = direct._memmove
+def slow(dst, src, n):
+    time.sleep(0.12)
+    return real(dst, src, n)
+direct._memmove = slow
+try:
+    me.psend(dest, 1, payload(5, size), timeout=20)
+    result = "sent"
+except shmd.PvmError as e:
+    result = e.name
+""", dest=r.tid, size=size)
+    time.sleep(0.5)
+    held = {t["tid"]: t["pages"] for t in daemon.stat()["tasks"]}
+    assert held[r.tid] == -(-size // PS), "the run is not the receiver's during the copy"
+    if victim == "sender":
+        s.kill()
+        assert r.result(timeout=15) == ["timeout"]  # it dropped the message
+    else:
+        r.kill()
+        deadline = time.monotonic() + 5
+        while r.tid in (tasks := {t["tid"]: t["pages"] for t in daemon.stat()["tasks"]}):
+            assert time.monotonic() < deadline, "the receiver was not reaped"
+            time.sleep(0.02)
+        assert not s.ready(), "the copy ended before the receiver was reaped (too fast)"
+        assert tasks[s.tid] == -(-size // PS), "the run was not handed back to its writer"
+        assert s.result(timeout=15) in ("sent", "PvmNoTask")  # it did not hang
+    # freed while the survivor is still there: pvm_shmd did not free the run under the
+    # sender's writes, but handed it back, and the sender freed it when done
+    deadline = time.monotonic() + 10
+    while not all(x["free"] == x["pages"] for x in daemon.stat()["segments"]):
+        assert time.monotonic() < deadline, "the run was not freed"
+        time.sleep(0.05)
+    for x in (s, r):
         x.close()
     st = daemon.wait_idle(timeout=10)
     assert all(x["free"] == x["pages"] for x in st["segments"])
