@@ -885,7 +885,7 @@ class Task:
             i[W] = 0
         if not woke:
             self._check_alive()
-        elif self._q[self._T] == self._q[self._H]:
+        elif self._q[self._T] == self._q[self._H] and self._q[self._R] != _RV_CLAIMED:
             # Woken before the message is there: psend wakes a sleeper first and posts
             # after (a microsecond or two). Polling that long beats sleeping again.
             q, T, H, clock = self._q, self._T, self._H, time.perf_counter
