@@ -218,7 +218,8 @@ class Daemon:
 
     def clear_maps(self) -> None:
         for i in range(len(self.segs)):
-            pagemap.init(self.m32, layout.map_off(i) // 4, self.geo.npages)
+            pagemap.init(self.m32, layout.map_off(i) // 4, self.geo.npages,
+                         layout.rover_index(i))
             layout.segent(self.buf, i)["free"] = self.geo.npages
 
     def listen(self) -> None:
@@ -325,7 +326,7 @@ class Daemon:
                             continue
                         doomed.add(p)
                 for p in doomed:
-                    n = pagemap.free(self.m32, b, self.geo.npages, p)
+                    n = pagemap.free(self.m32, b, self.geo.npages, p, layout.rover_index(s))
                     freed += n
                     e = layout.segent(self.buf, s)
                     e["free"] = e["free"] + n

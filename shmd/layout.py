@@ -75,6 +75,7 @@ S = {
     "map_off": (32, "Q"),
     "allocated": (40, "Q"),
     "freed": (48, "Q"),
+    "rover": (56, "I"),  # where the next allocation's search starts (pagemap.py)
 }
 # Task slot header fields (offset within the slot).
 T = {
@@ -174,6 +175,11 @@ def header(buf: memoryview) -> Struct:
 
 def segent(buf: memoryview, seg: int) -> Struct:
     return Struct(buf, SEGTAB_OFF + seg * SEGENT, S)
+
+
+def rover_index(seg: int) -> int:
+    """Index of segment *seg*'s rover in an int32 view of segment 0."""
+    return (SEGTAB_OFF + seg * SEGENT + S["rover"][0]) // 4
 
 
 def slot_off(i: int) -> int:

@@ -5,6 +5,12 @@ the run is free and -n when it is allocated; ``owner[p]`` holds the tid that hol
 allocated run. Allocation skips whole runs (allocated ones too), and freeing merges
 with both neighbours in constant time, so no operation walks page by page.
 
+Allocation is next fit: it starts at a rover (the start of the run after the last one
+it handed out) and wraps round. A first fit from page 0 walked every run in flight
+each time: with 256 messages of 16 KiB in flight, 5 us an allocation. The rover always
+names a run's first page: a free that merges runs round it moves it to the merged
+run's start.
+
 Callers hold the segment's semaphore; these functions only compute.
 ``m`` is an int32 memoryview over segment 0 and ``b`` the map's index in it.
 """
@@ -13,18 +19,33 @@ from __future__ import annotations
 from .layout import MAXPAGES
 
 
-def init(m: memoryview, b: int, npages: int) -> None:
-    """One free run of every page."""
+def init(m: memoryview, b: int, npages: int, r: int = -1) -> None:
+    """One free run of every page (and the rover, at index *r* of *m*, on it)."""
     m[b] = npages
     m[b + MAXPAGES + npages - 1] = npages
     m[b + 2 * MAXPAGES] = 0
+    if r >= 0:
+        m[r] = 0
 
 
-def alloc(m: memoryview, b: int, npages: int, want: int, owner: int) -> int:
-    """First free run of at least *want* pages: mark it for *owner*; return its first
-    page, or -1 when no run is large enough."""
-    p = 0
-    while p < npages:
+def alloc(m: memoryview, b: int, npages: int, want: int, owner: int, r: int = -1) -> int:
+    """A free run of at least *want* pages, the first from the rover at index *r* of
+    *m* on (from page 0 without one), wrapping round: mark it for *owner*; return its
+    first page, or -1 when no run is large enough."""
+    start = m[r] if r >= 0 else 0
+    if not 0 < start < npages:
+        start = 0
+    p = _fit(m, b, start, npages, want, owner)
+    if p < 0 and start:
+        p = _fit(m, b, 0, start, want, owner)
+    if p >= 0 and r >= 0:
+        m[r] = p + want if p + want < npages else 0
+    return p
+
+
+def _fit(m: memoryview, b: int, p: int, stop: int, want: int, owner: int) -> int:
+    """alloc's walk over the runs that start in [p, stop); p starts a run."""
+    while p < stop:
         v = m[b + p]
         if v >= want:
             f = b + MAXPAGES
@@ -41,9 +62,10 @@ def alloc(m: memoryview, b: int, npages: int, want: int, owner: int) -> int:
     return -1
 
 
-def free(m: memoryview, b: int, npages: int, p: int) -> int:
-    """Free the allocated run starting at page *p*, merging it with free neighbours;
-    return the number of pages freed (0 if *p* does not start an allocated run).
+def free(m: memoryview, b: int, npages: int, p: int, r: int = -1) -> int:
+    """Free the allocated run starting at page *p*, merging it with free neighbours
+    (and moving the rover at index *r* of *m* to the merged run's start if it pointed
+    inside); return the number of pages freed (0 if *p* does not start an allocated run).
 
     A page that does not start an allocated run (a second free of the same run, a
     stale descriptor) is refused: its header and footer must both say -n."""
@@ -65,6 +87,8 @@ def free(m: memoryview, b: int, npages: int, p: int) -> int:
         m[b + p] = 0  # no stale -n inside the merged run: a second free must fail
     m[b + start] = length
     m[f + start + length - 1] = length
+    if r >= 0 and start < m[r] < start + length:
+        m[r] = start
     return n
 
 

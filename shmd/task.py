@@ -237,6 +237,7 @@ class Task:
             self._mapb.append(e["map_off"] // 4)
         self._segq = [(layout.SEGTAB_OFF + s * layout.SEGENT) // 8 for s in range(self._nsegs)]
         self._segi = [(layout.SEGTAB_OFF + s * layout.SEGENT) // 4 for s in range(self._nsegs)]
+        self._rover = [layout.rover_index(s) for s in range(self._nsegs)]
         self._maxpages = max(self._npages)
         sb = layout.slot_off(self._slot)
         self._H, self._T = (sb + 16) // 8, (sb + 24) // 8
@@ -367,7 +368,8 @@ class Task:
                 except ipc.Gone:
                     raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
                 try:
-                    p = pagemap.alloc(m, self._mapb[s], self._npages[s], want, tid)
+                    p = pagemap.alloc(m, self._mapb[s], self._npages[s], want, tid,
+                                      self._rover[s])
                     if p >= 0:
                         m[self._segi[s] + 5] -= want  # free pages
                         self._q[self._segq[s] + 5] += 1  # allocations
@@ -393,7 +395,7 @@ class Task:
         try:
             if only_if and self._i[self._mapb[s] + _OWNER + p] != only_if:
                 return
-            n = pagemap.free(self._i, self._mapb[s], self._npages[s], p)
+            n = pagemap.free(self._i, self._mapb[s], self._npages[s], p, self._rover[s])
             if n:
                 self._i[self._segi[s] + 5] += n
                 self._q[self._segq[s] + 6] += 1

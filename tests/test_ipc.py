@@ -47,3 +47,20 @@ def test_waiter_raises_gone_when_the_semaphore_is_removed(sem):
     with pytest.raises(ipc.Gone):
         w.down(5.0)
 
+
+
+@pytest.mark.parametrize("hold", [0.005, 0.2])  # within the spin before sleeping, and past it
+def test_lock_waits_for_its_holder_then_times_out(sem, hold):
+    sem.release()  # a free lock
+    lock, other = ipc.Lock(sem), ipc.Lock(sysv_ipc.Semaphore(sem.key))
+    assert other.acquire(1.0)
+    threading.Timer(hold, other.release).start()
+    t = time.monotonic()
+    assert lock.acquire(5.0)
+    assert time.monotonic() - t >= hold * 0.9
+    t = time.monotonic()
+    assert not other.acquire(0.1)  # held by us: it waits its timeout, then gives up
+    assert 0.09 <= time.monotonic() - t < 1.0
+    lock.release()
+    assert other.acquire(1.0)
+    other.release()

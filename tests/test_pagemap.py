@@ -15,11 +15,12 @@ from shmd import pagemap
 from shmd.layout import MAXPAGES
 
 B = 7  # maps live at an arbitrary index inside segment 0, not at 0
+R = 3  # and the rover at another
 
 
-def new_map(npages: int) -> memoryview:
+def new_map(npages: int, rover: bool = False) -> memoryview:
     m = memoryview(array("i", [0x5A5A5A5A] * (B + 3 * MAXPAGES)))  # garbage, as in reused shm
-    pagemap.init(m, B, npages)
+    pagemap.init(m, B, npages, R if rover else -1)
     return m
 
 
@@ -55,36 +56,45 @@ ops = st.lists(st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(npages=st.integers(1, 64), seq=ops)
-def test_random_alloc_free_keeps_invariants(npages, seq):
-    m = new_map(npages)
+@given(npages=st.integers(1, 64), seq=ops, rover=st.booleans())
+def test_random_alloc_free_keeps_invariants(npages, seq, rover):
+    m = new_map(npages, rover)
+    r = R if rover else -1
     held: dict[int, tuple[int, int]] = {}
     freed_once: list[int] = []
     for op in seq:
         if op[0] == "alloc":
             _, want, owner = op
             free, _ = pagemap.summary(m, B, npages)
-            biggest = max([n for _, n, a, _ in pagemap.runs(m, B, npages) if not a] or [0])
-            p = pagemap.alloc(m, B, npages, want, owner)
+            runs = list(pagemap.runs(m, B, npages))
+            biggest = max([n for _, n, a, _ in runs if not a] or [0])
+            # next fit: the first run large enough from the rover on, wrapping round
+            start = m[R] if rover else 0
+            fits = [q for q, n, a, _ in runs if not a and n >= want]
+            expect = min([q for q in fits if q >= start] or fits or [-1])
+            p = pagemap.alloc(m, B, npages, want, owner, r)
             if want <= biggest:
-                assert p >= 0, "first fit missed a run large enough"
+                assert p >= 0, "the search missed a run large enough"
+                assert p == expect, f"took the run at {p}, not the next fit at {expect}"
                 held[p] = (want, owner)
             else:
                 assert p == -1
         elif op[0] == "free" and held:
             p = sorted(held)[op[1] % len(held)]
             n, _ = held.pop(p)
-            assert pagemap.free(m, B, npages, p) == n
+            assert pagemap.free(m, B, npages, p, r) == n
             freed_once.append(p)
         elif op[0] == "stale":
             # a page that does not start a run we hold: a second free, or any page
             cands = freed_once + list(range(npages))
             p = cands[op[1] % len(cands)]
             if p not in held:
-                assert pagemap.free(m, B, npages, p) == 0, f"stale free of page {p} accepted"
+                assert pagemap.free(m, B, npages, p, r) == 0, f"stale free of page {p} accepted"
         check_invariants(m, npages, held)
+        if rover:  # the rover names a run's first page
+            assert m[R] in {q for q, _, _, _ in pagemap.runs(m, B, npages)}
     for p in list(held):
-        assert pagemap.free(m, B, npages, p) == held.pop(p)[0]
+        assert pagemap.free(m, B, npages, p, r) == held.pop(p)[0]
     check_invariants(m, npages, {})
     assert list(pagemap.runs(m, B, npages)) == [(0, npages, False, 0)]
 
