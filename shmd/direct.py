@@ -19,12 +19,14 @@ is copied twice with the same bytes, which is harmless, and none is left out:
 
 A receiver blocked in ``precv_view`` posts the same record with no buffer (address
 0): "into pages". The sender then allocates a run of pages, hands it to the receiver
-(page owner, and the record's address word: segment << 32 | page) as it claims, and
-the two copy the same way into the run: the sender with a plain memmove into its
-mapping, the receiver with ``process_vm_readv`` into its own. From the claim on the
-run is the receiver's: it frees it if the message does not come whole, the daemon if
-the receiver dies. So a zero-copy receive of a large message costs the sender half a
-copy, not a whole one.
+(page owner, and the record's address word: ``RV_PAGES | segment << 32 | page``) as it
+claims, and the two copy the same way into the run: the sender with a plain memmove
+into its mapping, the receiver with ``process_vm_readv`` into its own. From the claim
+on the run is the receiver's: it frees it if the message does not come whole. If the
+receiver dies while the sender still writes (no DA yet), pvm_shmd gives the run back
+to the sender instead of freeing it, and the sender, once done, frees a run it finds
+its own again (both under the segment's semaphore). So a zero-copy receive of a large
+message costs the sender half a copy, not a whole one.
 
 The sender's DA word ends it: 1 delivered, 2 given up (the receiver drops what it
 got; the message then goes through the pages, or, when psend's timeout ran out, is
