@@ -60,6 +60,7 @@ _LOCK_ID = layout.T["lock_id"][0] // 4  # its inbox lock's semaphore id, in int3
 _SMALL_TYPES = (bytes, bytearray)  # what psend's fast path takes (len() is the byte count)
 _RV_OPEN, _RV_CLAIMED, _RV_NONE = layout.RV_OPEN, layout.RV_CLAIMED, layout.RV_NONE
 _fence = ipc.fence
+_clock = time.perf_counter
 
 
 @functools.lru_cache(maxsize=None)
@@ -1115,23 +1116,23 @@ class Task:
             # _next_small, inline (keep the two in step): the receive every small
             # message takes. Calling it instead costs ~0.05 us a message, measured:
             # 2.74-2.76x mpi4py's ping-pong latency became 2.83-3.04x, the floor being 3x.
-            q, H = self._q, self._H
+            q, H, T = self._q, self._H, self._T
             head = q[H]
-            if head == q[self._T] and timeout != 0:
+            if head == q[T] and timeout != 0:
                 if self._spin_budget:
-                    T, clock = self._T, time.perf_counter
+                    clock = _clock
                     end = clock() + self._spin_budget
                     # three looks per clock reading: a message is seen sooner
                     while q[T] == head and q[T] == head and q[T] == head and clock() < end:
                         pass
-                if head == q[self._T]:
+                if head == q[T]:
                     # Sleep here (once: a wake-up, a slice or the deadline), not in the
                     # general path: what runs between a wake-up and the reply is on the
                     # critical path, and it runs slowly (cold caches).
                     self._spun = True  # the general path sleeps without spinning again
                     deadline = _INF if timeout is None else time.monotonic() + timeout
                     self._sleep(deadline)
-            if head != q[self._T]:
+            if head != q[T]:
                 off = self._ring + (head % _RING) * _DESCSZ
                 # src, tag, nbytes, seg, flags and the data, in one call, guessing the
                 # length of the last small message (a wrong guess costs a slice)
@@ -1163,7 +1164,7 @@ class Task:
         deadline = None
         if head == q[T] and timeout != 0:
             if self._spin_budget:
-                clock = time.perf_counter
+                clock = _clock
                 end = clock() + self._spin_budget
                 while q[T] == head and q[T] == head and q[T] == head and clock() < end:
                     pass
