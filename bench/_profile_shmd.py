@@ -112,15 +112,13 @@ def pieces(vmid: str, n: int) -> None:
                 pass
 
         g = {"lock": lock, "wake": wake, "desc": desc, "buf": buf, "d": d_off, "me": me,
-             "ipc": ipc, "wid": me._mywake_id, "busy": busy, "pagemap": pagemap, "m": m,
+             "ipc": ipc, "busy": busy, "pagemap": pagemap, "m": m,
              "b": b, "np": np_, "tid": me.tid, "time": time, "layout": layout,
              "Desc": shmd.task._Desc, "f": (1, 2, 3, -1, 0, 0, 1, 3)}
         items = [
             ("inbox lock: acquire + release (2 semop)", "lock.acquire(1.0); lock.release()"),
             ("sysv_ipc sem.release() (1 semop)", "wake.release(); wake.acquire()", 2),
             ("failed non-blocking acquire (BusyError)", "busy()"),
-            ("sem.release + ipc.timed_down (succeeds)", "wake.release(); "
-                                                       "ipc.timed_down(wid, 1.0, False)"),
             ("sem.release + Waiter.down (succeeds)", "wake.release(); me._waiter.down(1.0)"),
             ("ipc.fence()", "ipc.fence()"),
             ("descriptor pack_into", "desc.pack_into(buf, d, 1, 2, 3, -1, 0, 0, 1, 3)"),

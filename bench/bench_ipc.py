@@ -815,7 +815,7 @@ def main(argv=None) -> int:
                   "(it needs root)", file=sys.stderr)
             return 2
     try:
-        return run(a, argv)
+        return run(ap, a, argv)
     finally:
         if idle_fd is not None:
             os.close(idle_fd)  # the kernel drops the request with the last close
@@ -846,7 +846,7 @@ def idle_state() -> str:
     return f"cpuidle driver {driver}"
 
 
-def run(a, argv) -> int:
+def run(ap: argparse.ArgumentParser, a, argv) -> int:
     repeat = a.repeat or (1 if a.quick else 5)
     scale = 0.25 if a.quick else 1.0
     lat_sizes, bw_sizes, cont_sizes = LAT_SIZES, BW_SIZES, CONT_SIZES

@@ -43,17 +43,13 @@ class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
-_libc.semtimedop.argtypes = [ctypes.c_int, ctypes.POINTER(_Sembuf), ctypes.c_size_t,
-                             ctypes.POINTER(_Timespec)]
 _libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
 _libc.semctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
 _libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
 _libc.msgctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-_libc.semtimedop.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _DOWN_UNDO = _Sembuf(0, -1, SEM_UNDO)
 _DOWN = _Sembuf(0, -1, 0)
-_DOWN_ADDR = {True: ctypes.addressof(_DOWN_UNDO), False: ctypes.addressof(_DOWN)}
 MADV_POPULATE_WRITE = 23
 
 
@@ -61,35 +57,17 @@ class Gone(Exception):
     """The semaphore was removed (its owner, the daemon, tore it down)."""
 
 
-def timed_down(semid: int, timeout: float, undo: bool) -> bool:
-    """semop -1 on *semid*, waiting at most *timeout* seconds; True if acquired."""
-    timeout = min(timeout, MAX_WAIT)  # "for ever" is an hour at a time
-    ts = _Timespec(int(timeout), int((timeout % 1) * 1e9))
-    op, tsp = _DOWN_ADDR[undo], ctypes.addressof(ts)
-    while True:
-        if _libc.semtimedop(semid, op, 1, tsp) == 0:
-            return True
-        e = ctypes.get_errno()
-        if e == errno.EAGAIN:
-            return False
-        if e == errno.EINTR:
-            continue  # a signal: the caller's loop re-checks its state anyway
-        if e in (errno.EIDRM, errno.EINVAL):
-            raise Gone(f"semaphore {semid} removed")
-        raise OSError(e, os.strerror(e))
-
-
-# A second handle on semtimedop, without argtypes, for Waiter: it is called with
-# arguments built once (ctypes converting four arguments costs ~0.8 us a call, more
-# than the system call itself).
-_semtimedop_raw = _libc["semtimedop"]
-_semtimedop_raw.restype = ctypes.c_int
+# semtimedop without argtypes: Waiter calls it with arguments built once (ctypes
+# converting four arguments costs ~0.8 us a call, more than the system call itself).
+_semtimedop = _libc["semtimedop"]
+_semtimedop.restype = ctypes.c_int
 _ONE = ctypes.c_size_t(1)
 
 
 class Waiter:
-    """Timed downs (-1) of one semaphore, as cheap per call as ctypes allows: what
-    a receiver calls each time it sleeps. Not for use by two threads at once."""
+    """Timed downs (semop -1, with or without SEM_UNDO) of one semaphore, as cheap per
+    call as ctypes allows: what a receiver calls each time it sleeps, and a Lock when
+    its holder keeps it. Not for use by two threads at once."""
 
     __slots__ = ("semid", "_args", "_ts")
 
@@ -100,13 +78,13 @@ class Waiter:
                       ctypes.byref(self._ts))
 
     def down(self, timeout: float) -> bool:
-        """Like ``timed_down``: True if acquired within *timeout* seconds."""
+        """True if acquired within *timeout* seconds ("for ever" is an hour at a time)."""
         timeout = min(timeout, MAX_WAIT)
         ts = self._ts
         ts.tv_sec = whole = int(timeout)
         ts.tv_nsec = int((timeout - whole) * 1e9)
         while True:
-            if _semtimedop_raw(*self._args) == 0:
+            if _semtimedop(*self._args) == 0:
                 return True
             e = ctypes.get_errno()
             if e == errno.EAGAIN:

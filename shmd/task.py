@@ -247,7 +247,6 @@ class Task:
         self._matchers: dict[tuple[int, int], object] = {}
         self._W, self._P = sb // 4 + _WAITING, (sb + 48) // 4
         t = layout.slot(buf, self._slot)
-        self._mywake_id = t["wake_id"]
         self._R = (sb + layout.RV_OFF) // 8  # our direct-delivery record (word index)
         self._mylock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
         self._direct = direct.available()
