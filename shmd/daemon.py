@@ -359,7 +359,7 @@ class Daemon:
         sender = self.m32[2 * (r + layout.RV_FROM)]
         if not any(t["tid"] == sender for _, t in self.slots()):
             return None  # gone too: the run is freed with the receiver's
-        return (addr >> 32) & 0x7FFFFFFF, addr & 0xFFFFFFFF, sender, r + layout.RV_DA
+        return (*layout.rv_run(addr), sender, r + layout.RV_DA)
 
     def live_ring_refs(self, exclude: int) -> set[tuple[int, int]]:
         """(segment, page) of every message waiting in a live task's inbox."""

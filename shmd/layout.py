@@ -108,6 +108,16 @@ RV_ACTIVE = 14  # 1 while the receiver is in a receive that posts (taking earlie
 RV_SPINS = 15  # 1: the receiver spins before it sleeps (it is back soon after a message)
 RV_NONE, RV_OPEN, RV_CLAIMED = 0, 1, 2
 RV_PAGES = 1 << 63  # ADDR of a claim into pages: this bit | segment << 32 | page
+
+
+def rv_run_word(seg: int, page: int) -> int:
+    """The record's ADDR word for a claim into the run at *page* of segment *seg*."""
+    return RV_PAGES | seg << 32 | page
+
+
+def rv_run(word: int) -> tuple[int, int]:
+    """(segment, page) of the run an ADDR word with RV_PAGES names."""
+    return (word >> 32) & 0x7FFFFFFF, word & 0xFFFFFFFF
 # Descriptor fields (offset within a descriptor).
 D_SRC, D_TAG, D_NBYTES, D_SEG, D_PAGE, D_NPAGES, D_FLAGS, D_TOTAL, D_INLINE = (
     0, 4, 8, 16, 20, 24, 28, 32, 40)

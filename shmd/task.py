@@ -598,7 +598,7 @@ class Task:
             if run is not None:
                 s, p = run
                 i[self._mapb[s] + _OWNER + p] = dest  # its run from now on
-                q[r + layout.RV_ADDR] = layout.RV_PAGES | s << 32 | p
+                q[r + layout.RV_ADDR] = layout.rv_run_word(s, p)
             i[2 * (r + layout.RV_FROM)], i[2 * (r + layout.RV_FROM) + 1] = self.tid, tag
             q[r + layout.RV_PID], q[r + layout.RV_SRC] = self._pid, src
             q[r + layout.RV_N], q[r + layout.RV_CHUNK] = n, chunk
@@ -701,7 +701,7 @@ class Task:
         q, i = self._q, self._i
         sb = ti * 4
         H, T = (sb + 16) >> 3, (sb + 24) >> 3
-        need = 1 if s >= 0 else (n + _SPAN_ADD) // _DESCSZ
+        need = 1 if s >= 0 else layout.span(n)
         early = i[ti + _WAITING]  # woken now, it is back about when the message is there
         if early:
             try:
@@ -1056,7 +1056,7 @@ class Task:
         n = q[r + layout.RV_N]
         dst = q[r + layout.RV_ADDR]
         if pages:
-            s, p = (dst >> 32) & 0x7FFFFFFF, dst & 0xFFFFFFFF
+            s, p = layout.rv_run(dst)
             dst = self._bases[s] + p * self._ps
 
         # The sender is waited for as long as its process lives, whatever happens to
@@ -1140,16 +1140,20 @@ class Task:
                         and (tag == ANY or f[1] == tag)):
                     data = f[5]
                     if len(data) != f[2]:
-                        n = f[2]
-                        data = self._buf[off + _INL:off + _INL + n].tobytes()
-                        if n <= _INLINE:
-                            self._rx = _small_desc(n)
-                        else:  # a medium message: its bytes fill the next descriptors
-                            head += (n + _SPAN_ADD) // _DESCSZ - 1
+                        data, span = self._unguessed(off, f[2])
+                        head += span - 1
                     q[H] = head + 1
                     self._spun = False
                     return _new(Message, (f[0], f[1], data))
         return _new(Message, self._receive(source, tag, timeout, deadline=deadline))
+
+    def _unguessed(self, off: int, n: int) -> tuple[bytes, int]:
+        """The *n* inline bytes of the descriptor at *off* when the receive fast path
+        guessed another length, and the descriptors it takes. A small length is the
+        next guess; a medium message's bytes run on through the next descriptors."""
+        if n <= _INLINE:
+            self._rx = _small_desc(n)
+        return self._buf[off + _INL:off + _INL + n].tobytes(), layout.span(n)
 
     def _next_small(self, source: int, tag: int, timeout: float | None, room: int):
         """The common case of a receive, in as few interpreter steps as we can: nothing
@@ -1178,12 +1182,8 @@ class Task:
                     and (source == ANY or f[0] == source) and (tag == ANY or f[1] == tag)):
                 data = f[5]
                 if len(data) != f[2]:
-                    n = f[2]
-                    data = self._buf[off + _INL:off + _INL + n].tobytes()
-                    if n <= _INLINE:
-                        self._rx = _small_desc(n)
-                    else:
-                        head += (n + _SPAN_ADD) // _DESCSZ - 1
+                    data, span = self._unguessed(off, f[2])
+                    head += span - 1
                 q[H] = head + 1
                 self._spun = False
                 return (f[0], f[1], data), None
