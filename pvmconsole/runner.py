@@ -5,11 +5,55 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence
+
+#: A program that ran past its timeout gets TERM, then KILL after this many seconds.
+KILL_GRACE = 2.0
+
+# -- the console's own environment changes --------------------------------------------------
+# `setenv`, `export` and `unexport` change os.environ (the hostfile's $VAR expansion and
+# spawn's PVM_EXPORT read it), but those values are meant for the tasks, not for the
+# daemon's tools: the console runs pvm_shmd, pvm_shmd_stat and pvm_spawn --tasks/--kill
+# with the environment it started with, so nothing set at the prompt (a 200 KB value,
+# a changed PVM_TMP) can make `ps`, `stat` or `halt` fail.
+_ORIGINAL: dict[str, str | None] = {}  # name -> its value before the console first changed it
+_env_lock = threading.Lock()
+
+
+def set_console_var(name: str, value: str | None) -> None:
+    """Set (or with None remove) a variable of the console's environment, remembering
+    its value from before, so :func:`tool_environ` can leave the change out."""
+    with _env_lock:
+        _ORIGINAL.setdefault(name, os.environ.get(name))
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def console_vars() -> list[str]:
+    """The names the console changed (setenv, export, unexport), in order."""
+    with _env_lock:
+        return list(_ORIGINAL)
+
+
+def tool_environ() -> dict[str, str]:
+    """os.environ as it would be without the console's setenv/export changes: what the
+    daemon's own programs run with."""
+    with _env_lock:
+        env = dict(os.environ)
+        for name, before in _ORIGINAL.items():
+            if before is None:
+                env.pop(name, None)
+            else:
+                env[name] = before
+        return env
 
 
 @dataclass
@@ -82,7 +126,9 @@ class LineStream:
 
 class Runner(Protocol):
     """Runs argv on one host. Implementations never build a shell string from
-    argv without quoting every word (shlex.join)."""
+    argv without quoting every word (shlex.join). ``run`` gives rc 124 on timeout
+    and has then stopped what it started (the program's process group: TERM, KILL
+    after KILL_GRACE s), so a timed-out command leaves nothing running on the host."""
 
     host: str
 
@@ -127,22 +173,36 @@ class LocalRunner:
         self.host = host
 
     def run(self, argv, *, timeout, input=None, cwd=None, env=None) -> Result:
-        full_env = dict(os.environ)
+        """Run argv with the console's original environment (tool_environ) plus *env*.
+        It gets a process group of its own, so a timeout stops the program and
+        whatever it started in that group."""
+        full_env = tool_environ()
         if env:
             full_env.update(env)
         try:
-            p = subprocess.run(
-                list(argv), input=input, capture_output=True, text=True,
-                timeout=timeout, cwd=cwd, env=full_env,
-            )
+            p = subprocess.Popen(
+                list(argv), stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                env=full_env, start_new_session=True)
         except FileNotFoundError:
             return Result(127, "", f"{argv[0]}: No such file or directory\n")
+        except OSError as e:  # E2BIG, EACCES, ENOEXEC...: one line, never a traceback
+            return Result(126, "", f"{argv[0]}: {e.strerror or e}\n")
+        try:
+            out, err = p.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return Result(124, "", f"{argv[0]}: timed out after {timeout:g} s\n")
-        return Result(p.returncode, p.stdout, p.stderr)
+            _stop_group(p)
+            return Result(124, "", f"{argv[0]}: timed out after {timeout:g} s; stopped it "
+                                   "and what it started\n")
+        except BaseException:  # Ctrl-C: the program must not outlive the command
+            _stop_group(p)
+            raise
+        return Result(p.returncode, out, err)
 
     def start(self, argv, *, timeout, cwd=None, env=None) -> LineStream:
-        full_env = dict(os.environ)
+        """Start argv (pvm_spawn) as :meth:`run` would: the console's original
+        environment plus *env* (what `export` names), as on a remote host."""
+        full_env = tool_environ()
         if env:
             full_env.update(env)
         try:
@@ -166,4 +226,29 @@ class LocalRunner:
         return LineStream(read, name=f"start {self.host}")
 
     def close(self) -> None:
+        pass
+
+
+def _stop_group(p: subprocess.Popen) -> None:
+    """TERM the process group of *p* (its own session), KILL it after KILL_GRACE s,
+    reap *p*. Its pgid is its pid (start_new_session)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            break  # the whole group is gone
+        deadline = time.monotonic() + KILL_GRACE
+        while time.monotonic() < deadline:
+            p.poll()
+            try:
+                os.killpg(p.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        else:
+            continue
+        break
+    try:
+        p.communicate(timeout=KILL_GRACE)  # close its pipes, reap it
+    except (subprocess.TimeoutExpired, ValueError, OSError):
         pass

@@ -2,13 +2,57 @@
 from __future__ import annotations
 
 import os
+import re
 
 from pvmconsole import formats
 from pvmconsole.console import VERSION, Console, ExitConsole
-from pvmconsole.registry import Command
+from pvmconsole.registry import Command, CommandError
+from pvmconsole.runner import console_vars, set_console_var
 from pvmconsole.vmtable import dtid
 
 EXPORT_VAR = "PVM_EXPORT"
+# Bounds on what `setenv`/`export` may set, in bytes of "NAME=value". The kernel refuses
+# any one environment string over MAX_ARG_STRLEN (128 KiB) with E2BIG, and over SSH the
+# whole remote command, exported variables included, is one such string for the remote
+# shell: 32 KiB a variable and 64 KiB for all the console set leave room for the rest.
+ENV_VAR_MAX = 32 * 1024
+ENV_TOTAL_MAX = 64 * 1024
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what `env NAME=value` and every shell take
+
+
+def _size(name: str, value: str) -> int:
+    return len(os.fsencode(f"{name}={value}")) + 1  # + the NUL that ends it in envp
+
+
+def check_env_name(name: str) -> str:
+    """A variable name the console can pass to a task, else CommandError naming it."""
+    if not _NAME_RE.fullmatch(name) or len(name) > ENV_VAR_MAX // 2:
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise CommandError(f"bad variable name {shown!r}: use letters, digits and '_', "
+                           "not starting with a digit")
+    return name
+
+
+def set_checked(name: str, value: str) -> None:
+    """Set *name* in the console's environment if it fits the bounds above; else
+    CommandError naming the variable and the limit (nothing is changed)."""
+    check_env_name(name)
+    if "\0" in value:
+        raise CommandError(f"value of {name} contains a NUL character")
+    try:
+        size = _size(name, value)
+    except UnicodeEncodeError:
+        raise CommandError(f"value of {name} is not valid text") from None
+    if size > ENV_VAR_MAX:
+        raise CommandError(f"value of {name} is too long: {size} bytes with its name; "
+                           f"at most {ENV_VAR_MAX} per variable")
+    total = size + sum(_size(n, os.environ[n]) for n in console_vars()
+                       if n != name and n in os.environ)
+    if total > ENV_TOTAL_MAX:
+        raise CommandError(f"no room for {name}: the variables set in this console would take "
+                           f"{total} bytes, at most {ENV_TOTAL_MAX} in all "
+                           "(set some to \"\" to make room)")
+    set_console_var(name, value)
 CONSOLE_TID = dtid(1) + 1  # PVM's console was the first task on the master: t40001
 
 
@@ -53,7 +97,7 @@ def do_setenv(c: Console, args: list[str]) -> None:
         if args[0] in os.environ:
             c.print(os.environ[args[0]])
     else:
-        os.environ[args[0]] = " ".join(args[1:])
+        set_checked(args[0], " ".join(args[1:]))
 
 
 def _exports() -> list[str]:
@@ -66,13 +110,15 @@ def do_export(c: Console, args: list[str]) -> None:
         c.print(f"{EXPORT_VAR}={':'.join(names)}")
         return
     for n in args:
+        check_env_name(n)  # all checked before any is added
+    for n in args:
         if n not in names:
             names.append(n)
-    os.environ[EXPORT_VAR] = ":".join(names)
+    set_checked(EXPORT_VAR, ":".join(names))
 
 
 def do_unexport(c: Console, args: list[str]) -> None:
-    os.environ[EXPORT_VAR] = ":".join(n for n in _exports() if n not in args)
+    set_console_var(EXPORT_VAR, ":".join(n for n in _exports() if n not in args))
 
 
 def do_quit(c: Console, args: list[str]) -> None:
@@ -91,7 +137,10 @@ COMMANDS = [
     Command("id", 1, 1, "Print console task id", ("Syntax:  id",), do_id),
     Command("quit", 1, 1, "Exit console", ("Syntax:  quit",), do_quit),
     Command("setenv", 1, None, "Display or set environment variables",
-            ("Syntax:  setenv [ name [ value ] ]",), do_setenv),
+            ("Syntax:  setenv [ name [ value ] ]",
+             "Names: letters, digits and '_' (not starting with a digit); values are for the",
+             f"tasks (see export): at most {ENV_VAR_MAX} bytes a variable, {ENV_TOTAL_MAX} in all."),
+            do_setenv),
     Command("unalias", 2, None, "Undefine command alias", ("Syntax:  unalias name ...",), do_unalias),
     Command("unexport", 1, None, "Remove environment variables from spawn export list",
             ("Syntax:  unexport [ varname ... ]",), do_unexport),
