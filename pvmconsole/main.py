@@ -19,7 +19,8 @@ from pvmconsole.status import Exit
 from pvmconsole.tokenizer import split_commands
 from pvmconsole.vm import VirtualMachine
 from shmd.errors import PvmError, strerror
-from shmd.paths import check_vmid, pvm_tmp
+from shmd import private
+from shmd.paths import check_vmid
 
 PROG = "pvm"
 
@@ -88,10 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{getattr(e, 'strerror', None) or e}")
         return Exit.USAGE
     try:
-        os.makedirs(pvm_tmp(), mode=0o700, exist_ok=True)
-    except OSError as e:
-        say(f"PVM_TMP {pvm_tmp()}: {e.strerror}")
-        return Exit.USAGE
+        private.directory()  # every file of the VM lives there: made 0700, or refused
+    except private.UnsafeState as e:
+        say(str(e))
+        return Exit.NO_VM
     os.environ["PVM_VMID"] = vmid  # the daemons and their tasks see the same VM id
     registry, problems = full_registry()
     for p in problems:

@@ -1,9 +1,12 @@
 """The virtual machine's host table and where it lives between consoles.
 
-The table is JSON in ``$PVM_TMP/pvmd.<uid>[.<vmid>]`` (PVM's file name for the
-master's socket address: its existence means "a virtual machine is running").
-Every change is made under an flock on a sibling ``.lock`` file and written with
-write-to-temp + rename, so two consoles at once never see a torn file.
+The table is JSON in ``pvmd.<uid>[.<vmid>]`` (PVM's file name for the master's socket
+address: its existence means "a virtual machine is running") in the user's private
+state directory ``$PVM_TMP/pvm.<uid>/`` (shmd/private.py): the table says which
+programs the console runs, so it is read only from a file of ours that no one else
+could have written or linked. Every change is made under an flock on a sibling
+``.lock`` file and written with write-to-temp + rename, so two consoles at once never
+see a torn file.
 """
 from __future__ import annotations
 
@@ -11,13 +14,13 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 from shmd.errors import PvmError, PvmOutOfRes, PvmSysErr
+from shmd import private
 from shmd.paths import tmpfile
 
 FORMAT = 1  # bump when the JSON layout changes incompatibly
@@ -100,7 +103,7 @@ class TableStore:
     @contextmanager
     def locked(self, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
         """Hold the VM's lock (waiting at most *timeout* seconds for it)."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = private.open_file(self.lock_path, os.O_RDWR | os.O_CREAT)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -120,35 +123,18 @@ class TableStore:
     def load(self) -> VmTable | None:
         """The stored table, None if there is none. A file that is not a table
         is an error (it is someone else's: we must not overwrite it blindly)."""
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                text = f.read()
-        except FileNotFoundError:
+        text = private.read_text(self.path)  # UnsafeState: not a private file of ours
+        if text is None:
             return None
         try:
             return VmTable.from_json(text)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, RecursionError) as e:
             raise PvmError(PvmSysErr, f"{self.path} is not a virtual machine table ({e})") from None
 
     def save(self, table: VmTable) -> None:
-        d = os.path.dirname(self.path) or "."
-        fd, tmp = tempfile.mkstemp(prefix=".pvmd.", dir=d)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(table.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)  # atomic: readers see the old or the new table
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        # atomic: readers see the old or the new table
+        private.write_atomic(self.path, table.to_json().encode())
 
     def remove(self) -> None:
         for p in (self.path, self.lock_path):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+            private.unlink(p)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 
 import sysv_ipc
 
-from . import layout, paths
+from . import ipc, layout, paths
 from .errors import PvmDenied, PvmError, PvmSysErr
 
 
@@ -32,6 +33,11 @@ def attach_seg0(vmid: str) -> tuple[sysv_ipc.SharedMemory, memoryview]:
         raise NoDaemon() from None
     except sysv_ipc.PermissionsError:
         raise PvmError(PvmDenied, f"segment key {key:#010x} belongs to another user") from None
+    try:
+        ipc.check_owner(shm, f"segment 0 at key {key:#010x}")  # before a byte is believed
+    except ipc.NotOurs as e:
+        shm.detach()
+        raise PvmError(PvmDenied, str(e)) from None
     buf = memoryview(shm)
     try:
         layout.check(buf, os.getuid(), vmid)
@@ -62,9 +68,13 @@ class Connection:
         self.sock.settimeout(timeout)
         try:
             self.sock.connect(path)
+            uid = peer_credentials(self.sock)[1]
         except OSError as e:
             self.sock.close()
             raise NoDaemon(f"No pvm_shmd ({path}: {e.strerror})") from None
+        if uid != os.getuid():  # whoever listens there is not our daemon
+            self.sock.close()
+            raise PvmError(PvmDenied, f"{path}: the process listening is uid {uid}'s, not ours")
         self.rfile = self.sock.makefile("rb")
 
     def request(self, op: str, **args) -> dict:
@@ -75,9 +85,15 @@ class Connection:
             raise NoDaemon(f"pvm_shmd did not answer: {e}") from None
         if not line:
             raise NoDaemon("pvm_shmd closed the connection")
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise PvmError(PvmSysErr, f"unreadable reply from pvm_shmd: {line[:60]!r}") from None
+        if not isinstance(reply, dict):
+            raise PvmError(PvmSysErr, f"unreadable reply from pvm_shmd: {line[:60]!r}")
         if "error" in reply:
-            raise PvmError(reply.get("code", PvmSysErr), reply["error"])
+            code = reply.get("code")
+            raise PvmError(code if isinstance(code, int) else PvmSysErr, str(reply["error"]))
         return reply
 
     def fileno(self) -> int:
@@ -86,6 +102,13 @@ class Connection:
     def close(self) -> None:
         self.rfile.close()
         self.sock.close()
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                      struct.calcsize("3i")))
+    return pid, uid
 
 
 def connect(vmid: str | None = None, timeout: float = 5.0) -> Connection:

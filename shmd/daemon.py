@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import select
 import selectors
 import signal
 import socket
-import struct
 import sys
 import time
+import traceback
 
 import sysv_ipc
 
-from . import handshake, ipc, layout, pagemap, paths
-from .errors import PvmOutOfRes
+from . import handshake, ipc, layout, pagemap, paths, private
+from .clients import Client, Clients, error_reply
+from .errors import PvmDenied, PvmExists, PvmOutOfRes
 from .log import Log
 from .options import (EXIT_DENIED, EXIT_OK, EXIT_RESOURCES, EXIT_RUNNING, EXIT_USAGE, USAGE,
                       Options, UsageError, parse)
@@ -57,25 +57,27 @@ class Daemon:
         self.m32: memoryview | None = None
         self.lock_fd = -1
         self.listener: socket.socket | None = None
-        self.clients: dict[socket.socket, dict] = {}  # socket -> {"buf": bytes, "slot": int}
         self.suspects: dict[int, tuple[int, float]] = {}  # slot -> (tid, re-check until)
         self.signals: list[int] = []
         self.sel = selectors.DefaultSelector()
+        self.clients = Clients(self.sel, log, self.dispatch, self.client_gone,
+                               allowed_uids=(os.getuid(), 0))
         self.dtid = opts.host << 18
         self.running = True
+        self.damage_seen: set[str] = set()
 
     # ---- start-up -------------------------------------------------------------------
     def take_lock(self) -> None:
         """One daemon per (user, VM id, host): an flock on the pid file. The kernel drops
         it when the holder dies, so a stale file never blocks a restart."""
-        fd = os.open(self.files["lock"], os.O_RDWR | os.O_CREAT, 0o600)
+        fd = private.open_file(self.files["lock"], os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             other = ""
             deadline = time.monotonic() + 1.0  # the holder may be between truncate and write
             while True:
-                other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                other = os.pread(fd, 32, 0).decode(errors="replace").strip()[:12]
                 if other or time.monotonic() > deadline:
                     break
                 time.sleep(0.01)
@@ -99,6 +101,11 @@ class Daemon:
             raise StartError(EXIT_DENIED, f"segment key {key:#010x} is in use by another "
                                           "user; choose another VM id (-vmid=)") from None
         if shm is not None:
+            try:
+                ipc.check_owner(shm, f"segment key {key:#010x}")
+            except ipc.NotOurs as e:  # never read, never removed: it is someone else's
+                shm.detach()
+                raise StartError(EXIT_DENIED, f"{e}; choose another VM id (-vmid=)") from None
             buf = memoryview(shm)
             try:
                 layout.check(buf, os.getuid(), self.o.vmid)
@@ -141,10 +148,7 @@ class Daemon:
 
     def _unlink_stale(self) -> None:
         for f in (self.files["ipc"], self.files["sock"]):
-            try:
-                os.unlink(f)
-            except FileNotFoundError:
-                pass
+            private.unlink(f)
 
     @staticmethod
     def _unfinished(shmid: int) -> bool:
@@ -178,7 +182,7 @@ class Daemon:
                 npages //= 2
         for i in range(1, o.maxsegs):
             try:
-                self.segs.append(self.res.segment(sysv_ipc.IPC_PRIVATE, geo.seg_size(i)))
+                self.segs.append(self.res.segment(None, geo.seg_size(i)))
             except (sysv_ipc.Error, OSError, ValueError, MemoryError) as e:
                 self.log(f"segment {i} of {geo.seg_size(i)} bytes refused ({e})")
                 break
@@ -230,10 +234,10 @@ class Daemon:
             s.bind(path)
         finally:
             os.umask(old)
-        s.listen(64)
+        s.listen(128)
         s.setblocking(False)
         self.listener = s
-        self.sel.register(s, selectors.EVENT_READ, "listen")
+        self.clients.listen(s)
 
     def ready_line(self) -> str:
         return handshake.format_line(
@@ -245,20 +249,30 @@ class Daemon:
         for i in range(layout.MAX_TASKS):
             yield i, layout.slot(self.buf, i)
 
-    def join(self, conn: socket.socket, req: dict) -> dict:
-        pid, name = int(req.get("pid", 0)), str(req.get("name", ""))[:31]
+    def join(self, client: Client, req: dict) -> dict:
+        """Give the process at the other end (the kernel says which: SO_PEERCRED) a slot
+        and a tid. A spawner may enrol its own child, named by "pid", never any other."""
+        pid, name = client.pid, req.get("name", "")
+        name = name[:31] if isinstance(name, str) else ""
+        if "pid" in req and req["pid"] != pid:
+            child = req["pid"]
+            if type(child) is not int or ipc.parent_pid(child) != pid:
+                return error_reply(f"pid {child!r} is not a child of the requesting process "
+                                   f"{pid}: only a process itself or its parent may enrol it",
+                                   PvmDenied)
+            pid = child
         start = ipc.process_start(pid)
         if start is None:
-            return {"error": f"no such process {pid}", "code": -2}
+            return error_reply(f"no such process {pid}")
         for i, t in self.slots():
             if t["tid"] and t["pid"] == pid and t["start_ticks"] == start:
                 # a spawner enrolled this process for it: it adopts its slot
-                self.clients[conn]["slot"] = i
+                client.slot = i
                 return {"tid": t["tid"], "slot": i,
                         "generation": layout.header(self.buf)["generation"]}
         free = next((i for i, t in self.slots() if not t["tid"]), None)
         if free is None:
-            return {"error": "task table full", "code": PvmOutOfRes}
+            return error_reply("task table full", PvmOutOfRes)
         h = layout.header(self.buf)
         used = {t["tid"] & 0x3FFFF for _, t in self.slots() if t["tid"]}
         local = h["next_local"] or 1
@@ -274,7 +288,7 @@ class Daemon:
         except (sysv_ipc.Error, OSError) as e:
             if lock is not None:
                 self.res.drop("sem", lock.id)
-            return {"error": f"cannot create semaphores: {e}", "code": PvmOutOfRes}
+            return error_reply(f"cannot create semaphores: {e}", PvmOutOfRes)
         t = layout.slot(self.buf, free)
         rv = layout.slot_off(free) + layout.RV_OFF
         self.buf[rv:rv + layout.SLOT_HDR - layout.RV_OFF] = bytes(layout.SLOT_HDR - layout.RV_OFF)
@@ -286,7 +300,7 @@ class Daemon:
             t[k] = v
         t["tid"] = tid  # last: a slot with a tid is complete
         h["joined"] = h["joined"] + 1
-        self.clients[conn]["slot"] = free
+        client.slot = free
         self.log.debug(1, f"task t{tid:x} pid {pid} ({name}) joined, slot {free}")
         return {"tid": tid, "slot": free, "generation": h["generation"]}
 
@@ -400,8 +414,8 @@ class Daemon:
                          "allocated": e["allocated"], "freed": e["freed"]})
         # "connected": the task joined by itself (its own connection holds the slot),
         # not only through the spawner that enrolled it
-        own = {c["slot"] for c in self.clients.values() if c.get("slot") is not None
-               and c.get("peer") == layout.slot(self.buf, c["slot"])["pid"]}
+        own = {c.slot for c in self.clients if c.slot is not None
+               and c.pid == layout.slot(self.buf, c.slot)["pid"]}
         tasks = [{"tid": t["tid"], "pid": t["pid"], "name": t["name"],
                   "pages": held.get(t["tid"], 0), "connected": i in own,
                   "waiting": t["pending"] + sum(1 for _ in layout.ring_entries(
@@ -449,8 +463,8 @@ class Daemon:
             self._kill(pid, start, signal.SIGKILL)
         for i, _, _ in victims:
             self.reap(i, "killed by HUP")
-        for c in list(self.clients):
-            self.drop_client(c, reap=False)
+        for c in self.clients:
+            self.clients.drop(c)
         self.suspects.clear()
         self.clear_maps()
         h = layout.header(self.buf)
@@ -477,12 +491,10 @@ class Daemon:
             elif sig == signal.SIGUSR1:
                 self.report()
 
-    def drop_client(self, conn: socket.socket, reap: bool = True) -> None:
-        info = self.clients.pop(conn, None)
-        self.sel.unregister(conn)
-        conn.close()
-        if reap and info and info.get("slot") is not None:
-            i = info["slot"]
+    def client_gone(self, client: Client, reap: bool) -> None:
+        """A connection closed: if it held a task whose process is dying, reap it."""
+        if reap and client.slot is not None:
+            i = client.slot
             t = layout.slot(self.buf, i)
             if t["tid"] and not ipc.alive(t["pid"], t["start_ticks"]):
                 self.reap(i, "exited without leaving (reaped)")
@@ -503,44 +515,15 @@ class Daemon:
             elif now > until:
                 del self.suspects[i]
 
-    def serve(self, conn: socket.socket) -> None:
-        try:
-            data = conn.recv(65536)
-        except OSError:
-            data = b""
-        if not data:
-            self.drop_client(conn)
-            return
-        info = self.clients[conn]
-        info["buf"] += data
-        if len(info["buf"]) > 1 << 20:
-            self.drop_client(conn)
-            return
-        while b"\n" in info["buf"]:
-            line, info["buf"] = info["buf"].split(b"\n", 1)
-            try:
-                req = json.loads(line)
-                op = req["op"]
-            except (ValueError, KeyError, TypeError):
-                reply = {"error": "bad request", "code": -2}
-            else:
-                try:
-                    reply = self.dispatch(conn, op, req)
-                except (ValueError, TypeError, KeyError, OverflowError) as e:
-                    reply = {"error": f"bad request: {e}", "code": -2}
-            try:
-                conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                self.drop_client(conn)
-                return
-
-    def dispatch(self, conn: socket.socket, op: str, req: dict) -> dict:
+    def dispatch(self, client: Client, req: dict) -> dict:
+        """One request (a dict with a str "op"); raising costs the request, not the daemon."""
+        op = req["op"]
         if op == "join":
-            if self.clients[conn].get("slot") is not None:
-                return {"error": "already joined", "code": -33}
-            return self.join(conn, req)
+            if client.slot is not None:
+                return error_reply("already joined", PvmExists)
+            return self.join(client, req)
         if op == "leave":
-            i = self.clients[conn].pop("slot", None)
+            i, client.slot = client.slot, None
             if i is not None:
                 self.reap(i, "left")
             return {"ok": True}
@@ -548,39 +531,43 @@ class Daemon:
             return self.state()
         if op == "ping":
             return {"pid": os.getpid()}
-        return {"error": f"unknown request {op!r}", "code": -2}
+        return error_reply(f"unknown request {op[:40]!r}")
 
     def loop(self) -> None:
         last = time.monotonic()
         while self.running:
-            for key, _ in self.sel.select(QUICK if self.suspects else TICK):
-                if key.data == "listen":
-                    try:
-                        conn, _ = self.listener.accept()
-                    except OSError:
-                        continue
-                    peer, uid = peer_credentials(conn)
-                    if uid not in (os.getuid(), 0):  # the socket is 0600; belt and braces
-                        self.log(f"refused a connection from uid {uid} (pid {peer})")
-                        conn.close()
-                        continue
-                    conn.setblocking(True)
-                    conn.settimeout(LOCK_TIMEOUT)
-                    self.clients[conn] = {"buf": b"", "slot": None, "peer": peer}
-                    self.sel.register(conn, selectors.EVENT_READ, "client")
+            wait = 0.0 if self.clients.busy else QUICK if self.suspects else TICK
+            for key, mask in self.sel.select(wait):
+                if key.data is self.clients:
+                    self.clients.accept()
                 elif key.data == "signal":
                     try:
                         os.read(key.fd, 512)
                     except OSError:
                         pass
                 else:
-                    self.serve(key.fileobj)
-            self.handle_signals()
+                    self.clients.event(key.data, mask)
+            self.guarded(self.clients.serve)
+            self.guarded(self.handle_signals)
             if self.suspects:
-                self.check_suspects()
-            if time.monotonic() - last >= TICK:
-                last = time.monotonic()
-                self.check_tasks()
+                self.guarded(self.check_suspects)
+            now = time.monotonic()
+            self.clients.resume(now)
+            if now - last >= TICK:
+                last = now
+                self.guarded(self.check_tasks)
+                self.clients.expire(now)
+
+    def guarded(self, step) -> None:
+        """Run one step of the loop; what a damaged structure makes it raise is logged
+        (once per kind of damage) and the daemon goes on serving."""
+        try:
+            step()
+        except Exception as e:
+            what = f"{step.__name__}: {type(e).__name__}: {e}"
+            if what not in self.damage_seen and len(self.damage_seen) < 64:
+                self.damage_seen.add(what)
+                self.log(f"error in {what} (going on)")
 
     def shutdown(self) -> None:
         """Remove every IPC object and file made; safe to call at any stage."""
@@ -597,44 +584,53 @@ class Daemon:
                 pass
         self.res.remove_all()
         if self.listener is not None:
-            self.listener.close()
-            for f in (self.files["sock"],):
-                try:
-                    os.unlink(f)
-                except FileNotFoundError:
-                    pass
+            self.clients.close()
+            private.unlink(self.files["sock"])
         if self.lock_fd >= 0:
-            try:
-                os.unlink(self.files["lock"])
-            except FileNotFoundError:
-                pass
+            private.unlink(self.files["lock"])
             os.close(self.lock_fd)
             self.lock_fd = -1
 
 
-def peer_credentials(conn: socket.socket) -> tuple[int, int]:
-    """(pid, uid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
-    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                      struct.calcsize("3i")))
-    return pid, uid
+class ReadyPipe:
+    """The pipe a detached daemon reports its start on: one line, then closed. Once it is
+    closed nothing more is written to its number (the fd may be a client's by then)."""
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    def say(self, line: str) -> bool:
+        """Write *line* and close; False if the pipe was closed already (or never open)."""
+        if self.fd is None:
+            return False
+        try:
+            os.write(self.fd, (line + "\n").encode())
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+        return True
 
 
-def run(opts: Options, ready_fd: int | None) -> int:
-    """Start up, say ready (on *ready_fd* or stdout), serve until TERM/INT."""
-    log_path = paths.log_path(opts.vmid)
+def run(opts: Options, ready: ReadyPipe) -> int:
+    """Start up, say ready (on the *ready* pipe, or stdout), serve until TERM/INT."""
+    try:
+        log_path = paths.log_path(opts.vmid)
+    except private.UnsafeState as e:
+        log_path = f"(none: {e})"
 
     def say_failed(status: int, msg: str) -> int:
-        """The one error line: to the starter waiting on *ready_fd*, or to stderr."""
+        """The one error line: to the starter waiting on the pipe, or to stderr."""
         line = f"pvm_shmd: {msg}"
-        if ready_fd is not None:
-            os.write(ready_fd, f"error {status} {line}\n".encode())
-        else:
+        if not ready.say(f"error {status} {line}"):
             print(line, file=sys.stderr)
         return status
 
     try:
         log = Log(log_path, f"[pvm_shmd t{opts.host << 18:x}] ", echo=opts.foreground,
                   debug=opts.debug)
+    except private.UnsafeState as e:
+        return say_failed(EXIT_DENIED, f"cannot open log: {e}")
     except OSError as e:
         return say_failed(EXIT_DENIED, f"cannot open log {log_path}: {e.strerror}")
 
@@ -660,6 +656,9 @@ def run(opts: Options, ready_fd: int | None) -> int:
     except OutOfResources as e:
         d.shutdown()
         return fail(EXIT_RESOURCES, str(e))
+    except private.UnsafeState as e:
+        d.shutdown()
+        return fail(EXIT_DENIED, str(e))
     except (PermissionError, sysv_ipc.PermissionsError) as e:
         d.shutdown()
         return fail(EXIT_DENIED, f"permission denied: {e}")
@@ -669,10 +668,7 @@ def run(opts: Options, ready_fd: int | None) -> int:
     layout.header(d.buf)["state"] = layout.READY
     line = d.ready_line()
     log(f"ready: {line}")
-    if ready_fd is not None:
-        os.write(ready_fd, (line + "\n").encode())
-        os.close(ready_fd)
-    else:
+    if not ready.say(line):
         print(line, flush=True)
     try:
         d.handle_signals()  # a signal that came during start-up
@@ -697,19 +693,15 @@ def detach(opts: Options) -> int:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         os.close(devnull)
+        ready = ReadyPipe(w)
         try:
-            status = run(opts, w)
+            status = run(opts, ready)
         except BaseException as e:  # the daemon must never leave a half-made state unreported
-            import traceback
-
             status = EXIT_RESOURCES
-            try:
-                os.write(w, f"error {status} pvm_shmd: internal error: {e!r}\n".encode())
-            except OSError:
-                pass
+            ready.say(f"error {status} pvm_shmd: internal error: {e!r}")  # only if still open
             try:
                 Log(paths.log_path(opts.vmid), "[pvm_shmd] ")(traceback.format_exc())
-            except OSError:
+            except (OSError, private.UnsafeState):
                 pass
         os._exit(status)
     os.close(w)
@@ -749,12 +741,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pvm_shmd: {e} (pvm_shmd -help for usage)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        os.makedirs(paths.pvm_tmp(), exist_ok=True)
-    except OSError as e:
-        print(f"pvm_shmd: PVM_TMP {paths.pvm_tmp()}: {e.strerror}", file=sys.stderr)
+        private.directory()  # made, or refused with the reason, before anything is opened
+    except private.UnsafeState as e:
+        print(f"pvm_shmd: {e}", file=sys.stderr)
         return EXIT_DENIED
     if opts.foreground:
-        return run(opts, None)
+        return run(opts, ReadyPipe(None))
     return detach(opts)
 
 

@@ -15,6 +15,8 @@ import time
 
 import sysv_ipc
 
+from .errors import PvmDenied, PvmError
+
 SEM_UNDO = 0x1000
 IPC_NOWAIT = 0o4000
 IPC_RMID = 0
@@ -184,11 +186,48 @@ def create_segment(key: int, size: int) -> int:
     return iid
 
 
+class NotOurs(Gone, PvmError):
+    """A SysV object found by key or id that this user did not make for itself: another
+    user created it, owns it, or may open it. Never trusted, read or removed; to those
+    who look for an object of ours it is as good as gone, to a program a PvmDenied."""
+
+    def __init__(self, detail: str):
+        PvmError.__init__(self, PvmDenied, detail)
+
+
+def owned(uid: int, cuid: int, mode: int) -> bool:
+    """Is an object with these owner, creator and mode ours alone?"""
+    me = os.getuid()
+    return uid == me and cuid == me and mode & 0o077 == 0
+
+
+def check_owner(obj: sysv_ipc.SharedMemory | sysv_ipc.Semaphore, what: str) -> None:
+    """Raise NotOurs unless *obj* is owned and was created by this uid, mode 0600: the
+    header of a segment says what its writer wants, the kernel says who made it."""
+    if not owned(obj.uid, obj.cuid, obj.mode):
+        raise NotOurs(f"{what} (id {obj.id}, key {obj.key & 0xFFFFFFFF:#010x}) is owned by "
+                      f"uid {obj.uid}, created by uid {obj.cuid}, mode {obj.mode & 0o777:04o}: "
+                      f"not made by this user (uid {os.getuid()})")
+
+
+def attach_owned(shmid: int, what: str) -> sysv_ipc.SharedMemory:
+    """Attach segment *shmid* once it is known to be ours (NotOurs, else)."""
+    shm = sysv_ipc.attach(shmid)
+    try:
+        check_owner(shm, what)
+    except NotOurs:
+        shm.detach()
+        raise
+    return shm
+
+
 def open_sem(key: int, semid: int) -> sysv_ipc.Semaphore:
-    """Open a semaphore by key and make sure it is still the object recorded as *semid*."""
+    """Open a semaphore by key and make sure it is still the object recorded as *semid*,
+    and ours (NotOurs)."""
     sem = sysv_ipc.Semaphore(key)
     if sem.id != semid:
         raise Gone(f"semaphore key {key:#x} now names id {sem.id}, not {semid}")
+    check_owner(sem, "semaphore")
     return sem
 
 
@@ -204,6 +243,11 @@ def proc_table(kind: str) -> list[dict[str, int]]:
 
 
 ID_COLUMN = {"shm": "shmid", "sem": "semid", "msg": "msqid"}
+
+
+def row_owned(row: dict[str, int]) -> bool:
+    """Is the object of a proc_table row ours alone (owner, creator, mode)?"""
+    return owned(row["uid"], row["cuid"], int(str(row["perms"]), 8))  # perms is octal there
 
 
 def remove(kind: str, iid: int) -> bool:
@@ -230,6 +274,17 @@ def process_start(pid: int) -> int | None:
     if rest[0] in (b"Z", b"X"):
         return None
     return int(rest[19])
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of *pid* (None if there is no such live process)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            data = f.read()
+        rest = data[data.rindex(b")") + 2:].split()
+    except (OSError, ValueError):
+        return None
+    return None if rest[0] in (b"Z", b"X") else int(rest[1])
 
 
 def alive(pid: int, start: int) -> bool:

@@ -12,13 +12,14 @@ removed, 2 usage.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import os
 import sys
 
 import sysv_ipc
 
-from . import ipc, layout, paths
+from . import ipc, layout, paths, private
 from .resources import leftovers
 
 FLAG = {"shm": "-m", "sem": "-s", "msg": "-q"}
@@ -27,31 +28,42 @@ FLAG = {"shm": "-m", "sem": "-s", "msg": "-q"}
 def project_objects(force: bool, vmid: str | None = None
                     ) -> tuple[set[tuple[str, int]], list[str], set[tuple[str, int]]]:
     """(objects to remove, refusals, a live daemon's objects) for this user's pvm-shmd
-    virtual machines (only VM id *vmid* if given)."""
+    virtual machines (only VM id *vmid* if given). Only objects this user created and
+    owns (mode 0600) are considered, and only those a segment 0 of ours or a registry in
+    our private directory names, with the key recorded for them."""
     uid, found, refused, live = os.getuid(), set(), [], set()
     seen_registries = set()
     for row in ipc.proc_table("shm"):
         key = row["key"] & 0xFFFFFFFF
-        if row["uid"] != uid or key & paths.KEY_PREFIX_MASK != paths.KEY_PREFIX << 28:
+        if key & paths.KEY_PREFIX_MASK != paths.KEY_PREFIX << 28 or not ipc.row_owned(row):
             continue
         try:
-            shm = sysv_ipc.attach(row["shmid"])
-        except sysv_ipc.Error:
+            shm = ipc.attach_owned(row["shmid"], "segment 0")
+        except (sysv_ipc.Error, ipc.NotOurs):
             continue
         buf = memoryview(shm)
         try:
             if bytes(buf[:8]) != layout.MAGIC:
-                continue
+                continue  # unfinished or scribbled: its registry (below) names it if ours
             h = layout.header(buf)
-            vm, pid = h["vmid"], h["pid"]
-            if vmid is not None and vm != vmid:
+            vm = h["vmid"]
+            try:
+                paths.check_vmid(vm)
+            except ValueError:
+                continue
+            if h["uid"] != uid or (vmid is not None and vm != vmid):
                 continue
             reg = paths.daemon_files(vm)["ipc"]
             seen_registries.add(reg)
-            objs = leftovers(reg, buf) | {("shm", row["shmid"])}
-            if ipc.alive(pid, h["start_ticks"]) and not force:
-                refused.append(f"pvm_shmd pid {pid} (VM id {vm or '-'}) is alive: stop it "
-                               "with pvm_shmd_stat --stop, or use --force")
+            try:
+                layout.check_geometry(buf)
+                objs = leftovers(reg, buf) | {("shm", row["shmid"])}
+            except layout.LayoutError:
+                objs = leftovers(reg, None)  # damaged: only what the registry records
+            if (ipc.alive(h["pid"], h["start_ticks"]) or _locked(reg[:-4] + ".pid")) \
+                    and not force:
+                refused.append(f"pvm_shmd pid {h['pid']} (VM id {vm or '-'}) is alive: stop it with "
+                               "pvm_shmd_stat --stop, or use --force")
                 live |= objs
                 continue
             found |= objs
@@ -59,31 +71,32 @@ def project_objects(force: bool, vmid: str | None = None
             buf.release()
             shm.detach()
     regs = ([paths.daemon_files(vmid)["ipc"]] if vmid is not None else
-            glob.glob(os.path.join(paths.pvm_tmp(), f"pvm_shmd.{uid}.*.ipc"))
-            + glob.glob(os.path.join(paths.pvm_tmp(), f"pvm_shmd.{uid}.ipc")))
+            glob.glob(os.path.join(private.directory(), f"pvm_shmd.{uid}.*.ipc"))
+            + glob.glob(os.path.join(private.directory(), f"pvm_shmd.{uid}.ipc")))
     for reg in regs:
-        if reg not in seen_registries and os.path.exists(reg):
+        if reg not in seen_registries and os.path.lexists(reg):
             lockf = reg[:-4] + ".pid"
-            if os.path.exists(lockf) and _locked(lockf) and not force:
-                refused.append(f"{lockf} is held by a live pvm_shmd; use --force")
+            if _locked(lockf) and not force:
+                refused.append(f"{lockf} is held by a live pvm_shmd: stop it with "
+                               "pvm_shmd_stat --stop, or use --force")
+                live |= leftovers(reg, None)
                 continue
             found |= leftovers(reg, None)
     return found, refused, live
 
 
 def _locked(path: str) -> bool:
-    import fcntl
-
+    """Does a live process hold the flock of our lock file *path*?"""
     try:
-        f = open(path)
-    except FileNotFoundError:
+        fd = private.open_file(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, private.UnsafeState):
         return False
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we took
     return False
 
 
@@ -108,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(str(e))
         if a.all:
             ap.error("--all and --vmid exclude each other")
-    objs, refused, live = project_objects(a.force, a.vmid)
+    try:
+        objs, refused, live = project_objects(a.force, a.vmid)
+    except private.UnsafeState as e:
+        print(f"ipcfree: {e}", file=sys.stderr)
+        return 1
     if a.all:
         objs = all_objects() - live
     for r in refused:
@@ -131,17 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     # the files of a dead daemon: registry, stale lock (pid) file, socket
     pattern = (f"pvm_shmd.{os.getuid()}.{a.vmid}.pid" if a.vmid else
                f"pvm_shmd.{os.getuid()}.*.pid")
-    lockfiles = glob.glob(os.path.join(paths.pvm_tmp(), pattern))
+    lockfiles = glob.glob(os.path.join(private.directory(), pattern))
     if not a.vmid:
-        lockfiles += glob.glob(os.path.join(paths.pvm_tmp(), f"pvm_shmd.{os.getuid()}.pid"))
+        lockfiles += glob.glob(os.path.join(private.directory(), f"pvm_shmd.{os.getuid()}.pid"))
     for lockf in lockfiles:
         if _locked(lockf):
             continue
         for f in (lockf[:-4] + ".ipc", lockf[:-4] + ".sock", lockf):
-            try:
-                os.unlink(f)
-            except FileNotFoundError:
-                pass
+            private.unlink(f)
     return 1 if refused or failed else 0
 
 

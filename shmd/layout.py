@@ -170,7 +170,9 @@ class Struct:
     def __getitem__(self, name: str):
         off, fmt = self.fields[name]
         v = struct.unpack_from("<" + fmt, self.buf, self.base + off)[0]
-        return v.rstrip(b"\0").decode() if fmt.endswith("s") and fmt != "8s" else v
+        # a scribbled name must not raise where it is read: damage shows as U+FFFD
+        return (v.split(b"\0", 1)[0].decode(errors="replace") if fmt.endswith("s")
+                and fmt != "8s" else v)
 
     def __setitem__(self, name: str, value) -> None:
         off, fmt = self.fields[name]
@@ -239,7 +241,10 @@ class LayoutError(Exception):
 
 
 def check(buf: memoryview, uid: int, vmid: str) -> None:
-    """Refuse a segment that is not ours: wrong magic, version, owner or VM id."""
+    """Refuse a segment that is not ours (wrong magic, version, owner or VM id) or whose
+    geometry is damaged (every count and offset the readers index with, bounded)."""
+    if len(buf) < HEADER_SIZE:
+        raise LayoutError(f"segment of {len(buf)} bytes is too small for a control structure")
     h = header(buf)
     if bytes(buf[:8]) != MAGIC:
         raise LayoutError("segment is not a pvm_shmd control structure (bad magic)")
@@ -249,3 +254,32 @@ def check(buf: memoryview, uid: int, vmid: str) -> None:
         raise LayoutError(f"control structure belongs to uid {h['uid']}, not {uid}")
     if h["vmid"] != vmid:
         raise LayoutError(f"control structure is VM id {h['vmid']!r}, not {vmid!r}")
+    check_geometry(buf)
+
+
+def check_geometry(buf: memoryview) -> None:
+    """Raise LayoutError naming the first damaged header or segment-table word."""
+    h = header(buf)
+    ps, nsegs = h["pagesize"], h["nsegs"]
+    if ps < 512 or ps > 1 << 30 or ps & (ps - 1):
+        raise LayoutError(f"damaged control structure: page size {ps}")
+    if not 1 <= nsegs <= MAXSEG:
+        raise LayoutError(f"damaged control structure: {nsegs} segments (1 to {MAXSEG})")
+    for name, want in (("max_tasks", MAX_TASKS), ("ring", RING)):
+        if h[name] != want:
+            raise LayoutError(f"damaged control structure: {name} {h[name]}, not {want}")
+    geo = Geometry(ps, 1, nsegs)
+    if h["maps_off"] != geo.maps_off:
+        raise LayoutError(f"damaged control structure: maps_off {h['maps_off']}")
+    for i in range(nsegs):
+        e = segent(buf, i)
+        n = e["npages"]
+        if not 1 <= n <= MAXPAGES or e["map_off"] != map_off(i):
+            raise LayoutError(f"damaged segment table entry {i}: {n} pages, map at "
+                              f"{e['map_off']}")
+        data_off = geo.data0_off if i == 0 else 0
+        if e["data_off"] != data_off:
+            raise LayoutError(f"damaged segment table entry {i}: data at {e['data_off']}")
+        if i == 0 and len(buf) < data_off + n * ps:
+            raise LayoutError(f"damaged segment table entry 0: {n} pages of {ps} do not fit "
+                              f"a segment of {len(buf)} bytes")

@@ -1,10 +1,12 @@
-"""The daemon's log: ``$PVM_TMP/pvml.<uid>[.<vmid>]``, mode 0600, time-stamped, size-capped
+"""The daemon's log: ``$PVM_TMP/pvm.<uid>/pvml.<uid>[.<vmid>]``, mode 0600, time-stamped, size-capped
 (``PVMDLOGMAX`` characters, default 1,000,000, as PVM)."""
 from __future__ import annotations
 
 import os
 import sys
 import time
+
+from . import private
 
 DEFAULT_MAX = 1_000_000
 
@@ -22,8 +24,8 @@ class Log:
             self.cap = DEFAULT_MAX
         self.fd = -1
         if path:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.fchmod(self.fd, 0o600)
+            # never through a link, never a file someone else made (private.open_file)
+            self.fd = private.open_file(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             self.written = os.fstat(self.fd).st_size
 
     def __call__(self, msg: str) -> None:

@@ -1,13 +1,17 @@
 """Where a virtual machine's files live and which SysV key its segment 0 has.
 
 Everything is derived from the user and the VM id, as PVM did: an alien process
-that knows only those two can find the daemon.
+that knows only those two can find the daemon. The files keep PVM's names
+(``pvmd.<uid>``, ``pvml.<uid>``, ...) inside the user's private state directory
+``$PVM_TMP/pvm.<uid>/`` (see private.py), never loose in a shared directory.
 """
 from __future__ import annotations
 
 import os
 import re
 import zlib
+
+from . import private
 
 _VMID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
@@ -29,8 +33,8 @@ def current_vmid(vmid: str | None = None) -> str:
 
 
 def pvm_tmp() -> str:
-    """``$PVM_TMP``, default /tmp."""
-    return os.environ.get("PVM_TMP") or "/tmp"
+    """``$PVM_TMP``, default /tmp: where the private state directory is made."""
+    return private.base()
 
 
 def suffix(vmid: str, uid: int | None = None) -> str:
@@ -39,9 +43,10 @@ def suffix(vmid: str, uid: int | None = None) -> str:
     return f".{uid}.{vmid}" if vmid else f".{uid}"
 
 
-def tmpfile(stem: str, vmid: str, uid: int | None = None) -> str:
-    """``$PVM_TMP/<stem>.<uid>[.<vmid>]``."""
-    return os.path.join(pvm_tmp(), stem + suffix(vmid, uid))
+def tmpfile(stem: str, vmid: str) -> str:
+    """``$PVM_TMP/pvm.<uid>/<stem>.<uid>[.<vmid>]``; the directory is checked (and made)
+    first: private.UnsafeState if it is not safely ours."""
+    return os.path.join(private.directory(), stem + suffix(vmid))
 
 
 def log_path(vmid: str) -> str:

@@ -1,20 +1,40 @@
-"""Every SysV object a daemon creates, created exclusively with mode 0600 and remembered
-(in memory and in the registry file ``pvm_shmd.<uid>[.<vmid>].ipc``) so that an orderly
-exit removes all of them and the next start can reclaim what a SIGKILL left."""
+"""Every SysV object a daemon creates, created exclusively with mode 0600 at a key of its
+own and remembered (in memory and in the registry file ``pvm_shmd.<uid>[.<vmid>].ipc`` of
+the private state directory) so that an orderly exit removes all of them and the next
+start can reclaim what a SIGKILL left.
+
+An object's identity is (kind, id, key): no object of ours has key 0 (IPC_PRIVATE), which
+every private object of every program shares, so a recorded (id, key) names one object of
+ours and nothing else. An object is removed only when that identity still holds and the
+kernel says this user created and owns it (ipc.row_owned).
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import random
 
 import sysv_ipc
 
-from . import ipc, layout
+from . import ipc, layout, private
+from .paths import KEY_PREFIX, KEY_PREFIX_MASK
 
 MODE = 0o600
+_KEY_TRIES = 64
 
 
 class OutOfResources(Exception):
     """The kernel refused what the daemon needs (the message says what)."""
+
+
+def random_key() -> int:
+    """A key for a segment that is not segment 0: never 0 (IPC_PRIVATE), never in the
+    segment-0 key range (ipcfree looks there), positive as an int32."""
+    while True:
+        key = random.randrange(1, 1 << 31)
+        if key & KEY_PREFIX_MASK != KEY_PREFIX << 28:
+            return key
 
 
 class Resources:
@@ -24,21 +44,27 @@ class Resources:
         self.saved = False  # only a registry we wrote is ours to delete
 
     def _save(self) -> None:
-        tmp = self.path + ".new"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, MODE)
-        with os.fdopen(fd, "w") as f:
-            json.dump([[k, i, key] for (k, i), key in self.objects.items()], f)
-        os.replace(tmp, self.path)
+        data = json.dumps([[k, i, key] for (k, i), key in self.objects.items()])
+        private.write_atomic(self.path, data.encode())
         self.saved = True
 
     def _add(self, kind: str, iid: int, key: int) -> None:
         self.objects[(kind, iid)] = key
         self._save()
 
-    def segment(self, key: int, size: int) -> sysv_ipc.SharedMemory:
-        """A new zero-filled segment at *key* (0: IPC_PRIVATE), attached."""
-        iid = ipc.create_segment(key, size)
-        self._add("shm", iid, key)
+    def segment(self, key: int | None, size: int) -> sysv_ipc.SharedMemory:
+        """A new zero-filled segment at *key* (None: a random key of its own), attached."""
+        for _ in range(_KEY_TRIES if key is None else 1):
+            k = random_key() if key is None else key
+            try:
+                iid = ipc.create_segment(k, size)
+                break
+            except OSError as e:
+                if key is not None or e.errno != errno.EEXIST:
+                    raise
+        else:
+            raise OutOfResources(f"no free segment key after {_KEY_TRIES} tries")
+        self._add("shm", iid, k)
         return sysv_ipc.attach(iid)
 
     def semaphore(self, initial: int) -> sysv_ipc.Semaphore:
@@ -47,8 +73,9 @@ class Resources:
         return sem
 
     def drop(self, kind: str, iid: int) -> None:
-        """Remove one object and forget it."""
-        ipc.remove(kind, iid)
+        """Remove one object of ours and forget it."""
+        if (kind, iid) in self.objects:
+            ipc.remove(kind, iid)
         self.objects.pop((kind, iid), None)
         self._save()
 
@@ -60,22 +87,32 @@ class Resources:
                 pass
         self.objects.clear()
         if self.saved:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            private.unlink(self.path)
+
+
+def _registry(path: str) -> dict[tuple[str, int], int]:
+    """The (kind, id) -> key entries of a registry file; damaged entries are skipped."""
+    try:
+        text = private.read_text(path)
+    except (OSError, private.UnsafeState):
+        return {}
+    try:
+        rows = json.loads(text or "[]")
+    except (ValueError, RecursionError):
+        return {}
+    wanted: dict[tuple[str, int], int] = {}
+    for row in rows if isinstance(rows, list) else []:
+        if (isinstance(row, list) and len(row) == 3 and row[0] in ("shm", "sem")
+                and all(type(v) is int for v in row[1:]) and row[2]):
+            wanted[(row[0], row[1])] = row[2]
+    return wanted
 
 
 def leftovers(registry_path: str, seg0: memoryview | None) -> set[tuple[str, int]]:
     """Objects a dead daemon of this VM left: those its registry names and those its
-    segment 0 records, kept only if they still exist, owned by this uid with the same key."""
-    wanted: dict[tuple[str, int], int | None] = {}
-    try:
-        with open(registry_path) as f:
-            for kind, iid, key in json.load(f):
-                wanted[(kind, iid)] = key
-    except (OSError, ValueError, TypeError):
-        pass
+    segment 0 records (*seg0*, checked ours by the caller), kept only if each still
+    exists with the key recorded for it and the kernel says we made and own it."""
+    wanted = _registry(registry_path)
     if seg0 is not None:
         h = layout.header(seg0)
         for s in range(min(h["nsegs"], layout.MAXSEG)):
@@ -87,11 +124,11 @@ def leftovers(registry_path: str, seg0: memoryview | None) -> set[tuple[str, int
             if t["tid"]:
                 wanted.setdefault(("sem", t["lock_id"]), t["lock_key"])
                 wanted.setdefault(("sem", t["wake_id"]), t["wake_key"])
-    uid = os.getuid()
     found = set()
     for kind in ("shm", "sem"):
         for row in ipc.proc_table(kind):
             ident = (kind, row[ipc.ID_COLUMN[kind]])
-            if ident in wanted and row["uid"] == uid and wanted[ident] in (None, row["key"]):
+            key = wanted.get(ident)
+            if key and key & 0xFFFFFFFF == row["key"] & 0xFFFFFFFF and ipc.row_owned(row):
                 found.add(ident)
     return found

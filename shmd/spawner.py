@@ -41,7 +41,7 @@ import sys
 import time
 from typing import Iterable, Sequence
 
-from . import control, paths
+from . import control, paths, private
 from .errors import (PvmBadParam, PvmDenied, PvmError, PvmNoFile, PvmNoTask, PvmSysErr,
                      strerror)
 
@@ -106,36 +106,36 @@ def registry_path(vmid: str) -> str:
     return paths.tmpfile("pvmspawn", vmid)
 
 
-def _read_registry(f) -> dict[int, dict]:
+def _parse_registry(text: str) -> dict[int, dict]:
     out = {}
-    f.seek(0)
-    for line in f.read().splitlines():
+    for line in text.splitlines():
         try:
             r = json.loads(line)
             out[int(r["tid"])] = r
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue
     return out
 
 
 def load_registry(vmid: str) -> dict[int, dict]:
     try:
-        with open(registry_path(vmid), encoding="utf-8") as f:
-            return _read_registry(f)
-    except OSError:
-        return {}
+        return _parse_registry(private.read_text(registry_path(vmid)) or "")
+    except (OSError, PvmError):
+        return {}  # ps -l then shows no PTID: not worth failing for
 
 
 def record(vmid: str, entries: Sequence[dict], live: Iterable[int]) -> None:
     """Add *entries*; drop records of tids no longer in the daemon's table."""
     path = registry_path(vmid)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
+        fd = private.open_file(path, os.O_RDWR | os.O_CREAT)
+    except (OSError, PvmError):
         return  # ps -l then shows no PTID: not worth failing a spawn for
     with os.fdopen(fd, "r+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        keep = {t: r for t, r in _read_registry(f).items() if t in set(live)}
+        f.seek(0)
+        keep = {t: r for t, r in _parse_registry(f.read(private.READ_LIMIT)).items()
+                if t in set(live)}
         for e in entries:
             keep[int(e["tid"])] = e
         f.seek(0)
@@ -210,7 +210,7 @@ def start_copies(prog: str, args: Sequence[str], count: int, *, vmid: str, ep: s
     env = dict(os.environ, PVM_VMID=vmid, PVM_PARENT=f"{ptid:x}")
     log_fd = None
     if output == "log":
-        log_fd = os.open(paths.log_path(vmid), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        log_fd = private.open_file(paths.log_path(vmid), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     results: list[Copy | PvmError] = []
     try:
         for _ in range(count):
@@ -476,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         left = kill_pids(pids, a.grace)
         try:
-            os.unlink(registry_path(vmid))  # reset/halt: every task is gone
-        except OSError:
+            private.unlink(registry_path(vmid))  # reset/halt: every task is gone
+        except (OSError, PvmError):
             pass
         if left:
             print(f"pvm_spawn: still alive after KILL: {left}", file=sys.stderr)

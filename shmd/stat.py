@@ -7,31 +7,77 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import signal
 import sys
 import time
 
-from . import control, ipc, paths
+from . import control, ipc, paths, private
 from .errors import PvmError
 
 EXIT_OK, EXIT_NODAEMON, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 
 
-def stop(vmid: str, timeout: float) -> bool:
-    """TERM the daemon of *vmid* and wait until its segment 0 is gone."""
-    info = control.daemon_info(vmid)
-    if not ipc.alive(info["pid"], info["start_ticks"]):
+def find_daemon(vmid: str) -> tuple[int, int]:
+    """(pid, start time) of the live pvm_shmd of *vmid*: from segment 0, or, when that is
+    damaged, from the flock-held pid file in our private directory (so a scribbled
+    header never makes a daemon unstoppable). NoDaemon or PvmError saying why not."""
+    try:
+        info = control.daemon_info(vmid)
+        pid, start = info["pid"], info["start_ticks"]
+        if ipc.alive(pid, start):
+            return pid, start
         raise control.NoDaemon("No pvm_shmd (only leftovers of a dead one: run ipcfree)")
-    os.kill(info["pid"], signal.SIGTERM)
+    except control.NoDaemon:
+        raise
+    except PvmError as damaged:
+        pid = locked_pid(paths.daemon_files(vmid)["lock"])
+        if pid is None:
+            raise damaged from None
+        return pid, ipc.process_start(pid) or 0
+
+
+def locked_pid(path: str) -> int | None:
+    """The pid in our daemon lock file *path* while a pvm_shmd of ours holds its flock."""
+    try:
+        fd = private.open_file(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, private.UnsafeState):
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # nobody holds it: no daemon
+        except OSError:
+            pass
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    try:  # a process of ours running pvm_shmd, not whatever number the file holds
+        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return None
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")[:3]
+    except OSError:
+        return None
+    if not any(w.endswith(b"pvm_shmd") or w == b"shmd.daemon" for w in words):
+        return None
+    return pid
+
+
+def stop(vmid: str, timeout: float) -> bool:
+    """TERM the daemon of *vmid* and wait until it has exited (it removes every IPC
+    object and file before it does)."""
+    pid, start = find_daemon(vmid)
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            control.daemon_info(vmid)
-        except control.NoDaemon:
-            if not ipc.alive(info["pid"], info["start_ticks"]):
-                return True
+        if not ipc.alive(pid, start):
+            return True
         time.sleep(0.02)
     return False
 
@@ -53,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.json:
             print(json.dumps(control.request("stat", vmid, timeout=a.timeout), indent=1))
         else:
-            info = control.daemon_info(vmid)
-            if not ipc.alive(info["pid"], info["start_ticks"]):
-                raise control.NoDaemon()
-            os.kill(info["pid"], signal.SIGUSR1)
+            os.kill(find_daemon(vmid)[0], signal.SIGUSR1)
     except ValueError as e:
         print(f"pvm_shmd_stat: {e}", file=sys.stderr)
         return EXIT_USAGE

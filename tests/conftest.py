@@ -79,7 +79,8 @@ def pvm_env(tmp_path, monkeypatch):
         vmid = f"t{os.getpid()}x{next(_counter)}"
     monkeypatch.setenv("PVM_TMP", str(tmp_path))
     monkeypatch.setenv("PVM_VMID", vmid)
-    return {"tmp": str(tmp_path), "vmid": vmid}
+    # every file of the VM lives in the private directory $PVM_TMP/pvm.<uid> (shmd/private.py)
+    return {"tmp": str(tmp_path), "vmid": vmid, "state": str(tmp_path / f"pvm.{os.getuid()}")}
 
 
 def need_root(what: str) -> None:

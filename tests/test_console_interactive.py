@@ -100,4 +100,4 @@ def test_halt_from_the_prompt_leaves_nothing(term, pvm_env):
     term.close()
     assert term.exitstatus == 0
     assert subprocess.run([SHMD_STAT, "--json"], capture_output=True, timeout=30).returncode == 1
-    assert not any(n.startswith("pvmd.") for n in os.listdir(pvm_env["tmp"]))
+    assert not any(n.startswith("pvmd.") for n in os.listdir(pvm_env["state"]))

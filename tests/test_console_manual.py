@@ -32,7 +32,7 @@ def vm(pvm_env, tmp_path, monkeypatch):
     monkeypatch.setenv("PVM_SHMD_OPTS", "-maxpages=64 -maxsegs=2")
     hostfile = tmp_path / "hosts"
     hostfile.write_text(f"{HAND} so=ms dx={SHMD}\n")
-    table = os.path.join(pvm_env["tmp"], f"pvmd.{os.getuid()}.{pvm_env['vmid']}")
+    table = os.path.join(pvm_env["state"], f"pvmd.{os.getuid()}.{pvm_env['vmid']}")
     yield {**pvm_env, "home": str(home), "hostfile": str(hostfile)}
     if os.path.exists(table):
         subprocess.run([PVM, "--norc", "-e", "halt"], capture_output=True, timeout=TIMEOUT)
@@ -86,7 +86,7 @@ def test_manual_host_joins_with_typed_ready_line(vm, tmp_path):
     assert f"stdin:2: mstat: {hint}" in err
     assert f"stdin:3: halt: {hint}" in err
     assert p.returncode == 1  # halt reports the host it could not stop
-    assert not os.path.exists(os.path.join(vm["tmp"], f"pvmd.{os.getuid()}.{vm['vmid']}"))
+    assert not os.path.exists(os.path.join(vm["state"], f"pvmd.{os.getuid()}.{vm['vmid']}"))
 
 
 def test_garbled_response_fails_that_host_only(vm):

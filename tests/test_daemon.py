@@ -13,6 +13,7 @@ import pytest
 import sysv_ipc
 
 from shmd import control, ipc, layout, paths
+from other_user import other_user  # noqa: F401  (a fixture)
 from test_daemon_util import (PVM_SHMD, STAT, exists, listed, objects_by_creator, pages_free,
                               pages_total, perms, proc_alive, read_line, shmd_vm, sysv_rows,
                               wait_for)
@@ -76,10 +77,10 @@ def test_every_object_and_file_is_mode_0600(shmd_vm):
     assert len([o for o in objs if o[0] == "sem"]) == 2 + 2  # 2 page maps + 1 task's lock/wake
     for kind, iid in objs:
         assert mode_of(kind, iid) & 0o777 == 0o600, f"{kind} {iid} mode {mode_of(kind, iid):o}"
-    names = os.listdir(vm.tmp)
+    names = vm.files()
     assert any(n.startswith("pvml.") for n in names)
     for n in names:
-        st = os.stat(os.path.join(vm.tmp, n))
+        st = os.stat(os.path.join(vm.state, n))
         assert stat.S_IMODE(st.st_mode) == 0o600, f"{n} mode {stat.S_IMODE(st.st_mode):o}"
     t.do("leave")
 
@@ -282,14 +283,14 @@ def test_term_and_int_remove_everything_and_exit_0(shmd_vm, sig):
     c.do("alloc", n=3)
     objs = all_objects_of(vm)
     assert len(objs) == 6
-    files = set(os.listdir(vm.tmp))
+    files = set(vm.files())
     assert {f"pvm_shmd.{os.getuid()}.{vm.vmid}.{x}" for x in ("pid", "sock", "ipc")} <= files
     p.send_signal(sig)
     assert p.wait(15) == 0
     assert not [o for o in objs if exists(*o)]  # removed (segments the task has attached
     c.close()                                    # go away when it detaches)
     wait_for(lambda: not [o for o in objs if listed(*o)], timeout=5, what="last detach")
-    assert os.listdir(vm.tmp) == [f"pvml.{os.getuid()}.{vm.vmid}"]  # only the log stays
+    assert vm.files() == [f"pvml.{os.getuid()}.{vm.vmid}"]  # only the log stays
     r = vm.run([STAT, "--json"])
     assert r.returncode == 1 and "No pvm_shmd" in r.stderr
 
@@ -312,7 +313,7 @@ def test_usr1_reports_into_the_log(shmd_vm):
     r = vm.run([STAT])
     assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
     log = paths.log_path(vm.vmid)
-    assert log == os.path.join(vm.tmp, f"pvml.{os.getuid()}.{vm.vmid}")
+    assert log == os.path.join(vm.state, f"pvml.{os.getuid()}.{vm.vmid}")
     text = wait_for(lambda: (t := open(log).read()) and "counters:" in t and t, timeout=5,
                     what="USR1 report in the log")
     stamp = r"\d\d/\d\d \d\d:\d\d:\d\d \[pvm_shmd t40000\] "
@@ -367,14 +368,14 @@ def test_second_daemon_names_the_first_and_touches_nothing(shmd_vm):
     c = vm.task()
     c.do("alloc", n=5)
     objs = all_objects_of(vm)
-    files = {n: os.stat(os.path.join(vm.tmp, n)).st_ino for n in os.listdir(vm.tmp)
+    files = {n: os.stat(os.path.join(vm.state, n)).st_ino for n in vm.files()
              if not n.startswith("pvml")}
     r = vm.run([PVM_SHMD, "-maxpages=64", "-maxsegs=2"])
     assert r.returncode == 3
     assert r.stdout == "" and len(r.stderr.splitlines()) == 1
     assert f"pid {ready['pid']}" in r.stderr and "already running" in r.stderr
     assert all_objects_of(vm) == objs
-    assert {n: os.stat(os.path.join(vm.tmp, n)).st_ino for n in os.listdir(vm.tmp)
+    assert {n: os.stat(os.path.join(vm.state, n)).st_ino for n in vm.files()
             if not n.startswith("pvml")} == files
     st = vm.stat()
     assert st["pid"] == ready["pid"] and pages_free(st) == 123 and len(st["tasks"]) == 1
@@ -424,7 +425,8 @@ def test_restart_after_sigkill_during_startup_reclaims(shmd_vm):
     shmid = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                check=True, timeout=30).stdout)
     try:
-        with open(paths.daemon_files(vm.vmid)["ipc"], "w") as f:
+        fd = os.open(paths.daemon_files(vm.vmid)["ipc"], os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as f:
             json.dump([["shm", shmid, key]], f)
         vm.start()
         assert not exists("shm", shmid)
@@ -509,7 +511,7 @@ def test_foreign_segment_at_our_key_is_refused_and_untouched(shmd_vm, foreign, w
     finally:
         again.detach()
     assert [r for r in sysv_rows("shm") if r["shmid"] == shm.id][0]["nattch"] == 0
-    assert not [n for n in os.listdir(vm.tmp) if not n.startswith("pvml")]
+    assert not [n for n in vm.files() if not n.startswith("pvml")]
     # and an alien library process refuses it too
     with pytest.raises(Exception, match=needle):
         control.attach_seg0(vm.vmid)
@@ -532,7 +534,7 @@ def test_bad_options_one_line_rc_2_nothing_made(shmd_vm, argv, needle):
     r = vm.run([PVM_SHMD, *argv])
     assert r.returncode == 2
     assert r.stdout == "" and len(r.stderr.splitlines()) == 1 and needle in r.stderr, r.stderr
-    assert not os.listdir(vm.tmp)
+    assert not vm.files()
     assert not all_objects_of(vm)
 
 
@@ -590,46 +592,50 @@ def test_os_limits_too_small_for_two_segments(shmd_vm, sysctl, value):
     assert left == "0", "objects left behind in the namespace"
 
 
-def test_permission_denied_segment_of_another_user(shmd_vm):
-    """Our key is taken by a segment another user owns (mode 0600): rc 5, clear line."""
-    from conftest import need_root
-
-    need_root("running the daemon as another user")
+def test_permission_denied_segment_of_another_user(shmd_vm, other_user, tmp_path):
+    """A daemon of another user whose key is taken by a segment of ours (root's, mode
+    0600) stops with status 5 and one line; so does one whose PVM_TMP it may not write.
+    Run as that user in a forked child (tests/other_user.py): nothing of the checkout or
+    the virtual environment need be readable by it (a checkout under /root works)."""
     import shutil
-    import subprocess
-
-    if not shutil.which("setpriv"):
-        pytest.skip("setpriv (util-linux) not installed")
-    nobody = 65534
-    key = paths.seg0_key(shmd_vm.vmid, uid=nobody)
     import tempfile
 
+    from shmd import daemon
+
+    key = paths.seg0_key(shmd_vm.vmid, uid=other_user.uid)
     tmp = tempfile.mkdtemp(prefix="shmd-perm-")
-    os.chmod(tmp, 0o777)
-    env = {**shmd_vm.env(), "PVM_TMP": tmp}
+    os.chmod(tmp, 0o1777)
     shm = sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode=0o600, size=4096)  # root's
     shm.detach()
+
+    def start_daemon(*extra: str) -> int:
+        import contextlib
+        import io
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = daemon.main(["-maxpages=64", "-maxsegs=2", "-foreground", *extra])
+        return rc, err.getvalue()
+
     try:
-        daemon = PVM_SHMD
-        r = subprocess.run(["setpriv", f"--reuid={nobody}", f"--regid={nobody}",
-                            "--clear-groups", daemon, "-maxpages=64", "-maxsegs=2"],
-                           capture_output=True, text=True, timeout=60, env=env)
-        assert r.returncode == 5, r
-        assert len(r.stderr.splitlines()) == 1 and "another user" in r.stderr
+        env = {"PVM_TMP": tmp, "PVM_VMID": shmd_vm.vmid}
+        rc, err = other_user.run(start_daemon, env=env)
+        assert rc == 5, err  # in the foreground the log is echoed; the error is the last line
+        assert err.splitlines()[-1].startswith("pvm_shmd: ") and "another user" in err, err
         assert exists("shm", shm.id)
-        assert os.listdir(tmp) == [f"pvml.{nobody}.{shmd_vm.vmid}"]
+        assert os.listdir(os.path.join(tmp, f"pvm.{other_user.uid}")) == \
+            [f"pvml.{other_user.uid}.{shmd_vm.vmid}"]
         # and a PVM_TMP it may not write: rc 5 as well
+        shutil.rmtree(os.path.join(tmp, f"pvm.{other_user.uid}"))
         os.chmod(tmp, 0o755)
-        r = subprocess.run(["setpriv", f"--reuid={nobody}", f"--regid={nobody}",
-                            "--clear-groups", daemon, "-maxpages=64", "-maxsegs=2",
-                            "-vmid=" + shmd_vm.vmid + "p"],
-                           capture_output=True, text=True, timeout=60, env=env)
-        assert r.returncode == 5, r
-        assert len(r.stderr.splitlines()) == 1 and "ermission denied" in r.stderr, r.stderr
+        rc, err = other_user.run(start_daemon, "-vmid=" + shmd_vm.vmid + "p", env=env)
+        assert rc == 5, err
+        assert len(err.splitlines()) == 1 and "ermission denied" in err, err  # no log made
     finally:
         ipc.remove("shm", shm.id)
         shutil.rmtree(tmp)
-    assert not [x for x in sysv_rows("shm") + sysv_rows("sem") if x["uid"] == nobody]
+    assert not [x for x in sysv_rows("shm") + sysv_rows("sem") if other_user.uid in
+                (x["uid"], x["cuid"])]
 
 
 def test_docs_cover_options_signals_statuses_layout():

@@ -35,7 +35,7 @@ def test_kill9_daemon_then_ipcfree_lists_and_removes(shmd_vm):
     os.kill(ready["pid"], signal.SIGKILL)
     wait_for(lambda: not proc_alive(ready["pid"]), timeout=5, what="daemon death")
     c.close()
-    files = set(os.listdir(vm.tmp))
+    files = set(vm.files())
     base = f"pvm_shmd.{os.getuid()}.{vm.vmid}"
     assert {base + ".pid", base + ".sock", base + ".ipc"} <= files
     r = vm.run([IPCFREE, "-n", "--vmid", vm.vmid])
@@ -46,7 +46,7 @@ def test_kill9_daemon_then_ipcfree_lists_and_removes(shmd_vm):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("deleting ") and ids(r.stdout) == objs
     assert not [o for o in objs if listed(*o)]
-    assert set(os.listdir(vm.tmp)) == {f"pvml.{os.getuid()}.{vm.vmid}"}  # stale files too
+    assert set(vm.files()) == {f"pvml.{os.getuid()}.{vm.vmid}"}  # stale files too
     r = vm.run([IPCFREE, "-n", "--vmid", vm.vmid])
     assert r.returncode == 0 and r.stdout.strip() == "didn't find anything"
     ready2 = vm.start()  # a clean start afterwards

@@ -74,7 +74,8 @@ def vm_procs(vmid: str) -> list[int]:
 
 
 def sysv_ids(tmp: str, vmid: str) -> set[tuple[str, int]]:
-    """The SysV objects our daemon recorded it made (its .ipc registry)."""
+    """The SysV objects our daemon recorded it made (its .ipc registry in *tmp*, the
+    private state directory)."""
     path = os.path.join(tmp, f"pvm_shmd.{os.getuid()}.{vmid}.ipc")
     try:
         with open(path) as f:
@@ -220,7 +221,7 @@ def vm(pvm_env, tmp_path):
             return c
 
         def snapshot(self) -> None:
-            self.ids |= sysv_ids(str(tmp_path), pvm_env["vmid"])
+            self.ids |= sysv_ids(pvm_env["state"], pvm_env["vmid"])
 
     v = Vm()
     v.env = env  # type: ignore[attr-defined]
