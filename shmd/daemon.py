@@ -275,7 +275,7 @@ class Daemon:
             return error_reply("task table full", PvmOutOfRes)
         h = layout.header(self.buf)
         used = {t["tid"] & 0x3FFFF for _, t in self.slots() if t["tid"]}
-        local = h["next_local"] or 1
+        local = h["next_local"] % 0x3FFFF or 1  # bounded, whatever a scribble left there
         # t40001 is the console's tid on the master host (as in PVM): never a task's
         while local in used or local == 0 or (self.o.host == 1 and local == 1):
             local = local % 0x3FFFF + 1
@@ -318,11 +318,9 @@ class Daemon:
         except (ipc.Gone, sysv_ipc.Error):
             locked = False
         t["state"] = layout.FREE
-        queued = {}
-        for _, d in layout.ring_entries(self.m32, i, t["head"], t["tail"]):
-            seg = self.m32[(d + layout.D_SEG) // 4]
-            if seg >= 0:
-                queued.setdefault(seg, set()).add(self.m32[(d + layout.D_PAGE) // 4])
+        queued: dict[int, set[int]] = {}
+        for seg, page in self.paged(i, t):
+            queued.setdefault(seg, set()).add(page)
         live_refs = self.live_ring_refs(exclude=i)
         copying = self.run_in_copy(i)
         freed = 0
@@ -381,11 +379,36 @@ class Daemon:
         for i, t in self.slots():
             if i == exclude or not t["tid"]:
                 continue
-            for _, d in layout.ring_entries(self.m32, i, t["head"], t["tail"]):
-                seg = self.m32[(d + layout.D_SEG) // 4]
-                if seg >= 0:
-                    refs.add((seg, self.m32[(d + layout.D_PAGE) // 4]))
+            refs.update(self.paged(i, t))
         return refs
+
+    def ring(self, i: int, t) -> list[int]:
+        """Offsets of the descriptors queued in slot *i*'s inbox; [] (and one log line)
+        if a faulty process damaged its counters."""
+        try:
+            return [d for _, d in layout.ring_entries(self.m32, i, t["head"], t["tail"])]
+        except layout.LayoutError as e:
+            self.note_damage(str(e))
+            return []
+
+    def paged(self, i: int, t) -> list[tuple[int, int]]:
+        """(segment, page) of each paged message queued in slot *i*'s inbox; a descriptor
+        naming no page of ours is damage (logged), never an index."""
+        out = []
+        for d in self.ring(i, t):
+            seg, page = self.m32[(d + layout.D_SEG) // 4], self.m32[(d + layout.D_PAGE) // 4]
+            if 0 <= seg < len(self.segs) and 0 <= page < self.geo.npages:
+                out.append((seg, page))
+            elif seg >= 0:
+                self.note_damage(f"damaged descriptor in the inbox of slot {i}: "
+                                 f"segment {seg}, page {page}")
+        return out
+
+    def note_damage(self, what: str) -> None:
+        """Log a damaged structure once (a faulty process of ours scribbled on it)."""
+        if what not in self.damage_seen and len(self.damage_seen) < 64:
+            self.damage_seen.add(what)
+            self.log(what)
 
     def check_tasks(self) -> None:
         for i, t in self.slots():
@@ -418,8 +441,7 @@ class Daemon:
                and c.pid == layout.slot(self.buf, c.slot)["pid"]}
         tasks = [{"tid": t["tid"], "pid": t["pid"], "name": t["name"],
                   "pages": held.get(t["tid"], 0), "connected": i in own,
-                  "waiting": t["pending"] + sum(1 for _ in layout.ring_entries(
-                      self.m32, i, t["head"], t["tail"]))}
+                  "waiting": t["pending"] + len(self.ring(i, t))}
                  for i, t in self.slots() if t["tid"]]
         return {"pid": os.getpid(), "tid": self.dtid, "host": self.o.host, "name": self.o.name,
                 "vmid": self.o.vmid, "uptime": round(time.time() - h["started"], 3),
@@ -564,10 +586,7 @@ class Daemon:
         try:
             step()
         except Exception as e:
-            what = f"{step.__name__}: {type(e).__name__}: {e}"
-            if what not in self.damage_seen and len(self.damage_seen) < 64:
-                self.damage_seen.add(what)
-                self.log(f"error in {what} (going on)")
+            self.note_damage(f"error in {step.__name__}: {type(e).__name__}: {e} (going on)")
 
     def shutdown(self) -> None:
         """Remove every IPC object and file made; safe to call at any stage."""

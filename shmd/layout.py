@@ -218,7 +218,10 @@ def span(nbytes: int) -> int:
 def ring_entries(m32: memoryview, i: int, head: int, tail: int):
     """Yield (counter, offset) of each descriptor queued in slot *i*'s ring between
     *head* and *tail*, stepping over the descriptors inline bytes fill and over
-    fillers. *m32* is an int32 view of segment 0."""
+    fillers. *m32* is an int32 view of segment 0. LayoutError if the counters are
+    damaged (a ring never holds more than RING descriptors)."""
+    if not 0 <= tail - head <= RING:
+        raise LayoutError(f"damaged inbox of slot {i}: head {head}, tail {tail}")
     n = head
     while n < tail:
         d = desc_off(i, n)
