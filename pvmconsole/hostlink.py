@@ -19,7 +19,7 @@ from pvmconsole.runner import LineStream, LocalRunner, Runner, local_program
 from shmd import handshake
 from shmd.spawner import parse_err_line
 from shmd.errors import (
-    PvmCantStart, PvmDenied, PvmDupHost, PvmError, PvmHostFail, PvmOutOfRes,
+    PvmBadParam, PvmCantStart, PvmDenied, PvmDupHost, PvmError, PvmHostFail, PvmOutOfRes,
 )
 
 DAEMON = "pvm_shmd"
@@ -28,6 +28,9 @@ SPAWN = "pvm_spawn"
 SPAWN_TIMEOUT = 30.0  # starting pvm_spawn on the host (not the tasks' run time)
 KILL_GRACE = 2.0  # reset/halt: TERM, then KILL what is still there after this
 START_TIMEOUT = 30.0  # a daemon that is not up by then never will be
+#: Seconds to wait for a host's pvm_shmd to start, instead of START_TIMEOUT (tests, slow hosts).
+START_TIMEOUT_ENV = "PVM_START_TIMEOUT"
+CLEANUP_TIMEOUT = 10.0  # stopping what a timed-out start left
 MANUAL_TIMEOUT = 300.0  # so=ms: how long the console waits for the typed response
 STAT_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
@@ -40,6 +43,21 @@ _START_ERRORS = {3: PvmDupHost, 4: PvmOutOfRes, 5: PvmDenied}
 
 def _first_line(text: str) -> str:
     return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+
+
+def start_timeout() -> float:
+    """$PVM_START_TIMEOUT (seconds, > 0) if set, else START_TIMEOUT; PvmBadParam if unusable."""
+    word = os.environ.get(START_TIMEOUT_ENV, "").strip()
+    if not word:
+        return START_TIMEOUT
+    try:
+        value = float(word)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise PvmError(PvmBadParam, f"{START_TIMEOUT_ENV}={word!r}: use seconds, more than 0 "
+                                    "and at most 3600")
+    return value
 
 
 class HostLink:
@@ -67,7 +85,14 @@ class HostLink:
     def start(self, index: int, name: str, extra: Sequence[str] = ()) -> dict[str, object]:
         """Start the host's daemon; return its parsed handshake line."""
         argv = self.start_argv(index, name, extra)
-        r = self.runner.run(argv, timeout=START_TIMEOUT, cwd=self.cwd)
+        timeout = start_timeout()
+        r = self.runner.run(argv, timeout=timeout, cwd=self.cwd)
+        if r.rc == 124:
+            # The runner killed the starter's process group; the daemon it may have forked
+            # is in a session of its own, so it is stopped by the VM's own means.
+            said = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
+            why = said[-1] if said else f"{self.daemon} did not start within {timeout:g} s"
+            raise PvmError(PvmCantStart, why + self._cleanup())
         if r.rc != 0:
             raise PvmError(_START_ERRORS.get(r.rc, PvmCantStart),
                            _first_line(r.stderr) or f"{self.daemon} exited {r.rc}")
@@ -76,6 +101,22 @@ class HostLink:
             return handshake.parse(line)
         except ValueError as e:
             raise PvmError(PvmCantStart, str(e)) from None
+
+    def _cleanup(self) -> str:
+        """After a timed-out start: stop this VM's daemon on the host if one came up
+        (a daemon of this VM that was there before would have refused to start twice,
+        quickly: what runs now is ours). A few words for the error message."""
+        try:
+            r = self.runner.run([self.stat_program, "--stop", *self._vm_args()],
+                                timeout=CLEANUP_TIMEOUT)
+        except PvmError as e:
+            return f"; could not check for a daemon left there: {e.detail or e}"
+        if r.rc == 0:
+            return "; the pvm_shmd it had started is stopped too"
+        if r.rc == 1 and "No pvm_shmd" in r.stderr:
+            return ""  # nothing came up
+        return (f"; a daemon may be left there ({_first_line(r.stderr) or f'exit {r.rc}'}): "
+                f"stop it with {STAT} --stop")
 
     def stat(self) -> dict[str, object]:
         """The daemon's state (pvm_shmd_stat --json); PvmHostFail if it is not running."""

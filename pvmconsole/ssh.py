@@ -49,6 +49,30 @@ _LOGIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$")
 _PATH_RE = re.compile(r"^[A-Za-z0-9_./+,:@%=~][A-Za-z0-9_./+,:@%=~-]*$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_JUMPS = 5
+#: sshd runs the command as ``$SHELL -c COMMAND``: one argument, which the kernel refuses
+#: (E2BIG) over MAX_ARG_STRLEN (128 KiB, its NUL included).
+MAX_COMMAND = 128 * 1024 - 1
+KILL_GRACE = 2.0  # a timed-out command's process group: TERM, then KILL after this
+KILL_TIMEOUT = KILL_GRACE + 8.0  # the whole remote kill, connection included
+# The first line a tracked command writes on stderr: the remote shell's pid, which `exec`
+# hands on to the program. sshd makes every session's command a session (and process
+# group) leader, so this is also the group a timed-out command is killed by.
+_PID_MARK = "pvm-console-pid:"
+_PID_RE = re.compile(r"\A" + re.escape(_PID_MARK) + r"(\d+)\n")
+# Run on the host with the group's id: TERM, up to KILL_GRACE s for it to go, then KILL;
+# exit 0 only when the group is gone (or was already). `kill -s SIG -- -PGID` is the form
+# every sh takes (dash refuses `kill -TERM -- -PGID`).
+_KILL_GROUP = """\
+if ! out=$(kill -s TERM -- -{pgid} 2>&1); then
+    case $out in *"o such process"*) exit 0 ;; esac
+    echo "$out" >&2; exit 1
+fi
+i=0
+while [ $i -lt {polls} ] && kill -s 0 -- -{pgid} 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+kill -s KILL -- -{pgid} 2>/dev/null && sleep 0.1
+if kill -s 0 -- -{pgid} 2>/dev/null; then echo "process group {pgid} survived KILL" >&2; exit 1; fi
+exit 0
+"""
 
 # paramiko logs transport errors itself; the console reports them once, as one line.
 _log = logging.getLogger("paramiko")
@@ -337,6 +361,7 @@ class SshRunner:
             self._password = password  # asked once; reconnects reuse it
         sock = self._open_socket(deadline)
         left = max(0.1, min(self.connect_timeout, deadline - time.monotonic()))
+        began = time.monotonic()
         try:
             client.connect(
                 s["hostname"], port=s["port"], username=s["user"], sock=sock,
@@ -365,15 +390,55 @@ class SshRunner:
             raise SshError(PvmCantStart, f"{self.host}: authentication as {s['user']} failed "
                                          f"(tried {how}): {e}") from None
         except (paramiko.SSHException, EOFError, OSError) as e:
-            client.close()
             why = str(e) or type(e).__name__
             if "No authentication methods" in why:
+                client.close()
                 raise SshError(PvmCantStart, f"{self.host}: authentication as {s['user']} failed: no key "
                                              f"(agent, ~/.ssh, IdentityFile) and no password") from None
-            raise SshError(PvmCantStart, f"{self.host}: SSH handshake with {self._where()} failed: {why}") from None
+            err = self._handshake_error(e, client.get_transport(), left, time.monotonic() - began)
+            client.close()
+            raise err from None
         self.connects += 1
         self._ever_connected = True
         return client
+
+    def _handshake_error(self, e: BaseException, t: paramiko.Transport | None, limit: float,
+                         elapsed: float) -> SshError:
+        """One line for a connection that failed between TCP and authentication, in words
+        (paramiko's own texts: "No existing session", "...banner[Errno 104] ..."), naming
+        the host, the stage, and what to look at."""
+        where, port = self._where(), self.settings["port"]
+        banner = bool(t is not None and t.remote_version)
+        kex = bool(t is not None and t.initial_kex_done)
+        stage = ("SSH banner exchange" if not banner else
+                 "SSH key exchange" if not kex else "SSH session set-up")
+        causes: list[BaseException] = []
+        c: BaseException | None = e
+        while c is not None and len(causes) < 8:  # paramiko wraps the socket error it met
+            causes.append(c)
+            c = c.__cause__ or c.__context__
+        if any(isinstance(c, ConnectionResetError) for c in causes):
+            return SshError(PvmCantStart, (
+                f"{self.host}: connection reset by peer ({where}) during the {stage}: sshd there "
+                f"dropped the connection (its MaxStartups, a tcp_wrappers or firewall rule, or "
+                f"not an sshd on port {port}); its log on {self.host} says why"))
+        timed_out = any(isinstance(c, (socket.timeout, TimeoutError)) for c in causes)
+        if timed_out or (not kex and elapsed >= 0.9 * limit):
+            what = "no SSH banner came" if not banner else "the key exchange did not finish"
+            return SshError(PvmCantStart, (
+                f"{self.host}: SSH handshake with {where} timed out after {round(limit, 1):g} s: {what} "
+                f"(the host accepted the TCP connection but no sshd answered: is it hung or "
+                f"overloaded, or is something else listening on port {port}? For a slow host "
+                f"raise ConnectTimeout in its ssh_config entry)"))
+        if any(isinstance(c, EOFError) for c in causes) or (t is not None and not t.is_active()
+                                                            and not banner):
+            return SshError(PvmCantStart, (
+                f"{self.host}: {where} closed the connection during the {stage} (not an sshd on "
+                f"port {port}, or sshd refused us: MaxStartups, tcp_wrappers; its log on "
+                f"{self.host} says why)"))
+        why = str(e) or type(e).__name__
+        return SshError(PvmCantStart, f"{self.host}: SSH handshake with {where} failed during "
+                                      f"the {stage}: {why}")
 
     def _transport(self, deadline: float) -> paramiko.Transport:
         """The open connection, (re)connecting if there is none or it died."""
@@ -427,12 +492,41 @@ class SshRunner:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Result:
-        """Run argv on the host; rc 124 on timeout. Connection failures raise SshError
-        (PvmCantStart before the host was ever reached, PvmHostFail after)."""
-        command = remote_command(argv, cwd, env)  # refuses bad values before any network
+        """Run argv on the host; rc 124 on timeout, after the program's process group was
+        killed there (TERM, KILL after KILL_GRACE s), so nothing it started keeps running.
+        Connection failures raise SshError (PvmCantStart before the host was ever reached,
+        PvmHostFail after)."""
+        command = self._command(argv, cwd, env)  # refuses bad values before any network
         deadline = time.monotonic() + timeout
         ch = self._open_channel(deadline)
-        return self._exec(ch, command, input, deadline, timeout, argv[0])
+        return self._exec(ch, f"echo {_PID_MARK}$$ >&2; {command}", input, deadline, timeout,
+                          argv[0], track=True)
+
+    def _command(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str] | None) -> str:
+        """remote_command, refused when the remote shell could not take it (E2BIG)."""
+        command = remote_command(argv, cwd, env)
+        size = len(command.encode(errors="surrogateescape")) + 64  # + the pid line's prefix
+        if size > MAX_COMMAND:
+            raise SshError(PvmBadParam, (
+                f"{self.host}: the command line for {argv[0]} would be {size} bytes, over the "
+                f"{MAX_COMMAND} the remote shell takes (MAX_ARG_STRLEN): export fewer or shorter "
+                f"variables"))
+        return command
+
+    def _kill_group(self, pgid: int) -> str:
+        """Kill process group *pgid* on the host (what a timed-out command started); a
+        few words on how it went, for the timeout message."""
+        script = _KILL_GROUP.format(pgid=int(pgid), polls=int(KILL_GRACE * 10))
+        try:
+            deadline = time.monotonic() + KILL_TIMEOUT
+            ch = self._open_channel(deadline)
+            r = self._exec(ch, remote_command(["sh", "-c", script]), None, deadline, KILL_TIMEOUT,
+                           "kill", track=False)
+        except SshError as e:
+            return f"; it may still run there (could not kill it: {e.detail or e})"
+        if r.rc != 0:
+            return f"; it may still run there (kill exited {r.rc}: {' '.join(r.stderr.split())[:200]})"
+        return "; stopped it and what it started there"
 
     def start(
         self,
@@ -445,7 +539,7 @@ class SshRunner:
         """Start argv on the host on a channel of its own (other commands go on over the
         same connection) and return its merged stdout/stderr line by line. *timeout*
         bounds connecting and starting; closing the stream closes the channel."""
-        command = remote_command(argv, cwd, env)
+        command = self._command(argv, cwd, env)
         deadline = time.monotonic() + timeout
         ch = self._open_channel(deadline)
         ch.set_combine_stderr(True)
@@ -469,7 +563,9 @@ class SshRunner:
         return LineStream(read, on_close=ch.close, name=f"start {self.host}")
 
     def _exec(self, ch: paramiko.Channel, command: str, input: str | None,
-              deadline: float, timeout: float, prog: str) -> Result:
+              deadline: float, timeout: float, prog: str, *, track: bool) -> Result:
+        """Run *command* on *ch*. With *track*, the command's first stderr line is its
+        pid (see run): taken off stderr, and used to kill its group on a timeout."""
         # exec_command waits for sshd's answer without a timeout: a watchdog closes the
         # connection if it never comes (the host is then gone anyway).
         watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), ch.get_transport().close)
@@ -505,9 +601,17 @@ class SshRunner:
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    ch.close()
+                    ch.close()  # sshd does not kill a command whose channel closes: we do
+                    m = _PID_RE.match(err.decode(errors="replace")) if track else None
+                    if m:
+                        err = err[m.end():]
+                        done = self._kill_group(int(m.group(1)))
+                    elif track:
+                        done = "; it may still run there (its pid never came)"
+                    else:
+                        done = ""
                     return Result(124, out.decode(errors="replace"), err.decode(errors="replace")
-                                  + f"{self.host}: timed out after {timeout:g} s\n")
+                                  + f"{self.host}: {prog} timed out after {timeout:g} s{done}\n")
                 if not got:
                     if ch.eof_received:
                         ch.status_event.wait(min(left, 0.05))
@@ -521,6 +625,9 @@ class SshRunner:
         finally:
             ch.close()
         stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        if track:
+            m = _PID_RE.match(stderr)
+            stderr = stderr[m.end():] if m else stderr
         if rc == -1:
             t = self._client.get_transport() if self._client else None
             if t is not None and t.is_active():
