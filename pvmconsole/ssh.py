@@ -75,6 +75,9 @@ exit 0
 """
 
 # paramiko logs transport errors itself; the console reports them once, as one line.
+#: The end of a "connection lost" message: what happened and what comes next.
+_LOST = "the host or its sshd went away; the next command connects again"
+
 _log = logging.getLogger("paramiko")
 if not os.environ.get("PVM_SSH_DEBUG"):
     _log.setLevel(logging.CRITICAL)
@@ -304,16 +307,19 @@ class SshRunner:
         try:
             sock = socket.create_connection((s["hostname"], s["port"]), timeout=left)
         except socket.gaierror as e:
-            raise SshError(PvmNoHost, f"{self.host}: cannot resolve {s['hostname']} ({e.strerror})") from None
+            raise SshError(PvmNoHost, f"{self.host}: cannot resolve {s['hostname']} ({e.strerror}): "
+                                      f"check the name, or give its address (ip= in the hostfile, "
+                                      f"HostName in ssh_config)") from None
         except (socket.timeout, TimeoutError):
             raise SshError(PvmCantStart, f"{self.host}: no answer from {self._where()} "
-                                         f"within {left:.3g} s") from None
+                                         f"within {left:.3g} s (host down, or a firewall dropping "
+                                         f"the connection?)") from None
         except ConnectionRefusedError:
             raise SshError(PvmCantStart, f"{self.host}: connection refused by {self._where()} "
                                          f"(no sshd there?)") from None
         except OSError as e:
             raise SshError(PvmCantStart, f"{self.host}: cannot reach {self._where()}: "
-                                         f"{e.strerror or e}") from None
+                                         f"{e.strerror or e} (check its address and the network)") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
@@ -387,8 +393,11 @@ class SshRunner:
             how = "password" if password is not None else "keys from " + (
                 ", ".join(s["identityfile"]) if s["identitiesonly"] else "agent, ~/.ssh"
                 + (", " + ", ".join(s["identityfile"]) if s["identityfile"] else ""))
+            fix = ("check the password" if password is not None else
+                   f"put your public key in ~{s['user']}/.ssh/authorized_keys on {self.host} "
+                   f"(ssh-copy-id), or name the key with IdentityFile")
             raise SshError(PvmCantStart, f"{self.host}: authentication as {s['user']} failed "
-                                         f"(tried {how}): {e}") from None
+                                         f"(tried {how}): {str(e).rstrip('.')}; {fix}") from None
         except (paramiko.SSHException, EOFError, OSError) as e:
             why = str(e) or type(e).__name__
             if "No authentication methods" in why:
@@ -478,8 +487,8 @@ class SshRunner:
                 with self._lock:
                     self._drop_locked()
                 if attempt == 2 or time.monotonic() >= deadline:
-                    raise SshError(PvmHostFail, f"{self.host}: connection lost: "
-                                                f"{e or type(e).__name__}") from None
+                    raise SshError(PvmHostFail, f"{self.host}: connection lost ("
+                                                f"{e or type(e).__name__}): {_LOST}") from None
         raise AssertionError("unreachable")
 
     # -- Runner protocol ------------------------------------------------------------------
@@ -621,7 +630,8 @@ class SshRunner:
         except (paramiko.SSHException, EOFError, OSError, socket.timeout) as e:
             with self._lock:
                 self._drop_locked()
-            raise SshError(PvmHostFail, f"{self.host}: connection lost: {e or type(e).__name__}") from None
+            raise SshError(PvmHostFail, f"{self.host}: connection lost ({e or type(e).__name__}): "
+                                        f"{_LOST}") from None
         finally:
             ch.close()
         stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
@@ -637,7 +647,7 @@ class SshRunner:
                                                      f"was killed by a signal\n")
             with self._lock:
                 self._drop_locked()
-            raise SshError(PvmHostFail, f"{self.host}: connection lost (no exit status)")
+            raise SshError(PvmHostFail, f"{self.host}: connection lost (no exit status): {_LOST}")
         return Result(rc, stdout, stderr)
 
     def close(self) -> None:
