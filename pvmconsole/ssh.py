@@ -58,7 +58,8 @@ KILL_TIMEOUT = KILL_GRACE + 8.0  # the whole remote kill, connection included
 # hands on to the program. sshd makes every session's command a session (and process
 # group) leader, so this is also the group a timed-out command is killed by.
 _PID_MARK = "pvm-console-pid:"
-_PID_RE = re.compile(r"\A" + re.escape(_PID_MARK) + r"(\d+)\n")
+# (at the start of a line, not necessarily the first: a login shell's rc file may write first)
+_PID_RE = re.compile(r"^" + re.escape(_PID_MARK) + r"(\d+)\n", re.MULTILINE)
 # Run on the host with the group's id: TERM, up to KILL_GRACE s for it to go, then KILL;
 # exit 0 only when the group is gone (or was already). `kill -s SIG -- -PGID` is the form
 # every sh takes (dash refuses `kill -TERM -- -PGID`).
@@ -611,9 +612,10 @@ class SshRunner:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     ch.close()  # sshd does not kill a command whose channel closes: we do
-                    m = _PID_RE.match(err.decode(errors="replace")) if track else None
+                    text = err.decode(errors="replace")
+                    m = _PID_RE.search(text) if track else None
                     if m:
-                        err = err[m.end():]
+                        err = (text[:m.start()] + text[m.end():]).encode()
                         done = self._kill_group(int(m.group(1)))
                     elif track:
                         done = "; it may still run there (its pid never came)"
@@ -636,8 +638,8 @@ class SshRunner:
             ch.close()
         stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
         if track:
-            m = _PID_RE.match(stderr)
-            stderr = stderr[m.end():] if m else stderr
+            m = _PID_RE.search(stderr)
+            stderr = stderr[:m.start()] + stderr[m.end():] if m else stderr
         if rc == -1:
             t = self._client.get_transport() if self._client else None
             if t is not None and t.is_active():
