@@ -33,6 +33,17 @@ got; the message then goes through the pages, or, when psend's timeout ran out, 
 not sent). Each side waits for the other only while the other's process lives (its
 pid and start time), whatever becomes of pvm_shmd.
 
+A receiver whose timeout runs out while a sender copies withdraws: it writes
+``WITHDRAW`` in the BFAIL word (unless its own reads failed). The sender looks at it
+before each of its chunks and stops (WITHDRAWN: the message then goes through the
+pages), so the receiver has its verdict within one chunk's copy. It still waits for
+that verdict: until then the sender may be writing into its buffer. Only a sender
+that is stopped (SIGSTOP) holds a receiver past its timeout that way.
+
+Every count read from the record is bounded by what this side knows (the number of
+chunks), so no loop here runs longer because the record was scribbled on; the
+receiver's caller checks the record's words before it calls ``receive``.
+
 The barrier is ``ipc.fence`` (an atomic exchange), which exists on x86-64 only:
 elsewhere direct delivery stays off (``available()``).
 """
@@ -56,7 +67,8 @@ SPIN = 200e-6  # how long a wait for the other side polls before it sleeps (seco
 REPOST_WAIT = 50e-6  # how long a sender waits for a receiver out of a receive (seconds),
 COPY_RATE = 4e9  # or one taking nothing off its inbox, plus the time to copy out at this rate
 CHECK = 0.01  # how often a longer wait checks that the other side lives (seconds)
-OK, GAVE_UP, GONE, LATE = 0, 1, 2, 3
+OK, GAVE_UP, GONE, LATE, WITHDRAWN = 0, 1, 2, 3, 4
+WITHDRAW = 2  # BFAIL value: the receiver's timeout ran out, the sender stops (1: reads failed)
 
 
 class _Iovec(ctypes.Structure):
@@ -144,7 +156,9 @@ def send(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
     reads into at its own address and we write at *local*): OK; GAVE_UP (the receiver
     drops the message: send it another way); GONE (the receiver died); LATE (the
     receiver, stopped, did not finish its pieces before *deadline*: it drops the
-    message, which is not sent; what it may still read of our buffer it throws away)."""
+    message, which is not sent; what it may still read of our buffer it throws away);
+    WITHDRAWN (the receiver's timeout ran out: it drops the message, send it another
+    way)."""
     if local:
         def put(off: int, ln: int) -> int:
             _memmove(local + off, src + off, ln)
@@ -156,6 +170,9 @@ def send(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
     # Before each piece, a fresh look at how far the receiver has come from the back
     # (a stale one would have us copy a piece it is copying too: harmless, but slow).
     while k < last - q[r + BB]:
+        if q[r + BFAIL] == WITHDRAW:
+            status = WITHDRAWN
+            break
         q[r + FA] = k + 1
         fence()
         off = k * chunk
@@ -166,7 +183,7 @@ def send(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
             break
         k += 1
     fence()
-    theirs = q[r + BB]  # any piece it takes after this, it sees ours and leaves
+    theirs = min(q[r + BB], last)  # any piece it takes after this, it sees ours and leaves
     if status == GONE:
         return GONE
     # the receiver may still be reading our buffer: wait for every chunk we saw it take
@@ -176,7 +193,7 @@ def send(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
     if waited == LATE:
         q[r + DA] = 2
         return LATE
-    if status == OK and q[r + BFAIL]:
+    if status == OK and q[r + BFAIL] == 1:
         # it could not read them after all: we copy its chunks ourselves
         for c in range(last - theirs, last):
             off = c * chunk
@@ -191,7 +208,9 @@ def receive(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
             alive: Callable[[], bool]) -> bool:
     """The receiver's part of a claimed record: copy chunks from the back until they
     meet the sender's, then wait for the sender's verdict. True if the message is
-    whole in our buffer; False if the sender gave up or died."""
+    whole in our buffer; False if the sender gave up or died. (*alive*, called every
+    CHECK while we wait, is where the caller withdraws once its time is up: see
+    ``withdrawing``.)"""
     last = -(-n // chunk)
     j = 0
     while j < last:
@@ -212,3 +231,15 @@ def receive(q, r: int, pid: int, src: int, dst: int, n: int, chunk: int,
         j += 1
         q[r + DB] = j
     return wait(lambda: q[r + DA] != 0, alive) == OK and q[r + DA] == 1
+
+
+def withdrawing(q, r: int, alive: Callable[[], bool], deadline: float) -> Callable[[], bool]:
+    """*alive* for ``receive`` that, once *deadline* (monotonic) has passed, also
+    withdraws the receiver (WITHDRAW in BFAIL, unless its reads failed): the sender
+    stops at its next chunk. Its verdict is still waited for: until then it may be
+    writing into our buffer."""
+    def check() -> bool:
+        if time.monotonic() >= deadline and not q[r + BFAIL]:
+            q[r + BFAIL] = WITHDRAW
+        return alive()
+    return check

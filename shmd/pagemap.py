@@ -1,4 +1,4 @@
-"""A segment's page map: first-fit runs with boundary tags, in shared memory.
+"""A segment's page map: next-fit runs with boundary tags, in shared memory.
 
 For a run of n pages starting at page p: ``hdr[p]`` and ``ftr[p+n-1]`` hold +n when
 the run is free and -n when it is allocated; ``owner[p]`` holds the tid that holds an
@@ -13,10 +13,29 @@ run's start.
 
 Callers hold the segment's semaphore; these functions only compute.
 ``m`` is an int32 memoryview over segment 0 and ``b`` the map's index in it.
+
+The map is in memory any process of the user may scribble on: every run length read
+is bounded before it is used as an index. A map that cannot be right (a zero-length
+run, a run past the last page, a header and footer that disagree, an allocated run
+without an owner) raises ``Damaged``, naming the page and the value: a
+``PvmError(PvmSysErr)`` for the tasks, and a ``ValueError`` too, for callers that
+caught what ``runs`` raised before. Nothing here loops more than *npages* times.
 """
 from __future__ import annotations
 
+from .errors import PvmError, PvmSysErr
 from .layout import MAXPAGES
+
+
+class Damaged(PvmError, ValueError):
+    """A page map that cannot be right (code PvmSysErr; also a ValueError)."""
+
+    def __init__(self, detail: str):
+        PvmError.__init__(self, PvmSysErr, detail)
+
+
+def _bad(b: int, p: int, what: str) -> Damaged:
+    return Damaged(f"page map (index {b}) damaged at page {p}: {what}")
 
 
 def init(m: memoryview, b: int, npages: int, r: int = -1) -> None:
@@ -35,20 +54,33 @@ def alloc(m: memoryview, b: int, npages: int, want: int, owner: int, r: int = -1
     start = m[r] if r >= 0 else 0
     if not 0 < start < npages:
         start = 0
-    p = _fit(m, b, start, npages, want, owner)
+    else:
+        # the rover must start a run: the run before it ends there (its footer and
+        # header agree); a scribbled one is ignored (the search starts at page 0)
+        k = m[b + MAXPAGES + start - 1]
+        k = k if k > 0 else -k
+        if not 0 < k <= start or m[b + start - k] != m[b + MAXPAGES + start - 1]:
+            start = 0
+    p = _fit(m, b, start, npages, npages, want, owner)
     if p < 0 and start:
-        p = _fit(m, b, 0, start, want, owner)
+        p = _fit(m, b, 0, start, npages, want, owner)
     if p >= 0 and r >= 0:
         m[r] = p + want if p + want < npages else 0
     return p
 
 
-def _fit(m: memoryview, b: int, p: int, stop: int, want: int, owner: int) -> int:
-    """alloc's walk over the runs that start in [p, stop); p starts a run."""
+def _fit(m: memoryview, b: int, p: int, stop: int, npages: int, want: int, owner: int) -> int:
+    """alloc's walk over the runs that start in [p, stop); p starts a run. Damaged if
+    a run's length is 0 or goes past *npages* (at most *npages* steps)."""
+    f = b + MAXPAGES
     while p < stop:
         v = m[b + p]
+        n = v if v > 0 else -v
+        if n == 0 or n > npages - p:
+            raise _bad(b, p, f"run header {v} (of {npages} pages)")
         if v >= want:
-            f = b + MAXPAGES
+            if m[f + p + v - 1] != v:
+                raise _bad(b, p, f"free run header {v}, footer {m[f + p + v - 1]}")
             m[b + p] = -want
             m[f + p + want - 1] = -want
             if v > want:
@@ -56,9 +88,7 @@ def _fit(m: memoryview, b: int, p: int, stop: int, want: int, owner: int) -> int
                 m[f + p + v - 1] = v - want
             m[b + 2 * MAXPAGES + p] = owner
             return p
-        if v == 0:  # a corrupt map must not loop forever
-            return -1
-        p += v if v > 0 else -v
+        p += n
     return -1
 
 
@@ -68,21 +98,31 @@ def free(m: memoryview, b: int, npages: int, p: int, r: int = -1) -> int:
     inside); return the number of pages freed (0 if *p* does not start an allocated run).
 
     A page that does not start an allocated run (a second free of the same run, a
-    stale descriptor) is refused: its header and footer must both say -n."""
+    stale descriptor) is refused: its header and footer must both say -n. A free
+    neighbour whose length runs past the map, or whose header and footer disagree,
+    raises Damaged before anything is written."""
     if not 0 <= p < npages:
         return 0
     n = -m[b + p]
     f = b + MAXPAGES
     if n <= 0 or p + n > npages or m[f + p + n - 1] != -n:
         return 0
-    m[b + 2 * MAXPAGES + p] = 0
     start, length = p, n
     q = p + n
-    if q < npages and m[b + q] > 0:
-        length += m[b + q]
-    if p > 0 and m[f + p - 1] > 0:
-        start -= m[f + p - 1]
-        length += m[f + p - 1]
+    after = m[b + q] if q < npages else 0
+    if after > 0:
+        if after > npages - q or m[f + q + after - 1] != after:
+            raise _bad(b, q, f"free run header {after}, footer "
+                             f"{m[f + q + after - 1] if after <= npages - q else '-'}")
+        length += after
+    before = m[f + p - 1] if p > 0 else 0
+    if before > 0:
+        if before > p or m[b + p - before] != before:
+            raise _bad(b, p - 1, f"free run footer {before}, header "
+                                 f"{m[b + p - before] if before <= p else '-'}")
+        start -= before
+        length += before
+    m[b + 2 * MAXPAGES + p] = 0
     if start != p:
         m[b + p] = 0  # no stale -n inside the merged run: a second free must fail
     m[b + start] = length
@@ -93,14 +133,23 @@ def free(m: memoryview, b: int, npages: int, p: int, r: int = -1) -> int:
 
 
 def runs(m: memoryview, b: int, npages: int):
-    """Yield (first page, pages, allocated, owner) for every run."""
+    """Yield (first page, pages, allocated, owner) for every run, never one past
+    *npages*; raise Damaged (before yielding it) at the first run that cannot be right:
+    length 0 or past the last page, a footer that disagrees with its header, an
+    allocated run whose owner is not a tid."""
     p = 0
+    f = b + MAXPAGES
     while p < npages:
         v = m[b + p]
-        if v == 0:  # a corrupt map must not loop forever
-            raise ValueError(f"page map corrupt at page {p}")
         n = v if v > 0 else -v
-        yield p, n, v < 0, (m[b + 2 * MAXPAGES + p] if v < 0 else 0)
+        if n == 0 or n > npages - p:
+            raise _bad(b, p, f"run header {v} (of {npages} pages)")
+        if m[f + p + n - 1] != v:
+            raise _bad(b, p, f"run header {v}, footer {m[f + p + n - 1]}")
+        owner = m[b + 2 * MAXPAGES + p] if v < 0 else 0
+        if v < 0 and owner <= 0:
+            raise _bad(b, p, f"allocated run of {n} pages owned by {owner}")
+        yield p, n, v < 0, owner
         p += n
 
 

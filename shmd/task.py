@@ -10,6 +10,12 @@ out and frees the pages. Nothing on this path talks to the daemon.
 Page ownership makes death safe: a run belongs to its sender until the receiver
 takes the descriptor off its ring, then to the receiver; the daemon frees the runs
 of a dead task that no live inbox still refers to, and everything queued to it.
+
+Any process of the user can write the shared structures, so every index and length
+read from them (head and tail, descriptors, page maps, the direct-delivery record)
+is bounded where it is read: damage raises PvmError(PvmSysErr) naming the word and
+its value (``_damaged``), never an IndexError or a loop whose count came from shared
+memory. On the fast paths that costs one comparison, folded into a test they had.
 """
 from __future__ import annotations
 
@@ -39,8 +45,15 @@ STALL = 5e-3  # a receiver that takes nothing for this long is not paced (second
 MIN_SPIN = 10e-6  # a spin that keeps missing shrinks to this
 POST_WAIT = 10e-6  # how long a woken receiver polls for the message its waker posts
 SPIN_RECHECK = 1.0  # how often an automatic spin re-checks the host's load (seconds)
-ABORT_WAIT = 10.0  # how long a sender that gives up mid-message tries to post F_ABORT
+ABORT_WAIT = 0.02  # how long past its deadline a sender that gives up mid-message tries
+# to post F_ABORT (a full inbox: the abort is owed, and the receiver sees in our slot's
+# "sending" word that we gave up)
 MAX_TAG = 0x7FFFFFFF
+_SENDING = 120 // 4  # a slot's u32 (int32 index from the slot): the tid its task sends a
+# message in pieces to, 0 when none (bytes 116-127 of the slot header are free in
+# layout.T; the task zeroes its own at join)
+_MASK64 = (1 << 64) - 1  # counters wrap rather than raise when scribbled near 2**64
+_MAX_TOTAL = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGESIZE")  # no message is larger
 
 _INF = float("inf")
 _open: dict[str, "Task"] = {}  # VM id -> this process's open task (one task per process)
@@ -52,6 +65,7 @@ _M = layout.MAXPAGES
 _OWNER = 2 * layout.MAXPAGES  # the owner array's index in a page map
 _RING, _DESCSZ, _INL = layout.RING, layout.DESC, layout.D_INLINE
 _SLOT_HDR, _INLINE, _F_FIRST = layout.SLOT_HDR, layout.INLINE, layout.F_FIRST
+_MEDIUM = layout.MEDIUM
 _F_SKIP, _SPAN_ADD = layout.F_SKIP, layout.D_INLINE + layout.DESC - 1  # span: (n + _SPAN_ADD) // DESC
 _new = tuple.__new__
 _WAITING = layout.T["waiting"][0] // 4  # the waiting word, in int32s from a slot's start
@@ -67,6 +81,26 @@ _clock = time.perf_counter
 def _small_desc(n: int) -> struct.Struct:
     """A descriptor with *n* inline bytes: src, tag, nbytes, seg, flags, data."""
     return struct.Struct(f"<IiQi8xI8x{n}s")
+
+
+class MemoryFull(PvmTimeout):
+    """psend found no free pages before its timeout: a PvmTimeout (it timed out) whose
+    code is PvmNoMem (what it waited for), as documented for memory full."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.code, self.name = PvmNoMem, "PvmNoMem"
+
+
+def _add32(m: memoryview, k: int, n: int) -> None:
+    """m[k] += n for a u32 counter in an int32 view, wrapping (a scribbled counter
+    must not make an update raise)."""
+    m[k] = (m[k] + n + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
+def _damaged(what: str) -> PvmError:
+    """The error for a shared word that cannot be right (scribbled on)."""
+    return PvmError(PvmSysErr, f"shared memory damaged: {what}")
 
 
 class Message(NamedTuple):
@@ -217,23 +251,39 @@ class Task:
         self._views += [self._q, self._i]
         self._ps = h["pagesize"]
         self._nsegs = h["nsegs"]
+        if not 0 <= self._slot < layout.MAX_TASKS:
+            raise PvmError(PvmSysErr, f"pvm_shmd gave slot {self._slot!r} (0 to "
+                                      f"{layout.MAX_TASKS - 1})")
+        if not 1 <= self._nsegs <= layout.MAXSEG or self._ps <= 0:
+            raise _damaged(f"{self._nsegs} segments of page size {self._ps} in the header")
         self._data: list[memoryview] = []
         self._locks: list[ipc.Lock] = []
         self._npages = []
         self._mapb = []
         for s in range(self._nsegs):
             e = layout.segent(buf, s)
-            shm = self._shm0 if s == 0 else sysv_ipc.attach(e["shmid"])
+            n, off = e["npages"], e["data_off"]
+            if not 1 <= n <= layout.MAXPAGES or e["map_off"] != layout.map_off(s):
+                raise _damaged(f"segment {s}: {n} pages, page map at {e['map_off']}")
+            try:
+                shm = self._shm0 if s == 0 else ipc.attach_owned(e["shmid"], f"segment {s}")
+            except (ipc.Gone, sysv_ipc.Error) as err:
+                raise PvmError(PvmSysErr, f"segment {s} (shmid {e['shmid']}): {err}") from None
             if s:
                 self._segs.append(shm)
+            if shm.size < off + n * self._ps:  # slices past its end would be short
+                raise _damaged(f"segment {s}: {n} pages of {self._ps} bytes at {off} do "
+                               f"not fit its {shm.size} bytes")
             ipc.populate(shm)  # map every page now: no page faults on the hot path
             whole = memoryview(shm)
             self._views.append(whole)
-            n = e["npages"]
-            data = whole[e["data_off"]:e["data_off"] + n * self._ps]
+            data = whole[off:off + n * self._ps]
             self._views.append(data)
             self._data.append(data)
-            self._locks.append(ipc.Lock(ipc.open_sem(e["semkey"], e["semid"])))
+            try:
+                self._locks.append(ipc.Lock(ipc.open_sem(e["semkey"], e["semid"])))
+            except (ipc.Gone, sysv_ipc.Error) as err:
+                raise PvmError(PvmSysErr, f"segment {s}'s semaphore: {err}") from None
             self._npages.append(n)
             self._mapb.append(e["map_off"] // 4)
         self._segq = [(layout.SEGTAB_OFF + s * layout.SEGENT) // 8 for s in range(self._nsegs)]
@@ -248,7 +298,14 @@ class Task:
         self._W, self._P = sb // 4 + _WAITING, (sb + 48) // 4
         t = layout.slot(buf, self._slot)
         self._R = (sb + layout.RV_OFF) // 8  # our direct-delivery record (word index)
-        self._mylock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
+        self._S = sb // 4 + _SENDING  # our "sending" word
+        self._i[self._S] = 0
+        self._orphans: dict[int, int] = {}  # src -> F_ABORTs owed for messages we dropped
+        try:
+            self._mylock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
+            self._mywake = ipc.nonblocking(ipc.open_sem(t["wake_key"], t["wake_id"]))
+        except (ipc.Gone, sysv_ipc.Error) as err:
+            raise PvmError(PvmSysErr, f"our inbox semaphores: {err}") from None
         self._direct = direct.available()
         # where our mapping of each segment's pages starts (senders hand us runs by
         # segment and page number, and we copy into them with process_vm_readv)
@@ -256,7 +313,6 @@ class Task:
         self._rx = _small_desc(0)  # precv's guess of the next small message's length
         self._hdrs: dict[int, bytes] = {}  # tag << 8 | length -> descriptor
         self._served: set[int] = set()  # dests our last large message went direct to
-        self._mywake = ipc.nonblocking(ipc.open_sem(t["wake_key"], t["wake_id"]))
         self._waiter = ipc.Waiter(t["wake_id"])
         self._pending: deque[_Desc] = deque()
         self._peers: dict[int, tuple] = {}  # tid -> (slot, lock, wake)
@@ -353,7 +409,8 @@ class Task:
 
     # ---- pages ----------------------------------------------------------------------
     def _alloc(self, want: int, deadline: float) -> tuple[int, int]:
-        """(segment, first page) of *want* pages, waiting for frees until *deadline*."""
+        """(segment, first page) of *want* pages, waiting for frees until *deadline*
+        (then MemoryFull). No wait here, a lock's included, runs past the deadline."""
         delay = 20e-6
         m, tid = self._i, self.tid
         while True:
@@ -363,7 +420,8 @@ class Task:
                     continue
                 lock = self._locks[s]
                 try:
-                    if not lock.acquire(SLICE):  # held that long only if its holder stopped
+                    # held long only by a stopped holder: not past our deadline for it
+                    if not lock.acquire(min(SLICE, max(deadline - time.monotonic(), 0.0))):
                         continue
                 except ipc.Gone:
                     raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
@@ -371,16 +429,17 @@ class Task:
                     p = pagemap.alloc(m, self._mapb[s], self._npages[s], want, tid,
                                       self._rover[s])
                     if p >= 0:
-                        m[self._segi[s] + 5] -= want  # free pages
-                        self._q[self._segq[s] + 5] += 1  # allocations
+                        _add32(m, self._segi[s] + 5, -want)  # free pages
+                        self._q[self._segq[s] + 5] = (self._q[self._segq[s] + 5] + 1) & _MASK64
                         return s, p
                 finally:
                     lock.release()
-            if time.monotonic() >= deadline:
-                raise PvmError(PvmNoMem, f"no {want} free pages in any segment before the "
-                                         "timeout (memory full)")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise MemoryFull(f"no {want} free pages in any segment within the "
+                                 "timeout (memory full)")
             self._check_alive()
-            time.sleep(delay)
+            time.sleep(min(delay, left))
             delay = min(delay * 2, 5e-3)
 
     def _free(self, s: int, p: int, only_if: int = 0) -> None:
@@ -393,12 +452,13 @@ class Task:
         except ipc.Gone:
             raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
         try:
-            if only_if and self._i[self._mapb[s] + _OWNER + p] != only_if:
+            if only_if and (not 0 <= p < self._npages[s]
+                            or self._i[self._mapb[s] + _OWNER + p] != only_if):
                 return
             n = pagemap.free(self._i, self._mapb[s], self._npages[s], p, self._rover[s])
             if n:
-                self._i[self._segi[s] + 5] += n
-                self._q[self._segq[s] + 6] += 1
+                _add32(self._i, self._segi[s] + 5, n)
+                self._q[self._segq[s] + 6] = (self._q[self._segq[s] + 6] + 1) & _MASK64
         finally:
             lock.release()
 
@@ -406,8 +466,9 @@ class Task:
     def psend(self, dest: int, tag: int, data, timeout: float | None = None) -> None:
         """Send *data* (any contiguous buffer) to task *dest* with 0 <= *tag* < 2**31.
 
-        Waits up to *timeout* seconds (None: for ever) for free pages or inbox room,
-        then raises PvmError(PvmNoMem) or PvmTimeout; the message is then not sent."""
+        Waits up to *timeout* seconds in all (None: for ever) for free pages, inbox
+        room or a receiver taking a direct copy, then raises PvmTimeout (MemoryFull,
+        code PvmNoMem, when it was pages it waited for); the message is then not sent."""
         p = self._peers.get(dest)
         if p is not None and type(data) in _SMALL_TYPES and (n := len(data)) <= _INLINE:
             # the common small send, inline here (every interpreter step counts): a known
@@ -439,7 +500,8 @@ class Task:
                     seen = p[7]
                     if not 0 <= tail - seen[0] < _RING:  # full, or a new task in the slot
                         seen[0] = q[T - 1]
-                    if i[ti] == dest and tail - seen[0] < _RING:
+                    # (a tail behind the head is damage: the general path names it)
+                    if i[ti] == dest and 0 <= tail - seen[0] < _RING:
                         d = p[6] + (tail % _RING) * _DESCSZ
                         self._buf[d:d + _INL + n] = hdr + data
                         q[T] = tail + 1
@@ -472,6 +534,8 @@ class Task:
             self._post(peer, dest, self._owed[dest], 0, -1, 0, 0, layout.F_ABORT, 0, None,
                        deadline)
             del self._owed[dest]
+        elif self._owed:
+            self._owed = {t: g for t, g in self._owed.items() if self._owes(t)}
         if n <= layout.INLINE:
             self._post(peer, dest, tag, n, -1, 0, 0, layout.F_FIRST, n, mv, deadline)
             if tag << 8 | n not in self._hdrs:
@@ -487,27 +551,35 @@ class Task:
             return
         self._throttle(peer, dest, deadline)
         ps, off, flags = self._ps, 0, layout.F_FIRST
-        while off < n:
-            chunk = min(n - off, self._maxpages * ps)
-            want = -(-chunk // ps)
-            try:
-                s, p = self._alloc(want, deadline)
-            except BaseException:
-                if off:  # the receiver must drop the pieces it already has
-                    self._abort(peer, dest, tag)
-                raise
-            try:
-                b = p * ps
-                self._data[s][b:b + chunk] = mv[off:off + chunk]
-                more = layout.F_MORE if off + chunk < n else 0
-                self._post(peer, dest, tag, chunk, s, p, want, flags | more, n, None, deadline)
-            except BaseException:
-                self._free(s, p)
-                if off:
-                    self._abort(peer, dest, tag)
-                raise
-            off += chunk
-            flags = 0
+        piece = self._maxpages * ps
+        if n > piece:  # in pieces: our slot says to whom until the last one is posted
+            self._i[self._S] = dest  # (a receiver waiting for a piece looks here)
+        try:
+            while off < n:
+                chunk = min(n - off, piece)
+                want = -(-chunk // ps)
+                try:
+                    s, p = self._alloc(want, deadline)
+                except BaseException:
+                    if off:  # the receiver must drop the pieces it already has
+                        self._abort(peer, dest, tag)
+                    raise
+                try:
+                    b = p * ps
+                    self._data[s][b:b + chunk] = mv[off:off + chunk]
+                    more = layout.F_MORE if off + chunk < n else 0
+                    self._post(peer, dest, tag, chunk, s, p, want, flags | more, n, None,
+                               deadline)
+                except BaseException:
+                    self._free(s, p)
+                    if off:
+                        self._abort(peer, dest, tag)
+                    raise
+                off += chunk
+                flags = 0
+        finally:
+            if n > piece:
+                self._i[self._S] = 0
 
     def _send_direct(self, peer, dest: int, tag: int, mv: memoryview, n: int,
                      deadline: float) -> bool:
@@ -567,6 +639,8 @@ class Task:
                 # pvm_shmd hands the run back to us if it reaped the receiver while we
                 # still wrote into it: then we free it
                 self._free(*run, only_if=self.tid)
+        if status == direct.WITHDRAWN:
+            return False  # the receiver's timeout ran out: into its inbox instead
         if status == direct.GAVE_UP:
             if run is None:  # cross-memory attach refused (into pages, the receiver
                 self._direct = False  # could not read: we copied its part ourselves)
@@ -683,13 +757,23 @@ class Task:
 
     def _abort(self, peer, dest: int, tag: int) -> None:
         """Tell *dest* that the message in pieces we were sending will not be finished.
-        If its inbox stays full, the abort is owed: posted before our next message to it."""
+        If its inbox stays full for ABORT_WAIT, the abort is owed: posted before our
+        next message to it. Our "sending" word, cleared first, tells it meanwhile."""
+        self._i[self._S] = 0
         try:
             self._post(peer, dest, tag, 0, -1, 0, 0, layout.F_ABORT, 0, None,
                        time.monotonic() + ABORT_WAIT)
         except PvmError as e:
-            if e.code != PvmNoTask:
+            if e.code != PvmNoTask and e.code != PvmSysErr:
                 self._owed[dest] = tag
+
+    def _owes(self, dest: int) -> bool:
+        """Is *dest*, to which we owe an abort, still a task (else forget the debt)?"""
+        try:
+            self._peer(dest)
+            return True
+        except PvmError:
+            return False
 
     def _post(self, peer, dest, tag, n, s, p, npages, flags, total, inline, deadline,
               wait: bool = True) -> bool:
@@ -711,26 +795,34 @@ class Task:
         delay = 20e-6
         while True:
             try:
-                got = lock.acquire(SLICE)  # held that long only if its holder stopped
+                # held long only by a stopped holder: not past our deadline for it
+                got = lock.acquire(min(SLICE, max(deadline - time.monotonic(), 0.0)))
             except ipc.Gone:
+                self._check_alive()  # pvm_shmd stopped (its semaphores go): PvmSysErr
                 raise PvmError(PvmNoTask, f"t{dest:x} exited") from None
             if got:
                 if i[ti] & 0xFFFFFFFF != dest:
                     lock.release()
+                    self._check_alive()
                     raise PvmError(PvmNoTask, f"t{dest:x} exited")
                 tail = q[T]
+                used = tail - q[H]
+                if not 0 <= used <= _RING:  # the head only grows, up to the tail
+                    lock.release()
+                    raise _damaged(f"inbox of t{dest:x}: head {q[H]}, tail {tail}")
                 k = tail % _RING
                 fill = _RING - k if k + need > _RING else 0  # a message does not wrap
-                if tail + fill + need - q[H] <= (_RING if wait else layout.MEDIUM_FILL):
+                if used + fill + need <= (_RING if wait else layout.MEDIUM_FILL):
                     break
                 lock.release()
                 if not wait:
                     return False
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise PvmTimeout(f"inbox of t{dest:x} full (it does not receive)" if got
                                  else f"inbox of t{dest:x} stayed locked")
             self._check_alive()
-            time.sleep(delay)
+            time.sleep(min(delay, left))
             delay = min(delay * 2, 5e-3)
         ring = sb + _SLOT_HDR
         if fill:
@@ -742,7 +834,7 @@ class Task:
         if inline is not None and n:
             self._buf[d + _INL:d + _INL + n] = inline
         if s >= 0:
-            q[(sb + 96) >> 3] += n
+            q[(sb + 96) >> 3] = (q[(sb + 96) >> 3] + n) & _MASK64
         q[T] = tail + need
         lock.release()  # a semop, the barrier between our tail store and the flag load
         w = i[ti + _WAITING]
@@ -762,20 +854,38 @@ class Task:
         q, H = self._q, self._H
         head, tail = q[H], q[self._T]
         if head >= tail:
+            if head > tail:
+                raise _damaged(f"our inbox: head {head} past tail {tail}")
             return None
+        if tail - head > _RING:
+            raise _damaged(f"our inbox: tail {tail}, head {head} ({tail - head} "
+                           f"descriptors queued, the ring holds {_RING})")
         buf, i, pend, ring = self._buf, self._i, self._pending, self._ring
         while head < tail:
-            off = ring + (head % _RING) * _DESCSZ
+            k = head % _RING
+            off = ring + k * _DESCSZ
             f = _unpack_desc(buf, off)
             if f[3] < 0:
-                head += (f[2] + _SPAN_ADD) // _DESCSZ
+                n = (f[2] + _SPAN_ADD) // _DESCSZ
+                # its bytes stay in the ring, before its end and the tail
+                if k + n > _RING or head + n > tail or f[6] > 15:
+                    raise self._bad_desc(head, f)
+                head += n
                 if f[6] & _F_SKIP:
                     q[H] = head
                     continue
+                if f[2] > _MEDIUM:
+                    raise self._bad_desc(head - n, f)
                 d = _new(_Desc, f + (buf[off + _INL:off + _INL + f[2]].tobytes(),))
             else:
-                i[self._mapb[f[3]] + _OWNER + f[4]] = self.tid  # the run is ours now
-                q[self._C] += f[2]
+                s = f[3]
+                # a run in one of our segments of as many pages as its bytes need
+                if (s >= self._nsegs or f[5] != (f[2] + self._ps - 1) // self._ps
+                        or not f[5] or f[4] + f[5] > self._npages[s] or f[2] > f[7]
+                        or f[6] > 15):
+                    raise self._bad_desc(head, f)
+                i[self._mapb[s] + _OWNER + f[4]] = self.tid  # the run is ours now
+                q[self._C] = (q[self._C] + f[2]) & _MASK64
                 d = _new(_Desc, f + (None,))
                 head += 1
             q[H] = head
@@ -789,8 +899,17 @@ class Task:
         i[self._P] = len(pend)
         return None
 
+    def _bad_desc(self, n: int, f: tuple) -> PvmError:
+        """The error for descriptor number *n* of our inbox, whose fields *f* cannot be
+        right; it is left on the ring (the head stays before it)."""
+        return _damaged(f"descriptor {n} of our inbox: from t{f[0]:x}, {f[2]} bytes, "
+                        f"segment {f[3]}, page {f[4]}, {f[5]} pages, flags {f[6]:#x}, "
+                        f"total {f[7]}")
+
     def _take(self, match, deadline: float, block: bool = True) -> _Desc | None:
         """The first message (pending, then ring) that satisfies *match*."""
+        if self._orphans:
+            self._purge()
         if self._pending:
             for k, d in enumerate(self._pending):
                 if match(d):
@@ -913,10 +1032,11 @@ class Task:
             return lambda d: d.flags & layout.F_FIRST and d.src == source
         return lambda d: d.flags & layout.F_FIRST and d.src == source and d.tag == tag
 
-    def _next_piece(self, src: int) -> _Desc | None:
-        """The next piece of *src*'s message in flight; None if it was aborted or *src*
-        died before sending it. No timeout: the sender either sends the piece or
-        posts F_ABORT when it gives up, and its death is noticed."""
+    def _next_piece(self, src: int, deadline: float) -> _Desc | None:
+        """The next piece of *src*'s message in flight; None if it was aborted, or *src*
+        died or gave up before sending it (its slot's "sending" word no longer names
+        us: the F_ABORT it owes us, when it comes, is dropped as _orphans says).
+        PvmTimeout at *deadline*."""
         def match(d):
             return d.src == src and not d.flags & layout.F_FIRST
 
@@ -925,35 +1045,99 @@ class Task:
             if d is not None:
                 return None if d.flags & layout.F_ABORT else d
             try:
-                self._peer(src)
+                ti = self._peer(src)[3]
             except PvmError:
                 d = self._take(match, _INF, block=False)  # it may have sent, then died
                 return None if d is None or d.flags & layout.F_ABORT else d
-            self._sleep(_INF)
+            if self._i[ti + _SENDING] != self.tid:
+                # Not sending to us any more: all it posted before it said so is in
+                # our ring now (it posts, then clears the word; we read the word, then
+                # the ring). Nothing there: it gave up without an abort it could post.
+                d = self._take(match, _INF, block=False)
+                if d is None:
+                    self._orphans[src] = self._orphans.get(src, 0) + 1
+                    return None
+                return None if d.flags & layout.F_ABORT else d
+            self._sleep(deadline)
 
-    def _assemble(self, d: _Desc, into):
+    def _purge(self) -> None:
+        """Drop the pieces and aborts still to come of messages we dropped mid-way
+        (_orphans: per sender, how many such messages have not ended yet; a sender's
+        descriptors arrive in order, so theirs come before any of its later ones)."""
+        pend, orphans = self._pending, self._orphans
+        k = 0
+        while k < len(pend) and orphans:
+            d = pend[k]
+            c = orphans.get(d.src)
+            if not c or d.flags & layout.F_FIRST:
+                k += 1
+                continue
+            del pend[k]
+            if d.seg >= 0:
+                self._free(d.seg, d.page)
+            if not d.flags & layout.F_MORE:  # its last piece, or its abort
+                if c == 1:
+                    del orphans[d.src]
+                else:
+                    orphans[d.src] = c - 1
+        self._i[self._P] = len(pend)
+
+    def _assemble(self, d: _Desc, into, deadline: float = _INF):
         """The data of the message whose first piece is *d*: bytes-like, or the byte
-        count written into *into*; None if its sender gave up or died mid-message."""
+        count written into *into*; None if its sender gave up or died mid-message.
+        At *deadline* (PvmTimeout, or any exception while waiting for a piece) what
+        came so far is kept, in its place in the queue, for the next receive."""
         if not d.flags & layout.F_MORE:
             return self._copy_out(d, into)
-        whole = bytearray(d.total) if into is None else None
+        first = d
+        if first.total > _MAX_TOTAL:
+            if d.seg >= 0:
+                self._free(d.seg, d.page)
+            raise _damaged(f"message from t{d.src:x} of {d.total} bytes (more than this "
+                           "machine's memory)")
+        pend = self._pending
+        mark = _new(_Desc, (0, 0, 0, -1, 0, 0, 0, 0, b""))  # its place; no receive takes it
+        pend.insert(self._at if self._at is not None else len(pend), mark)
+        whole = bytearray(first.total) if into is None else None
         out = memoryview(whole) if into is None else into
         off = 0
+        keep = None
         try:
             while True:
+                if d.nbytes > first.total - off:
+                    if d.seg >= 0:
+                        self._free(d.seg, d.page)
+                    if d.flags & layout.F_MORE:  # the rest will come: drop it then
+                        self._orphans[d.src] = self._orphans.get(d.src, 0) + 1
+                    raise PvmError(PvmBadMsg, f"message from t{d.src:x}: pieces hold more "
+                                              f"than the {first.total} bytes the first said")
                 self._copy_out(d, out[off:off + d.nbytes])
                 off += d.nbytes
                 if not d.flags & layout.F_MORE:
                     break
-                d = self._next_piece(d.src)
+                try:
+                    d = self._next_piece(d.src, deadline)
+                except BaseException:
+                    keep = _new(_Desc, (first.src, first.tag, off, -1, 0, 0,
+                                        layout.F_FIRST | layout.F_MORE, first.total,
+                                        bytes(out[:off])))
+                    raise
                 if d is None:
                     return None
         finally:
+            for k, x in enumerate(pend):
+                if x is mark:
+                    if keep is None:
+                        del pend[k]
+                    else:
+                        pend[k] = keep
+                    break
+            self._i[self._P] = len(pend)
             if whole is not None:
                 out.release()
-        if off != d.total:
+        if off != first.total:
             raise PvmError(PvmBadMsg, f"message from t{d.src:x}: pieces hold {off} bytes, "
-                                      f"the first said {d.total}")
+                                      f"the first said {first.total}")
         return off if whole is None else whole
 
     def _receive(self, source: int, tag: int, timeout: float | None, into=None,
@@ -974,7 +1158,7 @@ class Task:
                 self._q[self._R + layout.RV_ACTIVE] = 0
         while True:
             d = self._take(match, deadline)
-            got = self._whole(d, into)
+            got = self._whole(d, into, deadline)
             if got is not None:
                 return got
 
@@ -985,19 +1169,19 @@ class Task:
             if d is None:
                 got = self._await_direct(into, source, tag, deadline)
             else:
-                got = self._whole(d, into)
+                got = self._whole(d, into, deadline)
             if got is not None:
                 return got
             # the inbox got something, or the sender gave up or died: look again
 
-    def _whole(self, d: _Desc, into):
+    def _whole(self, d: _Desc, into, deadline: float = _INF):
         """(src, tag, data) of the message *d* starts, once all its pieces are in;
         None if its sender gave up or died mid-message (it is then dropped)."""
         if into is not None and d.total > into.nbytes:
             self._put_back(d)
             raise PvmError(PvmOverflow, f"message of {d.total} bytes from t{d.src:x} does "
                                         f"not fit in {into.nbytes} bytes (kept)")
-        data = self._assemble(d, into)
+        data = self._assemble(d, into, deadline)
         return None if data is None else (d.src, d.tag, data)
 
     def _await_direct(self, into: memoryview | None, source: int, tag: int, deadline: float):
@@ -1033,8 +1217,9 @@ class Task:
             if not claimed:
                 q[r] = _RV_NONE
                 raise
-            # a sender is already writing into the buffer: finish with it first
-            got = self._take_direct(into is None)
+            # a sender is already writing into the buffer: finish with it first (we
+            # withdraw at once if our time ran out: it stops at its next chunk)
+            got = self._take_direct(into, deadline)
             if got is not None and isinstance(e, PvmTimeout):
                 return got  # it came in time after all
             if got is not None and into is None:  # whole in pages: queued first (it
@@ -1043,33 +1228,60 @@ class Task:
                 self._unspilled = True
             raise
         if q[r] == _RV_CLAIMED:
-            return self._take_direct(into is None)
+            return self._take_direct(into, deadline)
         q[r] = _RV_NONE  # before anything is taken off the ring
         return None
 
-    def _take_direct(self, pages: bool = False):
-        """Copy our part of the message a sender claimed our record for, and wait for
-        its verdict: (src, tag, nbytes), or into pages the message's _Desc; None if it
-        gave up or died (a run of pages it gave us is then freed)."""
+    def _take_direct(self, into: memoryview | None, deadline: float = _INF):
+        """Copy our part of the message a sender claimed our record for (into *into*,
+        or None: into pages), and wait for its verdict: (src, tag, nbytes), or into
+        pages the message's _Desc; None if it gave up or died (a run of pages it gave
+        us is then freed). Past *deadline* we withdraw (see direct.receive)."""
         q, i, r = self._q, self._i, self._R
+        pages = into is None
         src, tag = i[2 * (r + layout.RV_FROM)], i[2 * (r + layout.RV_FROM) + 1]
-        n = q[r + layout.RV_N]
+        n, chunk = q[r + layout.RV_N], q[r + layout.RV_CHUNK]
         dst = q[r + layout.RV_ADDR]
-        if pages:
+        pid = q[r + layout.RV_PID]
+        try:
+            ti = self._peer(src)[3]
+            start = self._q[(ti >> 1) + _START_TICKS]
+            spid = i[ti + 1]
+        except PvmError:
+            ti, start, spid = -1, -1, pid  # its slot is gone: so is it
+
+        # Every word we index or loop with is checked against what we posted (our
+        # buffer, its size) and what the sender must have computed from them.
+        cap = min(self._npages) * self._ps if pages else into.nbytes
+        bad = None
+        if not 0 < n <= cap or chunk != direct.chunk_for(n) or pid != spid:
+            bad = f"{n} bytes in chunks of {chunk} from pid {pid} (t{src & 0xFFFFFFFF:x} " \
+                  f"is pid {spid}) for a buffer of {cap}"
+        elif pages:
             s, p = layout.rv_run(dst)
-            dst = self._bases[s] + p * self._ps
+            want = -(-n // self._ps)
+            if (not dst & layout.RV_PAGES or s >= self._nsegs
+                    or p + want > self._npages[s]
+                    or i[self._mapb[s] + p] != -want
+                    or i[self._mapb[s] + _OWNER + p] != self.tid):
+                bad = f"run word {dst:#x} for {n} bytes"
+            else:
+                dst = self._bases[s] + p * self._ps
+        elif dst != direct.address(into):
+            bad = f"buffer address {dst:#x}, we posted {direct.address(into):#x}"
+        if bad is not None:
+            if not q[r + direct.BFAIL]:
+                q[r + direct.BFAIL] = direct.WITHDRAW  # a real sender stops
+            q[r] = _RV_NONE
+            raise _damaged(f"our direct-delivery record: {bad}")
 
         # The sender is waited for as long as its process lives, whatever happens to
         # pvm_shmd: until it says it is done, it may still be writing into the buffer.
-        pid = q[r + layout.RV_PID]
         try:
-            start = self._q[(self._peer(src)[3] >> 1) + _START_TICKS]
-        except PvmError:
-            start = -1  # its slot is gone: so is it
-
-        try:
-            ok = direct.receive(q, r, pid, q[r + layout.RV_SRC], dst, n,
-                                q[r + layout.RV_CHUNK], lambda: ipc.alive(pid, start))
+            alive = functools.partial(ipc.alive, pid, start)
+            if deadline < _INF:
+                alive = direct.withdrawing(q, r, alive, deadline)
+            ok = direct.receive(q, r, pid, q[r + layout.RV_SRC], dst, n, chunk, alive)
         finally:
             q[r] = _RV_NONE
         if not pages:
@@ -1131,7 +1343,9 @@ class Task:
                     self._spun = True  # the general path sleeps without spinning again
                     deadline = _INF if timeout is None else time.monotonic() + timeout
                     self._sleep(deadline)
-            if head != q[T]:
+            # something queued, and no more than the ring holds (a damaged head or
+            # tail takes the general path, which names it)
+            if 0 < q[T] - head <= _RING:
                 off = self._ring + (head % _RING) * _DESCSZ
                 # src, tag, nbytes, seg, flags and the data, in one call, guessing the
                 # length of the last small message (a wrong guess costs a slice)
@@ -1140,20 +1354,24 @@ class Task:
                         and (tag == ANY or f[1] == tag)):
                     data = f[5]
                     if len(data) != f[2]:
-                        data, span = self._unguessed(off, f[2])
+                        data, span = self._unguessed(off, f[2], head)
                         head += span - 1
                     q[H] = head + 1
                     self._spun = False
                     return _new(Message, (f[0], f[1], data))
         return _new(Message, self._receive(source, tag, timeout, deadline=deadline))
 
-    def _unguessed(self, off: int, n: int) -> tuple[bytes, int]:
-        """The *n* inline bytes of the descriptor at *off* when the receive fast path
-        guessed another length, and the descriptors it takes. A small length is the
-        next guess; a medium message's bytes run on through the next descriptors."""
+    def _unguessed(self, off: int, n: int, head: int) -> tuple[bytes, int]:
+        """The *n* inline bytes of the descriptor at *off* (number *head*) when the
+        receive fast path guessed another length, and the descriptors it takes. A
+        small length is the next guess; a medium message's bytes run on through the
+        next descriptors (before the ring's end and the tail, or it is damage)."""
+        span = layout.span(n)
+        if n > _MEDIUM or head % _RING + span > _RING or head + span > self._q[self._T]:
+            raise self._bad_desc(head, _unpack_desc(self._buf, off))
         if n <= _INLINE:
             self._rx = _small_desc(n)
-        return self._buf[off + _INL:off + _INL + n].tobytes(), layout.span(n)
+        return self._buf[off + _INL:off + _INL + n].tobytes(), span
 
     def _next_small(self, source: int, tag: int, timeout: float | None, room: int):
         """The common case of a receive, in as few interpreter steps as we can: nothing
@@ -1175,14 +1393,14 @@ class Task:
                 self._spun = True  # the general path sleeps without spinning again
                 deadline = _INF if timeout is None else time.monotonic() + timeout
                 self._sleep(deadline)
-        if head != q[T]:
+        if 0 < q[T] - head <= _RING:  # (damage takes the general path, which names it)
             off = self._ring + (head % _RING) * _DESCSZ
             f = self._rx.unpack_from(self._buf, off)
             if (f[3] < 0 and f[4] == _F_FIRST and f[2] <= room
                     and (source == ANY or f[0] == source) and (tag == ANY or f[1] == tag)):
                 data = f[5]
                 if len(data) != f[2]:
-                    data, span = self._unguessed(off, f[2])
+                    data, span = self._unguessed(off, f[2], head)
                     head += span - 1
                 q[H] = head + 1
                 self._spun = False
@@ -1233,7 +1451,7 @@ class Task:
                 v = MessageView(self, d, self._data[d.seg][b:b + d.nbytes])
                 self._mviews.add(v)
                 return v
-            data = self._assemble(d, None)
+            data = self._assemble(d, None, deadline)
             if data is not None:
                 return MessageView(self, d._replace(seg=-1), memoryview(data))
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shmd import pagemap
+from shmd.errors import PvmSysErr
 from shmd.layout import MAXPAGES
 
 B = 7  # maps live at an arbitrary index inside segment 0, not at 0
@@ -117,6 +118,76 @@ def test_out_of_range_and_corrupt_map_do_not_hang():
     assert pagemap.free(m, B, 4, -1) == 0
     assert pagemap.free(m, B, 4, 4) == 0
     m[B] = 0  # corrupt: a zero-length run
-    assert pagemap.alloc(m, B, 4, 1, 1) == -1
-    with pytest.raises(ValueError):
+    with pytest.raises(pagemap.Damaged, match="page 0: run header 0"):
+        pagemap.alloc(m, B, 4, 1, 1)
+    with pytest.raises(pagemap.Damaged):
         list(pagemap.runs(m, B, 4))
+
+
+def damaged(runs_or_call) -> str:
+    """The text of the Damaged a call raises (it is a PvmSysErr and a ValueError)."""
+    with pytest.raises(pagemap.Damaged) as e:
+        runs_or_call()
+    assert e.value.code == PvmSysErr and isinstance(e.value, ValueError)
+    return str(e.value)
+
+
+def test_a_run_header_past_the_map_is_damage_not_free_pages():
+    """198 million free pages out of 1024 came from a header nobody bounded."""
+    m = new_map(1024)
+    m[B] = 198_000_000
+    assert "run header 198000000 (of 1024 pages)" in damaged(lambda: list(pagemap.runs(m, B, 1024)))
+    assert "198000000" in damaged(lambda: pagemap.summary(m, B, 1024))
+    assert "198000000" in damaged(lambda: pagemap.alloc(m, B, 1024, 1, 7))
+    m[B] = -(1 << 31)  # the most negative header: an allocated run of 2**31 pages
+    assert "run header -2147483648" in damaged(lambda: list(pagemap.runs(m, B, 1024)))
+    damaged(lambda: pagemap.alloc(m, B, 1024, 1, 7, R))
+
+
+def test_runs_never_yield_past_npages_nor_loop_on_a_scribbled_map():
+    m = new_map(16)
+    a = pagemap.alloc(m, B, 16, 4, 9)
+    pagemap.alloc(m, B, 16, 4, 9)
+    m[B + a + 4] = 20  # the second run's header says 20 pages: past the map
+    got = []
+    with pytest.raises(pagemap.Damaged, match="page 4"):
+        for run in pagemap.runs(m, B, 16):
+            got.append(run)
+    assert got == [(0, 4, True, 9)]  # the damaged run is not yielded
+
+
+def test_footer_and_owner_damage_are_named():
+    m = new_map(8)
+    pagemap.alloc(m, B, 8, 2, 5)
+    m[B + MAXPAGES + 1] = -3  # footer disagrees with header -2
+    assert "footer -3" in damaged(lambda: list(pagemap.runs(m, B, 8)))
+    m = new_map(8)
+    pagemap.alloc(m, B, 8, 2, 5)
+    m[B + 2 * MAXPAGES] = 0
+    assert "owned by 0" in damaged(lambda: list(pagemap.runs(m, B, 8)))
+
+
+def test_free_with_a_damaged_neighbour_writes_nothing():
+    m = new_map(8)
+    a = pagemap.alloc(m, B, 8, 2, 5)  # pages 0-1; 2-7 free
+    m[B + 2] = 60  # the free neighbour's header runs past the map
+    before = bytes(m)
+    assert "page 2" in damaged(lambda: pagemap.free(m, B, 8, a))
+    assert bytes(m) == before
+    m = new_map(8)
+    pagemap.alloc(m, B, 8, 2, 5)
+    b = pagemap.alloc(m, B, 8, 2, 5)  # pages 2-3
+    pagemap.free(m, B, 8, 0)
+    m[B + MAXPAGES + 1] = 7  # the free run before it says 7 pages: before page 0
+    before = bytes(m)
+    damaged(lambda: pagemap.free(m, B, 8, b))
+    assert bytes(m) == before
+
+
+def test_a_scribbled_rover_is_not_trusted():
+    m = new_map(16, rover=True)
+    pagemap.alloc(m, B, 16, 4, 1, R)
+    m[R] = 2  # inside the run just handed out: not a run's first page
+    p = pagemap.alloc(m, B, 16, 4, 2, R)
+    assert p == 4  # searched from page 0, not from the middle of the allocated run
+    check_invariants(m, 16, {0: (4, 1), 4: (4, 2)})
