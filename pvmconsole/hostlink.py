@@ -17,9 +17,10 @@ from typing import Callable, Mapping, Sequence
 
 from pvmconsole.runner import LineStream, LocalRunner, Runner, local_program
 from shmd import handshake
+from shmd.exits import SpawnExit, StatExit, daemon_exit
 from shmd.spawner import parse_err_line
 from shmd.errors import (
-    PvmBadParam, PvmCantStart, PvmDenied, PvmDupHost, PvmError, PvmHostFail, PvmOutOfRes,
+    PvmBadParam, PvmCantStart, PvmError, PvmHostFail,
 )
 
 DAEMON = "pvm_shmd"
@@ -37,8 +38,6 @@ STOP_TIMEOUT = 30.0
 #: Extra words for every pvm_shmd the console starts (e.g. "-maxpages=64 -maxsegs=2").
 OPTS_ENV = "PVM_SHMD_OPTS"
 
-#: pvm_shmd's exit statuses (see its man page) -> the PVM error `add` reports.
-_START_ERRORS = {3: PvmDupHost, 4: PvmOutOfRes, 5: PvmDenied}
 
 
 def _first_line(text: str) -> str:
@@ -94,7 +93,8 @@ class HostLink:
             why = said[-1] if said else f"{self.daemon} did not start within {timeout:g} s"
             raise PvmError(PvmCantStart, why + self._cleanup())
         if r.rc != 0:
-            raise PvmError(_START_ERRORS.get(r.rc, PvmCantStart),
+            status = daemon_exit(r.rc)
+            raise PvmError(status.pvm_code if status is not None else PvmCantStart,
                            _first_line(r.stderr) or f"{self.daemon} exited {r.rc}")
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("ddpro")), "")
         try:
@@ -113,7 +113,7 @@ class HostLink:
             return f"; could not check for a daemon left there: {e.detail or e}"
         if r.rc == 0:
             return "; the pvm_shmd it had started is stopped too"
-        if r.rc == 1 and "No pvm_shmd" in r.stderr:
+        if r.rc == StatExit.NO_DAEMON:
             return ""  # nothing came up
         return (f"; a daemon may be left there ({_first_line(r.stderr) or f'exit {r.rc}'}): "
                 f"stop it with {STAT} --stop")
@@ -137,7 +137,7 @@ class HostLink:
         r = self.runner.run([self.stat_program, "--stop", *self._vm_args()], timeout=STOP_TIMEOUT)
         if r.rc == 0:
             return True
-        if r.rc == 1 and "No pvm_shmd" in r.stderr:
+        if r.rc == StatExit.NO_DAEMON:
             return False
         raise PvmError(PvmHostFail, _first_line(r.stderr) or f"{self.stat_program} --stop exited {r.rc}")
 
@@ -154,7 +154,7 @@ class HostLink:
         words = [str(int(p)) for p in pids]
         r = self.runner.run([self.spawn_program, "--kill", f"--grace={KILL_GRACE:g}",
                              *self._vm_args(), *words], timeout=STAT_TIMEOUT + KILL_GRACE)
-        if r.rc in (126, 127) and words:
+        if r.rc in (SpawnExit.CANNOT_RUN, SpawnExit.NOT_FOUND) and words:
             self.runner.run(["kill", "-TERM", *words], timeout=STAT_TIMEOUT)
 
     def spawn(self, prog: str, args: Sequence[str], count: int, *, ptid: int, relay: bool,

@@ -29,8 +29,8 @@ from . import handshake, ipc, layout, pagemap, paths, private
 from .clients import Client, Clients, error_reply
 from .errors import PvmDenied, PvmExists, PvmOutOfRes
 from .log import Log
-from .options import (EXIT_DENIED, EXIT_OK, EXIT_RESOURCES, EXIT_RUNNING, EXIT_USAGE, USAGE,
-                      Options, UsageError, parse)
+from .exits import DaemonExit
+from .options import USAGE, Options, UsageError, parse
 from .resources import OutOfResources, Resources, leftovers
 
 LOCK_TIMEOUT = 2.0  # longest the daemon waits for a page-map or inbox semaphore
@@ -83,7 +83,7 @@ class Daemon:
                 time.sleep(0.01)
             os.close(fd)
             other = other or "?"
-            raise StartError(EXIT_RUNNING, f"already running (pid {other})") from None
+            raise StartError(DaemonExit.RUNNING, f"already running (pid {other})") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.lock_fd = fd
@@ -98,14 +98,14 @@ class Daemon:
         except sysv_ipc.ExistentialError:
             shm = None
         except sysv_ipc.PermissionsError:
-            raise StartError(EXIT_DENIED, f"segment key {key:#010x} is in use by another "
+            raise StartError(DaemonExit.DENIED, f"segment key {key:#010x} is in use by another "
                                           "user; choose another VM id (-vmid=)") from None
         if shm is not None:
             try:
                 ipc.check_owner(shm, f"segment key {key:#010x}")
             except ipc.NotOurs as e:  # never read, never removed: it is someone else's
                 shm.detach()
-                raise StartError(EXIT_DENIED, f"{e}; choose another VM id (-vmid=)") from None
+                raise StartError(DaemonExit.DENIED, f"{e}; choose another VM id (-vmid=)") from None
             buf = memoryview(shm)
             try:
                 layout.check(buf, os.getuid(), self.o.vmid)
@@ -122,7 +122,7 @@ class Daemon:
                              "start-up: " + " ".join(f"{k}:{i}" for k, i in sorted(found)))
                     self._unlink_stale()
                     return
-                raise StartError(EXIT_DENIED, f"segment key {key:#010x} (shmid {shm.id}) "
+                raise StartError(DaemonExit.DENIED, f"segment key {key:#010x} (shmid {shm.id}) "
                                               f"is not ours: {e}; remove it (ipcrm -m "
                                               f"{shm.id}) or choose another VM id") from None
             h = layout.header(buf)
@@ -130,7 +130,7 @@ class Daemon:
                 pid = h["pid"]
                 buf.release()
                 shm.detach()
-                raise StartError(EXIT_RUNNING, f"already running (pid {pid})")
+                raise StartError(DaemonExit.RUNNING, f"already running (pid {pid})")
             seg0 = buf
         found = leftovers(self.files["ipc"], seg0)
         if seg0 is not None:
@@ -171,10 +171,10 @@ class Daemon:
                 break
             except (sysv_ipc.Error, OSError) as e:
                 if getattr(e, "errno", None) == errno.EEXIST:
-                    raise StartError(EXIT_RUNNING, f"segment key {key0:#010x} appeared while "
+                    raise StartError(DaemonExit.RUNNING, f"segment key {key0:#010x} appeared while "
                                      "starting: another pvm_shmd of this VM is starting") from None
                 if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM):
-                    raise StartError(EXIT_DENIED, f"segment 0: {e}") from None
+                    raise StartError(DaemonExit.DENIED, f"segment 0: {e}") from None
                 self.log(f"shmget of {geo.seg_size(0)} bytes refused ({e}); halving")
                 if npages == 1:
                     raise OutOfResources(f"cannot create segment 0 ({e}); see kernel.shmmax, "
@@ -641,7 +641,7 @@ def run(opts: Options, ready: ReadyPipe) -> int:
     def say_failed(status: int, msg: str) -> int:
         """The one error line: to the starter waiting on the pipe, or to stderr."""
         line = f"pvm_shmd: {msg}"
-        if not ready.say(f"error {status} {line}"):
+        if not ready.say(f"error {int(status)} {line}"):
             print(line, file=sys.stderr)
         return status
 
@@ -649,9 +649,9 @@ def run(opts: Options, ready: ReadyPipe) -> int:
         log = Log(log_path, f"[pvm_shmd t{opts.host << 18:x}] ", echo=opts.foreground,
                   debug=opts.debug)
     except private.UnsafeState as e:
-        return say_failed(EXIT_DENIED, f"cannot open log: {e}")
+        return say_failed(DaemonExit.DENIED, f"cannot open log: {e}")
     except OSError as e:
-        return say_failed(EXIT_DENIED, f"cannot open log {log_path}: {e.strerror}")
+        return say_failed(DaemonExit.DENIED, f"cannot open log {log_path}: {e.strerror}")
 
     def fail(status: int, msg: str) -> int:
         log(f"cannot start: {msg}")
@@ -674,16 +674,16 @@ def run(opts: Options, ready: ReadyPipe) -> int:
         return fail(e.status, str(e))
     except OutOfResources as e:
         d.shutdown()
-        return fail(EXIT_RESOURCES, str(e))
+        return fail(DaemonExit.RESOURCES, str(e))
     except private.UnsafeState as e:
         d.shutdown()
-        return fail(EXIT_DENIED, str(e))
+        return fail(DaemonExit.DENIED, str(e))
     except (PermissionError, sysv_ipc.PermissionsError) as e:
         d.shutdown()
-        return fail(EXIT_DENIED, f"permission denied: {e}")
+        return fail(DaemonExit.DENIED, f"permission denied: {e}")
     except OSError as e:
         d.shutdown()
-        return fail(EXIT_RESOURCES, f"{e.strerror or e}")
+        return fail(DaemonExit.RESOURCES, f"{e.strerror or e}")
     layout.header(d.buf)["state"] = layout.READY
     line = d.ready_line()
     log(f"ready: {line}")
@@ -696,7 +696,7 @@ def run(opts: Options, ready: ReadyPipe) -> int:
         d.shutdown()
         log("exited")
         log.close()
-    return EXIT_OK
+    return DaemonExit.OK
 
 
 def detach(opts: Options) -> int:
@@ -716,8 +716,8 @@ def detach(opts: Options) -> int:
         try:
             status = run(opts, ready)
         except BaseException as e:  # the daemon must never leave a half-made state unreported
-            status = EXIT_RESOURCES
-            ready.say(f"error {status} pvm_shmd: internal error: {e!r}")  # only if still open
+            status = DaemonExit.RESOURCES
+            ready.say(f"error {int(status)} pvm_shmd: internal error: {e!r}")  # only if still open
             try:
                 Log(paths.log_path(opts.vmid), "[pvm_shmd] ")(traceback.format_exc())
             except (OSError, private.UnsafeState):
@@ -739,31 +739,31 @@ def detach(opts: Options) -> int:
     line = data.decode(errors="replace").strip()
     if line.startswith("ddpro<"):
         print(line, flush=True)
-        return EXIT_OK
+        return DaemonExit.OK
     if line.startswith("error "):
         _, status, msg = line.split(" ", 2)
         print(msg, file=sys.stderr)
         return int(status)
     print("pvm_shmd: daemon died during start-up (see " + paths.log_path(opts.vmid) + ")",
           file=sys.stderr)
-    return EXIT_RESOURCES
+    return DaemonExit.RESOURCES
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help", "-help"):
         print(USAGE)
-        return EXIT_OK
+        return DaemonExit.OK
     try:
         opts = parse(argv)
     except UsageError as e:
         print(f"pvm_shmd: {e} (pvm_shmd -help for usage)", file=sys.stderr)
-        return EXIT_USAGE
+        return DaemonExit.USAGE
     try:
         private.directory()  # made, or refused with the reason, before anything is opened
     except private.UnsafeState as e:
         print(f"pvm_shmd: {e}", file=sys.stderr)
-        return EXIT_DENIED
+        return DaemonExit.DENIED
     if opts.foreground:
         return run(opts, ReadyPipe(None))
     return detach(opts)

@@ -10,8 +10,6 @@ from .layout import MAXPAGES, MAXSEG
 USAGE = ("usage: pvm_shmd [-debug=N] [-maxsegs=N] [-maxpages=N] [-vmid=ID] [-host=N] "
          "[-name=HOST] [-foreground]")
 
-# Exit statuses (documented in docs/shmd.md).
-EXIT_OK, EXIT_USAGE, EXIT_RUNNING, EXIT_RESOURCES, EXIT_DENIED = 0, 2, 3, 4, 5
 
 
 class UsageError(Exception):

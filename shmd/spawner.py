@@ -42,6 +42,7 @@ import time
 from typing import Iterable, Sequence
 
 from . import control, paths, private
+from .exits import SpawnExit
 from .errors import (PvmBadParam, PvmDenied, PvmError, PvmNoFile, PvmNoTask, PvmSysErr,
                      strerror)
 
@@ -467,13 +468,13 @@ def main(argv: list[str] | None = None) -> int:
         vmid = paths.current_vmid(a.vmid)
     except ValueError as e:
         print(f"pvm_spawn: {e}", file=sys.stderr)
-        return 2
+        return SpawnExit.USAGE
     if a.kill:
         try:
             pids = [int(w) for w in a.words]
         except ValueError:
             print("pvm_spawn: --kill takes pids", file=sys.stderr)
-            return 2
+            return SpawnExit.USAGE
         left = kill_pids(pids, a.grace)
         try:
             private.unlink(registry_path(vmid))  # reset/halt: every task is gone
@@ -481,15 +482,15 @@ def main(argv: list[str] | None = None) -> int:
             pass
         if left:
             print(f"pvm_spawn: still alive after KILL: {left}", file=sys.stderr)
-            return 1
-        return 0
+            return SpawnExit.FAILED
+        return SpawnExit.OK
     if a.tasks:
         try:
             _say(json.dumps(tasks(vmid)))
         except PvmError as e:
             print(f"pvm_spawn: {e}", file=sys.stderr)
-            return 1
-        return 0
+            return SpawnExit.FAILED
+        return SpawnExit.OK
     if a.signal is not None:
         try:
             tids = [parse_tid(w) for w in a.words]
@@ -499,12 +500,12 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"ok {tid:x}" if e is None else f"{_err_line(e)}")
         except PvmError as e:
             _say(_err_line(e))
-            return 1
-        return 0
+            return SpawnExit.FAILED
+        return SpawnExit.OK
     # spawn
     if not a.words:
         print("pvm_spawn: no program", file=sys.stderr)
-        return 2
+        return SpawnExit.USAGE
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
         ptid = int(a.ptid, 16)
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     sink.line("spawned")
     if a.relay:
         relay([c for c in copies if isinstance(c, Copy)], sink)
-    return 0
+    return SpawnExit.OK
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import time
 
 from . import control, ipc, paths, private
 from .errors import PvmError
+from .exits import StatExit
 
-EXIT_OK, EXIT_NODAEMON, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 
 
 def find_daemon(vmid: str) -> tuple[int, int]:
@@ -95,21 +95,21 @@ def main(argv: list[str] | None = None) -> int:
             if not stop(vmid, a.timeout):
                 print(f"pvm_shmd_stat: daemon did not exit within {a.timeout:g} s",
                       file=sys.stderr)
-                return EXIT_TIMEOUT
+                return StatExit.TIMEOUT
         elif a.json:
             print(json.dumps(control.request("stat", vmid, timeout=a.timeout), indent=1))
         else:
             os.kill(find_daemon(vmid)[0], signal.SIGUSR1)
     except ValueError as e:
         print(f"pvm_shmd_stat: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return StatExit.USAGE
     except control.NoDaemon as e:
         print(e.detail or "No pvm_shmd", file=sys.stderr)
-        return EXIT_NODAEMON
+        return StatExit.NO_DAEMON
     except PvmError as e:
         print(f"pvm_shmd_stat: {e}", file=sys.stderr)
-        return EXIT_NODAEMON
-    return EXIT_OK
+        return StatExit.FAILED
+    return StatExit.OK
 
 
 if __name__ == "__main__":

@@ -645,10 +645,9 @@ def test_docs_cover_options_signals_statuses_layout():
                  "-foreground", "SIGHUP", "SIGTERM", "SIGINT", "SIGUSR1", "ipcfree",
                  "--all", "--force", "MAXSEG", "MAXPAGES", "PVMDLOGMAX"):
         assert word in doc, word
-    from shmd import options
+    from shmd.exits import DaemonExit
 
-    for rc in (options.EXIT_OK, options.EXIT_USAGE, options.EXIT_RUNNING,
-               options.EXIT_RESOURCES, options.EXIT_DENIED):
+    for rc in DaemonExit:
         assert re.search(rf"\|\s*{rc}\s*\|", doc), rc
     for name in layout.H:
         assert f"`{name}`" in doc, f"header field {name} not documented"

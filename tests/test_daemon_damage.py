@@ -11,6 +11,7 @@ import pytest
 
 from shmd import control, ipc, layout
 from shmd.errors import PvmError
+from shmd.exits import StatExit
 from test_daemon_util import IPCFREE, STAT, exists, shmd_vm, wait_for  # noqa: F401
 
 
@@ -81,7 +82,7 @@ def test_a_damaged_header_is_refused_where_read_and_the_tools_still_stop_it(
 
         shmd.join(vm.vmid)
     r = vm.run([STAT, "--json"], timeout=10)
-    assert r.returncode == 1 and needle in one_line(r)
+    assert r.returncode == StatExit.FAILED and needle in one_line(r)
     r = vm.run([STAT, "--stop"], timeout=20)  # found through its lock file
     assert r.returncode == 0, r.stderr
     assert not ipc.alive(ready["pid"], ipc.process_start(ready["pid"]) or 0)

@@ -19,6 +19,7 @@ from conftest import BIN
 from other_user import other_user  # noqa: F401  (a fixture)
 from shmd import control, ipc, layout, paths, private
 from shmd.errors import PvmDenied, PvmError
+from shmd.exits import StatExit
 from test_daemon_util import IPCFREE, PVM_SHMD, STAT, exists, shmd_vm  # noqa: F401
 
 PVM = os.path.join(BIN, "pvm")
@@ -38,7 +39,10 @@ def shared(shmd_vm, monkeypatch):
     shmd_vm.tmp, shmd_vm.state = d, os.path.join(d, f"pvm.{UID}")
     monkeypatch.setenv("PVM_TMP", d)
     yield d
-    shmd_vm.cleanup()  # the daemons of this PVM_TMP, while it is still there
+    # the daemons of this PVM_TMP, while it is still there: a console's too, if a test
+    # failed before its halt
+    subprocess.run([STAT, "--stop"], capture_output=True, timeout=60, env=shmd_vm.env())
+    shmd_vm.cleanup()
     shmd_vm.tmp, shmd_vm.state = old
     shutil.rmtree(base)
 
@@ -189,7 +193,7 @@ def test_segment_at_our_key_made_by_another_user_is_refused(shmd_vm, other_user,
     vm.run([IPCFREE, "--vmid", vm.vmid, "--force"])
     assert exists("shm", shmid)  # never removed: it is not ours
     r = vm.run([STAT, "--stop"])
-    assert r.returncode == 1 and f"created by uid {other_user.uid}" in r.stderr, r.stderr
+    assert r.returncode == StatExit.FAILED and f"created by uid {other_user.uid}" in r.stderr
 
 
 # ---- 3: nothing makes us remove an object that is not this VM's --------------------------
