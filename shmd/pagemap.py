@@ -24,7 +24,7 @@ caught what ``runs`` raised before. Nothing here loops more than *npages* times.
 from __future__ import annotations
 
 from .errors import PvmError, PvmSysErr
-from .layout import MAXPAGES
+from .layout import MAP_STRIDE, MAXPAGES, map_off
 
 
 class Damaged(PvmError, ValueError):
@@ -35,7 +35,9 @@ class Damaged(PvmError, ValueError):
 
 
 def _bad(b: int, p: int, what: str) -> Damaged:
-    return Damaged(f"page map (index {b}) damaged at page {p}: {what}")
+    seg, rest = divmod(b * 4 - map_off(0), MAP_STRIDE)
+    name = f"segment {seg}'s page map" if rest == 0 and seg >= 0 else f"page map at {b}"
+    return Damaged(f"{name} damaged at page {p}: {what}")
 
 
 def init(m: memoryview, b: int, npages: int, r: int = -1) -> None:

@@ -921,6 +921,8 @@ class Task:
         q, H, T = self._q, self._H, self._T
         while True:
             d = self._drain(match)
+            if self._orphans:
+                self._purge()  # what the ring brought of messages we dropped
             if d is not None or not block:
                 self._spun = False
                 return d
