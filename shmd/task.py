@@ -45,6 +45,7 @@ STALL = 5e-3  # a receiver that takes nothing for this long is not paced (second
 MIN_SPIN = 10e-6  # a spin that keeps missing shrinks to this
 POST_WAIT = 10e-6  # how long a woken receiver polls for the message its waker posts
 SPIN_RECHECK = 1.0  # how often an automatic spin re-checks the host's load (seconds)
+FREE_WAIT = 0.02  # how long a free waits for a segment's lock before it is put off
 ABORT_WAIT = 0.02  # how long past its deadline a sender that gives up mid-message tries
 # to post F_ABORT (a full inbox: the abort is owed, and the receiver sees in our slot's
 # "sending" word that we gave up)
@@ -300,7 +301,8 @@ class Task:
         self._R = (sb + layout.RV_OFF) // 8  # our direct-delivery record (word index)
         self._S = sb // 4 + _SENDING  # our "sending" word
         self._i[self._S] = 0
-        self._orphans: dict[int, int] = {}  # src -> F_ABORTs owed for messages we dropped
+        self._orphans: dict[int, int] = {}  # src -> ends still to come of messages we dropped
+        self._deferred: list[tuple[int, int, int]] = []  # frees a stuck lock put off
         try:
             self._mylock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
             self._mywake = ipc.nonblocking(ipc.open_sem(t["wake_key"], t["wake_id"]))
@@ -413,6 +415,8 @@ class Task:
         (then MemoryFull). No wait here, a lock's included, runs past the deadline."""
         delay = 20e-6
         m, tid = self._i, self.tid
+        if self._deferred:
+            self._free_deferred()
         while True:
             for k in range(self._nsegs):
                 s = (self._home + k) % self._nsegs
@@ -444,11 +448,14 @@ class Task:
 
     def _free(self, s: int, p: int, only_if: int = 0) -> None:
         """Free the run at page *p* of segment *s* (if *only_if*, only while that tid
-        owns it)."""
+        owns it). A segment lock held past FREE_WAIT (its holder stopped) does not hold
+        up the call (a receive's timeout must hold): the free waits in _deferred for
+        our next allocation or sleep; the run stays ours meanwhile."""
         lock = self._locks[s]
         try:
-            if not lock.acquire(5.0):
-                raise PvmError(PvmSysErr, f"segment {s} semaphore stuck")
+            if not lock.acquire(FREE_WAIT):
+                self._deferred.append((s, p, only_if))
+                return
         except ipc.Gone:
             raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
         try:
@@ -461,6 +468,12 @@ class Task:
                 self._q[self._segq[s] + 6] = (self._q[self._segq[s] + 6] + 1) & _MASK64
         finally:
             lock.release()
+
+    def _free_deferred(self) -> None:
+        """Try again the frees a stuck segment lock put off."""
+        todo, self._deferred = self._deferred, []
+        for run in todo:
+            self._free(*run)
 
     # ---- send -----------------------------------------------------------------------
     def psend(self, dest: int, tag: int, data, timeout: float | None = None) -> None:
@@ -980,6 +993,8 @@ class Task:
             raise PvmTimeout("no matching message before the timeout")
         if self._unspilled:
             self._spill()
+        if self._deferred:
+            self._free_deferred()
         if self._spin_auto and now - self._spin_checked > SPIN_RECHECK:
             self._spin_checked = now
             self._spin_budget = (self._spin_budget or MAX_SPIN) if _spin_allowed() else 0.0

@@ -305,6 +305,32 @@ direct._copy = slow
     assert s.result(timeout=30)[0] == "ok"
 
 
+def test_a_segment_lock_held_by_a_stopped_process_does_not_hold_a_receive(daemon, peers,
+                                                                          pvm_env):
+    """Every page map's semaphore taken by another process (as one stopped while it
+    held them): a receive of a paged message that is already there used to wait 5 s
+    for the lock to free the pages, then raise. It returns the message on time; the
+    free is done once the lock is back."""
+    from shmd import ipc
+
+    s, r = peers(), peers()
+    assert run(s, "me.psend(dest, 1, payload(1, 20000), timeout=2)", dest=r.tid)[0] == "ok"
+    with seg0(pvm_env) as (buf, _, _):
+        locks = [ipc.Lock(ipc.open_sem(e["semkey"], e["semid"]))
+                 for e in (layout.segent(buf, k) for k in range(daemon.maxsegs))]
+    held = [lock for lock in locks if lock.acquire(2.0)]
+    try:
+        assert len(held) == len(locks)
+        what, took, _, text, _ = run(r, "m = me.precv(timeout=0.5)\n    "
+                                        "assert m.data == payload(1, 20000)")
+        assert what == "ok" and within(took, 0.5), (took, text)
+    finally:
+        for lock in held:
+            lock.release()
+    assert run(r, "me.precv(timeout=0.3)")[0] == "PvmTimeout"  # its sleep does the free
+    assert all(x["free"] == x["pages"] for x in daemon.wait_idle(tasks=2)["segments"])
+
+
 # ---- item 10: TERM under a sender blocked on a full inbox ---------------------------
 def test_term_under_a_sender_blocked_on_a_full_inbox_is_a_sys_err(daemon, peers):
     """docs/library.md: daemon stopped (TERM) under a blocked psend -> PvmSysErr within
