@@ -113,8 +113,6 @@ class Console:
             return LineResult(f"{name}: not found")
         if not cmd.arity_ok(len(words)):
             return LineResult(f"{name}: wrong #args")
-        if name == "quit" and self.jobs is not None and self.wait_jobs_on_quit:
-            self.jobs.wait_all()  # Ctrl-C (KeyboardInterrupt) gives up waiting
         try:
             cmd.handler(self, args)
         except ExitConsole as e:

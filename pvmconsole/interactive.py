@@ -12,9 +12,8 @@ from prompt_toolkit.history import FileHistory
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from pvmconsole.console import PROMPT, Console
+from pvmconsole.registry import HOSTS, KNOWN_HOSTS
 from shmd.errors import PvmError
-
-HOST_COMMANDS = ("add", "delete", "mstat", "stat")  # their arguments are host names
 
 
 def history_path() -> str:
@@ -22,23 +21,23 @@ def history_path() -> str:
 
 
 class ConsoleCompleter(Completer):
-    """Command and alias names for the first word; host names (and for `add`
-    the hostfile's known hosts) after host commands; file paths for words that
-    look like paths."""
+    """Command and alias names for the first word; host names after a command whose
+    arguments are hosts (Command.args_are: the VM's hosts, or for `add` the hostfile's
+    known hosts); file paths for words that look like paths."""
 
     def __init__(self, console: Console):
         self.console = console
         self.paths = PathCompleter(expanduser=True)
 
-    def host_names(self, command: str) -> list[str]:
+    def host_names(self, kind: str) -> list[str]:
         vm = self.console.vm
-        if vm is None:
+        if vm is None or kind not in (HOSTS, KNOWN_HOSTS):
             return []
         try:
             t = vm.table()
         except PvmError:
             return []
-        if command == "add":
+        if kind == KNOWN_HOSTS:
             return sorted(set(t.known) - {h.name for h in t.hosts})
         return [h.name for h in t.hosts]
 
@@ -53,8 +52,9 @@ class ConsoleCompleter(Completer):
             yield from self.paths.get_completions(sub, complete_event)
             return
         else:
-            cmd = self.console.expand_aliases_quiet(words[:1])[:1]
-            choices = self.host_names(cmd[0]) if cmd and cmd[0] in HOST_COMMANDS else []
+            name = self.console.expand_aliases_quiet(words[:1])[:1]
+            cmd = self.console.registry.get(name[0]) if name else None
+            choices = self.host_names(cmd.args_are) if cmd is not None else []
         for c in choices:
             if c.startswith(current):
                 yield Completion(c, start_position=-len(current))

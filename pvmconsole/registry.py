@@ -1,9 +1,9 @@
 """The one table of console commands (name, arity, help, handler).
 
-Built-in commands and plugins register the same way: a plugin is an entry point
-in the ``pvm.commands`` group whose object is an iterable of :class:`Command`
-(see shmd/console_plugin.py). Arity counts include the command word, as PVM's
-table did.
+Built-in commands (``pvmconsole/commands/``, one module per group) and plugins
+register the same way: a plugin is an entry point in the ``pvm.commands`` group whose
+object is an iterable of :class:`Command` (docs/console.md, "Plugins"). Arity counts
+include the command word, as PVM's table did.
 """
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ ENTRY_POINT_GROUP = "pvm.commands"
 #: A handler gets the console and the words after the command name. It prints its
 #: output to ``console.out`` and signals failure by raising CommandError/PvmError.
 Handler = Callable[["Console", list[str]], None]
+
+#: What a command's arguments are, for completion (Command.args_are).
+HOSTS = "hosts"  # hosts of the virtual machine
+KNOWN_HOSTS = "known hosts"  # the hostfile's hosts not in it yet (for `add`)
 
 
 class CommandError(Exception):
@@ -36,6 +40,7 @@ class Command:
     syntax: tuple[str, ...]  # lines after the summary in `help <name>`
     handler: Handler = field(compare=False)
     hidden: bool = False  # left out of `help`'s list, as PVM's idump/tickle
+    args_are: str = ""  # HOSTS, KNOWN_HOSTS or "" (nothing to complete)
 
     def arity_ok(self, nwords: int) -> bool:
         return nwords >= self.min_words and (self.max_words is None or nwords <= self.max_words)

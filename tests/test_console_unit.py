@@ -60,10 +60,10 @@ def test_every_command_declares_help_and_arity():
         assert cmd.min_words >= 1 and (cmd.max_words is None or cmd.max_words >= cmd.min_words)
 
 
-def test_shmd_commands_come_from_the_entry_point_group():
+def test_every_command_of_the_package_is_a_builtin():
     reg, _ = full_registry()
-    assert reg.origin["stat"] == "plugin shmd"
-    assert "stat" not in builtin_registry()
+    assert reg.origin["stat"] == "builtin" and "stat" in builtin_registry()
+    assert {reg.origin[n] for n in reg.names(hidden=True)} == {"builtin"}
 
 
 def test_plugin_clash_is_refused_and_third_party_commands_register():

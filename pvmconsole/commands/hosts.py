@@ -5,7 +5,7 @@ from typing import Sequence
 
 from pvmconsole import formats
 from pvmconsole.console import Console
-from pvmconsole.registry import Command, CommandError
+from pvmconsole.registry import HOSTS, KNOWN_HOSTS, Command, CommandError
 from pvmconsole.vm import Outcome
 from shmd.errors import strerror
 
@@ -46,12 +46,14 @@ COMMANDS = [
     Command("add", 2, None, "Add hosts to virtual machine",
             ("Syntax:  add hostname ...",
              "  or     add 'hostname <option>=<value>...' ...",
-             "(See docs/hostfile.md for valid host (file) options.)"), do_add),
+             "(See docs/hostfile.md for valid host (file) options.)"), do_add,
+            args_are=KNOWN_HOSTS),
     Command("conf", 1, 1, "List virtual machine configuration",
             ("Syntax:  conf", "Output fields:", "  HOST    host name",
              "  DTID    tid base of pvmd", "  ARCH    xhost architecture",
              "  SPEED   host relative speed", "  DSIG    data signature"), do_conf),
     Command("delete", 2, None, "Delete hosts from virtual machine",
-            ("Syntax:  delete hostname ...",), do_delete),
-    Command("mstat", 2, None, "Show status of hosts", ("Syntax:  mstat name ...",), do_mstat),
+            ("Syntax:  delete hostname ...",), do_delete, args_are=HOSTS),
+    Command("mstat", 2, None, "Show status of hosts", ("Syntax:  mstat name ...",), do_mstat,
+            args_are=HOSTS),
 ]

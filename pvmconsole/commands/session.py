@@ -122,6 +122,8 @@ def do_unexport(c: Console, args: list[str]) -> None:
 
 
 def do_quit(c: Console, args: list[str]) -> None:
+    if c.jobs is not None and c.wait_jobs_on_quit:
+        c.jobs.wait_all()  # a script sees its tasks' output; Ctrl-C gives up waiting
     c.print("", "pvmd still running.")
     raise ExitConsole(0)
 

@@ -1,5 +1,4 @@
-"""Console commands that drive pvm_shmd, registered through the ``pvm.commands``
-entry-point group exactly as a third-party plugin would (see pyproject.toml).
+"""Commands about the hosts' pvm_shmd daemons (PVM's console had none).
 
 ``stat [-j] [host ...]``: each host's daemon state, from ``pvm_shmd_stat --json``
 run on that host.
@@ -11,7 +10,7 @@ from typing import Mapping
 
 from pvmconsole.console import Console
 from pvmconsole.formats import HOST_W
-from pvmconsole.registry import Command, CommandError
+from pvmconsole.registry import HOSTS, Command, CommandError
 from shmd.errors import PvmError
 
 HEADER = (f"{'HOST':>{HOST_W}} {'PID':>8} {'SEGS':>4} {'USED':>6} {'FREE':>6}"
@@ -63,5 +62,5 @@ COMMANDS = [
         "  LARGEST largest run of free pages in one segment",
         "  TASKS   tasks joined",
         "  MSGS    messages waiting to be received",
-    ), do_stat),
+    ), do_stat, args_are=HOSTS),
 ]
