@@ -1049,33 +1049,53 @@ class Task:
             return lambda d: d.flags & layout.F_FIRST and d.src == source
         return lambda d: d.flags & layout.F_FIRST and d.src == source and d.tag == tag
 
-    def _next_piece(self, src: int, deadline: float) -> _Desc | None:
-        """The next piece of *src*'s message in flight; None if it was aborted, or *src*
-        died or gave up before sending it (its slot's "sending" word no longer names
-        us: the F_ABORT it owes us, when it comes, is dropped as _orphans says).
-        PvmTimeout at *deadline*."""
+    def _next_piece(self, src: int, deadline: float, mark: _Desc) -> _Desc | None:
+        """The next piece of *src*'s message in flight, whose place in the queue *mark*
+        holds; None if it was aborted, or *src* died or gave up before sending it (its
+        slot's "sending" word no longer names us: the F_ABORT it owes us, when it
+        comes, is dropped as _orphans says). PvmTimeout at *deadline*."""
         def match(d):
             return d.src == src and not d.flags & layout.F_FIRST
 
         while True:
-            d = self._take(match, _INF, block=False)
+            d = self._take_after(mark, match)
             if d is not None:
                 return None if d.flags & layout.F_ABORT else d
             try:
                 ti = self._peer(src)[3]
             except PvmError:
-                d = self._take(match, _INF, block=False)  # it may have sent, then died
+                d = self._take_after(mark, match)  # it may have sent, then died
                 return None if d is None or d.flags & layout.F_ABORT else d
             if self._i[ti + _SENDING] != self.tid:
                 # Not sending to us any more: all it posted before it said so is in
                 # our ring now (it posts, then clears the word; we read the word, then
                 # the ring). Nothing there: it gave up without an abort it could post.
-                d = self._take(match, _INF, block=False)
+                d = self._take_after(mark, match)
                 if d is None:
                     self._orphans[src] = self._orphans.get(src, 0) + 1
                     return None
                 return None if d.flags & layout.F_ABORT else d
             self._sleep(deadline)
+
+    def _take_after(self, mark: _Desc, match) -> _Desc | None:
+        """The first descriptor satisfying *match* that came after *mark* (pending,
+        then ring); never block. A sender's earlier message in pieces may wait in the
+        queue before *mark* with pieces of its own: they are not this message's."""
+        if self._orphans:
+            self._purge()
+        pend = self._pending
+        after = False
+        for k, d in enumerate(pend):
+            if d is mark:
+                after = True
+            elif after and match(d):
+                del pend[k]
+                self._i[self._P] = len(pend)
+                return d
+        d = self._drain(match)
+        if self._orphans:
+            self._purge()
+        return d
 
     def _purge(self) -> None:
         """Drop the pieces and aborts still to come of messages we dropped mid-way
@@ -1133,7 +1153,7 @@ class Task:
                 if not d.flags & layout.F_MORE:
                     break
                 try:
-                    d = self._next_piece(d.src, deadline)
+                    d = self._next_piece(d.src, deadline, mark)
                 except BaseException:
                     keep = _new(_Desc, (first.src, first.tag, off, -1, 0, 0,
                                         layout.F_FIRST | layout.F_MORE, first.total,
