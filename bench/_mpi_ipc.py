@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Payload, lat_iters, bw_count  # noqa: E402
+from _common import Payload, bw_count, lat_iters  # noqa: E402
 
 
 def main() -> int:
@@ -63,7 +63,7 @@ def main() -> int:
                         break
                 runs.append(statistics.median(rtts[warm:]) / 2000.0)
             else:
-                for i in range(warm + iters):
+                for _ in range(warm + iters):
                     comm.Recv([rbuf, MPI.BYTE], source=peer, tag=1)
                     comm.Send([rbuf, MPI.BYTE], dest=peer, tag=1)
         out["lat"][size] = runs

@@ -196,7 +196,7 @@ def pingpong_profile(vmid: str, n: int, tmp: str, profile: bool = True) -> float
                             ("ponger (precv then psend)", pstats.Stats(prof_b))):
             print(f"   {side}: top own-time functions, us per round trip (profiled)")
             rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:14]
-            for (fname, line, func), (cc, nc, tt, ct, _) in rows:
+            for (fname, line, func), (_cc, nc, tt, ct, _) in rows:
                 where = f"{os.path.basename(fname)}:{line}({func})" if line else func
                 print(f"     {tt / n * 1e6:7.2f} own {ct / n * 1e6:7.2f} cum "
                       f"{nc / n:5.1f} calls  {where[:70]}")
@@ -208,9 +208,8 @@ def syscalls(vmid: str, n: int, tmp: str) -> None:
         print("4. (strace not installed: no system-call counts)")
         return
     out = os.path.join(tmp, "strace.txt")
-    code = ("import sys; sys.path[:0] = [%r, %r]; import _profile_shmd as p; "
-            "p.pingpong_profile(%r, %d, %r, profile=False)" % (HERE, os.path.join(HERE, ".."),
-                                                               vmid, n, tmp))
+    code = (f"import sys; sys.path[:0] = [{HERE!r}, {os.path.join(HERE, '..')!r}]; "
+            f"import _profile_shmd as p; p.pingpong_profile({vmid!r}, {n:d}, {tmp!r}, profile=False)")
     subprocess.run(["strace", "-f", "-c", "-o", out, sys.executable, "-c", code],
                    env=dict(os.environ), capture_output=True, timeout=300)
     print(f"4. system calls per round trip of the 8-byte ping-pong, spin off (strace -c -f, "

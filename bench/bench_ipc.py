@@ -51,9 +51,9 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
 import sysv_ipc  # noqa: E402
+from _common import Payload, bw_count, lat_iters  # noqa: E402
 
 import shmd  # noqa: E402
-from _common import Payload, bw_count, lat_iters  # noqa: E402
 
 MP = multiprocessing.get_context("fork")
 BIN = os.path.dirname(sys.executable)
@@ -174,7 +174,7 @@ def daemon_cmd(name: str) -> list[str]:
 
 def start_daemon(owned: Owned, maxsegs: int, maxpages: int = 4096) -> str:
     """Start a pvm_shmd with a VM id of its own; return the VM id."""
-    for attempt in range(6):
+    for _attempt in range(6):
         vmid = f"bipc{os.getpid()}s{maxsegs}a{owned.started}"
         owned.started += 1
         r = subprocess.run(daemon_cmd("pvm_shmd") + [f"-maxpages={maxpages}",
@@ -948,7 +948,7 @@ def run(ap: argparse.ArgumentParser, a, argv) -> int:
                 for s in bw_sizes:
                     bw[("memcpy", s)] = [r[s] for r in runs]
         if "contention" in parts and "shmd" in transports:
-            for rep in range(repeat):
+            for _rep in range(repeat):
                 for size in cont_sizes:
                     for segs in (8, 1):
                         try:

@@ -21,8 +21,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from shmd.pvm import (PVM_DOUBLE, PVM_INT, PvmError, pvm_exit, pvm_mytid,  # noqa: E402
-                      pvm_precv, pvm_psend)
+from shmd.pvm import PVM_DOUBLE, PVM_INT, PvmError, pvm_exit, pvm_mytid, pvm_precv, pvm_psend  # noqa: E402
 
 COLS = 256
 TAG_STOP, TAG_HELLO, TAG_WORK, TAG_RESULT = 0, 1, 2, 3

@@ -73,9 +73,8 @@ def foreman(w: int, n: int, seed: int) -> int:
 
 def master(w: int, n: int) -> int:
     from pvmconsole.vm import VirtualMachine
-    from shmd.paths import current_vmid
-
     from shmd.errors import PvmError
+    from shmd.paths import current_vmid
 
     vm = VirtualMachine(current_vmid())
     try:

@@ -6,7 +6,7 @@ stderr unless *keep_going*. End of input acts as `quit`.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from pvmconsole.console import PROMPT, Console
 from pvmconsole.status import Exit

@@ -1,7 +1,7 @@
 """Text layouts of console output, as PVM 3.4.6 printed them (plus `stat`)."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from shmd.errors import strerror
 

@@ -76,7 +76,7 @@ def run_interactive(console: Console, session: PromptSession | None = None) -> i
             history=FileHistory(history_path()),
             completer=ConsoleCompleter(console),
             complete_while_typing=False,  # completion on Tab; typing never waits for it
-            bottom_toolbar=lambda: syntax_hint(console, session.default_buffer.text),  # type: ignore[union-attr]
+            bottom_toolbar=lambda: syntax_hint(console, session.default_buffer.text),  # type: ignore[attr-defined]
         )
     # Job output (`spawn ->`) comes from threads while the user types: through
     # patch_stdout it is printed above the line being edited, which is redrawn intact.

@@ -10,16 +10,16 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from pvmconsole.formats import HOST_W
 from pvmconsole.registry import CommandError
 from pvmconsole.runner import LineStream
 from pvmconsole.vmtable import HOST_SHIFT, HostRecord
-from shmd.errors import (PvmBadParam, PvmCantStart, PvmError, PvmHostFail, PvmNoHost, PvmNotImpl,
-                         strerror)
+from shmd.errors import PvmBadParam, PvmCantStart, PvmError, PvmHostFail, PvmNoHost, PvmNotImpl, strerror
 from shmd.spawner import CONSOLE_TID, parse_err_line, parse_tid
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ class JobTable:
 
             job_close = f.close
         elif req.output == "console":
-            job_write = c.print_async
+            job_write = c.print_async  # type: ignore[assignment]  # (*lines) takes one line
         with self._lock:
             where = place(req, hosts, self._cursor)
             self._cursor += req.count
@@ -252,7 +252,7 @@ class JobTable:
             return None, results
         tids = [r for r in results if isinstance(r, int)]
         with self._lock:
-            job = Job(self._next, tids, job_write, job_close, live=set(tids))  # type: ignore[arg-type]
+            job = Job(self._next, tids, job_write, job_close, live=set(tids))
             self._next += 1
             if tids:
                 self.jobs[job.number] = job
@@ -359,13 +359,13 @@ def _tidcol(tid: int | None) -> str:
 
 def ps_row(host: str, t: Mapping[str, object], long: bool) -> str:
     tid = t.get("tid")
-    tidcol = "   (cons)" if t.get("console") else f" {int(tid):8x}"  # type: ignore[arg-type]
+    tidcol = "   (cons)" if t.get("console") else f" {int(tid):8x}"  # type: ignore[call-overload]
     extra = ""
     if long:
         ptid = t.get("ptid")
-        extra = _tidcol(int(ptid) if ptid is not None else None) + f" {int(t.get('pid', 0)):6d}"  # type: ignore[arg-type]
+        extra = _tidcol(int(ptid) if ptid is not None else None) + f" {int(t.get('pid', 0)):6d}"  # type: ignore[call-overload]
     name = str(t.get("name") or "-")
-    return f"{host:>{HOST_W}}{tidcol}{extra} {flag_string(int(t.get('flags', 0))):>9} {name}"  # type: ignore[arg-type]
+    return f"{host:>{HOST_W}}{tidcol}{extra} {flag_string(int(t.get('flags', 0))):>9} {name}"  # type: ignore[call-overload]
 
 
 def job_line(job: Job) -> str:

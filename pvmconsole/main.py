@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from pvmconsole import hostfile as hf
 from pvmconsole.batch import run_lines
@@ -18,8 +18,8 @@ from pvmconsole.hostlink import is_local
 from pvmconsole.status import Exit
 from pvmconsole.tokenizer import split_commands
 from pvmconsole.vm import VirtualMachine
-from shmd.errors import PvmError, strerror
 from shmd import private
+from shmd.errors import PvmError, strerror
 from shmd.paths import check_vmid
 
 PROG = "pvm"
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 lines, source = script
                 status = run_lines(console, lines, source, keep_going=args.keep_going)
-        return int(status)
+        return int(status) if status is not None else Exit.OK
     except KeyboardInterrupt:
         return Exit.FAILED
     finally:

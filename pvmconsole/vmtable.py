@@ -15,12 +15,12 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
-from shmd.errors import PvmError, PvmOutOfRes, PvmSysErr
 from shmd import private
+from shmd.errors import PvmError, PvmOutOfRes, PvmSysErr
 from shmd.paths import tmpfile
 
 FORMAT = 1  # bump when the JSON layout changes incompatibly
@@ -114,7 +114,8 @@ class TableStore:
                     if e.errno not in (errno.EAGAIN, errno.EACCES):
                         raise
                     if time.monotonic() > deadline:
-                        raise PvmError(PvmSysErr, f"{self.lock_path} stays locked by another console")
+                        raise PvmError(PvmSysErr,
+                                       f"{self.lock_path} stays locked by another console") from None
                     time.sleep(0.05)
             yield
         finally:

@@ -17,8 +17,8 @@ import resource
 import selectors
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .control import peer_credentials
 from .errors import PvmBadParam
@@ -99,12 +99,14 @@ class Clients:
 
     # ---- accepting --------------------------------------------------------------------
     def accept(self) -> None:
+        assert self.listener is not None
         try:
             conn, _ = self.listener.accept()
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 # the pending connection stays readable: without a pause the loop spins
-                self._evict_idle() or self._pause()
+                if not self._evict_idle():
+                    self._pause()
             return
         try:
             pid, uid = peer_credentials(conn)
@@ -133,12 +135,14 @@ class Clients:
         return True
 
     def _pause(self) -> None:
+        assert self.listener is not None
         self.sel.unregister(self.listener)
         self.paused_until = time.monotonic() + ACCEPT_PAUSE
 
     def resume(self, now: float) -> None:
         """Accept again after a pause (called every turn of the loop)."""
         if self.paused_until and now >= self.paused_until:
+            assert self.listener is not None
             self.paused_until = 0.0
             self.sel.register(self.listener, selectors.EVENT_READ, self)
 

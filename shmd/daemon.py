@@ -28,8 +28,8 @@ import sysv_ipc
 from . import handshake, ipc, layout, pagemap, paths, private
 from .clients import Client, Clients, error_reply
 from .errors import PvmDenied, PvmExists, PvmOutOfRes
-from .log import Log
 from .exits import DaemonExit
+from .log import Log
 from .options import USAGE, Options, UsageError, parse
 from .resources import OutOfResources, Resources, leftovers
 
@@ -53,8 +53,9 @@ class Daemon:
         self.res = Resources(self.files["ipc"])
         self.segs: list[sysv_ipc.SharedMemory] = []
         self.seg_locks: list[ipc.Lock] = []
-        self.buf: memoryview | None = None
-        self.m32: memoryview | None = None
+        # segment 0 (bytes, int32 and int64 views), mapped by create()
+        self.buf = self.m32 = self.m64 = memoryview(b"")
+        self.mapped = False
         self.lock_fd = -1
         self.listener: socket.socket | None = None
         self.suspects: dict[int, tuple[int, float]] = {}  # slot -> (tid, re-check until)
@@ -201,6 +202,7 @@ class Daemon:
         self.buf = memoryview(self.segs[0])
         self.m32 = self.buf.cast("i")
         self.m64 = self.buf.cast("Q")
+        self.mapped = True
         h = layout.header(self.buf)
         for name, value in (("version", layout.VERSION), ("uid", os.getuid()),
                             ("pid", os.getpid()), ("host", o.host), ("pagesize", ps),
@@ -211,12 +213,12 @@ class Daemon:
                             ("sock", self.files["sock"]), ("started", time.time())):
             h[name] = value
         for i, (shm, lock) in enumerate(zip(self.segs, self.seg_locks)):
-            e = layout.segent(self.buf, i)
+            entry = layout.segent(self.buf, i)
             for name, value in (("shmid", shm.id), ("key", shm.key), ("semid", lock.id),
                                 ("semkey", lock.sem.key), ("npages", npages),
                                 ("data_off", geo.data0_off if i == 0 else 0),
                                 ("map_off", layout.map_off(i))):
-                e[name] = value
+                entry[name] = value
         self.clear_maps()
         self.buf[:8] = layout.MAGIC  # last: only now may an alien process trust it
 
@@ -329,7 +331,7 @@ class Daemon:
             got = self.seg_locks[s].acquire(LOCK_TIMEOUT)
             try:
                 doomed = set(queued.get(s, ()))
-                for p, n, allocated, owner in pagemap.runs(self.m32, b, self.geo.npages):
+                for p, _n, allocated, owner in pagemap.runs(self.m32, b, self.geo.npages):
                     if allocated and owner == tid and (s, p) not in live_refs:
                         if copying and copying[:2] == (s, p) and not self.m64[copying[3]]:
                             # its sender still writes into it: the run is the sender's
@@ -418,7 +420,8 @@ class Daemon:
     # ---- status ---------------------------------------------------------------------
     def state(self) -> dict:
         h = layout.header(self.buf)
-        segs, held = [], {}
+        segs: list[dict] = []
+        held: dict[int, int] = {}
         for s in range(len(self.segs)):
             e, b = layout.segent(self.buf, s), layout.map_off(s) // 4
             got = self.seg_locks[s].acquire(LOCK_TIMEOUT)
@@ -590,12 +593,12 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Remove every IPC object and file made; safe to call at any stage."""
-        if self.buf is not None:
+        if self.mapped:
             layout.header(self.buf)["state"] = layout.STOPPING
             self.m32.release()
             self.m64.release()
             self.buf.release()
-            self.buf = None
+            self.mapped = False
         for shm in self.segs:
             try:
                 shm.detach()
@@ -728,8 +731,8 @@ def detach(opts: Options) -> int:
     data = b""
     deadline = time.monotonic() + 60
     while not data.endswith(b"\n") and time.monotonic() < deadline:
-        ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
+        readable, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
+        if not readable:
             break
         chunk = os.read(r, 4096)
         if not chunk:
@@ -741,9 +744,9 @@ def detach(opts: Options) -> int:
         print(line, flush=True)
         return DaemonExit.OK
     if line.startswith("error "):
-        _, status, msg = line.split(" ", 2)
+        _, word, msg = line.split(" ", 2)
         print(msg, file=sys.stderr)
-        return int(status)
+        return int(word)
     print("pvm_shmd: daemon died during start-up (see " + paths.log_path(opts.vmid) + ")",
           file=sys.stderr)
     return DaemonExit.RESOURCES

@@ -29,7 +29,7 @@ def format_line(**fields: object) -> str:
     out = []
     for k, v in parts.items():
         if k == "dsig":
-            v = f"0x{int(v):08x}"
+            v = f"0x{int(str(v), 0):08x}"
         out.append(f"{k}<{v}>")
     return " ".join(out)
 

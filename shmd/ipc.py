@@ -110,7 +110,7 @@ def _make_fence():
     def fence() -> None:
         xchg(ref)
 
-    fence.word = word  # kept alive with the function
+    fence.word = word  # type: ignore[attr-defined,unused-ignore]  # kept alive with it
     return fence
 
 

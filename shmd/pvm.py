@@ -11,9 +11,25 @@ carrying PVM's code (``e.code``, ``e.name``) instead of being returned.
 from __future__ import annotations
 
 from . import errors
-from .errors import (PvmAlready, PvmBadMsg, PvmBadParam, PvmDenied, PvmError, PvmExists,  # noqa: F401
-                     PvmMismatch, PvmNoData, PvmNoMem, PvmNoTask, PvmNotImpl, PvmOk, PvmOutOfRes,
-                     PvmOverflow, PvmSysErr, PvmTimeout, strerror)
+from .errors import (  # noqa: F401
+    PvmAlready,
+    PvmBadMsg,
+    PvmBadParam,
+    PvmDenied,
+    PvmError,
+    PvmExists,
+    PvmMismatch,
+    PvmNoData,
+    PvmNoMem,
+    PvmNoTask,
+    PvmNotImpl,
+    PvmOk,
+    PvmOutOfRes,
+    PvmOverflow,
+    PvmSysErr,
+    PvmTimeout,
+    strerror,
+)
 from .task import ANY, Task, _as_bytes_view, current, join
 
 PVM_STR, PVM_BYTE, PVM_SHORT, PVM_INT, PVM_FLOAT, PVM_CPLX, PVM_DOUBLE, PVM_DCPLX = range(8)

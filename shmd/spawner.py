@@ -39,12 +39,11 @@ import selectors
 import signal
 import sys
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from . import control, paths, private
+from .errors import PvmBadParam, PvmDenied, PvmError, PvmNoFile, PvmNoTask, PvmSysErr, strerror
 from .exits import SpawnExit
-from .errors import (PvmBadParam, PvmDenied, PvmError, PvmNoFile, PvmNoTask, PvmSysErr,
-                     strerror)
 
 ARCH = "LINUX64"
 DEFAULT_EP = f"~/pvm3/bin/{ARCH}"
@@ -153,7 +152,8 @@ def tasks(vmid: str) -> list[dict]:
         r = reg.get(t["tid"])
         spawned = r is not None and r.get("pid") == t["pid"]
         flags = (F_SPAWNED if spawned else 0) | (F_CONNECTED if t.get("connected", True) else 0)
-        out.append({**t, "ptid": r.get("ptid") if spawned else None, "flags": flags,
+        out.append({**t, "ptid": r.get("ptid") if r is not None and spawned else None,
+                    "flags": flags,
                     "host": st.get("host"), "hostname": st.get("name")})
     return out
 
@@ -323,12 +323,12 @@ def relay(copies: Sequence[Copy], sink: Sink) -> None:
             bufs[c.fd] = b""
     while bufs:
         for key, _ in sel.select(1.0):
-            c: Copy = key.data
+            c, fd = key.data, key.fd
             try:
-                data = os.read(c.fd, 65536)
+                data = os.read(fd, 65536)
             except OSError:
                 data = b""
-            buf = bufs[c.fd] + data
+            buf = bufs[fd] + data
             *lines, rest = buf.split(b"\n")
             while len(rest) > MAX_LINE:  # a line without end: pass it on in pieces
                 lines.append(rest[:MAX_LINE])
@@ -336,14 +336,14 @@ def relay(copies: Sequence[Copy], sink: Sink) -> None:
             for ln in lines:
                 sink.line(f"out {c.tid:x} {ln.decode(errors='replace')}")
             if data:
-                bufs[c.fd] = rest
+                bufs[fd] = rest
                 continue
             if rest:
                 sink.line(f"out {c.tid:x} {rest.decode(errors='replace')}")
             sink.line(f"eof {c.tid:x}")
-            sel.unregister(c.fd)
-            os.close(c.fd)
-            del bufs[c.fd]
+            sel.unregister(fd)
+            os.close(fd)
+            del bufs[fd]
         _reap_children()
     sink.line("done")
 
@@ -373,7 +373,7 @@ def parse_tid(word: str) -> int:
 
 def signal_tids(vmid: str, signum: int, tids: Sequence[int]) -> list[tuple[int, PvmError | None]]:
     table = {t["tid"]: t for t in control.request("stat", vmid).get("tasks", [])}
-    out = []
+    out: list[tuple[int, PvmError | None]] = []
     for tid in tids:
         t = table.get(tid)
         if t is None:
@@ -496,8 +496,8 @@ def main(argv: list[str] | None = None) -> int:
             tids = [parse_tid(w) for w in a.words]
             if not 0 < a.signal < signal.NSIG:
                 raise PvmError(PvmBadParam, f"bad signal number {a.signal}")
-            for tid, e in signal_tids(vmid, a.signal, tids):
-                _say(f"ok {tid:x}" if e is None else f"{_err_line(e)}")
+            for tid, err in signal_tids(vmid, a.signal, tids):
+                _say(f"ok {tid:x}" if err is None else f"{_err_line(err)}")
         except PvmError as e:
             _say(_err_line(e))
             return SpawnExit.FAILED

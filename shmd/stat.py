@@ -19,7 +19,6 @@ from .errors import PvmError
 from .exits import StatExit
 
 
-
 def find_daemon(vmid: str) -> tuple[int, int]:
     """(pid, start time) of the live pvm_shmd of *vmid*: from segment 0, or, when that is
     damaged, from the flock-held pid file in our private directory (so a scribbled

@@ -15,7 +15,7 @@ import pwd
 import select
 import shutil
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 

@@ -8,13 +8,13 @@ import os
 import subprocess
 
 import pytest
+from test_console_vm import ME, PVM, TIMEOUT, alive, daemon_state, pvm, vm  # noqa: F401 (vm: fixture)
 
 from pvmconsole.batch import run_lines
 from pvmconsole.commands import builtin_registry
 from pvmconsole.commands.session import ENV_TOTAL_MAX, ENV_VAR_MAX
 from pvmconsole.console import Console
 from pvmconsole.vmtable import table_path
-from test_console_vm import ME, PVM, TIMEOUT, alive, daemon_state, pvm, vm  # noqa: F401 (vm: fixture)
 
 
 def table_exists(vm) -> bool:

@@ -7,7 +7,6 @@ import subprocess
 
 import pexpect
 import pytest
-
 from conftest import BIN
 
 PVM = os.path.join(BIN, "pvm")

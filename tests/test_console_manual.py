@@ -12,8 +12,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import BIN
+
 from pvmconsole import hostlink
 from shmd.errors import PvmCantStart, PvmError
 

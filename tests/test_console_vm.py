@@ -8,7 +8,6 @@ import subprocess
 import threading
 
 import pytest
-
 from conftest import BIN, sysv_objects
 
 PVM = os.path.join(BIN, "pvm")
@@ -24,7 +23,8 @@ def vm(pvm_env, tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("PVM_SHMD_OPTS", "-maxpages=64 -maxsegs=2")
-    env = {**pvm_env, "home": str(home), "table": os.path.join(pvm_env["state"], f"pvmd.{os.getuid()}.{pvm_env['vmid']}")}
+    table = os.path.join(pvm_env["state"], f"pvmd.{os.getuid()}.{pvm_env['vmid']}")
+    env = {**pvm_env, "home": str(home), "table": table}
     yield env
     if os.path.exists(env["table"]):
         subprocess.run([PVM, "--norc", "-e", "halt"], capture_output=True, timeout=TIMEOUT)

@@ -11,12 +11,24 @@ import time
 
 import pytest
 import sysv_ipc
+from other_user import other_user  # noqa: F401  (a fixture)
+from test_daemon_util import (
+    PVM_SHMD,
+    STAT,
+    exists,
+    listed,
+    objects_by_creator,
+    pages_free,
+    pages_total,
+    perms,
+    proc_alive,
+    read_line,
+    shmd_vm,
+    sysv_rows,
+    wait_for,
+)
 
 from shmd import control, ipc, layout, paths
-from other_user import other_user  # noqa: F401  (a fixture)
-from test_daemon_util import (PVM_SHMD, STAT, exists, listed, objects_by_creator, pages_free,
-                              pages_total, perms, proc_alive, read_line, shmd_vm, sysv_rows,
-                              wait_for)
 
 assert shmd_vm  # the fixture, imported for pytest
 

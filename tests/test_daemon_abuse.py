@@ -10,8 +10,9 @@ import subprocess
 import sys
 import time
 
-from shmd import control, ipc
 from test_daemon_util import shmd_vm, wait_for  # noqa: F401
+
+from shmd import control, ipc
 
 REQUEST_TIMEOUT = 10.0
 
@@ -122,8 +123,8 @@ def test_reaping_and_joins_keep_their_latency_under_a_flood(shmd_vm, monkeypatch
             slot_tid = t.tid
             t0 = time.monotonic()
             t.kill(signal.SIGKILL)
-            wait_for(lambda: slot_tid not in [x["tid"] for x in
-                                              control.request("stat", vm.vmid)["tasks"]],
+            wait_for(lambda tid=slot_tid: tid not in [x["tid"] for x in
+                                                     control.request("stat", vm.vmid)["tasks"]],
                      timeout=10, what="the killed task reaped", step=0.002)
             reaped.append(time.monotonic() - t0)
             t0 = time.monotonic()

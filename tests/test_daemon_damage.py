@@ -8,11 +8,11 @@ import struct
 import subprocess
 
 import pytest
+from test_daemon_util import IPCFREE, STAT, exists, shmd_vm, wait_for  # noqa: F401
 
 from shmd import control, ipc, layout
 from shmd.errors import PvmError
 from shmd.exits import StatExit
-from test_daemon_util import IPCFREE, STAT, exists, shmd_vm, wait_for  # noqa: F401
 
 
 def scribble(vmid: str, off: int, data: bytes) -> None:

@@ -16,8 +16,8 @@ import time
 
 import pytest
 import sysv_ipc
-
 from conftest import BIN
+
 from shmd import handshake, ipc, layout, paths, private
 from shmd.resources import leftovers
 

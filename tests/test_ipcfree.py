@@ -13,9 +13,7 @@ import subprocess
 import sys
 
 from conftest import need_root
-
-from test_daemon_util import (IPCFREE, daemon_objects, exists, listed, proc_alive,
-                              shmd_vm, wait_for)
+from test_daemon_util import IPCFREE, daemon_objects, exists, listed, proc_alive, shmd_vm, wait_for
 
 assert shmd_vm
 

@@ -6,9 +6,24 @@ import numpy as np
 import pytest
 
 from shmd import errors, pvm
-from shmd.pvm import (ANY, DTYPES, PVM_BYTE, PVM_DOUBLE, PVM_INT, PVM_STR, SIZES, PvmBadParam,
-                      PvmError, PvmNotImpl, PvmOverflow, pvm_exit, pvm_mytid, pvm_precv,
-                      pvm_probe, pvm_psend)
+from shmd.pvm import (
+    ANY,
+    DTYPES,
+    PVM_BYTE,
+    PVM_DOUBLE,
+    PVM_INT,
+    PVM_STR,
+    SIZES,
+    PvmBadParam,
+    PvmError,
+    PvmNotImpl,
+    PvmOverflow,
+    pvm_exit,
+    pvm_mytid,
+    pvm_precv,
+    pvm_probe,
+    pvm_psend,
+)
 
 ALL_TYPES = ["PVM_BYTE", "PVM_SHORT", "PVM_INT", "PVM_FLOAT", "PVM_CPLX", "PVM_DOUBLE",
              "PVM_DCPLX", "PVM_LONG", "PVM_USHORT", "PVM_UINT", "PVM_ULONG"]

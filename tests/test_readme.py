@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_daemon_util import shmd_vm  # noqa: F401
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")

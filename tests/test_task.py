@@ -9,12 +9,20 @@ import time
 
 import numpy as np
 import pytest
+from test_task_helpers import PeerError, crc, payload
 
 import shmd
 from shmd import layout
-from shmd.errors import (PvmBadParam, PvmError, PvmExists, PvmNoMem, PvmNoTask, PvmOverflow,
-                         PvmSysErr, PvmTimeout)
-from test_task_helpers import PeerError, crc, payload
+from shmd.errors import (
+    PvmBadParam,
+    PvmError,
+    PvmExists,
+    PvmNoMem,
+    PvmNoTask,
+    PvmOverflow,
+    PvmSysErr,
+    PvmTimeout,
+)
 
 PS = layout.pagesize()
 
@@ -486,7 +494,7 @@ for i in range(n):
 def test_timeout_zero_psend_to_a_full_inbox(me, peers):
     p = peers()
     with pytest.raises(PvmTimeout):
-        for i in range(layout.RING + 1):
+        for _ in range(layout.RING + 1):
             me.psend(p.tid, 1, b"x", timeout=0)
     got = p.call("result = sum(1 for _ in range(n) if me.precv(timeout=5))", n=layout.RING)
     assert got == layout.RING

@@ -12,12 +12,12 @@ import time
 
 import numpy as np
 import pytest
+from test_task_helpers import payload
 
 import shmd
 from shmd import direct
-from shmd.layout import INLINE
 from shmd.errors import PvmError, PvmTimeout
-from test_task_helpers import payload
+from shmd.layout import INLINE
 
 pytestmark = pytest.mark.skipif(not direct.available(),
                                 reason="cross-memory attach (process_vm_readv) not permitted")

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_task_helpers import ROOT, Daemon
 
 

@@ -9,9 +9,9 @@ import signal
 import time
 
 import pytest
+from test_task_helpers import PeerError
 
 from shmd.errors import PvmNoTask, PvmSysErr
-from test_task_helpers import PeerError
 
 PS = os.sysconf("SC_PAGESIZE")
 

@@ -21,10 +21,9 @@ import threading
 import time
 
 import pytest
-
 from conftest import BIN
-from pvmconsole.jobs import (SpawnRequest, flag_string, parse_spawn, place, ps_header,
-                             ps_row)
+
+from pvmconsole.jobs import SpawnRequest, flag_string, parse_spawn, place, ps_header, ps_row
 from pvmconsole.registry import CommandError
 from pvmconsole.vmtable import HostRecord
 from shmd.errors import PvmError
@@ -252,7 +251,8 @@ def _h(name: str, index: int, arch: str = "LINUX64", state: str = "running") -> 
 
 def test_spawn_options():
     r = parse_spawn(["-3", "-node2:/scratch", "->", "prog", "-x", "arg"])
-    assert (r.count, r.host, r.wd, r.output, r.prog, r.args) == (3, "node2", "/scratch", "console", "prog", ["-x", "arg"])
+    assert (r.count, r.host, r.wd, r.output, r.prog, r.args) == (3, "node2", "/scratch", "console", "prog",
+                                                                ["-x", "arg"])
     r = parse_spawn(["-LINUX64", "->>log.txt", "p"])
     assert (r.arch, r.output, r.path, r.append) == ("LINUX64", "file", "log.txt", True)
     r = parse_spawn(["->out", "-:/tmp", "--host=10.0.0.5:/w", "p"])

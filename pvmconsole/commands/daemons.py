@@ -6,7 +6,7 @@ run on that host.
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from collections.abc import Mapping
 
 from pvmconsole.console import Console
 from pvmconsole.formats import HOST_W
@@ -18,7 +18,7 @@ HEADER = (f"{'HOST':>{HOST_W}} {'PID':>8} {'SEGS':>4} {'USED':>6} {'FREE':>6}"
 
 
 def _ints(items: object, key: str) -> list[int]:
-    return [int(x.get(key, 0)) for x in (items or []) if isinstance(x, dict)]  # type: ignore[union-attr]
+    return [int(x.get(key, 0)) for x in items if isinstance(x, dict)] if isinstance(items, list) else []
 
 
 def row(name: str, state: Mapping[str, object]) -> str:

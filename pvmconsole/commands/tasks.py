@@ -5,8 +5,17 @@ import os
 import signal
 
 from pvmconsole.console import Console
-from pvmconsole.jobs import (JobTable, copy_line, gather, host_index, job_line, parse_spawn,
-                             ps_header, ps_row, tids_of)
+from pvmconsole.jobs import (
+    JobTable,
+    copy_line,
+    gather,
+    host_index,
+    job_line,
+    parse_spawn,
+    ps_header,
+    ps_row,
+    tids_of,
+)
 from pvmconsole.registry import Command, CommandError
 from pvmconsole.vm import MASTER
 from pvmconsole.vmtable import HostRecord
