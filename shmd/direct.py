@@ -53,7 +53,7 @@ import ctypes
 import errno
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from . import layout
 from .ipc import _libc, fence

@@ -27,13 +27,13 @@ import sys
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 import sysv_ipc
 
 from . import control, direct, ipc, layout, pagemap, paths
-from .errors import (PvmBadMsg, PvmBadParam, PvmError, PvmExists, PvmNoMem, PvmNoTask,
-                     PvmOverflow, PvmSysErr, PvmTimeout)
+from .errors import PvmBadMsg, PvmBadParam, PvmError, PvmExists, PvmNoMem, PvmNoTask, PvmOverflow, PvmSysErr, PvmTimeout
 
 ANY = -1
 TIDHOST = 0x3FFC0000
@@ -57,7 +57,7 @@ _MASK64 = (1 << 64) - 1  # counters wrap rather than raise when scribbled near 2
 _MAX_TOTAL = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGESIZE")  # no message is larger
 
 _INF = float("inf")
-_open: dict[str, "Task"] = {}  # VM id -> this process's open task (one task per process)
+_open: dict[str, Task] = {}  # VM id -> this process's open task (one task per process)
 
 _DESC = struct.Struct(layout.DESC_FMT)
 _unpack_desc = _DESC.unpack_from
@@ -78,7 +78,7 @@ _fence = ipc.fence
 _clock = time.perf_counter
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _small_desc(n: int) -> struct.Struct:
     """A descriptor with *n* inline bytes: src, tag, nbytes, seg, flags, data."""
     return struct.Struct(f"<IiQi8xI8x{n}s")
@@ -133,7 +133,7 @@ class MessageView:
 
     __slots__ = ("_task", "_d", "src", "tag", "data", "_arrays", "__weakref__")
 
-    def __init__(self, task: "Task", d: _Desc, data: memoryview):
+    def __init__(self, task: Task, d: _Desc, data: memoryview):
         self._task, self._d, self.src, self.tag, self.data = task, d, d.src, d.tag, data
         self._arrays: list = []
 
@@ -171,7 +171,7 @@ class MessageView:
     def released(self) -> bool:
         return self._d is None
 
-    def __enter__(self) -> "MessageView":
+    def __enter__(self) -> MessageView:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -360,7 +360,7 @@ class Task:
 
     close = leave
 
-    def __enter__(self) -> "Task":
+    def __enter__(self) -> Task:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -1092,10 +1092,10 @@ class Task:
                 del pend[k]
                 self._i[self._P] = len(pend)
                 return d
-        d = self._drain(match)
+        found = self._drain(match)
         if self._orphans:
             self._purge()
-        return d
+        return found
 
     def _purge(self) -> None:
         """Drop the pieces and aborts still to come of messages we dropped mid-way
@@ -1289,7 +1289,7 @@ class Task:
 
         # Every word we index or loop with is checked against what we posted (our
         # buffer, its size) and what the sender must have computed from them.
-        cap = min(self._npages) * self._ps if pages else into.nbytes
+        cap = min(self._npages) * self._ps if into is None else into.nbytes
         bad = None
         if not 0 < n <= cap or chunk != direct.chunk_for(n) or pid != spid:
             bad = f"{n} bytes in chunks of {chunk} from pid {pid} (t{src & 0xFFFFFFFF:x} " \
@@ -1315,7 +1315,7 @@ class Task:
         # The sender is waited for as long as its process lives, whatever happens to
         # pvm_shmd: until it says it is done, it may still be writing into the buffer.
         try:
-            alive = functools.partial(ipc.alive, pid, start)
+            alive: Callable[[], bool] = functools.partial(ipc.alive, pid, start)
             if deadline < _INF:
                 alive = direct.withdrawing(q, r, alive, deadline)
             ok = direct.receive(q, r, pid, q[r + layout.RV_SRC], dst, n, chunk, alive)

@@ -22,10 +22,10 @@ import struct
 import time
 
 import pytest
+from test_task_helpers import crc, payload
 
 from shmd import control, layout
 from shmd.errors import PvmNoMem, PvmSysErr
-from test_task_helpers import crc, payload
 
 PS = layout.pagesize()
 RUN = """
