@@ -296,7 +296,7 @@ class Daemon:
         self.buf[rv:rv + layout.SLOT_HDR - layout.RV_OFF] = bytes(layout.SLOT_HDR - layout.RV_OFF)
         for k, v in (("pid", pid), ("start_ticks", start), ("name", name), ("head", 0),
                      ("tail", 0), ("posted", 0), ("consumed", 0), ("waiting", 0),
-                     ("pending", 0), ("lock_key", lock.key),
+                     ("pending", 0), ("sending", 0), ("lock_key", lock.key),
                      ("lock_id", lock.id), ("wake_key", wake.key), ("wake_id", wake.id),
                      ("state", layout.ACTIVE)):
             t[k] = v
@@ -331,16 +331,25 @@ class Daemon:
             got = self.seg_locks[s].acquire(LOCK_TIMEOUT)
             try:
                 doomed = set(queued.get(s, ()))
-                for p, _n, allocated, owner in pagemap.runs(self.m32, b, self.geo.npages):
+                try:
+                    runs = list(pagemap.runs(self.m32, b, self.geo.npages))
+                except pagemap.Damaged as err:  # its pages stay; the slot is freed all the same
+                    self.note_damage(f"reaping t{tid:x}: {err.detail}")
+                    continue
+                for p, _n, allocated, owner in runs:
                     if allocated and owner == tid and (s, p) not in live_refs:
                         if copying and copying[:2] == (s, p) and not self.m64[copying[3]]:
                             # its sender still writes into it: the run is the sender's
                             # now, which frees it when done (under this same lock)
-                            self.m32[b + 2 * layout.MAXPAGES + p] = copying[2]
+                            pagemap.give(self.m32, b, p, copying[2])
                             continue
                         doomed.add(p)
                 for p in doomed:
-                    n = pagemap.free(self.m32, b, self.geo.npages, p, layout.rover_index(s))
+                    try:
+                        n = pagemap.free(self.m32, b, self.geo.npages, p, layout.rover_index(s))
+                    except pagemap.Damaged as err:
+                        self.note_damage(f"reaping t{tid:x}: {err.detail}")
+                        continue
                     freed += n
                     e = layout.segent(self.buf, s)
                     e["free"] = e["free"] + n
@@ -425,8 +434,12 @@ class Daemon:
         for s in range(len(self.segs)):
             e, b = layout.segent(self.buf, s), layout.map_off(s) // 4
             got = self.seg_locks[s].acquire(LOCK_TIMEOUT)
+            damage = ""
             try:
                 runs = list(pagemap.runs(self.m32, b, self.geo.npages))
+            except pagemap.Damaged as err:  # reported, not counted: no 198 million free pages
+                runs, damage = [], err.detail or str(err)
+                self.note_damage(damage)
             finally:
                 if got:
                     self.seg_locks[s].release()
@@ -437,7 +450,8 @@ class Daemon:
             segs.append({"id": s, "shmid": e["shmid"], "semid": e["semid"],
                          "pages": self.geo.npages, "free": free,
                          "largest_free": max([n for _, n, a, _ in runs if not a] or [0]),
-                         "allocated": e["allocated"], "freed": e["freed"]})
+                         "allocated": e["allocated"], "freed": e["freed"],
+                         **({"damaged": damage} if damage else {})})
         # "connected": the task joined by itself (its own connection holds the slot),
         # not only through the spawner that enrolled it
         own = {c.slot for c in self.clients if c.slot is not None

@@ -94,6 +94,7 @@ T = {
     "name": (64, "32s"),
     "posted": (96, "Q"),  # bytes of paged messages senders put in the ring
     "consumed": (104, "Q"),  # bytes of paged messages the receiver took off it
+    "sending": (120, "I"),  # the tid this task sends a message in pieces to (0: none)
 }
 # The direct-delivery record of a slot (see direct.py): 16 int64 words at RV_OFF, as
 # word indexes. The receiver posts its buffer (RV_STATE OPEN, with address, size and

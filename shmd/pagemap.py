@@ -40,6 +40,11 @@ def _bad(b: int, p: int, what: str) -> Damaged:
     return Damaged(f"{name} damaged at page {p}: {what}")
 
 
+def give(m: memoryview, b: int, p: int, owner: int) -> None:
+    """Make *owner* the holder of the allocated run at page *p* (a run handed back)."""
+    m[b + 2 * MAXPAGES + p] = owner
+
+
 def init(m: memoryview, b: int, npages: int, r: int = -1) -> None:
     """One free run of every page (and the rover, at index *r* of *m*, on it)."""
     m[b] = npages

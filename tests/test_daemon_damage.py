@@ -104,3 +104,18 @@ def test_ipcfree_cleans_up_after_a_damaged_daemon_killed_with_sigkill(shmd_vm):
     r = vm.run([IPCFREE, "--vmid", vm.vmid])
     assert r.returncode == 0, r.stderr
     assert not [o for o in objs if exists(*o)]
+
+
+def test_a_damaged_page_map_is_reported_and_a_dead_task_still_reaped(shmd_vm):
+    vm = shmd_vm
+    vm.start()
+    t = vm.task(name="victim")
+    t.do("alloc", n=3)
+    # segment 1's first run header says 10^8 pages (of 64): the "198 million free pages"
+    scribble(vm.vmid, layout.map_off(1), struct.pack("<i", 100_000_000))
+    st = vm.stat()
+    seg = st["segments"][1]
+    assert "damaged" in seg and "100000000" in seg["damaged"] and seg["free"] <= seg["pages"]
+    t.kill(signal.SIGKILL)
+    wait_for(lambda: not vm.stat()["tasks"], timeout=10, what="the task's slot freed")
+    assert vm.run([STAT, "--stop"], timeout=20).returncode == 0
