@@ -19,7 +19,6 @@ import socket
 import subprocess
 
 import pytest
-
 from conftest import BIN
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
