@@ -18,6 +18,7 @@ import errno
 import os
 import pwd
 import stat
+from collections.abc import Iterator
 
 from .errors import PvmDenied, PvmError
 
@@ -62,30 +63,27 @@ def directory_path(uid: int | None = None) -> str:
     return os.path.join(base(), f"pvm.{os.getuid() if uid is None else uid}")
 
 
+def _walk(path: str, look) -> Iterator[tuple[str, os.stat_result]]:
+    """(prefix, look(prefix)) for /, then each directory of *path* down to itself; stops
+    at the first that does not exist (it is made below, by us)."""
+    parts = path.split(os.sep)
+    for i in range(1, len(parts) + 1):
+        p = os.sep.join(parts[:i]) or os.sep
+        try:
+            yield p, look(p)
+        except FileNotFoundError:
+            return
+
+
 def _check_ancestors(path: str) -> None:
     """Refuse a path any of whose directories another user could rename entries in, or
     that goes through a link another user owns."""
     uid = os.getuid()
-    parts = path.split(os.sep)
-    for i in range(2, len(parts) + 1):
-        p = os.sep.join(parts[:i]) or os.sep
-        try:
-            st = os.lstat(p)
-        except FileNotFoundError:
-            return  # made below by us
-        if stat.S_ISLNK(st.st_mode):
-            if st.st_uid not in (0, uid):
-                raise UnsafeState(f"PVM_TMP {path}: {_describe(p, st)}: another user's link "
-                                  "is never followed; set PVM_TMP to a directory of yours")
-            continue  # its target is checked when realpath is walked
-    real = os.path.realpath(path)
-    parts = real.split(os.sep)
-    for i in range(1, len(parts) + 1):
-        p = os.sep.join(parts[:i]) or os.sep
-        try:
-            st = os.stat(p)
-        except FileNotFoundError:
-            return
+    for p, st in _walk(path, os.lstat):
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, uid):
+            raise UnsafeState(f"PVM_TMP {path}: {_describe(p, st)}: another user's link "
+                              "is never followed; set PVM_TMP to a directory of yours")
+    for p, st in _walk(os.path.realpath(path), os.stat):  # where the links lead, checked
         writable_by_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         if st.st_uid not in (0, uid) or (writable_by_others and not st.st_mode & stat.S_ISVTX):
             raise UnsafeState(f"PVM_TMP {path}: {_describe(p, st)}: another user could replace "
