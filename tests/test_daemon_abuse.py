@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
 
-from test_daemon_util import shmd_vm, wait_for  # noqa: F401
+from test_daemon_util import PVM_SHMD, SMALL, shmd_vm, wait_for  # noqa: F401
 
-from shmd import control, ipc
+from shmd import control, handshake, ipc
 
 REQUEST_TIMEOUT = 10.0
 
@@ -148,3 +149,44 @@ def test_reaping_and_joins_keep_their_latency_under_a_flood(shmd_vm, monkeypatch
             s.close()
     assert vm.stat()["tasks"] == []
     assert ipc.alive(*vm.daemons[0])
+
+
+def test_more_connections_than_descriptors_neither_spins_nor_blocks_joins(shmd_vm, monkeypatch):
+    """With a descriptor limit of 80 and 300 connections open, the daemon closes idle
+    ones to make room instead of spinning on accept (before: 100 % CPU, joins timed out)."""
+    vm = shmd_vm
+    monkeypatch.setenv("PVM_VMID", vm.vmid)
+    r = subprocess.run([PVM_SHMD, *SMALL], capture_output=True, text=True, timeout=30, env=vm.env(),
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (80, 80)))
+    assert r.returncode == 0, r.stderr
+    pid = handshake.parse(r.stdout)["pid"]
+    vm.daemons.append((pid, ipc.process_start(pid)))
+
+    def cpu_seconds() -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    sock = control.daemon_info(vm.vmid)["sock"]
+    idle = []
+    try:
+        for _ in range(300):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(sock)
+            idle.append(s)
+        c0, t0 = cpu_seconds(), time.monotonic()
+        time.sleep(2.0)
+        busy = (cpu_seconds() - c0) / (time.monotonic() - t0)
+        t0 = time.monotonic()
+        c = control.connect(vm.vmid, timeout=REQUEST_TIMEOUT)
+        try:
+            c.request("join", name="j")
+            joined = time.monotonic() - t0
+            c.request("leave")
+        finally:
+            c.close()
+        print(f"fd limit 80, 300 connections: daemon CPU {busy:.0%}, join {joined * 1000:.0f} ms")
+        assert busy < 0.5 and joined < 1.0, (busy, joined)
+    finally:
+        for s in idle:
+            s.close()
