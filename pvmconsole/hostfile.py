@@ -10,8 +10,8 @@ and ``${VAR}`` in option values are expanded from the given environment.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from pvmconsole.tokenizer import TokenizeError, split
 
@@ -207,10 +207,9 @@ def parse(text: str, path: str = "hostfile", env: Mapping[str, str] | None = Non
 
 
 def read(path: str, env: Mapping[str, str] | None = None) -> Hostfile:
-    """Read and parse a hostfile; an unreadable file is a HostfileError too."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError as e:
-        raise HostfileError(path, [LineError(path, 0, path, f"can't read ({e.strerror})")]) from None
+    """Read and parse a hostfile. A file that can't be read raises its OSError (with
+    ``filename`` and ``strerror``: ``HOSTFILE: No such file or directory``), not a
+    HostfileError: it has no line to point at."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
     return parse(text, path, env)

@@ -13,15 +13,18 @@ import shlex
 import socket
 import sys
 import threading
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from pvmconsole.runner import LineStream, LocalRunner, Runner, local_program
+from pvmconsole.runner import LineStream, LocalRunner, Runner, local_fqdn, local_program
 from shmd import handshake
+from shmd.errors import (
+    PvmBadParam,
+    PvmCantStart,
+    PvmError,
+    PvmHostFail,
+)
 from shmd.exits import SpawnExit, StatExit, daemon_exit
 from shmd.spawner import parse_err_line
-from shmd.errors import (
-    PvmBadParam, PvmCantStart, PvmError, PvmHostFail,
-)
 
 DAEMON = "pvm_shmd"
 STAT = "pvm_shmd_stat"
@@ -213,7 +216,7 @@ class HostLink:
 
 # -- so=ms: manual start-up ---------------------------------------------------------------
 _dialogue_lock = threading.Lock()  # hosts start in parallel; one dialogue at a time
-_pending_read: "queue.Queue[str | None] | None" = None  # a read that timed out, still waiting
+_pending_read: queue.Queue[str | None] | None = None  # a read that timed out, still waiting
 
 
 def _read_response(timeout: float) -> str | None:
@@ -225,7 +228,7 @@ def _read_response(timeout: float) -> str | None:
     if q is None:
         q = queue.Queue(maxsize=1)
 
-        def reader(q: "queue.Queue[str | None]" = q) -> None:
+        def reader(q: queue.Queue[str | None] = q) -> None:
             try:
                 line = sys.stdin.readline()
             except (OSError, ValueError):
@@ -326,9 +329,18 @@ class ManualLink(HostLink):
 
 
 def is_local(name: str) -> bool:
-    """True if *name* is this machine (its host name or a loopback name)."""
-    me = socket.gethostname()
-    return name in ("localhost", "127.0.0.1", "::1", me, me.split(".")[0], socket.getfqdn())
+    """True if *name* is this machine: a loopback name, its host name (short or as set), or
+    its fully qualified name. Never waits on a name server for another host's name: only
+    a dotted name that starts with our short name is compared with the FQDN, looked up
+    once per process and given up after FQDN_TIMEOUT s (where the local name does not
+    resolve, socket.getfqdn takes 5 s or more, each time)."""
+    me = socket.gethostname()  # uname: no look-up
+    short = me.split(".")[0]
+    if name in ("localhost", "127.0.0.1", "::1", me, short):
+        return True
+    if "." not in name or name.split(".")[0] != short:
+        return False
+    return name == local_fqdn()
 
 
 def link_for(name: str, options: Mapping[str, str], vmid: str) -> HostLink:

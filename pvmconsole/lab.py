@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -30,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -48,8 +50,12 @@ IPC_SYSCTLS = ("msgmax", "msgmnb", "msgmni", "sem", "shmall", "shmmax", "shmmni"
 #    /mnt and moved back after the tmpfs mounts, because they may live under /tmp or
 #    /run, which the host gets private copies of (a CI checkout under /tmp, say);
 #  - IPC limits start at kernel defaults in a new IPC namespace: copy the machine's;
-#  - /etc/hosts is bind-mounted so host names resolve inside every host; with --password a
-#    private /etc/shadow gives root that password in the hosts only;
+#  - the lab's hosts file is bind-mounted on /etc/hosts so host names resolve inside every
+#    host. A machine without /etc/hosts (a chroot, a minimal container) has no file to mount
+#    on, and /etc is shared with the machine: the host then gets a private /etc on a tmpfs,
+#    made of links to the real entries (bind-mounted at /run/pvmlab-etc, on the host's own
+#    /run) plus the hosts file itself; with --password a private /etc/shadow gives root that
+#    password in the hosts only;
 #  - sshd execs in place, so it is PID 1: it reaps orphans and killing it ends the host.
 # Arguments: host name, N, N directories to carry (the lab dir first), IPC limits.
 _INIT = r"""
@@ -70,7 +76,20 @@ while [ "$i" -lt "$n" ]; do
     eval "d=\$carry_$i"; mkdir -p "$d"; mount --move "/mnt/$i" "$d"; i=$((i+1))
 done
 umount /mnt
-mount --bind "$dir/hosts" /etc/hosts
+if [ -e /etc/hosts ]; then
+    mount --bind "$dir/hosts" /etc/hosts
+else
+    mkdir /run/pvmlab-etc
+    mount --bind /etc /run/pvmlab-etc
+    mount -t tmpfs -o mode=755 pvmlab-etc /etc
+    for f in /run/pvmlab-etc/* /run/pvmlab-etc/.[!.]*; do
+        b=${f##*/}
+        if [ -L "$f" ]; then cp -P "$f" "/etc/$b"  # a link as is: relative ones stay right
+        elif [ -e "$f" ]; then ln -s "$f" "/etc/$b"; fi
+    done
+    rm -f /etc/hosts  # (a dangling link: never write through it)
+    cp "$dir/hosts" /etc/hosts
+fi
 if [ -f "$dir/shadow" ]; then mount --bind "$dir/shadow" /etc/shadow; fi
 for kv in "$@"; do echo "${kv#*=}" > "/proc/sys/kernel/${kv%%=*}"; done
 hostname "$hn"
@@ -93,7 +112,21 @@ def _carried(lab_dir: str) -> list[str]:
 
 
 class LabError(Exception):
-    """A lab step failed; the message is one line."""
+    """A lab step failed; the message is one line: what failed and, after a colon, its
+    cause in the failing program's own words (``cause``: all of them, as it said them)."""
+
+    def __init__(self, message: str, cause: str = ""):
+        self.cause = cause.strip()
+        said = _one_line(self.cause)
+        super().__init__(f"{message}: {said}" if said else message)
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    """Every non-empty line of *text*, joined by '; ' (the cause is rarely only the last
+    line: ``mount: /etc/hosts: mount point does not exist`` comes before mount's hint
+    about dmesg), cut to *limit* characters from the end."""
+    said = "; ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+    return said if len(said) <= limit else "..." + said[-limit:]
 
 
 @dataclass
@@ -135,7 +168,7 @@ class Lab:
         os.replace(tmp, os.path.join(self.dir, "lab.json"))
 
     @classmethod
-    def load(cls, dir: str) -> "Lab":
+    def load(cls, dir: str) -> Lab:
         try:
             with open(os.path.join(dir, "lab.json")) as f:
                 d = json.load(f)
@@ -146,16 +179,17 @@ class Lab:
 
 
 def _sh(argv: list[str], input: str | None = None) -> str:
-    """Run one setup command; a failure is a LabError naming it."""
+    """Run one setup command; a failure is a LabError naming it, with all it said."""
     try:
         p = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=STEP_TIMEOUT)
     except FileNotFoundError:
         raise LabError(f"{argv[0]}: not installed") from None
-    except subprocess.TimeoutExpired:
-        raise LabError(f"{' '.join(argv)}: timed out after {STEP_TIMEOUT:g} s") from None
+    except subprocess.TimeoutExpired as e:
+        said = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise LabError(f"{' '.join(argv)}: timed out after {STEP_TIMEOUT:g} s", said) from None
     if p.returncode:
-        msg = (p.stderr or p.stdout).strip().splitlines()
-        raise LabError(f"{' '.join(argv[:6])}: {msg[-1] if msg else 'exit %d' % p.returncode}")
+        raise LabError(f"{' '.join(argv[:6])} (exit {p.returncode})",
+                       (p.stderr or p.stdout).strip() or "no output")
     return p.stdout
 
 
@@ -297,21 +331,28 @@ def _wait_ready(lab: Lab, deadline: float) -> None:
             except OSError:
                 pass
             if not _alive(h.pid):
-                raise LabError(f"{h.name}: sshd did not start: {_log_tail(lab, h)}")
+                # (the log goes with the lab directory when up() cleans up: all it said)
+                raise LabError(f"{h.name}: sshd did not start; its start-up said", _log_text(lab, h))
         if pending and time.monotonic() > deadline:
-            raise LabError(f"{pending[0].name}: sshd not listening after {READY_TIMEOUT:g} s: "
-                           f"{_log_tail(lab, pending[0])}")
+            raise LabError(f"{pending[0].name}: sshd not listening after {READY_TIMEOUT:g} s; "
+                           f"its log ends", _log_text(lab, pending[0], 8))
         if pending:
             time.sleep(0.02)
 
 
-def _log_tail(lab: Lab, h: LabHost) -> str:
+def _log_path(lab: Lab, h: LabHost) -> str:
+    return os.path.join(lab.dir, h.name, "sshd.log")
+
+
+def _log_text(lab: Lab, h: LabHost, last: int = 0) -> str:
+    """What the host's init and sshd wrote (its last *last* lines if > 0): the init's
+    first failing step stops it, so its error is there, before any later hint."""
     try:
-        with open(os.path.join(lab.dir, h.name, "sshd.log")) as f:
-            lines = [l.strip() for l in f if l.strip()]
-        return lines[-1] if lines else "(no output)"
-    except OSError:
-        return "(no log)"
+        with open(_log_path(lab, h), errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError as e:
+        return f"(no log: {e.strerror})"
+    return "\n".join(lines[-last:] if last else lines) or "(no output)"
 
 
 def _alive(pid: int) -> bool:
@@ -345,9 +386,12 @@ def up(n: int, dir: str = DEFAULT_DIR, name: str = DEFAULT_NAME, daemon: str | N
                        f"(pvm-lab down, or --name)")
     daemon = daemon or local_program("pvm_shmd")
     made_dir = not os.path.exists(dir)
-    os.makedirs(dir, mode=0o755, exist_ok=True)
-    # Serialise subnet choice between concurrent ups; /run itself is the lock so none is left.
-    lockfd = os.open("/run", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.makedirs(dir, mode=0o755, exist_ok=True)
+        # Serialise subnet choice between concurrent ups; /run itself is the lock so none is left.
+        lockfd = os.open("/run", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise _os_error(e, dir) from None
     lab = None
     try:
         fcntl.flock(lockfd, fcntl.LOCK_EX)
@@ -376,14 +420,129 @@ def up(n: int, dir: str = DEFAULT_DIR, name: str = DEFAULT_NAME, daemon: str | N
         lab.save()
         _wait_ready(lab, time.monotonic() + READY_TIMEOUT)
         return lab
-    except BaseException:
+    except BaseException as e:
         if lab is not None:
             down(dir, _remove_dir=made_dir)
         elif made_dir:
             shutil.rmtree(dir, ignore_errors=True)
+        if isinstance(e, OSError):  # a file of the lab, or a program we could not run
+            raise _os_error(e, dir) from None
         raise
     finally:
         os.close(lockfd)
+
+
+def _os_error(e: OSError, what: str) -> LabError:
+    """An OSError of a lab step as a LabError: the file (or *what*) and the system's words."""
+    return LabError(str(e.filename or what), e.strerror or str(e))
+
+
+# -- what this machine allows -----------------------------------------------------------------
+PROBE_TIMEOUT = 10.0  # the probe host's whole life: namespaces, mounts, sshd answering
+# The probe host's init: the kinds of step a lab host's init takes (tmpfs and bind mounts of a
+# directory and of a file in a private mount namespace, a host name in its UTS namespace),
+# then a real sshd on 127.0.0.1 of the probe's network namespace, asked for its host key.
+# Why its own script and not the lab's: a bug in the lab's init must fail the lab's tests,
+# not make them skip. Arguments: the probe directory.
+_PROBE_INIT = r"""
+set -e
+mount -t tmpfs -o mode=700 pvmlab-probe /mnt
+mkdir /mnt/d
+mount --bind "$1" /mnt/d
+d=/mnt/d
+mount -t tmpfs -o mode=755 pvmlab-probe-run /run
+mkdir -p /run/sshd
+: > "$d/target"
+mount --bind "$d/hosts" "$d/target"
+grep -q pvm-lab-probe "$d/target"
+hostname pvm-lab-probe
+/usr/sbin/sshd -D -e -f "$d/sshd_config" &
+i=0
+while [ $i -lt 50 ]; do
+    if ssh-keyscan -T 1 -t ed25519 127.0.0.1 2>/dev/null | grep -q ssh-ed25519; then
+        echo pvm-lab-probe-ok; exit 0
+    fi
+    kill -0 $! 2>/dev/null || { echo "sshd exited" >&2; exit 1; }
+    sleep 0.1; i=$((i+1))
+done
+echo "sshd did not answer on 127.0.0.1:22 within 5 s" >&2
+exit 1
+"""
+_PROBE_PROGRAMS = {"/usr/sbin/sshd": "openssh-server", "ssh-keygen": "openssh-client",
+                   "ssh-keyscan": "openssh-client", "ssh": "openssh-client", "ip": "iproute2",
+                   "unshare": "util-linux"}
+
+
+@functools.lru_cache(maxsize=1)
+def probe() -> str | None:
+    """None when this machine can run a lab, else why not, in one line (the failing step and
+    the system's own words). Done once per process (cached): as root, it makes a network
+    namespace, enters it (``ip -n``: ``mount --make-rslave /``, which a chroot refuses),
+    starts a host's namespaces (IPC, UTS, mount, PID) with tmpfs and bind mounts in them, and
+    a real sshd there that must answer; everything is removed after."""
+    return _probe()
+
+
+def _probe() -> str | None:
+    if os.geteuid() != 0:
+        return "pvm-lab needs root (it creates network, IPC, mount and PID namespaces)"
+    for prog, pkg in _PROBE_PROGRAMS.items():
+        if not shutil.which(prog):
+            return f"{prog} is missing (apt-get install -y {pkg})"
+    ns = f"pvmprobe{os.getpid()}"
+    d = tempfile.mkdtemp(prefix="pvm-lab-probe-")
+    made_ns = False
+    try:
+        try:
+            _sh(["ip", "netns", "add", ns])
+            made_ns = True
+        except LabError as e:
+            return f"cannot make a network namespace: {e}"
+        try:
+            _sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+        except LabError as e:
+            return f"cannot enter a network namespace (/ must be a mount point, as it is not in a chroot): {e}"
+        key = os.path.join(d, "key")
+        try:
+            _sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pvm-lab-probe", "-f", key])
+        except LabError as e:
+            return str(e)
+        _write(os.path.join(d, "hosts"), "127.0.0.1\tpvm-lab-probe\n")
+        _write(os.path.join(d, "sshd_config"), "\n".join([
+            "ListenAddress 127.0.0.1", "Port 22", "HostKey /mnt/d/key", "UsePAM no",
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PidFile none", ""]))
+        try:
+            p = subprocess.run(
+                ["ip", "netns", "exec", ns,
+                 "unshare", "--ipc", "--uts", "--mount", "--propagation", "private",
+                 "--pid", "--fork", "--kill-child", "--mount-proc",
+                 "/bin/sh", "-c", _PROBE_INIT, "pvm-lab-probe", d],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PROBE_TIMEOUT,
+                start_new_session=True)
+        except subprocess.TimeoutExpired:
+            return f"a probe host (namespaces, mounts, sshd) did not finish within {PROBE_TIMEOUT:g} s"
+        if "pvm-lab-probe-ok" not in p.stdout:
+            said = _one_line(p.stderr or p.stdout) or f"exit {p.returncode}"
+            return f"cannot start a host (namespaces, tmpfs and bind mounts, sshd): {said}"
+        return None
+    finally:
+        if made_ns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=STEP_TIMEOUT)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def lab_with_host(host: str) -> Lab | None:
+    """The lab that is up (in $PVM_LAB_DIR, else the default directory) and has a host named
+    *host*, else None: for the console's hint when such a name does not resolve. Reads
+    files only; never fails."""
+    for d in dict.fromkeys(filter(None, (os.environ.get("PVM_LAB_DIR"), DEFAULT_DIR))):
+        try:
+            lab = Lab.load(d)
+        except (LabError, OSError, ValueError, TypeError, KeyError):
+            continue
+        if any(h.name == host for h in lab.hosts) and os.path.exists(f"/run/netns/{lab.name}"):
+            return lab
+    return None
 
 
 def _netns_pids(ns: str) -> list[int]:
@@ -482,7 +641,8 @@ def status(dir: str = DEFAULT_DIR) -> list[tuple[LabHost, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="pvm-lab", description="Emulated hosts for a multi-host PVM on one machine (root).")
+    ap = argparse.ArgumentParser(prog="pvm-lab",
+                                 description="Emulated hosts for a multi-host PVM on one machine (root).")
     ap.add_argument("--dir", default=os.environ.get("PVM_LAB_DIR", DEFAULT_DIR),
                     help=f"lab directory (default $PVM_LAB_DIR or {DEFAULT_DIR})")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -493,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--password", help="also let root log in with this password (to try so=pw)")
     sub.add_parser("down", help="remove every host and file of the lab")
     sub.add_parser("status", help="show the hosts")
+    sub.add_parser("probe", help="check that this machine can run a lab (namespaces, mounts, sshd)")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "up":
@@ -511,6 +672,13 @@ def main(argv: list[str] | None = None) -> int:
             if problems:
                 return 1
             print("pvm-lab: down")
+        elif a.cmd == "probe":
+            t0 = time.monotonic()
+            why = probe()
+            if why:
+                print(f"pvm-lab: no lab possible here: {why}", file=sys.stderr)
+                return 1
+            print(f"pvm-lab: this machine can run a lab (checked in {time.monotonic() - t0:.2f} s)")
         else:
             lab = Lab.load(a.dir)
             print(f"pvm-lab {lab.name}: {len(lab.hosts)} hosts, subnet {lab.subnet}, dir {lab.dir}")

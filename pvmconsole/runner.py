@@ -6,15 +6,104 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Protocol, TypeVar
 
 #: A program that ran past its timeout gets TERM, then KILL after this many seconds.
 KILL_GRACE = 2.0
+#: How long the console waits, at most once per process, for this machine's fully
+#: qualified name (a host name no DNS server answers for would cost 5 s per look-up).
+FQDN_TIMEOUT = 1.0
+
+T = TypeVar("T")
+
+
+# -- name look-ups that never hang the console -----------------------------------------------
+# getaddrinfo and gethostbyaddr ignore socket timeouts: a name that no DNS server answers for
+# holds the caller for the resolver's timeout (5 s, times its attempts), once per look-up.
+# So every look-up on the console's way to a host runs in a thread of its own and is waited
+# for with a deadline; one that does not come in time is given up (the thread ends on its own).
+
+class LookupTimeout(TimeoutError):
+    """A name look-up that did not finish within its time limit."""
+
+
+def bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """fn() run in a daemon thread: its result or its exception within *timeout* seconds,
+    else LookupTimeout naming *what*. (A call stuck in the C resolver can't be interrupted;
+    its thread finishes later by itself and its result is dropped.)"""
+    box: dict[str, object] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"look-up: {what}", daemon=True).start()
+    if not done.wait(max(0.0, timeout)):
+        raise LookupTimeout(f"{what}: no answer within {timeout:.3g} s")
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
+
+
+def getaddrinfo(host: str, port: int, timeout: float) -> list[tuple]:
+    """socket.getaddrinfo for a TCP connection to *host*, bounded by *timeout*
+    (LookupTimeout). An address (10.77.0.11, ::1) is taken as is, without a thread."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError):
+        pass
+    return bounded(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout,
+                   f"name look-up of {host}")
+
+
+class _LocalFqdn:
+    """socket.getfqdn() of this machine, looked up once per process in a background thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._deadline: float | None = None
+        self._name: str | None = None
+
+    def get(self, timeout: float) -> str | None:
+        """The name; the first caller starts the look-up and every caller waits only until
+        *timeout* s after that start. None when it did not come by then."""
+        with self._lock:
+            if self._deadline is None:
+                self._deadline = time.monotonic() + timeout
+                threading.Thread(target=self._look, name="look-up: local fqdn", daemon=True).start()
+            deadline = self._deadline
+        self._done.wait(max(0.0, deadline - time.monotonic()))
+        return self._name
+
+    def _look(self) -> None:
+        try:
+            self._name = socket.getfqdn()
+        finally:
+            self._done.set()
+
+
+_LOCAL_FQDN = _LocalFqdn()
+
+
+def local_fqdn(timeout: float = FQDN_TIMEOUT) -> str | None:
+    """This machine's fully qualified name (socket.getfqdn), looked up once per process and
+    waited for at most *timeout* s after the first call; None when it did not come in time
+    (the local name does not resolve: each getfqdn would take 5 s or more)."""
+    return _LOCAL_FQDN.get(timeout)
+
 
 # -- the console's own environment changes --------------------------------------------------
 # `setenv`, `export` and `unexport` change os.environ (the hostfile's $VAR expansion and

@@ -27,11 +27,11 @@ import shlex
 import socket
 import threading
 import time
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import paramiko
 
-from pvmconsole.runner import LineStream, Result
+from pvmconsole.runner import LineStream, LookupTimeout, Result, bounded, getaddrinfo, local_fqdn
 from shmd.errors import PvmBadParam, PvmCantStart, PvmError, PvmHostFail, PvmNoHost
 
 CONNECT_TIMEOUT = 10.0  # TCP connect and key exchange
@@ -84,8 +84,22 @@ if not os.environ.get("PVM_SSH_DEBUG"):
     _log.setLevel(logging.CRITICAL)
 
 
+#: What an SshError was about (its ``kind``), for callers that must tell "the host can't be
+#: reached" from "it refused us": a stop that fails for the first does not for the second.
+UNREACHABLE = "unreachable"  # no address, no answer, refused, handshake failed, connection lost
+HOSTKEY = "hostkey"  # the host's key is unknown or changed: refused
+AUTH = "auth"  # the host answered but would not let us log in
+CONFIG = "config"  # our side: an ssh_config that can't be used
+
+
 class SshError(PvmError):
-    """A per-host SSH failure; ``str()`` is one line naming the host and the reason."""
+    """A per-host SSH failure; ``str()`` is one line naming the host and the reason.
+    ``kind``: UNREACHABLE, HOSTKEY, AUTH, CONFIG, or "" (a bad value, refused before any
+    connection)."""
+
+    def __init__(self, code: int, detail: str | None = None, kind: str = ""):
+        super().__init__(code, detail)
+        self.kind = kind
 
 
 def _bad(what: str, value: object, why: str) -> SshError:
@@ -151,12 +165,13 @@ def console_password(host: str, user: str) -> str:
     try:
         os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
     except OSError:
-        raise SshError(PvmCantStart, f"{host}: so=pw needs a terminal to ask for the password") from None
+        raise SshError(PvmCantStart, f"{host}: so=pw needs a terminal to ask for the password",
+                       AUTH) from None
     with _prompt_lock:
         try:
             return getpass.getpass(f"Password ({host}:{user}): ")
         except (EOFError, KeyboardInterrupt):
-            raise SshError(PvmCantStart, f"{host}: no password given") from None
+            raise SshError(PvmCantStart, f"{host}: no password given", AUTH) from None
 
 
 def _fp(key: paramiko.PKey) -> str:
@@ -173,7 +188,7 @@ class _Refuse(paramiko.MissingHostKeyPolicy):
         raise SshError(PvmCantStart, (
             f"{self.alias}: host key of {hostname} not known ({_fp(key)}); refused. "
             f"To accept it: ssh {self.alias} once, or set {ACCEPT_NEW_ENV}=1 "
-            f"(checked: {', '.join(self.files) or 'no known_hosts file'})"))
+            f"(checked: {', '.join(self.files) or 'no known_hosts file'})"), HOSTKEY)
 
 
 class _AcceptNew(paramiko.MissingHostKeyPolicy):
@@ -187,6 +202,55 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):
         with open(self.path, "a") as f:
             f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
         client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def _connect_any(infos: list[tuple], timeout: float) -> socket.socket:
+    """A TCP connection to the first address of *infos* that takes it (as
+    socket.create_connection, which would look the name up again, unbounded), all
+    within *timeout* s; the last error if none does."""
+    deadline = time.monotonic() + timeout
+    last: OSError = OSError("no address")
+    for family, type_, proto, _, addr in infos:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            sock.connect(addr)
+            return sock
+        except OSError as e:
+            sock.close()
+            last = e
+            if time.monotonic() >= deadline:
+                break
+    raise last
+
+
+CANONICAL_TIMEOUT = 2.0  # CanonicalizeHostname: all the CanonicalDomains looked up together
+
+
+class _SshConfig(paramiko.SSHConfig):
+    """paramiko's SSHConfig without its unbounded local look-ups. paramiko expands ``%l``
+    (this host's FQDN, socket.getfqdn) for every IdentityFile and ControlPath value, used or
+    not: 5 s or more each where the local name does not resolve. Here ``%l`` is expanded only
+    where a value has it, with local_fqdn (looked up once, bounded), and CanonicalizeHostname's
+    look-ups get CANONICAL_TIMEOUT s in all."""
+
+    def _allowed_tokens(self, key):
+        return [t for t in super()._allowed_tokens(key) if t != "%l"]
+
+    def _tokenize(self, config, target_hostname, key, value):
+        if isinstance(value, str) and "%l" in value and "%l" in super()._allowed_tokens(key):
+            value = value.replace("%l", local_fqdn() or socket.gethostname())
+        return super()._tokenize(config, target_hostname, key, value)
+
+    def canonicalize(self, hostname, options, domains):
+        parent = super().canonicalize
+        try:
+            return bounded(lambda: parent(hostname, options, domains), CANONICAL_TIMEOUT,
+                           f"canonicalizing {hostname}")
+        except LookupTimeout:
+            if options.get("canonicalizefallbacklocal", "yes") == "yes":
+                return hostname
+            raise paramiko.config.CouldNotCanonicalize(hostname) from None
 
 
 class SshRunner:
@@ -237,8 +301,9 @@ class SshRunner:
 
     # -- configuration -------------------------------------------------------------
     def _resolve(self) -> dict:
-        """HostName, port, user, keys, proxy and known_hosts for this host, as ssh would."""
-        cfg = paramiko.SSHConfig()
+        """HostName, port, user, keys, proxy and known_hosts for this host, as ssh would
+        (no name look-up here that could block: see _SshConfig)."""
+        cfg = _SshConfig()
         for path in self._config_files:
             path = os.path.expanduser(path)
             try:
@@ -246,13 +311,16 @@ class SshRunner:
                     cfg.parse(f)
             except FileNotFoundError:
                 if path == os.path.expanduser(os.environ.get(CONFIG_ENV, "")):
-                    raise SshError(PvmCantStart, f"{self.host}: ssh config {path} not found") from None
+                    raise SshError(PvmCantStart, (
+                        f"{self.host}: ssh config {path} not found ({CONFIG_ENV} names it; was "
+                        f"it removed, with its pvm-lab?): set {CONFIG_ENV} to an existing file, "
+                        f"or unset it to use ~/.ssh/config"), CONFIG) from None
             except Exception as e:  # a syntax error in someone's ssh_config
-                raise SshError(PvmCantStart, f"{self.host}: bad ssh config {path}: {e}") from None
+                raise SshError(PvmCantStart, f"{self.host}: bad ssh config {path}: {e}", CONFIG) from None
         try:
             c = cfg.lookup(self.address or self.host)
         except Exception as e:
-            raise SshError(PvmCantStart, f"{self.host}: ssh config lookup failed: {e}") from None
+            raise SshError(PvmCantStart, f"{self.host}: ssh config lookup failed: {e}", CONFIG) from None
         hostname = check_host(c.get("hostname", self.address or self.host))
         user = self.login or c.get("user") or getpass.getuser()
         check_login(user)
@@ -288,6 +356,19 @@ class SshRunner:
             "proxyjump": jump, "proxycommand": proxy_cmd,
         }
 
+    def _name_hint(self) -> str:
+        """What to do about a name that does not resolve: for a host of a pvm-lab that is up,
+        while the lab's ssh_config is not the one in use, set PVM_SSH_CONFIG to it."""
+        from pvmconsole.lab import lab_with_host  # (the lab is optional; it only reads files)
+
+        lab = lab_with_host(self.host)
+        used = {os.path.realpath(os.path.expanduser(p)) for p in self._config_files}
+        if lab is not None and os.path.realpath(lab.ssh_config) not in used:
+            return (f"{self.host} is a host of the pvm-lab in {lab.dir}, whose names only its "
+                    f"ssh_config knows: set {CONFIG_ENV}={lab.ssh_config}")
+        return ("check the name, or give its address (ip= in the hostfile, HostName in "
+                "ssh_config)")
+
     # -- connection ------------------------------------------------------------------
     def _where(self) -> str:
         s = self.settings
@@ -302,31 +383,43 @@ class SshRunner:
             try:
                 return paramiko.ProxyCommand(s["proxycommand"])
             except Exception as e:
-                raise SshError(PvmCantStart, f"{self.host}: ProxyCommand failed: {e}") from None
+                raise SshError(PvmCantStart, f"{self.host}: ProxyCommand failed: {e}", UNREACHABLE) from None
         if s["proxyjump"]:
             return self._jump_channel(s["proxyjump"], deadline)
+        # The name look-up is bounded too (getaddrinfo ignores socket timeouts: a name no DNS
+        # server answers for would hold us for the resolver's 5 s or more).
+        began = time.monotonic()
         try:
-            sock = socket.create_connection((s["hostname"], s["port"]), timeout=left)
-        except socket.gaierror as e:
-            raise SshError(PvmNoHost, f"{self.host}: cannot resolve {s['hostname']} ({e.strerror}): "
-                                      f"check the name, or give its address (ip= in the hostfile, "
-                                      f"HostName in ssh_config)") from None
-        except (socket.timeout, TimeoutError):
+            infos = getaddrinfo(s["hostname"], s["port"], left)
+        except LookupTimeout:
+            raise SshError(PvmNoHost, (
+                f"{self.host}: cannot resolve {s['hostname']}: no answer from the name server within "
+                f"{left:.3g} s: " + self._name_hint()), UNREACHABLE) from None
+        except (socket.gaierror, UnicodeError) as e:
+            why = getattr(e, "strerror", None) or str(e)
+            raise SshError(PvmNoHost, f"{self.host}: cannot resolve {s['hostname']} ({why}): "
+                                         + self._name_hint(), UNREACHABLE) from None
+        left = max(0.1, left - (time.monotonic() - began))
+        try:
+            sock = _connect_any(infos, left)
+        except TimeoutError:
             raise SshError(PvmCantStart, f"{self.host}: no answer from {self._where()} "
                                          f"within {left:.3g} s (host down, or a firewall dropping "
-                                         f"the connection?)") from None
+                                         f"the connection?)", UNREACHABLE) from None
         except ConnectionRefusedError:
             raise SshError(PvmCantStart, f"{self.host}: connection refused by {self._where()} "
-                                         f"(no sshd there?)") from None
+                                         f"(no sshd there?)", UNREACHABLE) from None
         except OSError as e:
             raise SshError(PvmCantStart, f"{self.host}: cannot reach {self._where()}: "
-                                         f"{e.strerror or e} (check its address and the network)") from None
+                                         f"{e.strerror or e} (check its address and the network)",
+                           UNREACHABLE) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
     def _jump_channel(self, spec: str, deadline: float):
         if self._depth >= _MAX_JUMPS:
-            raise SshError(PvmCantStart, f"{self.host}: more than {_MAX_JUMPS} ProxyJump hops (a loop?)")
+            raise SshError(PvmCantStart, f"{self.host}: more than {_MAX_JUMPS} ProxyJump hops (a loop?)",
+                           CONFIG)
         hops = spec.split(",")
         m = re.match(r"^(?:([^@]+)@)?([^:@]+)(?::(\d+))?$", hops[-1].strip())
         if not m:
@@ -345,7 +438,7 @@ class SshRunner:
                                   timeout=max(0.1, deadline - time.monotonic()))
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise SshError(PvmCantStart, f"{self.host}: jump host {host} cannot reach "
-                                         f"{self._where()}: {e}") from None
+                                         f"{self._where()}: {e}", UNREACHABLE) from None
 
     def _connect(self, deadline: float) -> paramiko.SSHClient:
         s = self.settings
@@ -356,7 +449,8 @@ class SshRunner:
                 try:
                     client.load_system_host_keys(path)  # read-only: we never rewrite them
                 except Exception as e:
-                    raise SshError(PvmCantStart, f"{self.host}: unreadable known_hosts {path}: {e}") from None
+                    raise SshError(PvmCantStart, f"{self.host}: unreadable known_hosts {path}: {e}",
+                                   CONFIG) from None
                 checked.append(path)
         if s["accept_new"]:
             client.set_missing_host_key_policy(_AcceptNew(s["user_known_hosts"][0]))
@@ -388,7 +482,7 @@ class SshRunner:
             raise SshError(PvmCantStart, (
                 f"{self.host}: HOST KEY CHANGED for {e.hostname}: got {_fp(e.key)}, known_hosts "
                 f"has {_fp(e.expected_key)}; refused (if the change is expected: "
-                f"ssh-keygen -R {e.hostname})")) from None
+                f"ssh-keygen -R {e.hostname})"), HOSTKEY) from None
         except paramiko.AuthenticationException as e:
             client.close()
             how = "password" if password is not None else "keys from " + (
@@ -398,13 +492,13 @@ class SshRunner:
                    f"put your public key in ~{s['user']}/.ssh/authorized_keys on {self.host} "
                    f"(ssh-copy-id), or name the key with IdentityFile")
             raise SshError(PvmCantStart, f"{self.host}: authentication as {s['user']} failed "
-                                         f"(tried {how}): {str(e).rstrip('.')}; {fix}") from None
+                                         f"(tried {how}): {str(e).rstrip('.')}; {fix}", AUTH) from None
         except (paramiko.SSHException, EOFError, OSError) as e:
             why = str(e) or type(e).__name__
             if "No authentication methods" in why:
                 client.close()
                 raise SshError(PvmCantStart, f"{self.host}: authentication as {s['user']} failed: no key "
-                                             f"(agent, ~/.ssh, IdentityFile) and no password") from None
+                                             f"(agent, ~/.ssh, IdentityFile) and no password", AUTH) from None
             err = self._handshake_error(e, client.get_transport(), left, time.monotonic() - began)
             client.close()
             raise err from None
@@ -431,7 +525,7 @@ class SshRunner:
             return SshError(PvmCantStart, (
                 f"{self.host}: connection reset by peer ({where}) during the {stage}: sshd there "
                 f"dropped the connection (its MaxStartups, a tcp_wrappers or firewall rule, or "
-                f"not an sshd on port {port}); its log on {self.host} says why"))
+                f"not an sshd on port {port}); its log on {self.host} says why"), UNREACHABLE)
         timed_out = any(isinstance(c, (socket.timeout, TimeoutError)) for c in causes)
         if timed_out or (not kex and elapsed >= 0.9 * limit):
             what = "no SSH banner came" if not banner else "the key exchange did not finish"
@@ -439,16 +533,16 @@ class SshRunner:
                 f"{self.host}: SSH handshake with {where} timed out after {round(limit, 1):g} s: {what} "
                 f"(the host accepted the TCP connection but no sshd answered: is it hung or "
                 f"overloaded, or is something else listening on port {port}? For a slow host "
-                f"raise ConnectTimeout in its ssh_config entry)"))
+                f"raise ConnectTimeout in its ssh_config entry)"), UNREACHABLE)
         if any(isinstance(c, EOFError) for c in causes) or (t is not None and not t.is_active()
                                                             and not banner):
             return SshError(PvmCantStart, (
                 f"{self.host}: {where} closed the connection during the {stage} (not an sshd on "
                 f"port {port}, or sshd refused us: MaxStartups, tcp_wrappers; its log on "
-                f"{self.host} says why)"))
+                f"{self.host} says why)"), UNREACHABLE)
         why = str(e) or type(e).__name__
         return SshError(PvmCantStart, f"{self.host}: SSH handshake with {where} failed during "
-                                      f"the {stage}: {why}")
+                                      f"the {stage}: {why}", UNREACHABLE)
 
     def _transport(self, deadline: float) -> paramiko.Transport:
         """The open connection, (re)connecting if there is none or it died."""
@@ -480,7 +574,7 @@ class SshRunner:
                 t = self._transport(deadline)
             except SshError as e:
                 if self._ever_connected and e.code == PvmCantStart:
-                    raise SshError(PvmHostFail, e.detail) from None
+                    raise SshError(PvmHostFail, e.detail, e.kind) from None
                 raise
             try:
                 return t.open_session(timeout=max(0.1, min(OPEN_TIMEOUT, deadline - time.monotonic())))
@@ -489,7 +583,7 @@ class SshRunner:
                     self._drop_locked()
                 if attempt == 2 or time.monotonic() >= deadline:
                     raise SshError(PvmHostFail, f"{self.host}: connection lost ("
-                                                f"{e or type(e).__name__}): {_LOST}") from None
+                                                f"{e or type(e).__name__}): {_LOST}", UNREACHABLE) from None
         raise AssertionError("unreachable")
 
     # -- Runner protocol ------------------------------------------------------------------
@@ -562,7 +656,8 @@ class SshRunner:
         except (paramiko.SSHException, EOFError, OSError) as e:
             with self._lock:
                 self._drop_locked()
-            raise SshError(PvmHostFail, f"{self.host}: connection lost starting {argv[0]}: {e}") from None
+            raise SshError(PvmHostFail, f"{self.host}: connection lost starting {argv[0]}: {e}",
+                           UNREACHABLE) from None
         finally:
             watchdog.cancel()
         ch.settimeout(None)
@@ -587,7 +682,7 @@ class SshRunner:
             with self._lock:
                 self._drop_locked()
             raise SshError(PvmHostFail, f"{self.host}: connection lost starting "
-                                        f"{prog}: {e}") from None
+                                        f"{prog}: {e}", UNREACHABLE) from None
         finally:
             watchdog.cancel()
         out, err = bytearray(), bytearray()
@@ -629,11 +724,11 @@ class SshRunner:
                     else:
                         select.select([ch], [], [], min(left, 0.05))
             rc = ch.recv_exit_status() if ch.exit_status_ready() else -1
-        except (paramiko.SSHException, EOFError, OSError, socket.timeout) as e:
+        except (TimeoutError, paramiko.SSHException, EOFError, OSError) as e:
             with self._lock:
                 self._drop_locked()
             raise SshError(PvmHostFail, f"{self.host}: connection lost ({e or type(e).__name__}): "
-                                        f"{_LOST}") from None
+                                        f"{_LOST}", UNREACHABLE) from None
         finally:
             ch.close()
         stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
@@ -649,7 +744,8 @@ class SshRunner:
                                                      f"was killed by a signal\n")
             with self._lock:
                 self._drop_locked()
-            raise SshError(PvmHostFail, f"{self.host}: connection lost (no exit status): {_LOST}")
+            raise SshError(PvmHostFail, f"{self.host}: connection lost (no exit status): {_LOST}",
+                           UNREACHABLE)
         return Result(rc, stdout, stderr)
 
     def close(self) -> None:

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
 
 from pvmconsole import hostfile as hf
 from pvmconsole.hostlink import MANUAL_HINT, HostLink, is_local, link_for
 from pvmconsole.vmtable import HostRecord, TableStore, VmTable, lowest_free_index
 from shmd.errors import (
-    PvmBadParam, PvmDupHost, PvmError, PvmHostFail, PvmNoHost, PvmSysErr,
+    PvmBadParam,
+    PvmDenied,
+    PvmDupHost,
+    PvmError,
+    PvmHostFail,
+    PvmNoHost,
+    PvmSysErr,
 )
 
 PARALLEL_STARTS = 5  # PVM started up to 5 hosts at once (RSHNPLL)
@@ -32,6 +38,9 @@ class Outcome:
     error: int | None = None  # PVM error code, None = success
     detail: str = ""  # why, for stderr
     dtid: int | None = None
+    #: the whole stderr message after "NAME: ", when PVM's error name would mislead
+    #: (a stop that could not reach the host is no "Can't start pvmd")
+    message: str = ""
 
 
 def _attempt(name: str, fn: Callable[[], object]) -> Outcome:
@@ -40,6 +49,27 @@ def _attempt(name: str, fn: Callable[[], object]) -> Outcome:
         return Outcome(name)
     except PvmError as e:
         return Outcome(name, e.code, e.detail or "")
+
+
+# SshError kinds (ssh.py; not imported: the console runs without paramiko too)
+_UNREACHABLE = ("unreachable",)
+_REFUSED = {"hostkey": "SSH refused", "auth": "SSH refused", "config": "SSH can't be used"}
+
+
+def _stop_failure(name: str, e: PvmError, *, unreachable: str, refused: str) -> Outcome:
+    """The outcome of a stop (delete, halt) that failed with *e*. When SSH could not reach
+    *name* (Host failed) or was refused there (host key unknown or changed, login refused,
+    ssh_config unusable: Permission denied, with SSH's own what-to-do), the message says
+    the stop failed and why, then *unreachable* or *refused*: what became of the host."""
+    kind = getattr(e, "kind", "")
+    detail = (e.detail or str(e)).removeprefix(f"{name}: ")
+    if kind in _UNREACHABLE:
+        return Outcome(name, PvmHostFail, e.detail or "", message=(
+            f"could not stop its pvm_shmd: the host is unreachable ({detail}); {unreachable}"))
+    if kind in _REFUSED:
+        return Outcome(name, PvmDenied, e.detail or "", message=(
+            f"could not stop its pvm_shmd: {_REFUSED[kind]}: {detail}; {refused}"))
+    return Outcome(name, e.code, e.detail or "")
 
 
 def _by_hand(o: Outcome) -> bool:
@@ -271,12 +301,23 @@ class VirtualMachine:
                 if h.index == MASTER:
                     out.append(Outcome(n, PvmBadParam, "the master host can't be deleted (use halt)"))
                     continue
-                o = _attempt(n, lambda: self._stop_host(h))
-                if o.error is None or o.error == PvmHostFail:  # a dead host is dropped as well
+                try:
+                    self._stop_host(h)
+                    o = Outcome(n)
+                except PvmError as e:
+                    o = _stop_failure(
+                        n, e, unreachable="dropped from the virtual machine; if its pvm_shmd still "
+                                          f"runs there, stop it there with {self._stop_command()}",
+                        refused=f"{n} stays in the virtual machine: delete it again once SSH to "
+                                f"it works")
+                # a host without a daemon, or unreachable, is dropped as well; one that refused
+                # us keeps its place (its daemon may run: a later delete can stop it)
+                if o.error is None or o.error == PvmHostFail:
                     t.hosts.remove(h)
                     self._drop_link(n)
-                    if not _by_hand(o):
-                        o = Outcome(n)  # (a hand-started one is dropped, with its hint)
+                    if not (_by_hand(o) or o.message):
+                        o = Outcome(n)  # (no daemon there: deleted; a hand-started or
+                        #                  unreachable one is dropped with its message)
                 out.append(o)
         return out
 
@@ -312,7 +353,9 @@ class VirtualMachine:
         link = self.link(h)
         try:
             tasks = link.stat().get("tasks", [])
-        except PvmError:
+        except PvmError as e:
+            if getattr(e, "kind", ""):  # SSH could not reach the host or was refused: so
+                raise  # would every later step (and each would wait for it again)
             tasks = []  # no daemon: nothing joined to kill
         pids = [int(x["pid"]) for x in tasks if isinstance(x, dict) and x.get("pid")]  # type: ignore[union-attr]
         link.kill_tasks(pids)
@@ -342,8 +385,21 @@ class VirtualMachine:
         with self.store.locked():
             t = self.store.load()
             hosts = t.hosts if t else []
-            out = _parallel(lambda h: _attempt(h.name, lambda: self._stop_host(h)), hosts)
+            out = _parallel(lambda h: self._halt_host(h), hosts)
             self.store.remove()
         self.close()
-        return [o for o in out if o.error not in (None, PvmHostFail) or _by_hand(o)]
+        # a host whose daemon was already gone is no failure; one we could not reach is
+        return [o for o in out if o.error not in (None, PvmHostFail) or _by_hand(o) or o.message]
+
+    def _halt_host(self, h: HostRecord) -> Outcome:
+        try:
+            self._stop_host(h)
+            return Outcome(h.name)
+        except PvmError as e:
+            then = f"if its pvm_shmd still runs there, stop it there with {self._stop_command()}"
+            return _stop_failure(h.name, e, unreachable=then, refused=then)
+
+    def _stop_command(self) -> str:
+        """What stops this VM's daemon on a host, for messages."""
+        return "pvm_shmd_stat --stop" + (f" -vmid={self.vmid}" if self.vmid else "")
 

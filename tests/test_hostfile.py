@@ -98,10 +98,16 @@ def test_overloaded_duplicate_is_allowed():
     assert names(hf.parse("a\n$a\n", "hf")) == ["a", "a"]
 
 
-def test_unreadable_file(tmp_path):
-    with pytest.raises(hf.HostfileError) as ei:
-        hf.read(str(tmp_path / "missing"))
-    assert "can't read" in str(ei.value) and "missing" in str(ei.value)
+def test_unreadable_file_is_the_system_error_not_a_line_error(tmp_path):
+    """No line 0: a file that can't be read is its OSError, which the console reports as
+    ``pvm: PATH: No such file or directory`` (tests/test_console_messages.py)."""
+    missing = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError) as ei:
+        hf.read(missing)
+    assert (ei.value.filename, ei.value.strerror) == (missing, "No such file or directory")
+    with pytest.raises(IsADirectoryError) as ei2:
+        hf.read(str(tmp_path))
+    assert ei2.value.filename == str(tmp_path)
 
 
 def test_parse_line_for_add():

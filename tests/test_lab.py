@@ -2,74 +2,20 @@
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import subprocess
-import tempfile
-from contextlib import contextmanager
+import sys
 
 import pytest
+from lab_probe import lab_args, lab_traces, need_lab, running_lab, ssh  # noqa: F401 (re-exported)
 
-from conftest import need_root
 from pvmconsole import lab as labmod
-
-
-def need_lab() -> None:
-    """Skip with the reason when the lab cannot be made here."""
-    need_root("the SSH lab")
-    for prog in ("/usr/sbin/sshd", "ssh-keygen", "ip", "unshare"):
-        if not shutil.which(prog):
-            pytest.skip(f"the SSH lab needs {prog} (apt-get install openssh-server iproute2)")
-
-
-def lab_args(tag: str) -> tuple[str, str]:
-    """A private directory and namespace name, so a test lab never meets a user's lab."""
-    d = tempfile.mkdtemp(prefix=f"pvm-lab-{tag}-", dir="/run")
-    return d, f"t{tag}{os.getpid() % 100000}"
-
-
-def ssh(lab: labmod.Lab, host: str, cmd: str) -> subprocess.CompletedProcess:
-    """Real OpenSSH client with the lab's config."""
-    return subprocess.run(["ssh", "-F", lab.ssh_config, "-o", "BatchMode=yes", host, cmd],
-                          capture_output=True, text=True, timeout=20)
 
 
 def root_shm_keys() -> set[int]:
     with open("/proc/sysvipc/shm") as f:
         next(f)
         return {int(line.split()[0]) for line in f}
-
-
-def lab_traces(lab: labmod.Lab) -> list[str]:
-    """Everything of *lab* still visible from the root namespace."""
-    out = []
-    netns = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
-    out += [f"netns {ns}" for ns in [lab.name] + [h.netns for h in lab.hosts] if ns in netns]
-    if os.path.exists(f"/sys/class/net/{lab.root_if}"):
-        out.append(f"interface {lab.root_if}")
-    if os.path.exists(lab.dir):
-        out.append(f"directory {lab.dir}")
-    out += [f"process {h.pid}" for h in lab.hosts if os.path.exists(f"/proc/{h.pid}")]
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if lab.dir.encode() in f.read():
-                    out.append(f"process {pid} (lab command line)")
-        except OSError:
-            pass
-    return out
-
-
-@contextmanager
-def running_lab(tag: str, n: int, **kw):
-    """A lab of *n* hosts for a test module; torn down, and checked gone, afterwards."""
-    need_lab()
-    d, name = lab_args(tag)
-    lab = labmod.up(n, d, name, **kw)
-    try:
-        yield lab
-    finally:
-        problems = labmod.down(d)
-        assert problems == [] and lab_traces(lab) == []
 
 
 def test_lab_hosts_are_separate_and_down_leaves_nothing():
@@ -132,3 +78,72 @@ def test_second_lab_same_dir_refused_and_bad_input():
         labmod.up(0, d, name)
     with pytest.raises(labmod.LabError, match="no lab"):
         labmod.down(d)
+
+
+# A machine without /etc/hosts, for real: a private mount namespace whose /etc is a copy of the
+# machine's without it ($1 "missing"), or with a directory there ($1 "dir": a host's start must
+# fail, saying why). The lab is made, used and removed in there (its namespaces are named
+# in that mount namespace's /run/netns only).
+_OTHER_ETC = r"""
+set -e
+etc=$(mktemp -d)
+mount -t tmpfs pvm-other-etc "$etc"
+cp -a /etc/. "$etc/"
+rm -f "$etc/hosts"
+if [ "$1" = dir ]; then mkdir "$etc/hosts"; fi
+mount --bind "$etc" /etc
+shift
+exec "$@"
+"""
+_LAB_IN_THERE = """
+import subprocess, sys
+from pvmconsole import lab
+d, name = sys.argv[1:3]
+try:
+    made = lab.up(2, d, name, password="pw-no-hosts")  # /etc/shadow is mounted in there too
+except lab.LabError as e:
+    print(f"up failed: {e}")
+    sys.exit(0)
+try:
+    r = subprocess.run(["ssh", "-F", made.ssh_config, "-o", "BatchMode=yes", "pvmh2",
+                        "getent hosts pvmh1; test -s /etc/passwd && echo passwd; "
+                        "grep -c '^root:[$]6[$]' /etc/shadow"],
+                       capture_output=True, text=True, timeout=20)
+    print(r.stdout, end="")
+    print(r.stderr, end="", file=sys.stderr)
+finally:
+    print("down:", lab.down(d))
+"""
+
+
+def test_lab_works_without_etc_hosts():
+    need_lab()
+    d, name = lab_args("e")
+    os.rmdir(d)  # made (and removed) in there
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _OTHER_ETC,
+                        "other-etc", "missing", sys.executable, "-c", _LAB_IN_THERE, d, name],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4 and re.fullmatch(r"10\.77\.\d+\.11\s+pvmh1", lines[0]), r.stdout + r.stderr
+    assert lines[1:] == ["passwd", "1", "down: []"], r.stdout + r.stderr
+    assert not os.path.exists(d)
+    netns = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    assert not [ns for ns in netns if ns == name or ns.startswith(name + "-")]
+
+
+def test_up_says_why_a_host_did_not_start_not_only_its_last_line():
+    """A host whose init fails (/etc/hosts is a directory: nothing can be mounted on it) makes
+    `pvm-lab up` print the failing step's own words, before mount's hint about dmesg."""
+    need_lab()
+    d, name = lab_args("d")
+    os.rmdir(d)
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _OTHER_ETC,
+                        "other-etc", "dir", labmod.local_program("pvm-lab"), "--dir", d, "up", "1",
+                        "--name", name], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert re.fullmatch(r"pvm-lab: pvmh1: sshd did not start; its start-up said: mount: /etc/hosts: "
+                        r".*Not a directory.*\n", r.stderr), r.stderr
+    assert not os.path.exists(d)
+    netns = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    assert not [ns for ns in netns if ns == name or ns.startswith(name + "-")]

@@ -7,9 +7,9 @@ import sys
 import time
 
 import pytest
+from lab_probe import running_lab, ssh
 
 from pvmconsole import lab as labmod
-from test_lab import running_lab, ssh
 
 PVM = os.path.join(os.path.dirname(sys.executable), "pvm")
 PASSWORD = "lab-pw-2"

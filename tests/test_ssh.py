@@ -8,11 +8,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from lab_probe import running_lab, ssh
 
 from pvmconsole import lab as labmod
 from pvmconsole.ssh import SshError, SshRunner, remote_command
 from shmd.errors import PvmBadParam, PvmCantStart, PvmHostFail, PvmNoHost
-from test_lab import running_lab, ssh
 
 
 @pytest.fixture(scope="module")

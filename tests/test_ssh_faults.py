@@ -14,13 +14,13 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
+from lab_probe import running_lab
+from test_console_vm import PVM, TIMEOUT, pvm, vm  # noqa: F401 (vm: fixture)
 
 from pvmconsole import lab as labmod
 from pvmconsole.runner import LocalRunner
 from pvmconsole.ssh import SshError, SshRunner
 from shmd.errors import PvmCantStart
-from test_console_vm import PVM, TIMEOUT, pvm, vm  # noqa: F401 (vm: fixture)
-from test_lab import running_lab
 
 
 @contextmanager

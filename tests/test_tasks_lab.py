@@ -12,11 +12,10 @@ import subprocess
 import time
 
 import pytest
+from lab_probe import running_lab, ssh
+from test_tasks import PVM, TASK_PROG, Console, task_rows, vm_procs, wait_for  # noqa: F401
 
 from pvmconsole import lab as labmod
-from test_lab import running_lab, ssh
-from test_tasks import (PVM, TASK_PROG, Console, task_rows,  # noqa: F401
-                        vm_procs, wait_for)
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 TICKER = """\

@@ -1,7 +1,7 @@
 """Commands about the hosts of the virtual machine: add, delete, conf, mstat."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from pvmconsole import formats
 from pvmconsole.console import Console
@@ -15,6 +15,7 @@ def fail_if_any(outcomes: Sequence[Outcome]) -> None:
     bad = [o for o in outcomes if o.error is not None]
     if bad:
         raise CommandError("; ".join(
+            f"{o.name}: {o.message}" if o.message else
             f"{o.name}: {strerror(o.error)}" + (f" ({o.detail})" if o.detail else "")  # type: ignore[arg-type]
             for o in bad))
 
