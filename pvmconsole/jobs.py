@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 from pvmconsole.formats import HOST_W
 from pvmconsole.registry import CommandError
 from pvmconsole.runner import LineStream
-from pvmconsole.vmtable import HOST_SHIFT, HostRecord
+from pvmconsole.vmtable import HostRecord
 from shmd.errors import PvmBadParam, PvmCantStart, PvmError, PvmHostFail, PvmNoHost, PvmNotImpl, strerror
-from shmd.spawner import CONSOLE_TID, parse_err_line, parse_tid
+from shmd.spawner import parse_err_line
+from shmd.tids import CONSOLE_TID, host_of, parse
 
 if TYPE_CHECKING:
     from pvmconsole.console import Console
@@ -284,7 +285,7 @@ class JobTable:
         s.close()
         # The stream ended: a task of this host without its EOF (host or connection lost)
         for tid in sorted(job.live):
-            if host_index(tid) == index:
+            if host_of(tid) == index:
                 self._eof(job, tid)
 
     def _eof(self, job: Job, tid: int) -> None:
@@ -306,10 +307,6 @@ class JobTable:
 
 
 # ---- tasks of the hosts ------------------------------------------------------------------------
-def host_index(tid: int) -> int:
-    return (tid >> HOST_SHIFT) & 0xFFF
-
-
 def gather(vm: VirtualMachine, hosts: Sequence[HostRecord]) -> list[tuple[HostRecord, list[dict] | PvmError]]:
     """Each host's tasks (pvm_spawn --tasks), in parallel; a failed host gives its error."""
     def one(h: HostRecord) -> tuple[HostRecord, list[dict] | PvmError]:
@@ -327,7 +324,7 @@ def tids_of(words: Sequence[str]) -> list[int | PvmError]:
     out: list[int | PvmError] = []
     for w in words:
         try:
-            out.append(parse_tid(w))
+            out.append(parse(w))
         except PvmError as e:
             out.append(e)
     return out
@@ -377,4 +374,4 @@ def copy_line(r: int | PvmError) -> str:
 
 
 __all__ = ["SpawnRequest", "parse_spawn", "place", "JobTable", "Job", "gather", "tids_of",
-           "flag_string", "ps_header", "ps_row", "job_line", "copy_line", "host_index"]
+           "flag_string", "ps_header", "ps_row", "job_line", "copy_line"]

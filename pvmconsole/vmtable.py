@@ -22,16 +22,10 @@ from dataclasses import asdict, dataclass, field
 from shmd import private
 from shmd.errors import PvmError, PvmOutOfRes, PvmSysErr
 from shmd.paths import tmpfile
+from shmd.tids import MAX_HOSTS, dtid
 
 FORMAT = 1  # bump when the JSON layout changes incompatibly
 LOCK_TIMEOUT = 60.0  # another console may be starting hosts under the lock
-HOST_SHIFT = 18  # dtid = host index << 18, as PVM
-MAX_HOSTS = 4095
-
-
-def dtid(index: int) -> int:
-    return index << HOST_SHIFT
-
 
 @dataclass
 class HostRecord:

@@ -25,7 +25,7 @@ import traceback
 
 import sysv_ipc
 
-from . import handshake, ipc, layout, pagemap, paths, private
+from . import handshake, ipc, layout, pagemap, paths, private, tids
 from .clients import Client, Clients, error_reply
 from .errors import PvmDenied, PvmExists, PvmOutOfRes
 from .exits import DaemonExit
@@ -63,7 +63,7 @@ class Daemon:
         self.sel = selectors.DefaultSelector()
         self.clients = Clients(self.sel, log, self.dispatch, self.client_gone,
                                allowed_uids=(os.getuid(), 0))
-        self.dtid = opts.host << 18
+        self.dtid = tids.dtid(opts.host)
         self.running = True
         self.damage_seen: set[str] = set()
 
@@ -224,7 +224,7 @@ class Daemon:
 
     def clear_maps(self) -> None:
         for i in range(len(self.segs)):
-            pagemap.init(self.m32, layout.map_off(i) // 4, self.geo.npages,
+            pagemap.init(self.m32, layout.map_i(i), self.geo.npages,
                          layout.rover_index(i))
             layout.segent(self.buf, i)["free"] = self.geo.npages
 
@@ -276,12 +276,12 @@ class Daemon:
         if free is None:
             return error_reply("task table full", PvmOutOfRes)
         h = layout.header(self.buf)
-        used = {t["tid"] & 0x3FFFF for _, t in self.slots() if t["tid"]}
-        local = h["next_local"] % 0x3FFFF or 1  # bounded, whatever a scribble left there
+        used = {tids.local_of(t["tid"]) for _, t in self.slots() if t["tid"]}
+        local = h["next_local"] % tids.TIDLOCAL or 1  # bounded, whatever a scribble left there
         # t40001 is the console's tid on the master host (as in PVM): never a task's
         while local in used or local == 0 or (self.o.host == 1 and local == 1):
-            local = local % 0x3FFFF + 1
-        h["next_local"] = local % 0x3FFFF + 1
+            local = tids.next_local(local)
+        h["next_local"] = tids.next_local(local)
         tid = self.dtid | local
         lock = None
         try:
@@ -327,7 +327,7 @@ class Daemon:
         copying = self.run_in_copy(i)
         freed = 0
         for s in range(len(self.segs)):
-            b = layout.map_off(s) // 4
+            b = layout.map_i(s)
             got = self.seg_locks[s].acquire(LOCK_TIMEOUT)
             try:
                 doomed = set(queued.get(s, ()))
@@ -375,7 +375,7 @@ class Daemon:
     def run_in_copy(self, i: int) -> tuple[int, int, int, int] | None:
         """(segment, page, sender tid, index of its DA word) of the run a live sender
         was handed for slot *i*'s zero-copy receive (see direct.py), else None."""
-        r = (layout.slot_off(i) + layout.RV_OFF) // 8
+        r = layout.slot_q(i) + layout.T_RV_Q
         addr = self.m64[r + layout.RV_ADDR]
         if self.m64[r] != layout.RV_CLAIMED or not addr & layout.RV_PAGES:
             return None
@@ -432,7 +432,7 @@ class Daemon:
         segs: list[dict] = []
         held: dict[int, int] = {}
         for s in range(len(self.segs)):
-            e, b = layout.segent(self.buf, s), layout.map_off(s) // 4
+            e, b = layout.segent(self.buf, s), layout.map_i(s)
             got = self.seg_locks[s].acquire(LOCK_TIMEOUT)
             damage = ""
             try:
@@ -663,7 +663,7 @@ def run(opts: Options, ready: ReadyPipe) -> int:
         return status
 
     try:
-        log = Log(log_path, f"[pvm_shmd t{opts.host << 18:x}] ", echo=opts.foreground,
+        log = Log(log_path, f"[pvm_shmd {tids.fmt(tids.dtid(opts.host))}] ", echo=opts.foreground,
                   debug=opts.debug)
     except private.UnsafeState as e:
         return say_failed(DaemonExit.DENIED, f"cannot open log: {e}")

@@ -10,8 +10,21 @@ process may map it anywhere)::
     maps_off one page map per segment (three int32 arrays of MAXPAGES entries)
     data0    message pages of segment 0 (other segments are all message pages)
 
-Everything here is plain offsets and struct formats; the hot paths in ``task.py`` use
-typed memoryviews over the same offsets.
+Everything here is plain offsets and struct formats. The hot paths read the same
+words through an int32 and an int64 view of segment 0, by index; the indexes are
+named here once, derived from the field tables at import (no cost at run time):
+
+- ``<TABLE>_<FIELD>_I`` is a field's index in int32 words, ``<TABLE>_<FIELD>_Q`` in
+  int64 words, counted from the start of its region (``T_``: a task slot, ``S_``: a
+  segment-table entry); add the region's own index
+  (``slot_i(i)``, ``slot_q(i)``, ``segent_i(s)``, ``segent_q(s)``), e.g. the tail of
+  slot *i* is ``m64[slot_q(i) + T_TAIL_Q]``.
+- ``MAP_HDR``, ``MAP_FTR``, ``MAP_OWNER``: the three int32 arrays of a page map, as
+  indexes from the map's own (``map_i(s)``).
+- ``RV_*``: int64 words of a slot's direct-delivery record from ``slot_q(i) + T_RV_Q``;
+  a pair of int32 in one word (``RV_MATCH``, ``RV_FROM``) is at ``2 * word`` and
+  ``2 * word + 1`` of the int32 view.
+- ``D_*``: byte offsets within a descriptor (its fields are read with ``DESC_FMT``).
 """
 from __future__ import annotations
 
@@ -96,6 +109,34 @@ T = {
     "consumed": (104, "Q"),  # bytes of paged messages the receiver took off it
     "sending": (120, "I"),  # the tid this task sends a message in pieces to (0: none)
 }
+
+
+def index(field: tuple[int, str], size: int) -> int:
+    """The index of *field* (offset, format) in words of *size* bytes (4: int32, 8:
+    int64), from its region's start; the field must be aligned to its word."""
+    off, fmt = field
+    if off % size or struct.calcsize("<" + fmt) % size:
+        raise ValueError(f"field at {off} ({fmt}) is not a whole {size}-byte word")
+    return off // size
+
+
+S_FREE_I = index(S["free"], 4)  # pages free
+S_ALLOCATED_Q = index(S["allocated"], 8)  # allocations so far
+S_FREED_Q = index(S["freed"], 8)  # frees so far
+S_ROVER_I = index(S["rover"], 4)
+T_TID_I = index(T["tid"], 4)
+T_PID_I = index(T["pid"], 4)
+T_WAITING_I = index(T["waiting"], 4)
+T_HEAD_Q = index(T["head"], 8)
+T_TAIL_Q = index(T["tail"], 8)
+T_LOCK_ID_I = index(T["lock_id"], 4)
+T_PENDING_I = index(T["pending"], 4)
+T_START_TICKS_Q = index(T["start_ticks"], 8)
+T_POSTED_Q = index(T["posted"], 8)
+T_CONSUMED_Q = index(T["consumed"], 8)
+T_SENDING_I = index(T["sending"], 4)
+MAP_HDR, MAP_FTR, MAP_OWNER = 0, MAXPAGES, 2 * MAXPAGES  # int32 arrays of a page map
+
 # The direct-delivery record of a slot (see direct.py): 16 int64 words at RV_OFF, as
 # word indexes. The receiver posts its buffer (RV_STATE OPEN, with address, size and
 # the source and tag it takes); a sender claims it under the inbox lock (CLAIMED,
@@ -108,6 +149,7 @@ RV_FA, RV_DA, RV_BB, RV_DB, RV_BFAIL = range(9, 14)
 RV_ACTIVE = 14  # 1 while the receiver is in a receive that posts (taking earlier messages)
 RV_SPINS = 15  # 1: the receiver spins before it sleeps (it is back soon after a message)
 RV_NONE, RV_OPEN, RV_CLAIMED = 0, 1, 2
+T_RV_Q = RV_OFF // 8  # the record's first word, in int64s from the slot's start
 RV_PAGES = 1 << 63  # ADDR of a claim into pages: this bit | segment << 32 | page
 
 
@@ -190,13 +232,38 @@ def segent(buf: memoryview, seg: int) -> Struct:
     return Struct(buf, SEGTAB_OFF + seg * SEGENT, S)
 
 
+def segent_i(seg: int) -> int:
+    """Index of segment *seg*'s table entry in an int32 view of segment 0."""
+    return (SEGTAB_OFF + seg * SEGENT) // 4
+
+
+def segent_q(seg: int) -> int:
+    """Index of segment *seg*'s table entry in an int64 view of segment 0."""
+    return (SEGTAB_OFF + seg * SEGENT) // 8
+
+
 def rover_index(seg: int) -> int:
     """Index of segment *seg*'s rover in an int32 view of segment 0."""
-    return (SEGTAB_OFF + seg * SEGENT + S["rover"][0]) // 4
+    return segent_i(seg) + S_ROVER_I
 
 
 def slot_off(i: int) -> int:
     return TASKS_OFF + i * SLOT_SIZE
+
+
+def slot_i(i: int) -> int:
+    """Index of slot *i*'s first word in an int32 view of segment 0."""
+    return slot_off(i) // 4
+
+
+def slot_q(i: int) -> int:
+    """Index of slot *i*'s first word in an int64 view of segment 0."""
+    return slot_off(i) // 8
+
+
+def map_i(seg: int) -> int:
+    """Index of segment *seg*'s page map in an int32 view of segment 0."""
+    return map_off(seg) // 4
 
 
 def slot(buf: memoryview, i: int) -> Struct:

@@ -24,7 +24,7 @@ caught what ``runs`` raised before. Nothing here loops more than *npages* times.
 from __future__ import annotations
 
 from .errors import PvmError, PvmSysErr
-from .layout import MAP_STRIDE, MAXPAGES, map_off
+from .layout import MAP_FTR, MAP_OWNER, MAP_STRIDE, map_off
 
 
 class Damaged(PvmError, ValueError):
@@ -42,14 +42,14 @@ def _bad(b: int, p: int, what: str) -> Damaged:
 
 def give(m: memoryview, b: int, p: int, owner: int) -> None:
     """Make *owner* the holder of the allocated run at page *p* (a run handed back)."""
-    m[b + 2 * MAXPAGES + p] = owner
+    m[b + MAP_OWNER + p] = owner
 
 
 def init(m: memoryview, b: int, npages: int, r: int = -1) -> None:
     """One free run of every page (and the rover, at index *r* of *m*, on it)."""
     m[b] = npages
-    m[b + MAXPAGES + npages - 1] = npages
-    m[b + 2 * MAXPAGES] = 0
+    m[b + MAP_FTR + npages - 1] = npages
+    m[b + MAP_OWNER] = 0
     if r >= 0:
         m[r] = 0
 
@@ -64,9 +64,9 @@ def alloc(m: memoryview, b: int, npages: int, want: int, owner: int, r: int = -1
     else:
         # the rover must start a run: the run before it ends there (its footer and
         # header agree); a scribbled one is ignored (the search starts at page 0)
-        k = m[b + MAXPAGES + start - 1]
+        k = m[b + MAP_FTR + start - 1]
         k = k if k > 0 else -k
-        if not 0 < k <= start or m[b + start - k] != m[b + MAXPAGES + start - 1]:
+        if not 0 < k <= start or m[b + start - k] != m[b + MAP_FTR + start - 1]:
             start = 0
     p = _fit(m, b, start, npages, npages, want, owner)
     if p < 0 and start:
@@ -79,7 +79,7 @@ def alloc(m: memoryview, b: int, npages: int, want: int, owner: int, r: int = -1
 def _fit(m: memoryview, b: int, p: int, stop: int, npages: int, want: int, owner: int) -> int:
     """alloc's walk over the runs that start in [p, stop); p starts a run. Damaged if
     a run's length is 0 or goes past *npages* (at most *npages* steps)."""
-    f = b + MAXPAGES
+    f = b + MAP_FTR
     while p < stop:
         v = m[b + p]
         n = v if v > 0 else -v
@@ -93,7 +93,7 @@ def _fit(m: memoryview, b: int, p: int, stop: int, npages: int, want: int, owner
             if v > want:
                 m[b + p + want] = v - want
                 m[f + p + v - 1] = v - want
-            m[b + 2 * MAXPAGES + p] = owner
+            m[b + MAP_OWNER + p] = owner
             return p
         p += n
     return -1
@@ -111,7 +111,7 @@ def free(m: memoryview, b: int, npages: int, p: int, r: int = -1) -> int:
     if not 0 <= p < npages:
         return 0
     n = -m[b + p]
-    f = b + MAXPAGES
+    f = b + MAP_FTR
     if n <= 0 or p + n > npages or m[f + p + n - 1] != -n:
         return 0
     start, length = p, n
@@ -129,7 +129,7 @@ def free(m: memoryview, b: int, npages: int, p: int, r: int = -1) -> int:
                                  f"{m[b + p - before] if before <= p else '-'}")
         start -= before
         length += before
-    m[b + 2 * MAXPAGES + p] = 0
+    m[b + MAP_OWNER + p] = 0
     if start != p:
         m[b + p] = 0  # no stale -n inside the merged run: a second free must fail
     m[b + start] = length
@@ -145,7 +145,7 @@ def runs(m: memoryview, b: int, npages: int):
     length 0 or past the last page, a footer that disagrees with its header, an
     allocated run whose owner is not a tid."""
     p = 0
-    f = b + MAXPAGES
+    f = b + MAP_FTR
     while p < npages:
         v = m[b + p]
         n = v if v > 0 else -v
@@ -153,7 +153,7 @@ def runs(m: memoryview, b: int, npages: int):
             raise _bad(b, p, f"run header {v} (of {npages} pages)")
         if m[f + p + n - 1] != v:
             raise _bad(b, p, f"run header {v}, footer {m[f + p + n - 1]}")
-        owner = m[b + 2 * MAXPAGES + p] if v < 0 else 0
+        owner = m[b + MAP_OWNER + p] if v < 0 else 0
         if v < 0 and owner <= 0:
             raise _bad(b, p, f"allocated run of {n} pages owned by {owner}")
         yield p, n, v < 0, owner

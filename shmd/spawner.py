@@ -44,10 +44,11 @@ from collections.abc import Iterable, Sequence
 from . import control, paths, private
 from .errors import PvmBadParam, PvmDenied, PvmError, PvmNoFile, PvmNoTask, PvmSysErr, strerror
 from .exits import SpawnExit
+from .tids import CONSOLE_TID
+from .tids import parse as parse_tid
 
 ARCH = "LINUX64"
 DEFAULT_EP = f"~/pvm3/bin/{ARCH}"
-CONSOLE_TID = 0x40001
 KILL_GRACE = 2.0
 MAX_LINE = 65536
 ENROLL_TIMEOUT = 10.0
@@ -359,18 +360,6 @@ def _reap_children() -> None:
 
 
 # ---- signals ------------------------------------------------------------------------------
-def parse_tid(word: str) -> int:
-    """PVM's tid syntax: optional 't', then hex digits."""
-    w = word[1:] if word[:1] in ("t", "T") else word
-    try:
-        tid = int(w, 16)
-    except ValueError:
-        raise PvmError(PvmBadParam, f"bad tid {word!r}") from None
-    if not 0 < tid <= 0x3FFFFFFF:
-        raise PvmError(PvmBadParam, f"bad tid {word!r}")
-    return tid
-
-
 def signal_tids(vmid: str, signum: int, tids: Sequence[int]) -> list[tuple[int, PvmError | None]]:
     table = {t["tid"]: t for t in control.request("stat", vmid).get("tasks", [])}
     out: list[tuple[int, PvmError | None]] = []

@@ -9,7 +9,6 @@ from pvmconsole.jobs import (
     JobTable,
     copy_line,
     gather,
-    host_index,
     job_line,
     parse_spawn,
     ps_header,
@@ -20,7 +19,7 @@ from pvmconsole.registry import Command, CommandError
 from pvmconsole.vm import MASTER
 from pvmconsole.vmtable import HostRecord
 from shmd.errors import PvmBadParam, PvmError, PvmNoTask, strerror
-from shmd.spawner import CONSOLE_TID
+from shmd.tids import CONSOLE_TID, host_of, parse
 
 CONSOLE_ROW = {"console": True, "tid": CONSOLE_TID, "ptid": None, "flags": 0x4, "name": "pvm"}
 
@@ -79,8 +78,8 @@ def do_ps(c: Console, args: list[str]) -> None:
             raise CommandError(f"unknown host {o['n']}")
     elif o["h"] is not None:
         try:
-            htid = int(o["h"][1:] if o["h"][:1] in "tT" else o["h"], 16)
-        except ValueError:
+            htid = parse(o["h"])
+        except PvmError:
             raise CommandError(f"unknown host {o['h']}") from None
         sel = [h for h in hosts if h.dtid == htid]
         if not sel:
@@ -108,7 +107,7 @@ def _task_index(c: Console, tids: list[int]) -> tuple[dict[int, tuple[HostRecord
     """tid -> (host, task) for the given tids, asking only their hosts."""
     vm = c.machine()
     by_index = {h.index: h for h in vm.hosts()}
-    want = sorted({by_index[host_index(t)].index for t in tids if host_index(t) in by_index})
+    want = sorted({by_index[host_of(t)].index for t in tids if host_of(t) in by_index})
     found: dict[int, tuple[HostRecord, dict]] = {}
     errors = []
     for h, tasks in gather(vm, [by_index[i] for i in want]):
@@ -150,12 +149,12 @@ def _signal(c: Console, signum: int, words: list[str], *, cmd: str) -> None:
     by_index = {h.index: h for h in vm.hosts()}
     groups: dict[int, list[int]] = {}
     for t in tids:
-        groups.setdefault(host_index(t), []).append(t)
+        groups.setdefault(host_of(t), []).append(t)
     if CONSOLE_TID in tids:
         found, _ = _task_index(c, [CONSOLE_TID])
         if CONSOLE_TID not in found:  # no task has the console's tid: it means the console
             errors.append(f"t{CONSOLE_TID:x}: that's me.")
-            groups[host_index(CONSOLE_TID)].remove(CONSOLE_TID)
+            groups[host_of(CONSOLE_TID)].remove(CONSOLE_TID)
     for index, group in groups.items():
         if not group:
             continue
