@@ -26,6 +26,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -489,7 +490,8 @@ def _probe() -> str | None:
     for prog, pkg in _PROBE_PROGRAMS.items():
         if not shutil.which(prog):
             return f"{prog} is missing (apt-get install -y {pkg})"
-    ns = f"pvmprobe{os.getpid()}"
+    # (not by pid alone: processes in PID namespaces of their own all have pid 1)
+    ns = f"pvmprobe{os.getpid()}-{secrets.token_hex(4)}"
     d = tempfile.mkdtemp(prefix="pvm-lab-probe-")
     made_ns = False
     try:

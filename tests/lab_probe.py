@@ -9,6 +9,9 @@ the probe is a real failure.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import string
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -30,9 +33,11 @@ def need_lab() -> None:
 
 
 def lab_args(tag: str) -> tuple[str, str]:
-    """A private directory and namespace name, so a test lab never meets a user's lab."""
+    """A private directory and namespace name, so a test lab never meets a user's lab, nor
+    another test run's (not by pid: runs in PID namespaces of their own are all pid 1)."""
     d = tempfile.mkdtemp(prefix=f"pvm-lab-{tag}-", dir="/run")
-    return d, f"t{tag}{os.getpid() % 100000}"
+    alphabet = string.ascii_lowercase + string.digits
+    return d, f"t{tag[:1]}" + "".join(secrets.choice(alphabet) for _ in range(7))  # 9 of 10
 
 
 def ssh(lab: labmod.Lab, host: str, cmd: str) -> subprocess.CompletedProcess:
@@ -67,7 +72,11 @@ def running_lab(tag: str, n: int, **kw) -> Iterator[labmod.Lab]:
     and checked gone, afterwards."""
     need_lab()
     d, name = lab_args(tag)
-    lab = labmod.up(n, d, name, **kw)
+    try:
+        lab = labmod.up(n, d, name, **kw)
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)  # (up removes only a directory it made)
+        raise
     try:
         yield lab
     finally:
