@@ -198,7 +198,7 @@ def _pick_subnet() -> ipaddress.IPv4Network:
     """The first 10.77.S.0/24 that no address or route of the root namespace touches."""
     used = _sh(["ip", "-4", "-o", "addr", "show"]) + _sh(["ip", "-4", "route", "show"])
     for s in range(256):
-        net = ipaddress.ip_network(f"10.77.{s}.0/24")
+        net = ipaddress.IPv4Network(f"10.77.{s}.0/24")
         if f"10.77.{s}." not in used and "10.77.0.0/16" not in used:
             return net
     raise LabError("no free subnet in 10.77.0.0/16")

@@ -374,11 +374,15 @@ class SshRunner:
         s = self.settings
         return f"{s['hostname']}:{s['port']}"
 
+    def _connect_limit(self) -> float:
+        """ConnectTimeout as settled by the ssh config (the default before it is read)."""
+        return CONNECT_TIMEOUT if self.connect_timeout is None else self.connect_timeout
+
     def _open_socket(self, deadline: float):
         """TCP (with TCP_NODELAY: paramiko doesn't set it, ~40 ms per round trip), a
         ProxyCommand, or a channel through the ProxyJump host."""
         s = self.settings
-        left = max(0.1, min(self.connect_timeout, deadline - time.monotonic()))
+        left = max(0.1, min(self._connect_limit(), deadline - time.monotonic()))
         if s["proxycommand"]:
             try:
                 return paramiko.ProxyCommand(s["proxycommand"])
@@ -461,7 +465,7 @@ class SshRunner:
             password = self._password if isinstance(self._password, str) else self._password(self.host, s["user"])
             self._password = password  # asked once; reconnects reuse it
         sock = self._open_socket(deadline)
-        left = max(0.1, min(self.connect_timeout, deadline - time.monotonic()))
+        left = max(0.1, min(self._connect_limit(), deadline - time.monotonic()))
         began = time.monotonic()
         try:
             client.connect(
@@ -710,7 +714,7 @@ class SshRunner:
                     text = err.decode(errors="replace")
                     m = _PID_RE.search(text) if track else None
                     if m:
-                        err = (text[:m.start()] + text[m.end():]).encode()
+                        err = bytearray((text[:m.start()] + text[m.end():]).encode())
                         done = self._kill_group(int(m.group(1)))
                     elif track:
                         done = "; it may still run there (its pid never came)"

@@ -156,8 +156,8 @@ class VirtualMachine:
         sp = options.get("sp")
         return HostRecord(
             name=name, index=index, arch=str(info.get("arch", "?")),
-            speed=int(sp) if sp else int(info.get("speed", 1000)),  # type: ignore[arg-type]
-            dsig=int(info.get("dsig", 0)), pid=int(info["pid"]),  # type: ignore[arg-type]
+            speed=int(sp) if sp else int(info.get("speed", 1000)),  # type: ignore[call-overload]
+            dsig=int(info.get("dsig", 0)), pid=int(info["pid"]),  # type: ignore[call-overload]
             options=dict(options),
         )
 
@@ -184,7 +184,7 @@ class VirtualMachine:
             state = self.link(master).stat()
         except PvmError:
             return False
-        master.pid = int(state.get("pid", master.pid))  # type: ignore[arg-type]
+        master.pid = int(state.get("pid", master.pid))  # type: ignore[call-overload]
         return True
 
     def _clear_stale(self, t: VmTable) -> None:
@@ -357,7 +357,7 @@ class VirtualMachine:
             if getattr(e, "kind", ""):  # SSH could not reach the host or was refused: so
                 raise  # would every later step (and each would wait for it again)
             tasks = []  # no daemon: nothing joined to kill
-        pids = [int(x["pid"]) for x in tasks if isinstance(x, dict) and x.get("pid")]  # type: ignore[union-attr]
+        pids = [int(x["pid"]) for x in tasks if isinstance(x, dict) and x.get("pid")]  # type: ignore[attr-defined]
         link.kill_tasks(pids)
         if not link.stop():
             raise PvmError(PvmHostFail, f"no pvm_shmd was running on {h.name}")

@@ -10,8 +10,8 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import pytest
 from lab_probe import running_lab
@@ -39,7 +39,7 @@ def listener(mode: str) -> Iterator[int]:
         while not stop.is_set():
             try:
                 c, _ = ls.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             held.append(c)
             if mode == "silent":

@@ -92,7 +92,7 @@ def vm(lab, pvm_env, tmp_path):
     v.run("halt")
     wait_for(lambda: not vm_procs(v.vmid), 10, "local processes of the VM to end")
     for h in v.hosts:
-        wait_for(lambda: host_procs(lab, h, v.vmid) == [], 10, f"tasks on {h} to end")
+        wait_for(lambda h=h: host_procs(lab, h, v.vmid) == [], 10, f"tasks on {h} to end")
         assert ipc_objects(lab, h) == [], h
 
 
@@ -182,7 +182,7 @@ def test_reset_and_halt_leave_nothing_on_any_host(lab, vm):
     c.seen(r"^\[1\] finished$", 15)  # the output job ended with its tasks
     assert time.monotonic() - t < 30
     for h in vm.hosts:
-        wait_for(lambda: host_procs(lab, h, vm.vmid) == [], 10, f"reset to kill the tasks on {h}")
+        wait_for(lambda h=h: host_procs(lab, h, vm.vmid) == [], 10, f"reset to kill the tasks on {h}")
     assert rows_by_host(c.cmd("ps -a")) == {}
     c.cmd("spawn -4 task.py plain 300")
     wait_for(lambda: sum(len(v) for v in rows_by_host(c.cmd("ps -a")).values()) == 4, 30, "new tasks up")
@@ -190,7 +190,7 @@ def test_reset_and_halt_leave_nothing_on_any_host(lab, vm):
     assert c.close() == 0
     wait_for(lambda: not vm_procs(vm.vmid), 10, "local tasks to end")
     for h in vm.hosts:
-        wait_for(lambda: host_procs(lab, h, vm.vmid) == [], 10, f"halt to kill the tasks on {h}")
+        wait_for(lambda h=h: host_procs(lab, h, vm.vmid) == [], 10, f"halt to kill the tasks on {h}")
         assert ipc_objects(lab, h) == [], h
 
 
@@ -204,7 +204,8 @@ def test_demo_from_a_batch(lab, vm):
     m = re.search(r"^\[1:(t4[0-9a-f]+)\] master t4[0-9a-f]+: 4 hosts, 3 workers each", out, re.M)
     assert m, out
     for h in vm.hosts:
-        assert re.search(rf"^\[1:{m.group(1)}\] {h} \({h}, foreman t[0-9a-f]+, 3 workers\): sum [0-9.]+ ok$", out, re.M), out
+        line = rf"^\[1:{m.group(1)}\] {h} \({h}, foreman t[0-9a-f]+, 3 workers\): sum [0-9.]+ ok$"
+        assert re.search(line, out, re.M), out
     assert re.search(rf"^\[1:{m.group(1)}\] 4 of 4 hosts ok in", out, re.M), out
     assert out.index("4 of 4 hosts ok") < out.index(f"[1:{m.group(1)}] EOF") < out.index("[1] finished")
     print(f"demo from a batch: {took:.2f} s")
