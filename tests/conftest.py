@@ -89,6 +89,26 @@ def need_root(what: str) -> None:
         pytest.skip(f"{what} needs root (namespaces); run the suite as root to include it")
 
 
+_refused: dict[str, str | None] = {}
+
+
+def need_namespace(what: str, kind: str = "ipc") -> None:
+    """Skip with the reason when not root, or when this machine refuses to make a
+    namespace of *kind* (a container, a chroot): probed once per kind."""
+    need_root(what)
+    if kind not in _refused:
+        import subprocess
+
+        try:
+            r = subprocess.run(["unshare", f"--{kind}", "true"], capture_output=True, text=True,
+                               timeout=30)
+            _refused[kind] = None if r.returncode == 0 else (r.stderr.strip() or f"exit {r.returncode}")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            _refused[kind] = str(e)
+    if _refused[kind]:
+        pytest.skip(f"{what} needs a {kind} namespace, which this machine refuses: {_refused[kind]}")
+
+
 @pytest.fixture
 def daemon(pvm_env, request):
     """A pvm_shmd for one test: (maxpages, maxsegs) by indirect parametrization,

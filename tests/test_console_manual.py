@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import BIN
+from conftest import BIN, need_namespace
 
 from pvmconsole import hostlink
 from shmd.errors import PvmCantStart, PvmError
@@ -51,8 +51,7 @@ def _stop_hand_daemon(pid: int, private_tmp: str) -> None:
 
 
 def test_manual_host_joins_with_typed_ready_line(vm, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("starting a second pvm_shmd of the same VM id needs an IPC namespace (root)")
+    need_namespace("starting a second pvm_shmd of the same VM id")
     private = tmp_path / "hand"
     private.mkdir()
     p = subprocess.Popen([PVM, "--norc", "-k", vm["hostfile"]], stdin=subprocess.PIPE,

@@ -587,9 +587,9 @@ print(r.returncode); print(r.stderr.strip()); print(len(left))
 def test_os_limits_too_small_for_two_segments(shmd_vm, sysctl, value):
     """In a private IPC namespace (its limits are its own) the kernel allows one segment
     (shmmni=1) or too few pages for two (shmall): rc 4, one clear line, nothing left."""
-    from conftest import need_root
+    from conftest import need_namespace
 
-    need_root("sysctl in an IPC namespace")
+    need_namespace("sysctl in an IPC namespace")
     import subprocess
     import sys
 

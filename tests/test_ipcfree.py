@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 
-from conftest import need_root
+from conftest import need_namespace
 from test_daemon_util import IPCFREE, daemon_objects, exists, listed, proc_alive, shmd_vm, wait_for
 
 assert shmd_vm
@@ -120,7 +120,7 @@ print(json.dumps(out))
 
 
 def test_ipcfree_default_and_all_in_a_private_ipc_namespace(shmd_vm):
-    need_root("a private IPC namespace")
+    need_namespace("a private IPC namespace")
     here = os.path.dirname(__file__)
     r = subprocess.run(["unshare", "--ipc", sys.executable, "-c", NAMESPACED, here],
                        capture_output=True, text=True, timeout=180, env=shmd_vm.env())
