@@ -30,7 +30,9 @@ from .errors import (  # noqa: F401
     PvmTimeout,
     strerror,
 )
-from .task import ANY, Task, _as_bytes_view, current, join
+from .message import as_bytes_view
+from .task import ANY, Task, current, join
+from .tids import fmt
 
 PVM_STR, PVM_BYTE, PVM_SHORT, PVM_INT, PVM_FLOAT, PVM_CPLX, PVM_DOUBLE, PVM_DCPLX = range(8)
 PVM_LONG, PVM_USHORT, PVM_UINT, PVM_ULONG = 8, 9, 10, 11
@@ -58,7 +60,7 @@ def _size(datatype: int) -> int:
 
 def _room(buf, count: int, size: int) -> memoryview:
     """The first *count* items of *size* bytes of *buf*, as a byte view."""
-    mv = _as_bytes_view(buf)
+    mv = as_bytes_view(buf)
     if not isinstance(count, int) or count < 0 or count * size > mv.nbytes:
         raise PvmError(PvmBadParam, f"len {count!r} x {size} bytes exceeds the buffer "
                                     f"({mv.nbytes} bytes)")
@@ -116,7 +118,7 @@ def pvm_exit() -> int:
 def pvm_perror(msg: str, code: int) -> str:
     """PVM's ``libpvm [tid]: msg: text`` line for *code* (returned, not printed)."""
     tid = _task.tid if _task is not None and not _task.closed else 0
-    return f"libpvm [t{tid:x}]: {msg}: {strerror(code)}"
+    return f"libpvm [{fmt(tid)}]: {msg}: {strerror(code)}"
 
 
 ERROR_NAMES = dict(errors.NAMES)

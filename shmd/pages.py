@@ -1,0 +1,95 @@
+"""Pages: allocating and freeing runs of a segment's pages, as a Task does it.
+
+Under the segment's semaphore, pagemap.py does the work on the page map; this layer
+picks the segment (from ours, ``_home``, on), waits for frees up to the caller's
+deadline, keeps the segment table's counters, and puts off a free whose segment lock
+is held by a stopped process (``_deferred``) rather than block a receive on it.
+"""
+from __future__ import annotations
+
+import time
+
+from . import ipc, layout, pagemap
+from .errors import PvmError, PvmSysErr
+from .taskbase import MASK64, SLICE, MemoryFull, TaskBase
+
+FREE_WAIT = 0.02  # how long a free waits for a segment's lock before it is put off
+_FREE, _ALLOCATED, _FREED = layout.S_FREE_I, layout.S_ALLOCATED_Q, layout.S_FREED_Q
+_OWNER = layout.MAP_OWNER
+
+
+def add32(m: memoryview, k: int, n: int) -> None:
+    """m[k] += n for a u32 counter in an int32 view, wrapping (a scribbled counter
+    must not make an update raise)."""
+    m[k] = (m[k] + n + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
+class Pages(TaskBase):
+    """Runs of pages for our messages: ``_alloc``, ``_free``."""
+
+    def _alloc(self, want: int, deadline: float) -> tuple[int, int]:
+        """(segment, first page) of *want* pages, waiting for frees until *deadline*
+        (then MemoryFull). No wait here, a lock's included, runs past the deadline."""
+        delay = 20e-6
+        m, tid = self._i, self.tid
+        if self._deferred:
+            self._free_deferred()
+        while True:
+            for k in range(self._nsegs):
+                s = (self._home + k) % self._nsegs
+                if want > self._npages[s]:
+                    continue
+                lock = self._locks[s]
+                try:
+                    # held long only by a stopped holder: not past our deadline for it
+                    if not lock.acquire(min(SLICE, max(deadline - time.monotonic(), 0.0))):
+                        continue
+                except ipc.Gone:
+                    raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
+                try:
+                    p = pagemap.alloc(m, self._mapb[s], self._npages[s], want, tid,
+                                      self._rover[s])
+                    if p >= 0:
+                        add32(m, self._segi[s] + _FREE, -want)  # pages free
+                        w = self._segq[s] + _ALLOCATED  # allocations so far
+                        self._q[w] = (self._q[w] + 1) & MASK64
+                        return s, p
+                finally:
+                    lock.release()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise MemoryFull(f"no {want} free pages in any segment within the "
+                                 "timeout (memory full)")
+            self._check_alive()
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 5e-3)
+
+    def _free(self, s: int, p: int, only_if: int = 0) -> None:
+        """Free the run at page *p* of segment *s* (if *only_if*, only while that tid
+        owns it). A segment lock held past FREE_WAIT (its holder stopped) does not hold
+        up the call (a receive's timeout must hold): the free waits in _deferred for
+        our next allocation or sleep; the run stays ours meanwhile."""
+        lock = self._locks[s]
+        try:
+            if not lock.acquire(FREE_WAIT):
+                self._deferred.append((s, p, only_if))
+                return
+        except ipc.Gone:
+            raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
+        try:
+            if only_if and (not 0 <= p < self._npages[s]
+                            or self._i[self._mapb[s] + _OWNER + p] != only_if):
+                return
+            n = pagemap.free(self._i, self._mapb[s], self._npages[s], p, self._rover[s])
+            if n:
+                add32(self._i, self._segi[s] + _FREE, n)
+                w = self._segq[s] + _FREED
+                self._q[w] = (self._q[w] + 1) & MASK64
+        finally:
+            lock.release()
+
+    def _free_deferred(self) -> None:
+        """Try again the frees a stuck segment lock put off."""
+        todo, self._deferred = self._deferred, []
+        for run in todo:
+            self._free(*run)

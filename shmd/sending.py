@@ -1,0 +1,282 @@
+"""Sending: ``psend`` and the posting of descriptors to another task's inbox.
+
+A message up to INLINE bytes travels in its descriptor, up to MEDIUM in the
+descriptors after it (while the receiver's ring is no more than MEDIUM_FILL full);
+a large one goes straight into a receiver that waits for it (rendezvous.py), else
+through a run of pages, in pieces of up to a segment. ``_post`` appends a descriptor
+under the receiver's inbox lock and wakes it if it sleeps; psend's first lines do the
+same for the common small message with as few interpreter steps as we can. A sender
+far ahead of a busy receiver is paced (``_throttle``); one that gives up in the middle
+of a message in pieces tells the receiver (``_abort``, or an abort owed: ``_owed``).
+"""
+from __future__ import annotations
+
+import time
+
+import sysv_ipc
+
+from . import direct, ipc, layout
+from .errors import PvmBadParam, PvmError, PvmNoTask, PvmSysErr, PvmTimeout
+from .message import DESC, as_bytes_view
+from .rendezvous import Rendezvous
+from .taskbase import INF, MASK64, MAX_SPIN, SLICE, Peer, damaged
+
+MAX_TAG = 0x7FFFFFFF
+IN_FLIGHT = 4 << 20  # paged bytes a receiver may have waiting before senders pause
+STALL = 5e-3  # a receiver that takes nothing for this long is not paced (seconds)
+ABORT_WAIT = 0.02  # how long past its deadline a sender that gives up mid-message tries
+# to post F_ABORT (a full inbox: the abort is owed, and the receiver sees in our slot's
+# "sending" word that we gave up)
+
+_pack_desc = DESC.pack_into
+_RING, _DESCSZ, _INL, _INLINE = layout.RING, layout.DESC, layout.D_INLINE, layout.INLINE
+_F_FIRST, _F_SKIP = layout.F_FIRST, layout.F_SKIP
+_SMALL_TYPES = (bytes, bytearray)  # what psend's fast path takes (len() is the byte count)
+
+
+class Sending(Rendezvous):
+    """``psend``, and ``_post``: a descriptor into another task's inbox."""
+
+    def psend(self, dest: int, tag: int, data, timeout: float | None = None) -> None:
+        """Send *data* (any contiguous buffer) to task *dest* with 0 <= *tag* < 2**31.
+
+        Waits up to *timeout* seconds in all (None: for ever) for free pages, inbox
+        room or a receiver taking a direct copy, then raises PvmTimeout (MemoryFull,
+        code PvmNoMem, when it was pages it waited for); the message is then not sent."""
+        p = self._peers.get(dest)
+        if p is not None and type(data) in _SMALL_TYPES and (n := len(data)) <= _INLINE:
+            # the common small send, inline here (every interpreter step counts): a known
+            # peer, a tag seen before (its descriptor is cached, so the tag is valid),
+            # the inbox lock free, room in the ring; anything else takes the general
+            # path below, which waits and reports errors
+            i = self._i
+            tid_i = p.tid_i
+            # A receiver asleep is woken first, the message posted after: the wake-up
+            # takes tens of microseconds to arrive, the posting one or two. (Its slot is
+            # checked first: the cached semaphore must still be that task's.)
+            early = i[p.waiting_i]
+            if early and i[tid_i] == dest:
+                try:
+                    p.wake.release()
+                except sysv_ipc.ExistentialError:
+                    pass
+            hdr = self._hdrs.get(tag << 8 | n)
+            if hdr is not None and not self._owed:
+                sem = p.sem
+                try:
+                    sem.acquire()  # non-blocking (IPC_NOWAIT), with SEM_UNDO
+                except sysv_ipc.Error:
+                    sem = None  # busy, or gone (a reaped peer's semaphore is removed)
+                if sem is not None:
+                    q = self._q
+                    T = p.tail_q
+                    tail = q[T]
+                    if not 0 <= tail - p.seen < _RING:  # full, or a new task in the slot
+                        p.seen = q[p.head_q]
+                    # (a tail behind the head is damage: the general path names it)
+                    if i[tid_i] == dest and 0 <= tail - p.seen < _RING:
+                        d = p.ring + (tail % _RING) * _DESCSZ
+                        self._buf[d:d + _INL + n] = hdr + data
+                        q[T] = tail + 1
+                        try:
+                            sem.release()  # a semop: barrier between tail store, flag load
+                        except sysv_ipc.ExistentialError:
+                            return  # the receiver was reaped meanwhile; so was the message
+                        # Asleep in a sleep we did not wake: wake it. Still in the one we
+                        # woke: it looks at the ring once awake and, before it sleeps
+                        # again, stores a new number and looks again after a barrier
+                        # (one of us sees the other's store: the Dekker handshake).
+                        w = i[p.waiting_i]
+                        if w and w != early:
+                            try:
+                                p.wake.release()
+                            except sysv_ipc.ExistentialError:
+                                pass
+                        return
+                    try:
+                        sem.release()
+                    except sysv_ipc.ExistentialError:
+                        pass
+        if not 0 <= tag <= MAX_TAG:
+            raise PvmError(PvmBadParam, f"tag {tag} must be >= 0 and < 2**31")
+        if type(data) is bytes:
+            inline: bytes | memoryview = data  # posted as it is: no view to make
+            n = len(data)
+        else:
+            inline = as_bytes_view(data)
+            n = inline.nbytes
+        deadline = INF if timeout is None else time.monotonic() + timeout
+        peer = self._peer(dest)
+        if self._owed and dest in self._owed:
+            self._post(peer, dest, self._owed[dest], 0, -1, 0, 0, layout.F_ABORT, 0, None,
+                       deadline)
+            del self._owed[dest]
+        elif self._owed:
+            self._owed = {t: g for t, g in self._owed.items() if self._owes(t)}
+        if n <= layout.INLINE:
+            self._post(peer, dest, tag, n, -1, 0, 0, _F_FIRST, n, inline, deadline)
+            if tag << 8 | n not in self._hdrs:
+                self._hdr(tag, n)  # the next one with this tag and length takes the fast path
+            return
+        if n <= layout.MEDIUM and self._post(peer, dest, tag, n, -1, 0, 0, _F_FIRST, n,
+                                             inline, deadline, wait=False):
+            return  # in the inbox itself; with no room there, through the pages
+        # (slices of bytes would copy)
+        mv = inline if isinstance(inline, memoryview) else memoryview(inline)
+        if n >= direct.MIN and self._direct and self._send_direct(peer, dest, tag, mv, n,
+                                                                    deadline):
+            return
+        self._throttle(peer, dest, deadline)
+        ps, off, flags = self._ps, 0, _F_FIRST
+        piece = self._maxpages * ps
+        if n > piece:  # in pieces: our slot says to whom until the last one is posted
+            self._i[self._S] = dest  # (a receiver waiting for a piece looks here)
+        try:
+            while off < n:
+                chunk = min(n - off, piece)
+                want = -(-chunk // ps)
+                try:
+                    s, page = self._alloc(want, deadline)
+                except BaseException:
+                    if off:  # the receiver must drop the pieces it already has
+                        self._abort(peer, dest, tag)
+                    raise
+                try:
+                    b = page * ps
+                    self._data[s][b:b + chunk] = mv[off:off + chunk]
+                    more = layout.F_MORE if off + chunk < n else 0
+                    self._post(peer, dest, tag, chunk, s, page, want, flags | more, n, None,
+                               deadline)
+                except BaseException:
+                    self._free(s, page)
+                    if off:
+                        self._abort(peer, dest, tag)
+                    raise
+                off += chunk
+                flags = 0
+        finally:
+            if n > piece:
+                self._i[self._S] = 0
+
+
+    def _hdr(self, tag: int, n: int) -> bytes:
+        """The descriptor of a small message from us (cached: it is the same for
+        every message with that tag and length)."""
+        if len(self._hdrs) > 1024:
+            self._hdrs.clear()
+        h = self._hdrs[tag << 8 | n] = DESC.pack(self.tid, tag, n, -1, 0, 0, _F_FIRST, n)
+        return h
+
+    def _throttle(self, peer: Peer, dest: int, deadline: float) -> None:
+        """Pace a sender that is far ahead of a receiver that is busy receiving: while
+        more than IN_FLIGHT bytes of paged messages wait in *dest*'s inbox, wait for it
+        to take some (the data is then still in cache when it is read). A receiver
+        that takes nothing for STALL seconds is not receiving: we do not wait for it,
+        so buffering (up to the memory) is as before and nothing deadlocks on it."""
+        q, P, C = self._q, peer.posted_q, peer.consumed_q
+        if q[P] - q[C] <= IN_FLIGHT:
+            return
+        seen, since = q[C], time.perf_counter()
+        delay = 0.0
+        while q[P] - q[C] > IN_FLIGHT:
+            now = time.perf_counter()
+            if q[C] != seen:
+                seen, since = q[C], now
+            elif now - since > STALL:
+                return
+            if time.monotonic() >= deadline:
+                raise PvmTimeout(f"t{dest:x} receives too slowly "
+                                 f"({q[P] - q[C]} bytes waiting in its inbox)")
+            if now - since > MAX_SPIN:  # poll briefly first: it frees room in microseconds
+                delay = min(max(delay * 2, 20e-6), 1e-3)
+                time.sleep(delay)
+
+    def _abort(self, peer: Peer, dest: int, tag: int) -> None:
+        """Tell *dest* that the message in pieces we were sending will not be finished.
+        If its inbox stays full for ABORT_WAIT, the abort is owed: posted before our
+        next message to it. Our "sending" word, cleared first, tells it meanwhile."""
+        self._i[self._S] = 0
+        try:
+            self._post(peer, dest, tag, 0, -1, 0, 0, layout.F_ABORT, 0, None,
+                       time.monotonic() + ABORT_WAIT)
+        except PvmError as e:
+            if e.code != PvmNoTask and e.code != PvmSysErr:
+                self._owed[dest] = tag
+
+    def _owes(self, dest: int) -> bool:
+        """Is *dest*, to which we owe an abort, still a task (else forget the debt)?"""
+        try:
+            self._peer(dest)
+            return True
+        except PvmError:
+            return False
+
+    def _post(self, peer: Peer, dest: int, tag: int, n: int, s: int, p: int, npages: int,
+              flags: int, total: int, inline: bytes | memoryview | None, deadline: float,
+              wait: bool = True) -> bool:
+        """Queue a descriptor in *dest*'s inbox (with *n* bytes of *inline* data after
+        it when *s* < 0), waiting until *deadline* for room; or, if not *wait* (a medium
+        message), return False at once unless the ring is filled no further than
+        MEDIUM_FILL. A sleeping receiver is woken first."""
+        lock, wake = peer.lock, peer.wake
+        q, i = self._q, self._i
+        H, T = peer.head_q, peer.tail_q
+        need = 1 if s >= 0 else layout.span(n)
+        early = i[peer.waiting_i]  # woken now, it is back about when the message is there
+        if early:
+            try:
+                wake.release()
+            except sysv_ipc.ExistentialError:
+                pass
+        delay = 20e-6
+        while True:
+            try:
+                # held long only by a stopped holder: not past our deadline for it
+                got = lock.acquire(min(SLICE, max(deadline - time.monotonic(), 0.0)))
+            except ipc.Gone:
+                self._check_alive()  # pvm_shmd stopped (its semaphores go): PvmSysErr
+                raise PvmError(PvmNoTask, f"t{dest:x} exited") from None
+            if got:
+                if i[peer.tid_i] & 0xFFFFFFFF != dest:
+                    lock.release()
+                    self._check_alive()
+                    raise PvmError(PvmNoTask, f"t{dest:x} exited")
+                tail = q[T]
+                used = tail - q[H]
+                if not 0 <= used <= _RING:  # the head only grows, up to the tail
+                    lock.release()
+                    raise damaged(f"inbox of t{dest:x}: head {q[H]}, tail {tail}")
+                k = tail % _RING
+                fill = _RING - k if k + need > _RING else 0  # a message does not wrap
+                if used + fill + need <= (_RING if wait else layout.MEDIUM_FILL):
+                    break
+                lock.release()
+                if not wait:
+                    return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PvmTimeout(f"inbox of t{dest:x} full (it does not receive)" if got
+                                 else f"inbox of t{dest:x} stayed locked")
+            self._check_alive()
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 5e-3)
+        ring = peer.ring
+        if fill:
+            _pack_desc(self._buf, ring + k * _DESCSZ, self.tid, 0, fill * _DESCSZ - _INL,
+                       -1, 0, 0, _F_SKIP, 0)
+            tail += fill
+        d = ring + (tail % _RING) * _DESCSZ
+        _pack_desc(self._buf, d, self.tid, tag, n, s, p, npages, flags, total)
+        if inline is not None and n:
+            self._buf[d + _INL:d + _INL + n] = inline
+        if s >= 0:
+            q[peer.posted_q] = (q[peer.posted_q] + n) & MASK64
+        q[T] = tail + need
+        lock.release()  # a semop, the barrier between our tail store and the flag load
+        w = i[peer.waiting_i]
+        if w and w != early:  # asleep in a sleep we did not wake (see psend)
+            try:
+                wake.release()
+            except sysv_ipc.ExistentialError:
+                pass  # it left meanwhile; the message went with it
+        return True

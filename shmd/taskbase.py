@@ -1,0 +1,188 @@
+"""What every part of a Task shares: its state, the checks, the peers it sends to.
+
+A ``Task`` (task.py) is built in layers, each a module a reader can take in alone,
+each a class that inherits the one below it (so a layer calls only what is below it
+or here; Sending and Receiving both stand on Rendezvous, and Task on both)::
+
+    Task       task.py: joining, attaching the segments, leaving
+    Receiving  receiving.py: precv, precv_into, precv_view, probe
+    Sending    sending.py: psend and posting descriptors to another task's inbox
+    Rendezvous rendezvous.py: direct delivery, both sides (direct.py does the copying)
+    Inbox      inbox.py: our ring, the pending queue, sleeping, messages in pieces
+    Pages      pages.py: allocating and freeing runs of pages
+    TaskBase   this module: the state's attributes, _check_alive, _peer (a Peer)
+
+Method lookups through the layers are cached by the interpreter: they cost nothing.
+
+The attributes are set in ``Task.__init__``/``_attach``; they are declared here (no
+values: nothing is added to the class) so that each layer is type-checked alone.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import weakref
+from collections import deque
+
+import sysv_ipc
+
+from . import control, ipc, layout, tids
+from .errors import PvmBadParam, PvmError, PvmNoMem, PvmNoTask, PvmSysErr, PvmTimeout
+from .message import Desc, Matcher, MessageView
+
+ANY = -1
+SLICE = 0.2  # a blocked receiver re-checks the daemon this often (seconds)
+MAX_SPIN = 200e-6  # longest busy-wait before blocking (seconds)
+MASK64 = (1 << 64) - 1  # counters wrap rather than raise when scribbled near 2**64
+INF = float("inf")
+_TID = layout.T_TID_I
+
+
+class MemoryFull(PvmTimeout):
+    """psend found no free pages before its timeout: a PvmTimeout (it timed out) whose
+    code is PvmNoMem (what it waited for), as documented for memory full."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.code, self.name = PvmNoMem, "PvmNoMem"
+
+
+def damaged(what: str) -> PvmError:
+    """The error for a shared word that cannot be right (scribbled on)."""
+    return PvmError(PvmSysErr, f"shared memory damaged: {what}")
+
+
+def spin_allowed() -> bool:
+    """Busy-waiting only pays when the peer has a CPU of its own."""
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+    except OSError:
+        ncpu = os.cpu_count() or 1
+    return ncpu >= 2 and os.getloadavg()[0] < ncpu
+
+
+class Peer:
+    """A local task we send to, as ``_peer`` caches it: its slot, semaphores, and the
+    indexes of the words of its slot that senders read and write (int32 ``*_i``,
+    int64 ``*_q``, in the views of segment 0)."""
+
+    __slots__ = ("slot", "lock", "wake", "sem", "tid_i", "pid_i", "lock_id_i", "waiting_i",
+                 "sending_i", "head_q", "tail_q", "start_q", "posted_q", "consumed_q", "rv",
+                 "ring", "seen")
+
+    def __init__(self, slot: int, lock: ipc.Lock, wake: sysv_ipc.Semaphore):
+        bi, bq = layout.slot_i(slot), layout.slot_q(slot)
+        self.slot, self.lock, self.wake = slot, lock, wake
+        self.sem = lock.sem  # psend's fast path takes the lock without waiting
+        self.tid_i, self.pid_i = bi + layout.T_TID_I, bi + layout.T_PID_I
+        self.lock_id_i, self.waiting_i = bi + layout.T_LOCK_ID_I, bi + layout.T_WAITING_I
+        self.sending_i = bi + layout.T_SENDING_I
+        self.head_q, self.tail_q = bq + layout.T_HEAD_Q, bq + layout.T_TAIL_Q
+        self.start_q = bq + layout.T_START_TICKS_Q
+        self.posted_q, self.consumed_q = bq + layout.T_POSTED_Q, bq + layout.T_CONSUMED_Q
+        self.rv = bq + layout.T_RV_Q  # its direct-delivery record (int64 word index)
+        self.ring = layout.slot_off(slot) + layout.SLOT_HDR  # byte offset of its ring
+        # its head as last read: the head only grows, so a stale one can only make the
+        # ring look fuller, and not reading it spares a cache line the receiver writes
+        self.seen = 0
+
+
+class TaskBase:
+    """The state of a Task (see task.py for what each holds) and what every layer
+    uses: whether pvm_shmd and we are still there, and the peers we send to."""
+
+    vmid: str
+    tid: int
+    closed: bool
+    _pid: int
+    _slot: int
+    _gen: int
+    _daemon: tuple[int, int]
+    _shm0: sysv_ipc.SharedMemory
+    _segs: list[sysv_ipc.SharedMemory]
+    _views: list[memoryview]
+    _conn: control.Connection | None
+    # segment 0 as bytes, int64 and int32 words
+    _buf: memoryview
+    _q: memoryview
+    _i: memoryview
+    # the segments: page size, count, message pages, locks, pages each, page maps
+    # (int32 index), table entries (int32 and int64 index), rovers (int32 index)
+    _ps: int
+    _nsegs: int
+    _data: list[memoryview]
+    _locks: list[ipc.Lock]
+    _npages: list[int]
+    _mapb: list[int]
+    _segi: list[int]
+    _segq: list[int]
+    _rover: list[int]
+    _maxpages: int
+    _home: int
+    _deferred: list[tuple[int, int, int]]
+    _bases: list[int]
+    # our slot's words: head, tail, consumed, record (int64); waiting, pending, sending
+    # (int32); our ring's byte offset
+    _H: int
+    _T: int
+    _C: int
+    _R: int
+    _W: int
+    _P: int
+    _S: int
+    _ring: int
+    _mylock: ipc.Lock
+    _mywake: sysv_ipc.Semaphore
+    _waiter: ipc.Waiter
+    _direct: bool
+    # receiving: the pending queue and what the receive paths remember
+    _pending: deque[Desc]
+    _mviews: weakref.WeakSet[MessageView]
+    _matchers: dict[tuple[int, int], Matcher]
+    _orphans: dict[int, int]
+    _at: int | None
+    _unspilled: bool
+    _spun: bool
+    _sleeps: int
+    _spin_auto: bool
+    _spin_checked: float
+    _spin_budget: float
+    _rx: struct.Struct  # precv's guess of the next small message's length
+    # sending
+    _peers: dict[int, Peer]
+    _owed: dict[int, int]
+    _hdrs: dict[int, bytes]
+    _served: set[int]
+
+    def _check_alive(self) -> None:
+        """Raise if the daemon died or the shared memory was reset under us."""
+        h = layout.header(self._buf)
+        if h["generation"] != self._gen or h["state"] != layout.READY:
+            raise PvmError(PvmSysErr, "the shared memory was reset (HUP or reset)")
+        if not ipc.alive(*self._daemon):
+            raise PvmError(PvmSysErr, "pvm_shmd died")
+        if self._i[layout.slot_i(self._slot) + _TID] & 0xFFFFFFFF != self.tid:
+            raise PvmError(PvmSysErr, "this task was removed by pvm_shmd")
+
+    def _peer(self, tid: int) -> Peer:
+        """The Peer of local task *tid*, cached while its slot still holds it."""
+        p = self._peers.get(tid)
+        # the tid, and the inbox lock (a task that rejoined with the same tid has new ones)
+        if (p is not None and self._i[p.tid_i] & 0xFFFFFFFF == tid
+                and self._i[p.lock_id_i] == p.lock.id):
+            return p
+        if not isinstance(tid, int) or not 0 < tid <= 0x7FFFFFFF:
+            raise PvmError(PvmBadParam, f"bad tid {tid!r}")
+        if tids.host_of(tid) != tids.host_of(self.tid):
+            raise PvmError(PvmNoTask, f"{tids.fmt(tid)} is on another host (shared memory is local)")
+        for i in range(layout.MAX_TASKS):
+            t = layout.slot(self._buf, i)
+            if t["tid"] == tid and t["state"] == layout.ACTIVE:
+                try:
+                    lock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
+                    wake = ipc.open_sem(t["wake_key"], t["wake_id"])
+                except (ipc.Gone, sysv_ipc.Error):
+                    break
+                p = self._peers[tid] = Peer(i, lock, wake)
+                return p
+        raise PvmError(PvmNoTask, f"no task {tids.fmt(tid)}")
