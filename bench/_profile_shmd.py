@@ -98,7 +98,7 @@ def _psend_alone(me, data, k: int) -> float:
 def pieces(vmid: str, n: int) -> None:
     print("2. the pieces, timed alone, us per call")
     with shmd.join(vmid=vmid, spin=False) as me:
-        lock = me._peer(me.tid)[1]  # our inbox lock, as a sender takes it
+        lock = me._peer(me.tid).lock  # our inbox lock, as a sender takes it
         wake = me._mywake
         desc = shmd.task._DESC
         buf = me._buf

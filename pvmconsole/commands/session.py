@@ -8,7 +8,8 @@ from pvmconsole import formats
 from pvmconsole.console import VERSION, Console, ExitConsole
 from pvmconsole.registry import Command, CommandError
 from pvmconsole.runner import console_vars, set_console_var
-from pvmconsole.vmtable import dtid
+from shmd import tids
+from shmd.tids import CONSOLE_TID
 
 EXPORT_VAR = "PVM_EXPORT"
 # Bounds on what `setenv`/`export` may set, in bytes of "NAME=value". The kernel refuses
@@ -53,7 +54,6 @@ def set_checked(name: str, value: str) -> None:
                            f"{total} bytes, at most {ENV_TOTAL_MAX} in all "
                            "(set some to \"\" to make room)")
     set_console_var(name, value)
-CONSOLE_TID = dtid(1) + 1  # PVM's console was the first task on the master: t40001
 
 
 def do_help(c: Console, args: list[str]) -> None:
@@ -67,7 +67,7 @@ def do_help(c: Console, args: list[str]) -> None:
 
 
 def do_id(c: Console, args: list[str]) -> None:
-    c.print(f"t{CONSOLE_TID:x}")
+    c.print(tids.fmt(CONSOLE_TID))
 
 
 def do_version(c: Console, args: list[str]) -> None:
