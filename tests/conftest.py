@@ -13,6 +13,8 @@ import time
 import pytest
 
 BIN = os.path.dirname(sys.executable)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
+HELPERS = os.path.dirname(os.path.abspath(__file__))  # tests/: conftest and the helper modules
 _counter = itertools.count()
 
 
@@ -111,20 +113,23 @@ def need_namespace(what: str, kind: str = "ipc") -> None:
 
 @pytest.fixture
 def daemon(pvm_env, request):
-    """A pvm_shmd for one test: (maxpages, maxsegs) by indirect parametrization,
-    default (256, 2); stopped (and its IPC objects checked gone) afterwards."""
-    from test_task_helpers import Daemon
+    """A pvm_shmd for one test (daemons.VM with one daemon started): (maxpages, maxsegs)
+    by indirect parametrization, default (256, 2); stopped, and whatever it left removed,
+    afterwards."""
+    from daemons import VM
 
     maxpages, maxsegs = getattr(request, "param", (256, 2))
-    d = Daemon(maxpages, maxsegs)
-    yield d
-    d.stop()
+    vm = VM(pvm_env)
+    vm.start(f"-maxpages={maxpages}", f"-maxsegs={maxsegs}", small=False)
+    vm.maxpages, vm.maxsegs = maxpages, maxsegs
+    yield vm
+    vm.cleanup()
 
 
 @pytest.fixture
 def peers(daemon):
     """Helper processes that join the daemon and do what the test tells them."""
-    from test_task_helpers import Peers
+    from peers import Peers
 
     p = Peers()
     yield p

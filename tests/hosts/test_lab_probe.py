@@ -12,11 +12,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import need_root
+from conftest import ROOT, need_root
 
 from pvmconsole import lab as labmod
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.lab  # real sshd servers, lab hosts or namespaces (root)
+
 BIN = os.path.dirname(sys.executable)
 MAKE_RSLAVE = '"mount --make-rslave /" failed: Invalid argument'
 
@@ -73,7 +74,7 @@ def test_probe_and_up_in_a_chroot_say_why_in_the_systems_words(chroot):
 def test_lab_tests_skip_with_the_reason_where_the_lab_cannot_run(chroot):
     """Every lab-using module goes through lab_probe.need_lab: in the chroot, skips (with the
     probe's reason), no errors, no failures."""
-    modules = [os.path.join(ROOT, "tests", m)
+    modules = [os.path.join(ROOT, "tests", "hosts", m)
                for m in ("test_lab.py", "test_ssh.py", "test_console_messages.py")]
     r = chroot([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *modules],
                timeout=300)

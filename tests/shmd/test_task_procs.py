@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from test_task_helpers import PeerError
+from peers import PeerError
 
 from shmd.errors import PvmNoTask, PvmSysErr
 

@@ -12,8 +12,8 @@ import signal
 import subprocess
 import sys
 
-from conftest import need_namespace
-from test_daemon_util import IPCFREE, daemon_objects, exists, listed, proc_alive, shmd_vm, wait_for
+from conftest import HELPERS, need_namespace
+from daemons import IPCFREE, daemon_objects, exists, listed, proc_alive, shmd_vm, wait_for
 
 assert shmd_vm
 
@@ -81,7 +81,7 @@ NAMESPACED = r'''
 import json, os, signal, subprocess, sys, time
 import sysv_ipc
 sys.path.insert(0, sys.argv[1])
-from test_daemon_util import daemon_objects, PVM_SHMD, STAT, IPCFREE
+from daemons import daemon_objects, PVM_SHMD, STAT, IPCFREE
 out = {}
 def run(*argv, vmid=None):
     env = {**os.environ, "PVM_VMID": vmid or os.environ["PVM_VMID"]}
@@ -121,8 +121,7 @@ print(json.dumps(out))
 
 def test_ipcfree_default_and_all_in_a_private_ipc_namespace(shmd_vm):
     need_namespace("a private IPC namespace")
-    here = os.path.dirname(__file__)
-    r = subprocess.run(["unshare", "--ipc", sys.executable, "-c", NAMESPACED, here],
+    r = subprocess.run(["unshare", "--ipc", sys.executable, "-c", NAMESPACED, HELPERS],
                        capture_output=True, text=True, timeout=180, env=shmd_vm.env())
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

@@ -15,12 +15,14 @@ import tempfile
 import pytest
 import sysv_ipc
 from conftest import BIN
+from daemons import IPCFREE, PVM_SHMD, STAT, exists, shmd_vm  # noqa: F401
 from other_user import other_user  # noqa: F401  (a fixture)
-from test_daemon_util import IPCFREE, PVM_SHMD, STAT, exists, shmd_vm  # noqa: F401
 
 from shmd import control, ipc, layout, paths, private
 from shmd.errors import PvmDenied, PvmError
 from shmd.exits import StatExit
+
+pytestmark = pytest.mark.root  # acts as a second user (setuid)
 
 PVM = os.path.join(BIN, "pvm")
 UID = os.getuid()

@@ -12,6 +12,8 @@ from lab_probe import lab_args, need_lab, running_lab, ssh
 
 from pvmconsole import lab as labmod
 
+pytestmark = pytest.mark.lab  # real sshd servers, lab hosts or namespaces (root)
+
 PVM = os.path.join(os.path.dirname(sys.executable), "pvm")
 DX = labmod.local_program("pvm_shmd")
 STAT = os.path.join(os.path.dirname(DX), "pvm_shmd_stat")

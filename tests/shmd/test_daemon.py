@@ -11,8 +11,8 @@ import time
 
 import pytest
 import sysv_ipc
-from other_user import other_user  # noqa: F401  (a fixture)
-from test_daemon_util import (
+from conftest import ROOT
+from daemons import (
     PVM_SHMD,
     STAT,
     exists,
@@ -27,6 +27,7 @@ from test_daemon_util import (
     sysv_rows,
     wait_for,
 )
+from other_user import other_user  # noqa: F401  (a fixture)
 
 from shmd import control, ipc, layout, paths
 
@@ -39,7 +40,7 @@ def mode_of(kind: str, iid: int) -> int:
 
 
 def all_objects_of(vm, vmid=None) -> set[tuple[str, int]]:
-    from test_daemon_util import daemon_objects
+    from daemons import daemon_objects
 
     return daemon_objects(vmid or vm.vmid)
 
@@ -652,7 +653,7 @@ def test_permission_denied_segment_of_another_user(shmd_vm, other_user, tmp_path
 
 def test_docs_cover_options_signals_statuses_layout():
     """docs/shmd.md documents every option, signal and exit status the code has."""
-    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "shmd.md")).read()
+    doc = open(os.path.join(ROOT, "docs", "shmd.md")).read()
     for word in ("-debug=", "-maxsegs=", "-maxpages=", "-vmid=", "-host=", "-name=",
                  "-foreground", "SIGHUP", "SIGTERM", "SIGINT", "SIGUSR1", "ipcfree",
                  "--all", "--force", "MAXSEG", "MAXPAGES", "PVMDLOGMAX"):

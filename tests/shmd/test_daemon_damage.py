@@ -8,7 +8,7 @@ import struct
 import subprocess
 
 import pytest
-from test_daemon_util import IPCFREE, STAT, exists, shmd_vm, wait_for  # noqa: F401
+from daemons import IPCFREE, STAT, exists, shmd_vm, wait_for  # noqa: F401
 
 from shmd import control, ipc, layout
 from shmd.errors import PvmError

@@ -19,6 +19,8 @@ from lab_probe import running_lab
 
 from pvmconsole import lab as labmod
 
+pytestmark = pytest.mark.lab  # real sshd servers, lab hosts or namespaces (root)
+
 PVM = os.path.join(os.path.dirname(sys.executable), "pvm")
 DX = labmod.local_program("pvm_shmd")
 STALL_MARGIN = 4.0  # a start may take this much longer than with a resolvable name, no more

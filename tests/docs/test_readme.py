@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from test_daemon_util import shmd_vm  # noqa: F401
+from conftest import ROOT
+from daemons import shmd_vm  # noqa: F401
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+README = os.path.join(ROOT, "README.md")
 
 
 def snippets() -> list[str]:

@@ -12,12 +12,15 @@ import subprocess
 import time
 
 import pytest
+from conftest import ROOT
+from consoles import PVM, TASK_PROG, Console, task_rows, vm_procs, wait_for  # noqa: F401
 from lab_probe import running_lab, ssh
-from test_tasks import PVM, TASK_PROG, Console, task_rows, vm_procs, wait_for  # noqa: F401
 
 from pvmconsole import lab as labmod
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+pytestmark = pytest.mark.lab  # real sshd servers, lab hosts or namespaces (root)
+
+EXAMPLES = os.path.join(ROOT, "examples")
 TICKER = """\
 import sys, time
 import shmd

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from test_daemon_util import PVM_SHMD, SMALL, shmd_vm, wait_for  # noqa: F401
+from daemons import PVM_SHMD, SMALL, shmd_vm, wait_for  # noqa: F401
 
 from shmd import control, handshake, ipc
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from test_task_helpers import payload
+from peers import payload
 
 import shmd
 from shmd import direct

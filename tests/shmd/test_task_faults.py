@@ -22,7 +22,7 @@ import struct
 import time
 
 import pytest
-from test_task_helpers import crc, payload
+from peers import crc, payload
 
 from shmd import control, layout
 from shmd.errors import PvmNoMem, PvmSysErr

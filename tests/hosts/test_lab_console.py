@@ -11,6 +11,8 @@ from lab_probe import running_lab, ssh
 
 from pvmconsole import lab as labmod
 
+pytestmark = pytest.mark.lab  # real sshd servers, lab hosts or namespaces (root)
+
 PVM = os.path.join(os.path.dirname(sys.executable), "pvm")
 PASSWORD = "lab-pw-2"
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvmconsole import hostfile as hf
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def names(h: hf.Hostfile) -> list[str]:
@@ -100,7 +99,7 @@ def test_overloaded_duplicate_is_allowed():
 
 def test_unreadable_file_is_the_system_error_not_a_line_error(tmp_path):
     """No line 0: a file that can't be read is its OSError, which the console reports as
-    ``pvm: PATH: No such file or directory`` (tests/test_console_messages.py)."""
+    ``pvm: PATH: No such file or directory`` (tests/hosts/test_console_messages.py)."""
     missing = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError) as ei:
         hf.read(missing)

@@ -5,15 +5,7 @@ import os
 import subprocess
 import sys
 
-import pytest
-from test_task_helpers import ROOT, Daemon
-
-
-@pytest.fixture
-def daemon(pvm_env):
-    d = Daemon(256, 2)
-    yield d
-    d.stop()
+from conftest import ROOT
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -11,6 +11,8 @@ from lab_probe import lab_args, lab_traces, need_lab, running_lab, ssh  # noqa: 
 
 from pvmconsole import lab as labmod
 
+pytestmark = pytest.mark.lab  # real sshd servers, lab hosts or namespaces (root)
+
 
 def root_shm_keys() -> set[int]:
     with open("/proc/sysvipc/shm") as f:

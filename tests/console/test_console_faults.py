@@ -8,7 +8,7 @@ import os
 import subprocess
 
 import pytest
-from test_console_vm import ME, PVM, TIMEOUT, alive, daemon_state, pvm, vm  # noqa: F401 (vm: fixture)
+from consoles import ME, PVM, TIMEOUT, alive, daemon_state, pvm, vm  # noqa: F401 (vm: fixture)
 
 from pvmconsole.batch import run_lines
 from pvmconsole.commands import builtin_registry

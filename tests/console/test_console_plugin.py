@@ -7,9 +7,9 @@ import os
 import re
 import subprocess
 
-from conftest import BIN
+from conftest import BIN, ROOT
 
-DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "console.md")
+DOC = os.path.join(ROOT, "docs", "console.md")
 
 
 def plugin_from_doc() -> tuple[str, str]:

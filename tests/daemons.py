@@ -1,7 +1,8 @@
-"""Support for the daemon tests (no tests here): start real pvm_shmd daemons, drive real
-task processes, read /proc/sysvipc, and clean up everything even when a test fails.
+"""The one daemon harness of the tests (no tests here): start real pvm_shmd daemons, drive
+real task processes, read /proc/sysvipc, and clean up everything even when a test fails.
+conftest's ``daemon`` fixture is a VM of this module with one daemon started.
 
-Import the ``shmd_vm`` fixture from here: ``from test_daemon_util import shmd_vm``.
+Import the ``shmd_vm`` fixture from here: ``from daemons import shmd_vm``.
 """
 from __future__ import annotations
 
@@ -292,6 +293,31 @@ class VM:
         if join:
             c.join(name)
         return c
+
+    # ---- the first daemon, as the message-passing tests see it ----------------------
+    @property
+    def pid(self) -> int:
+        """The pid of the first daemon started."""
+        return self.daemons[0][0]
+
+    def alive(self) -> bool:
+        return bool(self.daemons) and ipc.alive(*self.daemons[0])
+
+    def wait_idle(self, timeout: float = 10.0, tasks: int = 0) -> dict:
+        """Wait until *tasks* tasks remain and every page is free; return the state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.stat()
+            free = all(s["free"] == s["pages"] for s in st["segments"])
+            if free and len(st["tasks"]) == tasks or time.monotonic() > deadline:
+                return st
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """TERM the first daemon (it removes every IPC object), as `pvm_shmd_stat --stop`."""
+        if self.alive():
+            r = self.run([STAT, "--stop", "--timeout=15"], timeout=30)
+            assert r.returncode == 0, r.stderr
 
     def cleanup(self) -> None:
         for c in self.children:

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from test_task_helpers import PeerError, crc, payload
+from peers import PeerError, crc, payload
 
 import shmd
 from shmd import layout

@@ -1,8 +1,6 @@
-"""Helpers for the message-passing tests (no tests here).
+"""Peers for the message-passing tests (no tests here; the daemon they join comes from
+daemons.py, through conftest's ``daemon`` fixture).
 
-* ``Daemon``: a real pvm_shmd started with ``pvm_shmd -maxpages=N -maxsegs=M`` under the
-  test's PVM_TMP/PVM_VMID, stopped with ``pvm_shmd_stat --stop`` (SIGKILL and ipcfree
-  of its objects if that fails), so nothing is left behind even when a test fails.
 * ``Peer``: a child Python process that runs snippets sent to it over a pipe
   (``peer.call("me.psend(dest, 1, b'x')", dest=tid)``) and answers with their result:
   each peer is a separate process, hence a task of its own (pvm_shmd gives one tid per
@@ -23,7 +21,7 @@ import zlib
 
 HERE = os.path.abspath(__file__)
 BIN = os.path.dirname(sys.executable)
-ROOT = os.path.dirname(os.path.dirname(HERE))
+ROOT = os.path.dirname(os.path.dirname(HERE))  # tests/peers.py: the checkout is two up
 
 
 def payload(seed: int, size: int) -> bytes:
@@ -38,61 +36,6 @@ def payload(seed: int, size: int) -> bytes:
 
 def crc(data) -> int:
     return zlib.crc32(data)
-
-
-# ---- the daemon --------------------------------------------------------------------
-def run_tool(name: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([os.path.join(BIN, name), *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-class Daemon:
-    def __init__(self, maxpages: int = 256, maxsegs: int = 2, *extra: str):
-        r = run_tool("pvm_shmd", f"-maxpages={maxpages}", f"-maxsegs={maxsegs}", *extra)
-        assert r.returncode == 0, f"pvm_shmd did not start: {r.stderr}"
-        self.line = r.stdout.strip()
-        self.pid = int(self.line.split("pid<")[1].split(">")[0])
-        self.maxpages, self.maxsegs = maxpages, maxsegs
-
-    def stat(self) -> dict:
-        r = run_tool("pvm_shmd_stat", "--json", timeout=15)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
-
-    def wait_idle(self, timeout: float = 10.0, tasks: int = 0) -> dict:
-        """Wait until *tasks* tasks remain and every page is free; return the state."""
-        deadline = time.monotonic() + timeout
-        while True:
-            st = self.stat()
-            free = all(s["free"] == s["pages"] for s in st["segments"])
-            if free and len(st["tasks"]) == tasks or time.monotonic() > deadline:
-                return st
-            time.sleep(0.05)
-
-    def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except OSError:
-            return False
-        with open(f"/proc/{self.pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-    def stop(self) -> None:
-        if self.alive():
-            r = run_tool("pvm_shmd_stat", "--stop", "--timeout=15", timeout=30)
-            if r.returncode == 0:
-                return
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            time.sleep(0.2)
-        ipcfree()
-
-
-def ipcfree() -> None:
-    """Remove what a killed daemon of this VM id left (ipcfree refuses live ones)."""
-    run_tool("ipcfree", timeout=30)
 
 
 # ---- peers -------------------------------------------------------------------------

@@ -14,13 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from consoles import PVM, TIMEOUT, pvm, vm  # noqa: F401 (vm: fixture)
 from lab_probe import running_lab
-from test_console_vm import PVM, TIMEOUT, pvm, vm  # noqa: F401 (vm: fixture)
 
 from pvmconsole import lab as labmod
 from pvmconsole.runner import LocalRunner
 from pvmconsole.ssh import SshError, SshRunner
 from shmd.errors import PvmCantStart
+
+pytestmark = pytest.mark.lab  # real sshd servers, lab hosts or namespaces (root)
 
 
 @contextmanager

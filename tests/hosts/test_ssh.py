@@ -14,6 +14,8 @@ from pvmconsole import lab as labmod
 from pvmconsole.ssh import SshError, SshRunner, remote_command
 from shmd.errors import PvmBadParam, PvmCantStart, PvmHostFail, PvmNoHost
 
+pytestmark = pytest.mark.lab  # real sshd servers, lab hosts or namespaces (root)
+
 
 @pytest.fixture(scope="module")
 def lab():

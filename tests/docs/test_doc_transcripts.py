@@ -19,9 +19,8 @@ import socket
 import subprocess
 
 import pytest
-from conftest import BIN
+from conftest import BIN, ROOT
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 DOCS = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 STAT_ROW = re.compile(r"^\s*\S+(\s+\d+){7}$")
 

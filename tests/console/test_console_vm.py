@@ -3,55 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import threading
 
-import pytest
-from conftest import BIN, sysv_objects
-
-PVM = os.path.join(BIN, "pvm")
-SHMD_STAT = os.path.join(BIN, "pvm_shmd_stat")
-ME = socket.gethostname()
-TIMEOUT = 90
-
-
-@pytest.fixture
-def vm(pvm_env, tmp_path, monkeypatch):
-    """A private VM id, PVM_TMP and HOME; small segments; every daemon stopped after."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("PVM_SHMD_OPTS", "-maxpages=64 -maxsegs=2")
-    table = os.path.join(pvm_env["state"], f"pvmd.{os.getuid()}.{pvm_env['vmid']}")
-    env = {**pvm_env, "home": str(home), "table": table}
-    yield env
-    if os.path.exists(env["table"]):
-        subprocess.run([PVM, "--norc", "-e", "halt"], capture_output=True, timeout=TIMEOUT)
-    subprocess.run([SHMD_STAT, "--stop"], capture_output=True, timeout=TIMEOUT)  # belt and braces
-
-
-def pvm(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([PVM, *args], input=input, capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def daemon_state() -> dict:
-    r = subprocess.run([SHMD_STAT, "--json"], capture_output=True, text=True, timeout=TIMEOUT)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def shm_ids() -> set[int]:
-    return {i for kind, i in sysv_objects() if kind == "shm"}
+from conftest import sysv_objects
+from consoles import ME, PVM, SHMD_STAT, TIMEOUT, alive, daemon_state, pvm, shm_ids, vm  # noqa: F401
 
 
 def test_stdin_batch_starts_attaches_and_halts(vm):
