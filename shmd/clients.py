@@ -3,7 +3,8 @@
 No client can stall or kill the daemon: a request line is at most MAX_LINE bytes and
 parsed so that nothing raises out of the loop (a ``[`` nested a thousand deep included);
 replies wait in a per-client buffer, and a client that does not read them is not read
-from until it does (nothing blocks on a socket); each turn of the loop serves at most
+from until it does (nothing blocks on a socket); nor is one whose requests already read
+and not yet served pass MAX_IN (so no client's buffers grow without bound); each turn of the loop serves at most
 LINES_PER_TURN requests of a client, so reaping never waits behind a flood; connections
 are capped by the file-descriptor limit, and an idle one that never joined is closed
 after IDLE_TIMEOUT. Who a client is comes from the kernel (SO_PEERCRED), never from
@@ -25,6 +26,7 @@ from .errors import PvmBadParam
 
 MAX_LINE = 64 << 10  # a request longer than this is refused and its client dropped
 MAX_OUT = 256 << 10  # replies waiting for a client that does not read them
+MAX_IN = 256 << 10  # requests read and not served yet: more wait in the socket (the kernel's)
 LINES_PER_TURN = 8  # requests of one client served per turn of the loop
 IDLE_TIMEOUT = 30.0  # an idle connection without a task is closed after this (seconds)
 FD_RESERVE = 64  # descriptors kept for the daemon itself (segments, log, semaphores)
@@ -154,6 +156,10 @@ class Clients:
             self._read(c)
 
     def _read(self, c: Client) -> None:
+        if len(c.inbuf) >= MAX_IN:
+            # it sends faster than it is served: its lines are served first (the loop does not
+            # sleep while a client is busy), then it is read again
+            return
         try:
             data = c.sock.recv(65536)
         except BlockingIOError:

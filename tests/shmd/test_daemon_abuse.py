@@ -190,3 +190,41 @@ def test_more_connections_than_descriptors_neither_spins_nor_blocks_joins(shmd_v
     finally:
         for s in idle:
             s.close()
+
+
+PING_FLOOD = r'''
+import json, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.setblocking(False)
+req = json.dumps({"op": "ping"}).encode() + b"\n"
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:  # small requests as fast as it can, never reading a reply
+    try:
+        s.send(req * 512)
+    except BlockingIOError:
+        time.sleep(0.0005)
+'''
+
+
+def test_a_client_sending_faster_than_it_is_served_does_not_grow_the_daemon(shmd_vm, monkeypatch):
+    vm = shmd_vm
+    monkeypatch.setenv("PVM_VMID", vm.vmid)
+    ready = vm.start()
+
+    def rss_kib() -> int:
+        with open(f"/proc/{ready['pid']}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    before = rss_kib()
+    sock = control.daemon_info(vm.vmid)["sock"]
+    flooder = subprocess.Popen([sys.executable, "-c", PING_FLOOD, sock, "3"])
+    try:
+        time.sleep(3.5)
+        grown = rss_kib() - before
+        assert control.request("ping", vm.vmid)["pid"] == ready["pid"]
+    finally:
+        flooder.kill()
+        flooder.wait()
+    print(f"daemon RSS grew {grown} KiB under a ping flood")
+    assert grown < 32 * 1024, grown  # bounded buffers: a few hundred KiB, not the flood
