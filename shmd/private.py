@@ -112,7 +112,7 @@ def directory(create: bool = True) -> str:
             pass
         except OSError as e:
             raise UnsafeState(f"{path}: {e.strerror}") from None
-    try:
+    try:  # FileNotFoundError (not made, create=False) is the caller's to handle
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise
