@@ -1,30 +1,54 @@
-"""PVM hostfile parser: a pure function from text to host entries (no I/O, no DNS).
+"""PVM hostfile parser: text in, host entries and per-line problems out (no DNS).
 
-Syntax (PVM 3.4, see docs/hostfile.md): one host per line, options ``key=value``
-after it; blank lines and ``#`` comments ignored; quotes and backslash as in the
-console; ``&`` prefix = known but not started, ``$`` prefix = may overload a
-host already in use; a ``*`` line sets the defaults for the lines after it and
-for hosts added later (each ``*`` line replaces the previous defaults). ``$VAR``
-and ``${VAR}`` in option values are expanded from the given environment.
+Syntax (PVM 3.4.6, src/host.c; see docs/hostfile.md): one host per line, options
+``key=value`` after it; blank lines and ``#`` comments ignored; a leading run of
+``&`` (known but not started) and ``$`` (may overload a host already in use) before
+the name, blanks allowed between them and the name; a ``*`` line sets the defaults
+for the lines after it and for hosts added later (each ``*`` line replaces the
+previous defaults); a repeated option keeps its first value; backslashes are kept
+as written. ``$VAR`` and ``${VAR}`` in option values are expanded from the given
+environment; an undefined one is kept as written.
+
+A bad line (unknown option, duplicate host, bad value) is dropped with one message
+naming FILE:LINE, the reason and the word; the rest of the file is kept
+(``Hostfile.problems``). ``strict=True`` (the default of :func:`parse` and
+:func:`read`) raises HostfileError instead when there is any problem.
 """
 from __future__ import annotations
 
+import errno
+import os
 import re
+import select
+import stat
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-from pvmconsole.tokenizer import TokenizeError, split
 
 #: Options a host line may carry (PVM's set).
 OPTIONS = ("lo", "so", "dx", "ep", "sp", "bx", "wd", "ip", "id")
 MAX_WORDS = 10  # PVM: "parsehost(): line too long"
-MAX_LINES = 4095  # PVM: the line number is the provisional host index
+MAX_HOSTS = 4095  # PVM: the host-index space; only host lines count here
+MAX_LINES = MAX_HOSTS  # the old name
+MAX_BYTES = 16 * 1024 * 1024  # a hostfile larger than this is refused unread
+MAX_PROBLEMS = 100  # problems listed one by one; the rest are counted
+MAX_SHOWN = 200  # characters of an offending word shown in a message
+PIPE_TIMEOUT = 10.0  # seconds to wait for a pipe's writer to finish
 SPEED_RANGE = (1, 1_000_000)
 STARTUP_MODES = ("pw", "ms")
+BOM = "\ufeff"
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.:-]*[A-Za-z0-9_])?$")
 _VMID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def escape(text: str) -> str:
+    """*text* with every unprintable character (NUL, controls, a BOM, ...) written as
+    its Python escape, so a message is one visible line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -42,19 +66,6 @@ class HostEntry:
 
 
 @dataclass(frozen=True)
-class Hostfile:
-    """A parsed hostfile: its entries in file order and the last ``*`` defaults."""
-
-    path: str
-    entries: tuple[HostEntry, ...] = ()
-    defaults: Mapping[str, str] = field(default_factory=dict)
-
-    def entry(self, name: str) -> HostEntry | None:
-        """The first entry for *name* (used to fill in later `add`s)."""
-        return next((e for e in self.entries if e.name == name), None)
-
-
-@dataclass(frozen=True)
 class LineError:
     """One problem: file, line number, the offending word and what is wrong."""
 
@@ -64,34 +75,59 @@ class LineError:
     message: str
 
     def __str__(self) -> str:
-        return f'{self.path}:{self.line}: {self.message} "{self.word}"'
+        word = self.word if len(self.word) <= MAX_SHOWN else self.word[:MAX_SHOWN] + "..."
+        return f'{escape(self.path)}:{self.line}: {escape(self.message)} "{escape(word)}"'
+
+
+@dataclass(frozen=True)
+class Hostfile:
+    """A parsed hostfile: its entries in file order, the last ``*`` defaults, and the
+    problems of the lines that were dropped (at most MAX_PROBLEMS of them listed;
+    ``dropped`` counts them all)."""
+
+    path: str
+    entries: tuple[HostEntry, ...] = ()
+    defaults: Mapping[str, str] = field(default_factory=dict)
+    problems: tuple[LineError, ...] = ()
+    dropped: int = 0
+
+    def entry(self, name: str) -> HostEntry | None:
+        """The first entry for *name* (used to fill in later `add`s)."""
+        return next((e for e in self.entries if e.name == name), None)
+
+    def report(self) -> list[str]:
+        """The lines to print on stderr: one per problem, then a summary (none when
+        the file had no problem)."""
+        return _report(self.path, list(self.problems), self.dropped)
+
+
+def _report(path: str, problems: list[LineError], total: int, dropped: bool = True) -> list[str]:
+    if not total:
+        return []
+    lines = [str(p) for p in problems]
+    if total > len(problems):
+        lines.append(f"{escape(path)}: {total - len(problems)} more problems not listed")
+    lines.append(f"{escape(path)}: {total} error{'s' if total != 1 else ''} in hostfile"
+                 + (f" ({'that line' if total == 1 else 'those lines'} dropped)" if dropped else ""))
+    return lines
 
 
 class HostfileError(ValueError):
-    """All the problems of one hostfile; nothing may be started from it."""
+    """The problems of one hostfile, raised by strict parsing."""
 
-    def __init__(self, path: str, errors: list[LineError]):
+    def __init__(self, path: str, errors: list[LineError], total: int | None = None):
         self.path = path
         self.errors = errors
-        n = len(errors)
-        lines = [str(e) for e in errors]
-        lines.append(f"{path}: {n} error{'s' if n != 1 else ''} in hostfile")
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join(_report(path, errors, len(errors) if total is None else total, False)))
 
 
-def _expand(value: str, env: Mapping[str, str]) -> tuple[str, str | None]:
-    """Expand ``$VAR``/``${VAR}``; return (text, name of the first undefined var)."""
-    missing: list[str] = []
-
+def _expand(value: str, env: Mapping[str, str]) -> str:
+    """Expand ``$VAR``/``${VAR}`` from *env*; an undefined one stays as written (a
+    pvmd expanded them on its own host: ``$PVM_ARCH`` is the remote's)."""
     def sub(m: re.Match[str]) -> str:
-        name = m.group(1) or m.group(2)
-        if name not in env:
-            missing.append(name)
-            return m.group(0)
-        return env[name]
+        return env.get(m.group(1) or m.group(2), m.group(0))
 
-    out = _VAR.sub(sub, value)
-    return out, (missing[0] if missing else None)
+    return _VAR.sub(sub, value)
 
 
 def _check_option(key: str, value: str) -> str | None:
@@ -100,6 +136,8 @@ def _check_option(key: str, value: str) -> str | None:
         return "unknown option"
     if value == "":
         return "empty value for option"
+    if not value.isprintable():
+        return "control character in"
     if key == "sp":
         if not value.isdigit() or not SPEED_RANGE[0] <= int(value) <= SPEED_RANGE[1]:
             return f"speed must be {SPEED_RANGE[0]}..{SPEED_RANGE[1]} in"
@@ -110,6 +148,36 @@ def _check_option(key: str, value: str) -> str | None:
     elif key == "ip" and not _HOSTNAME.match(value):
         return "bad address in"
     return None
+
+
+class _Unmatched(ValueError):
+    pass
+
+
+def split_line(line: str) -> list[str]:
+    """Split a hostfile line into words: blanks separate; ``'...'`` and ``"..."``
+    quote (the quotes removed); a word that starts with ``#`` ends the line; a
+    backslash is an ordinary character (PVM kept it: ``dx=d:\\pvm3\\pvmd3.exe``)."""
+    words: list[str] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i].isspace():
+            i += 1
+        if i >= n or line[i] == "#":
+            return words
+        word: list[str] = []
+        while i < n and not line[i].isspace():
+            c = line[i]
+            if c in "'\"":
+                end = line.find(c, i + 1)
+                if end < 0:
+                    raise _Unmatched(f"unmatched {c}")
+                word.append(line[i + 1:end])
+                i = end + 1
+            else:
+                word.append(c)
+                i += 1
+        words.append("".join(word))
 
 
 def parse_line(
@@ -123,7 +191,8 @@ def parse_line(
     """Parse one line.
 
     Returns ``(entry, new_defaults, errors)``: a host line gives an entry, a
-    ``*`` line gives new defaults, a blank/comment line gives neither.
+    ``*`` line gives new defaults, a blank/comment line gives neither; a line
+    with errors gives neither (it is dropped).
     """
     env = {} if env is None else env
     errs: list[LineError] = []
@@ -131,38 +200,38 @@ def parse_line(
     def err(word: str, message: str) -> None:
         errs.append(LineError(path, lineno, word, message))
 
+    body = text.lstrip()
+    rest = body.lstrip("&$")  # PVM: the prefixes, then optional blanks, then the name
+    prefix = body[:len(body) - len(rest)]
+    defer, overload = "&" in prefix, "$" in prefix
     try:
-        words = split(text, max_words=10_000)
-    except TokenizeError as e:
-        err(text.strip()[:60], str(e) + " in")
+        words = split_line(rest)
+    except _Unmatched as e:
+        err(body.strip()[:60], str(e) + " in")
         return None, None, errs
     if not words:
+        if prefix:
+            err(prefix, "missing host name")
         return None, None, errs
     if len(words) > MAX_WORDS:
         err(words[MAX_WORDS], f"line too long (more than {MAX_WORDS} words) at")
         return None, None, errs
-    first = words[0]
-    defer = overload = False
-    name = first
-    while name[:1] in ("&", "$"):
-        defer |= name[0] == "&"
-        overload |= name[0] == "$"
-        name = name[1:]
+    name = words[0]
+    first = prefix + name
     opts: dict[str, str] = {}
     for word in words[1:]:
         key, eq, raw = word.partition("=")
         if not eq:
             err(word, "unknown option")
             continue
-        value, missing = _expand(raw, env)
-        if missing is not None:
-            err(word, f"undefined variable ${missing} in")
-            continue
+        if key in opts:
+            continue  # as in PVM, a repeated option: the first one wins
+        value = _expand(raw, env)
         why = _check_option(key, value)
         if why:
-            err(word, why)
+            err(word if value == raw else f"{word} (= {value})", why)
             continue
-        opts[key] = value  # as in PVM, a repeated option: the last one wins
+        opts[key] = value
     if name == "*":
         if defer or overload:
             err(first, "a defaults line takes no & or $ prefix")
@@ -177,39 +246,124 @@ def parse_line(
     return HostEntry(name, merged, lineno, defer, overload), None, errs
 
 
-def parse(text: str, path: str = "hostfile", env: Mapping[str, str] | None = None) -> Hostfile:
-    """Parse a whole hostfile; raise HostfileError listing every problem."""
+def parse(text: str, path: str = "hostfile", env: Mapping[str, str] | None = None,
+          *, strict: bool = True) -> Hostfile:
+    """Parse a whole hostfile. Each bad line is dropped and noted in ``problems``;
+    with *strict* (the default) any problem raises HostfileError instead."""
+    if text.startswith(BOM):
+        text = text[1:]
     defaults: dict[str, str] = {}
     entries: list[HostEntry] = []
-    errors: list[LineError] = []
+    problems: list[LineError] = []
+    total = 0
     seen: dict[str, int] = {}
+    hosts = 0
+
+    def problem(e: LineError) -> None:
+        nonlocal total
+        total += 1
+        if len(problems) < MAX_PROBLEMS:
+            problems.append(e)
+
     for lineno, line in enumerate(text.splitlines(), start=1):
-        if lineno > MAX_LINES:
-            errors.append(LineError(path, lineno, line.strip()[:60], f"too many lines (max {MAX_LINES}) at"))
-            break
+        stripped = line.strip()
+        if not stripped or stripped[0] == "#":
+            continue
         entry, new_defaults, errs = parse_line(
             line, defaults=defaults, env=env, path=path, lineno=lineno
         )
-        errors.extend(errs)
+        for e in errs:
+            problem(e)
         if new_defaults is not None:
             defaults = new_defaults  # not cumulative: a '*' line replaces the defaults
         if entry is None:
             continue
+        if hosts >= MAX_HOSTS:
+            problem(LineError(path, lineno, entry.name,
+                              f"too many hosts (more than {MAX_HOSTS}): this and later lines dropped at"))
+            break
+        hosts += 1
         if entry.name in seen and not entry.overload:
-            errors.append(LineError(path, lineno, entry.name,
-                                    f"duplicate host (first on line {seen[entry.name]})"))
+            problem(LineError(path, lineno, entry.name,
+                              f"duplicate host (first on line {seen[entry.name]})"))
             continue
         seen.setdefault(entry.name, lineno)
         entries.append(entry)
-    if errors:
-        raise HostfileError(path, errors)
-    return Hostfile(path, tuple(entries), dict(defaults))
+    if strict and total:
+        raise HostfileError(path, problems, total)
+    return Hostfile(path, tuple(entries), dict(defaults), tuple(problems), total)
 
 
-def read(path: str, env: Mapping[str, str] | None = None) -> Hostfile:
-    """Read and parse a hostfile. A file that can't be read raises its OSError (with
-    ``filename`` and ``strerror``: ``HOSTFILE: No such file or directory``), not a
-    HostfileError: it has no line to point at."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
-    return parse(text, path, env)
+def _refuse(code: int, why: str, path: str) -> OSError:
+    return OSError(code, why, escape(path))
+
+
+def _read_bytes(path: str) -> bytes:
+    """The file's bytes: a regular file up to MAX_BYTES, or a pipe that has a writer
+    (read until it closes, within PIPE_TIMEOUT s). Never blocks on a FIFO without
+    a writer; anything else (a directory, a device) is refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, escape(path)) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise _refuse(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if stat.S_ISREG(st.st_mode):
+            if st.st_size > MAX_BYTES:
+                raise _refuse(errno.EFBIG, f"file too large (more than {MAX_BYTES >> 20} MiB)", path)
+            chunks = []
+            size = 0
+            while size <= MAX_BYTES:
+                chunk = os.read(fd, MAX_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            if size > MAX_BYTES:  # it grew while we read
+                raise _refuse(errno.EFBIG, f"file too large (more than {MAX_BYTES >> 20} MiB)", path)
+            return b"".join(chunks)
+        if not stat.S_ISFIFO(st.st_mode):
+            raise _refuse(errno.EINVAL, "not a regular file or a pipe", path)
+        return _read_pipe(fd, path)
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, escape(path)) from None
+        raise
+    finally:
+        os.close(fd)
+
+
+def _read_pipe(fd: int, path: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    writer = False  # seen one: an empty pipe it closed is an empty hostfile
+    deadline = time.monotonic() + PIPE_TIMEOUT
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:  # a writer, nothing written yet
+            writer = True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _refuse(errno.ETIMEDOUT,
+                              f"pipe not closed by its writer within {PIPE_TIMEOUT:g} s", path) from None
+            select.select([fd], [], [], min(left, 0.5))
+            continue
+        if not chunk:
+            if not chunks and not writer:
+                raise _refuse(errno.EPIPE, "a pipe with no writer (nothing to read)", path)
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BYTES:
+            raise _refuse(errno.EFBIG, f"file too large (more than {MAX_BYTES >> 20} MiB)", path)
+
+
+def read(path: str, env: Mapping[str, str] | None = None, *, strict: bool = True) -> Hostfile:
+    """Read and parse a hostfile. A file that can't be read raises an OSError (with
+    ``filename``, escaped, and ``strerror``: ``HOSTFILE: No such file or directory``),
+    not a HostfileError: it has no line to point at."""
+    text = _read_bytes(path).decode("utf-8", errors="replace")
+    return parse(text, path, env, strict=strict)

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 from conftest import ROOT
@@ -53,8 +57,8 @@ def test_defaults_apply_to_following_lines_and_are_not_cumulative():
 def test_quoting_and_backslash():
     assert errors_of("'node 1' wd=x\n") == ['hf:1: bad host name "node 1"']
     assert names(hf.parse("'node1' \"lo\"=x\n", "hf")) == ["node1"]
-    e = hf.parse('node1 wd="/my dir" ep=a\\ b\n', "hf").entries[0]
-    assert e.options == {"wd": "/my dir", "ep": "a b"}
+    e = hf.parse('node1 wd="/my dir" ep=a\\b\n', "hf").entries[0]
+    assert e.options == {"wd": "/my dir", "ep": "a\\b"}  # PVM kept backslashes as written
 
 
 def test_variable_expansion():
@@ -69,7 +73,8 @@ def test_variable_expansion():
     ("node1 sp=fast\n", 'hf:1: speed must be 1..1000000 in "sp=fast"'),
     ("node1 so=rsh\n", 'hf:1: startup option must be so=pw or so=ms in "so=rsh"'),
     ("node1 lo=\n", 'hf:1: empty value for option "lo="'),
-    ("node1 lo=$NOPE\n", 'hf:1: undefined variable $NOPE in "lo=$NOPE"'),
+    ("node1 sp=$NOPE\n", 'hf:1: speed must be 1..1000000 in "sp=$NOPE"'),
+    ("node1 lo=a\x01b\n", 'hf:1: control character in "lo=a\\x01b"'),
     ("node1 'lo=x\n", "hf:1: unmatched ' in \"node1 'lo=x\""),
     ("&\n", 'hf:1: missing host name "&"'),
     ("no/de\n", 'hf:1: bad host name "no/de"'),
@@ -165,3 +170,193 @@ def test_no_hostfile_like_input_crashes_the_parser(text):
 def test_options_round_trip(opts):
     line = "host1 " + " ".join(f"{k}={v}" for k, v in opts.items())
     assert hf.parse(line, "hf").entries[0].options == opts
+
+
+# -- PVM 3.4.6's rules, table-driven (src/host.c readhostfile/parsehost, man pvmd3) -----------
+# The example hostfile of the pvmd3(1) man page ("Host File Format"), as printed there.
+MAN_PAGE_EXAMPLE = """\
+# host file for testing on various platforms
+fonebone
+refuge
+# installed in /usr/local here
+sigi.cs dx=/usr/local/pvm3/lib/pvmd
+# borrowed accts, "guest", don't trust fonebone
+* lo=guest  so=pw
+sn666.jrandom.com
+cubie.misc.edu
+# really painful one, must start it by hand and share a homedir
+& igor.firewall.com  lo=guest2  so=ms  ep=bob/pvm3/bin/$PVM_ARCH
+"""
+GUEST = {"lo": "guest", "so": "pw"}
+
+# (case, text, env, [(name, options, defer, overload)], defaults, [problems])
+PVM_RULES = [
+    ("man page: simple", "# my first host file\nthud\nfred\nwilma\nbarney\nbetty\n", {},
+     [(n, {}, False, False) for n in ("thud", "fred", "wilma", "barney", "betty")], {}, []),
+    ("man page: example, $PVM_ARCH undefined here: kept as written", MAN_PAGE_EXAMPLE, {},
+     [("fonebone", {}, False, False), ("refuge", {}, False, False),
+      ("sigi.cs", {"dx": "/usr/local/pvm3/lib/pvmd"}, False, False),
+      ("sn666.jrandom.com", GUEST, False, False), ("cubie.misc.edu", GUEST, False, False),
+      ("igor.firewall.com", {"lo": "guest2", "so": "ms", "ep": "bob/pvm3/bin/$PVM_ARCH"}, True, False)],
+     GUEST, []),
+    ("man page: example, $PVM_ARCH defined", MAN_PAGE_EXAMPLE, {"PVM_ARCH": "LINUX64"},
+     None, GUEST, []),
+    ("& then blanks then the name", "&   later lo=x\n", {}, [("later", {"lo": "x"}, True, False)], {}, []),
+    ("prefixes in any order, blanks after", " $& both\n&$both2\n", {},
+     [("both", {}, True, True), ("both2", {}, True, True)], {}, []),
+    ("a repeated option keeps the first value", "n lo=first lo=second sp=5 sp=fast\n", {},
+     [("n", {"lo": "first", "sp": "5"}, False, False)], {}, []),
+    ("defaults fill only what the line does not set", "* lo=d wd=/w\nn lo=own\n", {},
+     [("n", {"lo": "own", "wd": "/w"}, False, False)], {"lo": "d", "wd": "/w"}, []),
+    ("defaults are not cumulative", "* lo=a\n* sp=9\nn\n", {},
+     [("n", {"sp": "9"}, False, False)], {"sp": "9"}, []),
+    ("& hosts take the defaults too", "* lo=a\n&n\n", {}, [("n", {"lo": "a"}, True, False)], {"lo": "a"}, []),
+    ("backslashes kept as written", "w dx=d:\\pvm3\\lib\\win32\\pvmd3.exe\n", {},
+     [("w", {"dx": "d:\\pvm3\\lib\\win32\\pvmd3.exe"}, False, False)], {}, []),
+    ("an undefined $VAR is kept, a defined one expanded", "n wd=$SCRATCH/x ep=${HOME}/bin\n", {"HOME": "/h"},
+     [("n", {"wd": "$SCRATCH/x", "ep": "/h/bin"}, False, False)], {}, []),
+    ("an unknown option drops that line only", "a\nb colour=blue\nc\n", {},
+     [("a", {}, False, False), ("c", {}, False, False)], {}, ['hf:2: unknown option "colour=blue"']),
+    ("a duplicate host drops that line only", "a\nb\na lo=x\nc\n", {},
+     [("a", {}, False, False), ("b", {}, False, False), ("c", {}, False, False)], {},
+     ['hf:3: duplicate host (first on line 1) "a"']),
+    ("atoi leniency (sp=fast is 0 in PVM): an error for that host", "a sp=fast\nb\n", {},
+     [("b", {}, False, False)], {}, ['hf:1: speed must be 1..1000000 in "sp=fast"']),
+    ("an unsafe value: that host refused, the rest kept", "a ip=x;reboot\nb\n", {},
+     [("b", {}, False, False)], {}, ['hf:1: bad address in "ip=x;reboot"']),
+    ("a bad * line is dropped, the previous defaults stay", "* lo=a\n* lo=b xx=1\nn\n", {},
+     [("n", {"lo": "a"}, False, False)], {"lo": "a"}, ['hf:2: unknown option "xx=1"']),
+]
+
+
+@pytest.mark.parametrize("case,text,env,expected,defaults,problems", PVM_RULES, ids=[c[0] for c in PVM_RULES])
+def test_pvm_rules(case, text, env, expected, defaults, problems):
+    h = hf.parse(text, "hf", env, strict=False)
+    got = [(e.name, dict(e.options), e.defer, e.overload) for e in h.entries]
+    if expected is None:  # the man page example with $PVM_ARCH set: only igor's ep= differs
+        assert got[-1] == ("igor.firewall.com",
+                           {"lo": "guest2", "so": "ms", "ep": "bob/pvm3/bin/LINUX64"}, True, False)
+    else:
+        assert got == expected
+    assert dict(h.defaults) == defaults
+    assert [str(p) for p in h.problems] == problems
+    assert h.dropped == len(problems)
+
+
+def test_strict_parse_still_raises_for_any_problem():
+    """The default (strict) keeps today's all-or-nothing for callers that don't print problems."""
+    assert errors_of("a\nb colour=blue\n") == ['hf:2: unknown option "colour=blue"']
+    h = hf.parse(MAN_PAGE_EXAMPLE, "hf", {})  # no problem at all: strict accepts it
+    assert len(h.entries) == 6
+
+
+def test_report_is_one_line_per_problem_and_a_summary():
+    h = hf.parse("ok\nbad1 x=1\nbad2 sp=-1\n", "cluster", strict=False)
+    assert names(h) == ["ok"]
+    assert h.report() == ['cluster:2: unknown option "x=1"',
+                          'cluster:3: speed must be 1..1000000 in "sp=-1"',
+                          "cluster: 2 errors in hostfile (those lines dropped)"]
+    assert hf.parse("ok\n", "cluster", strict=False).report() == []
+
+
+def test_only_host_lines_count_toward_the_host_limit():
+    comments = "# c\n\n* lo=x\n" * 2000
+    hosts = "".join(f"h{i}\n" for i in range(hf.MAX_HOSTS))
+    h = hf.parse(comments + hosts, "hf", strict=False)
+    assert len(h.entries) == hf.MAX_HOSTS and not h.problems
+    h = hf.parse(comments + hosts + "extra\nmore\n", "hf", strict=False)
+    assert len(h.entries) == hf.MAX_HOSTS
+    assert [str(p) for p in h.problems] == [
+        f'hf:{6000 + hf.MAX_HOSTS + 1}: too many hosts (more than {hf.MAX_HOSTS}): '
+        'this and later lines dropped at "extra"']
+
+
+def test_many_bad_lines_are_counted_not_all_listed():
+    h = hf.parse("bad x=1\n" * 500, "hf", strict=False)
+    assert len(h.problems) == hf.MAX_PROBLEMS and h.dropped == 500
+    assert h.report()[-2:] == [f"hf: {500 - hf.MAX_PROBLEMS} more problems not listed",
+                               "hf: 500 errors in hostfile (those lines dropped)"]
+
+
+# -- bad input: one line naming it, never a traceback or a hang ----------------------------
+def read_error(path: str) -> str:
+    with pytest.raises(OSError) as ei:
+        hf.read(path)
+    return f"{ei.value.filename}: {ei.value.strerror}"
+
+
+def read_in_child(path: str) -> str:
+    """hf.read(path) in a child with a time and memory limit (a parser that reads
+    /dev/zero or waits on a FIFO fails this test instead of stalling the suite)."""
+    code = ("import resource, sys\nfrom pvmconsole import hostfile\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+            "try:\n    hostfile.read(sys.argv[1])\n"
+            "except OSError as e:\n    print(f'{e.filename}: {e.strerror}')\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", code, path], cwd=ROOT,
+                           capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hf.read({path!r}) still running after 20 s")
+    assert r.stderr == ""
+    return r.stdout
+
+
+def test_a_device_is_refused_unread():
+    assert read_in_child("/dev/zero") == "/dev/zero: not a regular file or a pipe\n"
+
+
+def test_a_file_over_16_mib_is_refused_unread(tmp_path):
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(hf.MAX_BYTES + 1)  # sparse: no disk used
+    assert read_error(str(big)) == f"{big}: file too large (more than 16 MiB)"
+    with open(big, "wb") as f:
+        f.write(b"node1\n")
+        f.truncate(hf.MAX_BYTES)  # at the cap: read (the NULs make one bad line)
+    h = hf.read(str(big), strict=False)
+    assert names(h) == ["node1"] and h.dropped == 1
+
+
+def test_a_fifo_without_writer_is_one_line_not_a_hang(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert read_in_child(str(fifo)) == f"{fifo}: a pipe with no writer (nothing to read)\n"
+
+
+def test_a_fifo_with_a_writer_is_read(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def writer():
+        with open(fifo, "w") as f:  # blocks until the parser opens its end
+            time.sleep(0.2)  # the parser waits for data, not only for the open
+            f.write("* lo=x\nnode1\n")
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    time.sleep(0.2)  # the writer is blocked in open: the FIFO has a writer
+    h = hf.read(str(fifo))
+    t.join(5)
+    assert [(e.name, dict(e.options)) for e in h.entries] == [("node1", {"lo": "x"})]
+
+
+def test_a_utf8_bom_is_skipped(tmp_path):
+    p = tmp_path / "bom"
+    p.write_bytes(b"\xef\xbb\xbf* lo=x\nnode1\n")
+    h = hf.read(str(p))
+    assert h.defaults == {"lo": "x"} and names(h) == ["node1"]
+
+
+def test_nul_and_control_characters_are_escaped_in_messages(tmp_path):
+    p = tmp_path / "nul"
+    p.write_bytes(b"no\x00de\nok\nx lo=\x1b[2J\n")
+    h = hf.read(str(p), strict=False)
+    assert names(h) == ["ok"]
+    assert h.report()[:2] == [f'{p}:1: bad host name "no\\x00de"',
+                              f'{p}:3: control character in "lo=\\x1b[2J"']
+    assert all(line.isprintable() for line in h.report())
+
+
+def test_a_path_with_control_characters_is_escaped(tmp_path):
+    missing = str(tmp_path / "a\x1bb")
+    assert read_error(missing) == f"{tmp_path}/a\\x1bb: No such file or directory"
