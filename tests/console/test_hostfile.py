@@ -360,3 +360,12 @@ def test_nul_and_control_characters_are_escaped_in_messages(tmp_path):
 def test_a_path_with_control_characters_is_escaped(tmp_path):
     missing = str(tmp_path / "a\x1bb")
     assert read_error(missing) == f"{tmp_path}/a\\x1bb: No such file or directory"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_lenient_parse_never_raises_and_reports_one_visible_line_each(text):
+    h = hf.parse(text, "hf", {"HOME": "/h"}, strict=False)
+    assert all(e.name for e in h.entries)
+    assert len(h.report()) == (len(h.problems) + 1 + (h.dropped > len(h.problems)) if h.dropped else 0)
+    assert all(line.isprintable() for line in h.report())
