@@ -1,15 +1,93 @@
 """Scripted use: lines from a file, a pipe, ``-e`` or ``.pvmrc``.
 
-Each line is echoed after the prompt (so a transcript reads like PVM's), then
-run. The first failing line stops the batch with ``SOURCE:LINE: message`` on
-stderr unless *keep_going*. End of input acts as `quit`.
+Each line is echoed before it runs (after the prompt, so a transcript reads like
+PVM's; ``.pvmrc`` lines bare, as PVM echoed them), then run. A failing line is
+reported as ``SOURCE:LINE: message`` on stderr and, as in PVM, the script goes on;
+the exit status is 1 at the end when any line failed. With *stop_on_error* the
+first failing line ends the script. End of input acts as `quit`.
+
+Command files are read through :func:`read_command_file`: at most
+:data:`MAX_SCRIPT` bytes, never blocking on a FIFO nobody writes to.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import errno
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from typing import TextIO
 
-from pvmconsole.console import PROMPT, Console
+from pvmconsole.console import PROMPT, Console, printable
 from pvmconsole.status import Exit
+
+MAX_SCRIPT = 16 * 1024 * 1024  # bytes of a command file (-f, .pvmrc); characters of a stdin line
+BOM = "\ufeff"
+
+
+class ScriptError(Exception):
+    """A command file that can't be used: one line, naming it."""
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def read_command_file(path: str, limit: int = MAX_SCRIPT) -> list[str]:
+    """The lines of the command file *path*: a regular file or a pipe with a writer,
+    at most *limit* bytes. Opened without blocking (a FIFO with no writer would
+    block ``open`` for ever); anything else is a ScriptError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ScriptError(f"{printable(path)}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISFIFO(st.st_mode):
+            try:
+                first = os.read(fd, limit + 1)
+            except BlockingIOError:  # a writer is there, nothing written yet: wait for it
+                first = None
+            if first == b"":
+                raise ScriptError(f"{printable(path)}: a pipe with no writer (nothing to read)")
+            os.set_blocking(fd, True)
+            chunks = [first] if first else []
+        elif stat.S_ISREG(st.st_mode):
+            os.set_blocking(fd, True)
+            chunks = []
+        elif stat.S_ISDIR(st.st_mode):
+            raise ScriptError(f"{printable(path)}: {os.strerror(errno.EISDIR)}")
+        else:
+            raise ScriptError(f"{printable(path)}: not a regular file or a pipe")
+        size = sum(map(len, chunks))
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise ScriptError(f"{printable(path)}: larger than {limit // (1024 * 1024)} MiB "
+                              f"({limit} bytes), the most a command file may be")
+        return _decode(b"".join(chunks)).splitlines()
+    except OSError as e:
+        raise ScriptError(f"{printable(path)}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def stream_lines(f: TextIO, source: str, limit: int = MAX_SCRIPT) -> Iterator[str]:
+    """Lines of a text stream as they come (stdin; the manual start-up of a host may
+    have read from it already): each at most *limit* characters; a longer line ends
+    the input with a ScriptError."""
+    lineno = 0
+    while True:
+        data = f.readline(limit + 1)
+        if not data:
+            return
+        lineno += 1
+        if len(data) > limit and not data.endswith("\n"):
+            raise ScriptError(f"{printable(source)}:{lineno}: line longer than {limit} characters")
+        yield data
 
 
 def run_lines(
@@ -17,25 +95,37 @@ def run_lines(
     lines: Iterable[str],
     source: str,
     *,
-    keep_going: bool = False,
+    stop_on_error: bool = False,
     quit_at_end: bool = True,
+    echo: str = PROMPT,
 ) -> int | None:
-    """Run *lines*; return the console's exit status, or None if the batch ended
-    without ending the console (``quit_at_end=False``, as for .pvmrc)."""
+    """Run *lines*, each echoed after *echo*; return the console's exit status, or
+    None if the batch ended without ending the console (``quit_at_end=False``, as
+    for .pvmrc)."""
     failed = False
-    for lineno, raw in enumerate(lines, start=1):
-        line = raw.rstrip("\r\n")
-        console.out.write(PROMPT + line + "\n")
-        res = console.execute(line)
-        if res.error is not None:
-            console.err.write(f"{source}:{lineno}: {res.error}\n")
-            console.err.flush()
-            failed = True
-        if res.exit is not None:
-            return Exit.FAILED if failed else res.exit
-        if failed and not keep_going:
-            console.out.flush()
-            return Exit.FAILED
+    lineno = 0
+    try:
+        for lineno, raw in enumerate(lines, start=1):
+            line = raw.rstrip("\r\n")
+            if lineno == 1 and line.startswith(BOM):
+                line = line[len(BOM):]
+            console.out.write(echo + line + "\n")
+            res = console.execute(line)
+            if res.error is not None:
+                console.out.flush()
+                console.err.write(f"{printable(source)}:{lineno}: {res.error}\n")
+                console.err.flush()
+                failed = True
+            if res.exit is not None:
+                return Exit.FAILED if failed else res.exit
+            if failed and stop_on_error:
+                console.out.flush()
+                return Exit.FAILED
+    except ScriptError as e:
+        console.out.flush()
+        console.err.write(f"{e}\n")
+        console.err.flush()
+        failed = True
     if not quit_at_end:
         return None
     console.out.write(PROMPT + "quit\n")  # PVM: EOF prints "quit" and quits

@@ -20,6 +20,13 @@ VERSION = "3.4.6"  # the PVM version this console re-creates (what `version` pri
 MAX_ALIAS_DEPTH = 100  # deeper than this can only be a cycle
 
 
+def printable(text: str) -> str:
+    """*text* for a message: control characters (NUL, ESC, ...; C0, DEL and C1)
+    written as ``\\xNN``, so a message is one line and shows what was there."""
+    return "".join(f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 else ch
+                   for ch in text)
+
+
 class ExitConsole(Exception):
     """Raised by `quit`/`halt`: leave the console with this exit status."""
 
@@ -100,7 +107,14 @@ class Console:
             return words
 
     def execute(self, line: str) -> LineResult:
-        """Run one console line."""
+        """Run one console line. An error message has its control characters
+        escaped (a NUL or an escape sequence from the line is shown, not sent)."""
+        res = self._execute(line)
+        if res.error is not None:
+            res.error = printable(res.error)
+        return res
+
+    def _execute(self, line: str) -> LineResult:
         try:
             words = self.expand_aliases(split(line))
         except (TokenizeError, CommandError) as e:

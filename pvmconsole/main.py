@@ -6,14 +6,15 @@ Exit statuses: see status.py and docs/console.md.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Iterable, Sequence
 
 from pvmconsole import hostfile as hf
-from pvmconsole.batch import run_lines
+from pvmconsole.batch import ScriptError, read_command_file, run_lines, stream_lines
 from pvmconsole.commands import full_registry
-from pvmconsole.console import Console
+from pvmconsole.console import Console, printable
 from pvmconsole.hostlink import is_local
 from pvmconsole.status import Exit
 from pvmconsole.tokenizer import split_commands
@@ -28,14 +29,17 @@ PROG = "pvm"
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog=PROG, description="PVM console for the pvm-shmd virtual machine.",
-        epilog="Exit status: 0 ok, 1 a scripted command failed, 2 usage or hostfile error, "
+        epilog="Exit status: 0 ok, 1 a scripted command failed (any line; -x: the first), 2 usage or hostfile error, "
                "3 the virtual machine could not be started. See docs/console.md.")
     p.add_argument("hostfile", nargs="?", help="hosts to start (ignored when a VM is running)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("-f", dest="file", metavar="FILE", help="run the commands in FILE")
     src.add_argument("-e", dest="commands", metavar="CMDS", help="run commands separated by ';'")
+    p.add_argument("-x", "--stop-on-error", action="store_true",
+                   help="in scripts, stop at the first failing command (by default every "
+                        "line runs, as in PVM, and the exit status is 1 if any failed)")
     p.add_argument("-k", "--keep-going", action="store_true",
-                   help="in scripts, go on after a failing command (exit status 1 at the end)")
+                   help="accepted for compatibility: going on is the default")
     p.add_argument("-d", dest="debug", metavar="MASK", default="0",
                    help="debug mask (hex 0x.., octal 0.. or decimal), given to each pvm_shmd")
     p.add_argument("-n", dest="name", metavar="HOSTNAME", help="name of the master host")
@@ -68,10 +72,11 @@ def script_lines(args: argparse.Namespace) -> tuple[Iterable[str], str] | None:
     if args.commands is not None:
         return split_commands(args.commands), "-e"
     if args.file is not None:
-        with open(args.file, encoding="utf-8", errors="replace") as f:
-            return f.read().splitlines(), args.file
+        return read_command_file(args.file), args.file
     if not sys.stdin.isatty():
-        return sys.stdin, "stdin"
+        if isinstance(sys.stdin, io.TextIOWrapper):
+            sys.stdin.reconfigure(errors="replace")  # bad UTF-8 is a bad line, not a crash
+        return stream_lines(sys.stdin, "stdin"), "stdin"
     return None
 
 
@@ -84,9 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except hf.HostfileError as e:
         print(e, file=sys.stderr, flush=True)
         return Exit.USAGE
+    except ScriptError as e:
+        say(str(e))
+        return Exit.USAGE
     except (OSError, ValueError) as e:
-        say(f"{getattr(e, 'filename', None) or ''}{': ' if getattr(e, 'filename', None) else ''}"
-            f"{getattr(e, 'strerror', None) or e}")
+        name = getattr(e, "filename", None)
+        say(printable(f"{name}: " if name else "") + printable(str(getattr(e, "strerror", None) or e)))
         return Exit.USAGE
     try:
         private.directory()  # every file of the VM lives there: made 0700, or refused
@@ -116,17 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print("pvmd already running.")
     try:
         status = None
-        if not args.norc and os.path.isfile(rc_path()):
-            with open(rc_path(), encoding="utf-8", errors="replace") as f:
-                status = run_lines(console, f.read().splitlines(), rc_path(),
-                                   keep_going=True, quit_at_end=False)
+        if not args.norc and os.path.exists(rc_path()):
+            try:
+                rc = read_command_file(rc_path())
+            except ScriptError as e:  # reported; the console goes on without it
+                say(str(e))
+                rc = []
+            # PVM echoes .pvmrc lines bare (no prompt); a failing one never stops the console
+            status = run_lines(console, rc, rc_path(), quit_at_end=False, echo="")
         if status is None:
             if script is None:
                 from pvmconsole.interactive import run_interactive  # prompt_toolkit only for a tty
                 status = run_interactive(console)
             else:
                 lines, source = script
-                status = run_lines(console, lines, source, keep_going=args.keep_going)
+                status = run_lines(console, lines, source, stop_on_error=args.stop_on_error)
         return int(status) if status is not None else Exit.OK
     except KeyboardInterrupt:
         return Exit.FAILED

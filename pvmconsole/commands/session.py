@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 from pvmconsole import formats
 from pvmconsole.console import VERSION, Console, ExitConsole
 from pvmconsole.registry import Command, CommandError
 from pvmconsole.runner import console_vars, set_console_var
-from shmd import tids
+from shmd import handshake, tids
 from shmd.tids import CONSOLE_TID
 
 EXPORT_VAR = "PVM_EXPORT"
@@ -90,12 +91,30 @@ def do_unalias(c: Console, args: list[str]) -> None:
         c.aliases.pop(name, None)  # PVM is silent about names that are not aliases
 
 
+def pvm_root() -> str:
+    """What the console shows as PVM_ROOT when the environment has none: the
+    installation it runs from (its ``sys.prefix``, the virtual environment of a
+    checkout), whose ``bin`` holds pvm, pvm_shmd, pvm_shmd_stat, pvm_spawn and ipcfree."""
+    return sys.prefix
+
+
+def shown_environ() -> dict[str, str]:
+    """The console's environment as `setenv` shows it: PVM's console always had
+    PVM_ROOT and PVM_ARCH (its start-up script set them); when ours lacks them they
+    are shown with their values here (they are not set: `export` can't pass them)."""
+    env = dict(os.environ)
+    env.setdefault("PVM_ROOT", pvm_root())
+    env.setdefault("PVM_ARCH", handshake.arch())
+    return env
+
+
 def do_setenv(c: Console, args: list[str]) -> None:
     if not args:
-        c.print(*(f"{k}={v}" for k, v in os.environ.items()))
+        c.print(*(f"{k}={v}" for k, v in shown_environ().items()))
     elif len(args) == 1:
-        if args[0] in os.environ:
-            c.print(os.environ[args[0]])
+        env = shown_environ()
+        if args[0] in env:
+            c.print(env[args[0]])
     else:
         set_checked(args[0], " ".join(args[1:]))
 

@@ -50,7 +50,7 @@ def test_bad_values_are_refused_and_nothing_is_set(monkeypatch):
     monkeypatch.delenv("ZZ_FAULT", raising=False)
     c = Console(builtin_registry(), None, io.StringIO(), io.StringIO())
     big = "x" * ENV_VAR_MAX
-    status = run_lines(c, [f"setenv ZZ_FAULT {big}", "setenv ZZ_FAULT a\0b"], "t", keep_going=True)
+    status = run_lines(c, [f"setenv ZZ_FAULT {big}", "setenv ZZ_FAULT a\0b"], "t")
     errs = c.err.getvalue().splitlines()
     assert status == 1
     assert errs[0] == (f"t:1: setenv: value of ZZ_FAULT is too long: {ENV_VAR_MAX + 10} bytes "
@@ -59,11 +59,13 @@ def test_bad_values_are_refused_and_nothing_is_set(monkeypatch):
     assert "ZZ_FAULT" not in os.environ
 
 
-def test_script_stops_at_a_bad_setenv_with_status_1(vm):
-    r = pvm("--norc", "-e", "setenv a=b c; echo not reached")
-    assert r.returncode == 1
-    assert r.stderr == ("-e:1: setenv: bad variable name 'a=b': use letters, digits and '_', "
-                        "not starting with a digit\n")
+def test_a_bad_setenv_is_status_1_and_x_stops_there(vm):
+    msg = "-e:1: setenv: bad variable name 'a=b': use letters, digits and '_', not starting with a digit\n"
+    r = pvm("--norc", "-e", "setenv a=b c; echo reached")
+    assert r.returncode == 1 and r.stderr == msg
+    assert "pvm> echo reached\nreached\n" in r.stdout  # as PVM: the script goes on
+    r = pvm("--norc", "-x", "-e", "setenv a=b c; echo not reached")
+    assert r.returncode == 1 and r.stderr == msg
     assert "not reached" not in r.stdout
     assert pvm("--norc", "-e", "halt").returncode == 0
 

@@ -48,7 +48,7 @@ def command(child: pexpect.spawn, line: str) -> None:
 
 
 def test_prompt_commands_completion_ctrl_c_and_ctrl_d(term):
-    expect(term, "pvm> alias ver version")  # .pvmrc ran first, echoed
+    expect(term, "alias ver version\r\n")  # .pvmrc ran first, echoed bare as PVM
     command(term, "conf")
     expect(term, "1 host, 1 data format")
     expect(term, f"{ME:>24}    40000  LINUX64")

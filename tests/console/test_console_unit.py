@@ -164,20 +164,40 @@ def test_a_crashing_handler_does_not_kill_the_console():
     assert run(c, "id")[0] == "t40001\n"
 
 
-def test_batch_stops_at_first_failure_with_file_and_line():
+def test_batch_stop_on_error_stops_at_first_failure_with_file_and_line():
     c = make_console()
-    status = run_lines(c, ["echo one", "frob", "echo never"], "script.pvm")
+    status = run_lines(c, ["echo one", "frob", "echo never"], "script.pvm", stop_on_error=True)
     assert status == 1
     assert c.out.getvalue() == "pvm> echo one\none\npvm> frob\n"
     assert c.err.getvalue() == "script.pvm:2: frob: not found\n"
 
 
-def test_batch_keep_going_and_eof_is_quit():
+def test_batch_goes_on_by_default_and_eof_is_quit():
     c = make_console()
-    status = run_lines(c, ["frob", "echo still"], "s", keep_going=True)
+    status = run_lines(c, ["frob", "echo still", "conf x"], "s")
     assert status == 1
     assert c.out.getvalue().splitlines() == [
-        "pvm> frob", "pvm> echo still", "still", "pvm> quit", "", "pvmd still running."]
+        "pvm> frob", "pvm> echo still", "still", "pvm> conf x", "pvm> quit", "",
+        "pvmd still running."]
+    assert c.err.getvalue().splitlines() == ["s:1: frob: not found", "s:3: conf: wrong #args"]
+
+
+def test_batch_skips_a_bom_and_escapes_control_characters_in_messages():
+    c = make_console()
+    status = run_lines(c, ["\ufeffecho one", "fr\0ob\x1b[2J", "\ufeffecho two"], "s\x07")
+    assert status == 1
+    out = c.out.getvalue().splitlines()
+    assert out[:2] == ["pvm> echo one", "one"]  # the BOM of the first line is not a command
+    assert c.err.getvalue().splitlines() == [
+        "s\\x07:2: fr\\x00ob\\x1b[2J: not found",  # one line, nothing raw
+        "s\\x07:3: \ufeffecho: not found",  # only at the start of the input is it a BOM
+    ]
+
+
+def test_batch_echo_prefix_for_pvmrc_lines():
+    c = make_console()
+    assert run_lines(c, ["# settings", "", "echo hi"], "rc", quit_at_end=False, echo="") is None
+    assert c.out.getvalue().splitlines() == ["# settings", "", "echo hi", "hi"]
 
 
 def test_handler_errors_are_prefixed_with_the_command():

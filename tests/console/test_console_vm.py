@@ -6,6 +6,7 @@ import os
 import subprocess
 import threading
 
+import pytest
 from conftest import sysv_objects
 from consoles import ME, PVM, SHMD_STAT, TIMEOUT, alive, daemon_state, pvm, shm_ids, vm  # noqa: F401
 
@@ -39,22 +40,26 @@ def test_stdin_batch_starts_attaches_and_halts(vm):
     assert subprocess.run([SHMD_STAT, "--json"], capture_output=True, timeout=TIMEOUT).returncode == 1
 
 
-def test_hostfile_master_line_and_f_script_stop_at_first_failure(vm, tmp_path):
+def test_hostfile_master_line_and_f_script_stop_on_error(vm, tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("# test VM\nlocalhost sp=1234\n* lo=nobody\n&later wd=/tmp\n")
     script = tmp_path / "script.pvm"
     script.write_text("conf\n# a comment\nmstat nosuch\necho not reached\n")
-    r = pvm("-f", str(script), str(hosts))
+    r = pvm("-x", "-f", str(script), str(hosts))
     assert r.returncode == 1
     assert f"{ME:>24}    40000  LINUX64    1234 0x00408c41" in r.stdout.splitlines()
     assert r.stderr == f"{script}:3: mstat: nosuch: No such host\n"
     assert "not reached" not in r.stdout and "pvm> # a comment" in r.stdout
+    assert "pvm> quit" not in r.stdout  # stopped there: not even the quit of end of input
+    long = pvm("--stop-on-error", "-f", str(script))
+    assert long.returncode == 1 and "not reached" not in long.stdout
     table = json.load(open(vm["table"]))
     assert table["known"] == {"later": {"lo": "nobody", "wd": "/tmp"}} and table["defaults"] == {"lo": "nobody"}
 
 
-def test_keep_going_runs_every_line_and_reports_each(vm):
-    r = pvm("-k", "-e", f"frob; conf x; delete {ME}; add localhost; delete nosuch; echo done")
+@pytest.mark.parametrize("opts", [(), ("-k",), ("--keep-going",)], ids=["default", "-k", "--keep-going"])
+def test_every_line_runs_and_each_failure_is_reported(vm, opts):
+    r = pvm(*opts, "-e", f"frob; conf x; delete {ME}; add localhost; delete nosuch; echo done")
     assert r.returncode == 1
     assert r.stderr.splitlines() == [
         "-e:1: frob: not found",
@@ -66,7 +71,7 @@ def test_keep_going_runs_every_line_and_reports_each(vm):
     out = r.stdout.splitlines()
     assert out[out.index("pvm> add localhost") + 1:][:3] == [
         "0 successful", "                    HOST     DTID", "               localhost Duplicate host"]
-    assert "done" in out
+    assert "done" in out and out[-2:] == ["", "pvmd still running."]  # and the quit at the end
 
 
 def test_reset_replaces_daemons_and_their_ipc_objects(vm):
@@ -96,7 +101,7 @@ def test_stale_table_is_detected_and_replaced(vm):
 
 
 def test_console_survives_daemon_death_mid_session_and_reset_heals(vm):
-    p = subprocess.Popen([PVM, "-k"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    p = subprocess.Popen([PVM], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
         p.stdin.write(f"mstat {ME}\n")
@@ -109,7 +114,7 @@ def test_console_survives_daemon_death_mid_session_and_reset_heals(vm):
         if p.poll() is None:
             p.kill()
             p.wait(TIMEOUT)
-    assert p.returncode == 1  # -k: everything ran, failures are in the exit status
+    assert p.returncode == 1  # everything ran, failures are in the exit status
     lines = out.splitlines()
     assert lines[:2] == [f"pvm> mstat {ME}", f"{ME:>24}  Host failed"]
     assert f"{ME:>24}  Host failed: No pvm_shmd" in lines  # stat's row for the dead host
@@ -159,6 +164,7 @@ def test_pvmrc_runs_first(vm):
         f.write("# my settings\nalias v version\nfrob\n")
     r = pvm("-e", "v")
     assert r.returncode == 0, r.stderr  # a bad .pvmrc line is reported but does not stop
-    assert "pvm> alias v version\n" in r.stdout and "pvm> v\n3.4.6\n" in r.stdout
+    # echoed bare, as PVM echoed .pvmrc lines, comments too
+    assert r.stdout.startswith("# my settings\nalias v version\nfrob\npvm> v\n3.4.6\n"), r.stdout
     assert r.stderr.endswith(".pvmrc:3: frob: not found\n")
     assert pvm("--norc", "-e", "v").returncode == 1
