@@ -83,7 +83,10 @@ def script_lines(args: argparse.Namespace) -> tuple[Iterable[str], str] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        hosts = hf.read(args.hostfile, env=os.environ) if args.hostfile else None
+        # as PVM: a bad line is dropped with a message and the other hosts start
+        hosts = hf.read(args.hostfile, env=os.environ, strict=False) if args.hostfile else None
+        for line in hosts.report() if hosts is not None else ():
+            print(line, file=sys.stderr, flush=True)
         vmid = choose_vmid(hosts)
         script = script_lines(args)
     except hf.HostfileError as e:
