@@ -11,16 +11,14 @@ Command files are read through :func:`read_command_file`: at most
 """
 from __future__ import annotations
 
-import errno
-import os
-import stat
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from pvmconsole.console import PROMPT, Console, printable
 from pvmconsole.status import Exit
+from pvmconsole.userfiles import MAX_BYTES, read_bytes
 
-MAX_SCRIPT = 16 * 1024 * 1024  # bytes of a command file (-f, .pvmrc); characters of a stdin line
+MAX_SCRIPT = MAX_BYTES  # bytes of a command file (-f, .pvmrc); characters of a stdin line
 BOM = "\ufeff"
 
 
@@ -32,47 +30,13 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def read_command_file(path: str, limit: int = MAX_SCRIPT) -> list[str]:
-    """The lines of the command file *path*: a regular file or a pipe with a writer,
-    at most *limit* bytes. Opened without blocking (a FIFO with no writer would
-    block ``open`` for ever); anything else is a ScriptError."""
+def read_command_file(path: str) -> list[str]:
+    """The lines of the command file *path* (userfiles.read_bytes: a regular file or a
+    pipe with a writer, at most MAX_SCRIPT bytes); else a ScriptError naming it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return _decode(read_bytes(path)).splitlines()
     except OSError as e:
-        raise ScriptError(f"{printable(path)}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISFIFO(st.st_mode):
-            try:
-                first = os.read(fd, limit + 1)
-            except BlockingIOError:  # a writer is there, nothing written yet: wait for it
-                first = None
-            if first == b"":
-                raise ScriptError(f"{printable(path)}: a pipe with no writer (nothing to read)")
-            os.set_blocking(fd, True)
-            chunks = [first] if first else []
-        elif stat.S_ISREG(st.st_mode):
-            os.set_blocking(fd, True)
-            chunks = []
-        elif stat.S_ISDIR(st.st_mode):
-            raise ScriptError(f"{printable(path)}: {os.strerror(errno.EISDIR)}")
-        else:
-            raise ScriptError(f"{printable(path)}: not a regular file or a pipe")
-        size = sum(map(len, chunks))
-        while size <= limit:
-            chunk = os.read(fd, limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
-            raise ScriptError(f"{printable(path)}: larger than {limit // (1024 * 1024)} MiB "
-                              f"({limit} bytes), the most a command file may be")
-        return _decode(b"".join(chunks)).splitlines()
-    except OSError as e:
-        raise ScriptError(f"{printable(path)}: {e.strerror}") from None
-    finally:
-        os.close(fd)
+        raise ScriptError(f"{e.filename or printable(path)}: {e.strerror}") from None
 
 
 def stream_lines(f: TextIO, source: str, limit: int = MAX_SCRIPT) -> Iterator[str]:

@@ -16,24 +16,19 @@ naming FILE:LINE, the reason and the word; the rest of the file is kept
 """
 from __future__ import annotations
 
-import errno
-import os
 import re
-import select
-import stat
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from pvmconsole.userfiles import MAX_BYTES, escape, read_bytes  # noqa: F401 (MAX_BYTES: the limit, named here too)
 
 #: Options a host line may carry (PVM's set).
 OPTIONS = ("lo", "so", "dx", "ep", "sp", "bx", "wd", "ip", "id")
 MAX_WORDS = 10  # PVM: "parsehost(): line too long"
 MAX_HOSTS = 4095  # PVM: the host-index space; only host lines count here
 MAX_LINES = MAX_HOSTS  # the old name
-MAX_BYTES = 16 * 1024 * 1024  # a hostfile larger than this is refused unread
 MAX_PROBLEMS = 100  # problems listed one by one; the rest are counted
 MAX_SHOWN = 200  # characters of an offending word shown in a message
-PIPE_TIMEOUT = 10.0  # seconds to wait for a pipe's writer to finish
 SPEED_RANGE = (1, 1_000_000)
 STARTUP_MODES = ("pw", "ms")
 BOM = "\ufeff"
@@ -41,14 +36,6 @@ BOM = "\ufeff"
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.:-]*[A-Za-z0-9_])?$")
 _VMID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-
-
-def escape(text: str) -> str:
-    """*text* with every unprintable character (NUL, controls, a BOM, ...) written as
-    its Python escape, so a message is one visible line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -294,76 +281,11 @@ def parse(text: str, path: str = "hostfile", env: Mapping[str, str] | None = Non
     return Hostfile(path, tuple(entries), dict(defaults), tuple(problems), total)
 
 
-def _refuse(code: int, why: str, path: str) -> OSError:
-    return OSError(code, why, escape(path))
-
-
-def _read_bytes(path: str) -> bytes:
-    """The file's bytes: a regular file up to MAX_BYTES, or a pipe that has a writer
-    (read until it closes, within PIPE_TIMEOUT s). Never blocks on a FIFO without
-    a writer; anything else (a directory, a device) is refused."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, escape(path)) from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise _refuse(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        if stat.S_ISREG(st.st_mode):
-            if st.st_size > MAX_BYTES:
-                raise _refuse(errno.EFBIG, f"file too large (more than {MAX_BYTES >> 20} MiB)", path)
-            chunks = []
-            size = 0
-            while size <= MAX_BYTES:
-                chunk = os.read(fd, MAX_BYTES + 1 - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            if size > MAX_BYTES:  # it grew while we read
-                raise _refuse(errno.EFBIG, f"file too large (more than {MAX_BYTES >> 20} MiB)", path)
-            return b"".join(chunks)
-        if not stat.S_ISFIFO(st.st_mode):
-            raise _refuse(errno.EINVAL, "not a regular file or a pipe", path)
-        return _read_pipe(fd, path)
-    except OSError as e:
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror, escape(path)) from None
-        raise
-    finally:
-        os.close(fd)
-
-
-def _read_pipe(fd: int, path: str) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    writer = False  # seen one: an empty pipe it closed is an empty hostfile
-    deadline = time.monotonic() + PIPE_TIMEOUT
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:  # a writer, nothing written yet
-            writer = True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _refuse(errno.ETIMEDOUT,
-                              f"pipe not closed by its writer within {PIPE_TIMEOUT:g} s", path) from None
-            select.select([fd], [], [], min(left, 0.5))
-            continue
-        if not chunk:
-            if not chunks and not writer:
-                raise _refuse(errno.EPIPE, "a pipe with no writer (nothing to read)", path)
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_BYTES:
-            raise _refuse(errno.EFBIG, f"file too large (more than {MAX_BYTES >> 20} MiB)", path)
 
 
 def read(path: str, env: Mapping[str, str] | None = None, *, strict: bool = True) -> Hostfile:
     """Read and parse a hostfile. A file that can't be read raises an OSError (with
     ``filename``, escaped, and ``strerror``: ``HOSTFILE: No such file or directory``),
     not a HostfileError: it has no line to point at."""
-    text = _read_bytes(path).decode("utf-8", errors="replace")
+    text = read_bytes(path).decode("utf-8", errors="replace")
     return parse(text, path, env, strict=strict)

@@ -142,7 +142,7 @@ def test_a_directory_and_a_too_big_file_are_refused(vm, tmp_path):
     big = tmp_path / "big"
     with open(big, "wb") as f:
         f.truncate(MAX_SCRIPT + 1)
-    one_line_error(pvm("--norc", "-f", str(big)), str(big), "larger than 16 MiB")
+    one_line_error(pvm("--norc", "-f", str(big)), str(big), "file too large (more than 16 MiB)")
     assert not os.path.exists(vm["table"])
 
 
