@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pvmconsole.tokenizer import TokenizeError, split
 from pvmconsole.userfiles import MAX_BYTES, escape, read_bytes  # noqa: F401 (MAX_BYTES: the limit, named here too)
 
 #: Options a host line may carry (PVM's set).
@@ -137,34 +138,12 @@ def _check_option(key: str, value: str) -> str | None:
     return None
 
 
-class _Unmatched(ValueError):
-    pass
-
-
 def split_line(line: str) -> list[str]:
     """Split a hostfile line into words: blanks separate; ``'...'`` and ``"..."``
     quote (the quotes removed); a word that starts with ``#`` ends the line; a
-    backslash is an ordinary character (PVM kept it: ``dx=d:\\pvm3\\pvmd3.exe``)."""
-    words: list[str] = []
-    i, n = 0, len(line)
-    while True:
-        while i < n and line[i].isspace():
-            i += 1
-        if i >= n or line[i] == "#":
-            return words
-        word: list[str] = []
-        while i < n and not line[i].isspace():
-            c = line[i]
-            if c in "'\"":
-                end = line.find(c, i + 1)
-                if end < 0:
-                    raise _Unmatched(f"unmatched {c}")
-                word.append(line[i + 1:end])
-                i = end + 1
-            else:
-                word.append(c)
-                i += 1
-        words.append("".join(word))
+    backslash is an ordinary character (PVM kept it: ``dx=d:\\pvm3\\pvmd3.exe``).
+    TokenizeError for an unmatched quote."""
+    return split(line, max_words=None, escapes=False)
 
 
 def parse_line(
@@ -193,7 +172,7 @@ def parse_line(
     defer, overload = "&" in prefix, "$" in prefix
     try:
         words = split_line(rest)
-    except _Unmatched as e:
+    except TokenizeError as e:
         err(body.strip()[:60], str(e) + " in")
         return None, None, errs
     if not words:

@@ -1,6 +1,6 @@
 """PVM's console tokenizer: words split on blanks, quotes, backslash, `#` comments.
 
-Also used for hostfile lines, which PVM split the same way.
+Also used for hostfile lines (``escapes=False``: there PVM kept a backslash as it is).
 """
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ class TokenizeError(ValueError):
     """A line PVM's tokenizer would reject ("unmatched '", "command too long")."""
 
 
-def split(line: str, max_words: int = MAX_WORDS) -> list[str]:
+def split(line: str, max_words: int | None = MAX_WORDS, escapes: bool = True) -> list[str]:
     """Split *line* into words as PVM did.
 
     Words are separated by blanks; ``'...'`` and ``"..."`` quote (the quote
     characters are removed, an empty pair is an empty word); a backslash takes
-    the next character literally; a word that *starts* with ``#`` ends the line.
+    the next character literally (with *escapes*; else it is an ordinary character);
+    a word that *starts* with ``#`` ends the line. More than *max_words* words
+    (None: no limit) is "command too long".
     """
     words: list[str] = []
     i, n = 0, len(line)
@@ -28,7 +30,7 @@ def split(line: str, max_words: int = MAX_WORDS) -> list[str]:
         word: list[str] = []
         while i < n and not line[i].isspace():
             c = line[i]
-            if c == "\\":
+            if c == "\\" and escapes:
                 if i + 1 < n:
                     word.append(line[i + 1])
                 i += 2
@@ -42,7 +44,7 @@ def split(line: str, max_words: int = MAX_WORDS) -> list[str]:
                 word.append(c)
                 i += 1
         words.append("".join(word))
-        if len(words) > max_words:
+        if max_words is not None and len(words) > max_words:
             raise TokenizeError("command too long")
 
 
