@@ -12,7 +12,6 @@ removed, 2 usage.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import glob
 import os
 import sys
@@ -87,17 +86,7 @@ def project_objects(force: bool, vmid: str | None = None
 
 def _locked(path: str) -> bool:
     """Does a live process hold the flock of our lock file *path*?"""
-    try:
-        fd = private.open_file(path, os.O_RDONLY | os.O_NONBLOCK)
-    except (OSError, private.UnsafeState):
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing drops a lock we took
-    return False
+    return private.held(path) is not None
 
 
 def all_objects() -> set[tuple[str, int]]:

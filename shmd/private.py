@@ -15,6 +15,7 @@ read, written or truncated.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import pwd
 import stat
@@ -187,6 +188,24 @@ def write_atomic(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def held(path: str) -> str | None:
+    """The first bytes (as text) of our file *path* while some process holds an flock
+    on it (a daemon's lock file: the holder wrote its pid there); None when nobody
+    does, or it is not a private file of ours."""
+    try:
+        fd = open_file(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, UnsafeState):
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # we got it: nobody holds it (closing drops ours)
+        except OSError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
 
 
 def unlink(path: str) -> None:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import signal
@@ -40,20 +39,8 @@ def find_daemon(vmid: str) -> tuple[int, int]:
 
 def locked_pid(path: str) -> int | None:
     """The pid in our daemon lock file *path* while a pvm_shmd of ours holds its flock."""
-    try:
-        fd = private.open_file(path, os.O_RDONLY | os.O_NONBLOCK)
-    except (OSError, private.UnsafeState):
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return None  # nobody holds it: no daemon
-        except OSError:
-            pass
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    finally:
-        os.close(fd)
-    if not text.isdigit():
+    text = private.held(path)
+    if text is None or not text.isdigit():
         return None
     pid = int(text)
     try:  # a process of ours running pvm_shmd, not whatever number the file holds

@@ -92,13 +92,14 @@ import json, socket, sys, time
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(sys.argv[1])
 s.setblocking(False)
-req = json.dumps({"op": "stat"}).encode() + b"\n"
+op, batch = (sys.argv[3], int(sys.argv[4])) if len(sys.argv) > 3 else ("stat", 64)
+req = json.dumps({"op": op}).encode() + b"\n"
 end = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:  # requests, never reading a reply
+while time.monotonic() < end:  # requests as fast as it can, never reading a reply
     try:
-        s.send(req * 64)
+        s.send(req * batch)
     except BlockingIOError:
-        time.sleep(0.001)
+        time.sleep(0.0005)
 '''
 
 
@@ -192,19 +193,7 @@ def test_more_connections_than_descriptors_neither_spins_nor_blocks_joins(shmd_v
             s.close()
 
 
-PING_FLOOD = r'''
-import json, socket, sys, time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect(sys.argv[1])
-s.setblocking(False)
-req = json.dumps({"op": "ping"}).encode() + b"\n"
-end = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:  # small requests as fast as it can, never reading a reply
-    try:
-        s.send(req * 512)
-    except BlockingIOError:
-        time.sleep(0.0005)
-'''
+
 
 
 def test_a_client_sending_faster_than_it_is_served_does_not_grow_the_daemon(shmd_vm, monkeypatch):
@@ -218,7 +207,7 @@ def test_a_client_sending_faster_than_it_is_served_does_not_grow_the_daemon(shmd
 
     before = rss_kib()
     sock = control.daemon_info(vm.vmid)["sock"]
-    flooder = subprocess.Popen([sys.executable, "-c", PING_FLOOD, sock, "3"])
+    flooder = subprocess.Popen([sys.executable, "-c", FLOOD, sock, "3", "ping", "512"])
     try:
         time.sleep(3.5)
         grown = rss_kib() - before
