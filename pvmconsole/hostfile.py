@@ -6,8 +6,8 @@ Syntax (PVM 3.4.6, src/host.c; see docs/hostfile.md): one host per line, options
 the name, blanks allowed between them and the name; a ``*`` line sets the defaults
 for the lines after it and for hosts added later (each ``*`` line replaces the
 previous defaults); a repeated option keeps its first value; backslashes are kept
-as written. ``$VAR`` and ``${VAR}`` in option values are expanded from the given
-environment; an undefined one is kept as written.
+as written. ``$VAR`` and ``${VAR}`` in option values are kept as written too: each host
+expands them from its own environment, as PVM's pvmds did (shmd/hostenv.py).
 
 A bad line (unknown option, duplicate host, bad value) is dropped with one message
 naming FILE:LINE, the reason and the word; the rest of the file is kept
@@ -36,7 +36,6 @@ BOM = "\ufeff"
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.:-]*[A-Za-z0-9_])?$")
 _VMID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
-_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
 @dataclass(frozen=True)
@@ -109,15 +108,6 @@ class HostfileError(ValueError):
         super().__init__("\n".join(_report(path, errors, len(errors) if total is None else total, False)))
 
 
-def _expand(value: str, env: Mapping[str, str]) -> str:
-    """Expand ``$VAR``/``${VAR}`` from *env*; an undefined one stays as written (a
-    pvmd expanded them on its own host: ``$PVM_ARCH`` is the remote's)."""
-    def sub(m: re.Match[str]) -> str:
-        return env.get(m.group(1) or m.group(2), m.group(0))
-
-    return _VAR.sub(sub, value)
-
-
 def _check_option(key: str, value: str) -> str | None:
     """Why *value* is not acceptable for option *key*, or None."""
     if key not in OPTIONS:
@@ -150,7 +140,6 @@ def parse_line(
     text: str,
     *,
     defaults: Mapping[str, str] | None = None,
-    env: Mapping[str, str] | None = None,
     path: str = "hostfile",
     lineno: int = 1,
 ) -> tuple[HostEntry | None, dict[str, str] | None, list[LineError]]:
@@ -160,7 +149,6 @@ def parse_line(
     ``*`` line gives new defaults, a blank/comment line gives neither; a line
     with errors gives neither (it is dropped).
     """
-    env = {} if env is None else env
     errs: list[LineError] = []
 
     def err(word: str, message: str) -> None:
@@ -192,12 +180,11 @@ def parse_line(
             continue
         if key in opts:
             continue  # as in PVM, a repeated option: the first one wins
-        value = _expand(raw, env)
-        why = _check_option(key, value)
+        why = _check_option(key, raw)
         if why:
-            err(word if value == raw else f"{word} (= {value})", why)
+            err(word, why)
             continue
-        opts[key] = value
+        opts[key] = raw
     if name == "*":
         if defer or overload:
             err(first, "a defaults line takes no & or $ prefix")
@@ -212,8 +199,7 @@ def parse_line(
     return HostEntry(name, merged, lineno, defer, overload), None, errs
 
 
-def parse(text: str, path: str = "hostfile", env: Mapping[str, str] | None = None,
-          *, strict: bool = True) -> Hostfile:
+def parse(text: str, path: str = "hostfile", *, strict: bool = True) -> Hostfile:
     """Parse a whole hostfile. Each bad line is dropped and noted in ``problems``;
     with *strict* (the default) any problem raises HostfileError instead."""
     if text.startswith(BOM):
@@ -236,7 +222,7 @@ def parse(text: str, path: str = "hostfile", env: Mapping[str, str] | None = Non
         if not stripped or stripped[0] == "#":
             continue
         entry, new_defaults, errs = parse_line(
-            line, defaults=defaults, env=env, path=path, lineno=lineno
+            line, defaults=defaults, path=path, lineno=lineno
         )
         for e in errs:
             problem(e)
@@ -260,11 +246,9 @@ def parse(text: str, path: str = "hostfile", env: Mapping[str, str] | None = Non
     return Hostfile(path, tuple(entries), dict(defaults), tuple(problems), total)
 
 
-
-
-def read(path: str, env: Mapping[str, str] | None = None, *, strict: bool = True) -> Hostfile:
+def read(path: str, *, strict: bool = True) -> Hostfile:
     """Read and parse a hostfile. A file that can't be read raises an OSError (with
     ``filename``, escaped, and ``strerror``: ``HOSTFILE: No such file or directory``),
     not a HostfileError: it has no line to point at."""
     text = read_bytes(path).decode("utf-8", errors="replace")
-    return parse(text, path, env, strict=strict)
+    return parse(text, path, strict=strict)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 
 from pvmconsole.runner import LineStream, LocalRunner, Runner, local_fqdn, local_program
-from shmd import handshake
+from shmd import handshake, hostenv
 from shmd.errors import (
     PvmBadParam,
     PvmCantStart,
@@ -65,12 +65,12 @@ def start_timeout() -> float:
 class HostLink:
     """Runs pvm_shmd / pvm_shmd_stat for one VM on one host."""
 
-    def __init__(self, runner: Runner, vmid: str, daemon: str, stat: str, cwd: str | None = None):
+    def __init__(self, runner: Runner, vmid: str, daemon: str, stat: str, wd: str | None = None):
         self.runner = runner
         self.vmid = vmid
         self.daemon = daemon
         self.stat_program = stat
-        self.cwd = cwd
+        self.wd = wd  # the hostfile's wd=, as written: the daemon expands and enters it
 
     @property
     def host(self) -> str:
@@ -81,14 +81,15 @@ class HostLink:
 
     def start_argv(self, index: int, name: str, extra: Sequence[str] = ()) -> list[str]:
         """The pvm_shmd command line that starts this host's daemon."""
-        return [self.daemon, *self._vm_args(), f"-host={index}", f"-name={name}", *extra,
+        wd = [f"-wd={self.wd}"] if self.wd else []
+        return [self.daemon, *self._vm_args(), f"-host={index}", f"-name={name}", *wd, *extra,
                 *shlex.split(os.environ.get(OPTS_ENV, ""))]
 
     def start(self, index: int, name: str, extra: Sequence[str] = ()) -> dict[str, object]:
         """Start the host's daemon; return its parsed handshake line."""
         argv = self.start_argv(index, name, extra)
         timeout = start_timeout()
-        r = self.runner.run(argv, timeout=timeout, cwd=self.cwd)
+        r = self.runner.run(argv, timeout=timeout)
         if r.rc == 124:
             # The runner killed the starter's process group; the daemon it may have forked
             # is in a session of its own, so it is stopped by the VM's own means.
@@ -349,14 +350,15 @@ def link_for(name: str, options: Mapping[str, str], vmid: str) -> HostLink:
     Local hosts run programs directly; any other host goes over SSH (ssh.py),
     logging in as ``lo=`` at address ``ip=`` (else the name). ``dx=`` names the
     daemon program; pvm_shmd_stat is taken from the same directory; ``wd=`` is
-    the daemon's working directory. ``so=ms`` (manual start-up): the user starts
+    the daemon's working directory, which it enters itself (logging a failure and going
+    on, as PVM's pvmd). ``so=ms`` (manual start-up): the user starts
     the daemon (ManualLink); later commands still try the usual transport.
     """
     dx = options.get("dx")
     manual = options.get("so") == "ms"
     if is_local(name):
         runner: Runner = LocalRunner(name)
-        daemon = dx or local_program(DAEMON)
+        daemon = hostenv.expand_path(dx) if dx else local_program(DAEMON)  # this host's $NAMEs
     else:
         daemon = dx or DAEMON
         try:
@@ -372,5 +374,5 @@ def link_for(name: str, options: Mapping[str, str], vmid: str) -> HostLink:
     if manual:
         if not isinstance(runner, ManualRunner):
             runner = ManualRunner(runner, name)
-        return ManualLink(runner, vmid, daemon, stat, cwd=options.get("wd"))
-    return HostLink(runner, vmid, daemon, stat, cwd=options.get("wd"))
+        return ManualLink(runner, vmid, daemon, stat, wd=options.get("wd"))
+    return HostLink(runner, vmid, daemon, stat, wd=options.get("wd"))

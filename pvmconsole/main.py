@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         # as PVM: a bad line is dropped with a message and the other hosts start
-        hosts = hf.read(args.hostfile, env=os.environ, strict=False) if args.hostfile else None
+        hosts = hf.read(args.hostfile, strict=False) if args.hostfile else None
         for line in hosts.report() if hosts is not None else ():
             print(line, file=sys.stderr, flush=True)
         vmid = choose_vmid(hosts)

@@ -255,6 +255,12 @@ def local_program(name: str) -> str:
     return shutil.which(name) or name
 
 
+def _not_started(argv: Sequence[str], cwd: str | None, e: OSError) -> str:
+    """Why Popen failed, naming what was wrong: the directory to start in, or the program."""
+    what = cwd if cwd and e.filename == cwd else argv[0]
+    return f"{what}: {e.strerror or e}\n"
+
+
 class LocalRunner:
     """Runs programs on this machine."""
 
@@ -273,10 +279,8 @@ class LocalRunner:
                 list(argv), stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
                 env=full_env, start_new_session=True)
-        except FileNotFoundError:
-            return Result(127, "", f"{argv[0]}: No such file or directory\n")
-        except OSError as e:  # E2BIG, EACCES, ENOEXEC...: one line, never a traceback
-            return Result(126, "", f"{argv[0]}: {e.strerror or e}\n")
+        except OSError as e:  # ENOENT, E2BIG, EACCES, ENOEXEC...: one line, never a traceback
+            return Result(127 if isinstance(e, FileNotFoundError) else 126, "", _not_started(argv, cwd, e))
         try:
             out, err = p.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -301,7 +305,7 @@ class LocalRunner:
                 start_new_session=True,  # the console's Ctrl-C is not for it
             )
         except OSError as e:
-            msg = f"{argv[0]}: {e.strerror or e}\n".encode()
+            msg = _not_started(argv, cwd, e).encode()
             return LineStream(iter([msg, b""]).__next__, name=f"start {self.host}")
         fd = p.stdout.fileno()  # type: ignore[union-attr]
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 import paramiko
 
 from pvmconsole.runner import LineStream, LookupTimeout, Result, bounded, getaddrinfo, local_fqdn
+from shmd import hostenv
 from shmd.errors import PvmBadParam, PvmCantStart, PvmError, PvmHostFail, PvmNoHost
 
 CONNECT_TIMEOUT = 10.0  # TCP connect and key exchange
@@ -128,6 +129,28 @@ def check_path(what: str, path: str) -> str:
     return path
 
 
+def _remote_program(path: str) -> str:
+    """The program word of a remote command, quoted. A hostfile's ``dx=`` may hold
+    ``$NAME``/``${NAME}``, which PVM's remote shell expanded on that host: each becomes
+    ``"${NAME}"`` (its value is substituted and never re-parsed: no word splitting, no
+    globbing, no command), the rest single-quoted as any word."""
+    parts = hostenv.VARIABLE.split(path)  # literal, {name}, name, literal, ...
+    literals, names = parts[0::3], [a or b for a, b in zip(parts[1::3], parts[2::3])]
+    if names:  # the text around them must be a plain path, as any program's
+        try:
+            check_path("program", "x".join(literals))
+        except PvmError:
+            raise _bad("program", path, "only $NAME or ${NAME} and a plain path (no spaces, "
+                                        "quotes, '`', ';', '&', '|', '<', '>', '*', '?', '!' "
+                                        "or a leading '-')") from None
+    else:
+        check_path("program", path)
+    words = [shlex.quote(_remote_path(literals[0])) if literals[0] else ""]
+    for name, literal in zip(names, literals[1:]):
+        words.append(f'"${{{name}}}"' + (shlex.quote(literal) if literal else ""))
+    return "".join(words)
+
+
 def _remote_path(path: str) -> str:
     """``~/x`` -> ``x``: ssh commands start in the home directory, and a quoted ``~``
     would not be expanded by the remote shell."""
@@ -141,7 +164,7 @@ def remote_command(argv: Sequence[str], cwd: str | None = None,
     """The one string sshd hands to the login shell; every word quoted by shlex."""
     if not argv:
         raise _bad("command", list(argv), "empty")
-    check_path("program", argv[0])
+    program = _remote_program(argv[0])
     words: list[str] = []
     if cwd:
         words += ["cd", "--", shlex.quote(_remote_path(check_path("directory", cwd))), "&&"]
@@ -152,7 +175,7 @@ def remote_command(argv: Sequence[str], cwd: str | None = None,
             if not _ENV_RE.fullmatch(k):
                 raise _bad("environment name", k, "use letters, digits and '_'")
             words.append(shlex.quote(f"{k}={v}"))
-    words.append(shlex.join([_remote_path(argv[0]), *argv[1:]]))
+    words.append(" ".join([program, shlex.join(argv[1:])]) if argv[1:] else program)
     return " ".join(words)
 
 

@@ -273,7 +273,7 @@ class VirtualMachine:
         parsed: list[hf.HostEntry] = []
         errors: list[hf.LineError] = []
         for i, spec in enumerate(specs, start=1):
-            entry, defaults, errs = hf.parse_line(spec, env=os.environ, path="add", lineno=i)
+            entry, defaults, errs = hf.parse_line(spec, path="add", lineno=i)
             if defaults is not None:
                 errs = errs + [hf.LineError("add", i, spec, "defaults (*) can't be added")]
             elif entry is None and not errs:

@@ -25,7 +25,7 @@ import traceback
 
 import sysv_ipc
 
-from . import handshake, ipc, layout, pagemap, paths, private, tids
+from . import handshake, hostenv, ipc, layout, pagemap, paths, private, tids
 from .clients import Client, Clients, error_reply
 from .errors import PvmDenied, PvmExists, PvmOutOfRes
 from .exits import DaemonExit
@@ -669,6 +669,10 @@ def run(opts: Options, ready: ReadyPipe) -> int:
         return say_failed(DaemonExit.DENIED, f"cannot open log: {e}")
     except OSError as e:
         return say_failed(DaemonExit.DENIED, f"cannot open log {log_path}: {e.strerror}")
+
+    moved = hostenv.enter(opts.wd)
+    if moved:
+        log(moved)  # PVM's pvmd logged a wd= it could not enter and went on where it was
 
     def fail(status: int, msg: str) -> int:
         log(f"cannot start: {msg}")

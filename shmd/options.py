@@ -8,7 +8,7 @@ from . import paths
 from .layout import MAXPAGES, MAXSEG
 
 USAGE = ("usage: pvm_shmd [-debug=N] [-maxsegs=N] [-maxpages=N] [-vmid=ID] [-host=N] "
-         "[-name=HOST] [-foreground]")
+         "[-name=HOST] [-wd=DIR] [-foreground]")
 
 
 
@@ -24,6 +24,7 @@ class Options:
     vmid: str = ""
     host: int = 1
     name: str = ""
+    wd: str = ""  # the hostfile's wd=, as written: expanded and entered by the daemon
     foreground: bool = False
 
 
@@ -61,6 +62,10 @@ def parse(argv: list[str]) -> Options:
             if not value or any(c.isspace() for c in value):
                 raise UsageError(f"{word!r}: bad host name")
             o.name = value
+        elif name == "wd":
+            if not value or not value.isprintable():
+                raise UsageError(f"{word!r}: bad directory")
+            o.wd = value
         else:
             raise UsageError(f"unknown option {word!r}")
     if o.vmid is None:

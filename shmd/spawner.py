@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-from . import control, paths, private
+from . import control, hostenv, paths, private
 from .errors import PvmBadParam, PvmDenied, PvmError, PvmNoFile, PvmNoTask, PvmSysErr, strerror
 from .exits import SpawnExit
 from .tids import CONSOLE_TID
@@ -73,7 +73,8 @@ def default_wd() -> str:
 def search_path(ep: str | None) -> list[str]:
     if ep is None:
         ep = DEFAULT_EP + ":" + os.environ.get("PATH", "")
-    return [os.path.expanduser(d) or "." for d in ep.split(":")]
+    # each directory as the host's pvmd saw it: $NAME from this host's environment
+    return [hostenv.expand_path(d) or "." for d in ep.split(":")]
 
 
 def resolve(prog: str, ep: str | None, wd: str) -> list[str]:
@@ -203,7 +204,7 @@ def start_copies(prog: str, args: Sequence[str], count: int, *, vmid: str, ep: s
     """Start *count* copies; *output* is "relay" (a pipe each), "log" or "inherit"."""
     if count < 1:
         raise PvmError(PvmBadParam, f"count {count} must be at least 1")
-    wd = os.path.expanduser(wd) if wd else default_wd()
+    wd = hostenv.expand_path(wd) if wd else default_wd()
     if not os.path.isdir(wd):
         raise PvmError(PvmNoFile, f"no directory {wd}")
     argv = resolve(prog, ep, wd) + list(args)

@@ -29,7 +29,7 @@ def fake_remote(name, options, vmid):
     if is_local(name):
         return link_for(name, options, vmid)
     return HostLink(LocalRunner(name), f"{vmid}-{name}", local_program("pvm_shmd"),
-                    local_program("pvm_shmd_stat"), cwd=options.get("wd"))
+                    local_program("pvm_shmd_stat"), wd=options.get("wd"))
 
 
 @pytest.fixture

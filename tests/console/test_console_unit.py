@@ -260,3 +260,15 @@ def test_parallel_starts_report_progress_while_hosts_are_still_starting(monkeypa
     out = vmmod._parallel(lambda x: time.sleep(x) or x, [0.0, 0.4, 0.0], progress=seen.append)
     assert out == [0.0, 0.4, 0.0]  # results in item order
     assert seen and all(waiting == [1] for waiting in seen)  # only the slow one is waited for
+
+
+def test_a_program_that_cannot_start_is_named_rightly(tmp_path):
+    """A missing directory to start in is named, not blamed on the program (it used to
+    say `Can't start pvmd (.../pvm_shmd: No such file or directory)`)."""
+    from pvmconsole.runner import LocalRunner
+    gone = str(tmp_path / "gone")
+    r = LocalRunner().run(["/bin/true"], timeout=5, cwd=gone)
+    assert (r.rc, r.stderr) == (127, f"{gone}: No such file or directory\n")
+    r = LocalRunner().run([gone], timeout=5)
+    assert (r.rc, r.stderr) == (127, f"{gone}: No such file or directory\n")
+    assert LocalRunner().start(["/bin/true"], timeout=5, cwd=gone).readline() == f"{gone}: No such file or directory"

@@ -10,6 +10,8 @@ import pytest
 from conftest import sysv_objects
 from consoles import ME, PVM, SHMD_STAT, TIMEOUT, alive, daemon_state, pvm, shm_ids, vm  # noqa: F401
 
+from shmd import paths
+
 
 def test_stdin_batch_starts_attaches_and_halts(vm):
     before = sysv_objects()
@@ -170,3 +172,32 @@ def test_pvmrc_runs_first(vm):
     assert r.stdout.startswith("# my settings\nalias v version\nfrob\npvm> v\n3.4.6\n"), r.stdout
     assert r.stderr.endswith(".pvmrc:3: frob: not found\n")
     assert pvm("--norc", "-e", "v").returncode == 1
+
+
+def test_wd_and_ep_are_expanded_on_the_host(vm, tmp_path, monkeypatch):
+    """As PVM 3.4.6 (run beside ours on the same hostfile): ``$NAME`` in ``wd=``/``ep=``
+    comes from the environment of the host's own programs, an undefined one is kept as
+    written; the daemon works in ``wd=`` and spawned tasks start there."""
+    work = tmp_path / "work"
+    (work / "bin").mkdir(parents=True)
+    prog = work / "bin" / "where"
+    prog.write_text("#!/bin/sh\npwd\n")
+    prog.chmod(0o755)
+    monkeypatch.setenv("PVMX_WORK", str(work))
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"* wd=${{PVMX_WORK}} ep=$PVMX_UNDEFINED:$PVMX_WORK/bin\n{ME}\n")
+    r = pvm("-e", "spawn -> where", str(hosts))
+    assert r.returncode == 0, r.stderr
+    assert f"] {work}" in r.stdout  # the task's pwd, relayed
+    assert os.readlink(f"/proc/{daemon_state()['pid']}/cwd") == str(work)
+
+
+def test_a_master_wd_that_is_not_there_is_logged_and_the_vm_starts(vm, tmp_path):
+    """PVM logs the failed chdir and goes on; a `*` line's wd= applies to the master too."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"* wd=/nonexistent/$PVMX_UNDEFINED\n{ME}\n")
+    r = pvm("-e", "conf", str(hosts))
+    assert r.returncode == 0, r.stderr
+    assert "1 host, 1 data format" in r.stdout and "Can't start" not in r.stdout + r.stderr
+    with open(paths.log_path(vm["vmid"])) as f:
+        assert "/nonexistent/$PVMX_UNDEFINED: No such file or directory" in f.read()

@@ -19,9 +19,9 @@ def names(h: hf.Hostfile) -> list[str]:
     return [e.name for e in h.entries]
 
 
-def errors_of(text: str, env: dict | None = None) -> list[str]:
+def errors_of(text: str) -> list[str]:
     with pytest.raises(hf.HostfileError) as ei:
-        hf.parse(text, "hf", env or {})
+        hf.parse(text, "hf")
     return [str(e) for e in ei.value.errors]
 
 
@@ -61,9 +61,12 @@ def test_quoting_and_backslash():
     assert e.options == {"wd": "/my dir", "ep": "a\\b"}  # PVM kept backslashes as written
 
 
-def test_variable_expansion():
-    e = hf.parse("n wd=$HOME/x dx=${ROOT}/pvm_shmd\n", "hf", {"HOME": "/h", "ROOT": "/r"}).entries[0]
-    assert e.options == {"wd": "/h/x", "dx": "/r/pvm_shmd"}
+def test_variables_are_kept_for_the_host(monkeypatch):
+    """The console never expands $VAR (the host does, from its own environment), whatever
+    the console's environment holds."""
+    monkeypatch.setenv("HOME", "/console-home")
+    e = hf.parse("n wd=$HOME/x dx=${ROOT}/pvm_shmd\n", "hf").entries[0]
+    assert e.options == {"wd": "$HOME/x", "dx": "${ROOT}/pvm_shmd"}
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -125,16 +128,16 @@ def test_parse_line_for_add():
 
 @pytest.mark.parametrize("name", ["localhost", "cluster"])
 def test_shipped_examples_parse(name):
-    h = hf.read(os.path.join(ROOT, "hostfiles", name), {"HOME": "/home/u"})
+    h = hf.read(os.path.join(ROOT, "hostfiles", name))
     assert h.entries, name
 
 
 def test_cluster_example_has_defaults_and_deferred_hosts():
-    h = hf.read(os.path.join(ROOT, "hostfiles", "cluster"), {"HOME": "/home/u"})
+    h = hf.read(os.path.join(ROOT, "hostfiles", "cluster"))
     deferred = [e.name for e in h.entries if e.defer]
     assert deferred == ["node4", "gpu1"]
     node1 = h.entry("node1")
-    assert node1 is not None and node1.options["wd"] == "/home/u"
+    assert node1 is not None and node1.options["wd"] == "$HOME"  # node1's own home, there
 
 
 # -- property-based: nothing crashes the parser --------------------------------
@@ -145,7 +148,7 @@ HOSTFILE_ALPHABET = st.sampled_from(list("ab1.-_ \t\n#&$*='\"\\=$x{}") + ["lo", 
 @given(st.text(max_size=300))
 def test_no_input_crashes_the_parser(text):
     try:
-        h = hf.parse(text, "hf", {"HOME": "/h"})
+        h = hf.parse(text, "hf")
     except hf.HostfileError as e:
         assert e.errors and all(err.line >= 0 for err in e.errors)
     else:
@@ -156,7 +159,7 @@ def test_no_input_crashes_the_parser(text):
 @given(st.lists(HOSTFILE_ALPHABET, max_size=80).map("".join))
 def test_no_hostfile_like_input_crashes_the_parser(text):
     try:
-        h = hf.parse(text, "hf", {"x": "1"})
+        h = hf.parse(text, "hf")
     except hf.HostfileError as e:
         assert all(str(err).startswith("hf:") for err in e.errors)
     else:
@@ -189,55 +192,49 @@ cubie.misc.edu
 """
 GUEST = {"lo": "guest", "so": "pw"}
 
-# (case, text, env, [(name, options, defer, overload)], defaults, [problems])
+# (case, text, [(name, options, defer, overload)], defaults, [problems])
 PVM_RULES = [
-    ("man page: simple", "# my first host file\nthud\nfred\nwilma\nbarney\nbetty\n", {},
+    ("man page: simple", "# my first host file\nthud\nfred\nwilma\nbarney\nbetty\n",
      [(n, {}, False, False) for n in ("thud", "fred", "wilma", "barney", "betty")], {}, []),
-    ("man page: example, $PVM_ARCH undefined here: kept as written", MAN_PAGE_EXAMPLE, {},
+    ("man page: example, $PVM_ARCH kept as written for the host", MAN_PAGE_EXAMPLE,
      [("fonebone", {}, False, False), ("refuge", {}, False, False),
       ("sigi.cs", {"dx": "/usr/local/pvm3/lib/pvmd"}, False, False),
       ("sn666.jrandom.com", GUEST, False, False), ("cubie.misc.edu", GUEST, False, False),
       ("igor.firewall.com", {"lo": "guest2", "so": "ms", "ep": "bob/pvm3/bin/$PVM_ARCH"}, True, False)],
      GUEST, []),
-    ("man page: example, $PVM_ARCH defined", MAN_PAGE_EXAMPLE, {"PVM_ARCH": "LINUX64"},
-     None, GUEST, []),
-    ("& then blanks then the name", "&   later lo=x\n", {}, [("later", {"lo": "x"}, True, False)], {}, []),
-    ("prefixes in any order, blanks after", " $& both\n&$both2\n", {},
+    ("& then blanks then the name", "&   later lo=x\n", [("later", {"lo": "x"}, True, False)], {}, []),
+    ("prefixes in any order, blanks after", " $& both\n&$both2\n",
      [("both", {}, True, True), ("both2", {}, True, True)], {}, []),
-    ("a repeated option keeps the first value", "n lo=first lo=second sp=5 sp=fast\n", {},
+    ("a repeated option keeps the first value", "n lo=first lo=second sp=5 sp=fast\n",
      [("n", {"lo": "first", "sp": "5"}, False, False)], {}, []),
-    ("defaults fill only what the line does not set", "* lo=d wd=/w\nn lo=own\n", {},
+    ("defaults fill only what the line does not set", "* lo=d wd=/w\nn lo=own\n",
      [("n", {"lo": "own", "wd": "/w"}, False, False)], {"lo": "d", "wd": "/w"}, []),
-    ("defaults are not cumulative", "* lo=a\n* sp=9\nn\n", {},
+    ("defaults are not cumulative", "* lo=a\n* sp=9\nn\n",
      [("n", {"sp": "9"}, False, False)], {"sp": "9"}, []),
-    ("& hosts take the defaults too", "* lo=a\n&n\n", {}, [("n", {"lo": "a"}, True, False)], {"lo": "a"}, []),
-    ("backslashes kept as written", "w dx=d:\\pvm3\\lib\\win32\\pvmd3.exe\n", {},
+    ("& hosts take the defaults too", "* lo=a\n&n\n", [("n", {"lo": "a"}, True, False)], {"lo": "a"}, []),
+    ("backslashes kept as written", "w dx=d:\\pvm3\\lib\\win32\\pvmd3.exe\n",
      [("w", {"dx": "d:\\pvm3\\lib\\win32\\pvmd3.exe"}, False, False)], {}, []),
-    ("an undefined $VAR is kept, a defined one expanded", "n wd=$SCRATCH/x ep=${HOME}/bin\n", {"HOME": "/h"},
-     [("n", {"wd": "$SCRATCH/x", "ep": "/h/bin"}, False, False)], {}, []),
-    ("an unknown option drops that line only", "a\nb colour=blue\nc\n", {},
+    ("$VAR and ${VAR} kept as written", "n wd=$SCRATCH/x ep=${HOME}/bin:$R_LIBS/rpvm/\n",
+     [("n", {"wd": "$SCRATCH/x", "ep": "${HOME}/bin:$R_LIBS/rpvm/"}, False, False)], {}, []),
+    ("an unknown option drops that line only", "a\nb colour=blue\nc\n",
      [("a", {}, False, False), ("c", {}, False, False)], {}, ['hf:2: unknown option "colour=blue"']),
-    ("a duplicate host drops that line only", "a\nb\na lo=x\nc\n", {},
+    ("a duplicate host drops that line only", "a\nb\na lo=x\nc\n",
      [("a", {}, False, False), ("b", {}, False, False), ("c", {}, False, False)], {},
      ['hf:3: duplicate host (first on line 1) "a"']),
-    ("atoi leniency (sp=fast is 0 in PVM): an error for that host", "a sp=fast\nb\n", {},
+    ("atoi leniency (sp=fast is 0 in PVM): an error for that host", "a sp=fast\nb\n",
      [("b", {}, False, False)], {}, ['hf:1: speed must be 1..1000000 in "sp=fast"']),
-    ("an unsafe value: that host refused, the rest kept", "a ip=x;reboot\nb\n", {},
+    ("an unsafe value: that host refused, the rest kept", "a ip=x;reboot\nb\n",
      [("b", {}, False, False)], {}, ['hf:1: bad address in "ip=x;reboot"']),
-    ("a bad * line is dropped, the previous defaults stay", "* lo=a\n* lo=b xx=1\nn\n", {},
+    ("a bad * line is dropped, the previous defaults stay", "* lo=a\n* lo=b xx=1\nn\n",
      [("n", {"lo": "a"}, False, False)], {"lo": "a"}, ['hf:2: unknown option "xx=1"']),
 ]
 
 
-@pytest.mark.parametrize("case,text,env,expected,defaults,problems", PVM_RULES, ids=[c[0] for c in PVM_RULES])
-def test_pvm_rules(case, text, env, expected, defaults, problems):
-    h = hf.parse(text, "hf", env, strict=False)
+@pytest.mark.parametrize("case,text,expected,defaults,problems", PVM_RULES, ids=[c[0] for c in PVM_RULES])
+def test_pvm_rules(case, text, expected, defaults, problems):
+    h = hf.parse(text, "hf", strict=False)
     got = [(e.name, dict(e.options), e.defer, e.overload) for e in h.entries]
-    if expected is None:  # the man page example with $PVM_ARCH set: only igor's ep= differs
-        assert got[-1] == ("igor.firewall.com",
-                           {"lo": "guest2", "so": "ms", "ep": "bob/pvm3/bin/LINUX64"}, True, False)
-    else:
-        assert got == expected
+    assert got == expected
     assert dict(h.defaults) == defaults
     assert [str(p) for p in h.problems] == problems
     assert h.dropped == len(problems)
@@ -246,7 +243,7 @@ def test_pvm_rules(case, text, env, expected, defaults, problems):
 def test_strict_parse_still_raises_for_any_problem():
     """The default (strict) keeps today's all-or-nothing for callers that don't print problems."""
     assert errors_of("a\nb colour=blue\n") == ['hf:2: unknown option "colour=blue"']
-    h = hf.parse(MAN_PAGE_EXAMPLE, "hf", {})  # no problem at all: strict accepts it
+    h = hf.parse(MAN_PAGE_EXAMPLE, "hf")  # no problem at all: strict accepts it
     assert len(h.entries) == 6
 
 
@@ -365,7 +362,38 @@ def test_a_path_with_control_characters_is_escaped(tmp_path):
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=300))
 def test_lenient_parse_never_raises_and_reports_one_visible_line_each(text):
-    h = hf.parse(text, "hf", {"HOME": "/h"}, strict=False)
+    h = hf.parse(text, "hf", strict=False)
     assert all(e.name for e in h.entries)
     assert len(h.report()) == (len(h.problems) + 1 + (h.dropped > len(h.problems)) if h.dropped else 0)
     assert all(line.isprintable() for line in h.report())
+
+
+def test_a_host_expands_its_own_variables():
+    """shmd.hostenv: what each host's programs do with a hostfile value."""
+    from shmd import hostenv
+    env = {"HOME": "/h", "A": "x;$(reboot)"}
+    assert hostenv.expand("$HOME/bin:${HOME}x:$NOPE/y:${NOPE}", env) == "/h/bin:/hx:$NOPE/y:${NOPE}"
+    assert hostenv.expand("$A", env) == "x;$(reboot)"  # a value is text, never run
+
+
+def test_a_remote_dx_variable_is_expanded_by_the_remote_shell_and_never_reparsed(tmp_path):
+    """dx=$NAME/...: the one command word sshd hands to the login shell expands the
+    variable and nothing else (a hostile value stays one word; no command runs)."""
+    import subprocess
+
+    from pvmconsole.ssh import remote_command
+    prog = tmp_path / "bin dir"
+    prog.mkdir()
+    (prog / "show").write_text('#!/bin/sh\necho "$0|$1"\n')
+    (prog / "show").chmod(0o755)
+    witness = tmp_path / "ran"
+    cmd = remote_command(["$PVMX_D/show", "a b"])
+    env = {"PATH": "/usr/bin:/bin", "PVMX_D": str(prog)}
+    r = subprocess.run(["/bin/sh", "-c", cmd], env=env, capture_output=True, text=True, timeout=10)
+    assert r.stdout == f"{prog}/show|a b\n", (cmd, r.stderr)
+    env["PVMX_D"] = f"$(touch {witness}); touch {witness}"
+    r = subprocess.run(["/bin/sh", "-c", cmd], env=env, capture_output=True, text=True, timeout=10)
+    assert r.returncode != 0 and not witness.exists()
+    for bad in ("$X;reboot", "${X", "-$X", "$(id)"):
+        with pytest.raises(Exception, match="bad program"):
+            remote_command([bad])

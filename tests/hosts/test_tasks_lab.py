@@ -266,3 +266,17 @@ def test_demo_from_the_interactive_console(lab, vm):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_hostfile_variables_are_the_remote_hosts(lab, vm, tmp_path):
+    """`wd=$HOME` means the remote host's home (PVM's pvmd expanded it there), not the
+    console's, and a `wd=` a host cannot enter is logged there, not fatal."""
+    remote_home = ssh(lab, "pvmh1", 'echo "$HOME"').stdout.strip()
+    assert remote_home and remote_home != vm.env["HOME"]
+    dx = labmod.local_program("pvm_shmd")
+    hf = tmp_path / "hf3"
+    hf.write_text(f"* wd=$HOME ep=/bin:/usr/bin\npvmh1 dx={dx}\npvmh2 dx={dx} wd=/nonexistent/$HOME\n")
+    r = vm.run("conf; spawn -> -pvmh1 pwd", hostfile=str(hf))
+    assert r.returncode == 0, r.stderr
+    assert "3 hosts, 1 data format" in r.stdout
+    assert f"] {remote_home}" in r.stdout, r.stdout
