@@ -362,7 +362,7 @@ def link_for(name: str, options: Mapping[str, str], vmid: str) -> HostLink:
     else:
         daemon = dx or DAEMON
         try:
-            from pvmconsole.ssh import SshRunner, console_password
+            from pvmconsole.ssh import SshRunner, check_expandable, console_password
         except ImportError as e:
             if not manual:
                 raise PvmError(PvmCantStart, f"no SSH transport to reach {name} ({e})") from None
@@ -370,6 +370,8 @@ def link_for(name: str, options: Mapping[str, str], vmid: str) -> HostLink:
         else:
             runner = SshRunner(name, login=options.get("lo"), address=options.get("ip"),
                                password=console_password if options.get("so") == "pw" else None)
+            if options.get("wd"):  # it reaches the host's programs: no shell syntax in it either
+                check_expandable("directory", options["wd"])
     stat = os.path.join(os.path.dirname(daemon), STAT) if "/" in daemon else STAT
     if manual:
         if not isinstance(runner, ManualRunner):

@@ -129,24 +129,34 @@ def check_path(what: str, path: str) -> str:
     return path
 
 
+def check_expandable(what: str, path: str) -> list[str]:
+    """A hostfile path the remote host expands (``dx=``, ``wd=``): a plain path around
+    ``$NAME``/``${NAME}`` and nothing else, else SshError(PvmBadParam) naming it.
+    Returns its parts: literal, name, literal, ... (names at odd places)."""
+    parts = hostenv.VARIABLE.split(path)  # literal, {name}, name, literal, ...
+    literals, names = parts[0::3], [a or b for a, b in zip(parts[1::3], parts[2::3])]
+    if not names:
+        check_path(what, path)
+        return [path]
+    try:
+        check_path(what, "x".join(literals))  # the text around them
+    except PvmError:
+        raise _bad(what, path, "only $NAME or ${NAME} and a plain path (no spaces, quotes, '`', "
+                               "';', '&', '|', '<', '>', '*', '?', '!' or a leading '-')") from None
+    out = [literals[0]]
+    for name, literal in zip(names, literals[1:]):
+        out += [name, literal]
+    return out
+
+
 def _remote_program(path: str) -> str:
     """The program word of a remote command, quoted. A hostfile's ``dx=`` may hold
     ``$NAME``/``${NAME}``, which PVM's remote shell expanded on that host: each becomes
     ``"${NAME}"`` (its value is substituted and never re-parsed: no word splitting, no
     globbing, no command), the rest single-quoted as any word."""
-    parts = hostenv.VARIABLE.split(path)  # literal, {name}, name, literal, ...
-    literals, names = parts[0::3], [a or b for a, b in zip(parts[1::3], parts[2::3])]
-    if names:  # the text around them must be a plain path, as any program's
-        try:
-            check_path("program", "x".join(literals))
-        except PvmError:
-            raise _bad("program", path, "only $NAME or ${NAME} and a plain path (no spaces, "
-                                        "quotes, '`', ';', '&', '|', '<', '>', '*', '?', '!' "
-                                        "or a leading '-')") from None
-    else:
-        check_path("program", path)
-    words = [shlex.quote(_remote_path(literals[0])) if literals[0] else ""]
-    for name, literal in zip(names, literals[1:]):
+    parts = check_expandable("program", path)
+    words = [shlex.quote(_remote_path(parts[0])) if parts[0] else ""]
+    for name, literal in zip(parts[1::2], parts[2::2]):
         words.append(f'"${{{name}}}"' + (shlex.quote(literal) if literal else ""))
     return "".join(words)
 

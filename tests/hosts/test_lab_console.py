@@ -26,8 +26,7 @@ def lab():
 @pytest.fixture
 def console(lab, tmp_path, pvm_env):
     """Run `pvm [hostfile] -e CMDS` in the root namespace against the lab."""
-    env = dict(os.environ, PVM_SSH_CONFIG=lab.ssh_config, HOME=str(tmp_path),
-               INJ1="; touch /tmp/pwned", INJ2="$(touch /tmp/pwned)", INJ3="`touch /tmp/pwned`")
+    env = dict(os.environ, PVM_SSH_CONFIG=lab.ssh_config, HOME=str(tmp_path))
 
     def run(cmds: str, hostfile: str | None = None, config: str | None = None) -> subprocess.CompletedProcess:
         e = dict(env, PVM_SSH_CONFIG=config) if config else env
@@ -115,10 +114,10 @@ def test_failures_are_one_line_per_host_and_the_rest_joins(lab, console, pvm_env
         f"closed dx={dx}",
         f"badkey dx={dx}",
         f"newkey dx={dx}",
-        # the hostfile expands $VAR (as PVM did): the payloads come from the environment
-        "pvmh3 dx=/bin/true$INJ1",
-        f"inj1 lo=root$INJ2 dx={dx}",
-        f"inj2 wd=/tmp$INJ3 dx={dx}",
+        # shell syntax in values that reach the host (only $NAME is expanded there)
+        "pvmh3 dx=/bin/true;touch${IFS}/tmp/pwned",
+        f"inj1 lo=root$(touch${{IFS}}/tmp/pwned) dx={dx}",
+        f"inj2 wd=/tmp`touch${{IFS}}/tmp/pwned` dx={dx}",
         f"pvmh4 dx={dx}",
     ]) + "\n")
     # pvmh4 already runs a daemon of this VM id: its start must be refused (exit 3).
