@@ -54,8 +54,8 @@ def test_lock_waits_for_its_holder_then_times_out(sem, hold):
     sem.release()  # a free lock
     lock, other = ipc.Lock(sem), ipc.Lock(sysv_ipc.Semaphore(sem.key))
     assert other.acquire(1.0)
+    t = time.monotonic()  # before the timer starts: a busy machine may run it at once
     threading.Timer(hold, other.release).start()
-    t = time.monotonic()
     assert lock.acquire(5.0)
     assert time.monotonic() - t >= hold * 0.9
     t = time.monotonic()
