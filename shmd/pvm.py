@@ -1,52 +1,87 @@
-"""PVM-shaped names for people porting PVM programs: pvm_mytid, pvm_psend, pvm_precv,
-pvm_exit, the datatype constants, and PVM's error codes; errors are raised as PvmError
-carrying PVM's code (``e.code``, ``e.name``) instead of being returned.
+"""PVM 3.4's library calls, for programs translated line by line from C.
 
     from shmd.pvm import *
     me = pvm_mytid()
+    pvm_initsend(PvmDataDefault)
+    pvm_pkint([1, 2, 3], 3, 1)
+    pvm_pkstr("hello")
+    pvm_send(peer, 1)
+    pvm_recv(-1, -1)
+    pvm_upkint(buf, 3, 1)
     pvm_psend(peer, 1, array, len(array), PVM_DOUBLE)
-    rtid, rtag, rlen = pvm_precv(-1, -1, buf, len(buf), PVM_DOUBLE)
     pvm_exit()
+
+Errors raise PvmError carrying PVM's code (``e.code``, ``e.name``) instead of being
+returned. The parts: message buffers and packing (shmd.pvmbuf, shmd.pvmpackf), sending
+and receiving them (shmd.pvmmsg), tasks and the virtual machine (shmd.pvmtask), dynamic
+groups (shmd.pvmgroups, served by shmd.pvmgs). docs/pvm-api.md lists every call.
 """
 from __future__ import annotations
 
-from . import errors
-from .errors import (  # noqa: F401
-    PvmAlready,
-    PvmBadMsg,
-    PvmBadParam,
-    PvmDenied,
-    PvmError,
-    PvmExists,
-    PvmMismatch,
-    PvmNoData,
-    PvmNoMem,
-    PvmNoTask,
-    PvmNotImpl,
-    PvmOk,
-    PvmOutOfRes,
-    PvmOverflow,
-    PvmSysErr,
-    PvmTimeout,
-    strerror,
-)
-from .message import as_bytes_view
-from .task import ANY, Task, current, join
-from .tids import fmt
+from typing import Any
 
-PVM_STR, PVM_BYTE, PVM_SHORT, PVM_INT, PVM_FLOAT, PVM_CPLX, PVM_DOUBLE, PVM_DCPLX = range(8)
-PVM_LONG, PVM_USHORT, PVM_UINT, PVM_ULONG = 8, 9, 10, 11
+from . import errors
+from .errors import *  # noqa: F403  (PVM's error codes, PvmError, PvmTimeout, strerror)
+from .errors import PvmBadParam, PvmError, PvmNotImpl, PvmOk, PvmOverflow, strerror
+from .message import as_bytes_view
+from .pvmbuf import (  # noqa: F401
+    HEADER,
+    KINDS,
+    PVM_BYTE,
+    PVM_CPLX,
+    PVM_DCPLX,
+    PVM_DOUBLE,
+    PVM_FLOAT,
+    PVM_INT,
+    PVM_LONG,
+    PVM_SHORT,
+    PVM_STR,
+    PVM_UINT,
+    PVM_ULONG,
+    PVM_USHORT,
+    Buffer,
+    PvmDataDefault,
+    PvmDataInPlace,
+    PvmDataRaw,
+    parse,
+)
+from .pvmgroups import *  # noqa: F403
+from .pvmmsg import (  # noqa: F401
+    PvmHostAdd,
+    PvmHostDelete,
+    PvmNotifyCancel,
+    PvmRouteAdd,
+    PvmRouteDelete,
+    PvmTaskExit,
+    S,
+    pvm_bufinfo,
+    pvm_freebuf,
+    pvm_getrbuf,
+    pvm_getsbuf,
+    pvm_initsend,
+    pvm_mcast,
+    pvm_mkbuf,
+    pvm_notify,
+    pvm_nrecv,
+    pvm_probe,
+    pvm_recv,
+    pvm_send,
+    pvm_setrbuf,
+    pvm_setsbuf,
+    pvm_trecv,
+    rbuf,
+    sbuf,
+    take_early,
+)
+from .pvmpackf import pvm_packf, pvm_unpackf  # noqa: F401
+from .pvmtask import *  # noqa: F403
+from .task import ANY, join
 
 #: Element size in bytes of each datatype (C's sizes on LP64 Linux).
-SIZES = {PVM_BYTE: 1, PVM_SHORT: 2, PVM_USHORT: 2, PVM_INT: 4, PVM_UINT: 4, PVM_LONG: 8,
-         PVM_ULONG: 8, PVM_FLOAT: 4, PVM_CPLX: 8, PVM_DOUBLE: 8, PVM_DCPLX: 16}
+SIZES = {c: k.native for c, k in KINDS.items()}
 
 #: numpy dtype of each datatype (for building buffers).
-DTYPES = {PVM_BYTE: "u1", PVM_SHORT: "i2", PVM_USHORT: "u2", PVM_INT: "i4", PVM_UINT: "u4",
-          PVM_LONG: "i8", PVM_ULONG: "u8", PVM_FLOAT: "f4", PVM_CPLX: "c8", PVM_DOUBLE: "f8",
-          PVM_DCPLX: "c16"}
-
-_task: Task | None = None
+DTYPES = {c: k.np for c, k in KINDS.items()}
 
 
 def _size(datatype: int) -> int:
@@ -67,24 +102,14 @@ def _room(buf, count: int, size: int) -> memoryview:
     return mv[:count * size]
 
 
-def _me() -> Task:
-    global _task
-    if _task is None or _task.closed:
-        _task = current() or join()  # a process that joined with shmd.join() is that task
-    return _task
-
-
-def pvm_mytid() -> int:
-    """This process's tid, enrolling it with the host's pvm_shmd on first use."""
-    return _me().tid
-
-
+# ---- psend / precv --------------------------------------------------------------------------
 def pvm_psend(tid: int, tag: int, buf, len: int, datatype: int,
               timeout: float | None = None) -> int:
     """Send *len* items of *datatype* from *buf* to *tid* with *tag* >= 0; return PvmOk
-    (errors raise PvmError). *timeout* (not in PVM): longest wait for free pages."""
+    (errors raise PvmError). The bytes go as they are (a Raw message, no header).
+    *timeout* (not in PVM): longest wait for free pages."""
     size = _size(datatype)
-    _me().psend(tid, tag, _room(buf, len, size), timeout)
+    S.me().psend(tid, tag, _room(buf, len, size), timeout)
     return PvmOk
 
 
@@ -92,33 +117,96 @@ def pvm_precv(tid: int, tag: int, buf, len: int, datatype: int,
               timeout: float | None = None) -> tuple[int, int, int]:
     """Receive from *tid* (-1: any) with *tag* (-1: any) into *buf* (room for *len*
     items); return (rtid, rtag, rlen) with rlen in items. A message larger than the
-    room raises PvmError(PvmOverflow) and stays queued. *timeout* (not in PVM):
-    PvmTimeout after that many seconds."""
+    room raises PvmError(PvmOverflow) and stays queued. A packed message (pvm_send)
+    is unpacked as *len* items of *datatype*, as PVM's precv does. *timeout* (not in
+    PVM): PvmTimeout after that many seconds."""
     size = _size(datatype)
-    src, rtag, n = _me().precv_into(_room(buf, len, size), tid, tag, timeout)
+    room = _room(buf, len, size)
+    me = S.me()
+    early = take_early(tid, tag)
+    if early is not None:
+        return _unpacked(early, buf, len, datatype)
+    try:
+        src, rtag, n = me.precv_into(room, tid, tag, timeout)
+    except PvmError as e:
+        if e.code != PvmOverflow:
+            raise
+        # a packed message holds len items in more bytes (its header, XDR's padding)
+        found = me.probe(tid, tag)
+        k = KINDS[datatype]
+        if found is None or found[2] > HEADER.size + len * max(k.xdr, k.native) + 3:
+            raise
+        m = me.precv(found[0], found[1], 0)
+        return _unpacked((m.src, m.tag, m.data), buf, len, datatype)
+    if n >= HEADER.size and parse(room[:n])[1].nbytes != n:
+        return _unpacked((src, rtag, bytes(room[:n])), buf, len, datatype)
     return src, rtag, n // size
 
 
-def pvm_probe(tid: int = ANY, tag: int = ANY) -> int:
-    """Bytes of the first waiting message matching (*tid*, *tag*), 0 if none (PVM's
-    pvm_probe returns a buffer id > 0 or 0)."""
-    found = _me().probe(tid, tag)
-    return 0 if found is None else max(found[2], 1)
+def _unpacked(msg: tuple[int, int, Any], buf, len: int, datatype: int) -> tuple[int, int, int]:
+    """pvm_precv's end for a message taken whole: its body unpacked into *buf*."""
+    src, tag, data = msg
+    enc, body = parse(memoryview(data))
+    k = KINDS[datatype]
+    per = k.xdr if enc == 0 else k.native
+    n = body.nbytes // per
+    if n > len:
+        S.early.append(msg)  # as psend's: kept for a receive with room enough
+        raise PvmError(PvmOverflow, f"message of {n} items from t{src:x} does not fit in {len} (kept)")
+    b = Buffer(PvmDataDefault if enc == 0 else PvmDataRaw, body, src, tag, wire_enc=enc)
+    if n:
+        b.unpack(datatype, buf if k.code != PVM_BYTE else as_bytes_view(buf), n, 1)
+    return src, tag, n
 
 
-def pvm_exit() -> int:
-    """Leave the virtual machine (messages still queued to us are dropped)."""
-    global _task
-    if _task is not None:
-        _task.leave()
-        _task = None
+# ---- packing and unpacking ------------------------------------------------------------------
+def _packer(datatype: int):
+    def pk(values: Any, nitem: int = 1, stride: int = 1) -> int:
+        sbuf().pack(datatype, values, nitem, stride)
+        return PvmOk
+
+    name = KINDS[datatype].name
+    pk.__name__ = pk.__qualname__ = f"pvm_pk{name}"
+    pk.__doc__ = (f"Pack *nitem* {name}s of *values* (any sequence or buffer; a scalar when "
+                  f"nitem is 1), every *stride*-th, into the active send buffer.")
+    return pk
+
+
+def _unpacker(datatype: int):
+    def upk(buf: Any = None, nitem: int = 1, stride: int = 1):
+        got = rbuf().unpack(datatype, buf, nitem, stride)
+        return PvmOk if buf is not None else got
+
+    name = KINDS[datatype].name
+    upk.__name__ = upk.__qualname__ = f"pvm_upk{name}"
+    upk.__doc__ = (f"Unpack *nitem* {name}s from the active receive buffer into *buf* (a writable "
+                   f"buffer or a list, every *stride*-th place); returns PvmOk, or with buf None "
+                   f"the values (an array.array; a list of complex for complex types).")
+    return upk
+
+
+pvm_pkbyte, pvm_upkbyte = _packer(PVM_BYTE), _unpacker(PVM_BYTE)
+pvm_pkshort, pvm_upkshort = _packer(PVM_SHORT), _unpacker(PVM_SHORT)
+pvm_pkushort, pvm_upkushort = _packer(PVM_USHORT), _unpacker(PVM_USHORT)
+pvm_pkint, pvm_upkint = _packer(PVM_INT), _unpacker(PVM_INT)
+pvm_pkuint, pvm_upkuint = _packer(PVM_UINT), _unpacker(PVM_UINT)
+pvm_pklong, pvm_upklong = _packer(PVM_LONG), _unpacker(PVM_LONG)
+pvm_pkulong, pvm_upkulong = _packer(PVM_ULONG), _unpacker(PVM_ULONG)
+pvm_pkfloat, pvm_upkfloat = _packer(PVM_FLOAT), _unpacker(PVM_FLOAT)
+pvm_pkdouble, pvm_upkdouble = _packer(PVM_DOUBLE), _unpacker(PVM_DOUBLE)
+pvm_pkcplx, pvm_upkcplx = _packer(PVM_CPLX), _unpacker(PVM_CPLX)
+pvm_pkdcplx, pvm_upkdcplx = _packer(PVM_DCPLX), _unpacker(PVM_DCPLX)
+
+
+def pvm_pkstr(s: str | bytes) -> int:
+    """Pack a string (its length, its bytes and a NUL, as PVM)."""
+    sbuf().pkstr(s)
     return PvmOk
 
 
-def pvm_perror(msg: str, code: int) -> str:
-    """PVM's ``libpvm [tid]: msg: text`` line for *code* (returned, not printed)."""
-    tid = _task.tid if _task is not None and not _task.closed else 0
-    return f"libpvm [{fmt(tid)}]: {msg}: {strerror(code)}"
+def pvm_upkstr() -> str:
+    """Unpack a string packed by pvm_pkstr; return it."""
+    return rbuf().upkstr()
 
 
 ERROR_NAMES = dict(errors.NAMES)

@@ -1,0 +1,334 @@
+"""PVM's message buffers and the calls that send and receive them: pvm_initsend,
+pvm_mkbuf, pvm_freebuf, pvm_get/setsbuf, pvm_get/setrbuf, pvm_bufinfo, pvm_send,
+pvm_mcast, pvm_recv, pvm_nrecv, pvm_trecv, pvm_probe; and the exit notifications
+pvm_notify asks for, delivered among the received messages.
+
+Everything goes through ``Task.psend``/``Task.precv``: a packed message is a psend of
+its header and body (shmd.pvmbuf), so it travels wherever psend does, and a pvm_recv
+takes psend's messages too (as Raw buffers)."""
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from . import layout, tids
+from .errors import PvmBadParam, PvmError, PvmNoBuf, PvmNoSuchBuf, PvmOk, PvmTimeout
+from .pvmbuf import Buffer, PvmDataDefault, PvmDataRaw, parse
+from .task import ANY, Task, current, join
+from .taskbase import INF
+
+PvmTaskExit, PvmHostDelete, PvmHostAdd, PvmRouteAdd, PvmRouteDelete = 1, 2, 3, 4, 5
+PvmNotifyCancel = 0x100
+NOTIFY_SLICE = 0.1  # how often a receive waiting with exit notifications armed looks at the task table
+
+
+class State:
+    """This process's PVM library state: its task, buffers and armed notifications."""
+
+    def __init__(self) -> None:
+        self.task: Task | None = None
+        self.bufs: dict[int, Buffer] = {}
+        self.next_id = 1
+        self.sbuf = 0
+        self.rbuf = 0
+        self.probed = 0  # the info-only buffer pvm_probe made last
+        self.watch: dict[int, list[int]] = {}  # tid -> tags to send when it exits
+        self.early: list[tuple[int, int, bytes]] = []  # notifications due, probed messages
+        self.options: dict[int, int] = {}
+
+    def me(self) -> Task:
+        t = self.task
+        if t is None or t.closed:
+            t = self.task = current() or join()  # a process that joined with shmd.join() is that task
+        return t
+
+    def add(self, buf: Buffer) -> int:
+        i = self.next_id
+        self.next_id += 1
+        self.bufs[i] = buf
+        return i
+
+    def get(self, bufid: int) -> Buffer:
+        if not isinstance(bufid, int) or isinstance(bufid, bool):
+            raise PvmError(PvmBadParam, f"bufid {bufid!r} is not an int")
+        b = self.bufs.get(bufid)
+        if b is None:
+            raise PvmError(PvmNoSuchBuf, f"bufid {bufid} (never made, or freed)")
+        return b
+
+    def free(self, bufid: int) -> None:
+        b = self.bufs.pop(bufid, None)
+        if b is not None:
+            b.free()
+        if self.sbuf == bufid:
+            self.sbuf = 0
+        if self.rbuf == bufid:
+            self.rbuf = 0
+
+    def reset(self) -> None:
+        for b in self.bufs.values():
+            b.free()
+        self.__init__()  # type: ignore[misc]
+
+
+S = State()
+
+
+def _tid(tid: Any, what: str = "tid") -> int:
+    if not isinstance(tid, int) or isinstance(tid, bool):
+        raise PvmError(PvmBadParam, f"{what} {tid!r} is not an int")
+    return tid
+
+
+def _tag(tag: Any) -> int:
+    if not isinstance(tag, int) or isinstance(tag, bool) or tag < -1:
+        raise PvmError(PvmBadParam, f"msgtag {tag!r} must be an int >= -1 (-1: any)")
+    return tag
+
+
+# ---- buffers --------------------------------------------------------------------------------
+def pvm_mkbuf(encoding: int = PvmDataDefault) -> int:
+    """A new empty send buffer; return its id."""
+    return S.add(Buffer(encoding))
+
+
+def pvm_freebuf(bufid: int) -> int:
+    S.get(bufid)
+    S.free(bufid)
+    return PvmOk
+
+
+def pvm_initsend(encoding: int = PvmDataDefault) -> int:
+    """Free the active send buffer and make a new one with *encoding*; return its id."""
+    b = Buffer(encoding)
+    if S.sbuf:
+        S.free(S.sbuf)
+    S.sbuf = S.add(b)
+    return S.sbuf
+
+
+def pvm_getsbuf() -> int:
+    return S.sbuf
+
+
+def pvm_getrbuf() -> int:
+    return S.rbuf
+
+
+def pvm_setsbuf(bufid: int) -> int:
+    """Make *bufid* (0: none) the active send buffer; return the previous one."""
+    if bufid:
+        S.get(bufid)
+    old, S.sbuf = S.sbuf, bufid
+    return old
+
+
+def pvm_setrbuf(bufid: int) -> int:
+    """Make *bufid* (0: none) the active receive buffer; return the previous one
+    (which is then kept, not freed by the next receive)."""
+    if bufid:
+        S.get(bufid)
+    old, S.rbuf = S.rbuf, bufid
+    return old
+
+
+def pvm_bufinfo(bufid: int) -> tuple[int, int, int]:
+    """(nbytes, msgtag, tid) of a buffer: the body's bytes, and the tag and source of
+    a received message (-1, -1 for a send buffer)."""
+    b = S.get(bufid)
+    return b.nbytes, b.tag, b.src
+
+
+def sbuf() -> Buffer:
+    if not S.sbuf:
+        raise PvmError(PvmNoBuf, "no active send buffer (pvm_initsend first)")
+    return S.get(S.sbuf)
+
+
+def rbuf() -> Buffer:
+    if not S.rbuf:
+        raise PvmError(PvmNoBuf, "no active receive buffer (pvm_recv first)")
+    return S.get(S.rbuf)
+
+
+# ---- sending --------------------------------------------------------------------------------
+def _send_wire(me: Task, dests: Iterable[int], tag: int) -> None:
+    if not isinstance(tag, int) or isinstance(tag, bool) or tag < 0:
+        raise PvmError(PvmBadParam, f"msgtag {tag!r} must be an int >= 0")
+    w = sbuf().wire()
+    try:
+        for d in dests:
+            me.psend(d, tag, w)
+    finally:
+        if isinstance(w, memoryview):
+            w.release()  # the buffer may grow again
+
+
+def pvm_send(tid: int, msgtag: int) -> int:
+    """Send the active send buffer to *tid* with *msgtag*."""
+    _send_wire(S.me(), [_tid(tid)], msgtag)
+    return PvmOk
+
+
+def pvm_mcast(tids_: Iterable[int], msgtag: int) -> int:
+    """Send the active send buffer to every tid in *tids_* but ourselves (as PVM)."""
+    me = S.me()
+    dests = [_tid(t) for t in tids_]
+    _send_wire(me, [t for t in dict.fromkeys(dests) if t != me.tid], msgtag)
+    return PvmOk
+
+
+# ---- receiving ------------------------------------------------------------------------------
+def _as_buffer(src: int, tag: int, data) -> Buffer:
+    enc, body = parse(memoryview(data))
+    return Buffer(PvmDataDefault if enc == 0 else PvmDataRaw, body, src, tag, wire_enc=enc)
+
+
+def _note(tid: int, tag: int) -> tuple[int, int, bytes]:
+    """The message a task-exit notification is: from the daemon, one int, the tid."""
+    me = S.me()
+    return tids.dtid(tids.host_of(me.tid)), tag, (_NOTE_HDR + struct.pack(">i", tid))
+
+
+_NOTE_HDR = struct.pack("<6sBBQ", b"\x7fPVMpk", 1, 0, 4)
+
+
+def live_tids(me: Task) -> set[int]:
+    """The tids joined to this host's daemon now (its task table in segment 0)."""
+    i = me._i
+    out = set()
+    for s in range(layout.MAX_TASKS):
+        t = i[layout.slot_i(s) + layout.T_TID_I] & 0xFFFFFFFF
+        if t:
+            out.add(t)
+    return out
+
+
+def _check_exits(me: Task) -> None:
+    if not S.watch:
+        return
+    here = tids.host_of(me.tid)
+    live = live_tids(me)
+    for t in [t for t in S.watch if tids.host_of(t) == here and t not in live]:
+        for tag in S.watch.pop(t):
+            S.early.append(_note(t, tag))
+
+
+def take_early(source: int, tag: int) -> tuple[int, int, bytes] | None:
+    """The first message matching (*source*, *tag*) in our queue of early ones
+    (notifications, messages pvm_probe took off the inbox), removed from it."""
+    for k, (src, t, data) in enumerate(S.early):
+        if (source == ANY or source == src) and (tag == ANY or tag == t):
+            del S.early[k]
+            return src, t, data
+    return None
+
+
+def _receive(source: int, tag: int, timeout: float | None) -> Buffer | None:
+    me = S.me()
+    _tid(source, "source tid")
+    _tag(tag)
+    deadline = INF if timeout is None else time.monotonic() + timeout
+    while True:
+        _check_exits(me)
+        got = take_early(source, tag)
+        if got is not None:
+            return _as_buffer(*got)
+        left = deadline - time.monotonic()
+        wait = left if not S.watch else min(left, NOTIFY_SLICE)
+        try:
+            m = me.precv(source, tag, max(wait, 0.0))
+        except PvmTimeout:
+            if time.monotonic() >= deadline:
+                return None
+            continue
+        return _as_buffer(m.src, m.tag, m.data)
+
+
+def _install(b: Buffer | None) -> int:
+    if b is None:
+        return 0
+    if S.rbuf:
+        S.free(S.rbuf)  # as PVM: a receive frees the active receive buffer
+    S.rbuf = S.add(b)
+    return S.rbuf
+
+
+def pvm_recv(tid: int = ANY, msgtag: int = ANY) -> int:
+    """Wait for a message from *tid* with *msgtag* (-1: any); it becomes the active
+    receive buffer (the previous one is freed); return its id."""
+    return _install(_receive(tid, msgtag, None))
+
+
+def pvm_nrecv(tid: int = ANY, msgtag: int = ANY) -> int:
+    """pvm_recv without waiting: 0 if no such message has arrived."""
+    return _install(_receive(tid, msgtag, 0))
+
+
+def pvm_trecv(tid: int = ANY, msgtag: int = ANY, timeout: float | None = None) -> int:
+    """pvm_recv waiting at most *timeout* seconds (None: for ever); 0 if none came.
+    (PVM's takes a struct timeval; here seconds as a float.)"""
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise PvmError(PvmBadParam, f"timeout {timeout!r} must be seconds >= 0 or None")
+    return _install(_receive(tid, msgtag, timeout))
+
+
+def pvm_probe(tid: int = ANY, msgtag: int = ANY) -> int:
+    """0 if no matching message has arrived, else the id of a buffer on it (for
+    pvm_bufinfo; not the active receive buffer). The message stays to be received:
+    it is taken off the inbox into this process's queue of early messages, which
+    every receive of shmd.pvm looks at first."""
+    me = S.me()
+    _tid(tid, "source tid")
+    _tag(msgtag)
+    _check_exits(me)
+    found = next(((src, t, data) for src, t, data in S.early
+                  if (tid == ANY or tid == src) and (msgtag == ANY or msgtag == t)), None)
+    if found is None:
+        try:
+            m = me.precv(tid, msgtag, 0)
+        except PvmTimeout:
+            return 0
+        found = (m.src, m.tag, m.data)
+        S.early.append(found)
+    if S.probed in S.bufs:
+        S.free(S.probed)
+    S.probed = S.add(_as_buffer(*found))
+    return S.probed
+
+
+# ---- exit notification ----------------------------------------------------------------------
+def pvm_notify(what: int, msgtag: int, tids_: Iterable[int] = ()) -> int:
+    """Ask for a message with *msgtag* (one int: the tid) when a task in *tids_* exits
+    (PvmTaskExit; ``what | PvmNotifyCancel`` cancels). Delivered to this task's
+    pvm_recv/nrecv/trecv/probe from the daemon's tid, within NOTIFY_SLICE of the
+    exit while a receive waits. Host and route notifications are accepted and never
+    fire (hosts are the console's business here)."""
+    me = S.me()
+    if not isinstance(msgtag, int) or msgtag < 0:
+        raise PvmError(PvmBadParam, f"msgtag {msgtag!r} must be an int >= 0")
+    base = what & ~PvmNotifyCancel
+    if base not in (PvmTaskExit, PvmHostDelete, PvmHostAdd, PvmRouteAdd, PvmRouteDelete):
+        raise PvmError(PvmBadParam, f"notify kind {what!r}")
+    if base != PvmTaskExit:
+        return PvmOk
+    ts = [_tid(t) for t in tids_]
+    if what & PvmNotifyCancel:
+        for t in ts:
+            tags = S.watch.get(t, [])
+            if msgtag in tags:
+                tags.remove(msgtag)
+            if not tags:
+                S.watch.pop(t, None)
+        return PvmOk
+    live = live_tids(me)
+    here = tids.host_of(me.tid)
+    for t in ts:
+        if tids.host_of(t) == here and t not in live:
+            S.early.append(_note(t, msgtag))  # already gone: PVM notifies at once
+        else:
+            S.watch.setdefault(t, []).append(msgtag)
+    return PvmOk
+
