@@ -147,7 +147,10 @@ def pvm_spawn(task: str, argv: Sequence[str] | None = None, flag: int = PvmTaskD
     if flag & PvmTaskArch and where and where != ARCH:
         return [PvmNoHost] * ntask
     ptid = 0 if flag & PvmNoSpawnParent else me.tid
-    out = spawner.spawn(task, args, ntask, output="log", vmid=me.vmid, ptid=ptid)
+    try:
+        out: list = spawner.spawn(task, args, ntask, output="log", vmid=me.vmid, ptid=ptid)
+    except PvmError as e:  # the program not found, not runnable, no such directory
+        return [e.code] * ntask
     _reap()
     result = []
     for r in out:
