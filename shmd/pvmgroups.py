@@ -1,4 +1,250 @@
-"""Dynamic groups (filled in below)."""
+"""PVM's dynamic groups: pvm_joingroup, pvm_lvgroup, pvm_gsize, pvm_getinst, pvm_gettid,
+pvm_barrier, pvm_bcast, pvm_reduce (PvmMax, PvmMin, PvmSum, PvmProduct), pvm_gather,
+pvm_scatter.
+
+Membership lives in the group server (shmd.pvmgs, started on first use); the data of
+bcast, reduce, gather and scatter go straight between the members, packed (XDR) and
+sent with psend, leaving the program's active buffers alone."""
 from __future__ import annotations
 
-__all__: list[str] = []
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from . import pvmgs
+from .errors import (
+    PvmBadParam,
+    PvmError,
+    PvmNoInst,
+    PvmNoTask,
+    PvmNotInGroup,
+    PvmNullGroup,
+    PvmOk,
+    PvmSysErr,
+    PvmTimeout,
+)
+from .pvmbuf import KINDS, PVM_STR, Buffer, PvmDataDefault, parse, source
+from .pvmmsg import S, take_early
+
+__all__ = ["PvmMax", "PvmMin", "PvmSum", "PvmProduct", "pvm_joingroup", "pvm_lvgroup", "pvm_gsize",
+           "pvm_getinst", "pvm_gettid", "pvm_barrier", "pvm_bcast", "pvm_reduce", "pvm_gather", "pvm_scatter"]
+
+
+def PvmMax(a, b):  # noqa: N802  (PVM's names)
+    """Reduction: the larger of each pair (PVM's PvmMax)."""
+    return max(a, b)
+
+
+def PvmMin(a, b):  # noqa: N802
+    """Reduction: the smaller of each pair."""
+    return min(a, b)
+
+
+def PvmSum(a, b):  # noqa: N802
+    return a + b
+
+
+def PvmProduct(a, b):  # noqa: N802
+    return a * b
+
+
+_NUMPY_OPS = {PvmMax: "maximum", PvmMin: "minimum", PvmSum: "add", PvmProduct: "multiply"}
+
+
+def _request(**req: Any) -> dict:
+    """Ask the group server; its reply (errors raised as PvmError)."""
+    me = S.me()
+    g = req.get("group")
+    if not isinstance(g, str) or not g:
+        raise PvmError(PvmNullGroup, f"group name {g!r} (a non-empty str)")
+    for attempt in (0, 1):
+        if not S.server or attempt:
+            S.server = pvmgs.start(me)
+        try:
+            me.psend(S.server, pvmgs.REQ, json.dumps(req).encode())
+        except PvmError as e:
+            if e.code == PvmNoTask and not attempt:  # the server we knew is gone: find or start another
+                continue
+            raise
+        break
+    while True:
+        try:
+            m = me.precv(S.server, pvmgs.REPLY, 1.0)
+            break
+        except PvmTimeout:
+            if pvmgs.server_tid(me) != S.server:
+                raise PvmError(PvmSysErr, "the group server (pvmgs) exited") from None
+    r = json.loads(bytes(m.data))
+    if "err" in r:
+        raise PvmError(r["err"], r.get("detail"))
+    return r
+
+
+def pvm_joingroup(group: str) -> int:
+    """Join *group* (made if new); return our instance number (the lowest free one)."""
+    return _request(op="join", group=group)["inst"]
+
+
+def pvm_lvgroup(group: str) -> int:
+    _request(op="leave", group=group)
+    return PvmOk
+
+
+def _members(group: str) -> dict[int, int]:
+    return {int(i): t for i, t in _request(op="members", group=group)["members"].items()}
+
+
+def pvm_gsize(group: str) -> int:
+    """Number of members of *group* (0 for a group that does not exist)."""
+    return len(_members(group))
+
+
+def pvm_getinst(group: str, tid: int) -> int:
+    for i, t in _members(group).items():
+        if t == tid:
+            return i
+    raise PvmError(PvmNotInGroup, f"t{tid:x} is not in {group!r}")
+
+
+def pvm_gettid(group: str, inst: int) -> int:
+    t = _members(group).get(inst)
+    if t is None:
+        raise PvmError(PvmNoInst, f"{group!r} has no instance {inst!r}")
+    return t
+
+
+def pvm_barrier(group: str, count: int = -1) -> int:
+    """Wait until *count* members of *group* (-1: all of them) have called it. A
+    member that dies is no longer waited for; if too few remain, PvmNoInst."""
+    if not isinstance(count, int) or (count < 1 and count != -1):
+        raise PvmError(PvmBadParam, f"count {count!r}")
+    _request(op="barrier", group=group, count=count)
+    return PvmOk
+
+
+def pvm_bcast(group: str, msgtag: int) -> int:
+    """Send the active send buffer to every member of *group* but ourselves."""
+    from .pvmmsg import pvm_mcast
+
+    pvm_mcast(list(_members(group).values()), msgtag)
+    return PvmOk
+
+
+# ---- collective data ----------------------------------------------------------------------------
+def _check(datatype: int, count: int, msgtag: int) -> None:
+    if datatype == PVM_STR or datatype not in KINDS:
+        raise PvmError(PvmBadParam, f"datatype {datatype!r}")
+    if not isinstance(count, int) or count < 0:
+        raise PvmError(PvmBadParam, f"count {count!r}")
+    if not isinstance(msgtag, int) or msgtag < 0:
+        raise PvmError(PvmBadParam, f"msgtag {msgtag!r}")
+
+
+def _send(tid: int, tag: int, datatype: int, data: Any, count: int, offset: int = 0) -> None:
+    b = Buffer(PvmDataDefault)
+    if offset:
+        data = source(data, KINDS[datatype], offset + count, 1)[offset * KINDS[datatype].per:]
+    b.pack(datatype, data, count, 1)
+    w = b.wire()
+    try:
+        S.me().psend(tid, tag, w)
+    finally:
+        if isinstance(w, memoryview):
+            w.release()
+        b.free()
+
+
+def _recv(tid: int, tag: int) -> Buffer:
+    got = take_early(tid, tag)
+    if got is None:
+        m = S.me().precv(tid, tag)
+        got = (m.src, m.tag, m.data)
+    enc, body = parse(memoryview(got[2]))
+    return Buffer(PvmDataDefault, body, got[0], got[1], wire_enc=enc)
+
+
+def _root(group: str, rootginst: int) -> tuple[dict[int, int], int, int]:
+    members = _members(group)
+    me = S.me().tid
+    if me not in members.values():
+        raise PvmError(PvmNotInGroup, f"t{me:x} is not in {group!r}")
+    if rootginst not in members:
+        raise PvmError(PvmNoInst, f"{group!r} has no instance {rootginst!r} (the root)")
+    return members, members[rootginst], me
+
+
+def pvm_reduce(func: Callable[[Any, Any], Any], data: Any, count: int, datatype: int, msgtag: int,
+               group: str, rootginst: int) -> int:
+    """Combine *data* (count items, a writable buffer, list or numpy array) of every
+    member with *func* (PvmMax, PvmMin, PvmSum, PvmProduct, or any f(a, b) on two
+    items) into the root's *data*; the others' *data* is left as it was."""
+    _check(datatype, count, msgtag)
+    if not callable(func):
+        raise PvmError(PvmBadParam, f"func {func!r} is not PvmMax, PvmMin, PvmSum, PvmProduct or a function")
+    members, root, me = _root(group, rootginst)
+    if me != root:
+        _send(root, msgtag, datatype, data, count)
+        return PvmOk
+    parts = [_recv(t, msgtag) for i, t in sorted(members.items()) if t != me]
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(data, np.ndarray) and func in _NUMPY_OPS:
+        flat = data.reshape(-1)
+        acc = flat[:count]
+        other = np.empty(count, dtype=acc.dtype)
+        for b in parts:
+            b.unpack(datatype, other, count, 1)
+            getattr(np, _NUMPY_OPS[func])(acc, other, out=acc)
+        return PvmOk
+    mine = Buffer(PvmDataDefault)
+    mine.pack(datatype, data, count, 1)
+    acc = list(_received(mine).unpack(datatype, None, count, 1))
+    for b in parts:
+        acc = [func(x, y) for x, y in zip(acc, b.unpack(datatype, None, count, 1))]
+    out = Buffer(PvmDataDefault)
+    out.pack(datatype, acc, count, 1)
+    _received(out).unpack(datatype, data, count, 1)
+    return PvmOk
+
+
+def _received(b: Buffer) -> Buffer:
+    """A send buffer read back as its receiver would."""
+    enc, body = parse(memoryview(bytes(b.wire())))
+    return Buffer(PvmDataDefault, body, wire_enc=enc)
+
+
+def pvm_gather(result: Any, data: Any, count: int, datatype: int, msgtag: int, group: str,
+               rootginst: int) -> int:
+    """The root gets every member's *count* items of *data* into *result*, instance i's
+    at items i*count ... (room for (highest instance + 1) * count items)."""
+    _check(datatype, count, msgtag)
+    members, root, me = _root(group, rootginst)
+    if me != root:
+        _send(root, msgtag, datatype, data, count)
+        return PvmOk
+    whole = Buffer(PvmDataDefault)
+    for i in range(max(members) + 1):
+        t = members.get(i)
+        if t is None:
+            whole.pack(datatype, [0] * count, count, 1)  # a hole in the instances: zeros
+        elif t == me:
+            whole.pack(datatype, data, count, 1)
+        else:
+            whole.pack(datatype, _recv(t, msgtag).unpack(datatype, None, count, 1), count, 1)
+    _received(whole).unpack(datatype, result, count * (max(members) + 1), 1)
+    return PvmOk
+
+
+def pvm_scatter(result: Any, data: Any, count: int, datatype: int, msgtag: int, group: str,
+                rootginst: int) -> int:
+    """The root sends items i*count ... of *data* to instance i; every member (the
+    root too) gets its *count* items in *result*."""
+    _check(datatype, count, msgtag)
+    members, root, me = _root(group, rootginst)
+    if me == root:
+        for i, t in sorted(members.items()):
+            _send(t, msgtag, datatype, data, count, offset=i * count)
+    b = _recv(root, msgtag)
+    b.unpack(datatype, result, count, 1)
+    return PvmOk
+

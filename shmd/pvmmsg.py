@@ -37,6 +37,7 @@ class State:
         self.watch: dict[int, list[int]] = {}  # tid -> tags to send when it exits
         self.early: list[tuple[int, int, bytes]] = []  # notifications due, probed messages
         self.options: dict[int, int] = {}
+        self.server = 0  # the group server's tid, once found (shmd.pvmgroups)
 
     def me(self) -> Task:
         t = self.task
