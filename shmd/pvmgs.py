@@ -6,7 +6,8 @@ and serves requests (JSON in a psend with tag REQ; the reply, tag REPLY, to the 
 
     join G -> inst            lowest free instance number (numbers are reused, as PVM's)
     leave G                   members {inst: tid} of G
-    barrier G COUNT           replied once COUNT members (-1: all, as many as are left) have come
+    barrier G COUNT           replied once COUNT members (-1: all, as many as are left) have
+                              come (COUNT may exceed the members so far: others may join)
 
 Every SWEEP seconds it drops members whose task is gone (exited, killed, reaped by
 the daemon) from their groups, and releases or fails the barriers they left: no
@@ -105,13 +106,13 @@ class Groups:
         del m[inst]
         if not m:
             del self.groups[g]
-        return self.check_barrier(g)
+        return self.check_barrier(g, dropped=True)
 
     def barrier(self, g: str, tid: int, count: int) -> list[tuple[int, dict]]:
         m = self.members(g)
         if tid not in m.values():
             raise PvmError(PvmNotInGroup, f"t{tid:x} is not in {g!r}")
-        if count != -1 and (count < 1 or count > len(m)):
+        if count != -1 and count < 1:
             raise PvmError(PvmBadParam, f"barrier count {count} for {len(m)} members of {g!r}")
         want, waiting = self.barriers.get(g, (count, []))
         if want != count:
@@ -120,9 +121,11 @@ class Groups:
         self.barriers[g] = (count, waiting)
         return self.check_barrier(g)
 
-    def check_barrier(self, g: str) -> list[tuple[int, dict]]:
-        """Replies due for *g*'s barrier: all released once enough came, or all failed
-        if too few members are left for it to complete."""
+    def check_barrier(self, g: str, dropped: bool = False) -> list[tuple[int, dict]]:
+        """Replies due for *g*'s barrier: all released once enough came; or, when a
+        member was just *dropped* (left or died), all failed if fewer members are left
+        than the barrier wants (tasks yet to join could make up the count, but waiting
+        for them might be for ever)."""
         if g not in self.barriers:
             return []
         count, waiting = self.barriers[g]
@@ -134,7 +137,7 @@ class Groups:
         if len(waiting) >= (len(m) if count == -1 else count):  # -1: all members, as they are now
             del self.barriers[g]
             return [(t, {"ok": True}) for t in waiting]
-        if len(m) < count:
+        if dropped and len(m) < count:
             del self.barriers[g]
             err = {"err": PvmNoInst, "detail": f"{g!r} has {len(m)} members left, the barrier wants {count}"}
             return [(t, err) for t in waiting]
@@ -146,11 +149,14 @@ class Groups:
         out: list[tuple[int, dict]] = []
         for g in list(self.groups):
             m = self.groups[g]
-            for inst in [i for i, t in m.items() if t in gone]:
+            dead = [i for i, t in m.items() if t in gone]
+            if not dead:
+                continue
+            for inst in dead:
                 del m[inst]
             if not m:
                 del self.groups[g]
-            out += self.check_barrier(g)
+            out += self.check_barrier(g, dropped=True)
         return out
 
 
@@ -198,8 +204,9 @@ def serve(me: Task) -> None:
         if time.monotonic() >= next_sweep:
             next_sweep = time.monotonic() + SWEEP
             members = {t for m_ in groups.groups.values() for t in m_.values()}
-            if members:
-                replies += groups.forget(members - live_tids(me))
+            gone = members - live_tids(me) if members else set()
+            if gone:
+                replies += groups.forget(gone)
         for tid, r in replies:
             try:
                 me.psend(tid, REPLY, json.dumps(r).encode(), timeout=1.0)

@@ -34,7 +34,7 @@ def test_membership_and_instances_reused(mytid, peers):
                        (lambda: pvm.pvm_joingroup(""), pvm.PvmNullGroup),
                        (lambda: pvm.pvm_joingroup(5), pvm.PvmNullGroup),
                        (lambda: pvm.pvm_barrier("g", 0), pvm.PvmBadParam),
-                       (lambda: pvm.pvm_barrier("g", 9), pvm.PvmBadParam)):
+                       (lambda: pvm.pvm_barrier("g", -2), pvm.PvmBadParam)):
         with pytest.raises(PvmError) as e:
             call()
         assert e.value.code == code
