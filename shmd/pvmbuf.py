@@ -207,6 +207,14 @@ def _pairs(comps: array, nitem: int, stride: int) -> array:
 
 SPARE_MAX = 64 << 20  # a freed send buffer up to this size is kept for the next one
 _SPARE: list[bytearray] = []
+_RSPARE: list[bytearray] = []  # a freed receive buffer's memory, for the next receive
+
+
+def receive_room(n: int) -> bytearray:
+    """Memory for a received message of at least *n* bytes (a freed one reused)."""
+    if _RSPARE and len(_RSPARE[0]) >= n:
+        return _RSPARE.pop()
+    return bytearray(max(n, 65536))
 
 
 class Buffer:
@@ -223,7 +231,7 @@ class Buffer:
         self.encoding = encoding
         self.src, self.tag = src, tag
         self.pos = 0
-        self._keep = keep  # what holds the body's memory (a MessageView to release)
+        self._keep = keep  # the memory the body is in (a bytearray to reuse, or a view to release)
         self._parts: list[Any] | None = [] if encoding == PvmDataInPlace and body is None else None
         if body is None:  # a send buffer: the header's room first
             self.wire_enc = XDR if encoding == PvmDataDefault else RAW
@@ -265,7 +273,10 @@ class Buffer:
             _SPARE.append(self._data)  # its pages stay mapped: the next message is packed at memory speed
         self._data = bytearray()
         keep, self._keep = self._keep, None
-        if keep is not None:
+        if isinstance(keep, bytearray):
+            if len(keep) <= SPARE_MAX and (not _RSPARE or len(_RSPARE[0]) < len(keep)):
+                _RSPARE[:] = [keep]  # the next receive lands in it (its pages already mapped)
+        elif keep is not None:
             keep.release()
 
     # ---- writing ---------------------------------------------------------------------------

@@ -29,7 +29,8 @@ __all__ = ["PvmTaskDefault", "PvmTaskHost", "PvmTaskArch", "PvmTaskDebug", "PvmT
            "PvmPollTime", "PvmOutputContext", "PvmTraceContext", "PvmSelfOutputContext",
            "PvmSelfTraceContext", "PvmNoReset", "PvmDontRoute", "PvmAllowDirect", "PvmRouteDirect",
            "PvmHostInfo", "PvmTaskInfo", "pvm_mytid", "pvm_parent", "pvm_spawn", "pvm_exit", "pvm_kill",
-           "pvm_config", "pvm_tasks", "pvm_tidtohost", "pvm_perror", "pvm_setopt", "pvm_getopt"]
+           "pvm_config", "pvm_tasks", "pvm_tidtohost", "pvm_perror", "pvm_setopt", "pvm_getopt",
+           "pvm_version", "pvm_archcode", "pvm_sendsig", "pvm_pstat", "pvm_mstat"]
 
 # pvm_spawn flags (pvm3.h)
 PvmTaskDefault, PvmTaskHost, PvmTaskArch, PvmTaskDebug, PvmTaskTrace = 0, 1, 2, 4, 8
@@ -247,3 +248,46 @@ def pvm_getopt(what: int) -> int:
     return S.options.get(what, OPTIONS[what])
 
 
+
+
+def pvm_version() -> str:
+    """The PVM version this library follows."""
+    return "3.4.6"
+
+
+def pvm_archcode(arch: str) -> int:
+    """The data-format class of an architecture name (PVM's: LINUX64 is 16); 0 unknown."""
+    return 16 if arch == ARCH else 0
+
+
+def pvm_sendsig(tid: int, signum: int) -> int:
+    """Send signal *signum* to task *tid* (on this host)."""
+    me = S.me()
+    if not isinstance(signum, int) or not 0 < signum < signal.NSIG:
+        raise PvmError(PvmBadParam, f"signal {signum!r}")
+    if not isinstance(tid, int) or tid <= 0:
+        raise PvmError(PvmBadParam, f"tid {tid!r}")
+    (_, err), = spawner.signal_tids(me.vmid, signum, [tid])
+    if err is not None:
+        raise err
+    return PvmOk
+
+
+def pvm_pstat(tid: int) -> int:
+    """PvmOk if task *tid* is running, else PvmError(PvmNoTask)."""
+    from .pvmmsg import live_tids
+
+    me = S.me()
+    if not isinstance(tid, int) or tid <= 0:
+        raise PvmError(PvmBadParam, f"tid {tid!r}")
+    if tid not in live_tids(me):
+        raise PvmError(PvmNoTask, f"t{tid:x}")
+    return PvmOk
+
+
+def pvm_mstat(host: str) -> int:
+    """PvmOk if *host* is this host (the one host this library reaches), else PvmNoHost."""
+    me = S.me()
+    if host in (_hostname(), control.request("stat", me.vmid).get("name")):
+        return PvmOk
+    raise PvmError(PvmNoHost, f"{host!r}")

@@ -203,6 +203,7 @@ def test_spawn_parent_tasks_kill_config(mytid, tmp_path):
     nhost, narch, hosts = pvm.pvm_config()
     assert (nhost, narch, hosts[0].hi_tid, hosts[0].hi_arch) == (1, 1, pvm.pvm_tidtohost(mytid), "LINUX64")
     pvm.pvm_notify(pvm.PvmTaskExit, 7, got)
+    assert pvm.pvm_pstat(got[0]) == pvm.PvmOk and pvm.pvm_mstat(hosts[0].hi_name) == pvm.PvmOk
     assert pvm.pvm_kill(got[0]) == pvm.PvmOk
     pvm.pvm_initsend()
     pvm.pvm_send(got[1], 6)
@@ -211,6 +212,9 @@ def test_spawn_parent_tasks_kill_config(mytid, tmp_path):
     for bad, code in ((lambda: pvm.pvm_kill(mytid), pvm.PvmBadParam),
                       (lambda: pvm.pvm_kill(got[0]), pvm.PvmNoTask),
                       (lambda: pvm.pvm_tasks(got[0]), pvm.PvmNoTask),
+                      (lambda: pvm.pvm_pstat(got[0]), pvm.PvmNoTask),
+                      (lambda: pvm.pvm_sendsig(got[0], 15), pvm.PvmNoTask),
+                      (lambda: pvm.pvm_mstat("elsewhere.example"), pvm.PvmNoHost),
                       (lambda: pvm.pvm_spawn(str(prog), [], 0, "", 0), pvm.PvmBadParam)):
         with pytest.raises(PvmError) as e:
             bad()
