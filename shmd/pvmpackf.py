@@ -11,27 +11,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from . import pvmbuf as b
 from .errors import PvmBadParam, PvmError, PvmOk
-from .pvmbuf import (
-    PVM_BYTE,
-    PVM_CPLX,
-    PVM_DCPLX,
-    PVM_DOUBLE,
-    PVM_FLOAT,
-    PVM_INT,
-    PVM_LONG,
-    PVM_SHORT,
-    PVM_UINT,
-    PVM_ULONG,
-    PVM_USHORT,
-)
 from .pvmmsg import pvm_initsend, rbuf, sbuf
 
 _CONV = re.compile(r"%(\+|(\*|\d+)?(?:\.(\*|\d+))?(h|l)?([cdiufxs%]))")
-_TYPES = {("", "c"): PVM_BYTE, ("", "d"): PVM_INT, ("", "i"): PVM_INT, ("h", "d"): PVM_SHORT,
-          ("h", "i"): PVM_SHORT, ("l", "d"): PVM_LONG, ("l", "i"): PVM_LONG, ("", "u"): PVM_UINT,
-          ("h", "u"): PVM_USHORT, ("l", "u"): PVM_ULONG, ("", "f"): PVM_FLOAT, ("l", "f"): PVM_DOUBLE,
-          ("", "x"): PVM_CPLX, ("l", "x"): PVM_DCPLX}
+_TYPES = {("", "c"): b.PVM_BYTE, ("", "d"): b.PVM_INT, ("", "i"): b.PVM_INT, ("h", "d"): b.PVM_SHORT,
+          ("h", "i"): b.PVM_SHORT, ("l", "d"): b.PVM_LONG, ("l", "i"): b.PVM_LONG, ("", "u"): b.PVM_UINT,
+          ("h", "u"): b.PVM_USHORT, ("l", "u"): b.PVM_ULONG, ("", "f"): b.PVM_FLOAT, ("l", "f"): b.PVM_DOUBLE,
+          ("", "x"): b.PVM_CPLX, ("l", "x"): b.PVM_DCPLX}
 
 
 def _convs(fmt: str):
