@@ -73,6 +73,7 @@ KINDS = {k.code: k for k in (
     Kind(PVM_DCPLX, "dcplx", "d", 2, "d", "c16", ">c16"),
 )}
 SWAP = sys.byteorder == "little"  # XDR is big-endian
+_BYTES = (bytes, bytearray)
 _SAME = {"l": "q", "L": "Q"}  # memoryview formats that are the same type on LP64
 
 
@@ -301,7 +302,24 @@ class Buffer:
         with self._room(n) as r:
             r[:] = memoryview(data).cast("B")
 
+    def reset(self, encoding: int) -> bool:
+        """Empty this send buffer for a new message in *encoding* (its memory kept);
+        False if it cannot be (a received buffer, or InPlace either way)."""
+        if self.body is not None or self._parts is not None or encoding not in (PvmDataDefault, PvmDataRaw):
+            return False
+        self.encoding, self.wire_enc, self._n = encoding, XDR if encoding == PvmDataDefault else RAW, HEADER.size
+        return True
+
     def pack(self, datatype: int, values: Any, nitem: int = 1, stride: int = 1) -> None:
+        if (datatype == PVM_BYTE and stride == 1 and type(values) in _BYTES and type(nitem) is int
+                and 0 <= nitem <= len(values) and self._parts is None):
+            # the common pvm_pkbyte of bytes, without the general path's steps
+            pad = -nitem % 4 if self.wire_enc == XDR else 0
+            with self._room(nitem + pad) as r:
+                r[:nitem] = values if nitem == len(values) else memoryview(values)[:nitem]
+                if pad:
+                    r[nitem:] = bytes(pad)  # (reused memory: the padding must be zeros)
+            return
         k = kind(datatype)
         src = source(values, k, nitem, stride, copy=False)  # a view is read before we return (InPlace: at send)
         np = _np()
@@ -365,6 +383,12 @@ class Buffer:
     def unpack(self, datatype: int, target: Any, nitem: int = 1, stride: int = 1):
         """Read *nitem* items into *target* (every *stride*-th place); return *target*,
         or when it is None a new array.array (a list of complex for complex types)."""
+        if (datatype == PVM_BYTE and stride == 1 and type(target) is bytearray and type(nitem) is int
+                and 0 <= nitem <= len(target)):
+            # the common pvm_upkbyte into a bytearray, without the general path's steps
+            raw = self._take(nitem + (-nitem % 4 if self.wire_enc == XDR else 0), f"{nitem} bytes")
+            target[:nitem] = raw[:nitem]
+            return target
         k = kind(datatype)
         _count(nitem, stride)
         xdr = self.wire_enc == XDR

@@ -103,6 +103,9 @@ def pvm_freebuf(bufid: int) -> int:
 
 def pvm_initsend(encoding: int = PvmDataDefault) -> int:
     """Free the active send buffer and make a new one with *encoding*; return its id."""
+    old = S.bufs.get(S.sbuf)
+    if old is not None and old.reset(encoding):
+        return S.sbuf  # the same id and memory, emptied: as a new buffer would be
     b = Buffer(encoding)
     if S.sbuf:
         S.free(S.sbuf)

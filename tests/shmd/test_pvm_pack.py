@@ -173,3 +173,17 @@ def test_packf_and_unpackf(daemon):
             assert e.value.code == pvm.PvmBadParam
     finally:
         pvm.pvm_exit()
+
+
+def test_reused_memory_leaves_no_stale_bytes():
+    old = Buffer(pvm.PvmDataDefault)
+    old.pack(PVM_INT, [-1] * 100, 100)
+    old.free()  # its memory is kept for the next send buffer
+    b = Buffer(pvm.PvmDataDefault)
+    b.pack(PVM_BYTE, b"abcde", 5)
+    b.pack(PVM_BYTE, bytearray(b"xy"), 2)
+    assert bytes(b.wire())[HEADER.size:] == b"abcde\0\0\0xy\0\0"
+    assert b.reset(pvm.PvmDataRaw) and b.nbytes == 0
+    b.pack(PVM_BYTE, b"abcde", 3)
+    assert bytes(b.wire())[HEADER.size:] == b"abc" and received(b).wire_enc == pvm.PvmDataRaw
+    assert not Buffer(pvm.PvmDataInPlace).reset(pvm.PvmDataRaw)
