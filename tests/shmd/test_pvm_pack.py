@@ -7,6 +7,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shmd import pvm
 from shmd.pvmbuf import HEADER, KINDS, PVM_BYTE, PVM_DOUBLE, PVM_INT, PVM_SHORT, Buffer, parse
@@ -187,3 +189,24 @@ def test_reused_memory_leaves_no_stale_bytes():
     b.pack(PVM_BYTE, b"abcde", 3)
     assert bytes(b.wire())[HEADER.size:] == b"abc" and received(b).wire_enc == pvm.PvmDataRaw
     assert not Buffer(pvm.PvmDataInPlace).reset(pvm.PvmDataRaw)
+
+
+@settings(max_examples=60, deadline=None)
+@given(enc=st.sampled_from(ENCODINGS), items=st.lists(st.tuples(
+    st.sampled_from(sorted(KINDS)), st.integers(0, 40), st.integers(1, 4), st.booleans()), max_size=8))
+def test_any_sequence_of_packs_unpacks_back(enc, items):
+    """Whatever mix of types, counts, strides and containers is packed, unpacking the
+    same sequence gives the same values and ends exactly at the message's end."""
+    b = Buffer(enc)
+    want = []
+    for code, n, stride, as_numpy in items:
+        k = KINDS[code]
+        a = values(k, max(n * stride, 1))
+        b.pack(code, a if as_numpy else a.tolist(), n, stride)
+        want.append((code, n, a[:n * stride:stride]))
+    r = received(b)
+    for code, n, expect in want:
+        got = np.zeros(n, KINDS[code].np)
+        r.unpack(code, got, n, 1)
+        assert (got == expect).all()
+    assert r.pos == r.nbytes
