@@ -83,6 +83,17 @@ def _tid(tid: Any, what: str = "tid") -> int:
     return tid
 
 
+def _tids(tids_: Any) -> list[int]:
+    """A list of tids from any iterable of ints (PvmBadParam otherwise)."""
+    if isinstance(tids_, (str, bytes)):
+        raise PvmError(PvmBadParam, f"tids {tids_!r}: a list of tids, not a string")
+    try:
+        items = list(tids_)
+    except TypeError:
+        raise PvmError(PvmBadParam, f"tids {tids_!r} is not a list of tids") from None
+    return [_tid(t) for t in items]
+
+
 def _tag(tag: Any) -> int:
     if not isinstance(tag, int) or isinstance(tag, bool) or tag < -1:
         raise PvmError(PvmBadParam, f"msgtag {tag!r} must be an int >= -1 (-1: any)")
@@ -183,7 +194,7 @@ def pvm_send(tid: int, msgtag: int) -> int:
 def pvm_mcast(tids_: Iterable[int], msgtag: int) -> int:
     """Send the active send buffer to every tid in *tids_* but ourselves (as PVM)."""
     me = S.me()
-    dests = [_tid(t) for t in tids_]
+    dests = _tids(tids_)
     _send_wire(me, [t for t in dict.fromkeys(dests) if t != me.tid], msgtag)
     return PvmOk
 
@@ -333,7 +344,7 @@ def pvm_notify(what: int, msgtag: int, tids_: Iterable[int] = ()) -> int:
         raise PvmError(PvmBadParam, f"notify kind {what!r}")
     if base != PvmTaskExit:
         return PvmOk
-    ts = [_tid(t) for t in tids_]
+    ts = _tids(tids_)
     if what & PvmNotifyCancel:
         for t in ts:
             tags = S.watch.get(t, [])

@@ -137,6 +137,8 @@ def pvm_spawn(task: str, argv: Sequence[str] | None = None, flag: int = PvmTaskD
         raise PvmError(PvmBadParam, f"ntask {ntask!r} must be an int >= 1")
     if not isinstance(flag, int) or flag < 0:
         raise PvmError(PvmBadParam, f"flag {flag!r}")
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, (list, tuple, type(None))):
+        raise PvmError(PvmBadParam, f"argv {argv!r} must be a list of arguments (or None)")
     args = [str(a) for a in (argv or ())]
     if flag & PvmTaskHost and where and where not in (_hostname(), "."):
         try:

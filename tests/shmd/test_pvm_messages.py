@@ -160,7 +160,9 @@ def test_buffer_switching_and_bad_ids(mytid):
         pvm.pvm_upkint(None, 1)
     assert e.value.code == pvm.PvmNoBuf
     for bad in (lambda: pvm.pvm_send(mytid, -1), lambda: pvm.pvm_initsend(7), lambda: pvm.pvm_send("x", 1),
-                lambda: pvm.pvm_recv(ANY, -5)):
+                lambda: pvm.pvm_recv(ANY, -5), lambda: pvm.pvm_mcast(5, 1), lambda: pvm.pvm_mcast("t4", 1),
+                lambda: pvm.pvm_notify(pvm.PvmTaskExit, 1, 7), lambda: pvm.pvm_notify(99, 1, []),
+                lambda: pvm.pvm_spawn("x.py", "abc"), lambda: pvm.pvm_trecv(ANY, ANY, "1")):
         with pytest.raises(PvmError) as e:
             bad()
         assert e.value.code == pvm.PvmBadParam
