@@ -136,7 +136,7 @@ def pvm_precv(tid: int, tag: int, buf, len: int, datatype: int,
         k = KINDS[datatype]
         if found is None or found[2] > HEADER.size + len * max(k.xdr, k.native) + 3:
             raise
-        m = me.precv(found[0], found[1], 0)
+        m = me.precv(found[0], found[1], timeout)  # (one in pieces may still be coming)
         return _unpacked((m.src, m.tag, m.data), buf, len, datatype)
     if n >= HEADER.size and parse(room[:n])[1].nbytes != n:
         return _unpacked((src, rtag, bytes(room[:n])), buf, len, datatype)

@@ -211,6 +211,13 @@ _SPARE: list[bytearray] = []
 _RSPARE: list[bytearray] = []  # a freed receive buffer's memory, for the next receive
 
 
+def keep_room(room: bytearray) -> None:
+    """Keep *room* (a received message's memory, no longer used) for the next receive,
+    if it is the largest so far: its pages are already mapped."""
+    if len(room) <= SPARE_MAX and (not _RSPARE or len(_RSPARE[0]) < len(room)):
+        _RSPARE[:] = [room]
+
+
 def receive_room(n: int) -> bytearray:
     """Memory for a received message of at least *n* bytes (a freed one reused)."""
     if _RSPARE and len(_RSPARE[0]) >= n:
@@ -275,8 +282,7 @@ class Buffer:
         self._data = bytearray()
         keep, self._keep = self._keep, None
         if isinstance(keep, bytearray):
-            if len(keep) <= SPARE_MAX and (not _RSPARE or len(_RSPARE[0]) < len(keep)):
-                _RSPARE[:] = [keep]  # the next receive lands in it (its pages already mapped)
+            keep_room(keep)
         elif keep is not None:
             keep.release()
 

@@ -74,6 +74,26 @@ def test_empty_message_and_large_one(mytid):
     assert (out == big).all()
 
 
+def test_messages_larger_than_a_segment(mytid, peers):
+    """1.5 MiB through 1 MiB segments: in pieces, the receive's memory grown on the way."""
+    p = peers()
+    p.start("""
+big = np.arange(3 << 16, dtype='f8')
+for enc in (0, 1, 2):
+    pvm.pvm_initsend(enc); pvm.pvm_pkdouble(big, big.size, 1); pvm.pvm_send(d, 9)
+pvm.pvm_psend(d, 10, big, big.size, pvm.PVM_DOUBLE)
+""", d=mytid)
+    for _ in range(3):
+        assert pvm.pvm_bufinfo(pvm.pvm_trecv(p.tid, 9, 20)) == (3 << 19, 9, p.tid)
+        got = np.empty(3 << 16)
+        pvm.pvm_upkdouble(got, got.size, 1)
+        assert (got == np.arange(3 << 16)).all()
+    got = np.empty(3 << 16)
+    assert pvm.pvm_precv(p.tid, 10, got, got.size, pvm.PVM_DOUBLE, timeout=20) == (p.tid, 10, 3 << 16)
+    assert got[-1] == (3 << 16) - 1
+    p.result()
+
+
 def test_precv_of_a_packed_message_and_recv_of_a_psend(mytid):
     for enc in (pvm.PvmDataDefault, pvm.PvmDataRaw):
         pvm.pvm_initsend(enc)
