@@ -252,10 +252,12 @@ def _receive(source: int, tag: int, timeout: float | None) -> Buffer | None:
     deadline = INF if timeout is None else time.monotonic() + timeout
     need = 0  # bytes of the message that did not fit last time round
     while True:
-        _check_exits(me)
-        got = take_early(source, tag)
-        if got is not None:
-            return _as_buffer(*got)
+        if S.watch:
+            _check_exits(me)
+        if S.early:
+            got = take_early(source, tag)
+            if got is not None:
+                return _as_buffer(*got)
         left = deadline - time.monotonic()
         wait = left if not S.watch else min(left, NOTIFY_SLICE)
         # into memory of our own, reused from message to message: a fresh allocation

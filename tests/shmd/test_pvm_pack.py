@@ -210,3 +210,28 @@ def test_any_sequence_of_packs_unpacks_back(enc, items):
         r.unpack(code, got, n, 1)
         assert (got == expect).all()
     assert r.pos == r.nbytes
+
+
+def test_no_numpy_needed():
+    """shmd.pvm packs and unpacks with numpy unimportable (it is optional)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, array
+sys.modules['numpy'] = None
+from shmd import pvm
+from shmd.pvmbuf import Buffer, parse
+b = Buffer(pvm.PvmDataDefault)
+b.pack(pvm.PVM_DOUBLE, array.array('d', [1.5, 2.5, 3.5]), 2, 2)
+b.pack(pvm.PVM_SHORT, [1, -2], 2)
+b.pkstr('x')
+enc, body = parse(memoryview(bytes(b.wire())))
+r = Buffer(pvm.PvmDataRaw, body, wire_enc=enc)
+out = array.array('d', [0.0, 0.0])
+r.unpack(pvm.PVM_DOUBLE, out, 2)
+print(out.tolist(), list(r.unpack(pvm.PVM_SHORT, None, 2)), r.upkstr(), 'numpy' in sys.modules and sys.modules['numpy'])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == "[1.5, 3.5] [1, -2] x None"
