@@ -8,10 +8,8 @@ import re
 import subprocess
 
 import pytest
-from conftest import ROOT
 from consoles import PVM, vm_procs, wait_for
-
-EXAMPLES = os.path.join(ROOT, "examples", "pvm3")
+from pvm3_examples import EXAMPLES, RUNS
 
 
 @pytest.fixture
@@ -34,13 +32,7 @@ def task_lines(out: str) -> list[str]:
     return [m.group(1) for m in re.finditer(r"^\[1:t[0-9a-f]+\] (.*)$", out, re.M)]
 
 
-@pytest.mark.parametrize("prog, args, expect", [
-    ("hello.py", "", r"^from t[0-9a-f]+: hello, world from \S+$"),
-    ("master_worker.py", "3 500", r"^OK: all results correct$"),
-    ("ring.py", "4", r"token back after 4 tasks, sum 6 \(OK\)"),
-    ("reduction.py", "3 20000", r"3 tasks, 20000 doubles: .* \(OK\)"),
-    ("timing.py", "5", r"^OK: every echo came back whole$"),
-])
+@pytest.mark.parametrize("prog, args, expect", RUNS)
 def test_example_runs_from_the_console(vm, prog, args, expect):
     r = vm(f"spawn -> {os.path.join(EXAMPLES, prog)} {args}")
     assert r.returncode == 0, r.stdout + r.stderr

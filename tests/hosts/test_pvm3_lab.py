@@ -8,15 +8,13 @@ import re
 import subprocess
 
 import pytest
-from conftest import ROOT
 from consoles import PVM, vm_procs, wait_for
 from lab_probe import running_lab
+from pvm3_examples import EXAMPLES, RUNS
 
 from pvmconsole import lab as labmod
 
 pytestmark = pytest.mark.lab
-
-EXAMPLES = os.path.join(ROOT, "examples", "pvm3")
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +23,7 @@ def lab():
         yield lab
 
 
-@pytest.mark.parametrize("prog, args, expect", [
-    ("hello.py", "", r"from t[0-9a-f]+: hello, world from pvmh1"),
-    ("master_worker.py", "2 300", r"OK: all results correct"),
-    ("ring.py", "3", r"token back after 3 tasks, sum 3 \(OK\)"),
-    ("reduction.py", "3 1000", r"3 tasks, 1000 doubles: .* \(OK\)"),
-    ("timing.py", "3", r"OK: every echo came back whole"),
-])
+@pytest.mark.parametrize("prog, args, expect", RUNS)
 def test_example_on_a_lab_host(lab, pvm_env, tmp_path, prog, args, expect):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text(f"pvmh1 dx={labmod.local_program('pvm_shmd')}\n")
@@ -50,6 +42,7 @@ def test_example_on_a_lab_host(lab, pvm_env, tmp_path, prog, args, expect):
         lines = re.findall(r"^\[1:(t[0-9a-f]+)\] (.*)$", r.stdout, re.M)
         assert lines and all(int(t[1:], 16) >> 18 == 2 for t, _ in lines), r.stdout  # on pvmh1 (host 2)
         assert any(re.search(expect, text) for _, text in lines), r.stdout + r.stderr
+        assert not prog.startswith("hello") or any(text.endswith(" from pvmh1") for _, text in lines), r.stdout
         assert not any("WRONG" in text or "Traceback" in text for _, text in lines), r.stdout
     finally:
         run("halt")
