@@ -54,6 +54,8 @@ import sysv_ipc  # noqa: E402
 from _common import Payload, bw_count, lat_iters  # noqa: E402
 
 import shmd  # noqa: E402
+from shmd import calibrate  # noqa: E402
+from shmd.errors import PvmError  # noqa: E402
 
 MP = multiprocessing.get_context("fork")
 BIN = os.path.dirname(sys.executable)
@@ -805,7 +807,17 @@ def main(argv=None) -> int:
                     help="hold /dev/cpu_dma_latency at 0 for the run (root): idle CPUs poll, "
                          "wake-ups are cheap")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every run's figure")
+    ap.add_argument("--path", choices=calibrate.MODES, default=None,
+                    help="force pvm-shmd's large-message path for the run (sets "
+                         "PVM_SHMD_PATH; default: as in the environment, else measured)")
     a = ap.parse_args(argv)
+    if a.path:
+        os.environ[calibrate.ENV] = a.path
+    try:
+        calibrate.mode()
+    except PvmError as e:
+        print(f"bench_ipc.py: {e.detail}", file=sys.stderr)
+        return 2
     idle_fd = None
     if a.idle_poll:
         try:
@@ -905,12 +917,18 @@ def run(ap: argparse.ArgumentParser, a, argv) -> int:
     retried: list[str] = []
     mpi_note = "not run (--only)"
     owned = Owned()
+    # the tasks read the large-message paths where their daemons measured them
+    os.environ["PVM_TMP"] = owned.tmp
     vmids = Daemons(owned)
     try:
         if "shmd" in transports and ({"lat", "bw", "contention"} & parts):
             vmids[8]
         if "contention" in parts and "shmd" in transports:
             vmids[1]
+        if "shmd" in transports:
+            for line in calibrate.lines():  # which paths pvm-shmd chose here, and why
+                print(f"# {line}")
+            sys.stdout.flush()
 
         def measure(kind, rows, sizes, store):
             for rep in range(repeat):

@@ -25,7 +25,7 @@ import traceback
 
 import sysv_ipc
 
-from . import handshake, hostenv, ipc, layout, pagemap, paths, private, tids
+from . import calibrate, handshake, hostenv, ipc, layout, pagemap, paths, private, tids
 from .clients import Client, Clients, error_reply
 from .errors import PvmDenied, PvmExists, PvmOutOfRes
 from .exits import DaemonExit
@@ -65,6 +65,7 @@ class Daemon:
                                allowed_uids=(os.getuid(), 0))
         self.dtid = tids.dtid(opts.host)
         self.running = True
+        self.paths: dict | None = None  # the large-message paths measured (calibrate.py)
         self.damage_seen: set[str] = set()
 
     # ---- start-up -------------------------------------------------------------------
@@ -463,7 +464,7 @@ class Daemon:
         return {"pid": os.getpid(), "tid": self.dtid, "host": self.o.host, "name": self.o.name,
                 "vmid": self.o.vmid, "uptime": round(time.time() - h["started"], 3),
                 "pagesize": self.geo.pagesize, "generation": h["generation"],
-                "segments": segs, "tasks": tasks,
+                "segments": segs, "tasks": tasks, "paths": calibrate.summary(self.paths),
                 "counters": {"allocated": sum(s["allocated"] for s in segs),
                              "freed": sum(s["freed"] for s in segs), "joined": h["joined"],
                              "exited": h["exited"], "reaped": h["reaped"], "hups": h["hups"]}}
@@ -481,6 +482,7 @@ class Daemon:
             lines.append(f"task t{t['tid']:x} pid {t['pid']} {t['name'] or '-'}: "
                          f"{t['pages']} pages held, {t['waiting']} messages waiting")
         lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in st["counters"].items()))
+        lines += calibrate.lines(self.paths)
         if self.o.foreground:
             print("\n".join(lines), flush=True)
         else:
@@ -690,6 +692,10 @@ def run(opts: Options, ready: ReadyPipe) -> int:
         d.reclaim()
         d.create()
         d.listen()
+        # which way large messages go here: measured once per boot (<50 ms), kept in a
+        # private file every task reads when it joins
+        d.paths = calibrate.ensure(again_if_noisy=True)
+        log(calibrate.lines(d.paths)[0])
     except StartError as e:
         d.shutdown()
         return fail(e.status, str(e))

@@ -59,7 +59,6 @@ from . import layout
 from .ipc import _libc, fence
 
 FA, DA, BB, DB, BFAIL = layout.RV_FA, layout.RV_DA, layout.RV_BB, layout.RV_DB, layout.RV_BFAIL
-MIN = 256 << 10  # messages (and posted buffers) from this size go direct
 CHUNK = 128 << 10  # the smallest piece one side claims at a time ...
 HALF = 512 << 10  # ... messages up to twice this go in two pieces, bigger ones in PIECES
 PIECES = 16

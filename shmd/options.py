@@ -4,7 +4,8 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from . import paths
+from . import calibrate, paths
+from .errors import PvmError
 from .layout import MAXPAGES, MAXSEG
 
 USAGE = ("usage: pvm_shmd [-debug=N] [-maxsegs=N] [-maxpages=N] [-vmid=ID] [-host=N] "
@@ -73,5 +74,9 @@ def parse(argv: list[str]) -> Options:
             o.vmid = paths.current_vmid()
         except ValueError as e:
             raise UsageError(f"PVM_VMID: {e}") from None
+    try:
+        calibrate.mode()
+    except PvmError as e:
+        raise UsageError(e.detail or str(e)) from None
     o.name = o.name or socket.gethostname()
     return o

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 
-from . import direct, layout
+from . import layout
+from .calibrate import NEVER
 from .errors import PvmBadParam, PvmError, PvmOverflow
 from .message import DESC, Desc, Matcher, Message, MessageView, as_bytes_view, small_desc
 from .rendezvous import Rendezvous
@@ -125,7 +126,7 @@ class Receiving(Rendezvous):
         if mv.readonly:
             raise PvmError(PvmBadParam, "receive buffer is read-only")
         deadline = None
-        if not self._pending and (mv.nbytes < direct.MIN or not self._direct):
+        if not self._pending and (mv.nbytes < self._paths.into_min or not self._direct):
             got, deadline = self._next_small(source, tag, timeout, mv.nbytes)
             if got is not None:
                 n = len(got[2])
@@ -144,7 +145,7 @@ class Receiving(Rendezvous):
             # Nothing queued: a large message may come into pages, both of us copying.
             # Only for a receiver that spins: one asleep helps late, and measured, a
             # stream with the spin off got slower (11-12 GB/s against 12-13 at 1 MiB).
-            if self._direct and self._spin_budget:
+            if self._direct and self._spin_budget and self._paths.view_min < NEVER:
                 d = self._take(match, deadline, block=False)
                 if d is None:
                     self._q[self._R + _RV_ACTIVE] = 1
@@ -185,7 +186,7 @@ class Receiving(Rendezvous):
         if deadline is None:
             deadline = INF if timeout is None else time.monotonic() + timeout
         match = self._matcher(source, tag)
-        post = into is not None and into.nbytes >= direct.MIN and self._direct
+        post = into is not None and into.nbytes >= self._paths.into_min and self._direct
         if post:
             self._q[self._R + _RV_ACTIVE] = 1
             try:

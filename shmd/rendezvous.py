@@ -50,6 +50,9 @@ class Rendezvous(Inbox):
             if not self._await_post(peer, n, tag, deadline):
                 self._served.discard(dest)
                 return False
+        # the path measured (or forced) for this size and this kind of receive
+        if n < (self._paths.view_min if q[r + layout.RV_ADDR] == 0 else self._paths.into_min):
+            return False
         src, chunk = direct.address(mv), direct.chunk_for(n)  # not under the lock
         run = None
         if q[r + layout.RV_ADDR] == 0:  # a precv_view: into a run of pages we pick

@@ -15,7 +15,7 @@ import time
 
 import sysv_ipc
 
-from . import direct, ipc, layout
+from . import ipc, layout
 from .errors import PvmBadParam, PvmError, PvmNoTask, PvmSysErr, PvmTimeout
 from .message import DESC, as_bytes_view
 from .rendezvous import Rendezvous
@@ -123,7 +123,7 @@ class Sending(Rendezvous):
             return  # in the inbox itself; with no room there, through the pages
         # (slices of bytes would copy)
         mv = inline if isinstance(inline, memoryview) else memoryview(inline)
-        if n >= direct.MIN and self._direct and self._send_direct(peer, dest, tag, mv, n,
+        if n >= self._paths.least and self._direct and self._send_direct(peer, dest, tag, mv, n,
                                                                     deadline):
             return
         self._throttle(peer, dest, deadline)

@@ -31,7 +31,7 @@ from collections import deque
 
 import sysv_ipc
 
-from . import control, direct, ipc, layout, paths, tids
+from . import calibrate, control, direct, ipc, layout, paths, tids
 from .errors import PvmError, PvmExists, PvmSysErr
 from .message import DESC as _DESC  # noqa: F401  (the names tools and tests use)
 from .message import Desc as _Desc  # noqa: F401
@@ -58,6 +58,7 @@ class Task(Receiving, Sending):
             raise PvmError(PvmExists, f"this process already joined as {tids.fmt(other.tid)}; "
                                       "one task per process (use that one)")
         self._pid = os.getpid()
+        paths_ = calibrate.choice()  # a bad $PVM_SHMD_PATH is refused before we join
         self._shm0, buf = control.attach_seg0(self.vmid)
         self._views = [buf]
         self._segs = [self._shm0]
@@ -71,7 +72,7 @@ class Task(Receiving, Sending):
             name = name or os.path.basename(sys.argv[0] or "python")
             reply = self._conn.request("join", pid=os.getpid(), name=name)
             self.tid, self._slot, self._gen = reply["tid"], reply["slot"], reply["generation"]
-            self._attach(buf, h)
+            self._attach(buf, h, paths_)
         except BaseException:
             self._detach()
             raise
@@ -87,7 +88,7 @@ class Task(Receiving, Sending):
         self.closed = False
         _open[self.vmid] = self
 
-    def _attach(self, buf: memoryview, h) -> None:
+    def _attach(self, buf: memoryview, h, paths_: calibrate.Choice) -> None:
         self._buf = buf
         self._q = buf.cast("Q")
         self._i = buf.cast("i")
@@ -152,6 +153,7 @@ class Task(Receiving, Sending):
         except (ipc.Gone, sysv_ipc.Error) as err:
             raise PvmError(PvmSysErr, f"our inbox semaphores: {err}") from None
         self._direct = direct.available()
+        self._paths = paths_
         # where our mapping of each segment's pages starts (senders hand us runs by
         # segment and page number, and we copy into them with process_vm_readv)
         self._bases = [direct.address(d) for d in self._data] if self._direct else []

@@ -26,7 +26,7 @@ from collections import deque
 
 import sysv_ipc
 
-from . import control, ipc, layout, tids
+from . import calibrate, control, ipc, layout, tids
 from .errors import PvmBadParam, PvmError, PvmNoMem, PvmNoTask, PvmSysErr, PvmTimeout
 from .message import Desc, Matcher, MessageView
 
@@ -135,6 +135,7 @@ class TaskBase:
     _mywake: sysv_ipc.Semaphore
     _waiter: ipc.Waiter
     _direct: bool
+    _paths: calibrate.Choice  # from which sizes large messages go direct
     # receiving: the pending queue and what the receive paths remember
     _pending: deque[Desc]
     _mviews: weakref.WeakSet[MessageView]

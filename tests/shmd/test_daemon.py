@@ -303,7 +303,8 @@ def test_term_and_int_remove_everything_and_exit_0(shmd_vm, sig):
     assert not [o for o in objs if exists(*o)]  # removed (segments the task has attached
     c.close()                                    # go away when it detaches)
     wait_for(lambda: not [o for o in objs if listed(*o)], timeout=5, what="last detach")
-    assert vm.files() == [f"pvml.{os.getuid()}.{vm.vmid}"]  # only the log stays
+    # only the log stays (and the large-message paths measured on this host: calibrate.py)
+    assert set(vm.files()) - {f"pvm_paths.{os.getuid()}"} == {f"pvml.{os.getuid()}.{vm.vmid}"}
     r = vm.run([STAT, "--json"])
     assert r.returncode == 1 and "No pvm_shmd" in r.stderr
 

@@ -44,7 +44,8 @@ def test_kill9_daemon_then_ipcfree_lists_and_removes(shmd_vm):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("deleting ") and ids(r.stdout) == objs
     assert not [o for o in objs if listed(*o)]
-    assert set(vm.files()) == {f"pvml.{os.getuid()}.{vm.vmid}"}  # stale files too
+    # stale files too (the host's measured large-message paths stay: calibrate.py)
+    assert set(vm.files()) - {f"pvm_paths.{os.getuid()}"} == {f"pvml.{os.getuid()}.{vm.vmid}"}
     r = vm.run([IPCFREE, "-n", "--vmid", vm.vmid])
     assert r.returncode == 0 and r.stdout.strip() == "didn't find anything"
     ready2 = vm.start()  # a clean start afterwards

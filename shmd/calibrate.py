@@ -1,0 +1,352 @@
+"""Which way large messages go on this machine: chosen by measuring it, not by a constant.
+
+A large message reaches its receiver one of three ways (see direct.py):
+
+- **pages**: the sender copies into shared pages, the receiver copies out. In a stream
+  the two copies overlap (two CPUs, each on its own message): a message costs about one
+  copy, done by each side at once.
+- **direct** (``precv_into``): both processes copy halves of the one message straight
+  from the sender's buffer into the receiver's with ``process_vm_writev``/``readv``.
+- **both into pages** (``precv_view``): the sender copies half into pages with memmove
+  while the receiver copies the other half in with ``process_vm_readv``; the path it
+  replaces is the sender copying the whole message alone (the view copies nothing).
+
+Which is faster depends on the machine: on one Xeon VM two CPUs copying halves with
+cross-memory attach beat two copies through pages (30 against 16 GB/s at 1 MiB); on an
+EPYC KVM guest it was the other way round (22 against 37). So ``measure()`` times the
+four patterns with two threads pinned to two CPUs (ctypes drops the GIL in each copy:
+the two copy at once, as two processes do), at a few sizes, in well under 50 ms, and
+picks from which size each of the two kinds of receive goes "direct": the smallest size
+from which the direct pattern is faster at every size measured (else never).
+
+The daemon measures at start when there is no figure of this boot and CPU set yet
+(``ensure``) and keeps it in a private file (``$PVM_TMP/pvm.<uid>/pvm_paths.<uid>``);
+every task reads it when it joins (``choice``), or measures and writes it if missing.
+``PVM_SHMD_PATH`` forces a path for a process: ``pages`` (never direct), ``direct``
+(direct from FORCED_MIN up, where cross-memory attach works) or ``auto`` (measured; the
+default). ``pvm_shmd_stat`` shows the choice and the figures it was made from.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from . import direct, paths, private
+from .errors import PvmBadParam, PvmError
+from .ipc import _libc
+
+ENV = "PVM_SHMD_PATH"
+MODES = ("pages", "direct", "auto")
+SIZES = (64 << 10, 256 << 10, 1 << 20, 2 << 20)  # the sizes measured (bytes)
+FORCED_MIN = SIZES[0]  # PVM_SHMD_PATH=direct: from this size up
+NEVER = 1 << 62  # a threshold no message reaches
+TRIAL_BYTES = 512 << 10  # each timed cell copies about this much (repeating its message)
+TRIALS = 3  # cells are timed this many times, interleaved; the fastest counts
+FORMAT = 1  # of the file
+
+
+@dataclass(frozen=True)
+class Choice:
+    """From which message size each receive goes direct (NEVER: not at all), and why."""
+
+    into_min: int  # precv_into: both copy with process_vm_writev/readv, no pages
+    view_min: int  # precv_view (spinning receiver): both copy into pages
+    why: str  # "measured", "forced by PVM_SHMD_PATH=...", ...
+
+    @property
+    def least(self) -> int:
+        """The smallest size a sender looks for a waiting receiver from."""
+        return min(self.into_min, self.view_min)
+
+
+def mode() -> str:
+    """``$PVM_SHMD_PATH`` (default auto); PvmError(PvmBadParam) naming a bad value."""
+    m = os.environ.get(ENV, "") or "auto"
+    if m not in MODES:
+        raise PvmError(PvmBadParam, f"{ENV}={m!r}: use one of {', '.join(MODES)}")
+    return m
+
+
+def file_path() -> str:
+    """The private file the measurement is kept in (one per user and host, any VM)."""
+    return paths.tmpfile("pvm_paths", "")
+
+
+def _machine() -> dict:
+    """What a measurement holds for: this boot, these CPUs (a new boot or a moved
+    state directory measures again)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = "?"
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"boot": boot, "cpu": model, "cpus": sorted(os.sched_getaffinity(0))}
+
+
+# ---- measuring -----------------------------------------------------------------------
+def _work(kind: str, who: int, n: int, bufs: tuple[int, int, int], pids: list[int]):
+    """What side *who* (0: the sender, 1: the receiver) does for one message of *n*
+    bytes sent the *kind* way: a list of zero-argument ctypes calls (or none)."""
+    src, dst, pages = bufs
+    chunk = direct.chunk_for(n)
+    mm, cma = ctypes.memmove, direct._copy
+    half = -(-n // chunk) // 2 * chunk if n > chunk else n  # the sender's front part
+    if kind == "pages":  # the sender into pages, the receiver out of other pages
+        return [partial(mm, pages, src, n)] if who == 0 else [partial(mm, dst, pages + n, n)]
+    if kind == "alone":  # precv_view through the pages: the sender copies, nobody helps
+        return [partial(mm, pages, src, n)] if who == 0 else []
+    lo, hi = (0, half) if who == 0 else (half, n)
+    out: list[Callable[[], object]] = []
+    for o in range(lo, hi, chunk):
+        ln = min(chunk, hi - o)
+        if who == 1:  # the receiver reads the sender's buffer into its own memory
+            to = (dst if kind == "direct" else pages) + o
+            out.append(partial(cma, _libc.process_vm_readv, pids[0], to, src + o, ln))
+        elif kind == "direct":  # the sender writes into the receiver's buffer
+            out.append(partial(cma, _libc.process_vm_writev, pids[1], src + o, dst + o, ln))
+        else:  # "both": the sender into the shared pages with memmove
+            out.append(partial(mm, pages + o, src + o, ln))
+    return out
+
+
+def _cells(kinds) -> list[tuple[str, int]]:
+    return [(k, n) for _ in range(TRIALS) for n in SIZES for k in kinds]
+
+
+def _side(who: int, cells, bufs, pids, ctl: Any, times: Any, cpu: int) -> None:
+    """A forked side's life: pin to *cpu*, then for each cell meet the other side
+    (a spin on shared words, with a deadline) and time our copies."""
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError:
+        pass
+    src, dst, pages = bufs
+    ctypes.memset(src if who == 0 else dst, who + 2, SIZES[-1])  # our own pages, written
+    clock = time.perf_counter
+    give_up = clock() + 2.0
+    for c, (kind, n) in enumerate(cells):
+        work = _work(kind, who, n, bufs, pids)
+        reps = max(1, TRIAL_BYTES // n)
+        ctl[who] = c + 1
+        while ctl[1 - who] < c + 1:
+            if clock() > give_up:
+                return
+        t0 = clock()
+        for _ in range(reps):
+            for f in work:
+                f()
+        t1 = clock()
+        times[4 * c + 2 * who] = t0
+        times[4 * c + 2 * who + 1] = t1 if work else t0
+
+
+def _run_sides(cells, bufs) -> list[float] | None:
+    """Seconds per message of each cell, the two sides as two processes on two CPUs
+    (as a sender and a receiver are); None if they could not run."""
+    import mmap
+
+    shared = mmap.mmap(-1, 4096 + 32 * len(cells))
+    views: list[Any] = [memoryview(shared)]
+    views += [views[0][:16], views[0][4096:]]
+    views += [views[1].cast("q"), views[2].cast("d")]
+    ctl, times = views[3], views[4]
+    cpus = sorted(os.sched_getaffinity(0))
+    pids = [0, 0]
+    ok = True
+    try:
+        for who in (1, 0):  # the receiver first: the sender needs its pid
+            try:
+                pid = os.fork()
+            except OSError:
+                return None
+            if pid == 0:
+                code = 0
+                try:
+                    pids[0] = pids[0] or os.getpid()
+                    _side(who, cells, bufs, pids, ctl, times, cpus[who % len(cpus)])
+                except BaseException:
+                    code = 1
+                os._exit(code)
+            pids[who] = pid
+        deadline = time.monotonic() + 5.0
+        for pid in pids:
+            while True:
+                got, status = os.waitpid(pid, os.WNOHANG)
+                if got:
+                    ok = ok and os.waitstatus_to_exitcode(status) == 0
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    ok = False
+                    break
+                time.sleep(0.001)
+        if not ok or ctl[0] < len(cells) or ctl[1] < len(cells):
+            return None
+        out = []
+        for c, (_, n) in enumerate(cells):
+            t = times[4 * c:4 * c + 4].tolist()
+            out.append((max(t[1], t[3]) - min(t[0], t[2])) / max(1, TRIAL_BYTES // n))
+        return out
+    finally:
+        for v in reversed(views):
+            v.release()
+        shared.close()
+
+
+def measure() -> dict:
+    """Time the four patterns at SIZES on this machine; the figures (GB/s) and choice."""
+    import mmap
+
+    started = time.perf_counter()
+    busy = os.getloadavg()[0]
+    big = SIZES[-1]
+    cma = direct.available() and len(os.sched_getaffinity(0)) > 1
+    kinds = ("pages", "direct", "alone", "both") if cma else ("pages", "alone")
+    # the sender's buffer, the receiver's, and shared "pages" (two messages' worth)
+    src, dst = (ctypes.create_string_buffer(big) for _ in range(2))
+    pages = mmap.mmap(-1, 2 * big)
+    pv = (ctypes.c_char * (2 * big)).from_buffer(pages)
+    try:
+        ctypes.memset(pv, 1, 2 * big)
+        cells = _cells(kinds)
+        got = _run_sides(cells, (ctypes.addressof(src), ctypes.addressof(dst),
+                                 ctypes.addressof(pv)))
+    finally:
+        del pv
+        pages.close()
+    into = view = NEVER
+    gbps: dict[str, list[float]] = {}
+    if got is not None:
+        best = {k: [float("inf")] * len(SIZES) for k in kinds}
+        for (k, n), t in zip(cells, got):
+            j = SIZES.index(n)
+            best[k][j] = min(best[k][j], t)
+        gbps = {k: [round(n / t / 1e9, 2) for n, t in zip(SIZES, v)] for k, v in best.items()}
+        if cma:
+            into = _crossover(best["direct"], best["pages"])
+            view = _crossover(best["both"], best["alone"])
+    return {"format": FORMAT, **_machine(), "when": time.time(),
+            "ms": round((time.perf_counter() - started) * 1e3, 1), "cma": cma, "load": busy,
+            "sizes": list(SIZES), "gbps": gbps, "into_min": into, "view_min": view}
+
+
+def _crossover(fast: list[float], slow: list[float]) -> int:
+    """The smallest measured size from which *fast* takes less time at every size."""
+    at = NEVER
+    for j in range(len(SIZES) - 1, -1, -1):
+        if fast[j] >= slow[j]:
+            break
+        at = SIZES[j]
+    return at
+
+
+# ---- the file ------------------------------------------------------------------------
+def load() -> dict | None:
+    """The kept measurement if it is ours, well-formed and of this machine and boot."""
+    try:
+        text = private.read_text(file_path(), limit=1 << 16)
+        m = json.loads(text) if text else None
+    except (private.UnsafeState, ValueError, OSError):
+        return None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        return None
+    here = _machine()
+    if any(m.get(k) != v for k, v in here.items()):
+        return None
+    for k in ("into_min", "view_min"):
+        v = m.get(k)
+        if type(v) is not int or not (v in SIZES or v == NEVER):
+            return None
+    g = m.get("gbps")
+    num = (int, float)
+    if (m.get("sizes") != list(SIZES) or not isinstance(g, dict) or not all(
+            isinstance(v, list) and len(v) == len(SIZES) and all(type(x) in num for x in v)
+            for v in g.values()) or not all(type(m.get(k)) in num for k in ("ms", "when", "load"))
+            or type(m.get("cma")) is not bool):
+        return None
+    return m
+
+
+def noisy(m: dict) -> bool:
+    """Was *m* measured while the host had no CPU to spare (its figures are then
+    mostly other processes' doing)?"""
+    return m.get("load", 0) >= len(os.sched_getaffinity(0))
+
+
+def ensure(again_if_noisy: bool = False) -> dict:
+    """The measurement of this machine: the kept one, else measured now and kept.
+    With *again_if_noisy* (a daemon starting), a kept one made on a busy host is
+    measured again."""
+    m = load()
+    if m is None or (again_if_noisy and noisy(m)):
+        m = measure()
+        if not m["gbps"]:
+            return m  # the two sides could not run: not kept, measured again next time
+        try:
+            private.write_atomic(file_path(), json.dumps(m).encode())
+        except (OSError, private.UnsafeState):
+            pass  # measured again next time
+    return m
+
+
+def choice(measured: dict | None = None) -> Choice:
+    """What this process does with large messages (``$PVM_SHMD_PATH`` first)."""
+    m = mode()
+    if m == "pages":
+        return Choice(NEVER, NEVER, f"forced by {ENV}=pages")
+    if m == "direct":
+        return Choice(FORCED_MIN, FORCED_MIN, f"forced by {ENV}=direct")
+    got = measured or ensure()
+    return Choice(got["into_min"], got["view_min"], "measured")
+
+
+def size_text(n: int) -> str:
+    if n >= NEVER:
+        return "never"
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+def summary(measured: dict | None = None) -> dict:
+    """What ``pvm_shmd_stat --json`` shows as "paths": the choice, and the figures."""
+    m = measured or ensure()
+    c = choice(m)
+    return {"mode": mode(), "why": c.why,
+            "precv_into_direct_from": size_text(c.into_min),
+            "precv_view_both_from": size_text(c.view_min),
+            "measured": {"ms": m["ms"], "sizes": [size_text(s) for s in m["sizes"]],
+                         "load_average": m.get("load"),
+                         "GB/s": m["gbps"], "cross_memory_attach": m["cma"],
+                         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                               time.gmtime(m["when"]))}}
+
+
+def lines(measured: dict | None = None) -> list[str]:
+    """The same, for a person (pvm_shmd's USR1 report, bench_ipc.py's header)."""
+    s = summary(measured)
+    g = s["measured"]["GB/s"]
+    out = [f"large messages ({s['why']}): precv_into direct from {s['precv_into_direct_from']}"
+           f", precv_view both-copy from {s['precv_view_both_from']}",
+           f"measured in {s['measured']['ms']} ms at {s['measured']['when']} (load average "
+           f"{s['measured']['load_average']:.2f}), GB/s at "
+           + "/".join(s["measured"]["sizes"]) + ":"]
+    names = {"pages": "two copies via pages", "direct": "direct (both CMA)",
+             "alone": "into pages, sender alone", "both": "into pages, both copy"}
+    for k, v in g.items():
+        out.append(f"  {names.get(k, k):26} " + " ".join(f"{x:7.2f}" for x in v))
+    return out
