@@ -11,6 +11,12 @@ Starts a private pvm_shmd (removed at the end) and prints:
   3. a cProfile of each side of an 8-byte ping-pong with the spin off: the top
      functions by own time, per message;
   4. system calls per round trip of that ping-pong (strace -c -f), if strace is there.
+
+    .venv/bin/python bench/_profile_shmd.py --stream 64K [--n 20000] [--no-profile]
+
+instead streams --n messages of that size (psend -> precv_into, spin on, two pinned
+processes) and prints each side's microseconds per message and GB/s, then (unless
+--no-profile) a cProfile of each side: the top functions by own time, per message.
 """
 from __future__ import annotations
 
@@ -226,13 +232,90 @@ def syscalls(vmid: str, n: int, tmp: str) -> None:
     print()
 
 
+def _stream_side(vmid, size, n, prof_path, rfd, wfd):
+    """The receiving side of ``stream``, in a forked process pinned to CPU 1."""
+    os.sched_setaffinity(0, {1 % (os.cpu_count() or 1)})
+    with shmd.join(vmid=vmid, spin=True) as me:
+        os.write(wfd, f"{me.tid}\n".encode())
+        int(os.read(rfd, 64))
+        buf = bytearray(size)
+        for _ in range(200):  # warm-up
+            me.precv_into(buf)
+        pr = cProfile.Profile() if prof_path else None
+        if pr:
+            pr.enable()
+        t = time.perf_counter()
+        for _ in range(n):
+            me.precv_into(buf)
+        dt = time.perf_counter() - t
+        if pr:
+            pr.disable()
+            pr.dump_stats(prof_path)
+        os.write(wfd, f"{dt}\n".encode())
+
+
+def stream(vmid: str, size: int, n: int, tmp: str, profile: bool) -> None:
+    """A stream of *n* messages of *size* bytes, psend -> precv_into, spin on."""
+    a_r, b_w = os.pipe()
+    b_r, a_w = os.pipe()
+    prof_r = os.path.join(tmp, "recv.prof") if profile else None
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _stream_side(vmid, size, n, prof_r, b_r, b_w)
+        finally:
+            os._exit(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        with shmd.join(vmid=vmid, spin=True) as me:
+            other = int(os.read(a_r, 64))
+            os.write(a_w, f"{me.tid}\n".encode())
+            data = bytearray(os.urandom(size))
+            for _ in range(200):
+                me.psend(other, 1, data)
+            pr = cProfile.Profile() if profile else None
+            if pr:
+                pr.enable()
+            t = time.perf_counter()
+            for _ in range(n):
+                me.psend(other, 1, data)
+            ds = time.perf_counter() - t
+            if pr:
+                pr.disable()
+            dr = float(os.read(a_r, 64))
+    finally:
+        os.waitpid(pid, 0)
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    print(f"stream of {n} x {size} B{' (profiled)' if profile else ''}: sender "
+          f"{ds / n * 1e6:.2f} us/msg, receiver {dr / n * 1e6:.2f} us/msg, "
+          f"{size * n / dr / 1e9:.2f} GB/s")
+    if profile:
+        for side, st in (("sender (psend)", pstats.Stats(pr)),
+                         ("receiver (precv_into)", pstats.Stats(prof_r))):
+            print(f"   {side}: top own-time functions, us per message (profiled)")
+            rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:14]
+            for (fname, line, func), (_cc, nc, tt, ct, _) in rows:
+                where = f"{os.path.basename(fname)}:{line}({func})" if line else func
+                print(f"     {tt / n * 1e6:7.2f} own {ct / n * 1e6:7.2f} cum "
+                      f"{nc / n:5.1f} calls  {where[:70]}")
+
+
+def parse_size(text: str) -> int:
+    mult = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:].upper(), 1)
+    return int(text[:-1] if mult > 1 else text) * mult
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--stream", type=parse_size, default=None,
+                    help="stream messages of this size (64K, 1M) instead")
+    ap.add_argument("--no-profile", action="store_true", help="--stream without cProfile")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="prof_shmd.")
     vmid = f"prof{os.getpid()}"
     env = dict(os.environ, PVM_TMP=tmp, PVM_VMID=vmid)
+    os.environ["PVM_TMP"] = tmp  # our tasks read the paths our daemon measured
     r = subprocess.run([os.path.join(BIN, "pvm_shmd"), "-maxpages=4096", "-maxsegs=8"],
                        env=env, capture_output=True, text=True, timeout=60)
     if r.returncode:
@@ -241,6 +324,9 @@ def main() -> int:
         return 1
     try:
         print(f"# load average {os.getloadavg()[0]:.2f}")
+        if a.stream:
+            stream(vmid, a.stream, a.n, tmp, not a.no_profile)
+            return 0
         self_send(vmid, a.n)
         pieces(vmid, a.n)
         print("3. cProfile of an 8-byte ping-pong, spin off")
