@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_ipc.py [--quick] [--repeat 3] [--sizes 8,1K,64K,1M,16M]
                                         [--only shmd,floor,pipe,socket,mpi,memcpy,lat,bw,contention]
-                                        [--idle-poll]
+                                        [--idle-poll] [--path pages|direct|auto]
 
 Prints, side by side, for pvm-shmd (psend with precv / precv_into / precv_view, adaptive
 spin on and off), the bare SysV floor (sysv_ipc shared memory + a semaphore pair, no
@@ -13,7 +13,9 @@ mpirun and mpi4py are there) and single-thread memcpy:
      sequence number and a CRC of a sampled window;
   3. 4 sender/receiver pairs at once through one pvm_shmd: aggregate GB/s with 8
      segments vs with 1 segment;
-then the issue's floors, each marked PASS or FAIL.
+then the issues' floors, each marked PASS or FAIL. The header says which way pvm-shmd
+sends large messages on this machine and why (shmd/calibrate.py: measured when its
+daemon starts, or forced: --path sets PVM_SHMD_PATH for the run).
 
 The two processes of a pair are pinned to different CPUs. Every cell is measured with a
 fresh process pair and fresh IPC objects; each figure is the median over --repeat runs
@@ -1079,9 +1081,21 @@ def floors(lat: dict, bw: dict, cont: dict) -> list[str]:
     check("lat 8 B, pvm-shmd precv spin off / multiprocessing.Pipe",
           get(lat, ("shmd-precv-off", s8)), pipe8, "<", 1.0,
           alt(lat, ("shmd-into-off", s8), pipe8) + ctx(lat, ("floor", s8), pipe8))
+    sock8 = get(lat, ("socket", s8))
+    check("lat 8 B, pvm-shmd precv spin off / Unix socketpair (issue 16)",
+          get(lat, ("shmd-precv-off", s8)), sock8, "<", 1.0,
+          alt(lat, ("shmd-into-off", s8), sock8) + ctx(lat, ("floor", s8), sock8))
     mpi8 = get(lat, ("mpi", s8))
     check("lat 8 B, pvm-shmd precv spin on / mpi4py", get(lat, ("shmd-precv-on", s8)),
           mpi8, "<=", 3.0, alt(lat, ("shmd-into-on", s8), mpi8))
+    check("lat 8 B, pvm-shmd precv spin on / mpi4py (issue 16)",
+          get(lat, ("shmd-precv-on", s8)), mpi8, "<=", 2.0, alt(lat, ("shmd-into-on", s8), mpi8))
+    k64 = 64 * KIB
+    fl64 = get(bw, ("floor", k64))
+    check("bw 64 KiB, pvm-shmd precv spin on / bare floor (issue 16)",
+          get(bw, ("shmd-precv-on", k64)), fl64, ">=", 0.8,
+          alt(bw, ("shmd-precv-off", k64), fl64) + alt(bw, ("shmd-into-on", k64), fl64)
+          + alt(bw, ("shmd-into-off", k64), fl64))
     # Bandwidth: the rows with the spin on, what join() does by itself on a host with a
     # CPU free (as here; mpi4py polls all the time); the spin-off rows are printed beside.
     for s in (MIB, 16 * MIB):
