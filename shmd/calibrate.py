@@ -97,7 +97,21 @@ def _machine() -> dict:
                     break
     except OSError:
         pass
-    return {"boot": boot, "cpu": model, "cpus": sorted(os.sched_getaffinity(0))}
+    return {"boot": boot, "cpu": model, "cpus": _cpus()}
+
+
+def _cpus() -> list[int]:
+    """The host's CPUs (not this process's affinity: a task pinned to one CPU, as a
+    benchmark's are, reads the same measurement as its daemon)."""
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            out: list[int] = []
+            for part in f.read().strip().split(","):
+                lo, _, hi = part.partition("-")
+                out += range(int(lo), int(hi or lo) + 1)
+            return out
+    except (OSError, ValueError):
+        return list(range(os.cpu_count() or 1))
 
 
 # ---- measuring -----------------------------------------------------------------------
@@ -174,7 +188,7 @@ def _run_sides(cells, bufs, end: float) -> list[float] | None:
     views += [views[0][:24], views[0][4096:]]
     views += [views[1].cast("q"), views[2].cast("d")]
     ctl, times = views[3], views[4]
-    cpus = sorted(os.sched_getaffinity(0))
+    cpus = _cpus()  # each side pins itself to one of the first two (where it may)
     pids = [0, 0]
     ok = True
     try:
@@ -226,7 +240,7 @@ def measure() -> dict:
     started = time.perf_counter()
     busy = os.getloadavg()[0]
     big = SIZES[-1]
-    cma = direct.available() and len(os.sched_getaffinity(0)) > 1
+    cma = direct.available() and len(_cpus()) > 1
     kinds = ("pages", "direct", "alone", "both") if cma else ("pages", "alone")
     # the sender's buffer, the receiver's, and shared "pages" (two messages' worth)
     src, dst = (ctypes.create_string_buffer(big) for _ in range(2))
@@ -296,7 +310,7 @@ def load() -> dict | None:
 def noisy(m: dict) -> bool:
     """Was *m* measured while the host had no CPU to spare (its figures are then
     mostly other processes' doing)?"""
-    return m.get("load", 0) >= len(os.sched_getaffinity(0))
+    return m.get("load", 0) >= len(_cpus())
 
 
 def ensure(again_if_noisy: bool = False) -> dict:
