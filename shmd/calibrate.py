@@ -45,7 +45,12 @@ ENV = "PVM_SHMD_PATH"
 MODES = ("pages", "direct", "auto")
 SIZES = (64 << 10, 256 << 10, 1 << 20, 2 << 20)  # the sizes measured (bytes)
 FORCED_MIN = SIZES[0]  # PVM_SHMD_PATH=direct: from this size up
+# What a figure measured on a busy host gives way to: the fixed threshold used before
+# the paths were measured (direct from 256 KiB, chosen on the Xeon VM of
+# docs/performance.md). A busy host's figures are mostly other processes' doing.
+UNTRUSTED_MIN = 256 << 10
 NEVER = 1 << 62  # a threshold no message reaches
+PAGES_SPAN = 4 << 20  # the "pages" messages go round (twice the L2 of a core here)
 TRIAL_BYTES = 512 << 10  # each timed cell copies about this much (repeating its message)
 TRIALS = 3  # cells are timed up to this many times, interleaved; the fastest counts
 MIN_TRIALS = 2  # ... and at least this many (the first alone measured low: pages and
@@ -115,15 +120,22 @@ def _cpus() -> list[int]:
 
 
 # ---- measuring -----------------------------------------------------------------------
-def _work(kind: str, who: int, n: int, bufs: tuple[int, int, int], pids: list[int]):
-    """What side *who* (0: the sender, 1: the receiver) does for one message of *n*
-    bytes sent the *kind* way: a list of zero-argument ctypes calls (or none)."""
-    src, dst, pages = bufs
+def _work(kind: str, who: int, n: int, bufs: tuple[int, int, int], pids: list[int],
+          k: int):
+    """What side *who* (0: the sender, 1: the receiver) does for message number *k*
+    of *n* bytes sent the *kind* way: a list of zero-argument ctypes calls (or none).
+    Messages through pages go to runs further on each time, round PAGES_SPAN (the
+    real pages are handed out by next fit: a stream writes cold memory, not the same
+    cache-hot run), the receiver taking the message before ours out of them.
+    """
+    src, dst, base = bufs
+    pages = base + (k * n) % (PAGES_SPAN - n) // 4096 * 4096
+    prev = base + ((k - 1) * n) % (PAGES_SPAN - n) // 4096 * 4096
     chunk = direct.chunk_for(n)
     mm, cma = ctypes.memmove, direct._copy
     half = -(-n // chunk) // 2 * chunk if n > chunk else n  # the sender's front part
     if kind == "pages":  # the sender into pages, the receiver out of other pages
-        return [partial(mm, pages, src, n)] if who == 0 else [partial(mm, dst, pages + n, n)]
+        return [partial(mm, pages, src, n)] if who == 0 else [partial(mm, dst, prev, n)]
     if kind == "alone":  # precv_view through the pages: the sender copies, nobody helps
         return [partial(mm, pages, src, n)] if who == 0 else []
     lo, hi = (0, half) if who == 0 else (half, n)
@@ -159,8 +171,8 @@ def _side(who: int, cells, bufs, pids, ctl: Any, times: Any, cpu: int, end: floa
     give_up = clock() + 2.0
     first = MIN_TRIALS * len(cells) // TRIALS
     for c, (kind, n) in enumerate(cells):
-        work = _work(kind, who, n, bufs, pids)
         reps = max(1, TRIAL_BYTES // n)
+        works = [_work(kind, who, n, bufs, pids, c * reps + k) for k in range(reps)]
         if c >= first and (ctl[2] or clock() > end):
             ctl[2] = c + 1  # (both sides may write it: the same number)
             return
@@ -169,12 +181,12 @@ def _side(who: int, cells, bufs, pids, ctl: Any, times: Any, cpu: int, end: floa
             if clock() > give_up or ctl[2]:
                 return
         t0 = clock()
-        for _ in range(reps):
+        for work in works:
             for f in work:
                 f()
         t1 = clock()
         times[4 * c + 2 * who] = t0
-        times[4 * c + 2 * who + 1] = t1 if work else t0
+        times[4 * c + 2 * who + 1] = t1 if works[0] else t0
 
 
 def _run_sides(cells, bufs, end: float) -> list[float] | None:
@@ -242,12 +254,12 @@ def measure() -> dict:
     big = SIZES[-1]
     cma = direct.available() and len(_cpus()) > 1
     kinds = ("pages", "direct", "alone", "both") if cma else ("pages", "alone")
-    # the sender's buffer, the receiver's, and shared "pages" (two messages' worth)
+    # the sender's buffer, the receiver's, and shared "pages"
     src, dst = (ctypes.create_string_buffer(big) for _ in range(2))
-    pages = mmap.mmap(-1, 2 * big)
-    pv = (ctypes.c_char * (2 * big)).from_buffer(pages)
+    pages = mmap.mmap(-1, PAGES_SPAN)
+    pv = (ctypes.c_char * PAGES_SPAN).from_buffer(pages)
     try:
-        ctypes.memset(pv, 1, 2 * big)
+        ctypes.memset(pv, 1, PAGES_SPAN)
         cells = _cells(kinds)
         got = _run_sides(cells, (ctypes.addressof(src), ctypes.addressof(dst),
                                  ctypes.addressof(pv)), started + BUDGET)
@@ -271,12 +283,16 @@ def measure() -> dict:
 
 
 def _crossover(fast: list[float], slow: list[float]) -> int:
-    """The smallest measured size from which *fast* takes less time at every size."""
+    """The smallest measured size from which *fast* (a direct pattern) takes less time
+    at every size, and from which the two sides share the copy: a message of one
+    chunk (direct.chunk_for) is copied by one side alone, with the rendezvous's cost
+    on top, which these copies do not time."""
     at = NEVER
     for j in range(len(SIZES) - 1, -1, -1):
-        if fast[j] >= slow[j]:
+        n = SIZES[j]
+        if fast[j] >= slow[j] or -(-n // direct.chunk_for(n)) < 2:
             break
-        at = SIZES[j]
+        at = n
     return at
 
 
@@ -337,6 +353,10 @@ def choice(measured: dict | None = None) -> Choice:
     if m == "direct":
         return Choice(FORCED_MIN, FORCED_MIN, f"forced by {ENV}=direct")
     got = measured or ensure()
+    if noisy(got):
+        return Choice(UNTRUSTED_MIN, UNTRUSTED_MIN,
+                      f"measured on a busy host (load average {got['load']:.2f}, "
+                      f"{len(_cpus())} CPUs): not trusted, the former default")
     return Choice(got["into_min"], got["view_min"], "measured")
 
 
