@@ -165,48 +165,68 @@ def _pong(vmid, n, prof_path, cpu, rfd, wfd):
         os.read(rfd, 64)
 
 
-def pingpong_profile(vmid: str, n: int, tmp: str, profile: bool = True) -> float:
-    """8-byte ping-pong, spin off, both sides profiled; returns us one-way (profiled)."""
+def fork_other(side, *args) -> tuple[int, int, int]:
+    """Run side(*args, rfd, wfd) in a forked process and pin ourselves to CPU 0:
+    (its pid, our read end, our write end) of the pipes between us."""
     a_r, b_w = os.pipe()
     b_r, a_w = os.pipe()
-    prof_b = os.path.join(tmp, "pong.prof") if profile else None
     pid = os.fork()
     if pid == 0:
         try:
-            _pong(vmid, n, prof_b, 1 % (os.cpu_count() or 1), b_r, b_w)
+            side(*args, b_r, b_w)
         finally:
             os._exit(0)
     os.sched_setaffinity(0, {0})
+    return pid, a_r, a_w
+
+
+def pingpong_profile(vmid: str, n: int, tmp: str, profile: bool = True) -> float:
+    """8-byte ping-pong, spin off, both sides profiled; returns us one-way (profiled)."""
+    prof_b = os.path.join(tmp, "pong.prof") if profile else None
+    pid, a_r, a_w = fork_other(_pong, vmid, n, prof_b, 1 % (os.cpu_count() or 1))
     try:
         with shmd.join(vmid=vmid, spin=False) as me:
             other = int(os.read(a_r, 64))
             os.write(a_w, f"{me.tid}\n".encode())
             data = b"12345678"
-            pr = cProfile.Profile() if profile else None
-            if pr:
-                pr.enable()
-            t = time.perf_counter()
-            for _ in range(n):
+            def step():
                 me.psend(other, 1, data)
                 me.precv(other, 1)
-            dt = time.perf_counter() - t
-            if pr:
-                pr.disable()
+            dt, pr = timed(step, n, profile)
             os.read(a_r, 64)
             os.write(a_w, b"ok\n")
     finally:
         os.waitpid(pid, 0)
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     if profile:
-        for side, stats in (("pinger (psend then precv)", pstats.Stats(pr)),
-                            ("ponger (precv then psend)", pstats.Stats(prof_b))):
-            print(f"   {side}: top own-time functions, us per round trip (profiled)")
-            rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:14]
-            for (fname, line, func), (_cc, nc, tt, ct, _) in rows:
-                where = f"{os.path.basename(fname)}:{line}({func})" if line else func
-                print(f"     {tt / n * 1e6:7.2f} own {ct / n * 1e6:7.2f} cum "
-                      f"{nc / n:5.1f} calls  {where[:70]}")
+        top_functions((("pinger (psend then precv)", pstats.Stats(pr)),
+                       ("ponger (precv then psend)", pstats.Stats(prof_b))), n, "round trip")
     return dt / n / 2 * 1e6
+
+
+def timed(step, n: int, profile: bool):
+    """(seconds for *n* calls of *step*, the cProfile of them or None)."""
+    pr = cProfile.Profile() if profile else None
+    if pr:
+        pr.enable()
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    dt = time.perf_counter() - t
+    if pr:
+        pr.disable()
+    return dt, pr
+
+
+def top_functions(sides, n: int, per: str) -> None:
+    """Each side's top 14 functions by own time, in microseconds per *per*."""
+    for side, stats in sides:
+        print(f"   {side}: top own-time functions, us per {per} (profiled)")
+        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:14]
+        for (fname, line, func), (_cc, nc, tt, ct, _) in rows:
+            where = f"{os.path.basename(fname)}:{line}({func})" if line else func
+            print(f"     {tt / n * 1e6:7.2f} own {ct / n * 1e6:7.2f} cum "
+                  f"{nc / n:5.1f} calls  {where[:70]}")
 
 
 def syscalls(vmid: str, n: int, tmp: str) -> None:
@@ -241,31 +261,16 @@ def _stream_side(vmid, size, n, prof_path, rfd, wfd):
         buf = bytearray(size)
         for _ in range(200):  # warm-up
             me.precv_into(buf)
-        pr = cProfile.Profile() if prof_path else None
+        dt, pr = timed(lambda: me.precv_into(buf), n, prof_path is not None)
         if pr:
-            pr.enable()
-        t = time.perf_counter()
-        for _ in range(n):
-            me.precv_into(buf)
-        dt = time.perf_counter() - t
-        if pr:
-            pr.disable()
             pr.dump_stats(prof_path)
         os.write(wfd, f"{dt}\n".encode())
 
 
 def stream(vmid: str, size: int, n: int, tmp: str, profile: bool) -> None:
     """A stream of *n* messages of *size* bytes, psend -> precv_into, spin on."""
-    a_r, b_w = os.pipe()
-    b_r, a_w = os.pipe()
     prof_r = os.path.join(tmp, "recv.prof") if profile else None
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _stream_side(vmid, size, n, prof_r, b_r, b_w)
-        finally:
-            os._exit(0)
-    os.sched_setaffinity(0, {0})
+    pid, a_r, a_w = fork_other(_stream_side, vmid, size, n, prof_r)
     try:
         with shmd.join(vmid=vmid, spin=True) as me:
             other = int(os.read(a_r, 64))
@@ -273,15 +278,7 @@ def stream(vmid: str, size: int, n: int, tmp: str, profile: bool) -> None:
             data = bytearray(os.urandom(size))
             for _ in range(200):
                 me.psend(other, 1, data)
-            pr = cProfile.Profile() if profile else None
-            if pr:
-                pr.enable()
-            t = time.perf_counter()
-            for _ in range(n):
-                me.psend(other, 1, data)
-            ds = time.perf_counter() - t
-            if pr:
-                pr.disable()
+            ds, pr = timed(lambda: me.psend(other, 1, data), n, profile)
             dr = float(os.read(a_r, 64))
     finally:
         os.waitpid(pid, 0)
@@ -290,14 +287,8 @@ def stream(vmid: str, size: int, n: int, tmp: str, profile: bool) -> None:
           f"{ds / n * 1e6:.2f} us/msg, receiver {dr / n * 1e6:.2f} us/msg, "
           f"{size * n / dr / 1e9:.2f} GB/s")
     if profile:
-        for side, st in (("sender (psend)", pstats.Stats(pr)),
-                         ("receiver (precv_into)", pstats.Stats(prof_r))):
-            print(f"   {side}: top own-time functions, us per message (profiled)")
-            rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:14]
-            for (fname, line, func), (_cc, nc, tt, ct, _) in rows:
-                where = f"{os.path.basename(fname)}:{line}({func})" if line else func
-                print(f"     {tt / n * 1e6:7.2f} own {ct / n * 1e6:7.2f} cum "
-                      f"{nc / n:5.1f} calls  {where[:70]}")
+        top_functions((("sender (psend)", pstats.Stats(pr)),
+                       ("receiver (precv_into)", pstats.Stats(prof_r))), n, "message")
 
 
 def parse_size(text: str) -> int:
