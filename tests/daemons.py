@@ -62,6 +62,8 @@ for line in sys.stdin:
                 else:
                     mine.append(t._alloc(rnd.randint(1, c.get("max", 5)), time.monotonic() + 5))
                     n += 1
+            while t._deferred:  # frees a lock held past FREE_WAIT put off (a loaded machine)
+                t._free_deferred()
             r = {"allocs": n}
         elif op == "send":
             t.psend(c["dest"], c.get("tag", 1), bytes([c.get("byte", 7)]) * c["nbytes"],

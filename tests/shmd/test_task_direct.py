@@ -15,7 +15,7 @@ import pytest
 from peers import payload
 
 import shmd
-from shmd import direct
+from shmd import direct, layout
 from shmd.errors import PvmError, PvmTimeout
 from shmd.layout import INLINE
 
@@ -42,13 +42,16 @@ def allocations(daemon) -> int:
     return daemon.stat()["counters"]["allocated"]
 
 
-def receive_into_later(me, buf, **kw):
-    """precv_into in a thread (the test then sends from a peer); .result() joins it."""
-    return later(lambda: me.precv_into(buf, **kw))
+def receive_into_later(me, buf, posts=True, **kw):
+    """precv_into in a thread (the test then sends from a peer); .result() joins it.
+    *posts*: the receive posts its buffer (large enough), and the test waits for that."""
+    return later(lambda: me.precv_into(buf, **kw), me if posts else None)
 
 
-def later(receive):
-    """*receive()* in a thread, given time to post and block; .result() joins it."""
+def later(receive, poster=None):
+    """*receive()* in a thread; .result() joins it. With *poster* (the receiving task)
+    the call returns once its buffer is posted (a loaded machine may take longer than
+    any fixed pause), else after 0.3 s, time to block."""
     box = {}
 
     def run():
@@ -59,7 +62,12 @@ def later(receive):
 
     th = threading.Thread(target=run)
     th.start()
-    time.sleep(0.3)  # it is posted and blocked by now
+    if poster is None:
+        time.sleep(0.3)  # it is blocked by now
+    else:
+        rec, deadline = poster._R, time.monotonic() + 20
+        while poster._q[rec] != layout.RV_OPEN and th.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def result(timeout=20):
         th.join(timeout)
@@ -137,7 +145,7 @@ def test_a_posted_buffer_takes_only_what_it_asks_for(daemon, me, peers):
     assert me.precv_into(buf, timeout=5) == (p.tid, 6, BIG) and bytes(buf) == payload(6, BIG)
     # a buffer too small is not claimed: the message waits, kept
     small = bytearray(BIG - 1)
-    got = receive_into_later(me, small, timeout=1)
+    got = receive_into_later(me, small, posts=False, timeout=1)
     p.call("me.psend(dest, 4, payload(4, size))", dest=me.tid, size=BIG)
     with pytest.raises(PvmError, match="does not fit"):
         got()
@@ -310,7 +318,7 @@ def test_a_zero_copy_receive_gets_a_large_message_into_pages_both_copying(daemon
     monkeypatch.setattr(direct, "receive", lambda *a: took.append(a[5]) or real(*a))
     size = 512 << 10  # direct (forced) and within one segment of this daemon
     p = peers()
-    got = later(lambda: me.precv_view(timeout=20))
+    got = later(lambda: me.precv_view(timeout=20), me)
     p.call("me.psend(dest, 7, payload(3, size))", dest=me.tid, size=size)
     v = got()
     assert (v.src, v.tag, v.nbytes) == (p.tid, 7, size) and bytes(v.data) == payload(3, size)
