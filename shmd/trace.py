@@ -1,0 +1,300 @@
+"""Message tracing (PVM's trace option; what XPVM drew): events, the rings, the files.
+
+A traced task records an event for each ``psend``, ``precv``/``precv_into``/``precv_view``
+(start and end), its join (SPAWN) and its leave (EXIT): 32 bytes (``EVENT``: monotonic
+time, kind, source, destination, tag, length) stored in its own slot's trace ring in
+segment 0 (``layout.trace_ring_off``), one writer per ring: stores, no system call.
+
+Tracing is on for a task spawned with ``$PVM_TRACE=1`` (the console's ``spawn -@``) and
+for every task of a host whose header trace word is 1 (``trace on``). A task looks at
+that word when it publishes its counters (idle, every PUBLISH_EVERY sends); its calls
+are then wrapped (``switch``): with tracing off the task runs the plain methods, so
+nothing is checked per message at all.
+
+pvm_shmd drains the rings (``Collector``) every loop turn while tracing is on, when a
+task leaves, and when asked (``pvm_shmd_stat --trace dump``). ``chrome`` turns the
+events of every host into Chrome trace-event JSON (Perfetto, chrome://tracing), and
+``diagram`` draws them as text, time across and one line per task.
+"""
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import layout
+
+ENV = "PVM_TRACE"  # "1": the task traces from its join (spawn -@)
+EVENT = struct.Struct("<diiiiQ")  # time, kind, src, dst, tag, length
+SPAWN, EXIT, PSEND, PRECV_START, PRECV_END = 1, 2, 3, 4, 5
+KINDS = {SPAWN: "spawn", EXIT: "exit", PSEND: "psend", PRECV_START: "precv",
+         PRECV_END: "precv end"}
+MAX_KEPT = 1_000_000  # events a daemon keeps (older ones are dropped and counted lost)
+EVENTS_OFF = 64  # the events of a ring start here (its count is at its start)
+WRAPPED = ("psend", "precv", "precv_into", "precv_view")
+
+_now = time.monotonic
+_pack = EVENT.pack_into
+
+
+def switch(task: Any, on: int, event: int = 0) -> None:
+    """Trace *task*'s calls from now (*on*) or stop; record *event* (SPAWN, EXIT) too."""
+    if not on:
+        if event:
+            _recorder(task)(event, task.tid, 0, 0, 0)
+        for name in WRAPPED:
+            task.__dict__.pop(name, None)
+        return
+    rec = _recorder(task)
+    if event:
+        rec(event, task.tid, 0, 0, 0)
+    cls, tid = type(task), task.tid
+    psend, precv, precv_into, precv_view = (getattr(cls, n) for n in WRAPPED)
+
+    def t_psend(dest: int, tag: int, data, timeout: float | None = None) -> None:
+        n = len(data) if type(data) is bytes else memoryview(data).nbytes
+        rec(PSEND, tid, dest, tag, n)
+        psend(task, dest, tag, data, timeout)
+
+    def t_precv(source: int = -1, tag: int = -1, timeout: float | None = None):
+        rec(PRECV_START, source, tid, tag, 0)
+        m = precv(task, source, tag, timeout)
+        rec(PRECV_END, m.src, tid, m.tag, len(m.data))
+        return m
+
+    def t_precv_into(buffer, source: int = -1, tag: int = -1,
+                     timeout: float | None = None) -> tuple[int, int, int]:
+        rec(PRECV_START, source, tid, tag, 0)
+        got = precv_into(task, buffer, source, tag, timeout)
+        rec(PRECV_END, got[0], tid, got[1], got[2])
+        return got
+
+    def t_precv_view(source: int = -1, tag: int = -1, timeout: float | None = None):
+        rec(PRECV_START, source, tid, tag, 0)
+        v = precv_view(task, source, tag, timeout)
+        rec(PRECV_END, v.src, tid, v.tag, v.data.nbytes)
+        return v
+
+    task.psend, task.precv, task.precv_into, task.precv_view = (
+        t_psend, t_precv, t_precv_into, t_precv_view)
+
+
+def active(task: Any) -> bool:
+    """Are *task*'s calls traced now?"""
+    return "psend" in task.__dict__
+
+
+def _recorder(task: Any):
+    """The function that appends one event to *task*'s trace ring."""
+    q, buf = task._q, task._buf
+    base = layout.trace_ring_off(task._slot)
+    c, ev = base // 8, base + EVENTS_OFF
+    n, size = layout.TRACE_EVENTS, layout.TRACE_EVENT
+
+    def rec(kind: int, src: int, dst: int, tag: int, length: int) -> None:
+        k = q[c]
+        _pack(buf, ev + (k % n) * size, _now(), kind, src, dst, tag, length)
+        q[c] = k + 1  # after the event: a reader never takes a half-written one
+
+    return rec
+
+
+class Collector:
+    """pvm_shmd's side: the events drained from the task slots' rings, with the tasks'
+    names, and how many were lost (a ring overrun between two drains, or MAX_KEPT)."""
+
+    def __init__(self) -> None:
+        self.seen = [0] * layout.MAX_TASKS  # events already taken from each ring
+        self.events: list[tuple] = []  # (owner tid, time, kind, src, dst, tag, length)
+        self.names: dict[int, str] = {}
+        self.lost = 0
+
+    def joined(self, m64: memoryview, i: int) -> None:
+        """A new task in slot *i*: its ring starts empty."""
+        m64[layout.trace_ring_off(i) // 8] = 0
+        self.seen[i] = 0
+
+    def drain(self, buf: memoryview, m64: memoryview, i: int, owner: int, name: str) -> None:
+        """Take the events slot *i*'s task (*owner*) wrote since the last drain."""
+        base = layout.trace_ring_off(i)
+        n, size = layout.TRACE_EVENTS, layout.TRACE_EVENT
+        count, seen = m64[base // 8], self.seen[i]
+        if count == seen:
+            return
+        if not seen <= count <= seen + (1 << 40):  # a scribbled count: start again from it
+            self.seen[i] = count
+            return
+        first = max(seen, count - n)
+        got = [EVENT.unpack_from(buf, base + EVENTS_OFF + (k % n) * size)
+               for k in range(first, count)]
+        after = m64[base // 8]  # events the writer overwrote while we read are lost
+        keep = max(0, after - n - first)
+        self.lost += (first - seen) + min(keep, len(got))
+        self.names[owner] = name
+        self.events.extend((owner, *e) for e in got[keep:])
+        self.seen[i] = count
+        if len(self.events) > MAX_KEPT:
+            drop = len(self.events) - MAX_KEPT
+            del self.events[:drop]
+            self.lost += drop
+
+    def dump(self, clear: bool = False) -> dict:
+        """The events so far (oldest first), for ``pvm_shmd_stat --trace dump``."""
+        out = {"events": sorted(self.events, key=lambda e: e[1]),
+               "names": {str(k): v for k, v in self.names.items()}, "lost": self.lost,
+               "clock": _now()}
+        if clear:
+            self.events, self.lost = [], 0
+        return out
+
+
+# ---- reading a trace ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    host: str
+    owner: int  # the task that recorded it
+    t: float  # seconds, on the console's clock (the host's offset taken off)
+    kind: int
+    src: int
+    dst: int
+    tag: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One message: its psend and the precv that took it."""
+
+    send: Event
+    recv: Event
+
+
+def events_of(dumps: Iterable[tuple[str, Mapping, float]]) -> tuple[list[Event], dict[int, str]]:
+    """The events of every host's dump (host name, dump, clock offset: the host's
+    monotonic clock minus the console's), on one clock, in time order; and tid -> name."""
+    out, names = [], {}
+    for host, d, offset in dumps:
+        for e in d.get("events", []):
+            if isinstance(e, (list, tuple)) and len(e) == 7:
+                out.append(Event(host, int(e[0]), float(e[1]) - offset, *map(int, e[2:])))
+        names.update({int(k): str(v) for k, v in d.get("names", {}).items()})
+    out.sort(key=lambda e: e.t)
+    return out, names
+
+
+def flows(events: Sequence[Event]) -> tuple[list[Flow], list[Event]]:
+    """Pair each precv end with the psend it took: the first not yet taken from that
+    source to that receiver with that tag (PVM keeps a pair's messages in order).
+    Returns the flows and the sends no traced receive took."""
+    queued: dict[tuple[int, int, int], list[Event]] = {}
+    out = []
+    for e in events:
+        if e.kind == PSEND:
+            queued.setdefault((e.src, e.dst, e.tag), []).append(e)
+        elif e.kind == PRECV_END:
+            q = queued.get((e.src, e.dst, e.tag))
+            if q:
+                out.append(Flow(q.pop(0), e))
+    return out, [e for q in queued.values() for e in q]
+
+
+def chrome(events: Sequence[Event], names: Mapping[int, str], offsets: Mapping[str, float]
+           ) -> dict:
+    """Chrome trace-event JSON (the "JSON Object Format"): a process per host, a thread
+    (track) per task, a slice per call (psend: an instant; precv: start to end) and a
+    flow arrow from each psend to the precv that took it. Times in microseconds from
+    the first event."""
+    t0 = events[0].t if events else 0.0
+    hosts = sorted({e.host for e in events})
+    pid = {h: k + 1 for k, h in enumerate(hosts)}
+
+    def us(t: float) -> float:
+        return round((t - t0) * 1e6, 3)
+
+    out: list[dict] = []
+    for h in hosts:
+        out.append({"ph": "M", "name": "process_name", "pid": pid[h], "tid": 0,
+                    "args": {"name": f"{h} (clock offset {offsets.get(h, 0.0) * 1e6:+.0f} us)"}})
+    for tid in sorted({e.owner for e in events}):
+        host = next(e.host for e in events if e.owner == tid)
+        out.append({"ph": "M", "name": "thread_name", "pid": pid[host], "tid": tid,
+                    "args": {"name": f"t{tid:x} {names.get(tid, '')}".strip()}})
+    started: dict[int, Event] = {}
+    for e in events:
+        base = {"pid": pid[e.host], "tid": e.owner, "cat": "pvm"}
+        if e.kind == PSEND:
+            out.append({**base, "ph": "X", "name": "psend", "ts": us(e.t), "dur": 0,
+                        "args": {"dst": f"t{e.dst:x}", "tag": e.tag, "bytes": e.length}})
+        elif e.kind == PRECV_START:
+            started[e.owner] = e
+        elif e.kind == PRECV_END:
+            s = started.pop(e.owner, e)
+            out.append({**base, "ph": "X", "name": "precv", "ts": us(s.t),
+                        "dur": round(us(e.t) - us(s.t), 3),
+                        "args": {"src": f"t{e.src:x}", "tag": e.tag, "bytes": e.length}})
+        else:
+            out.append({**base, "ph": "i", "s": "t", "name": KINDS[e.kind], "ts": us(e.t)})
+    for k, f in enumerate(flows(events)[0], 1):
+        s, r = f.send, f.recv
+        name = f"msg tag {s.tag} {s.length} B"
+        out.append({"ph": "s", "id": k, "name": name, "cat": "msg", "pid": pid[s.host],
+                    "tid": s.owner, "ts": us(s.t)})
+        out.append({"ph": "f", "bp": "e", "id": k, "name": name, "cat": "msg",
+                    "pid": pid[r.host], "tid": r.owner, "ts": us(r.t)})
+    return {"traceEvents": out, "displayTimeUnit": "ns",
+            "otherData": {"clock_offsets_us": {h: round(o * 1e6, 1) for h, o in offsets.items()}}}
+
+
+def diagram(events: Sequence[Event], names: Mapping[int, str], width: int = 100,
+            start: float | None = None, end: float | None = None) -> list[str]:
+    """The space-time diagram as text: a line per task, time across *width* columns
+    from *start* to *end* (seconds from the first event; default: all). ``s`` a psend,
+    ``r`` the precv end that took a message, ``-`` waiting in precv, ``S``/``X`` spawn
+    and exit; a message's arrow is a ``|`` column between its sender's and receiver's
+    lines at the receive's time (``v``/``^`` at its end), as XPVM drew it."""
+    if not events:
+        return ["(no trace events)"]
+    t0 = events[0].t
+    a = 0.0 if start is None else start
+    b = (events[-1].t - t0 if end is None else end) or 1e-9
+    b = max(b, a + 1e-9)
+    tids = sorted({e.owner for e in events})
+    row = {t: k for k, t in enumerate(tids)}
+    grid = [[" "] * width for _ in tids]
+
+    def col(t: float) -> int | None:
+        x = (t - t0 - a) / (b - a)
+        return int(x * (width - 1)) if 0 <= x <= 1 else None
+
+    waiting: dict[int, float] = {}
+    for e in events:
+        r = row[e.owner]
+        if e.kind == PRECV_START:
+            waiting[e.owner] = e.t
+            continue
+        if e.kind == PRECV_END and e.owner in waiting:
+            x0, x1 = ((t - t0 - a) / (b - a) for t in (waiting.pop(e.owner), e.t))
+            if x1 >= 0 and x0 <= 1:  # the wait overlaps the window
+                for k in range(int(max(x0, 0) * (width - 1)), int(min(x1, 1) * (width - 1))):
+                    if grid[r][k] == " ":
+                        grid[r][k] = "-"
+        at = col(e.t)
+        if at is not None:
+            grid[r][at] = {PSEND: "s", PRECV_END: "r", SPAWN: "S", EXIT: "X"}[e.kind]
+    for f in flows(events)[0]:
+        c = col(f.recv.t)
+        if c is None:
+            continue
+        r0, r1 = row[f.send.owner], row[f.recv.owner]
+        step = 1 if r1 > r0 else -1
+        for r in range(r0 + step, r1, step):
+            if grid[r][c] in " -":
+                grid[r][c] = "|"
+    labels = {t: f"t{t:x} {names.get(t, '')}" for t in tids}
+    w = max(map(len, labels.values()))
+    left, right = f"{a * 1e3:.3f} ms", f"{b * 1e3:.3f} ms"
+    lines = [" " * w + " |" + left + right.rjust(width - len(left)) + "|"]
+    lines += [labels[t].ljust(w) + " |" + "".join(grid[row[t]]) + "|" for t in tids]
+    return lines
