@@ -496,7 +496,8 @@ class Daemon:
                              "freed": sum(s["freed"] for s in segs), "joined": h["joined"],
                              "exited": h["exited"], "reaped": h["reaped"], "hups": h["hups"],
                              **totals},
-                "exited_tasks": self.gone, "trace": h["trace"], "clock": time.monotonic()}
+                "exited_tasks": self.gone, "trace": h["trace"], "clock": time.monotonic(),
+                "load": round(os.getloadavg()[0], 2)}
 
     def report(self) -> None:
         """USR1: the internal state, human-readable, to stdout or the log."""

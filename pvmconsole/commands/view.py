@@ -1,0 +1,125 @@
+"""``view`` (the live full-screen view of hosts and tasks) and ``trace`` (message
+traces: on, off, save as Chrome trace-event JSON, show as a space-time diagram).
+See docs/view.md."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+from pvmconsole.console import Console
+from pvmconsole.hostlink import STAT_TIMEOUT, is_local
+from pvmconsole.registry import Command, CommandError
+from pvmconsole.view.model import Selection, frame, sample
+from pvmconsole.vm import VirtualMachine
+from shmd import private, trace
+from shmd.errors import PvmError
+
+SNAPSHOT_GAP = 0.5  # seconds between the two samples of a one-shot frame (for its rates)
+TRACE_TIMEOUT = 60.0  # a dump of a million events takes its time over SSH
+
+
+def title(vm: VirtualMachine) -> str:
+    return f"pvm view  vm {vm.vmid or '-'}  {time.strftime('%H:%M:%S')}"
+
+
+def do_view(c: Console, args: list[str]) -> None:
+    vm = c.machine()
+    isatty = getattr(c.out, "isatty", None)
+    if isatty is not None and isatty() and os.environ.get("TERM") != "dumb":
+        from pvmconsole.view.app import run  # prompt_toolkit's app only for a terminal
+        run(vm, title(vm))
+        return
+    before = sample(vm.stat())  # a one-shot frame: two samples, for the rates
+    time.sleep(SNAPSHOT_GAP)
+    now = sample(vm.stat())
+    c.print(*frame(now, before, Selection(), title=title(vm)))
+
+
+# ---- trace ------------------------------------------------------------------------------
+def _on_hosts(vm: VirtualMachine, op: str) -> list[tuple[str, dict, float]]:
+    """Run ``pvm_shmd_stat --trace op`` on every host; (host, reply, clock offset).
+    The offset (the host's monotonic clock minus ours) is 0 for this machine (one
+    clock), else measured as the host's clock against the midpoint of our request."""
+    out, errors = [], []
+    for h in vm.hosts():
+        link = vm.link(h)
+        t0 = time.monotonic()
+        try:
+            r = link.runner.run([link.stat_program, "--trace", op,
+                                 *([f"-vmid={link.vmid}"] if link.vmid else [])],
+                                timeout=TRACE_TIMEOUT if op in ("dump", "take") else STAT_TIMEOUT)
+            t1 = time.monotonic()
+            if r.rc != 0:
+                raise PvmError(0, (r.stderr.strip().splitlines() or [f"exit {r.rc}"])[-1])
+            reply = json.loads(r.stdout)
+            if not isinstance(reply, dict):
+                raise ValueError(r.stdout[:40])
+        except (PvmError, ValueError) as e:
+            errors.append(f"{h.name}: {e}")
+            continue
+        clock = reply.get("clock")
+        offset = 0.0 if is_local(h.name) or not isinstance(clock, (int, float)) else (
+            clock - (t0 + t1) / 2)
+        out.append((h.name, reply, offset))
+    if errors:
+        raise CommandError("; ".join(errors))
+    return out
+
+
+def _trace(c: Console) -> tuple[list[trace.Event], dict[int, str], dict[str, float]]:
+    dumps = _on_hosts(c.machine(), "dump")
+    lost = sum(int(d.get("lost", 0)) for _, d, _ in dumps)
+    if lost:
+        c.print(f"({lost} trace events lost: a ring overran between two drains)")
+    events, names = trace.events_of(dumps)
+    return events, names, {h: o for h, _, o in dumps}
+
+
+def do_trace(c: Console, args: list[str]) -> None:
+    op = args[0]
+    if op in ("on", "off"):
+        for name, reply, offset in _on_hosts(c.machine(), op):
+            c.print(f"{name}: trace {op}, clock offset {offset * 1e6:+.0f} us, "
+                    f"{reply.get('events', 0)} events kept")
+    elif op == "save":
+        if len(args) != 2:
+            raise CommandError("Syntax: trace save FILE")
+        events, names, offsets = _trace(c)
+        try:
+            private.write_atomic(args[1], json.dumps(trace.chrome(events, names, offsets)).encode())
+        except OSError as e:
+            raise CommandError(f"{args[1]}: {e.strerror or e}") from None
+        c.print(f"{len(events)} events, {len(trace.flows(events)[0])} messages written to {args[1]}")
+    elif op == "show":
+        try:
+            window = [float(w) / 1e3 for w in args[1:3]]
+        except ValueError:
+            raise CommandError(f"trace show {' '.join(args[1:])}: times in ms (FROM TO)") from None
+        events, names, _ = _trace(c)
+        width = max(40, shutil.get_terminal_size((120, 24)).columns - 30)
+        c.print(*trace.diagram(events, names, width, *window))
+    elif op == "clear":
+        _on_hosts(c.machine(), "take")
+    else:
+        raise CommandError(f"unknown trace operation {op!r} (on, off, save, show, clear)")
+
+
+COMMANDS = [
+    Command("view", 1, 1, "Live view of hosts and tasks", (
+        "Syntax:  view",
+        "Full screen, refreshed 4 times a second: every host (daemon, load, tasks, pages",
+        "used per segment, messages and bytes per second in and out) and every task (tid,",
+        "host, program, state, messages and bytes sent and received).",
+        "Keys: q quit, up/down select a task, k kill it, / filter, esc clear the filter.",
+        "Not on a terminal (pvm -e view): one frame, printed.",
+    ), do_view),
+    Command("trace", 2, 4, "Trace messages: on, off, save, show", (
+        "Syntax:  trace on | off        every task of every host records its messages",
+        "         trace save FILE       Chrome trace-event JSON (ui.perfetto.dev opens it)",
+        "         trace show [FROM TO]  space-time diagram, times in ms from the first event",
+        "         trace clear           forget the events kept so far",
+        "spawn -@ traces the spawned tasks alone.",
+    ), do_trace),
+]

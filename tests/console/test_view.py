@@ -1,0 +1,123 @@
+"""The console's ``view`` and ``trace`` with a real VM (daemon, tasks, ``pvm -e``): a
+one-shot frame agrees with conf, ps and stat and with the traffic the tasks made; a
+trace saved by the console is Chrome JSON whose flows are the messages sent."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+from consoles import wait_for
+from test_tasks import vm  # noqa: F401  (the fixture: a one-host VM of our own)
+
+from pvmconsole.view.model import Sample, Selection, frame
+
+TRAFFIC = textwrap.dedent('''\
+    """Sends N messages of S bytes to itself, takes them, says ready, waits."""
+    import sys, time
+    import shmd
+    me = shmd.join(name="traffic")
+    n, size = int(sys.argv[1]), int(sys.argv[2])
+    for k in range(n):
+        me.psend(me.tid, 7, bytes(size))
+    for k in range(n):
+        me.precv(me.tid, 7)
+    try:
+        me.precv(timeout=0.05)  # idle: the counters are stored
+    except shmd.PvmError:
+        pass
+    print(f"ready t{me.tid:x}", flush=True)
+    time.sleep(60)
+''')
+
+
+def start(vm, tmp_path, n: int, size: int) -> tuple[subprocess.Popen, str]:  # noqa: F811
+    prog = tmp_path / "traffic.py"
+    prog.write_text(TRAFFIC)
+    env = {**vm.env, "PVM_TMP": vm.tmp, "PVM_VMID": vm.vmid}
+    p = subprocess.Popen([sys.executable, str(prog), str(n), str(size)], stdout=subprocess.PIPE,
+                         text=True, env=env)
+    line = p.stdout.readline()  # type: ignore[union-attr]
+    assert line.startswith("ready t"), line
+    return p, line.split()[1]
+
+
+def test_view_frame_matches_conf_ps_stat_and_the_traffic(vm, tmp_path):  # noqa: F811
+    assert vm.run("conf").returncode == 0
+    procs = []
+    try:
+        procs = [start(vm, tmp_path, 5, 100), start(vm, tmp_path, 3, 20000)]
+        r = vm.run("view; conf; ps -a; stat")
+        assert r.returncode == 0, r.stderr
+        out = r.stdout.splitlines()
+        i_view = next(k for k, ln in enumerate(out) if ln.startswith("pvm view  vm "))
+        i_conf = next(k for k, ln in enumerate(out) if re.match(r"^1 host, ", ln))
+        view, rest = out[i_view:i_conf], out[i_conf:]
+        host = rest[2].split()[0]  # conf's first host row
+        assert "1 host, 2 tasks" in view[0], view
+        hrow = next(ln for ln in view if ln.startswith(host + " "))
+        srow = next(ln.split() for ln in rest if ln.split()[:1] == [host] and len(ln.split()) == 8)
+        # stat: HOST PID SEGS USED FREE LARGEST TASKS MSGS
+        assert f"pid {srow[1]}" in hrow
+        assert f" {srow[3]}/{int(srow[3]) + int(srow[4])} " in hrow + " "
+        assert int(hrow.split()[4]) == int(srow[6]) == 2  # TASKS
+        ps_tids = {"t" + w.split()[1] for w in rest if re.match(r"^\s*\S+\s+[0-9a-f]{5,}\s", w)}
+        rows = {ln.split()[0]: ln.split() for ln in view if re.match(r"^[ >] t[0-9a-f]+ ", ln)}
+        rows = {k: v for k, v in rows.items() if k != ">"}
+        rows.update({ln.split()[1]: ln.split()[1:] for ln in view if ln.startswith("> ")})
+        mine = {tid for _, tid in procs}
+        assert mine <= ps_tids and mine <= set(rows), (view, ps_tids)
+        a, b = rows[procs[0][1]], rows[procs[1][1]]
+        # TID HOST PROGRAM STATE SENT SENTB RECVD RECVDB
+        assert a[1:] == [host, "traffic", "running", "5", "500", "5", "500"], a
+        assert b[1:] == [host, "traffic", "running", "3", "60k", "3", "60k"], b
+    finally:
+        for p, _ in procs:
+            p.kill()
+            p.wait(10)
+
+
+def test_console_trace_save_and_show(vm, tmp_path):  # noqa: F811
+    assert vm.run("conf").returncode == 0
+    r = vm.run("trace on")
+    assert r.returncode == 0 and "trace on, clock offset +0 us" in r.stdout, r.stderr
+    p, tid = start(vm, tmp_path, 4, 10)  # joins with the host tracing: traced from its join
+    try:
+        path = tmp_path / "trace.json"
+        r = vm.run(f"trace save {path}; trace show; trace off")
+        assert r.returncode == 0, r.stderr
+        assert re.search(r"^\d+ events, 4 messages written to ", r.stdout, re.M), r.stdout
+        doc = json.loads(path.read_text())
+        evs = doc["traceEvents"]
+        starts = {e["id"]: e["ts"] for e in evs if e["ph"] == "s"}
+        ends = {e["id"]: e["ts"] for e in evs if e["ph"] == "f"}
+        assert len(starts) == 4 and starts.keys() == ends.keys()
+        assert all(starts[k] <= ends[k] for k in starts)
+        sends = [e["args"] for e in evs if e.get("name") == "psend"]
+        assert sends == [{"dst": tid, "tag": 7, "bytes": 10}] * 4
+        assert any(ln.startswith(f"{tid} traffic") and "s" in ln for ln in r.stdout.splitlines())
+        assert vm.run("trace bogus").returncode == 1
+    finally:
+        p.kill()
+        p.wait(10)
+    wait_for(lambda: tid[1:] not in vm.run("ps").stdout, 10, "the task to leave")
+
+
+def test_frame_keeps_the_selection_in_range_and_filters():
+    st = {"pid": 9, "clock": 1.0, "load": 0.5, "segments": [{"pages": 10, "free": 4}],
+          "counters": {"sent": 10, "recvd": 10, "sent_bytes": 80, "recvd_bytes": 80},
+          "tasks": [{"tid": 0x40002 + k, "name": f"p{k}", "state": "running"} for k in range(3)]}
+    later = {**st, "clock": 2.0, "counters": {"sent": 30, "recvd": 20, "sent_bytes": 240,
+                                              "recvd_bytes": 160}}
+    sel = Selection(row=99)
+    lines = frame(Sample([("h1", later), ("h2", "no pvm_shmd")]), Sample([("h1", st)]), sel)
+    assert sel.row == 2 and lines[-1].startswith("> t40004 ")
+    h1 = next(ln for ln in lines if ln.startswith("h1 "))
+    assert h1.split()[-4:] == ["10", "20", "80", "160"]  # in/out per second, messages and bytes
+    assert "[######....] 6/10" in h1
+    assert any(ln.startswith("h2 ") and "down" in ln for ln in lines)
+    sel = Selection(filter="p1")
+    assert [ln.split()[1] for ln in frame(Sample([("h1", st)]), None, sel) if "p" in ln[-60:]
+            and ln[:2] in ("> ", "  ") and ln.split()[1].startswith("t4")] == ["t40003"]
