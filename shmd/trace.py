@@ -87,16 +87,26 @@ def active(task: Any) -> bool:
 
 
 def _recorder(task: Any):
-    """The function that appends one event to *task*'s trace ring."""
+    """The function that appends one event to *task*'s trace ring: one per task (it
+    keeps the ring's count; a call traced before a switch may end after it)."""
+    rec = task.__dict__.get("_trace_rec")
+    if rec is None:
+        rec = task.__dict__["_trace_rec"] = _new_recorder(task)
+    return rec
+
+
+def _new_recorder(task: Any):
     q, buf = task._q, task._buf
     base = layout.trace_ring_off(task._slot)
     c, ev = base // 8, base + EVENTS_OFF
     n, size = layout.TRACE_EVENTS, layout.TRACE_EVENT
+    k = q[c]  # we alone write the count: kept here too, not read back per event
 
     def rec(kind: int, src: int, dst: int, tag: int, length: int) -> None:
-        k = q[c]
+        nonlocal k
         _pack(buf, ev + (k % n) * size, _now(), kind, src, dst, tag, length)
-        q[c] = k + 1  # after the event: a reader never takes a half-written one
+        k += 1
+        q[c] = k  # after the event: a reader never takes a half-written one
 
     return rec
 

@@ -11,7 +11,8 @@ import time
 from pvmconsole.console import Console
 from pvmconsole.hostlink import STAT_TIMEOUT, is_local
 from pvmconsole.registry import Command, CommandError
-from pvmconsole.view.model import Selection, frame, sample
+from pvmconsole.view.model import Selection, frame
+from pvmconsole.view.source import poll
 from pvmconsole.vm import VirtualMachine
 from shmd import private, trace
 from shmd.errors import PvmError
@@ -31,9 +32,9 @@ def do_view(c: Console, args: list[str]) -> None:
         from pvmconsole.view.app import run  # prompt_toolkit's app only for a terminal
         run(vm, title(vm))
         return
-    before = sample(vm.stat())  # a one-shot frame: two samples, for the rates
+    before = poll(vm)  # a one-shot frame: two samples, for the rates
     time.sleep(SNAPSHOT_GAP)
-    now = sample(vm.stat())
+    now = poll(vm)
     c.print(*frame(now, before, Selection(), title=title(vm)))
 
 

@@ -1,8 +1,7 @@
 """The full-screen ``view`` (prompt_toolkit): hosts and tasks redrawn a few times a
 second, ``q`` back to the prompt.
 
-A thread samples the hosts (``vm.stat()``: each host's daemon state through the
-console's links, as ``stat`` gets it) one round after another; the screen is redrawn
+A thread samples the hosts (source.py: each host's daemon state) one round after another; the screen is redrawn
 from the last two samples every REFRESH seconds, so a slow host never stalls the keys.
 """
 from __future__ import annotations
@@ -18,7 +17,8 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.layout import Layout, Window
 from prompt_toolkit.layout.controls import FormattedTextControl
 
-from pvmconsole.view.model import Sample, Selection, frame, sample, selected
+from pvmconsole.view.model import Sample, Selection, frame, selected
+from pvmconsole.view.source import poll
 from pvmconsole.vm import VirtualMachine
 from shmd.errors import PvmError
 
@@ -50,13 +50,9 @@ class Sampler:
             return self.now, self.before
 
 
-def poller(vm: VirtualMachine) -> Callable[[], Sample]:
-    return lambda: sample(vm.stat())
-
-
 def run(vm: VirtualMachine, title: str) -> None:
     """The view, until the user types q."""
-    sampler = Sampler(poller(vm))
+    sampler = Sampler(lambda: poll(vm))
     sel = Selection()
     mode: dict = {"filter": False, "note": ""}
 

@@ -122,10 +122,10 @@ def frame(now: Sample, before: Sample | None, sel: Selection, height: int = 0,
     head = [f"{title}  {len(now.hosts)} host{'s' * (len(now.hosts) != 1)}, {ntasks} task"
             f"{'s' * (ntasks != 1)}" + (f"  filter /{sel.filter}" if sel.filter else ""),
             "", *host_lines(now, before), "", TASK_HEAD]
-    rows = [task_line(h, t, k == sel.row) for k, (h, t) in enumerate(tasks)]
-    room = height - len(head) - 1 if height else len(rows)
-    first = max(0, min(sel.row - room + 1, len(rows) - room)) if room < len(rows) else 0
-    return [*head, *rows[first:first + max(room, 0)]]
+    room = max(height - len(head) - 1, 0) if height else len(tasks)
+    first = max(0, min(sel.row - room + 1, len(tasks) - room)) if room < len(tasks) else 0
+    return [*head, *(task_line(h, t, k == sel.row)  # only the rows that fit are laid out
+                     for k, (h, t) in enumerate(tasks[first:first + room], first))]
 
 
 def selected(now: Sample, sel: Selection) -> tuple[str, dict] | None:

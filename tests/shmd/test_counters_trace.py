@@ -103,7 +103,7 @@ def test_traced_ping_pong_has_exactly_its_messages_and_valid_chrome_json(daemon,
         assert back == [(me.tid, 100 + k, n) for k, n in enumerate(sizes)]
         assert [e.kind for e in events if e.owner == peer.tid][0] == trace.SPAWN
         flows, unmatched = trace.flows(events)
-        assert len(flows) == 2 * len(sizes) and not unmatched
+        assert len(flows) == 2 * len(sizes) and not unmatched, (unmatched, [e for e in events if e.kind != trace.PSEND])
         assert all(f.send.t <= f.recv.t and f.send.length == f.recv.length for f in flows)
         # the Chrome JSON, written and read back: every flow starts before it ends
         path = tmp_path / "t.json"
