@@ -128,10 +128,10 @@ def run(vm: VirtualMachine, title: str) -> None:
 
 
 def _kill_task(vm: VirtualMachine, host: str, tid: int, mode: dict) -> None:
-    """SIGKILL task *tid* on *host*, as ``kill`` does; the outcome goes to the footer."""
+    """Kill task *tid* on *host* (SIGTERM, as ``kill``); the outcome goes to the footer."""
     try:
         h = next(h for h in vm.hosts() if h.name == host)
-        err = vm.link(h).signal(signal.SIGKILL, [tid]).get(tid)
+        err = vm.link(h).signal(signal.SIGTERM, [tid]).get(tid)  # as `kill`
         mode["note"] = f"t{tid:x} killed" if err is None else f"t{tid:x}: {err}"
     except (PvmError, StopIteration) as e:
         mode["note"] = f"t{tid:x}: {e or 'host gone'}"

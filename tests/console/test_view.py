@@ -3,13 +3,21 @@ one-shot frame agrees with conf, ps and stat and with the traffic the tasks made
 trace saved by the console is Chrome JSON whose flows are the messages sent."""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
 import re
+import select
+import signal
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
+import time
 
-from consoles import wait_for
+from consoles import PVM, wait_for
 from test_tasks import vm  # noqa: F401  (the fixture: a one-host VM of our own)
 
 from pvmconsole.view.model import Sample, Selection, frame
@@ -121,3 +129,51 @@ def test_frame_keeps_the_selection_in_range_and_filters():
     sel = Selection(filter="p1")
     assert [ln.split()[1] for ln in frame(Sample([("h1", st)]), None, sel) if "p" in ln[-60:]
             and ln[:2] in ("> ", "  ") and ln.split()[1].startswith("t4")] == ["t40003"]
+
+
+def test_full_screen_view_in_a_terminal_filters_kills_and_quits(vm, tmp_path):  # noqa: F811
+    assert vm.run("conf").returncode == 0
+    p, tid = start(vm, tmp_path, 2, 8)
+    env = {**vm.env, "TERM": "xterm", "PVM_TMP": vm.tmp, "PVM_VMID": vm.vmid}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the console, full screen in a terminal 120 x 30
+        os.execve(PVM, [PVM, "--norc", "--view"], env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    seen = bytearray()
+
+    def until(text: bytes, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {text!r} on the screen: {bytes(seen[-2000:])!r}"
+            if select.select([fd], [], [], left)[0]:
+                try:
+                    seen.extend(os.read(fd, 65536))
+                except OSError:  # the console exited
+                    break
+
+    try:
+        # (the screen is drawn with cursor moves for blanks: single words are looked for)
+        until(tid.encode())  # the task's row
+        until(b"traffic")
+        os.write(fd, b"/nomatch")
+        until(b"/nomatch_")
+        os.write(fd, b"\x1b")  # esc: the filter is cleared
+        time.sleep(0.5)
+        os.write(fd, b"k")  # the one task is selected: killed, as `kill` does
+        assert p.wait(20) == -signal.SIGTERM
+        until(b"killed")
+        os.write(fd, b"q")
+        until(b"running.")  # "pvmd still running.": back at the prompt, then quit
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
