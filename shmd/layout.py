@@ -118,7 +118,8 @@ T = {
     "sending": (120, "I"),  # the tid this task sends a message in pieces to (0: none)
     # The task's message counters: kept in its own attributes (a shared word costs more
     # per message than the 8 B path can spare) and stored here when it is idle (before
-    # a receive spins or sleeps), every PUBLISH_EVERY sends and when it leaves.
+    # a receive sleeps; before one spins, every 32 messages), every PUBLISH_EVERY sends
+    # and when it leaves (taskbase.py, _publish).
     "sent": (256, "Q"),
     "sent_bytes": (264, "Q"),
     "recvd": (272, "Q"),

@@ -41,7 +41,8 @@ class Receiving(Rendezvous):
             q, H, T = self._q, self._H, self._T
             head = q[H]
             if head == q[T] and timeout != 0:
-                self._publish()  # idle: our counters to our slot (the sender works now)
+                if self._nrx >= self._pub_at:  # idle: our counters to our slot, now and
+                    self._publish()  # then (a receive that goes on to sleep always does)
                 if self._spin_budget:
                     clock = _clock
                     end = clock() + self._spin_budget
@@ -100,7 +101,8 @@ class Receiving(Rendezvous):
         head = q[H]
         deadline = None
         if head == q[T] and timeout != 0:
-            self._publish()
+            if self._nrx >= self._pub_at:
+                self._publish()
             if self._spin_budget:
                 clock = _clock
                 end = clock() + self._spin_budget

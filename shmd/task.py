@@ -169,6 +169,7 @@ class Task(Receiving, Sending):
         self._home = self._slot % self._nsegs  # senders spread over segments
         self._ntx = self._btx = self._nrx = self._brx = 0
         self._cq = bq + layout.T_SENT_Q
+        self._pub_at = 0
         self._blocked = bi + layout.T_BLOCKED_I
 
     # ---- lifecycle ------------------------------------------------------------------

@@ -25,10 +25,15 @@ def title(vm: VirtualMachine) -> str:
     return f"pvm view  vm {vm.vmid or '-'}  {time.strftime('%H:%M:%S')}"
 
 
+def _terminal(c: Console) -> bool:
+    """Is the console's output a terminal a full-screen app can use?"""
+    isatty = getattr(c.out, "isatty", None)
+    return bool(isatty is not None and isatty() and os.environ.get("TERM") != "dumb")
+
+
 def do_view(c: Console, args: list[str]) -> None:
     vm = c.machine()
-    isatty = getattr(c.out, "isatty", None)
-    if isatty is not None and isatty() and os.environ.get("TERM") != "dumb":
+    if _terminal(c):
         from pvmconsole.view.app import run  # prompt_toolkit's app only for a terminal
         run(vm, title(vm))
         return
@@ -99,6 +104,10 @@ def do_trace(c: Console, args: list[str]) -> None:
         except ValueError:
             raise CommandError(f"trace show {' '.join(args[1:])}: times in ms (FROM TO)") from None
         events, names, _ = _trace(c)
+        if _terminal(c) and not window and events:
+            from pvmconsole.view.timeline import run as show  # full screen: zoom, scroll
+            show(events, names)
+            return
         width = max(40, shutil.get_terminal_size((120, 24)).columns - 30)
         c.print(*trace.diagram(events, names, width, *window))
     elif op == "clear":
