@@ -9,10 +9,10 @@ import shutil
 import time
 
 from pvmconsole.console import Console
-from pvmconsole.hostlink import STAT_TIMEOUT, is_local
+from pvmconsole.hostlink import STAT_TIMEOUT
 from pvmconsole.registry import Command, CommandError
-from pvmconsole.view.model import Selection, frame
-from pvmconsole.view.source import poll
+from pvmconsole.view.model import Selection, frame, keep_best_clocks
+from pvmconsole.view.source import offsets, poll
 from pvmconsole.vm import VirtualMachine
 from shmd import private, trace
 from shmd.errors import PvmError
@@ -35,28 +35,29 @@ def do_view(c: Console, args: list[str]) -> None:
     vm = c.machine()
     if _terminal(c):
         from pvmconsole.view.app import run  # prompt_toolkit's app only for a terminal
-        run(vm, title(vm))
+        run(vm, lambda: title(vm))
         return
     before = poll(vm)  # a one-shot frame: two samples, for the rates
     time.sleep(SNAPSHOT_GAP)
     now = poll(vm)
+    best: dict[str, list[float]] = {}
+    for s in (before, now):
+        keep_best_clocks(best, s)
     c.print(*frame(now, before, Selection(), title=title(vm)))
 
 
 # ---- trace ------------------------------------------------------------------------------
-def _on_hosts(vm: VirtualMachine, op: str) -> list[tuple[str, dict, float]]:
-    """Run ``pvm_shmd_stat --trace op`` on every host; (host, reply, clock offset).
-    The offset (the host's monotonic clock minus ours) is 0 for this machine (one
-    clock), else measured as the host's clock against the midpoint of our request."""
+def _on_hosts(vm: VirtualMachine, op: str) -> list[tuple[str, dict, list[float]]]:
+    """Run ``pvm_shmd_stat --trace op`` on every host; (host, reply, [clock offset,
+    uncertainty]): the host's monotonic clock minus ours (source.offsets)."""
     out, errors = [], []
+    clocks = offsets(vm)
     for h in vm.hosts():
         link = vm.link(h)
-        t0 = time.monotonic()
         try:
             r = link.runner.run([link.stat_program, "--trace", op,
                                  *([f"-vmid={link.vmid}"] if link.vmid else [])],
                                 timeout=TRACE_TIMEOUT if op in ("dump", "take") else STAT_TIMEOUT)
-            t1 = time.monotonic()
             if r.rc != 0:
                 raise PvmError(0, (r.stderr.strip().splitlines() or [f"exit {r.rc}"])[-1])
             reply = json.loads(r.stdout)
@@ -65,10 +66,7 @@ def _on_hosts(vm: VirtualMachine, op: str) -> list[tuple[str, dict, float]]:
         except (PvmError, ValueError) as e:
             errors.append(f"{h.name}: {e}")
             continue
-        clock = reply.get("clock")
-        offset = 0.0 if is_local(h.name) or not isinstance(clock, (int, float)) else (
-            clock - (t0 + t1) / 2)
-        out.append((h.name, reply, offset))
+        out.append((h.name, reply, clocks.get(h.name, [0.0, 0.0])))
     if errors:
         raise CommandError("; ".join(errors))
     return out
@@ -79,16 +77,17 @@ def _trace(c: Console) -> tuple[list[trace.Event], dict[int, str], dict[str, flo
     lost = sum(int(d.get("lost", 0)) for _, d, _ in dumps)
     if lost:
         c.print(f"({lost} trace events lost: a ring overran between two drains)")
-    events, names = trace.events_of(dumps)
-    return events, names, {h: o for h, _, o in dumps}
+    events, names = trace.events_of((h, d, o[0]) for h, d, o in dumps)
+    return events, names, {h: o[0] for h, _, o in dumps}
 
 
 def do_trace(c: Console, args: list[str]) -> None:
     op = args[0]
     if op in ("on", "off"):
-        for name, reply, offset in _on_hosts(c.machine(), op):
-            c.print(f"{name}: trace {op}, clock offset {offset * 1e6:+.0f} us, "
-                    f"{reply.get('events', 0)} events kept")
+        for name, reply, (offset, within) in _on_hosts(c.machine(), op):
+            c.print(f"{name}: trace {op}, clock offset {offset * 1e6:+.0f} us"
+                    + (f" (+-{within * 1e6:.0f})" if within else "")
+                    + f", {reply.get('events', 0)} events kept")
     elif op == "save":
         if len(args) != 2:
             raise CommandError("Syntax: trace save FILE")

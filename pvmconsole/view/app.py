@@ -17,7 +17,7 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.layout import Layout, Window
 from prompt_toolkit.layout.controls import FormattedTextControl
 
-from pvmconsole.view.model import Sample, Selection, frame, selected
+from pvmconsole.view.model import Sample, Selection, frame, keep_best_clocks, selected
 from pvmconsole.view.source import poll
 from pvmconsole.vm import VirtualMachine
 from shmd.errors import PvmError
@@ -39,8 +39,10 @@ class Sampler:
         self.thread = threading.Thread(target=self._run, name="view-sampler", daemon=True)
 
     def _run(self) -> None:
+        best: dict[str, list[float]] = {}
         while not self.stop.is_set():
             s = self.poll()
+            keep_best_clocks(best, s)
             with self.lock:
                 self.before, self.now = self.now, s
             self.stop.wait(ROUND_GAP)
@@ -50,7 +52,7 @@ class Sampler:
             return self.now, self.before
 
 
-def run(vm: VirtualMachine, title: str) -> None:
+def run(vm: VirtualMachine, title: Callable[[], str]) -> None:
     """The view, until the user types q."""
     sampler = Sampler(lambda: poll(vm))
     sel = Selection()
@@ -60,8 +62,8 @@ def run(vm: VirtualMachine, title: str) -> None:
         now, before = sampler.last()
         size = app.output.get_size()
         if now is None:
-            return f"{title}  sampling the hosts ..."
-        lines = frame(now, before, sel, height=size.rows - 1, title=title)
+            return f"{title()}  sampling the hosts ..."
+        lines = frame(now, before, sel, height=size.rows - 1, title=title())
         foot = (f"filter: /{sel.filter}_  (enter keep, esc clear)" if mode["filter"]
                 else mode["note"] or KEYS)
         return "\n".join(ln[:size.columns] for ln in lines) + "\n" * (

@@ -104,6 +104,26 @@ def host_lines(now: Sample, before: Sample | None) -> list[str]:
     return lines
 
 
+def clock_line(now: Sample) -> list[str]:
+    """The clock offsets of the hosts not on this machine (a line, or none)."""
+    words = [f"{name} {o[0] * 1e6:+.0f} us (+-{o[1] * 1e6:.0f})" for name, st in now.hosts
+             if isinstance(st, dict) and isinstance(o := st.get("clock_offset"), list)
+             and len(o) == 2 and o[1]]
+    return [f"clock offsets (host - console): {', '.join(words)}"] if words else []
+
+
+def keep_best_clocks(best: dict[str, list[float]], now: Sample) -> None:
+    """Give each host of *now* the best clock offset seen so far (the one measured
+    with the shortest round trip), remembered in *best*."""
+    for name, st in now.hosts:
+        if not isinstance(st, dict) or not isinstance(st.get("clock_offset"), list):
+            continue
+        key = f"{name} {st.get('pid')}"  # a new daemon: a new clock history
+        if key not in best or st["clock_offset"][1] < best[key][1]:
+            best[key] = st["clock_offset"]
+        st["clock_offset"] = best[key]
+
+
 def task_line(host: str, t: dict, selected: bool) -> str:
     c = [int(t.get(k, 0)) for k in COUNTERS]
     tid = f"t{t['tid']:x}"
@@ -121,7 +141,7 @@ def frame(now: Sample, before: Sample | None, sel: Selection, height: int = 0,
     ntasks = sum(1 for _, t in tasks if t.get("state") != "exited")
     head = [f"{title}  {len(now.hosts)} host{'s' * (len(now.hosts) != 1)}, {ntasks} task"
             f"{'s' * (ntasks != 1)}" + (f"  filter /{sel.filter}" if sel.filter else ""),
-            "", *host_lines(now, before), "", TASK_HEAD]
+            "", *host_lines(now, before), *clock_line(now), "", TASK_HEAD]
     room = max(height - len(head) - 1, 0) if height else len(tasks)
     first = max(0, min(sel.row - room + 1, len(tasks) - room)) if room < len(tasks) else 0
     return [*head, *(task_line(h, t, k == sel.row)  # only the rows that fit are laid out
