@@ -102,6 +102,8 @@ def do_trace(c: Console, args: list[str]) -> None:
             window = [float(w) / 1e3 for w in args[1:3]]
         except ValueError:
             raise CommandError(f"trace show {' '.join(args[1:])}: times in ms (FROM TO)") from None
+        if len(window) == 2 and not 0 <= window[0] < window[1]:
+            raise CommandError(f"trace show {' '.join(args[1:])}: FROM must be >= 0 and less than TO")
         events, names, _ = _trace(c)
         if _terminal(c) and not window and events:
             from pvmconsole.view.timeline import run as show  # full screen: zoom, scroll

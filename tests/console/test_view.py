@@ -106,7 +106,15 @@ def test_console_trace_save_and_show(vm, tmp_path):  # noqa: F811
         sends = [e["args"] for e in evs if e.get("name") == "psend"]
         assert sends == [{"dst": tid, "tag": 7, "bytes": 10}] * 4
         assert any(ln.startswith(f"{tid} traffic") and "s" in ln for ln in r.stdout.splitlines())
-        assert vm.run("trace bogus").returncode == 1
+        r = vm.run(f"trace bogus; trace save {tmp_path}/no/such/dir.json; trace show a b; "
+                   "trace show 5 1; view x; trace")
+        assert r.returncode == 1
+        assert r.stderr.splitlines() == [
+            "-e:1: trace: unknown trace operation 'bogus' (on, off, save, show, clear)",
+            f"-e:2: trace: {tmp_path}/no/such/dir.json: No such file or directory",
+            "-e:3: trace: trace show a b: times in ms (FROM TO)",
+            "-e:4: trace: trace show 5 1: FROM must be >= 0 and less than TO",
+            "-e:5: view: wrong #args", "-e:6: trace: wrong #args"], r.stderr
     finally:
         p.kill()
         p.wait(10)
@@ -177,3 +185,17 @@ def test_full_screen_view_in_a_terminal_filters_kills_and_quits(vm, tmp_path):  
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
+
+
+def test_timeline_window_zooms_and_scrolls_within_the_trace():
+    from pvmconsole.view.timeline import TimeWindow
+
+    w = TimeWindow(1.0)
+    w.zoom(0.5)
+    assert (w.start, w.end) == (0.25, 0.75)
+    w.scroll(-1.0)  # a whole window left: stops at the trace's start
+    assert (w.start, w.end) == (0.0, 0.5)
+    w.scroll(10.0)
+    assert (w.start, w.end) == (0.5, 1.0)
+    w.zoom(100.0)  # never wider than the trace
+    assert (w.start, w.end) == (0.0, 1.0)
