@@ -260,11 +260,13 @@ def chrome(events: Sequence[Event], names: Mapping[int, str], offsets: Mapping[s
 
 def diagram(events: Sequence[Event], names: Mapping[int, str], width: int = 100,
             start: float | None = None, end: float | None = None) -> list[str]:
-    """The space-time diagram as text: a line per task, time across *width* columns
-    from *start* to *end* (seconds from the first event; default: all). ``s`` a psend,
-    ``r`` the precv end that took a message, ``-`` waiting in precv, ``S``/``X`` spawn
-    and exit; a message's arrow is a ``|`` column between its sender's and receiver's
-    lines at the receive's time (``v``/``^`` at its end), as XPVM drew it."""
+    r"""The space-time diagram as text: a scale, then a line per task with a gap line
+    between two tasks, time across *width* columns from *start* to *end* (seconds from
+    the first event; default: all). On a task's line ``s`` is a psend, ``r`` the
+    receive that took a message, ``-`` waiting in a receive, ``S``/``X`` spawn and
+    exit. Each message is a line from its psend to its receive, as XPVM drew it: ``\``
+    going down, ``/`` going up, ``|`` when both are in one column, across the gap lines
+    and, between tasks further apart, the task lines it passes (where they are blank)."""
     if not events:
         return ["(no trace events)"]
     t0 = events[0].t
@@ -272,12 +274,11 @@ def diagram(events: Sequence[Event], names: Mapping[int, str], width: int = 100,
     b = (events[-1].t - t0 if end is None else end) or 1e-9
     b = max(b, a + 1e-9)
     tids = sorted({e.owner for e in events})
-    row = {t: k for k, t in enumerate(tids)}
-    grid = [[" "] * width for _ in tids]
+    row = {t: 2 * k for k, t in enumerate(tids)}  # gap lines between: odd rows
+    grid = [[" "] * width for _ in range(2 * len(tids) - 1)]
 
-    def col(t: float) -> int | None:
-        x = (t - t0 - a) / (b - a)
-        return int(x * (width - 1)) if 0 <= x <= 1 else None
+    def x(t: float) -> float:
+        return (t - t0 - a) / (b - a) * (width - 1)
 
     waiting: dict[int, float] = {}
     for e in events:
@@ -286,26 +287,27 @@ def diagram(events: Sequence[Event], names: Mapping[int, str], width: int = 100,
             waiting[e.owner] = e.t
             continue
         if e.kind == PRECV_END and e.owner in waiting:
-            x0, x1 = ((t - t0 - a) / (b - a) for t in (waiting.pop(e.owner), e.t))
-            if x1 >= 0 and x0 <= 1:  # the wait overlaps the window
-                for k in range(int(max(x0, 0) * (width - 1)), int(min(x1, 1) * (width - 1))):
-                    if grid[r][k] == " ":
-                        grid[r][k] = "-"
-        at = col(e.t)
-        if at is not None:
-            grid[r][at] = {PSEND: "s", PRECV_END: "r", SPAWN: "S", EXIT: "X"}[e.kind]
+            x0, x1 = x(waiting.pop(e.owner)), x(e.t)
+            for k in range(max(int(x0), 0), min(int(x1), width - 1) + 1):
+                if grid[r][k] == " ":
+                    grid[r][k] = "-"
+        if 0 <= x(e.t) <= width - 1:
+            grid[r][int(x(e.t))] = {PSEND: "s", PRECV_END: "r", SPAWN: "S", EXIT: "X"}[e.kind]
     for f in flows(events)[0]:
-        c = col(f.recv.t)
-        if c is None:
-            continue
         r0, r1 = row[f.send.owner], row[f.recv.owner]
+        if r0 == r1:
+            continue  # to itself: its s and r say it
+        xs, xr = x(f.send.t), x(f.recv.t)
         step = 1 if r1 > r0 else -1
         for r in range(r0 + step, r1, step):
-            if grid[r][c] in " -":
-                grid[r][c] = "|"
+            c = int(xs + (xr - xs) * (r - r0) / (r1 - r0) + 0.5)
+            if 0 <= c < width and grid[r][c] in " -":
+                grid[r][c] = "|" if int(xs + 0.5) == int(xr + 0.5) else "\\" if step > 0 else "/"
     labels = {t: f"t{t:x} {names.get(t, '')}" for t in tids}
     w = max(map(len, labels.values()))
     left, right = f"{a * 1e3:.3f} ms", f"{b * 1e3:.3f} ms"
     lines = [" " * w + " |" + left + right.rjust(width - len(left)) + "|"]
-    lines += [labels[t].ljust(w) + " |" + "".join(grid[row[t]]) + "|" for t in tids]
+    for r, cells in enumerate(grid):
+        label = labels[tids[r // 2]] if r % 2 == 0 else ""
+        lines.append(label.ljust(w) + " |" + "".join(cells) + "|")
     return lines

@@ -42,6 +42,7 @@ class TimeWindow:
 def run(events: Sequence[Event], names: dict[int, str]) -> None:
     """The diagram, until the user types q."""
     win = TimeWindow(events[-1].t - events[0].t if events else 0.0)
+    ntasks = len({e.owner for e in events})
 
     def text() -> str:
         size = app.output.get_size()
@@ -76,11 +77,11 @@ def run(events: Sequence[Event], names: dict[int, str]) -> None:
 
     @kb.add("up")
     def _up(event: KeyPressEvent) -> None:
-        win.row = max(win.row - 1, 0)
+        win.row = max(win.row - 2, 0)
 
     @kb.add("down")
     def _down(event: KeyPressEvent) -> None:
-        win.row = min(win.row + 1, max(len({e.owner for e in events}) - 1, 0))
+        win.row = min(win.row + 2, max(2 * ntasks - 2, 0))  # a task and its gap line
 
     @kb.add("0")
     def _all(event: KeyPressEvent) -> None:

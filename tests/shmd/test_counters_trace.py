@@ -118,10 +118,15 @@ def test_traced_ping_pong_has_exactly_its_messages_and_valid_chrome_json(daemon,
         assert all(e["dur"] >= 0 for e in evs if e["ph"] == "X")
         tracks = {e["tid"] for e in evs if e["ph"] == "M" and e["name"] == "thread_name"}
         assert tracks == {me.tid, peer.tid}
-        # and as text: one line per task (and the time scale)
+        # and as text: the time scale, a line per task, a gap line between them where
+        # the messages cross (going down from us to the peer, up on the way back)
         lines = trace.diagram(events, names, width=60)
-        assert len(lines) == 3 and all(len(ln) == len(lines[0]) for ln in lines)
-        assert lines[1].count("s") >= 1
+        assert len(lines) == 4 and all(len(ln) == len(lines[0]) for ln in lines)
+        first, second = sorted([me.tid, peer.tid])
+        assert lines[1].startswith(f"t{first:x} ") and lines[3].startswith(f"t{second:x} ")
+        assert "s" in lines[1] and "r" in lines[1] and "s" in lines[3] and "r" in lines[3]
+        gap = lines[2][lines[2].index("|") + 1:-1]
+        assert gap.strip() and set(gap) <= set(" \\/|"), lines
         assert dump(daemon)["events"] == []  # taken
     finally:
         peer.close()
@@ -135,3 +140,21 @@ def test_bad_trace_request_is_refused_and_the_daemon_goes_on(daemon):
         control.request("trace", daemon.vmid, set=7)
     assert dump(daemon, "off")["trace"] == 0
     assert os.path.exists(STAT)
+
+
+def test_diagram_draws_each_message_from_its_send_to_its_receive():
+    E = trace.Event
+    events = [E("h", 1, 0.0, trace.SPAWN, 1, 0, 0, 0), E("h", 2, 0.0, trace.SPAWN, 2, 0, 0, 0),
+              E("h", 3, 0.0, trace.SPAWN, 3, 0, 0, 0), E("h", 3, 0.05, trace.PRECV_START, -1, 3, -1, 0),
+              E("h", 1, 0.1, trace.PSEND, 1, 3, 5, 8), E("h", 2, 0.2, trace.PRECV_START, -1, 2, -1, 0),
+              E("h", 3, 0.5, trace.PRECV_END, 1, 3, 5, 8), E("h", 3, 0.6, trace.PSEND, 3, 2, 5, 8),
+              E("h", 2, 0.9, trace.PRECV_END, 3, 2, 5, 8), E("h", 1, 1.0, trace.EXIT, 1, 0, 0, 0)]
+    assert trace.diagram(events, {1: "a", 2: "b", 3: "c"}, width=50) == [
+        "     |0.000 ms                               1000.000 ms|",
+        "t1 a |S   s                                            X|",
+        "     |          \\                                       |",
+        "t2 b |S        ------\\----------------------------r     |",
+        "     |                    \\                /            |",
+        "t3 c |S ----------------------r    s                    |",
+    ]
+    assert trace.diagram([], {}) == ["(no trace events)"]
