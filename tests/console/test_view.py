@@ -200,3 +200,30 @@ def test_timeline_window_zooms_and_scrolls_within_the_trace():
     assert (w.start, w.end) == (0.5, 1.0)
     w.zoom(100.0)  # never wider than the trace
     assert (w.start, w.end) == (0.0, 1.0)
+
+
+def test_spawn_at_traces_only_the_spawned_tasks(vm, tmp_path):  # noqa: F811
+    prog = tmp_path / "traffic.py"
+    prog.write_text(TRAFFIC)
+    assert vm.run("conf").returncode == 0
+    untraced, _ = start(vm, tmp_path, 2, 5)  # host tracing is off: this one is not traced
+    try:
+        r = vm.run(f"spawn -@ {prog} 3 10")
+        assert r.returncode == 0 and "1 successful" in r.stdout, (r.stdout, r.stderr)
+        tid = re.search(r"^(t[0-9a-f]+)$", r.stdout, re.M)
+        assert tid, r.stdout
+        path = tmp_path / "spawned.json"
+
+        def traced() -> bool:
+            if vm.run(f"trace save {path}").returncode != 0:
+                return False
+            return sum(e.get("name") == "psend" for e in json.loads(path.read_text())["traceEvents"]) == 3
+        wait_for(traced, 20, "the spawned task's three sends in the trace")
+        evs = json.loads(path.read_text())["traceEvents"]
+        tracks = {e["args"]["name"].split()[0] for e in evs if e.get("name") == "thread_name"}
+        assert tracks == {tid.group(1)}, tracks  # the untraced task is not in it
+        assert [e["name"] for e in evs if e.get("ph") == "i"] == ["spawn"]
+        assert vm.run(f"kill {tid.group(1)}").returncode == 0
+    finally:
+        untraced.kill()
+        untraced.wait(10)
