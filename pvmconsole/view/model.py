@@ -53,9 +53,21 @@ def _rate(now: dict, before: dict | None, key: str) -> float:
     return d / dt if dt > 0 and d >= 0 else 0.0
 
 
+LEVELS = ".123456789#"  # a segment's pages in use, in tenths, when it has one column
+
+
 def bar(used: int, total: int, width: int = BAR) -> str:
     fill = round(width * used / total) if total else 0
     return "[" + "#" * fill + "." * (width - fill) + "]"
+
+
+def pages_bar(segs: list[dict]) -> str:
+    """Pages in use per segment as bars: 10 columns each for up to 2 segments, 4 for
+    up to 4, else one column each (``.`` none, ``1``-``9`` tenths, ``#`` full)."""
+    used = [(int(s["pages"]) - int(s["free"]), int(s["pages"])) for s in segs]
+    if len(used) > 4:
+        return "[" + "".join(LEVELS[round(10 * u / t) if t else 0] for u, t in used) + "]"
+    return "".join(bar(u, t, BAR if len(used) <= 2 else 4) for u, t in used)
 
 
 def tasks_of(sample: Sample) -> list[tuple[str, dict]]:
@@ -78,7 +90,7 @@ def shown_tasks(sample: Sample, sel: Selection) -> list[tuple[str, dict]]:
                             (f"t{t['tid']:x}", h, t.get("name", ""), t.get("state", "")))]
 
 
-HOST_HEAD = (f"{'HOST':<16} {'DAEMON':<8} {'LOAD':>5} {'TASKS':>5}  {'PAGES (used of each segment)':<30}"
+HOST_HEAD = (f"{'HOST':<16} {'DAEMON':<8} {'LOAD':>5} {'TASKS':>5}  {'PAGES USED (per segment)':<30}"
              f" {'MSG/s IN':>8} {'OUT':>7} {'B/s IN':>8} {'OUT':>7}")
 TASK_HEAD = (f"  {'TID':<9} {'HOST':<16} {'PROGRAM':<16} {'STATE':<8} {'SENT':>7} {'SENT B':>8}"
              f" {'RECVD':>7} {'RECVD B':>8}")
@@ -92,8 +104,7 @@ def host_lines(now: Sample, before: Sample | None) -> list[str]:
             continue
         prev = before.state(name) if before is not None else None
         segs = [s for s in st.get("segments", []) if isinstance(s, dict)]
-        pages = " ".join(bar(int(s["pages"]) - int(s["free"]), int(s["pages"]), 4 if len(segs) > 3
-                             else BAR) for s in segs)
+        pages = pages_bar(segs)
         used = sum(int(s["pages"]) - int(s["free"]) for s in segs)
         total = sum(int(s["pages"]) for s in segs)
         pages = f"{pages} {used}/{total}"

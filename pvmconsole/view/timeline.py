@@ -3,7 +3,8 @@
 The diagram itself is ``shmd.trace.diagram`` (the same text ``trace show`` prints when
 stdout is not a terminal); here only the window changes: ``+``/``-`` zoom in and out
 around the middle, left/right move a quarter of the window in time, up/down move
-through the tasks, ``0`` shows everything again, ``q`` back to the prompt.
+through the tasks, ``m`` fits the window to the messages (first send to last receive),
+``0`` shows everything again, ``q`` back to the prompt.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.layout import Layout, Window
 from prompt_toolkit.layout.controls import FormattedTextControl
 
-from shmd.trace import Event, diagram
+from shmd.trace import PRECV_END, PSEND, Event, diagram
 
-KEYS = "q quit  + - zoom  left right scroll time  up down scroll tasks  0 all"
+KEYS = "q quit  + - zoom  left right scroll time  up down scroll tasks  m messages  0 all"
 LABEL = 30  # columns the task names take, about
 
 
@@ -82,6 +83,14 @@ def run(events: Sequence[Event], names: dict[int, str]) -> None:
     @kb.add("down")
     def _down(event: KeyPressEvent) -> None:
         win.row = min(win.row + 2, max(2 * ntasks - 2, 0))  # a task and its gap line
+
+    @kb.add("m")
+    def _messages(event: KeyPressEvent) -> None:
+        sent = [e.t for e in events if e.kind in (PSEND, PRECV_END)]
+        if sent:
+            pad = (sent[-1] - sent[0]) * 0.02 + 1e-6
+            win.start = max(sent[0] - events[0].t - pad, 0.0)
+            win.end = min(sent[-1] - events[0].t + pad, win.span)
 
     @kb.add("0")
     def _all(event: KeyPressEvent) -> None:
