@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from pvmconsole.formats import HOST_W
 from pvmconsole.registry import CommandError
 from pvmconsole.runner import LineStream
+from pvmconsole.view import mask as trace_mask
 from pvmconsole.vmtable import HostRecord
 from shmd.errors import PvmBadParam, PvmCantStart, PvmError, PvmHostFail, PvmNoHost, PvmNotImpl, strerror
 from shmd.spawner import parse_err_line
@@ -200,8 +201,8 @@ class JobTable:
                 groups.setdefault(h.name, []).append(k)
         results: list[int | PvmError] = [h for h in where]  # type: ignore[misc]
         env = exported_env()
-        if req.trace:
-            env[TRACE_ENV] = "1"  # (shmd/trace.py)
+        if req.trace:  # the console's trace mask (shmd/trace.py)
+            env[TRACE_ENV] = str(trace_mask.bits(self.console))
         by_name = {h.name: h for h in hosts}
         streams: dict[str, LineStream] = {}
 

@@ -607,12 +607,13 @@ class Daemon:
         return error_reply(f"unknown request {op[:40]!r}")
 
     def trace_request(self, req: dict) -> dict:
-        """trace: "set" 0/1 turns tracing on or off for every task of this host; "dump"
+        """trace: "set" MASK has every task of this host trace those events (0: none); "dump"
         returns the events so far ("clear": and forgets them)."""
         h = layout.header(self.buf)
         if "set" in req:
-            if req["set"] not in (0, 1):
-                return error_reply(f"trace set {str(req['set'])[:20]!r}: 0 or 1")
+            if type(req["set"]) is not int or not 0 <= req["set"] <= trace.ALL:
+                return error_reply(f"trace set {str(req['set'])[:20]!r}: a mask from 0 to "
+                                   f"{trace.ALL} (trace.py)")
             h["trace"] = req["set"]
         self.drain_traces()
         if req.get("dump"):

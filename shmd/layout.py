@@ -77,7 +77,7 @@ H = {
     "reaped": (256, "Q"),
     "hups": (264, "Q"),
     "started": (272, "d"),
-    "trace": (280, "I"),  # 1: tasks record trace events (trace.py); tasks look now and then
+    "trace": (280, "I"),  # a mask: the events tasks record (trace.py); they look now and then
     # the message counters of the tasks that left or were reaped (the daemon adds them)
     "gone_sent": (288, "Q"),
     "gone_sent_bytes": (296, "Q"),

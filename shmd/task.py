@@ -88,8 +88,9 @@ class Task(Receiving, Sending):
         self.closed = False
         _open[self.vmid] = self
         self._tracing = self._i[layout.H_TRACE_I]
-        if os.environ.get(trace.ENV) == "1" or self._tracing:
-            trace.switch(self, 1, trace.SPAWN)  # spawned traced (spawn -@), or the host traces
+        mask = trace.env_mask(os.environ.get(trace.ENV)) or self._tracing
+        if mask:  # spawned traced (spawn -@), or the host traces
+            trace.switch(self, mask, trace.SPAWN)
 
     def _attach(self, buf: memoryview, h, paths_: calibrate.Choice) -> None:
         self._buf = buf
@@ -207,7 +208,7 @@ class Task(Receiving, Sending):
         try:
             self._publish()  # the daemon adds our counters to the host's on leave
             if trace.active(self):
-                trace.switch(self, 0, trace.EXIT)
+                trace.switch(self, 0, trace.EXIT)  # (recorded if its mask says so)
         except (ValueError, PvmError):
             pass  # (a view released by a failed attach)
         try:

@@ -26,11 +26,44 @@ from typing import Any
 
 from . import layout
 
-ENV = "PVM_TRACE"  # "1": the task traces from its join (spawn -@)
+ENV = "PVM_TRACE"  # a mask (below): the task traces from its join (spawn -@)
 EVENT = struct.Struct("<diiiiQ")  # time, kind, src, dst, tag, length
 SPAWN, EXIT, PSEND, PRECV_START, PRECV_END = 1, 2, 3, 4, 5
 KINDS = {SPAWN: "spawn", EXIT: "exit", PSEND: "psend", PRECV_START: "precv",
          PRECV_END: "precv end"}
+# A trace mask (the header's trace word, $PVM_TRACE): which events are recorded.
+BIT = {SPAWN: 1, EXIT: 2, PSEND: 4, PRECV_START: 8, PRECV_END: 8}
+ALL = 15
+# PVM's trace event names (its console's `trace` mask; the TEV table) and the events
+# of ours each stands for (0: a call this library has not, accepted and not recorded)
+PVM_EVENTS: dict[str, int] = {
+    **dict.fromkeys((
+        "addhosts barrier bcast bufinfo config delete delhosts freebuf getfds getinst "
+        "getopt getrbuf getsbuf gettid gsize halt initsend insert joingroup kill lookup "
+        "lvgroup mkbuf mstat mytid notify parent perror probe pstat sendsig setopt setrbuf "
+        "setsbuf start_pvmd tasks tickle tidtohost version reg_hoster reg_rm reg_tasker "
+        "reg_tracer archcode catchout getmwid gettmask hostsync packf reduce setmwid "
+        "settmask unpackf gather scatter putinfo getinfo delinfo getmboxinfo newcontext "
+        "freecontext setcontext getcontext siblings getminfo setminfo addmhf delmhf "
+        "mhf_invoke timing profiling user_defined").split(), 0),
+    **{f"{p}{t}": 0 for p in ("pk", "upk") for t in
+       ("byte", "cplx", "dcplx", "double", "float", "int", "uint", "long", "ulong", "short",
+        "ushort", "str")},
+    "send": 4, "psend": 4, "mcast": 4, "recv": 8, "precv": 8, "trecv": 8, "nrecv": 8,
+    "recvf": 8, "spawn": 1, "newtask": 1, "spntask": 1, "exit": 2, "endtask": 2}
+
+
+def mask_of(names) -> int:
+    """The mask of the events PVM event *names* stand for."""
+    m = 0
+    for n in names:
+        m |= PVM_EVENTS[n]
+    return m
+
+
+def env_mask(value: str | None) -> int:
+    """The mask $PVM_TRACE asks for (0: not traced; anything but a mask is not one)."""
+    return int(value) if value and value.isdigit() and 0 < int(value) <= ALL else 0
 MAX_KEPT = 1_000_000  # events a daemon keeps (older ones are dropped and counted lost)
 EVENTS_OFF = 64  # the events of a ring start here (its count is at its start)
 WRAPPED = ("psend", "precv", "precv_into", "precv_view")
@@ -39,17 +72,18 @@ _now = time.monotonic
 _pack = EVENT.pack_into
 
 
-def switch(task: Any, on: int, event: int = 0) -> None:
-    """Trace *task*'s calls from now (*on*) or stop; record *event* (SPAWN, EXIT) too."""
-    if not on:
-        if event:
-            _recorder(task)(event, task.tid, 0, 0, 0)
-        for name in WRAPPED:
-            task.__dict__.pop(name, None)
+def switch(task: Any, mask: int, event: int = 0) -> None:
+    """Trace *task*'s calls the *mask* names from now (0: none); record *event* (SPAWN
+    at a join, EXIT at a leave) if the mask it comes under names it."""
+    old = active(task)
+    for name in WRAPPED:
+        task.__dict__.pop(name, None)
+    task.__dict__["_trace_mask"] = mask
+    if event and (mask | old) & BIT[event]:
+        _recorder(task)(event, task.tid, 0, 0, 0)
+    if not mask & (BIT[PSEND] | BIT[PRECV_END]):
         return
     rec = _recorder(task)
-    if event:
-        rec(event, task.tid, 0, 0, 0)
     cls, tid = type(task), task.tid
     psend, precv, precv_into, precv_view = (getattr(cls, n) for n in WRAPPED)
 
@@ -77,13 +111,15 @@ def switch(task: Any, on: int, event: int = 0) -> None:
         rec(PRECV_END, v.src, tid, v.tag, v.data.nbytes)
         return v
 
-    task.psend, task.precv, task.precv_into, task.precv_view = (
-        t_psend, t_precv, t_precv_into, t_precv_view)
+    if mask & BIT[PSEND]:
+        task.psend = t_psend
+    if mask & BIT[PRECV_END]:
+        task.precv, task.precv_into, task.precv_view = t_precv, t_precv_into, t_precv_view
 
 
-def active(task: Any) -> bool:
-    """Are *task*'s calls traced now?"""
-    return "psend" in task.__dict__
+def active(task: Any) -> int:
+    """The mask *task* traces now (0: not traced)."""
+    return task.__dict__.get("_trace_mask", 0)
 
 
 def _recorder(task: Any):

@@ -11,6 +11,7 @@ import time
 from pvmconsole.console import Console
 from pvmconsole.hostlink import STAT_TIMEOUT
 from pvmconsole.registry import Command, CommandError
+from pvmconsole.view import mask
 from pvmconsole.view.model import Selection, frame, keep_best_clocks
 from pvmconsole.view.source import offsets, poll
 from pvmconsole.vm import VirtualMachine
@@ -82,9 +83,19 @@ def _trace(c: Console) -> tuple[list[trace.Event], dict[int, str], dict[str, flo
 
 
 def do_trace(c: Console, args: list[str]) -> None:
-    op = args[0]
-    if op in ("on", "off"):
-        for name, reply, (offset, within) in _on_hosts(c.machine(), op):
+    op = args[0] if args else ""
+    if op in ("", "+", "-", "*", "xpvm") or op.removeprefix("pvm_") in trace.PVM_EVENTS:
+        try:
+            mask.change(c, args)  # PVM's trace [+|-] name ...: the events recorded
+        except ValueError as e:
+            raise CommandError(str(e)) from None
+        if not args:
+            c.print(*mask.lines(c))
+    elif op in ("buf", "opt"):
+        raise CommandError(f"{op}: not implemented (events go to the hosts' trace rings)")
+    elif op in ("on", "off"):
+        word = str(mask.bits(c)) if op == "on" else "off"
+        for name, reply, (offset, within) in _on_hosts(c.machine(), word):
             c.print(f"{name}: trace {op}, clock offset {offset * 1e6:+.0f} us"
                     + (f" (+-{within * 1e6:.0f})" if within else "")
                     + f", {reply.get('events', 0)} events kept")
@@ -114,7 +125,7 @@ def do_trace(c: Console, args: list[str]) -> None:
     elif op == "clear":
         _on_hosts(c.machine(), "take")
     else:
-        raise CommandError(f"unknown trace operation {op!r} (on, off, save, show, clear)")
+        raise CommandError(f'no such event "{op}" (nor on, off, save, show, clear)')
 
 
 COMMANDS = [
@@ -126,11 +137,13 @@ COMMANDS = [
         "Keys: q quit, up/down select a task, k kill it, / filter, esc clear the filter.",
         "Not on a terminal (pvm -e view): one frame, printed.",
     ), do_view),
-    Command("trace", 2, 4, "Trace messages: on, off, save, show", (
-        "Syntax:  trace on | off        every task of every host records its messages",
+    Command("trace", 1, None, "Set/display trace event mask; trace on, off, save, show", (
+        "Syntax:  trace                 print the trace mask",
+        "         trace [+|-] name ...  add or remove PVM events (pvm_ optional), * all, xpvm",
+        "         trace on | off        every task of every host records the mask's events",
         "         trace save FILE       Chrome trace-event JSON (ui.perfetto.dev opens it)",
         "         trace show [FROM TO]  space-time diagram, times in ms from the first event",
         "         trace clear           forget the events kept so far",
-        "spawn -@ traces the spawned tasks alone.",
+        "spawn -@ traces the spawned tasks alone (the mask's events).",
     ), do_trace),
 ]

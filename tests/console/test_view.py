@@ -107,14 +107,14 @@ def test_console_trace_save_and_show(vm, tmp_path):  # noqa: F811
         assert sends == [{"dst": tid, "tag": 7, "bytes": 10}] * 4
         assert any(ln.startswith(f"{tid} traffic") and "s" in ln for ln in r.stdout.splitlines())
         r = vm.run(f"trace bogus; trace save {tmp_path}/no/such/dir.json; trace show a b; "
-                   "trace show 5 1; view x; trace")
+                   "trace show 5 1; view x; trace + send nosuch")
         assert r.returncode == 1
         assert r.stderr.splitlines() == [
-            "-e:1: trace: unknown trace operation 'bogus' (on, off, save, show, clear)",
+            '-e:1: trace: no such event "bogus" (nor on, off, save, show, clear)',
             f"-e:2: trace: {tmp_path}/no/such/dir.json: No such file or directory",
             "-e:3: trace: trace show a b: times in ms (FROM TO)",
             "-e:4: trace: trace show 5 1: FROM must be >= 0 and less than TO",
-            "-e:5: view: wrong #args", "-e:6: trace: wrong #args"], r.stderr
+            "-e:5: view: wrong #args", '-e:6: trace: no such event "nosuch"'], r.stderr
     finally:
         p.kill()
         p.wait(10)
@@ -224,6 +224,20 @@ def test_spawn_at_traces_only_the_spawned_tasks(vm, tmp_path):  # noqa: F811
         assert tracks == {tid.group(1)}, tracks  # the untraced task is not in it
         assert [e["name"] for e in evs if e.get("ph") == "i"] == ["spawn"]
         assert vm.run(f"kill {tid.group(1)}").returncode == 0
+        # PVM's trace mask: only sends (pvm_send), and nosuch refused leaving it whole
+        r = vm.run(f"trace clear; trace - *; trace + pvm_send; trace nosuch; trace; spawn -@ {prog} 2 10")
+        assert r.returncode == 1 and 'trace: no such event "nosuch"' in r.stderr
+        assert "Trace mask: send\nRecorded here: psend\n" in r.stdout, r.stdout
+        tid2 = re.search(r"^(t[0-9a-f]+)$", r.stdout, re.M)
+        assert tid2
+
+        def sent_twice() -> bool:
+            return vm.run(f"trace save {path}").returncode == 0 and sum(
+                e.get("name") == "psend" for e in json.loads(path.read_text())["traceEvents"]) == 2
+        wait_for(sent_twice, 20, "the second task's two sends")
+        names = {e["name"] for e in json.loads(path.read_text())["traceEvents"] if e.get("ph") != "M"}
+        assert names == {"psend"}, names  # no spawn, no precv: not in the mask
+        assert vm.run(f"kill {tid2.group(1)}").returncode == 0
     finally:
         untraced.kill()
         untraced.wait(10)

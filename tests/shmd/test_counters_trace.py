@@ -4,7 +4,6 @@ traced ping-pong's events, flows and Chrome JSON."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from daemons import STAT
@@ -76,10 +75,10 @@ def dump(daemon, op: str = "dump") -> dict:
 
 def test_traced_ping_pong_has_exactly_its_messages_and_valid_chrome_json(daemon, tmp_path):
     sizes = [8, 1, 88, 1000, 5000, 100000, 0, 8]
-    peer = Peer(env={**daemon.env(), trace.ENV: "1"})  # spawn -@: traced from its join
+    peer = Peer(env={**daemon.env(), trace.ENV: str(trace.ALL)})  # spawn -@: traced from its join
     try:
         with shmd.join(name="pinger") as me:
-            assert dump(daemon, "on")["trace"] == 1
+            assert dump(daemon, "on")["trace"] == trace.ALL
             idle(me)  # we see the word now: traced from here
             peer.start("for _ in range(n):\n    m = me.precv()\n    me.psend(m.src, m.tag, m.data)\n",
                        n=len(sizes))
@@ -136,10 +135,12 @@ def test_bad_trace_request_is_refused_and_the_daemon_goes_on(daemon):
     from shmd import control
     from shmd.errors import PvmError
 
-    with pytest.raises(PvmError, match="0 or 1"):
-        control.request("trace", daemon.vmid, set=7)
+    for bad in (16, -1, "1", None):
+        with pytest.raises(PvmError, match="a mask from 0 to 15"):
+            control.request("trace", daemon.vmid, set=bad)
     assert dump(daemon, "off")["trace"] == 0
-    assert os.path.exists(STAT)
+    r = daemon.run([STAT, "--trace", "16"])
+    assert r.returncode == 2 and "on, off, a mask from 0 to 15, dump or take" in r.stderr
 
 
 def test_diagram_draws_each_message_from_its_send_to_its_receive():
