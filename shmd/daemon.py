@@ -38,7 +38,10 @@ HUP_GRACE = 2.0  # seconds between TERM and KILL of a task on HUP
 TICK = 0.2  # liveness-check period (seconds)
 QUICK = 0.002  # re-check period for a task whose socket closed while it was still exiting
 QUICK_FOR = 1.0  # ... for at most this long (then the TICK check takes over)
-TRACE_DRAIN = 0.01  # while tracing, the task slots' trace rings are drained this often
+# While tracing, the task slots' trace rings are drained every drain_wait seconds: from
+# TRACE_DRAIN, halved (down to TRACE_DRAIN_MIN) after a drain that found a ring over half
+# full, doubled back after one that found every ring under an eighth full.
+TRACE_DRAIN, TRACE_DRAIN_MIN = 0.01, 0.001
 GONE_KEPT = 64  # tasks that left, kept (with their counters) for the console's view
 
 
@@ -69,6 +72,7 @@ class Daemon:
         self.running = True
         self.paths: dict | None = None  # the large-message paths measured (calibrate.py)
         self.tracer = trace.Collector()
+        self.drain_wait = TRACE_DRAIN
         self.gone: list[dict] = []  # the last GONE_KEPT tasks that left, newest last
         self.damage_seen: set[str] = set()
 
@@ -621,16 +625,21 @@ class Daemon:
         return {"trace": h["trace"], "events": len(self.tracer.events), "lost": self.tracer.lost}
 
     def drain_traces(self) -> None:
+        most = 0
         for i, t in self.slots():
             if t["tid"]:
-                self.tracer.drain(self.buf, self.m64, i, t["tid"], t["name"])
+                most = max(most, self.tracer.drain(self.buf, self.m64, i, t["tid"], t["name"]))
+        if most > layout.TRACE_EVENTS // 2:
+            self.drain_wait = max(self.drain_wait / 2, TRACE_DRAIN_MIN)
+        elif most < layout.TRACE_EVENTS // 8:
+            self.drain_wait = min(self.drain_wait * 2, TRACE_DRAIN)
 
     def loop(self) -> None:
         last = time.monotonic()
         while self.running:
             tracing = self.m32[layout.H_TRACE_I]
             wait = (0.0 if self.clients.busy else QUICK if self.suspects
-                    else TRACE_DRAIN if tracing else TICK)
+                    else self.drain_wait if tracing else TICK)
             for key, mask in self.sel.select(wait):
                 if key.data is self.clients:
                     self.clients.accept()

@@ -162,16 +162,17 @@ class Collector:
         m64[layout.trace_ring_off(i) // 8] = 0
         self.seen[i] = 0
 
-    def drain(self, buf: memoryview, m64: memoryview, i: int, owner: int, name: str) -> None:
-        """Take the events slot *i*'s task (*owner*) wrote since the last drain."""
+    def drain(self, buf: memoryview, m64: memoryview, i: int, owner: int, name: str) -> int:
+        """Take the events slot *i*'s task (*owner*) wrote since the last drain; return
+        how many it had written since (more than the ring holds: some were lost)."""
         base = layout.trace_ring_off(i)
         n, size = layout.TRACE_EVENTS, layout.TRACE_EVENT
         count, seen = m64[base // 8], self.seen[i]
         if count == seen:
-            return
+            return 0
         if not seen <= count <= seen + (1 << 40):  # a scribbled count: start again from it
             self.seen[i] = count
-            return
+            return 0
         first = max(seen, count - n)
         got = [EVENT.unpack_from(buf, base + EVENTS_OFF + (k % n) * size)
                for k in range(first, count)]
@@ -185,6 +186,7 @@ class Collector:
             drop = len(self.events) - MAX_KEPT
             del self.events[:drop]
             self.lost += drop
+        return count - seen
 
     def dump(self, clear: bool = False) -> dict:
         """The events so far (oldest first), for ``pvm_shmd_stat --trace dump``."""

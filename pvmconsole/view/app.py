@@ -24,7 +24,7 @@ from shmd.errors import PvmError
 
 REFRESH = 0.25  # seconds between redraws
 ROUND_GAP = 0.2  # seconds between the end of one round of samples and the next
-KEYS = "q quit  up/down select  k kill  / filter  esc clear"
+KEYS = "q quit  up/down select  tab hosts/tasks  k kill  / filter  esc clear"
 
 
 class Sampler:
@@ -79,11 +79,23 @@ def run(vm: VirtualMachine, title: Callable[[], str]) -> None:
 
     @kb.add("up")
     def _up(event: KeyPressEvent) -> None:
-        sel.row = max(0, sel.row - 1)
+        if sel.on_hosts:
+            sel.host = max(-1, sel.host - 1)  # -1: no host picked, every task shown
+        else:
+            sel.row = max(0, sel.row - 1)
 
     @kb.add("down")
     def _down(event: KeyPressEvent) -> None:
-        sel.row += 1  # frame() keeps it in range
+        if sel.on_hosts:
+            sel.host += 1  # frame() keeps both in range
+        else:
+            sel.row += 1
+
+    @kb.add("tab", filter=~typing)
+    def _switch(event: KeyPressEvent) -> None:
+        sel.on_hosts = not sel.on_hosts
+        if sel.on_hosts and sel.host < 0:
+            sel.host = 0
 
     @kb.add("/", filter=~typing)
     def _filter(event: KeyPressEvent) -> None:
@@ -96,6 +108,7 @@ def run(vm: VirtualMachine, title: Callable[[], str]) -> None:
     @kb.add("escape")
     def _clear(event: KeyPressEvent) -> None:
         mode["filter"], sel.filter = False, ""
+        sel.host, sel.on_hosts = -1, False
 
     @kb.add("backspace", filter=typing)
     def _back(event: KeyPressEvent) -> None:

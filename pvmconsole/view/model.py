@@ -30,10 +30,13 @@ class Sample:
 
 @dataclass
 class Selection:
-    """What the user picked: a row of the task table, and a filter on the tasks."""
+    """What the user picked: a row of the task table, a filter on the tasks, and a
+    host (its row in the hosts table, -1: none) whose tasks alone are shown."""
 
     row: int = 0
     filter: str = ""
+    host: int = -1
+    on_hosts: bool = False  # the up/down keys move in the hosts table
 
 
 def _num(x: float) -> str:
@@ -85,9 +88,10 @@ def tasks_of(sample: Sample) -> list[tuple[str, dict]]:
 def shown_tasks(sample: Sample, sel: Selection) -> list[tuple[str, dict]]:
     """The tasks the filter lets through (its text in the tid, host, program or state)."""
     f = sel.filter.lower()
+    only = sample.hosts[sel.host][0] if 0 <= sel.host < len(sample.hosts) else None
     return [(h, t) for h, t in tasks_of(sample)
-            if not f or any(f in str(x).lower() for x in
-                            (f"t{t['tid']:x}", h, t.get("name", ""), t.get("state", "")))]
+            if (only is None or h == only) and (not f or any(f in str(x).lower() for x in
+                            (f"t{t['tid']:x}", h, t.get("name", ""), t.get("state", ""))))]
 
 
 HOST_HEAD = (f"{'HOST':<16} {'DAEMON':<8} {'LOAD':>5} {'TASKS':>5}  {'PAGES USED (per segment)':<30}"
@@ -96,9 +100,12 @@ TASK_HEAD = (f"  {'TID':<9} {'HOST':<16} {'PROGRAM':<16} {'STATE':<8} {'SENT':>7
              f" {'RECVD':>7} {'RECVD B':>8}")
 
 
-def host_lines(now: Sample, before: Sample | None) -> list[str]:
+def host_lines(now: Sample, before: Sample | None, picked: int = -1) -> list[str]:
+    """The hosts table; host number *picked* marked (``>`` before its name)."""
     lines = [HOST_HEAD]
-    for name, st in now.hosts:
+    for k, (name, st) in enumerate(now.hosts):
+        if k == picked:
+            name = ">" + name
         if not isinstance(st, dict):
             lines.append(f"{name[:16]:<16} {'down':<8} {st[:80]}")
             continue
@@ -147,12 +154,14 @@ def frame(now: Sample, before: Sample | None, sel: Selection, height: int = 0,
           title: str = "") -> list[str]:
     """The view's lines: a title, the hosts table, the tasks table (from *sel.row* on
     when the tasks do not fit in *height* lines; 0: no limit), a key help line."""
+    sel.host = max(-1, min(sel.host, len(now.hosts) - 1))
     tasks = shown_tasks(now, sel)
     sel.row = max(0, min(sel.row, len(tasks) - 1))
     ntasks = sum(1 for _, t in tasks if t.get("state") != "exited")
     head = [f"{title}  {len(now.hosts)} host{'s' * (len(now.hosts) != 1)}, {ntasks} task"
-            f"{'s' * (ntasks != 1)}" + (f"  filter /{sel.filter}" if sel.filter else ""),
-            "", *host_lines(now, before), *clock_line(now), "", TASK_HEAD]
+            f"{'s' * (ntasks != 1)}" + (f"  filter /{sel.filter}" if sel.filter else "")
+            + (f"  host {now.hosts[sel.host][0]}" if sel.host >= 0 else ""),
+            "", *host_lines(now, before, sel.host), *clock_line(now), "", TASK_HEAD]
     room = max(height - len(head) - 1, 0) if height else len(tasks)
     first = max(0, min(sel.row - room + 1, len(tasks) - room)) if room < len(tasks) else 0
     return [*head, *(task_line(h, t, k == sel.row)  # only the rows that fit are laid out

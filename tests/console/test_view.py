@@ -137,6 +137,11 @@ def test_frame_keeps_the_selection_in_range_and_filters():
     sel = Selection(filter="p1")
     assert [ln.split()[1] for ln in frame(Sample([("h1", st)]), None, sel) if "p" in ln[-60:]
             and ln[:2] in ("> ", "  ") and ln.split()[1].startswith("t4")] == ["t40003"]
+    # a host picked: its row marked, its tasks alone (h2's one task left out)
+    other = {**st, "tasks": [{"tid": 0x80002, "name": "far", "state": "precv"}]}
+    lines = frame(Sample([("h1", st), ("h2", other)]), None, Selection(host=1))
+    assert any(ln.startswith(">h2 ") for ln in lines) and "host h2" in lines[0]
+    assert [ln.split()[1] for ln in lines if ln[:2] in ("> ", "  ") and " t" in ln[:4]] == ["t80002"]
 
 
 def test_full_screen_view_in_a_terminal_filters_kills_and_quits(vm, tmp_path):  # noqa: F811
