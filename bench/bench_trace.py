@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 import shmd  # noqa: E402
-from shmd import control  # noqa: E402
+from shmd import control, trace  # noqa: E402
 
 MP = multiprocessing.get_context("fork")
 BIN = os.path.dirname(sys.executable)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(a.repeat):
             control.request("trace", vmid, set=0)
             off = pair(vmid, a.size, a.iters, a.iters // 10)
-            control.request("trace", vmid, set=1)
+            control.request("trace", vmid, set=trace.ALL)
             on = pair(vmid, a.size, a.iters, a.iters // 10)
             d = control.request("trace", vmid, set=0, dump=True, clear=True)
             offs.append(off)

@@ -159,8 +159,9 @@ T_SENT_Q = index(T["sent"], 8)  # then sent_bytes, recvd, recvd_bytes (COUNTERS)
 T_BLOCKED_I = index(T["blocked"], 4)
 H_TRACE_I = index(H["trace"], 4)
 
-# The trace rings (trace.py): per task slot, a count of events written (int64), then
-# TRACE_EVENTS events of TRACE_EVENT bytes, written by the slot's task alone.
+# The trace rings (trace.py): per task slot, a count of events written (int64, by the
+# slot's task), a count of events drained (int64, by pvm_shmd), then at 64 TRACE_EVENTS
+# events of TRACE_EVENT bytes, written by the slot's task alone.
 TRACE_EVENT = 32
 TRACE_EVENTS = 1024
 TRACE_RING = 64 + TRACE_EVENT * TRACE_EVENTS

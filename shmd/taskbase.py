@@ -183,6 +183,9 @@ class TaskBase:
         if on != self._tracing:  # trace on/off on our host: follow it (spawn -@ or not)
             self._tracing = on
             trace.switch(self, on)
+        noted = self.__dict__.get("_trace_rec")  # (note, flush) once traced
+        if noted is not None:
+            noted[1]()  # events a traced task noted go to its ring while it is idle
 
     def _sent(self, n: int) -> None:
         """Count a message of *n* bytes sent (the general paths; psend's fast path has

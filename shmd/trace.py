@@ -3,7 +3,10 @@
 A traced task records an event for each ``psend``, ``precv``/``precv_into``/``precv_view``
 (start and end), its join (SPAWN) and its leave (EXIT): 32 bytes (``EVENT``: monotonic
 time, kind, source, destination, tag, length) stored in its own slot's trace ring in
-segment 0 (``layout.trace_ring_off``), one writer per ring: stores, no system call.
+segment 0 (``layout.trace_ring_off``), one writer per ring: stores, no system call. The
+events are noted in a list first and written when a receive starts (the task is about
+to wait), when the task is idle (taskbase.py, _publish), every NOTED events, at a
+switch and when it leaves.
 
 Tracing is on for a task spawned with ``$PVM_TRACE=1`` (the console's ``spawn -@``) and
 for every task of a host whose header trace word is 1 (``trace on``). A task looks at
@@ -79,14 +82,18 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
     for name in WRAPPED:
         task.__dict__.pop(name, None)
     task.__dict__["_trace_mask"] = mask
+    rec, flush = _recorder(task)
     if event and (mask | old) & BIT[event]:
-        _recorder(task)(event, task.tid, 0, 0, 0)
+        rec(event, task.tid, 0, 0, 0)
+    flush()  # (a switch, a join, a leave: what was noted goes to the ring now)
     if not mask & (BIT[PSEND] | BIT[PRECV_END]):
         return
-    rec = _recorder(task)
     cls, tid = type(task), task.tid
     psend, precv, precv_into, precv_view = (getattr(cls, n) for n in WRAPPED)
 
+    # A receive's start is where the events noted so far are written to the ring: the
+    # task is about to wait, the sender works meanwhile. A send and a receive's end are
+    # only noted (the time and a tuple), which is all they add to a message's way.
     def t_psend(dest: int, tag: int, data, timeout: float | None = None) -> None:
         n = len(data) if type(data) is bytes else memoryview(data).nbytes
         rec(PSEND, tid, dest, tag, n)
@@ -94,6 +101,7 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
 
     def t_precv(source: int = -1, tag: int = -1, timeout: float | None = None):
         rec(PRECV_START, source, tid, tag, 0)
+        flush()
         m = precv(task, source, tag, timeout)
         rec(PRECV_END, m.src, tid, m.tag, len(m.data))
         return m
@@ -101,12 +109,14 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
     def t_precv_into(buffer, source: int = -1, tag: int = -1,
                      timeout: float | None = None) -> tuple[int, int, int]:
         rec(PRECV_START, source, tid, tag, 0)
+        flush()
         got = precv_into(task, buffer, source, tag, timeout)
         rec(PRECV_END, got[0], tid, got[1], got[2])
         return got
 
     def t_precv_view(source: int = -1, tag: int = -1, timeout: float | None = None):
         rec(PRECV_START, source, tid, tag, 0)
+        flush()
         v = precv_view(task, source, tag, timeout)
         rec(PRECV_END, v.src, tid, v.tag, v.data.nbytes)
         return v
@@ -123,12 +133,18 @@ def active(task: Any) -> int:
 
 
 def _recorder(task: Any):
-    """The function that appends one event to *task*'s trace ring: one per task (it
-    keeps the ring's count; a call traced before a switch may end after it)."""
-    rec = task.__dict__.get("_trace_rec")
-    if rec is None:
-        rec = task.__dict__["_trace_rec"] = _new_recorder(task)
-    return rec
+    """(note, flush) of *task*: ``note(kind, src, dst, tag, length)`` keeps an event
+    (stamped now) in a list, ``flush()`` writes the kept ones to the task's trace ring;
+    at NOTED kept events note flushes by itself. One pair per task: it keeps the
+    ring's count, and a call traced before a switch may end after it."""
+    pair = task.__dict__.get("_trace_rec")
+    if pair is None:
+        pair = task.__dict__["_trace_rec"] = _new_recorder(task)
+    return pair
+
+
+NOTED = 64  # events a task keeps before it writes them to its ring
+BACKLOG = 1 << 16  # events it keeps while its ring has no room (the daemon is behind)
 
 
 def _new_recorder(task: Any):
@@ -137,14 +153,27 @@ def _new_recorder(task: Any):
     c, ev = base // 8, base + EVENTS_OFF
     n, size = layout.TRACE_EVENTS, layout.TRACE_EVENT
     k = q[c]  # we alone write the count: kept here too, not read back per event
+    noted: list[tuple] = []
+    keep = noted.append
 
-    def rec(kind: int, src: int, dst: int, tag: int, length: int) -> None:
+    def flush() -> None:
         nonlocal k
-        _pack(buf, ev + (k % n) * size, _now(), kind, src, dst, tag, length)
-        k += 1
-        q[c] = k  # after the event: a reader never takes a half-written one
+        # what pvm_shmd has not drained yet is not overwritten while we can keep it
+        room = n - (k - q[c + 1]) if len(noted) < BACKLOG else len(noted)
+        if room <= 0:
+            return
+        for e in noted[:room]:
+            _pack(buf, ev + (k % n) * size, *e)
+            k += 1
+        del noted[:room]
+        q[c] = k  # after the events: a reader never takes a half-written one
 
-    return rec
+    def note(kind: int, src: int, dst: int, tag: int, length: int) -> None:
+        keep((_now(), kind, src, dst, tag, length))
+        if len(noted) >= NOTED:
+            flush()
+
+    return note, flush
 
 
 class Collector:
@@ -159,7 +188,7 @@ class Collector:
 
     def joined(self, m64: memoryview, i: int) -> None:
         """A new task in slot *i*: its ring starts empty."""
-        m64[layout.trace_ring_off(i) // 8] = 0
+        m64[layout.trace_ring_off(i) // 8] = m64[layout.trace_ring_off(i) // 8 + 1] = 0
         self.seen[i] = 0
 
     def drain(self, buf: memoryview, m64: memoryview, i: int, owner: int, name: str) -> int:
@@ -171,7 +200,7 @@ class Collector:
         if count == seen:
             return 0
         if not seen <= count <= seen + (1 << 40):  # a scribbled count: start again from it
-            self.seen[i] = count
+            self.seen[i] = m64[base // 8 + 1] = count
             return 0
         first = max(seen, count - n)
         got = [EVENT.unpack_from(buf, base + EVENTS_OFF + (k % n) * size)
@@ -181,7 +210,7 @@ class Collector:
         self.lost += (first - seen) + min(keep, len(got))
         self.names[owner] = name
         self.events.extend((owner, *e) for e in got[keep:])
-        self.seen[i] = count
+        self.seen[i] = m64[base // 8 + 1] = count  # drained: the task may write over them
         if len(self.events) > MAX_KEPT:
             drop = len(self.events) - MAX_KEPT
             del self.events[:drop]

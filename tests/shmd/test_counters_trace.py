@@ -119,7 +119,9 @@ def test_traced_ping_pong_has_exactly_its_messages_and_valid_chrome_json(daemon,
         assert tracks == {me.tid, peer.tid}
         # and as text: the time scale, a line per task, a gap line between them where
         # the messages cross (going down from us to the peer, up on the way back)
-        lines = trace.diagram(events, names, width=60)
+        t0 = events[0].t  # the ping-pong's part, across 200 columns
+        first = next(e.t for e in events if e.kind == trace.PSEND) - t0
+        lines = trace.diagram(events, names, 200, first, events[-1].t - t0)
         assert len(lines) == 4 and all(len(ln) == len(lines[0]) for ln in lines)
         first, second = sorted([me.tid, peer.tid])
         assert lines[1].startswith(f"t{first:x} ") and lines[3].startswith(f"t{second:x} ")
