@@ -370,7 +370,9 @@ def diagram(events: Sequence[Event], names: Mapping[int, str], width: int = 100,
             c = int(xs + (xr - xs) * (r - r0) / (r1 - r0) + 0.5)
             if 0 <= c < width and grid[r][c] in " -":
                 grid[r][c] = "|" if int(xs + 0.5) == int(xr + 0.5) else "\\" if step > 0 else "/"
-    labels = {t: f"t{t:x} {names.get(t, '')}" for t in tids}
+    # (a name is what its task joined with: control characters shown as ?, not sent)
+    labels = {t: "".join(ch if ch.isprintable() else "?" for ch in f"t{t:x} {names.get(t, '')}")
+              for t in tids}
     w = max(map(len, labels.values()))
     left, right = f"{a * 1e3:.3f} ms", f"{b * 1e3:.3f} ms"
     lines = [" " * w + " |" + left + right.rjust(width - len(left)) + "|"]

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pvmconsole.console import printable
 from shmd.layout import COUNTERS
 
 BAR = 10  # columns of a segment's pages bar
@@ -104,10 +105,9 @@ def host_lines(now: Sample, before: Sample | None, picked: int = -1) -> list[str
     """The hosts table; host number *picked* marked (``>`` before its name)."""
     lines = [HOST_HEAD]
     for k, (name, st) in enumerate(now.hosts):
-        if k == picked:
-            name = ">" + name
+        label = (">" if k == picked else "") + name
         if not isinstance(st, dict):
-            lines.append(f"{name[:16]:<16} {'down':<8} {st[:80]}")
+            lines.append(f"{label[:16]:<16} {'down':<8} {printable(st)[:80]}")
             continue
         prev = before.state(name) if before is not None else None
         segs = [s for s in st.get("segments", []) if isinstance(s, dict)]
@@ -116,7 +116,7 @@ def host_lines(now: Sample, before: Sample | None, picked: int = -1) -> list[str
         total = sum(int(s["pages"]) for s in segs)
         pages = f"{pages} {used}/{total}"
         rates = [_rate(st, prev, k) for k in ("recvd", "sent", "recvd_bytes", "sent_bytes")]
-        lines.append(f"{name[:16]:<16} {'pid ' + str(st.get('pid', '?')):<8} "
+        lines.append(f"{label[:16]:<16} {'pid ' + str(st.get('pid', '?')):<8} "
                      f"{float(st.get('load', 0)):5.2f} {len(st.get('tasks', [])):5d}  {pages:<30}"
                      f" {_num(rates[0]):>8} {_num(rates[1]):>7} {_num(rates[2]):>8} {_num(rates[3]):>7}")
     return lines
@@ -146,7 +146,7 @@ def task_line(host: str, t: dict, selected: bool) -> str:
     c = [int(t.get(k, 0)) for k in COUNTERS]
     tid = f"t{t['tid']:x}"
     return (f"{'>' if selected else ' '} {tid:<9} {host[:16]:<16} "
-            f"{str(t.get('name', ''))[:16]:<16} {STATES.get(t.get('state', ''), '?'):<8}"
+            f"{printable(str(t.get('name', '')))[:16]:<16} {STATES.get(t.get('state', ''), '?'):<8}"
             f" {_num(c[0]):>7} {_num(c[1]):>8} {_num(c[2]):>7} {_num(c[3]):>8}")
 
 

@@ -142,6 +142,11 @@ def test_frame_keeps_the_selection_in_range_and_filters():
     lines = frame(Sample([("h1", st), ("h2", other)]), None, Selection(host=1))
     assert any(ln.startswith(">h2 ") for ln in lines) and "host h2" in lines[0]
     assert [ln.split()[1] for ln in lines if ln[:2] in ("> ", "  ") and " t" in ln[:4]] == ["t80002"]
+    lines = frame(Sample([("h1", later)]), Sample([("h1", st)]), Selection(host=0))
+    assert next(ln for ln in lines if ln.startswith(">h1 ")).split()[-4:] == ["10", "20", "80", "160"]
+    # a name with a terminal's control characters is shown, not sent to the terminal
+    evil = {**st, "tasks": [{"tid": 0x40002, "name": "x\x1b]2;pwn\x07", "state": "running"}]}
+    assert not any("\x1b" in ln for ln in frame(Sample([("h1", evil)]), None, Selection()))
 
 
 def test_full_screen_view_in_a_terminal_filters_kills_and_quits(vm, tmp_path):  # noqa: F811
