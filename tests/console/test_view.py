@@ -149,53 +149,86 @@ def test_frame_keeps_the_selection_in_range_and_filters():
     assert not any("\x1b" in ln for ln in frame(Sample([("h1", evil)]), None, Selection()))
 
 
-def test_full_screen_view_in_a_terminal_filters_kills_and_quits(vm, tmp_path):  # noqa: F811
-    assert vm.run("conf").returncode == 0
-    p, tid = start(vm, tmp_path, 2, 8)
-    env = {**vm.env, "TERM": "xterm", "PVM_TMP": vm.tmp, "PVM_VMID": vm.vmid}
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the console, full screen in a terminal 120 x 30
-        os.execve(PVM, [PVM, "--norc", "--view"], env)
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
-    seen = bytearray()
+class Terminal:
+    """The console run in a pseudo-terminal of 120 x 30 (full-screen apps draw there)."""
 
-    def until(text: bytes, timeout: float = 20) -> None:
+    def __init__(self, env: dict, *args: str):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the console
+            os.execve(PVM, [PVM, "--norc", *args], {**env, "TERM": "xterm"})
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+        self.seen = bytearray()
+
+    def until(self, text: bytes, timeout: float = 20) -> None:
+        """Read the screen until *text* is on it (the screen is drawn with cursor moves
+        for blanks: single words are looked for)."""
         deadline = time.monotonic() + timeout
-        while text not in seen:
+        while text not in self.seen:
             left = deadline - time.monotonic()
-            assert left > 0, f"no {text!r} on the screen: {bytes(seen[-2000:])!r}"
-            if select.select([fd], [], [], left)[0]:
+            assert left > 0, f"no {text!r} on the screen: {bytes(self.seen[-2000:])!r}"
+            if select.select([self.fd], [], [], left)[0]:
                 try:
-                    seen.extend(os.read(fd, 65536))
+                    self.seen.extend(os.read(self.fd, 65536))
                 except OSError:  # the console exited
                     break
 
+    def type(self, keys: bytes) -> None:
+        os.write(self.fd, keys)
+
+    def status(self) -> int:
+        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
+    def close(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(self.fd)
+
+
+def test_full_screen_view_in_a_terminal_filters_kills_and_quits(vm, tmp_path):  # noqa: F811
+    assert vm.run("conf").returncode == 0
+    p, tid = start(vm, tmp_path, 2, 8)
+    term = Terminal({**vm.env, "PVM_TMP": vm.tmp, "PVM_VMID": vm.vmid}, "--view")
     try:
-        # (the screen is drawn with cursor moves for blanks: single words are looked for)
-        until(tid.encode())  # the task's row
-        until(b"traffic")
-        os.write(fd, b"/nomatch")
-        until(b"/nomatch_")
-        del seen[:]
-        os.write(fd, b"\x1b")  # esc: the filter is cleared (once prompt_toolkit has
-        until(b"quit")  # waited to see no key follows it: the key help is back)
-        os.write(fd, b"k")  # the one task is selected: killed, as `kill` does
+        term.until(tid.encode())  # the task's row
+        term.until(b"traffic")
+        term.type(b"/nomatch")
+        term.until(b"/nomatch_")
+        del term.seen[:]
+        term.type(b"\x1b")  # esc: the filter is cleared (once prompt_toolkit has waited
+        term.until(b"quit")  # to see no key follows it: the key help is back)
+        term.type(b"k")  # the one task is selected: killed, as `kill` does
         assert p.wait(20) == -signal.SIGTERM
-        until(b"killed")
-        os.write(fd, b"q")
-        until(b"running.")  # "pvmd still running.": back at the prompt, then quit
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        term.until(b"killed")
+        term.type(b"q")
+        term.until(b"running.")  # "pvmd still running.": back at the prompt, then quit
+        assert term.status() == 0
     finally:
         if p.poll() is None:
             p.kill()
             p.wait(10)
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+        term.close()
+
+
+def test_trace_show_in_a_terminal_is_full_screen(vm, tmp_path):  # noqa: F811
+    assert vm.run("conf; trace on").returncode == 0
+    p, tid = start(vm, tmp_path, 3, 10)
+    term = Terminal({**vm.env, "PVM_TMP": vm.tmp, "PVM_VMID": vm.vmid}, "-e", "trace show")
+    try:
+        term.until(b"messages")  # the key help: full screen
+        term.until(tid.encode())  # the task's line
+        del term.seen[:]
+        term.type(b"m")  # the window fits the messages: the diagram is redrawn, wider
+        term.until(b"---")  # (a wait in a receive, now a few columns long)
+        term.type(b"q")
+        term.until(b"running.")
+        assert term.status() == 0
+    finally:
+        p.kill()
+        p.wait(10)
+        term.close()
 
 
 def test_timeline_window_zooms_and_scrolls_within_the_trace():
