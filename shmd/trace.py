@@ -8,14 +8,17 @@ events are noted in a list first and written when a receive starts (the task is 
 to wait), when the task is idle (taskbase.py, _publish), every NOTED events, at a
 switch and when it leaves.
 
-Tracing is on for a task spawned with ``$PVM_TRACE=1`` (the console's ``spawn -@``) and
-for every task of a host whose header trace word is 1 (``trace on``). A task looks at
+What is recorded is a mask (``BIT``; PVM's event names map to it: ``PVM_EVENTS``):
+for a task spawned with ``$PVM_TRACE=<mask>`` (the console's ``spawn -@``) and for
+every task of a host whose header trace word is a mask (``trace on``). A task looks at
 that word when it publishes its counters (idle, every PUBLISH_EVERY sends); its calls
 are then wrapped (``switch``): with tracing off the task runs the plain methods, so
 nothing is checked per message at all.
 
-pvm_shmd drains the rings (``Collector``) every loop turn while tracing is on, when a
-task leaves, and when asked (``pvm_shmd_stat --trace dump``). ``chrome`` turns the
+pvm_shmd drains the rings (``Collector``) every few milliseconds while tracing is on,
+when a task leaves, and when asked (``pvm_shmd_stat --trace dump``); it stores how far
+it drained beside the count, and a task keeps (up to BACKLOG) what its ring has no
+room for rather than write over events not drained. ``chrome`` turns the
 events of every host into Chrome trace-event JSON (Perfetto, chrome://tracing), and
 ``diagram`` draws them as text, time across and one line per task.
 """
