@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 from pvmconsole.formats import HOST_W
 from pvmconsole.registry import CommandError
 from pvmconsole.runner import LineStream
+from pvmconsole.view import mask as trace_mask
 from pvmconsole.vmtable import HostRecord
 from shmd.errors import PvmBadParam, PvmCantStart, PvmError, PvmHostFail, PvmNoHost, PvmNotImpl, strerror
 from shmd.spawner import parse_err_line
 from shmd.tids import CONSOLE_TID, host_of, parse
+from shmd.trace import ENV as TRACE_ENV
 
 if TYPE_CHECKING:
     from pvmconsole.console import Console
@@ -45,11 +47,12 @@ class SpawnRequest:
     output: str | None = None  # None | "console" | "file"
     path: str | None = None  # ->file / ->>file
     append: bool = False
+    trace: bool = False  # -@: the tasks record trace events from their join
 
 
 def parse_spawn(words: Sequence[str]) -> SpawnRequest:
     """PVM's spawn options (each its own word, before the program): -N count,
-    -host, -ARCH, --host=ADDR, [-host|-ARCH|-]:wd, -~host, ->, ->file, ->>file."""
+    -host, -ARCH, --host=ADDR, [-host|-ARCH|-]:wd, -~host, ->, ->file, ->>file, -@."""
     req = SpawnRequest("", [])
     i = 0
     while i < len(words) and words[i].startswith("-") and len(words[i]) > 1:
@@ -67,8 +70,8 @@ def parse_spawn(words: Sequence[str]) -> SpawnRequest:
             req.output, req.path = ("console", None) if w == ">" else ("file", w[1:])
         elif w[0] == "?":
             raise PvmError(PvmNotImpl, "-? (start under a debugger)")
-        elif w[0] == "@":
-            raise PvmError(PvmNotImpl, "-@ (tracing)")
+        elif w == "@":
+            req.trace = True
         else:
             if w.startswith("-host="):
                 where, _, wd = w[len("-host="):].partition(":")
@@ -198,6 +201,8 @@ class JobTable:
                 groups.setdefault(h.name, []).append(k)
         results: list[int | PvmError] = [h for h in where]  # type: ignore[misc]
         env = exported_env()
+        if req.trace:  # the console's trace mask (shmd/trace.py)
+            env[TRACE_ENV] = str(trace_mask.bits(self.console))
         by_name = {h.name: h for h in hosts}
         streams: dict[str, LineStream] = {}
 

@@ -44,6 +44,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="debug mask (hex 0x.., octal 0.. or decimal), given to each pvm_shmd")
     p.add_argument("-n", dest="name", metavar="HOSTNAME", help="name of the master host")
     p.add_argument("--norc", action="store_true", help="don't run $HOME/.pvmrc")
+    src.add_argument("--view", action="store_true", help="run the view command, then quit")
     return p.parse_args(argv)
 
 
@@ -69,6 +70,8 @@ def say(msg: str) -> None:
 
 def script_lines(args: argparse.Namespace) -> tuple[Iterable[str], str] | None:
     """The scripted input and its name for messages, or None for interactive use."""
+    if args.view:
+        return ["view"], "--view"
     if args.commands is not None:
         return split_commands(args.commands), "-e"
     if args.file is not None:

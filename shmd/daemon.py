@@ -25,7 +25,7 @@ import traceback
 
 import sysv_ipc
 
-from . import calibrate, handshake, hostenv, ipc, layout, pagemap, paths, private, tids
+from . import calibrate, handshake, hostenv, ipc, layout, pagemap, paths, private, tids, trace
 from .clients import Client, Clients, error_reply
 from .errors import PvmDenied, PvmExists, PvmOutOfRes
 from .exits import DaemonExit
@@ -38,6 +38,11 @@ HUP_GRACE = 2.0  # seconds between TERM and KILL of a task on HUP
 TICK = 0.2  # liveness-check period (seconds)
 QUICK = 0.002  # re-check period for a task whose socket closed while it was still exiting
 QUICK_FOR = 1.0  # ... for at most this long (then the TICK check takes over)
+# While tracing, the task slots' trace rings are drained every drain_wait seconds: from
+# TRACE_DRAIN, halved (down to TRACE_DRAIN_MIN) after a drain that found a ring over half
+# full, doubled back after one that found every ring under an eighth full.
+TRACE_DRAIN, TRACE_DRAIN_MIN = 0.01, 0.001
+GONE_KEPT = 64  # tasks that left, kept (with their counters) for the console's view
 
 
 class StartError(Exception):
@@ -66,6 +71,9 @@ class Daemon:
         self.dtid = tids.dtid(opts.host)
         self.running = True
         self.paths: dict | None = None  # the large-message paths measured (calibrate.py)
+        self.tracer = trace.Collector()
+        self.drain_wait = TRACE_DRAIN
+        self.gone: list[dict] = []  # the last GONE_KEPT tasks that left, newest last
         self.damage_seen: set[str] = set()
 
     # ---- start-up -------------------------------------------------------------------
@@ -301,6 +309,7 @@ class Daemon:
                      ("lock_id", lock.id), ("wake_key", wake.key), ("wake_id", wake.id),
                      ("state", layout.ACTIVE)):
             t[k] = v
+        self.tracer.joined(self.m64, free)
         t["tid"] = tid  # last: a slot with a tid is complete
         h["joined"] = h["joined"] + 1
         client.slot = free
@@ -358,6 +367,7 @@ class Daemon:
             finally:
                 if got:
                     self.seg_locks[s].release()
+        self.retire(i, t, why)
         t["tid"] = 0
         if locked and lock is not None:
             lock.release()
@@ -372,6 +382,26 @@ class Daemon:
         else:
             h["reaped"] = h["reaped"] + 1
         self.log(f"task t{tid:x} {why}; freed {freed} pages")
+
+    def retire(self, i: int, t: layout.Struct, why: str) -> None:
+        """Keep what the console's view and trace need of the task leaving slot *i*:
+        its trace events, its counters (added to the host's), its last row."""
+        tid = t["tid"]
+        self.tracer.drain(self.buf, self.m64, i, tid, t["name"])
+        h = layout.header(self.buf)
+        row = self.task_row(i, t)
+        for k in layout.COUNTERS:
+            h["gone_" + k] = (h["gone_" + k] + t[k]) & 0xFFFF_FFFF_FFFF_FFFF  # (wraps)
+        self.gone = [*self.gone[-(GONE_KEPT - 1):], {**row, "state": "exited", "why": why,
+                                                    "pages": 0, "waiting": 0}]
+
+    def task_row(self, i: int, t: layout.Struct) -> dict:
+        """Slot *i*'s counters and state, for stat: running, waiting in precv (asleep in
+        it: the waiting word), waiting for pages (the blocked word)."""
+        state = ("pages" if t["blocked"] == layout.BLOCKED_PAGES else
+                 "precv" if t["waiting"] else "running")
+        return {"tid": t["tid"], "pid": t["pid"], "name": t["name"], "state": state,
+                **{k: t[k] for k in layout.COUNTERS}}
 
     def run_in_copy(self, i: int) -> tuple[int, int, int, int] | None:
         """(segment, page, sender tid, index of its DA word) of the run a live sender
@@ -457,17 +487,21 @@ class Daemon:
         # not only through the spawner that enrolled it
         own = {c.slot for c in self.clients if c.slot is not None
                and c.pid == layout.slot(self.buf, c.slot)["pid"]}
-        tasks = [{"tid": t["tid"], "pid": t["pid"], "name": t["name"],
+        tasks = [{**self.task_row(i, t),
                   "pages": held.get(t["tid"], 0), "connected": i in own,
                   "waiting": t["pending"] + len(self.ring(i, t))}
                  for i, t in self.slots() if t["tid"]]
+        totals = {k: h["gone_" + k] + sum(int(x[k]) for x in tasks) for k in layout.COUNTERS}
         return {"pid": os.getpid(), "tid": self.dtid, "host": self.o.host, "name": self.o.name,
                 "vmid": self.o.vmid, "uptime": round(time.time() - h["started"], 3),
                 "pagesize": self.geo.pagesize, "generation": h["generation"],
                 "segments": segs, "tasks": tasks, "paths": calibrate.summary(self.paths),
                 "counters": {"allocated": sum(s["allocated"] for s in segs),
                              "freed": sum(s["freed"] for s in segs), "joined": h["joined"],
-                             "exited": h["exited"], "reaped": h["reaped"], "hups": h["hups"]}}
+                             "exited": h["exited"], "reaped": h["reaped"], "hups": h["hups"],
+                             **totals},
+                "exited_tasks": self.gone, "trace": h["trace"], "clock": time.monotonic(),
+                "load": round(os.getloadavg()[0], 2)}
 
     def report(self) -> None:
         """USR1: the internal state, human-readable, to stdout or the log."""
@@ -572,12 +606,40 @@ class Daemon:
             return self.state()
         if op == "ping":
             return {"pid": os.getpid()}
+        if op == "trace":
+            return self.trace_request(req)
         return error_reply(f"unknown request {op[:40]!r}")
+
+    def trace_request(self, req: dict) -> dict:
+        """trace: "set" MASK has every task of this host trace those events (0: none); "dump"
+        returns the events so far ("clear": and forgets them)."""
+        h = layout.header(self.buf)
+        if "set" in req:
+            if type(req["set"]) is not int or not 0 <= req["set"] <= trace.ALL:
+                return error_reply(f"trace set {str(req['set'])[:20]!r}: a mask from 0 to "
+                                   f"{trace.ALL} (trace.py)")
+            h["trace"] = req["set"]
+        self.drain_traces()
+        if req.get("dump"):
+            return {**self.tracer.dump(bool(req.get("clear"))), "trace": h["trace"]}
+        return {"trace": h["trace"], "events": len(self.tracer.events), "lost": self.tracer.lost}
+
+    def drain_traces(self) -> None:
+        most = 0
+        for i, t in self.slots():
+            if t["tid"]:
+                most = max(most, self.tracer.drain(self.buf, self.m64, i, t["tid"], t["name"]))
+        if most > layout.TRACE_EVENTS // 2:
+            self.drain_wait = max(self.drain_wait / 2, TRACE_DRAIN_MIN)
+        elif most < layout.TRACE_EVENTS // 8:
+            self.drain_wait = min(self.drain_wait * 2, TRACE_DRAIN)
 
     def loop(self) -> None:
         last = time.monotonic()
         while self.running:
-            wait = 0.0 if self.clients.busy else QUICK if self.suspects else TICK
+            tracing = self.m32[layout.H_TRACE_I]
+            wait = (0.0 if self.clients.busy else QUICK if self.suspects
+                    else self.drain_wait if tracing else TICK)
             for key, mask in self.sel.select(wait):
                 if key.data is self.clients:
                     self.clients.accept()
@@ -592,6 +654,8 @@ class Daemon:
             self.guarded(self.handle_signals)
             if self.suspects:
                 self.guarded(self.check_suspects)
+            if tracing:
+                self.guarded(self.drain_traces)
             now = time.monotonic()
             self.clients.resume(now)
             if now - last >= TICK:

@@ -182,6 +182,7 @@ class Inbox(Pages):
             self._spill()
         if self._deferred:
             self._free_deferred()
+        self._publish()  # idle: our counters to our slot
         if self._spin_auto and now - self._spin_checked > SPIN_RECHECK:
             self._spin_checked = now
             self._spin_budget = (self._spin_budget or MAX_SPIN) if spin_allowed() else 0.0

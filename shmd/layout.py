@@ -8,6 +8,7 @@ process may map it anywhere)::
     4096     task table: MAX_TASKS slots; each slot is a small header plus a ring of
              RING message descriptors (the task's inbox)
     maps_off one page map per segment (three int32 arrays of MAXPAGES entries)
+    trace_off one trace ring per task slot (TRACE_RING bytes each: see trace.py)
     data0    message pages of segment 0 (other segments are all message pages)
 
 Everything here is plain offsets and struct formats. The hot paths read the same
@@ -33,7 +34,7 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = b"pvmshmd\x00"
-VERSION = 3
+VERSION = 4
 
 MAXSEG = 8  # the man page's MAXSEG: segments at most
 MAXPAGES = 4096  # the man page's MAXPAGES: pages per segment at most
@@ -47,7 +48,8 @@ MEDIUM_FILL = RING - 128  # ... while the ring is filled no further: 128 message
 HEADER_SIZE = 4096
 SEGTAB_OFF = 512
 SEGENT = 64
-SLOT_HDR = 256  # the fields below, then the direct-delivery record at RV_OFF
+SLOT_HDR = 384  # the fields below, the direct-delivery record at RV_OFF, the counters
+# at 256 (a multiple of DESC: the ring after it stays aligned)
 SLOT_SIZE = SLOT_HDR + RING * DESC
 TASKS_OFF = HEADER_SIZE
 MAP_STRIDE = 3 * 4 * MAXPAGES  # hdr, ftr, owner (int32 each)
@@ -75,6 +77,12 @@ H = {
     "reaped": (256, "Q"),
     "hups": (264, "Q"),
     "started": (272, "d"),
+    "trace": (280, "I"),  # a mask: the events tasks record (trace.py); they look now and then
+    # the message counters of the tasks that left or were reaped (the daemon adds them)
+    "gone_sent": (288, "Q"),
+    "gone_sent_bytes": (296, "Q"),
+    "gone_recvd": (304, "Q"),
+    "gone_recvd_bytes": (312, "Q"),
 }
 # Segment table entry fields (offset within the entry).
 S = {
@@ -108,7 +116,19 @@ T = {
     "posted": (96, "Q"),  # bytes of paged messages senders put in the ring
     "consumed": (104, "Q"),  # bytes of paged messages the receiver took off it
     "sending": (120, "I"),  # the tid this task sends a message in pieces to (0: none)
+    # The task's message counters: kept in its own attributes (a shared word costs more
+    # per message than the 8 B path can spare) and stored here when it is idle (before
+    # a receive sleeps; before one spins, every 32 messages), every PUBLISH_EVERY sends
+    # and when it leaves (taskbase.py, _publish).
+    "sent": (256, "Q"),
+    "sent_bytes": (264, "Q"),
+    "recvd": (272, "Q"),
+    "recvd_bytes": (280, "Q"),
+    "blocked": (288, "I"),  # BLOCKED_PAGES while psend waits for free pages, else 0
 }
+COUNTERS = ("sent", "sent_bytes", "recvd", "recvd_bytes")  # a slot's, in this order
+PUBLISH_EVERY = 256  # sends between two stores of the counters (a power of two)
+BLOCKED_PAGES = 1
 
 
 def index(field: tuple[int, str], size: int) -> int:
@@ -135,6 +155,16 @@ T_START_TICKS_Q = index(T["start_ticks"], 8)
 T_POSTED_Q = index(T["posted"], 8)
 T_CONSUMED_Q = index(T["consumed"], 8)
 T_SENDING_I = index(T["sending"], 4)
+T_SENT_Q = index(T["sent"], 8)  # then sent_bytes, recvd, recvd_bytes (COUNTERS)
+T_BLOCKED_I = index(T["blocked"], 4)
+H_TRACE_I = index(H["trace"], 4)
+
+# The trace rings (trace.py): per task slot, a count of events written (int64, by the
+# slot's task), a count of events drained (int64, by pvm_shmd), then at 64 TRACE_EVENTS
+# events of TRACE_EVENT bytes, written by the slot's task alone.
+TRACE_EVENT = 32
+TRACE_EVENTS = 1024
+TRACE_RING = 64 + TRACE_EVENT * TRACE_EVENTS
 MAP_HDR, MAP_FTR, MAP_OWNER = 0, MAXPAGES, 2 * MAXPAGES  # int32 arrays of a page map
 
 # The direct-delivery record of a slot (see direct.py): 16 int64 words at RV_OFF, as
@@ -191,8 +221,12 @@ class Geometry:
         return TASKS_OFF + MAX_TASKS * SLOT_SIZE
 
     @property
+    def trace_off(self) -> int:
+        return self.maps_off + MAXSEG * MAP_STRIDE
+
+    @property
     def data0_off(self) -> int:
-        return round_up(self.maps_off + MAXSEG * MAP_STRIDE, self.pagesize)
+        return round_up(self.trace_off + MAX_TASKS * TRACE_RING, self.pagesize)
 
     def seg_size(self, seg: int) -> int:
         return (self.data0_off if seg == 0 else 0) + self.npages * self.pagesize
@@ -301,6 +335,11 @@ def ring_entries(m32: memoryview, i: int, head: int, tail: int):
             if m32[(d + D_FLAGS) // 4] & F_SKIP:
                 continue
         yield at, d
+
+
+def trace_ring_off(i: int) -> int:
+    """Offset of slot *i*'s trace ring (its event count; the events follow 64 bytes on)."""
+    return TASKS_OFF + MAX_TASKS * SLOT_SIZE + MAXSEG * MAP_STRIDE + i * TRACE_RING
 
 
 def map_off(seg: int) -> int:

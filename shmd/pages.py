@@ -31,6 +31,7 @@ class Pages(TaskBase):
         """(segment, first page) of *want* pages, waiting for frees until *deadline*
         (then MemoryFull). No wait here, a lock's included, runs past the deadline."""
         delay = 20e-6
+        blocked = 0
         m, tid = self._i, self.tid
         if self._deferred:
             self._free_deferred()
@@ -53,14 +54,19 @@ class Pages(TaskBase):
                         add32(m, self._segi[s] + _FREE, -want)  # pages free
                         w = self._segq[s] + _ALLOCATED  # allocations so far
                         self._q[w] = (self._q[w] + 1) & MASK64
+                        if blocked:
+                            self._i[self._blocked] = 0
                         return s, p
                 finally:
                     lock.release()
             left = deadline - time.monotonic()
             if left <= 0:
+                self._i[self._blocked] = 0
                 raise MemoryFull(f"no {want} free pages in any segment within the "
                                  "timeout (memory full)")
             self._check_alive()
+            if not blocked:  # (for the console's view: this task waits for pages)
+                blocked = self._i[self._blocked] = layout.BLOCKED_PAGES
             time.sleep(min(delay, left))
             delay = min(delay * 2, 5e-3)
 

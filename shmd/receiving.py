@@ -41,6 +41,8 @@ class Receiving(Rendezvous):
             q, H, T = self._q, self._H, self._T
             head = q[H]
             if head == q[T] and timeout != 0:
+                if self._nrx >= self._pub_at:  # idle: our counters to our slot, now and
+                    self._publish()  # then (a receive that goes on to sleep always does)
                 if self._spin_budget:
                     clock = _clock
                     end = clock() + self._spin_budget
@@ -69,8 +71,12 @@ class Receiving(Rendezvous):
                         head += span - 1
                     q[H] = head + 1
                     self._spun = False
+                    self._nrx += 1  # (_received, inline)
+                    self._brx += f[2]
                     return _new(Message, (f[0], f[1], data))
-        return _new(Message, self._receive(source, tag, timeout, deadline=deadline))
+        got = self._receive(source, tag, timeout, deadline=deadline)
+        self._received(len(got[2]))
+        return _new(Message, got)
 
     def _unguessed(self, off: int, n: int, head: int) -> tuple[bytes, int]:
         """The *n* inline bytes of the descriptor at *off* (number *head*) when the
@@ -95,6 +101,8 @@ class Receiving(Rendezvous):
         head = q[H]
         deadline = None
         if head == q[T] and timeout != 0:
+            if self._nrx >= self._pub_at:
+                self._publish()
             if self._spin_budget:
                 clock = _clock
                 end = clock() + self._spin_budget
@@ -131,8 +139,11 @@ class Receiving(Rendezvous):
             if got is not None:
                 n = len(got[2])
                 mv[:n] = got[2]
+                self._received(n)
                 return got[0], got[1], n
-        return self._receive(source, tag, timeout, into=mv, deadline=deadline)
+        src, tag, n = self._receive(source, tag, timeout, into=mv, deadline=deadline)
+        self._received(n)
+        return src, tag, n
 
     def precv_view(self, source: int = ANY, tag: int = ANY,
                    timeout: float | None = None) -> MessageView:
@@ -161,9 +172,11 @@ class Receiving(Rendezvous):
                 b = d.page * self._ps
                 v = MessageView(self, d, self._data[d.seg][b:b + d.nbytes])
                 self._mviews.add(v)
+                self._received(d.nbytes)
                 return v
             data = self._assemble(d, None, deadline)
             if data is not None:
+                self._received(len(data))
                 return MessageView(self, d._replace(seg=-1), memoryview(data))
 
     def probe(self, source: int = ANY, tag: int = ANY) -> tuple[int, int, int] | None:

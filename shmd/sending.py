@@ -31,6 +31,7 @@ ABORT_WAIT = 0.02  # how long past its deadline a sender that gives up mid-messa
 _pack_desc = DESC.pack_into
 _RING, _DESCSZ, _INL, _INLINE = layout.RING, layout.DESC, layout.D_INLINE, layout.INLINE
 _F_FIRST, _F_SKIP = layout.F_FIRST, layout.F_SKIP
+_PUBLISH_MASK = layout.PUBLISH_EVERY - 1
 _SMALL_TYPES = (bytes, bytearray)  # what psend's fast path takes (len() is the byte count)
 
 
@@ -92,6 +93,10 @@ class Sending(Rendezvous):
                                 p.wake.release()
                             except sysv_ipc.ExistentialError:
                                 pass
+                        self._ntx += 1  # (_sent, inline)
+                        self._btx += n
+                        if not self._ntx & _PUBLISH_MASK:
+                            self._publish()
                         return
                     try:
                         sem.release()
@@ -117,14 +122,17 @@ class Sending(Rendezvous):
             self._post(peer, dest, tag, n, -1, 0, 0, _F_FIRST, n, inline, deadline)
             if tag << 8 | n not in self._hdrs:
                 self._hdr(tag, n)  # the next one with this tag and length takes the fast path
+            self._sent(n)
             return
         if n <= layout.MEDIUM and self._post(peer, dest, tag, n, -1, 0, 0, _F_FIRST, n,
                                              inline, deadline, wait=False):
+            self._sent(n)
             return  # in the inbox itself; with no room there, through the pages
         # (slices of bytes would copy)
         mv = inline if isinstance(inline, memoryview) else memoryview(inline)
         if n >= self._paths.least and self._direct and self._send_direct(peer, dest, tag, mv, n,
                                                                     deadline):
+            self._sent(n)
             return
         self._throttle(peer, dest, deadline)
         ps, off, flags = self._ps, 0, _F_FIRST
@@ -157,6 +165,7 @@ class Sending(Rendezvous):
         finally:
             if n > piece:
                 self._i[self._S] = 0
+        self._sent(n)
 
 
     def _hdr(self, tag: int, n: int) -> bytes:

@@ -3,6 +3,10 @@
     pvm_shmd_stat            USR1 to the daemon: it reports onto its stdout or its log
     pvm_shmd_stat --json     the state as JSON on our stdout (for scripts and the console)
     pvm_shmd_stat --stop     TERM to the daemon; wait until it has removed everything
+    pvm_shmd_stat --trace on|off|MASK|dump|take
+                             tracing of every task of the host on (MASK: of those events)
+                             or off; its events so far as JSON (take: and forget them),
+                             see shmd/trace.py
 """
 from __future__ import annotations
 
@@ -13,9 +17,22 @@ import signal
 import sys
 import time
 
-from . import control, ipc, paths, private
+from . import control, ipc, paths, private, trace
 from .errors import PvmError
 from .exits import StatExit
+
+TRACE_OPS: dict[str, dict[str, object]] = {"on": {"set": trace.ALL}, "off": {"set": 0},
+                                           "dump": {"dump": True},
+                                           "take": {"dump": True, "clear": True}}
+
+
+def trace_op(word: str) -> dict[str, object]:
+    """The request --trace WORD makes (argparse's type)."""
+    if word in TRACE_OPS:
+        return TRACE_OPS[word]
+    if word.isdigit() and int(word) <= trace.ALL:
+        return {"set": int(word)}
+    raise argparse.ArgumentTypeError(f"{word!r}: on, off, a mask from 0 to {trace.ALL}, dump or take")
 
 
 def find_daemon(vmid: str) -> tuple[int, int]:
@@ -72,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="pvm_shmd_stat", description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the state as JSON")
     ap.add_argument("--stop", action="store_true", help="stop the daemon (TERM) and wait")
+    ap.add_argument("--trace", type=trace_op, metavar="on|off|MASK|dump|take",
+                    help="every task traces (on: all events, MASK: those), none, the events so far")
     ap.add_argument("-vmid", "--vmid", default=None, help="VM id (default $PVM_VMID)")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
     a = ap.parse_args(argv)
@@ -82,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"pvm_shmd_stat: daemon did not exit within {a.timeout:g} s",
                       file=sys.stderr)
                 return StatExit.TIMEOUT
+        elif a.trace:
+            print(json.dumps(control.request("trace", vmid, timeout=a.timeout, **a.trace)))
         elif a.json:
             print(json.dumps(control.request("stat", vmid, timeout=a.timeout), indent=1))
         else:

@@ -31,7 +31,7 @@ from collections import deque
 
 import sysv_ipc
 
-from . import calibrate, control, direct, ipc, layout, paths, tids
+from . import calibrate, control, direct, ipc, layout, paths, tids, trace
 from .errors import PvmError, PvmExists, PvmSysErr
 from .message import DESC as _DESC  # noqa: F401  (the names tools and tests use)
 from .message import Desc as _Desc  # noqa: F401
@@ -87,6 +87,10 @@ class Task(Receiving, Sending):
         self._sleeps = 0  # our sleeps so far (the waiting word holds the current one)
         self.closed = False
         _open[self.vmid] = self
+        self._tracing = self._i[layout.H_TRACE_I]
+        mask = trace.env_mask(os.environ.get(trace.ENV)) or self._tracing
+        if mask:  # spawned traced (spawn -@), or the host traces
+            trace.switch(self, mask, trace.SPAWN)
 
     def _attach(self, buf: memoryview, h, paths_: calibrate.Choice) -> None:
         self._buf = buf
@@ -164,6 +168,10 @@ class Task(Receiving, Sending):
         self._pending = deque()
         self._peers = {}  # tid -> Peer
         self._home = self._slot % self._nsegs  # senders spread over segments
+        self._ntx = self._btx = self._nrx = self._brx = 0
+        self._cq = bq + layout.T_SENT_Q
+        self._pub_at = 0
+        self._blocked = bi + layout.T_BLOCKED_I
 
     # ---- lifecycle ------------------------------------------------------------------
     def _detach(self) -> None:
@@ -197,6 +205,12 @@ class Task(Receiving, Sending):
             except (BufferError, PvmError):
                 pass
         self._pending.clear()  # pages we hold are ours: the daemon frees them on leave
+        try:
+            self._publish()  # the daemon adds our counters to the host's on leave
+            if trace.active(self):
+                trace.switch(self, 0, trace.EXIT)  # (recorded if its mask says so)
+        except (ValueError, PvmError):
+            pass  # (a view released by a failed attach)
         try:
             if self._conn is not None:
                 self._conn.request("leave")

@@ -1,14 +1,14 @@
 """Built-in console commands, one module per group."""
 from __future__ import annotations
 
-from pvmconsole.commands import daemons, hosts, machine, session, tasks
+from pvmconsole.commands import daemons, hosts, machine, session, tasks, view
 from pvmconsole.registry import Registry
 
 
 def builtin_registry() -> Registry:
     """A fresh registry holding the built-in commands (no plugins)."""
     return Registry([*session.COMMANDS, *hosts.COMMANDS, *machine.COMMANDS, *tasks.COMMANDS,
-                     *daemons.COMMANDS])
+                     *daemons.COMMANDS, *view.COMMANDS])
 
 
 def full_registry() -> tuple[Registry, list[str]]:

@@ -1,0 +1,385 @@
+"""Message tracing (PVM's trace option; what XPVM drew): events, the rings, the files.
+
+A traced task records an event for each ``psend``, ``precv``/``precv_into``/``precv_view``
+(start and end), its join (SPAWN) and its leave (EXIT): 32 bytes (``EVENT``: monotonic
+time, kind, source, destination, tag, length) stored in its own slot's trace ring in
+segment 0 (``layout.trace_ring_off``), one writer per ring: stores, no system call. The
+events are noted in a list first and written when a receive starts (the task is about
+to wait), when the task is idle (taskbase.py, _publish), every NOTED events, at a
+switch and when it leaves.
+
+What is recorded is a mask (``BIT``; PVM's event names map to it: ``PVM_EVENTS``):
+for a task spawned with ``$PVM_TRACE=<mask>`` (the console's ``spawn -@``) and for
+every task of a host whose header trace word is a mask (``trace on``). A task looks at
+that word when it publishes its counters (idle, every PUBLISH_EVERY sends); its calls
+are then wrapped (``switch``): with tracing off the task runs the plain methods, so
+nothing is checked per message at all.
+
+pvm_shmd drains the rings (``Collector``) every few milliseconds while tracing is on,
+when a task leaves, and when asked (``pvm_shmd_stat --trace dump``); it stores how far
+it drained beside the count, and a task keeps (up to BACKLOG) what its ring has no
+room for rather than write over events not drained. ``chrome`` turns the
+events of every host into Chrome trace-event JSON (Perfetto, chrome://tracing), and
+``diagram`` draws them as text, time across and one line per task.
+"""
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import layout
+
+ENV = "PVM_TRACE"  # a mask (below): the task traces from its join (spawn -@)
+EVENT = struct.Struct("<diiiiQ")  # time, kind, src, dst, tag, length
+SPAWN, EXIT, PSEND, PRECV_START, PRECV_END = 1, 2, 3, 4, 5
+KINDS = {SPAWN: "spawn", EXIT: "exit", PSEND: "psend", PRECV_START: "precv",
+         PRECV_END: "precv end"}
+# A trace mask (the header's trace word, $PVM_TRACE): which events are recorded.
+BIT = {SPAWN: 1, EXIT: 2, PSEND: 4, PRECV_START: 8, PRECV_END: 8}
+ALL = 15
+# PVM's trace event names (its console's `trace` mask; the TEV table) and the events
+# of ours each stands for (0: a call this library has not, accepted and not recorded)
+PVM_EVENTS: dict[str, int] = {
+    **dict.fromkeys((
+        "addhosts barrier bcast bufinfo config delete delhosts freebuf getfds getinst "
+        "getopt getrbuf getsbuf gettid gsize halt initsend insert joingroup kill lookup "
+        "lvgroup mkbuf mstat mytid notify parent perror probe pstat sendsig setopt setrbuf "
+        "setsbuf start_pvmd tasks tickle tidtohost version reg_hoster reg_rm reg_tasker "
+        "reg_tracer archcode catchout getmwid gettmask hostsync packf reduce setmwid "
+        "settmask unpackf gather scatter putinfo getinfo delinfo getmboxinfo newcontext "
+        "freecontext setcontext getcontext siblings getminfo setminfo addmhf delmhf "
+        "mhf_invoke timing profiling user_defined").split(), 0),
+    **{f"{p}{t}": 0 for p in ("pk", "upk") for t in
+       ("byte", "cplx", "dcplx", "double", "float", "int", "uint", "long", "ulong", "short",
+        "ushort", "str")},
+    "send": 4, "psend": 4, "mcast": 4, "recv": 8, "precv": 8, "trecv": 8, "nrecv": 8,
+    "recvf": 8, "spawn": 1, "newtask": 1, "spntask": 1, "exit": 2, "endtask": 2}
+
+
+def mask_of(names) -> int:
+    """The mask of the events PVM event *names* stand for."""
+    m = 0
+    for n in names:
+        m |= PVM_EVENTS[n]
+    return m
+
+
+def env_mask(value: str | None) -> int:
+    """The mask $PVM_TRACE asks for (0: not traced; anything but a mask is not one)."""
+    return int(value) if value and value.isdigit() and 0 < int(value) <= ALL else 0
+MAX_KEPT = 1_000_000  # events a daemon keeps (older ones are dropped and counted lost)
+EVENTS_OFF = 64  # the events of a ring start here (its count is at its start)
+WRAPPED = ("psend", "precv", "precv_into", "precv_view")
+
+_now = time.monotonic
+_pack = EVENT.pack_into
+
+
+def switch(task: Any, mask: int, event: int = 0) -> None:
+    """Trace *task*'s calls the *mask* names from now (0: none); record *event* (SPAWN
+    at a join, EXIT at a leave) if the mask it comes under names it."""
+    old = active(task)
+    for name in WRAPPED:
+        task.__dict__.pop(name, None)
+    task.__dict__["_trace_mask"] = mask
+    rec, flush = _recorder(task)
+    if event and (mask | old) & BIT[event]:
+        rec(event, task.tid, 0, 0, 0)
+    flush()  # (a switch, a join, a leave: what was noted goes to the ring now)
+    if not mask & (BIT[PSEND] | BIT[PRECV_END]):
+        return
+    cls, tid = type(task), task.tid
+    psend, precv, precv_into, precv_view = (getattr(cls, n) for n in WRAPPED)
+
+    # A receive's start is where the events noted so far are written to the ring: the
+    # task is about to wait, the sender works meanwhile. A send and a receive's end are
+    # only noted (the time and a tuple), which is all they add to a message's way.
+    def t_psend(dest: int, tag: int, data, timeout: float | None = None) -> None:
+        n = len(data) if type(data) is bytes else memoryview(data).nbytes
+        rec(PSEND, tid, dest, tag, n)
+        psend(task, dest, tag, data, timeout)
+
+    def t_precv(source: int = -1, tag: int = -1, timeout: float | None = None):
+        rec(PRECV_START, source, tid, tag, 0)
+        flush()
+        m = precv(task, source, tag, timeout)
+        rec(PRECV_END, m.src, tid, m.tag, len(m.data))
+        return m
+
+    def t_precv_into(buffer, source: int = -1, tag: int = -1,
+                     timeout: float | None = None) -> tuple[int, int, int]:
+        rec(PRECV_START, source, tid, tag, 0)
+        flush()
+        got = precv_into(task, buffer, source, tag, timeout)
+        rec(PRECV_END, got[0], tid, got[1], got[2])
+        return got
+
+    def t_precv_view(source: int = -1, tag: int = -1, timeout: float | None = None):
+        rec(PRECV_START, source, tid, tag, 0)
+        flush()
+        v = precv_view(task, source, tag, timeout)
+        rec(PRECV_END, v.src, tid, v.tag, v.data.nbytes)
+        return v
+
+    if mask & BIT[PSEND]:
+        task.psend = t_psend
+    if mask & BIT[PRECV_END]:
+        task.precv, task.precv_into, task.precv_view = t_precv, t_precv_into, t_precv_view
+
+
+def active(task: Any) -> int:
+    """The mask *task* traces now (0: not traced)."""
+    return task.__dict__.get("_trace_mask", 0)
+
+
+def _recorder(task: Any):
+    """(note, flush) of *task*: ``note(kind, src, dst, tag, length)`` keeps an event
+    (stamped now) in a list, ``flush()`` writes the kept ones to the task's trace ring;
+    at NOTED kept events note flushes by itself. One pair per task: it keeps the
+    ring's count, and a call traced before a switch may end after it."""
+    pair = task.__dict__.get("_trace_rec")
+    if pair is None:
+        pair = task.__dict__["_trace_rec"] = _new_recorder(task)
+    return pair
+
+
+NOTED = 64  # events a task keeps before it writes them to its ring
+BACKLOG = 1 << 16  # events it keeps while its ring has no room (the daemon is behind)
+
+
+def _new_recorder(task: Any):
+    q, buf = task._q, task._buf
+    base = layout.trace_ring_off(task._slot)
+    c, ev = base // 8, base + EVENTS_OFF
+    n, size = layout.TRACE_EVENTS, layout.TRACE_EVENT
+    k = q[c]  # we alone write the count: kept here too, not read back per event
+    noted: list[tuple] = []
+    keep = noted.append
+
+    def flush() -> None:
+        nonlocal k
+        # what pvm_shmd has not drained yet is not overwritten while we can keep it
+        room = n - (k - q[c + 1]) if len(noted) < BACKLOG else len(noted)
+        if room <= 0:
+            return
+        for e in noted[:room]:
+            _pack(buf, ev + (k % n) * size, *e)
+            k += 1
+        del noted[:room]
+        q[c] = k  # after the events: a reader never takes a half-written one
+
+    def note(kind: int, src: int, dst: int, tag: int, length: int) -> None:
+        keep((_now(), kind, src, dst, tag, length))
+        if len(noted) >= NOTED:
+            flush()
+
+    return note, flush
+
+
+class Collector:
+    """pvm_shmd's side: the events drained from the task slots' rings, with the tasks'
+    names, and how many were lost (a ring overrun between two drains, or MAX_KEPT)."""
+
+    def __init__(self) -> None:
+        self.seen = [0] * layout.MAX_TASKS  # events already taken from each ring
+        self.events: list[tuple] = []  # (owner tid, time, kind, src, dst, tag, length)
+        self.names: dict[int, str] = {}
+        self.lost = 0
+
+    def joined(self, m64: memoryview, i: int) -> None:
+        """A new task in slot *i*: its ring starts empty."""
+        m64[layout.trace_ring_off(i) // 8] = m64[layout.trace_ring_off(i) // 8 + 1] = 0
+        self.seen[i] = 0
+
+    def drain(self, buf: memoryview, m64: memoryview, i: int, owner: int, name: str) -> int:
+        """Take the events slot *i*'s task (*owner*) wrote since the last drain; return
+        how many it had written since (more than the ring holds: some were lost)."""
+        base = layout.trace_ring_off(i)
+        n, size = layout.TRACE_EVENTS, layout.TRACE_EVENT
+        count, seen = m64[base // 8], self.seen[i]
+        if count == seen:
+            return 0
+        if not seen <= count <= seen + (1 << 40):  # a scribbled count: start again from it
+            self.seen[i] = m64[base // 8 + 1] = count
+            return 0
+        first = max(seen, count - n)
+        got = [EVENT.unpack_from(buf, base + EVENTS_OFF + (k % n) * size)
+               for k in range(first, count)]
+        after = m64[base // 8]  # events the writer overwrote while we read are lost
+        keep = max(0, after - n - first)
+        self.lost += (first - seen) + min(keep, len(got))
+        self.names[owner] = name
+        self.events.extend((owner, *e) for e in got[keep:])
+        self.seen[i] = m64[base // 8 + 1] = count  # drained: the task may write over them
+        if len(self.events) > MAX_KEPT:
+            drop = len(self.events) - MAX_KEPT
+            del self.events[:drop]
+            self.lost += drop
+        return count - seen
+
+    def dump(self, clear: bool = False) -> dict:
+        """The events so far (oldest first), for ``pvm_shmd_stat --trace dump``."""
+        out = {"events": sorted(self.events, key=lambda e: e[1]),
+               "names": {str(k): v for k, v in self.names.items()}, "lost": self.lost,
+               "clock": _now()}
+        if clear:
+            self.events, self.lost = [], 0
+        return out
+
+
+# ---- reading a trace ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    host: str
+    owner: int  # the task that recorded it
+    t: float  # seconds, on the console's clock (the host's offset taken off)
+    kind: int
+    src: int
+    dst: int
+    tag: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One message: its psend and the precv that took it."""
+
+    send: Event
+    recv: Event
+
+
+def events_of(dumps: Iterable[tuple[str, Mapping, float]]) -> tuple[list[Event], dict[int, str]]:
+    """The events of every host's dump (host name, dump, clock offset: the host's
+    monotonic clock minus the console's), on one clock, in time order; and tid -> name."""
+    out, names = [], {}
+    for host, d, offset in dumps:
+        for e in d.get("events", []):
+            # (a ring a faulty process scribbled on gives events of no kind: left out)
+            if isinstance(e, (list, tuple)) and len(e) == 7 and e[2] in KINDS:
+                out.append(Event(host, int(e[0]), float(e[1]) - offset, *map(int, e[2:])))
+        names.update({int(k): str(v) for k, v in d.get("names", {}).items()})
+    out.sort(key=lambda e: e.t)
+    return out, names
+
+
+def flows(events: Sequence[Event]) -> tuple[list[Flow], list[Event]]:
+    """Pair each precv end with the psend it took: the first not yet taken from that
+    source to that receiver with that tag (PVM keeps a pair's messages in order).
+    Returns the flows and the sends no traced receive took."""
+    queued: dict[tuple[int, int, int], list[Event]] = {}
+    out = []
+    for e in events:
+        if e.kind == PSEND:
+            queued.setdefault((e.src, e.dst, e.tag), []).append(e)
+        elif e.kind == PRECV_END:
+            q = queued.get((e.src, e.dst, e.tag))
+            if q:
+                out.append(Flow(q.pop(0), e))
+    return out, [e for q in queued.values() for e in q]
+
+
+def chrome(events: Sequence[Event], names: Mapping[int, str], offsets: Mapping[str, float]
+           ) -> dict:
+    """Chrome trace-event JSON (the "JSON Object Format"): a process per host, a thread
+    (track) per task, a slice per call (psend: an instant; precv: start to end) and a
+    flow arrow from each psend to the precv that took it. Times in microseconds from
+    the first event."""
+    t0 = events[0].t if events else 0.0
+    hosts = sorted({e.host for e in events})
+    pid = {h: k + 1 for k, h in enumerate(hosts)}
+
+    def us(t: float) -> float:
+        return round((t - t0) * 1e6, 3)
+
+    out: list[dict] = []
+    for h in hosts:
+        out.append({"ph": "M", "name": "process_name", "pid": pid[h], "tid": 0,
+                    "args": {"name": f"{h} (clock offset {offsets.get(h, 0.0) * 1e6:+.0f} us)"}})
+    for tid in sorted({e.owner for e in events}):
+        host = next(e.host for e in events if e.owner == tid)
+        out.append({"ph": "M", "name": "thread_name", "pid": pid[host], "tid": tid,
+                    "args": {"name": f"t{tid:x} {names.get(tid, '')}".strip()}})
+    started: dict[int, Event] = {}
+    for e in events:
+        base = {"pid": pid[e.host], "tid": e.owner, "cat": "pvm"}
+        if e.kind == PSEND:
+            out.append({**base, "ph": "X", "name": "psend", "ts": us(e.t), "dur": 0,
+                        "args": {"dst": f"t{e.dst:x}", "tag": e.tag, "bytes": e.length}})
+        elif e.kind == PRECV_START:
+            started[e.owner] = e
+        elif e.kind == PRECV_END:
+            s = started.pop(e.owner, e)
+            out.append({**base, "ph": "X", "name": "precv", "ts": us(s.t),
+                        "dur": round(us(e.t) - us(s.t), 3),
+                        "args": {"src": f"t{e.src:x}", "tag": e.tag, "bytes": e.length}})
+        else:
+            out.append({**base, "ph": "i", "s": "t", "name": KINDS[e.kind], "ts": us(e.t)})
+    for k, f in enumerate(flows(events)[0], 1):
+        s, r = f.send, f.recv
+        name = f"msg tag {s.tag} {s.length} B"
+        out.append({"ph": "s", "id": k, "name": name, "cat": "msg", "pid": pid[s.host],
+                    "tid": s.owner, "ts": us(s.t)})
+        out.append({"ph": "f", "bp": "e", "id": k, "name": name, "cat": "msg",
+                    "pid": pid[r.host], "tid": r.owner, "ts": us(r.t)})
+    return {"traceEvents": out, "displayTimeUnit": "ns",
+            "otherData": {"clock_offsets_us": {h: round(o * 1e6, 1) for h, o in offsets.items()}}}
+
+
+def diagram(events: Sequence[Event], names: Mapping[int, str], width: int = 100,
+            start: float | None = None, end: float | None = None) -> list[str]:
+    r"""The space-time diagram as text: a scale, then a line per task with a gap line
+    between two tasks, time across *width* columns from *start* to *end* (seconds from
+    the first event; default: all). On a task's line ``s`` is a psend, ``r`` the
+    receive that took a message, ``-`` waiting in a receive, ``S``/``X`` spawn and
+    exit. Each message is a line from its psend to its receive, as XPVM drew it: ``\``
+    going down, ``/`` going up, ``|`` when both are in one column, across the gap lines
+    and, between tasks further apart, the task lines it passes (where they are blank)."""
+    if not events:
+        return ["(no trace events)"]
+    t0 = events[0].t
+    a = 0.0 if start is None else start
+    b = (events[-1].t - t0 if end is None else end) or 1e-9
+    b = max(b, a + 1e-9)
+    tids = sorted({e.owner for e in events})
+    row = {t: 2 * k for k, t in enumerate(tids)}  # gap lines between: odd rows
+    grid = [[" "] * width for _ in range(2 * len(tids) - 1)]
+
+    def x(t: float) -> float:
+        return (t - t0 - a) / (b - a) * (width - 1)
+
+    waiting: dict[int, float] = {}
+    for e in events:
+        r = row[e.owner]
+        if e.kind == PRECV_START:
+            waiting[e.owner] = e.t
+            continue
+        if e.kind == PRECV_END and e.owner in waiting:
+            x0, x1 = x(waiting.pop(e.owner)), x(e.t)
+            for k in range(max(int(x0), 0), min(int(x1), width - 1) + 1):
+                if grid[r][k] == " ":
+                    grid[r][k] = "-"
+        if 0 <= x(e.t) <= width - 1:
+            grid[r][int(x(e.t))] = {PSEND: "s", PRECV_END: "r", SPAWN: "S", EXIT: "X"}[e.kind]
+    for f in flows(events)[0]:
+        r0, r1 = row[f.send.owner], row[f.recv.owner]
+        if r0 == r1:
+            continue  # to itself: its s and r say it
+        xs, xr = x(f.send.t), x(f.recv.t)
+        step = 1 if r1 > r0 else -1
+        for r in range(r0 + step, r1, step):
+            c = int(xs + (xr - xs) * (r - r0) / (r1 - r0) + 0.5)
+            if 0 <= c < width and grid[r][c] in " -":
+                grid[r][c] = "|" if int(xs + 0.5) == int(xr + 0.5) else "\\" if step > 0 else "/"
+    # (a name is what its task joined with: control characters shown as ?, not sent)
+    labels = {t: "".join(ch if ch.isprintable() else "?" for ch in f"t{t:x} {names.get(t, '')}")
+              for t in tids}
+    w = max(map(len, labels.values()))
+    left, right = f"{a * 1e3:.3f} ms", f"{b * 1e3:.3f} ms"
+    lines = [" " * w + " |" + left + right.rjust(width - len(left)) + "|"]
+    for r, cells in enumerate(grid):
+        label = labels[tids[r // 2]] if r % 2 == 0 else ""
+        lines.append(label.ljust(w) + " |" + "".join(cells) + "|")
+    return lines

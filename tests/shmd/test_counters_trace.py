@@ -1,0 +1,163 @@
+"""The tasks' message counters (stat, the console's view) and tracing (trace.py), with a
+real pvm_shmd and real tasks: what pvm_shmd_stat reports after known traffic, and a
+traced ping-pong's events, flows and Chrome JSON."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from daemons import STAT
+from peers import Peer, payload
+
+import shmd
+from shmd import trace
+from shmd.errors import PvmTimeout
+
+IDLE = "try:\n    me.precv(timeout=0.02)\nexcept Exception:\n    pass\n"  # a receive finding nothing
+
+
+def idle(task: shmd.Task) -> None:
+    """An empty receive: the task is idle, so it stores its counters and looks at the trace word."""
+    with pytest.raises(PvmTimeout):
+        task.precv(timeout=0.02)
+
+
+def row(st: dict, tid: int) -> dict:
+    return next(t for t in st["tasks"] if t["tid"] == tid)
+
+
+def test_counters_after_known_traffic_then_the_hosts_totals(daemon):
+    peer = Peer(env=daemon.env())
+    try:
+        with shmd.join() as me:
+            peer.call("me.psend(dest, 1, b'x' * 8); me.psend(dest, 2, b'y' * 1000);"
+                      "me.psend(dest, 3, payload(3, 100000))", dest=me.tid)
+            assert me.precv().tag == 1
+            assert me.precv_into(bytearray(1000))[2] == 1000
+            v = me.precv_view()
+            assert v.data.nbytes == 100000
+            v.release()
+            for data in (b"a" * 8, b"b" * 8, payload(9, 70000)):
+                me.psend(peer.tid, 5, data)
+            peer.call("for _ in range(3): me.precv()\n" + IDLE)
+            idle(me)
+            st = daemon.stat()
+            mine, theirs = row(st, me.tid), row(st, peer.tid)
+            assert [mine[k] for k in ("sent", "sent_bytes", "recvd", "recvd_bytes")] == [
+                3, 70016, 3, 101008]
+            assert [theirs[k] for k in ("sent", "sent_bytes", "recvd", "recvd_bytes")] == [
+                3, 101008, 3, 70016]
+            assert mine["state"] == theirs["state"] == "running"
+            assert st["counters"]["sent"] == st["counters"]["recvd"] == 6
+            # the peer waits in precv (asleep): its state says so
+            peer.start("me.precv(timeout=5)")
+            daemon_state = ""
+            for _ in range(200):
+                daemon_state = row(daemon.stat(), peer.tid)["state"]
+                if daemon_state == "precv":
+                    break
+            assert daemon_state == "precv"
+            me.psend(peer.tid, 6, b"z")
+            peer.result()
+        st = daemon.stat()  # we left: our counters are the host's, our row an exited one
+        assert st["counters"]["sent"] == 7 and st["counters"]["sent_bytes"] == 171025
+        gone = [t for t in st["exited_tasks"] if t["tid"] == me.tid]
+        assert gone and gone[0]["state"] == "exited" and gone[0]["sent"] == 4
+    finally:
+        peer.close()
+
+
+def dump(daemon, op: str = "dump") -> dict:
+    r = daemon.run([STAT, "--trace", op])
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_traced_ping_pong_has_exactly_its_messages_and_valid_chrome_json(daemon, tmp_path):
+    sizes = [8, 1, 88, 1000, 5000, 100000, 0, 8]
+    peer = Peer(env={**daemon.env(), trace.ENV: str(trace.ALL)})  # spawn -@: traced from its join
+    try:
+        with shmd.join(name="pinger") as me:
+            assert dump(daemon, "on")["trace"] == trace.ALL
+            idle(me)  # we see the word now: traced from here
+            peer.start("for _ in range(n):\n    m = me.precv()\n    me.psend(m.src, m.tag, m.data)\n",
+                       n=len(sizes))
+            for k, n in enumerate(sizes):
+                data = payload(k, n)
+                me.psend(peer.tid, 100 + k, data)
+                assert me.precv(peer.tid, 100 + k).data == data
+            peer.result()
+            assert dump(daemon, "off")["trace"] == 0
+            idle(me)
+            me.psend(peer.tid, 1, b"untraced")  # after trace off: not recorded
+            peer.call("me.precv()")
+        d = dump(daemon, "take")
+        assert d["lost"] == 0
+        events, names = trace.events_of([("h", d, 0.0)])
+        assert names[me.tid] == "pinger"
+        sent = [(e.dst, e.tag, e.length) for e in events if e.kind == trace.PSEND and e.owner == me.tid]
+        assert sent == [(peer.tid, 100 + k, n) for k, n in enumerate(sizes)]
+        back = [(e.dst, e.tag, e.length) for e in events
+                if e.kind == trace.PSEND and e.owner == peer.tid]
+        assert back == [(me.tid, 100 + k, n) for k, n in enumerate(sizes)]
+        assert [e.kind for e in events if e.owner == peer.tid][0] == trace.SPAWN
+        flows, unmatched = trace.flows(events)
+        assert len(flows) == 2 * len(sizes) and not unmatched, (unmatched, [e for e in events if e.kind != trace.PSEND])
+        assert all(f.send.t <= f.recv.t and f.send.length == f.recv.length for f in flows)
+        # the Chrome JSON, written and read back: every flow starts before it ends
+        path = tmp_path / "t.json"
+        path.write_text(json.dumps(trace.chrome(events, names, {"h": 0.0})))
+        doc = json.loads(path.read_text())
+        evs = doc["traceEvents"]
+        assert all(e["ph"] in "XMisf" and "pid" in e and "tid" in e for e in evs)
+        starts = {e["id"]: e["ts"] for e in evs if e["ph"] == "s"}
+        ends = {e["id"]: e["ts"] for e in evs if e["ph"] == "f"}
+        assert starts.keys() == ends.keys() and len(starts) == 2 * len(sizes)
+        assert all(starts[k] <= ends[k] for k in starts)
+        assert all(e["dur"] >= 0 for e in evs if e["ph"] == "X")
+        tracks = {e["tid"] for e in evs if e["ph"] == "M" and e["name"] == "thread_name"}
+        assert tracks == {me.tid, peer.tid}
+        # and as text: the time scale, a line per task, a gap line between them where
+        # the messages cross (going down from us to the peer, up on the way back)
+        t0 = events[0].t  # the ping-pong's part, across 200 columns
+        first = next(e.t for e in events if e.kind == trace.PSEND) - t0
+        lines = trace.diagram(events, names, 200, first, events[-1].t - t0)
+        assert len(lines) == 4 and all(len(ln) == len(lines[0]) for ln in lines)
+        first, second = sorted([me.tid, peer.tid])
+        assert lines[1].startswith(f"t{first:x} ") and lines[3].startswith(f"t{second:x} ")
+        assert "s" in lines[1] and "r" in lines[1] and "s" in lines[3] and "r" in lines[3]
+        gap = lines[2][lines[2].index("|") + 1:-1]
+        assert gap.strip() and set(gap) <= set(" \\/|"), lines
+        assert dump(daemon)["events"] == []  # taken
+    finally:
+        peer.close()
+
+
+def test_bad_trace_request_is_refused_and_the_daemon_goes_on(daemon):
+    from shmd import control
+    from shmd.errors import PvmError
+
+    for bad in (16, -1, "1", None):
+        with pytest.raises(PvmError, match="a mask from 0 to 15"):
+            control.request("trace", daemon.vmid, set=bad)
+    assert dump(daemon, "off")["trace"] == 0
+    r = daemon.run([STAT, "--trace", "16"])
+    assert r.returncode == 2 and "on, off, a mask from 0 to 15, dump or take" in r.stderr
+
+
+def test_diagram_draws_each_message_from_its_send_to_its_receive():
+    E = trace.Event
+    events = [E("h", 1, 0.0, trace.SPAWN, 1, 0, 0, 0), E("h", 2, 0.0, trace.SPAWN, 2, 0, 0, 0),
+              E("h", 3, 0.0, trace.SPAWN, 3, 0, 0, 0), E("h", 3, 0.05, trace.PRECV_START, -1, 3, -1, 0),
+              E("h", 1, 0.1, trace.PSEND, 1, 3, 5, 8), E("h", 2, 0.2, trace.PRECV_START, -1, 2, -1, 0),
+              E("h", 3, 0.5, trace.PRECV_END, 1, 3, 5, 8), E("h", 3, 0.6, trace.PSEND, 3, 2, 5, 8),
+              E("h", 2, 0.9, trace.PRECV_END, 3, 2, 5, 8), E("h", 1, 1.0, trace.EXIT, 1, 0, 0, 0)]
+    assert trace.diagram(events, {1: "a", 2: "b", 3: "c"}, width=50) == [
+        "     |0.000 ms                               1000.000 ms|",
+        "t1 a |S   s                                            X|",
+        "     |          \\                                       |",
+        "t2 b |S        ------\\----------------------------r     |",
+        "     |                    \\                /            |",
+        "t3 c |S ----------------------r    s                    |",
+    ]
+    assert trace.diagram([], {}) == ["(no trace events)"]
