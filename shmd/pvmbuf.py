@@ -73,6 +73,7 @@ KINDS = {k.code: k for k in (
     Kind(PVM_DCPLX, "dcplx", "d", 2, "d", "c16", ">c16"),
 )}
 SWAP = sys.byteorder == "little"  # XDR is big-endian
+_ZEROS = [bytes(n) for n in range(4)]  # XDR's padding of a byte array, by length
 _BYTES = (bytes, bytearray)
 _SAME = {"l": "q", "L": "Q"}  # memoryview formats that are the same type on LP64
 
@@ -248,9 +249,22 @@ class Buffer:
             self.body: memoryview | None = None
         else:
             self.wire_enc = RAW if wire_enc is None else wire_enc
-            self._data = bytearray()
+            self._data = bytearray()  # (a receive buffer's memory is _keep's)
             self._n = 0
             self.body = body
+
+    @classmethod
+    def received(cls, src: int, tag: int, room: bytearray, n: int) -> Buffer:
+        """A receive buffer on a message received into the first *n* bytes of *room*
+        (our own memory, reused: kept with the buffer, handed back when it is freed).
+        What ``Buffer(enc, parse(...)[1], src, tag, wire_enc=enc, keep=room)`` makes,
+        in fewer steps: every message a pvm_recv takes is made here."""
+        enc, start = body_at(room, n)
+        b = cls.__new__(cls)
+        b.encoding, b.wire_enc, b.src, b.tag, b.pos = enc, enc, src, tag, 0  # (XDR, RAW == Default, Raw)
+        b._keep, b._parts, b._data, b._n = room, None, bytearray(), 0
+        b.body = memoryview(room)[start:n]
+        return b
 
     # ---- size and the message --------------------------------------------------------------
     @property
@@ -271,15 +285,26 @@ class Buffer:
         HEADER.pack_into(self._data, 0, MAGIC, VERSION, self.wire_enc, self._n - HEADER.size)
         return memoryview(self._data)[:self._n]
 
+    def small_wire(self, limit: int) -> bytearray | None:
+        """The message as sent, copied, if it is a packed (not InPlace) one of at most
+        *limit* bytes (psend's inline size: its fast path takes a bytearray); else None."""
+        n = self._n
+        if n > limit or self._parts is not None or self.body is not None:
+            return None
+        d = self._data
+        HEADER.pack_into(d, 0, MAGIC, VERSION, self.wire_enc, n - HEADER.size)
+        return d[:n]
+
     def free(self) -> None:
         """Let go of the memory: parts referenced in place, a received view's pages."""
         self._parts = None
         if self.body is not None:
             self.body.release()
         self.body = None
-        if self._data and len(self._data) <= SPARE_MAX and not _SPARE:
-            _SPARE.append(self._data)  # its pages stay mapped: the next message is packed at memory speed
-        self._data = bytearray()
+        if self._data:
+            if len(self._data) <= SPARE_MAX and not _SPARE:
+                _SPARE.append(self._data)  # its pages stay mapped: the next message is packed at memory speed
+            self._data = bytearray()
         keep, self._keep = self._keep, None
         if isinstance(keep, bytearray):
             keep_room(keep)
@@ -310,21 +335,32 @@ class Buffer:
 
     def reset(self, encoding: int) -> bool:
         """Empty this send buffer for a new message in *encoding* (its memory kept);
-        False if it cannot be (a received buffer, or InPlace either way)."""
-        if self.body is not None or self._parts is not None or encoding not in (PvmDataDefault, PvmDataRaw):
+        False if it cannot be (a received buffer, an unknown encoding)."""
+        if self.body is not None or encoding not in ENCODINGS:
             return False
         self.encoding, self.wire_enc, self._n = encoding, XDR if encoding == PvmDataDefault else RAW, HEADER.size
+        self._parts = [] if encoding == PvmDataInPlace else None  # (the parts referenced are let go)
         return True
 
     def pack(self, datatype: int, values: Any, nitem: int = 1, stride: int = 1) -> None:
         if (datatype == PVM_BYTE and stride == 1 and type(values) in _BYTES and type(nitem) is int
-                and 0 <= nitem <= len(values) and self._parts is None):
-            # the common pvm_pkbyte of bytes, without the general path's steps
+                and 0 <= nitem <= len(values) and self.body is None):
+            # the common pvm_pkbyte of bytes, without the general path's steps (no view
+            # and no context manager: a slice store into the buffer's own bytearray)
+            part = values if nitem == len(values) else memoryview(values)[:nitem]
+            if self._parts is not None:
+                self._parts.append(memoryview(values)[:nitem])  # InPlace: referenced, read at send
+                return
             pad = -nitem % 4 if self.wire_enc == XDR else 0
-            with self._room(nitem + pad) as r:
-                r[:nitem] = values if nitem == len(values) else memoryview(values)[:nitem]
-                if pad:
-                    r[nitem:] = bytes(pad)  # (reused memory: the padding must be zeros)
+            start = self._n
+            end = start + nitem + pad
+            d = self._data
+            if end > len(d):
+                self._room(nitem + pad)  # grows it (PvmNoMem if it cannot)
+            d[start:start + nitem] = part
+            if pad:
+                d[end - pad:end] = _ZEROS[pad]  # (reused memory: the padding must be zeros)
+            self._n = end
             return
         k = kind(datatype)
         src = source(values, k, nitem, stride, copy=False)  # a view is read before we return (InPlace: at send)
@@ -392,9 +428,13 @@ class Buffer:
         if (datatype == PVM_BYTE and stride == 1 and type(target) is bytearray and type(nitem) is int
                 and 0 <= nitem <= len(target)):
             # the common pvm_upkbyte into a bytearray, without the general path's steps
-            raw = self._take(nitem + (-nitem % 4 if self.wire_enc == XDR else 0), f"{nitem} bytes")
-            target[:nitem] = raw[:nitem]
-            return target
+            body, pos = self.body, self.pos
+            end = pos + nitem + (-nitem % 4 if self.wire_enc == XDR else 0)
+            if body is not None and end <= body.nbytes:
+                target[:nitem] = body[pos:pos + nitem]
+                self.pos = end
+                return target
+            self._take(end - pos, f"{nitem} bytes")  # raises PvmNoData, naming what is short
         k = kind(datatype)
         _count(nitem, stride)
         xdr = self.wire_enc == XDR
@@ -489,11 +529,18 @@ class Buffer:
         return bytes(b[:n - 1]).decode("utf-8", "surrogateescape")
 
 
+def body_at(data, n: int) -> tuple[int, int]:
+    """(wire encoding, offset of the body) of a received message, the first *n* bytes
+    of *data*: a packed one's header read and checked, anything else (a psend's
+    bytes) Raw from offset 0."""
+    if n >= HEADER.size:
+        magic, version, enc, length = HEADER.unpack_from(data)
+        if magic == MAGIC and version == VERSION and (enc == XDR or enc == RAW) and length == n - HEADER.size:
+            return enc, HEADER.size
+    return RAW, 0
+
+
 def parse(data: memoryview) -> tuple[int, memoryview]:
-    """(wire encoding, body) of a received message: a packed one's header read and
-    checked, anything else (a psend's bytes) Raw as it is."""
-    if data.nbytes >= HEADER.size and data[:6] == MAGIC:
-        magic, version, enc, n = HEADER.unpack_from(data)
-        if version == VERSION and enc in (XDR, RAW) and n == data.nbytes - HEADER.size:
-            return enc, data[HEADER.size:]
-    return RAW, data
+    """(wire encoding, body) of a received message (see body_at)."""
+    enc, start = body_at(data, data.nbytes)
+    return enc, (data[start:] if start else data)

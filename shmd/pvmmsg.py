@@ -157,12 +157,18 @@ def pvm_bufinfo(bufid: int) -> tuple[int, int, int]:
 
 
 def sbuf() -> Buffer:
+    b = S.bufs.get(S.sbuf)  # (ids start at 1: none is 0)
+    if b is not None:
+        return b
     if not S.sbuf:
         raise PvmError(PvmNoBuf, "no active send buffer (pvm_initsend first)")
     return S.get(S.sbuf)
 
 
 def rbuf() -> Buffer:
+    b = S.bufs.get(S.rbuf)
+    if b is not None:
+        return b
     if not S.rbuf:
         raise PvmError(PvmNoBuf, "no active receive buffer (pvm_recv first)")
     return S.get(S.rbuf)
@@ -187,7 +193,16 @@ def _send_wire(me: Task, dests: Iterable[int], tag: int) -> None:
 
 def pvm_send(tid: int, msgtag: int) -> int:
     """Send the active send buffer to *tid* with *msgtag*."""
-    _send_wire(S.me(), [_tid(tid)], msgtag)
+    me = S.task
+    if me is None or me.closed:
+        me = S.me()
+    b = S.bufs.get(S.sbuf)
+    if b is not None and type(tid) is int and type(msgtag) is int and msgtag >= 0:
+        w = b.small_wire(layout.INLINE)
+        if w is not None:  # the common small message: straight to psend's fast path
+            me.psend(tid, msgtag, w)
+            return PvmOk
+    _send_wire(me, [_tid(tid)], msgtag)
     return PvmOk
 
 
@@ -246,11 +261,32 @@ def take_early(source: int, tag: int) -> tuple[int, int, bytes] | None:
 
 
 def _receive(source: int, tag: int, timeout: float | None) -> Buffer | None:
-    me = S.me()
-    _tid(source, "source tid")
-    _tag(tag)
+    me = S.task
+    if me is None or me.closed:
+        me = S.me()
+    if type(source) is not int or type(tag) is not int or tag < -1:
+        _tid(source, "source tid")
+        _tag(tag)
     deadline = INF if timeout is None else time.monotonic() + timeout
     need = 0  # bytes of the message that did not fit last time round
+    if not S.watch and not S.early:
+        # The common case, nothing of our own to look at first: one precv_into with the
+        # whole timeout, which spins (and adapts its spin) and sleeps as precv does.
+        room = receive_room(0)
+        try:
+            src, t, n = me.precv_into(room, source, tag, timeout)
+        except PvmTimeout:
+            keep_room(room)
+            if time.monotonic() >= deadline:
+                return None
+        except PvmError as e:
+            keep_room(room)
+            if e.code != PvmOverflow:
+                raise
+            found = me.probe(source, tag)  # the message that did not fit: still first
+            need = found[2] if found is not None else 0
+        else:
+            return Buffer.received(src, t, room, n)
     while True:
         if S.watch:
             _check_exits(me)
@@ -276,9 +312,7 @@ def _receive(source: int, tag: int, timeout: float | None) -> Buffer | None:
             found = me.probe(source, tag)  # the message that did not fit: still first
             need = found[2] if found is not None else 0
             continue
-        b = _as_buffer(src, t, memoryview(room)[:n])
-        b._keep = room
-        return b
+        return Buffer.received(src, t, room, n)
 
 
 def _install(b: Buffer | None) -> int:

@@ -188,7 +188,12 @@ def test_reused_memory_leaves_no_stale_bytes():
     assert b.reset(pvm.PvmDataRaw) and b.nbytes == 0
     b.pack(PVM_BYTE, b"abcde", 3)
     assert bytes(b.wire())[HEADER.size:] == b"abc" and received(b).wire_enc == pvm.PvmDataRaw
-    assert not Buffer(pvm.PvmDataInPlace).reset(pvm.PvmDataRaw)
+    inplace = Buffer(pvm.PvmDataInPlace)
+    inplace.pack(PVM_BYTE, b"abc", 3)
+    assert inplace.reset(pvm.PvmDataInPlace) and inplace.nbytes == 0  # its parts let go
+    inplace.pack(PVM_BYTE, b"de", 2)
+    assert bytes(inplace.wire())[HEADER.size:] == b"de"
+    assert not received(b).reset(pvm.PvmDataRaw)  # a received buffer is no send buffer
 
 
 @settings(max_examples=60, deadline=None)
@@ -235,3 +240,20 @@ print(out.tolist(), list(r.unpack(pvm.PVM_SHORT, None, 2)), r.upkstr(), 'numpy' 
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[0] == "[1.5, 3.5] [1, -2] x None"
+
+
+@pytest.mark.parametrize("wire", [
+    HEADER.pack(b"\x7fPVMpk", 1, 0, 4) + b"abcd",  # packed, XDR
+    HEADER.pack(b"\x7fPVMpk", 1, 1, 3) + b"abc",  # packed, Raw
+    HEADER.pack(b"\x7fPVMpk", 1, 0, 5) + b"abcd",  # a length that is not the body's: a psend's bytes
+    HEADER.pack(b"\x7fPVMpk", 2, 0, 4) + b"abcd",  # another version
+    HEADER.pack(b"\x7fPVMpk", 1, 2, 4) + b"abcd",  # no such wire encoding
+    b"\x7fPVMpk", b"", b"x" * 40,  # shorter than a header; bare bytes
+])
+def test_received_buffer_reads_the_header_as_parse_does(wire):
+    room = bytearray(64) + b"junk"  # reused memory: bytes past the message are stale
+    room[:len(wire)] = wire
+    b = Buffer.received(5, 6, room, len(wire))
+    enc, body = parse(memoryview(wire))
+    assert (b.wire_enc, b.encoding, bytes(b.body), b.src, b.tag) == (enc, enc, bytes(body), 5, 6)
+    b.free()
