@@ -9,7 +9,8 @@ Starts a pvm_shmd of its own (VM id of its own, removed at the end) and two task
 checked. With --real-pvm, the same with Debian's PVM 3.4.6 (``pvm_bench.c`` beside
 this file, compiled against libpvm3; needs ``apt-get install pvm pvm-dev``): via its
 pvmd (the default route) and with PvmRouteDirect. The machine is shared: the numbers
-are noisy, so ours and the peer's are printed side by side from one run.
+are noisy, so ours and the peer's are printed side by side from one run, the repeats
+interleaved (each repeat runs every path), with the median and the spread.
 """
 from __future__ import annotations
 
@@ -154,6 +155,14 @@ def label(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1024 else f"{n} B"
 
 
+def _table(title: str, sizes: list[int], rows: dict[str, dict[int, float]], fmt) -> None:
+    w = max(len(m) for m in rows) + 2
+    print(f"\n{title}")
+    print(f"{'':{w}}" + "".join(f"{label(n):>10}" for n in sizes))
+    for m, v in rows.items():
+        print(f"{m:{w}}" + "".join(f"{fmt(v[n]):>10}" if n in v else f"{'-':>10}" for n in sizes))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=200)
@@ -161,40 +170,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-pvm", action="store_true")
     a = ap.parse_args(argv)
     owned = Owned()
-    lat: dict[str, dict[int, float]] = {}
-    bw: dict[str, dict[int, float]] = {}
+    # every run of every path, by path: repeats interleaved (each round runs every path
+    # once, real PVM included) so that a burst of load on the shared machine falls on
+    # all of them, not on one path's runs
+    lats: dict[str, list[dict[int, float]]] = {}
+    bws: dict[str, list[dict[int, float]]] = {}
+    missing = False
     try:
         vmid = start_daemon(owned, 8)
         os.environ.update(owned.env(vmid))
-        for mode in MODES:
-            runs = [run(mode, LAT, a.rounds, False) for _ in range(a.repeat)]
-            lat[mode] = {n: statistics.median(r[n] for r in runs) for n in LAT}
-            runs = [run(mode, BW, max(a.rounds // 10, 8), True) for _ in range(a.repeat)]
-            bw[mode] = {n: statistics.median(r[n] for r in runs) for n in BW}
+        for _ in range(a.repeat):
+            for mode in MODES:
+                lats.setdefault(mode, []).append(run(mode, LAT, a.rounds, False))
+                bws.setdefault(mode, []).append(run(mode, BW, max(a.rounds // 10, 8), True))
+            for direct in (False, True) if a.real_pvm and not missing else ():
+                got = real_pvm(a.rounds, direct)
+                name = "PVM 3.4.6 " + ("PvmRouteDirect" if direct else "via pvmd")
+                if got is None:
+                    print(f"{name}: not installed (apt-get install pvm pvm-dev)", file=sys.stderr)
+                    missing = True
+                    break
+                lats.setdefault(name, []).append(got[0])
+                bws.setdefault(name, []).append(got[1])
     finally:
         owned.clean()
-    if a.real_pvm:
-        for direct in (False, True):
-            got = real_pvm(a.rounds, direct)
-            name = "PVM 3.4.6 " + ("PvmRouteDirect" if direct else "via pvmd")
-            if got is None:
-                print(f"{name}: not installed (apt-get install pvm pvm-dev)", file=sys.stderr)
-                break
-            lat[name], bw[name] = got
+
+    def med(runs: dict[str, list[dict[int, float]]], sizes: list[int]) -> dict[str, dict[int, float]]:
+        return {m: {n: statistics.median(r[n] for r in rs) for n in sizes} for m, rs in runs.items()}
+
     for line in machine():
         print(line)
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    w = max(len(m) for m in lat) + 2
-    print("\nlatency, one way (half a round trip), microseconds: pack + send + recv + unpack")
-    print(f"{'':{w}}" + "".join(f"{label(n):>10}" for n in LAT))
-    for m, v in lat.items():
-        print(f"{m:{w}}" + "".join(f"{v[n] * 1e6:>10.1f}" if n in v else f"{'-':>10}" for n in LAT))
-    print("\nbandwidth, one-way stream, GB/s")
-    print(f"{'':{w}}" + "".join(f"{label(n):>10}" for n in BW))
-    for m, v in bw.items():
-        print(f"{m:{w}}" + "".join(f"{v[n] / 1e9:>10.2f}" if n in v else f"{'-':>10}" for n in BW))
+    print(f"load average before printing: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    _table(f"latency, one way (half a round trip), microseconds, median of {a.repeat}: "
+           "pack + send + recv + unpack", LAT, med(lats, LAT), lambda x: f"{x * 1e6:.1f}")
+    spread = {m: {n: (min(r[n] for r in rs), max(r[n] for r in rs)) for n in LAT} for m, rs in lats.items()}
+    _table("latency spread, microseconds: fastest-slowest run", LAT, spread,
+           lambda x: f"{x[0] * 1e6:.0f}-{x[1] * 1e6:.0f}")
+    _table(f"bandwidth, one-way stream, GB/s, median of {a.repeat}", BW, med(bws, BW), lambda x: f"{x / 1e9:.2f}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
