@@ -260,13 +260,18 @@ def take_early(source: int, tag: int) -> tuple[int, int, bytes] | None:
     return None
 
 
+def _match_args(source: Any, tag: Any) -> None:
+    """PvmBadParam unless *source* is a tid and *tag* a msgtag (-1: any)."""
+    if type(source) is not int or type(tag) is not int or tag < -1:
+        _tid(source, "source tid")
+        _tag(tag)
+
+
 def _receive(source: int, tag: int, timeout: float | None) -> Buffer | None:
     me = S.task
     if me is None or me.closed:
         me = S.me()
-    if type(source) is not int or type(tag) is not int or tag < -1:
-        _tid(source, "source tid")
-        _tag(tag)
+    _match_args(source, tag)
     deadline = INF if timeout is None else time.monotonic() + timeout
     need = 0  # bytes of the message that did not fit last time round
     if not S.watch and not S.early:
@@ -327,6 +332,12 @@ def _install(b: Buffer | None) -> int:
 def pvm_recv(tid: int = ANY, msgtag: int = ANY) -> int:
     """Wait for a message from *tid* with *msgtag* (-1: any); it becomes the active
     receive buffer (the previous one is freed); return its id."""
+    _match_args(tid, msgtag)
+    if S.rbuf:
+        # Freed before the wait, as PVM's pvm_recv does (so also when the receive fails),
+        # so that less runs between the message's arrival and the caller's reply; its
+        # memory is then the one this receive reuses.
+        S.free(S.rbuf)
     return _install(_receive(tid, msgtag, None))
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from shmd import pvm
 from shmd.pvm import ANY, PvmError
+from shmd.pvmmsg import NOTIFY_SLICE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -166,6 +167,9 @@ def test_buffer_switching_and_bad_ids(mytid):
     assert pvm.pvm_upkstr() == "two"
     pvm.pvm_setrbuf(kept)
     assert pvm.pvm_upkstr() == "one"
+    with pytest.raises(PvmError):
+        pvm.pvm_recv("t4", 1)  # bad input is found before the active receive buffer is freed
+    assert pvm.pvm_getrbuf() == kept
     assert pvm.pvm_freebuf(two) == pvm.PvmOk
     for call in (lambda: pvm.pvm_freebuf(two), lambda: pvm.pvm_setsbuf(two), lambda: pvm.pvm_bufinfo(12345)):
         with pytest.raises(PvmError) as e:
@@ -260,3 +264,28 @@ def test_options(mytid):
         assert e.value.code == pvm.PvmBadParam
     assert pvm.pvm_perror("send", pvm.PvmNoTask) == f"libpvm [t{mytid:x}]: send: No such task"
     assert sys.modules["shmd.pvm"] is pvm
+
+
+def test_a_receive_waits_in_one_precv_into_when_nothing_is_armed(mytid, monkeypatch):
+    """With no notification armed, pvm_recv/trecv wait in one precv_into with the whole
+    timeout (its spin adapts to the gaps between messages as precv's does), not in
+    slices; with one armed they wait in slices (to look at the task table)."""
+    me = pvm.S.me()
+    waits: list = []
+    real = me.precv_into
+
+    def spy(room, source, tag, timeout=None):
+        waits.append(timeout)
+        return real(room, source, tag, timeout)
+
+    monkeypatch.setattr(me, "precv_into", spy)
+    assert pvm.pvm_trecv(ANY, 5, 0.25) == 0
+    assert waits == [0.25]
+    pvm.pvm_initsend()
+    pvm.pvm_send(mytid, 5)
+    waits.clear()
+    assert pvm.pvm_recv(ANY, 5) > 0 and waits == [None]
+    pvm.pvm_notify(pvm.PvmTaskExit, 6, [mytid])  # a live task watched: the receive looks in slices
+    waits.clear()
+    assert pvm.pvm_trecv(ANY, 5, 0.25) == 0
+    assert len(waits) > 1 and max(waits) <= NOTIFY_SLICE
