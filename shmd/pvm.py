@@ -162,7 +162,7 @@ def _unpacked(msg: tuple[int, int, Any], buf, len: int, datatype: int) -> tuple[
 # ---- packing and unpacking ------------------------------------------------------------------
 def _packer(datatype: int):
     def pk(values: Any, nitem: int = 1, stride: int = 1) -> int:
-        sbuf().pack(datatype, values, nitem, stride)
+        (S.bufs.get(S.sbuf) or sbuf()).pack(datatype, values, nitem, stride)  # (sbuf() names what is wrong)
         return PvmOk
 
     name = KINDS[datatype].name
@@ -174,7 +174,7 @@ def _packer(datatype: int):
 
 def _unpacker(datatype: int):
     def upk(buf: Any = None, nitem: int = 1, stride: int = 1):
-        got = rbuf().unpack(datatype, buf, nitem, stride)
+        got = (S.bufs.get(S.rbuf) or rbuf()).unpack(datatype, buf, nitem, stride)
         return PvmOk if buf is not None else got
 
     name = KINDS[datatype].name

@@ -338,7 +338,11 @@ def pvm_recv(tid: int = ANY, msgtag: int = ANY) -> int:
         # so that less runs between the message's arrival and the caller's reply; its
         # memory is then the one this receive reuses.
         S.free(S.rbuf)
-    return _install(_receive(tid, msgtag, None))
+    b = _receive(tid, msgtag, None)
+    if b is None:  # (cannot be: no timeout)
+        return 0
+    S.rbuf = S.add(b)
+    return S.rbuf
 
 
 def pvm_nrecv(tid: int = ANY, msgtag: int = ANY) -> int:
