@@ -155,12 +155,12 @@ def label(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1024 else f"{n} B"
 
 
-def _table(title: str, sizes: list[int], rows: dict[str, dict[int, float]], fmt) -> None:
+def _table(title: str, sizes: list[int], rows: dict, fmt, col: int = 10) -> None:
     w = max(len(m) for m in rows) + 2
     print(f"\n{title}")
-    print(f"{'':{w}}" + "".join(f"{label(n):>10}" for n in sizes))
+    print(f"{'':{w}}" + "".join(f"{label(n):>{col}}" for n in sizes))
     for m, v in rows.items():
-        print(f"{m:{w}}" + "".join(f"{fmt(v[n]):>10}" if n in v else f"{'-':>10}" for n in sizes))
+        print(f"{m:{w}}" + "".join(f"{fmt(v[n]):>{col}}" if n in v else f"{'-':>{col}}" for n in sizes))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
            "pack + send + recv + unpack", LAT, med(lats, LAT), lambda x: f"{x * 1e6:.1f}")
     spread = {m: {n: (min(r[n] for r in rs), max(r[n] for r in rs)) for n in LAT} for m, rs in lats.items()}
     _table("latency spread, microseconds: fastest-slowest run", LAT, spread,
-           lambda x: f"{x[0] * 1e6:.0f}-{x[1] * 1e6:.0f}")
+           lambda x: f"{x[0] * 1e6:.0f}-{x[1] * 1e6:.0f}", 13)
     _table(f"bandwidth, one-way stream, GB/s, median of {a.repeat}", BW, med(bws, BW), lambda x: f"{x / 1e9:.2f}")
     return 0
 
