@@ -23,6 +23,23 @@ from conftest import BIN, ROOT
 
 DOCS = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 STAT_ROW = re.compile(r"^\s*\S+(\s+\d+){7}$")
+RELAYED = re.compile(r"^\[\d+:(t[0-9a-f]+)\] ")  # a task's output line, as spawn -> shows it
+
+
+def per_task(lines: list[str]) -> list[str]:
+    """Each run of relayed output lines ordered by task, each task's lines in their own
+    order: tasks run at once, so only the order within one task is the doc's to show."""
+    out: list[str] = []
+    run: list[str] = []
+    for line in [*lines, ""]:
+        m = RELAYED.match(line)
+        if m:
+            run.append(line)
+            continue
+        out += sorted(run, key=lambda ln: RELAYED.match(ln).group(1))  # type: ignore[union-attr]
+        run = []
+        out.append(line)
+    return out[:-1]
 
 
 def transcripts() -> list[tuple[str, int, list[str]]]:
@@ -86,7 +103,7 @@ def test_a_doc_transcript_prints_what_it_shows(pvm_env, tmp_path, doc, line, blo
         actual = [ln for ln in actual if ln != "pvm> quit"]
         while actual[-2:] == ["", "pvmd still running."]:
             actual = actual[:-2]
-    assert matches(expected, actual), (
+    assert matches(per_task(expected), per_task(actual)), (
         f"{doc}:{line}: the transcript differs from what the console prints now\n--- doc\n"
         + "\n".join(expected) + "\n--- console\n" + "\n".join(actual))
 
