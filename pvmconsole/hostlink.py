@@ -29,6 +29,8 @@ from shmd.spawner import parse_err_line
 DAEMON = "pvm_shmd"
 STAT = "pvm_shmd_stat"
 SPAWN = "pvm_spawn"
+NETD = "pvm_netd"
+ANYWHERE = "0.0.0.0"  # where a host not reached over SSH (the console's own) binds pvm_netd
 SPAWN_TIMEOUT = 30.0  # starting pvm_spawn on the host (not the tasks' run time)
 KILL_GRACE = 2.0  # reset/halt: TERM, then KILL what is still there after this
 START_TIMEOUT = 30.0  # a daemon that is not up by then never will be
@@ -41,6 +43,11 @@ STOP_TIMEOUT = 30.0
 #: Extra words for every pvm_shmd the console starts (e.g. "-maxpages=64 -maxsegs=2").
 OPTS_ENV = "PVM_SHMD_OPTS"
 
+
+
+def users_tasks(tasks: list) -> list:
+    """The tasks of a daemon's table but its pvm_netd (PVM's ps did not show pvmds)."""
+    return [t for t in tasks if not (isinstance(t, dict) and t.get("name") == NETD)]
 
 
 def _first_line(text: str) -> str:
@@ -133,6 +140,8 @@ class HostLink:
             raise PvmError(PvmHostFail, f"unreadable state from {self.stat_program}") from None
         if not isinstance(state, dict):
             raise PvmError(PvmHostFail, f"unreadable state from {self.stat_program}")
+        if isinstance(state.get("tasks"), list):
+            state["tasks"] = users_tasks(state["tasks"])
         return state
 
     def stop(self) -> bool:
@@ -145,10 +154,30 @@ class HostLink:
             return False
         raise PvmError(PvmHostFail, _first_line(r.stderr) or f"{self.stat_program} --stop exited {r.rc}")
 
+    def _sibling(self, name: str) -> str:
+        """Program *name* from the daemon's directory (as pvm_shmd_stat)."""
+        return os.path.join(os.path.dirname(self.daemon), name) if "/" in self.daemon else name
+
     @property
     def spawn_program(self) -> str:
-        """pvm_spawn, from the daemon's directory (as pvm_shmd_stat)."""
-        return os.path.join(os.path.dirname(self.daemon), SPAWN) if "/" in self.daemon else SPAWN
+        return self._sibling(SPAWN)
+
+    def net_addresses(self) -> tuple[str, str | None]:
+        """(where this host's pvm_netd binds: the address the console reaches it at,
+        the console's own address as the host sees it; None when it is this machine)."""
+        ends = getattr(self.runner, "addresses", lambda: None)()
+        return ends if ends is not None else (ANYWHERE, None)
+
+    def start_net(self, index: int, bind: str, keys: Sequence[str], peers: Sequence[Sequence[object]]) -> int:
+        """Start the host's pvm_netd (its daemon runs), the VM's keys and the other
+        hosts' [index, address, port] on its stdin; return the port it bound."""
+        line = json.dumps({"public": keys[0], "secret": keys[1], "peers": [list(p) for p in peers]})
+        r = self.runner.run([self._sibling(NETD), *self._vm_args(), f"-host={index}", f"-bind={bind}"],
+                            timeout=start_timeout(), input=line + "\n")
+        w = handshake.fields(r.stdout) if r.rc == 0 else {}
+        if not isinstance(w.get("netd"), str) or not str(w["netd"]).isdigit():
+            raise PvmError(PvmCantStart, _first_line(r.stderr) or f"{NETD} exited {r.rc}")
+        return int(str(w["netd"]))
 
     def kill_tasks(self, pids: list[int]) -> None:
         """TERM the given task pids on the host, KILL what is left after KILL_GRACE s
@@ -189,7 +218,7 @@ class HostLink:
             tasks = None
         if not isinstance(tasks, list):
             raise PvmError(PvmHostFail, f"unreadable task list from {self.spawn_program}")
-        return [t for t in tasks if isinstance(t, dict)]
+        return users_tasks([t for t in tasks if isinstance(t, dict)])
 
     def signal(self, signum: int, tids: Sequence[int]) -> dict[int, PvmError | None]:
         """Send *signum* to tasks of this host by tid; per tid None or the error."""

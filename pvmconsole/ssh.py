@@ -603,6 +603,16 @@ class SshRunner:
         t = self._client.get_transport() if self._client else None
         return bool(t and t.is_active())
 
+    def addresses(self) -> tuple[str, str] | None:
+        """(the host's address, ours as it sees us) on the open connection; None if
+        there is none or it goes through a jump host (no socket of ours to ask)."""
+        t = self._client.get_transport() if self._client else None
+        sock = getattr(t, "sock", None)
+        try:
+            return sock.getpeername()[0], sock.getsockname()[0]  # type: ignore[union-attr]
+        except (AttributeError, OSError, IndexError, TypeError):
+            return None
+
     def _open_channel(self, deadline: float) -> paramiko.Channel:
         """A new session channel on the (re)used connection. A connection that fails
         before the command started is re-opened once: nothing ran yet, so it is safe."""

@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import zmq
+
 from pvmconsole import hostfile as hf
 from pvmconsole.hostlink import MANUAL_HINT, HostLink, is_local, link_for
 from pvmconsole.vmtable import HostRecord, TableStore, VmTable, lowest_free_index
@@ -161,6 +163,30 @@ class VirtualMachine:
             options=dict(options),
         )
 
+    def _start_nets(self, t: VmTable, recs: Sequence[HostRecord]) -> None:
+        """Start the pvm_netd of each of *recs* (their daemons run; the master's first,
+        the others in parallel: each is told the hosts already in *t*, and the master's
+        pvm_netd tells every host of every other that joins). A host whose pvm_netd does
+        not start stays in the VM: its tasks reach only tasks of their own host."""
+        if not t.netkeys:
+            return  # a table from before pvm_netd: its hosts have none
+        def one(r: HostRecord) -> Outcome:
+            return _attempt(r.name, lambda: self._start_net(t, r))
+
+        first = [r for r in recs if r.index == MASTER]
+        for batch in (first, [r for r in recs if r.index != MASTER]):
+            for o in _parallel(one, batch):
+                if o.error is not None:
+                    self.notes.append(f"{o.name}: no network process, its tasks reach only tasks "
+                                      f"of their host ({PvmError(o.error, o.detail)})")
+
+    def _start_net(self, t: VmTable, rec: HostRecord) -> None:
+        link = self.link(rec)
+        bind, me = link.net_addresses()
+        peers = [[h.index, me if h.index == MASTER and me is not None else h.net[0], h.net[1]]
+                 for h in t.hosts if h.net and h.index != rec.index]
+        rec.net = [bind, link.start_net(rec.index, bind, t.netkeys, peers)]
+
     # -- start / attach -----------------------------------------------------------
     def open(self, hosts: hf.Hostfile | None) -> bool:
         """Attach to the running VM, or start one (master + the hostfile's hosts).
@@ -218,7 +244,9 @@ class VirtualMachine:
             master = self._start_host(me, MASTER, master_opts)
         t = VmTable(self.vmid, hosts=[master], hostfile=hosts.path if hosts else "",
                     defaults=dict(hosts.defaults) if hosts else {},
-                    known={e.name: dict(e.options) for e in entries if e is not own})
+                    known={e.name: dict(e.options) for e in entries if e is not own},
+                    netkeys=[k.decode("ascii") for k in zmq.curve_keypair()])
+        self._start_nets(t, [master])
         self.store.save(t)  # the master is up: the VM exists even if other hosts fail
         todo = [e for e in entries if e is not own and not e.defer]
         for o in self._add_entries(t, todo):
@@ -261,9 +289,10 @@ class VirtualMachine:
                               f"still starting: {names}")
 
         results = _parallel(start, plan, report if self.progress is not None else None)
-        for _, rec in results:
-            if rec is not None:
-                t.hosts.append(rec)
+        started = [rec for _, rec in results if rec is not None]
+        self._start_nets(t, started)
+        for rec in started:
+            t.hosts.append(rec)
         t.hosts.sort(key=lambda h: h.index)
         return [o for o, _ in results]
 
@@ -374,11 +403,14 @@ class VirtualMachine:
                             raise  # (a hand-started daemon we can't reach: no new dialogue)
                     fresh = self._start_host(h.name, h.index, h.options)
                     h.pid, h.arch, h.dsig, h.state = fresh.pid, fresh.arch, fresh.dsig, "running"
+                    h.net = []
                     return Outcome(h.name, dtid=h.dtid)
                 except PvmError as e:
                     h.state = "failed"
                     return Outcome(h.name, e.code, e.detail or "")
-            return _parallel(one, list(t.hosts))
+            out = _parallel(one, list(t.hosts))
+            self._start_nets(t, [h for h in t.hosts if h.state == "running"])
+            return out
 
     def halt(self) -> list[Outcome]:
         """Kill every task and daemon, remove every IPC object and the table."""

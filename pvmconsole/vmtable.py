@@ -39,6 +39,7 @@ class HostRecord:
     pid: int
     state: str = "running"  # running | failed (its daemon did not answer)
     options: dict[str, str] = field(default_factory=dict)
+    net: list = field(default_factory=list)  # [address, port] of its pvm_netd; [] if none
 
     @property
     def dtid(self) -> int:
@@ -56,6 +57,9 @@ class VmTable:
     defaults: dict[str, str] = field(default_factory=dict)
     hostfile: str = ""
     created: float = field(default_factory=time.time)
+    #: the VM's CURVE key pair (Z85 public, secret) every pvm_netd of it holds; the table
+    #: is a private file (0600 in the private directory), as the keys must be
+    netkeys: list[str] = field(default_factory=list)
 
     def host(self, name: str) -> HostRecord | None:
         return next((h for h in self.hosts if h.name == name), None)

@@ -34,6 +34,11 @@ def format_line(**fields: object) -> str:
     return " ".join(out)
 
 
+def fields(line: str) -> dict[str, object]:
+    """The ``name<value>`` fields of a line, as strings (pvm_netd's ready line)."""
+    return dict(_FIELD.findall(line))
+
+
 def parse(line: str) -> dict[str, object]:
     """Parse a handshake line; raise ValueError naming what is wrong."""
     line = line.strip()

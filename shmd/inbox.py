@@ -17,11 +17,12 @@ from typing import Literal, overload
 
 import sysv_ipc
 
-from . import ipc, layout
+from . import ipc, layout, remote
 from .errors import PvmBadMsg, PvmError, PvmSysErr, PvmTimeout
 from .message import DESC, Desc, Matcher
 from .pages import Pages
 from .taskbase import INF, MASK64, MAX_SPIN, SLICE, damaged, spin_allowed
+from .tids import TIDHOST
 
 MIN_SPIN = 10e-6  # a spin that keeps missing shrinks to this
 POST_WAIT = 10e-6  # how long a woken receiver polls for the message its waker posts
@@ -237,7 +238,9 @@ class Inbox(Pages):
             if d is not None:
                 return None if d.flags & layout.F_ABORT else d
             try:
-                sending = self._peer(src).sending_i
+                # from another host, it comes through pvm_netd: its slot says to whom
+                sending = self._peer(src if not (src ^ self.tid) & TIDHOST
+                                     else remote.route(self.vmid)["tid"]).sending_i
             except PvmError:
                 d = self._take_after(mark, match)  # it may have sent, then died
                 return None if d is None or d.flags & layout.F_ABORT else d

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import time
 
-from . import layout
+from . import layout, remote
 from .calibrate import NEVER
 from .errors import PvmBadParam, PvmError, PvmOverflow
 from .message import DESC, Desc, Matcher, Message, MessageView, as_bytes_view, small_desc
 from .rendezvous import Rendezvous
 from .taskbase import ANY, INF
+from .tids import TIDHOST
 
 _unpack_desc = DESC.unpack_from
 _new = tuple.__new__
@@ -199,6 +200,8 @@ class Receiving(Rendezvous):
         if deadline is None:
             deadline = INF if timeout is None else time.monotonic() + timeout
         match = self._matcher(source, tag)
+        if source > 0 and (source ^ self.tid) & TIDHOST:  # from another host: watch it
+            return remote.receive(self, match, source, deadline, into)
         post = into is not None and into.nbytes >= self._paths.into_min and self._direct
         if post:
             self._q[self._R + _RV_ACTIVE] = 1

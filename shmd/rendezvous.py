@@ -126,7 +126,7 @@ class Rendezvous(Inbox):
                 s, p = run
                 i[self._mapb[s] + _OWNER + p] = dest  # its run from now on
                 q[r + layout.RV_ADDR] = layout.rv_run_word(s, p)
-            i[2 * (r + layout.RV_FROM)], i[2 * (r + layout.RV_FROM) + 1] = self.tid, tag
+            i[2 * (r + layout.RV_FROM)], i[2 * (r + layout.RV_FROM) + 1] = self._src, tag
             q[r + layout.RV_PID], q[r + layout.RV_SRC] = self._pid, src
             q[r + layout.RV_N], q[r + layout.RV_CHUNK] = n, chunk
             for w in (direct.FA, direct.DA, direct.BB, direct.DB, direct.BFAIL):
@@ -171,7 +171,7 @@ class Rendezvous(Inbox):
         """The buffer posted in the record at word *r* takes our *n*-byte message with
         *tag* (its source and tag, or wildcards, and its size)."""
         i = self._i
-        return (i[2 * (r + layout.RV_MATCH)] in (ANY, self.tid)
+        return (i[2 * (r + layout.RV_MATCH)] in (ANY, self._src)
                 and i[2 * (r + layout.RV_MATCH) + 1] in (ANY, tag)
                 and self._q[r + layout.RV_CAP] >= n)
 

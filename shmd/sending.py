@@ -15,9 +15,10 @@ import time
 
 import sysv_ipc
 
-from . import ipc, layout
+from . import ipc, layout, remote
 from .errors import PvmBadParam, PvmError, PvmNoTask, PvmSysErr, PvmTimeout
 from .message import DESC, as_bytes_view
+from .remote import RemoteTid
 from .rendezvous import Rendezvous
 from .taskbase import INF, MASK64, MAX_SPIN, SLICE, Peer, damaged
 
@@ -111,7 +112,10 @@ class Sending(Rendezvous):
             inline = as_bytes_view(data)
             n = inline.nbytes
         deadline = INF if timeout is None else time.monotonic() + timeout
-        peer = self._peer(dest)
+        try:
+            peer = self._peer(dest)
+        except RemoteTid:
+            return remote.send(self, dest, tag, inline, n, deadline)
         if self._owed and dest in self._owed:
             self._post(peer, dest, self._owed[dest], 0, -1, 0, 0, layout.F_ABORT, 0, None,
                        deadline)
@@ -173,7 +177,7 @@ class Sending(Rendezvous):
         every message with that tag and length)."""
         if len(self._hdrs) > 1024:
             self._hdrs.clear()
-        h = self._hdrs[tag << 8 | n] = DESC.pack(self.tid, tag, n, -1, 0, 0, _F_FIRST, n)
+        h = self._hdrs[tag << 8 | n] = DESC.pack(self._src, tag, n, -1, 0, 0, _F_FIRST, n)
         return h
 
     def _throttle(self, peer: Peer, dest: int, deadline: float) -> None:
@@ -271,11 +275,11 @@ class Sending(Rendezvous):
             delay = min(delay * 2, 5e-3)
         ring = peer.ring
         if fill:
-            _pack_desc(self._buf, ring + k * _DESCSZ, self.tid, 0, fill * _DESCSZ - _INL,
+            _pack_desc(self._buf, ring + k * _DESCSZ, self._src, 0, fill * _DESCSZ - _INL,
                        -1, 0, 0, _F_SKIP, 0)
             tail += fill
         d = ring + (tail % _RING) * _DESCSZ
-        _pack_desc(self._buf, d, self.tid, tag, n, s, p, npages, flags, total)
+        _pack_desc(self._buf, d, self._src, tag, n, s, p, npages, flags, total)
         if inline is not None and n:
             self._buf[d + _INL:d + _INL + n] = inline
         if s >= 0:

@@ -72,6 +72,7 @@ class Task(Receiving, Sending):
             name = name or os.path.basename(sys.argv[0] or "python")
             reply = self._conn.request("join", pid=os.getpid(), name=name)
             self.tid, self._slot, self._gen = reply["tid"], reply["slot"], reply["generation"]
+            self._src = self.tid
             self._attach(buf, h, paths_)
         except BaseException:
             self._detach()

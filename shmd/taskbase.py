@@ -29,6 +29,7 @@ import sysv_ipc
 from . import calibrate, control, ipc, layout, tids, trace
 from .errors import PvmBadParam, PvmError, PvmNoMem, PvmNoTask, PvmSysErr, PvmTimeout
 from .message import Desc, Matcher, MessageView
+from .remote import RemoteTid
 
 ANY = -1
 SLICE = 0.2  # a blocked receiver re-checks the daemon this often (seconds)
@@ -100,6 +101,7 @@ class TaskBase:
     _pid: int
     _slot: int
     _gen: int
+    _src: int  # the src our descriptors carry: our tid (pvm_netd: the remote sender's)
     _daemon: tuple[int, int]
     _shm0: sysv_ipc.SharedMemory
     _segs: list[sysv_ipc.SharedMemory]
@@ -220,7 +222,7 @@ class TaskBase:
         if not isinstance(tid, int) or not 0 < tid <= 0x7FFFFFFF:
             raise PvmError(PvmBadParam, f"bad tid {tid!r}")
         if tids.host_of(tid) != tids.host_of(self.tid):
-            raise PvmError(PvmNoTask, f"{tids.fmt(tid)} is on another host (shared memory is local)")
+            raise RemoteTid(tid)  # psend routes it through pvm_netd (remote.py)
         for i in range(layout.MAX_TASKS):
             t = layout.slot(self._buf, i)
             if t["tid"] == tid and t["state"] == layout.ACTIVE:

@@ -1,0 +1,136 @@
+"""Messages to and from tasks of other hosts: the library's side of pvm_netd.
+
+A tid of another host is reached through this host's network process (netd.py), a
+task of the local pvm_shmd like any other. ``send`` posts the message to it through
+the shared pages, in chunks of at most CHUNK bytes, each led by an ``OUT`` header
+(final destination, tag, total length, offset); it forwards them to the destination
+host's pvm_netd, which puts the whole message into the receiver's inbox with the
+remote sender's tid as src. So a remote message is an ordinary queued message at the
+receiver: wildcards, probe, precv_into's overflow rule and order per sender (one
+sender, one local inbox, one connection, one delivering thread) hold as on one host.
+
+pvm_netd keeps its route file (``paths.tmpfile("pvmnet", vmid)``, private, 0600):
+its tid and which hosts are up. ``send`` and a receive waiting for a task of another
+host look at it (every CHECK seconds while they wait) to raise PvmHostFail for a host
+that is down rather than wait for ever.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from . import paths, private, tids
+from .errors import PvmError, PvmHostFail, PvmNoTask, PvmTimeout
+
+if TYPE_CHECKING:
+    from .receiving import Receiving
+    from .sending import Sending
+
+CHUNK = 1 << 20  # bytes of a message per piece through pvm_netd (and per network frame)
+CHECK = 0.5  # how often a wait on another host looks whether it is still up (seconds)
+OUT = struct.Struct("<IiQQ")  # local task -> pvm_netd: dest, tag, total, offset
+ABORT = (1 << 64) - 1  # offset of an abort: the message in chunks will not be finished
+ROUTE_STEM = "pvmnet"
+NAME = "pvm_netd"  # the name pvm_netd joins with (what pvm_shmd_stat shows)
+
+
+class RemoteTid(PvmError):
+    """A tid of another host where a local one was needed (``_peer``): PvmNoTask for
+    callers that do not route (as before), the cue to route for psend."""
+
+    def __init__(self, tid: int):
+        super().__init__(PvmNoTask, f"{tids.fmt(tid)} is on another host")
+
+
+_cache: dict[str, tuple[int, dict]] = {}  # vmid -> (mtime_ns, route file contents)
+
+
+def route(vmid: str) -> dict:
+    """The route file of *vmid* ({"tid": netd's tid, "hosts": {"2": true, ...}}, cached
+    while unchanged); PvmNoTask if no pvm_netd runs for this VM on this host."""
+    path = paths.tmpfile(ROUTE_STEM, vmid)
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        raise PvmError(PvmNoTask, "no pvm_netd on this host: a task on another host is out of "
+                                  "reach (start the VM with the console)") from None
+    got = _cache.get(vmid)
+    if got is not None and got[0] == mtime:
+        return got[1]
+    text = private.read_text(path)
+    try:
+        r = json.loads(text or "")
+        if not isinstance(r, dict) or not isinstance(r.get("tid"), int) or not isinstance(r.get("hosts"), dict):
+            raise ValueError
+    except ValueError:
+        raise PvmError(PvmNoTask, f"unreadable route file {path}") from None
+    _cache[vmid] = (mtime, r)
+    return r
+
+
+def check_host(vmid: str, tid: int) -> int:
+    """pvm_netd's tid, if the host of *tid* is in the VM and up; PvmHostFail if it is
+    down, PvmNoTask if there is no such host."""
+    r = route(vmid)
+    up = r["hosts"].get(str(tids.host_of(tid)))
+    if up is None:
+        raise PvmError(PvmNoTask, f"{tids.fmt(tid)}: no host {tids.host_of(tid)} in the virtual machine")
+    if not up:
+        raise PvmError(PvmHostFail, f"{tids.fmt(tid)}: host {tids.host_of(tid)} is down")
+    return r["tid"]
+
+
+def send(task: Sending, dest: int, tag: int, mv: memoryview | bytes, n: int, deadline: float) -> None:
+    """psend of *n* bytes to *dest* on another host: to pvm_netd, in chunks."""
+    off = 0
+    while True:
+        chunk = min(n - off, CHUNK)
+        piece = OUT.pack(dest, tag, n, off) + mv[off:off + chunk]
+        try:
+            _post(task, dest, piece, deadline)
+        except BaseException:
+            if off:  # the far side drops what it has of this message
+                try:
+                    _post(task, dest, OUT.pack(dest, tag, n, ABORT), time.monotonic() + CHECK)
+                except PvmError:
+                    pass  # pvm_netd gone or full: the next message's first chunk drops it
+            raise
+        off += chunk
+        if off >= n:
+            return
+
+
+def _post(task: Sending, dest: int, piece: bytes, deadline: float) -> None:
+    """One piece to pvm_netd, looking at the destination host every CHECK seconds."""
+    while True:
+        net = check_host(task.vmid, dest)
+        left = deadline - time.monotonic()
+        try:
+            task.psend(net, 0, piece, timeout=max(0.0, min(left, CHECK)))
+            return
+        except PvmTimeout:
+            if left <= CHECK:
+                raise
+        except PvmError as e:
+            if e.code == PvmNoTask:
+                raise PvmError(PvmHostFail, f"pvm_netd of this host is gone ({e.detail or e})") from None
+            raise
+
+
+def receive(task: Receiving, match, source: int, deadline: float, into):
+    """_receive for a *source* on another host: as the local one, but every CHECK
+    seconds of waiting, PvmHostFail if that host went down."""
+    while True:
+        try:
+            d = task._take(match, min(deadline, time.monotonic() + CHECK))
+        except PvmTimeout:
+            if time.monotonic() >= deadline:
+                raise
+            check_host(task.vmid, source)
+            continue
+        got = task._whole(d, into, deadline)
+        if got is not None:
+            return got

@@ -1,0 +1,220 @@
+"""Messages between hosts through pvm_netd, with real daemons and real network processes.
+
+Two "hosts" on this machine: two pvm_shmd of two VM ids, started as host 1 and host 2,
+each with its pvm_netd bound to 127.0.0.1 (the lab tests run the same across network
+namespaces). The test process is a task of host 1; tasks of host 2 are child processes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq
+from conftest import BIN
+from daemons import shmd_vm, wait_for
+
+import shmd
+from shmd import netd, remote, tids
+from shmd.errors import PvmError, PvmHostFail, PvmOverflow
+
+NETD = os.path.join(BIN, "pvm_netd")
+
+# a task of host 2: reports its tid, then echoes every message back to its sender until
+# tag 99; with argv[1] = a tid, first streams 200 numbered messages to it with tag 5
+ECHO = r'''
+import sys, shmd
+with shmd.join(name="echo") as me:
+    print(me.tid, flush=True)
+    if len(sys.argv) > 1:
+        for k in range(200):
+            me.psend(int(sys.argv[1]), 5, k.to_bytes(4, "little") * 3)
+    while True:
+        m = me.precv(timeout=60)
+        if m.tag == 99:
+            break
+        me.psend(m.src, m.tag, m.data)
+'''
+
+
+def start_netd(vm, vmid: str, host: int, keys, peers) -> tuple[int, int]:
+    """pvm_netd for *vmid* as host *host*: (port, pid)."""
+    pub, sec = keys
+    line = json.dumps({"public": pub.decode(), "secret": sec.decode(), "peers": peers})
+    r = subprocess.run([NETD, f"-vmid={vmid}", f"-host={host}", "-bind=127.0.0.1"], input=line + "\n",
+                       capture_output=True, text=True, timeout=20, env=vm.env(vmid))
+    assert r.returncode == 0, r.stderr
+    w = dict(netd_field.split("<") for netd_field in r.stdout.strip().rstrip(">").split("> "))
+    return int(w["netd"]), int(w["pid"])
+
+
+class Two:
+    """Host 1 (VM id a, the test process joins it) and host 2 (VM id b) with their netds."""
+
+    def __init__(self, vm):
+        self.vm = vm
+        self.a, self.b = vm.vmid, vm.vmid + "b"
+        self.keys = zmq.curve_keypair()
+        vm.start("-host=1", vmid=self.a)
+        vm.start("-host=2", vmid=self.b)
+        self.port1, self.pid1 = start_netd(vm, self.a, 1, self.keys, [])
+        self.port2, self.pid2 = start_netd(vm, self.b, 2, self.keys, [[1, "127.0.0.1", self.port1]])
+        self.procs: list[subprocess.Popen] = []
+        # host 1 hears host 2's hello: both up
+        wait_for(lambda: remote.route(self.a)["hosts"].get("2") is True, what="host 2 up at host 1")
+
+    def echo(self, *args: str) -> tuple[subprocess.Popen, int]:
+        p = subprocess.Popen([sys.executable, "-c", ECHO, *args], stdout=subprocess.PIPE, text=True,
+                             env=self.vm.env(self.b))
+        self.procs.append(p)
+        return p, int(p.stdout.readline())
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(10)
+        for pid in (self.pid1, self.pid2):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid in (self.pid1, self.pid2):
+            wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), what=f"netd {pid} gone")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.fixture
+def two(shmd_vm):
+    t = Two(shmd_vm)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def pattern(n: int, seed: int) -> bytes:
+    return bytes((k * 7 + seed) & 0xFF for k in range(n)) if n < 4096 else \
+        (bytes(range(256)) * (n // 256 + 1))[seed % 256:][:n]
+
+
+def test_ping_pong_every_byte_across_hosts(two):
+    """Sizes from tag-0 empty to several network chunks (and more than a segment of the
+    small daemons, so the receiving side takes it in pieces): every byte comes back."""
+    p, peer = two.echo()
+    assert tids.host_of(peer) == 2
+    with shmd.join(two.a) as me:
+        assert tids.host_of(me.tid) == 1
+        for k, n in enumerate((0, 8, 1000, 4096, 65536, remote.CHUNK, 3 * remote.CHUNK + 17)):
+            data = pattern(n, k)
+            me.psend(peer, k % 3, data, timeout=20)
+            m = me.precv(peer, k % 3, timeout=20)
+            assert (m.src, m.tag, len(m.data)) == (peer, k % 3, n)
+            assert bytes(m.data) == data, f"{n} bytes came back changed"
+        # precv_into: too small raises and keeps the message, then it fits
+        me.psend(peer, 7, pattern(5000, 1), timeout=20)
+        assert wait_for(lambda: me.probe(peer, 7), what="echo queued")[2] == 5000
+        small = bytearray(100)
+        with pytest.raises(PvmError) as e:
+            me.precv_into(small, peer, 7, timeout=5)
+        assert e.value.code == PvmOverflow
+        big = bytearray(6000)
+        assert me.precv_into(big, shmd.ANY, 7, timeout=5) == (peer, 7, 5000)
+        assert bytes(big[:5000]) == pattern(5000, 1)
+        me.psend(peer, 99, b"", timeout=5)
+    assert p.wait(20) == 0
+
+
+def test_wildcard_and_order_local_and_remote(two):
+    """A remote sender's 200 messages and a local one's, taken with wildcards: each
+    sender's in order, both there."""
+    with shmd.join(two.a) as me:
+        p, peer = two.echo(str(me.tid))
+        local = subprocess.Popen([sys.executable, "-c",
+                                  f"import shmd\nwith shmd.join() as t:\n for k in range(200): "
+                                  f"t.psend({me.tid}, 6, k.to_bytes(4, 'little'))"],
+                                 env=two.vm.env(two.a))
+        got: dict[int, list[int]] = {}
+        for _ in range(400):
+            m = me.precv(shmd.ANY, shmd.ANY, timeout=20)
+            got.setdefault(m.src, []).append(int.from_bytes(m.data[:4], "little"))
+        assert local.wait(20) == 0
+        assert got[peer] == list(range(200))
+        assert [v for s, v in got.items() if s != peer] == [list(range(200))]
+        me.psend(peer, 99, b"", timeout=5)
+    assert p.wait(20) == 0
+
+
+def _frame_to(me_tid: int, tag: int) -> list[bytes]:
+    return [netd.MSG, netd.NET.pack(tids.dtid(2) + 0x77, me_tid, tag, 5, 0), b"hello"]
+
+
+def test_wrong_key_and_garbage_get_nothing(two):
+    """A client with a wrong key pair, one with no key (no CURVE) and random bytes at the
+    port deliver nothing and leave the host working; the VM's key (the control) does."""
+    with shmd.join(two.a) as me:
+        ctx = zmq.Context()
+        try:
+            bad = []  # kept open while we wait: a closed socket drops what it queued
+            for keys in (zmq.curve_keypair(), None):
+                s = ctx.socket(zmq.DEALER)
+                s.linger = 0
+                if keys is not None:
+                    s.curve_publickey, s.curve_secretkey = keys
+                    s.curve_serverkey = two.keys[0]
+                s.connect(f"tcp://127.0.0.1:{two.port1}")
+                s.send_multipart(_frame_to(me.tid, 11), flags=zmq.NOBLOCK)
+                bad.append(s)
+            for seed in range(5):
+                with socket.create_connection(("127.0.0.1", two.port1), timeout=5) as raw:
+                    raw.sendall(os.urandom(2000 + seed))
+            time.sleep(1.5)
+            assert me.probe() is None, "a message got in without the VM's key"
+            for s in bad:
+                s.close()
+            good = ctx.socket(zmq.DEALER)
+            good.linger = 0
+            good.curve_publickey, good.curve_secretkey = two.keys
+            good.curve_serverkey = two.keys[0]
+            good.connect(f"tcp://127.0.0.1:{two.port1}")
+            good.send_multipart(_frame_to(me.tid, 12))
+            m = me.precv(shmd.ANY, 12, timeout=10)
+            assert (m.src, m.data) == (tids.dtid(2) + 0x77, b"hello")
+            good.close()
+        finally:
+            ctx.destroy(0)
+        assert os.path.exists(f"/proc/{two.pid1}") and not _zombie(two.pid1)
+
+
+def test_host_death_gives_host_fail(two):
+    """kill -9 of host 2's daemon and pvm_netd: a receive from a task there and a send to
+    it raise PvmHostFail within 3 s; host 1 goes on."""
+    p, peer = two.echo()
+    with shmd.join(two.a) as me:
+        me.psend(peer, 1, b"x", timeout=5)
+        assert me.precv(peer, 1, timeout=10).data == b"x"
+        os.kill(two.pid2, signal.SIGKILL)
+        os.kill(two.vm.daemons[1][0], signal.SIGKILL)
+        t = time.monotonic()
+        with pytest.raises(PvmError) as e:
+            me.precv(peer, 1, timeout=30)
+        assert e.value.code == PvmHostFail
+        assert time.monotonic() - t < 3.0
+        with pytest.raises(PvmError) as e:
+            me.psend(peer, 1, b"y", timeout=30)
+        assert e.value.code == PvmHostFail
+    p.kill()
+    from daemons import remove_vm_leftovers
+    remove_vm_leftovers(two.b)
