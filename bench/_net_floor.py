@@ -1,13 +1,12 @@
 """The transports' own floors between two processes: plain TCP, TLS (Python's ssl,
 mutual, ECDSA P-256 certificates), pyzmq PAIR, pyzmq PAIR with CURVE.
 
-    python bench/_net_floor.py [--host ADDR] [--peer-ns NS]
+    python bench/_net_floor.py [--host ADDR]
 
 Ping-pong latency at 8 B (median of rounds, one-way = round trip / 2) and one-way
 stream bandwidth at 1 MiB and 16 MiB (bytes acknowledged by the receiver / time).
-By default both ends run on this host over 127.0.0.1; with --peer-ns the echoing end
-runs in network namespace NS (a pvm-lab host, root only) and --host is its address.
-bench_net.py imports ``floors`` to print these rows beside ours.
+Both ends run on this host, over ADDR (default 127.0.0.1). bench_net.py imports
+``floors`` to print these rows beside ours, at its sizes.
 """
 from __future__ import annotations
 
@@ -101,22 +100,26 @@ def _stream_server(kind: str, host: str, q, certs) -> None:
             c.sendall(_LEN.pack(0))
 
 
-def _stream_client(kind: str, host: str, port: int, certs) -> dict:
+def _rounds(n: int) -> int:
+    return 2000 if n <= 1024 else 200 if n <= 65536 else 30
+
+
+def _stream_client(kind: str, host: str, port: int, certs, sizes_lat, sizes_bw) -> dict:
     c = socket.create_connection((host, port))
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if kind == "tls":
         c = _tls_ctx(False, *certs).wrap_socket(c, server_hostname="pvm-vm")
     out = {}
-    for n in SIZES_LAT:
+    for n in sizes_lat:
         msg = _LEN.pack(n) + bytes(n)
         rt = []
-        for _ in range(2000):
+        for _ in range(_rounds(n)):
             t = time.perf_counter()
             c.sendall(msg)
             _recv_exact(c, 8 + n)
             rt.append(time.perf_counter() - t)
         out[f"lat{n}"] = statistics.median(rt) / 2
-    for n in SIZES_BW:
+    for n in sizes_bw:
         data = bytes(n)
         count = max(8, (256 << 20) // n)
         t = time.perf_counter()
@@ -159,21 +162,21 @@ def _zmq_server(host: str, q, keys) -> None:
     ctx.term()
 
 
-def _zmq_client(host: str, port: int, keys) -> dict:
+def _zmq_client(host: str, port: int, keys, sizes_lat, sizes_bw) -> dict:
     ctx = zmq.Context()
     s = _zmq_sock(ctx, False, keys)
     s.connect(f"tcp://{host}:{port}")
     out = {}
-    for n in SIZES_LAT:
+    for n in sizes_lat:
         msg = b"e" + bytes(n - 1)
         rt = []
-        for _ in range(2000):
+        for _ in range(_rounds(n)):
             t = time.perf_counter()
             s.send(msg)
             s.recv(copy=False)
             rt.append(time.perf_counter() - t)
         out[f"lat{n}"] = statistics.median(rt) / 2
-    for n in SIZES_BW:
+    for n in sizes_bw:
         data, last = b"s" + bytes(n - 1), b"l" + bytes(n - 1)
         count = max(8, (256 << 20) // n)
         t = time.perf_counter()
@@ -187,7 +190,8 @@ def _zmq_client(host: str, port: int, keys) -> dict:
     return out
 
 
-def floors(host: str = "127.0.0.1", kinds=("tcp", "tls", "zmq", "zmq-curve")) -> dict[str, dict]:
+def floors(host: str = "127.0.0.1", kinds=("tcp", "tls", "zmq", "zmq-curve"), sizes_lat=SIZES_LAT,
+           sizes_bw=SIZES_BW) -> dict[str, dict]:
     """Each transport's figures (lat8 in s, bw* in B/s), both ends on this host."""
     res = {}
     with tempfile.TemporaryDirectory() as d:
@@ -203,9 +207,9 @@ def floors(host: str = "127.0.0.1", kinds=("tcp", "tls", "zmq", "zmq-curve")) ->
             try:
                 port = q.get(timeout=10)
                 if kind in ("tcp", "tls"):
-                    res[kind] = _stream_client(kind, host, port, certs)
+                    res[kind] = _stream_client(kind, host, port, certs, sizes_lat, sizes_bw)
                 else:
-                    res[kind] = _zmq_client(host, port, keys if kind == "zmq-curve" else None)
+                    res[kind] = _zmq_client(host, port, keys if kind == "zmq-curve" else None, sizes_lat, sizes_bw)
             finally:
                 p.join(10)
                 if p.is_alive():

@@ -1,0 +1,173 @@
+"""Benchmark: psend/precv between tasks of two hosts through pvm_netd, side by side with
+the floors (run by hand).
+
+    .venv/bin/python bench/bench_net.py [--repeat 3] [--quick]
+
+Two "hosts" on this machine: two pvm_shmd (VM ids of their own, host 1 and host 2, a
+private PVM_TMP) each with its pvm_netd bound to 127.0.0.1, so the network is the
+loopback device (a pvm-lab would add its veth pair and bridge). Rows, in one run:
+
+  ours            a task of host 1 and one of host 2, psend/precv through both pvm_netd
+  tcp             a plain Python TCP socket pair (the floor)
+  tls             Python's ssl, mutual, ECDSA P-256 (the other candidate)
+  zmq             pyzmq PAIR without encryption (the library's floor)
+  zmq-curve       pyzmq PAIR with CURVE (the library's floor with its encryption)
+
+Ping-pong one-way latency (median round trip / 2) at 8 B, 1 KiB, 64 KiB, 1 MiB and
+stream bandwidth (bytes acknowledged by the receiver / time) at 64 KiB, 1 MiB, 16 MiB;
+each figure the median over --repeat runs. Everything started is stopped at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+
+import zmq  # noqa: E402
+from _net_floor import floors  # noqa: E402
+
+BIN = os.path.dirname(sys.executable)
+LAT = (8, 1024, 65536, 1 << 20)
+BW = (65536, 1 << 20, 16 << 20)
+
+# host 2's task: echo ping-pongs, sink streams (tag 2: a stream; its last message tag 3)
+PEER = r'''
+import sys, shmd
+with shmd.join(name="bench") as me:
+    print(me.tid, flush=True)
+    buf = bytearray(16 << 20)
+    while True:
+        src, tag, n = me.precv_into(buf, timeout=120)
+        if tag == 1:
+            me.psend(src, 1, memoryview(buf)[:n])
+        elif tag == 3:
+            me.psend(src, 4, b"k")
+        elif tag == 9:
+            break
+'''
+
+
+def cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+class Hosts:
+    """Two daemons with their pvm_netd, and host 2's peer task."""
+
+    def __init__(self, tmp: str):
+        self.env = {**os.environ, "PVM_TMP": tmp}
+        self.keys = [k.decode() for k in zmq.curve_keypair()]
+        self.vmids = ("bn1", "bn2")
+        self.peer: subprocess.Popen | None = None
+        port = None
+        for h, v in enumerate(self.vmids, start=1):
+            env = {**self.env, "PVM_VMID": v}
+            r = subprocess.run([os.path.join(BIN, "pvm_shmd"), f"-host={h}"], env=env, capture_output=True,
+                               text=True, timeout=30)
+            if r.returncode:
+                raise SystemExit(f"pvm_shmd: {r.stderr.strip()}")
+            peers = [[1, "127.0.0.1", port]] if port else []
+            line = json.dumps({"public": self.keys[0], "secret": self.keys[1], "peers": peers})
+            r = subprocess.run([os.path.join(BIN, "pvm_netd"), f"-host={h}", "-bind=127.0.0.1"], env=env,
+                               input=line + "\n", capture_output=True, text=True, timeout=30)
+            if r.returncode:
+                raise SystemExit(f"pvm_netd: {r.stderr.strip()}")
+            port = port or int(r.stdout.split("netd<")[1].split(">")[0])
+        os.environ.update(PVM_TMP=tmp, PVM_VMID=self.vmids[0])
+        from shmd import remote
+        deadline = time.monotonic() + 10
+        while remote.route(self.vmids[0])["hosts"].get("2") is not True:
+            if time.monotonic() > deadline:
+                raise SystemExit("host 2 never came up at host 1")
+            time.sleep(0.02)
+        self.peer = subprocess.Popen([sys.executable, "-c", PEER], stdout=subprocess.PIPE, text=True,
+                                     env={**self.env, "PVM_VMID": self.vmids[1]})
+        assert self.peer.stdout is not None
+        self.tid = int(self.peer.stdout.readline())
+
+    def close(self) -> None:
+        if self.peer is not None and self.peer.poll() is None:
+            self.peer.kill()
+            self.peer.wait(10)
+        for v in self.vmids:
+            subprocess.run([os.path.join(BIN, "pvm_shmd_stat"), "--stop", f"-vmid={v}"], env=self.env,
+                           capture_output=True, timeout=30)
+
+
+def ours(hosts: Hosts) -> dict[str, float]:
+    import shmd
+
+    out: dict[str, float] = {}
+    with shmd.join(hosts.vmids[0], spin=False) as me:
+        buf = bytearray(16 << 20)
+        for n in LAT:
+            msg = bytes(n)
+            rounds = 2000 if n <= 1024 else 200 if n <= 65536 else 30
+            rt = []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                me.psend(hosts.tid, 1, msg, timeout=30)
+                me.precv_into(buf, hosts.tid, 1, timeout=30)
+                rt.append(time.perf_counter() - t)
+            out[f"lat{n}"] = statistics.median(rt) / 2
+        for n in BW:
+            msg = bytes(n)
+            count = max(8, (256 << 20) // n)
+            t = time.perf_counter()
+            for k in range(count):
+                me.psend(hosts.tid, 3 if k == count - 1 else 2, msg, timeout=60)
+            me.precv(hosts.tid, 4, timeout=60)
+            out[f"bw{n}"] = n * count / (time.perf_counter() - t)
+        me.psend(hosts.tid, 9, b"")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    print(f"CPU: {cpu()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; loopback between two "
+          f"pvm_shmd+pvm_netd of this machine; median of {a.repeat}")
+    runs: dict[str, list[dict]] = {}
+    for _ in range(a.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            os.chmod(tmp, 0o700)
+            hosts = Hosts(tmp)
+            try:
+                runs.setdefault("ours", []).append(ours(hosts))
+            finally:
+                hosts.close()
+        for k, r in floors("127.0.0.1", sizes_lat=LAT, sizes_bw=BW).items():
+            runs.setdefault(k, []).append(r)
+    head = "".join(f"{_size(n) + ' us':>11}" for n in LAT) + "".join(f"{_size(n) + ' GB/s':>12}" for n in BW)
+    print(f"{'transport':<12}{head}")
+    for k, rs in runs.items():
+        med = {f: statistics.median(r[f] for r in rs) for f in rs[0]}
+        print(f"{k:<12}" + "".join(f"{med[f'lat{n}'] * 1e6:11.1f}" for n in LAT)
+              + "".join(f"{med[f'bw{n}'] / 1e9:12.2f}" for n in BW))
+    return 0
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20}M" if n >= 1 << 20 else f"{n >> 10}K" if n >= 1024 else f"{n}B"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
