@@ -8,20 +8,21 @@ From the console (the master must run on the console's host, where the VM table 
 
 master  [W] [N]  joins the local pvm_shmd (so it shows in `ps`), starts one foreman on
                  every host of the VM through that host's pvm_spawn (over SSH for remote
-                 hosts) with the foreman's output sent back to it, gathers each foreman's
-                 RESULT line and checks it against the same sum computed here.
+                 hosts), its own tid the foremen's parent, receives each foreman's result
+                 with precv and checks it against the same sum computed here.
 foreman W N SEED joins its host's pvm_shmd, spawns W workers there (shmd.spawner.spawn),
                  hands each a slice of an N-element numpy array with psend, collects the
-                 partial sums with precv, prints ``RESULT <host> <seed> <sum> <workers>``.
+                 partial sums with precv, psends (seed, sum, workers, host) to the master.
 worker           precv's its slice from the foreman (PVM_PARENT), sends back sum(x*x).
 
-Messages between foreman and workers go through the host's shared memory only; the
-master hears from remote foremen through their relayed output (psend/precv is local).
+Messages between foreman and workers go through the host's shared memory; a foreman on
+another host reaches the master through the hosts' pvm_netd (same psend/precv).
 """
 from __future__ import annotations
 
 import os
 import socket
+import struct
 import sys
 import time
 
@@ -31,7 +32,7 @@ import shmd
 from shmd import spawner
 from shmd.task import ANY
 
-TAG_WORK, TAG_RESULT = 1, 2
+TAG_WORK, TAG_RESULT, TAG_REPORT = 1, 2, 3
 TIMEOUT = 60.0
 
 
@@ -66,7 +67,8 @@ def foreman(w: int, n: int, seed: int) -> int:
         total += float(np.frombuffer(msg.data, dtype=np.float64)[0])
     for _ in tids:  # reap our children
         os.wait()
-    print(f"RESULT {host} {seed} {total!r} {w} t{me.tid:x}", flush=True)
+    master = int(os.environ["PVM_PARENT"], 16)
+    me.psend(master, TAG_REPORT, struct.pack("<qdi", seed, total, w) + host.encode(), timeout=TIMEOUT)
     me.leave()
     return 0
 
@@ -91,35 +93,35 @@ def master(w: int, n: int) -> int:
     for k, h in enumerate(hosts):
         seed = 1000 + k
         s = vm.link(h).spawn(os.path.abspath(__file__), ["foreman", str(w), str(n), str(seed)], 1,
-                             ptid=me.tid, relay=True, ep=h.options.get("ep"))
+                             ptid=me.tid, relay=False, ep=h.options.get("ep"))
         started.append((h, seed, s))
-    ok = 0
-    for h, seed, s in started:
-        result = None
+    names = {}
+    for h, seed, s in started:  # pvm_spawn says "tid ..." or "err ...", then exits
         try:
             while (line := s.readline(TIMEOUT)) is not None:
                 kind, _, rest = line.partition(" ")
                 if kind == "err":
                     print(f"{h.name}: foreman not started: {rest}", flush=True)
-                elif kind == "out":
-                    text = rest.partition(" ")[2]
-                    if text.startswith(("RESULT", "ERROR")):
-                        result = text
-                elif kind == "done":
-                    break
+                elif kind == "tid":
+                    names[seed] = h.name
         except TimeoutError:
-            print(f"{h.name}: no answer within {TIMEOUT:g} s", flush=True)
+            print(f"{h.name}: pvm_spawn did not answer within {TIMEOUT:g} s", flush=True)
         finally:
             s.close()
+    ok = 0
+    for _ in names:
+        try:
+            m = me.precv(ANY, TAG_REPORT, timeout=TIMEOUT)
+        except PvmError as e:
+            print(f"no more results: {e}", flush=True)
+            break
+        seed, got, workers = struct.unpack_from("<qdi", m.data)
+        where = m.data[struct.calcsize("<qdi"):].decode()
         want = float(np.dot(data_for(seed, n), data_for(seed, n)))
-        if result and result.startswith("RESULT"):
-            _, where, _, got, workers, ftid = result.split()
-            good = abs(float(got) - want) <= 1e-9 * abs(want)
-            ok += good
-            print(f"{h.name} ({where}, foreman {ftid}, {workers} workers): sum {float(got):.6f} "
-                  f"{'ok' if good else f'WRONG (expected {want:.6f})'}", flush=True)
-        else:
-            print(f"{h.name}: {result or 'no result'}", flush=True)
+        good = abs(got - want) <= 1e-9 * abs(want)
+        ok += good
+        print(f"{names.get(seed, '?')} ({where}, foreman t{m.src:x}, {workers} workers): sum {got:.6f} "
+              f"{'ok' if good else f'WRONG (expected {want:.6f})'}", flush=True)
     vm.close()
     print(f"{ok} of {len(hosts)} hosts ok in {time.monotonic() - t0:.2f} s", flush=True)
     me.leave()
