@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
+from pvmconsole.netlink import ASK_TIMEOUT, NetLink
 from pvmconsole.runner import LineStream, LocalRunner, Runner, local_fqdn, local_program
 from shmd import handshake, hostenv
 from shmd.errors import (
@@ -78,6 +79,9 @@ class HostLink:
         self.daemon = daemon
         self.stat_program = stat
         self.wd = wd  # the hostfile's wd=, as written: the daemon expands and enters it
+        #: the open channel to the host's pvm_netd (netlink.py), when it runs: stat and
+        #: tasks ask it first, and run the programs only when it does not answer
+        self.netd: NetLink | None = None
 
     @property
     def host(self) -> str:
@@ -129,8 +133,14 @@ class HostLink:
         return (f"; a daemon may be left there ({_first_line(r.stderr) or f'exit {r.rc}'}): "
                 f"stop it with {STAT} --stop")
 
-    def stat(self) -> dict[str, object]:
-        """The daemon's state (pvm_shmd_stat --json); PvmHostFail if it is not running."""
+    def stat(self, every: bool = False) -> dict[str, object]:
+        """The daemon's state (pvm_shmd_stat --json), its pvm_netd left out of the tasks
+        unless *every*; PvmHostFail if it is not running."""
+        state = self._ask("stat")
+        if isinstance(state, dict):
+            if isinstance(state.get("tasks"), list) and not every:
+                state["tasks"] = users_tasks(state["tasks"])
+            return state
         r = self.runner.run([self.stat_program, "--json", *self._vm_args()], timeout=STAT_TIMEOUT)
         if r.rc != 0:
             raise PvmError(PvmHostFail, _first_line(r.stderr) or f"{self.stat_program} exited {r.rc}")
@@ -140,9 +150,30 @@ class HostLink:
             raise PvmError(PvmHostFail, f"unreadable state from {self.stat_program}") from None
         if not isinstance(state, dict):
             raise PvmError(PvmHostFail, f"unreadable state from {self.stat_program}")
-        if isinstance(state.get("tasks"), list):
+        if isinstance(state.get("tasks"), list) and not every:
             state["tasks"] = users_tasks(state["tasks"])
         return state
+
+    def _ask(self, op: str, timeout: float = ASK_TIMEOUT) -> object:
+        """*op* answered by the host's pvm_netd; None if there is none or it fails."""
+        if self.netd is None:
+            return None
+        try:
+            return self.netd.ask(op, timeout)
+        except PvmError:
+            self.netd.close()
+            self.netd = None  # gone or stuck: the programs from now on
+            return None
+
+    def stop_all(self) -> bool | None:
+        """Kill the host's tasks and stop its daemon in one request to its pvm_netd
+        (then gone too); None when there is no pvm_netd to ask (use stat, kill_tasks and
+        stop). True if a daemon was stopped."""
+        got = self._ask("stop", STOP_TIMEOUT + KILL_GRACE + ASK_TIMEOUT)
+        if self.netd is not None:
+            self.netd.close()
+            self.netd = None
+        return None if got is None else bool(got)
 
     def stop(self) -> bool:
         """Stop the daemon and wait until its IPC objects are gone.
@@ -208,6 +239,9 @@ class HostLink:
 
     def tasks(self) -> list[dict[str, object]]:
         """The host's tasks (pvm_spawn --tasks): the daemon's table plus ptid and flags."""
+        got = self._ask("tasks")
+        if isinstance(got, list):
+            return users_tasks([t for t in got if isinstance(t, dict)])
         r = self.runner.run([self.spawn_program, "--tasks", *self._vm_args()], timeout=STAT_TIMEOUT)
         if r.rc != 0:
             raise PvmError(PvmHostFail, _first_line(r.stderr) or _first_line(r.stdout)
@@ -241,6 +275,8 @@ class HostLink:
         return out
 
     def close(self) -> None:
+        if self.netd is not None:
+            self.netd.close()
         self.runner.close()
 
 

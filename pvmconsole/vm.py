@@ -14,6 +14,7 @@ import zmq
 
 from pvmconsole import hostfile as hf
 from pvmconsole.hostlink import MANUAL_HINT, HostLink, is_local, link_for
+from pvmconsole.netlink import NetLink
 from pvmconsole.vmtable import HostRecord, TableStore, VmTable, lowest_free_index
 from shmd.errors import (
     PvmBadParam,
@@ -110,13 +111,23 @@ class VirtualMachine:
         self.store = TableStore(vmid)
         self.link_factory = link_factory
         self._links: dict[str, HostLink] = {}
+        self._netkeys: list[str] | None = None  # the VM's keys, read from the table once
+        self._net_given: dict[str, tuple] = {}  # host -> the pvm_netd already given its link
         self.notes: list[str] = []  # things worth telling the user (stderr)
 
     # -- plumbing ---------------------------------------------------------------
     def link(self, host: HostRecord) -> HostLink:
         if host.name not in self._links:
             self._links[host.name] = self.link_factory(host.name, host.options, self.vmid)
-        return self._links[host.name]
+        link = self._links[host.name]
+        if link.netd is None and len(host.net) == 2 and (host.net[0], host.net[1]) != self._net_given.get(host.name):
+            if self._netkeys is None:
+                t = self.store.load()
+                self._netkeys = t.netkeys if t is not None else []
+            if self._netkeys:
+                link.netd = NetLink(str(host.net[0]), int(host.net[1]), self._netkeys)
+                self._net_given[host.name] = (host.net[0], host.net[1])  # once per pvm_netd
+        return link
 
     def close(self) -> None:
         for link in self._links.values():
@@ -246,6 +257,7 @@ class VirtualMachine:
                     defaults=dict(hosts.defaults) if hosts else {},
                     known={e.name: dict(e.options) for e in entries if e is not own},
                     netkeys=[k.decode("ascii") for k in zmq.curve_keypair()])
+        self._netkeys = t.netkeys
         self._start_nets(t, [master])
         self.store.save(t)  # the master is up: the VM exists even if other hosts fail
         todo = [e for e in entries if e is not own and not e.defer]
@@ -378,10 +390,16 @@ class VirtualMachine:
 
     # -- reset / halt -------------------------------------------------------------
     def _stop_host(self, h: HostRecord) -> None:
-        """Kill the host's joined tasks, then stop its daemon (IPC objects removed)."""
+        """Kill the host's joined tasks and its pvm_netd, then stop its daemon (IPC
+        objects removed: none is still attached once they are gone)."""
         link = self.link(h)
+        stopped = link.stop_all()
+        if stopped is not None:
+            if not stopped:
+                raise PvmError(PvmHostFail, f"the pvm_shmd of {h.name} did not stop")
+            return
         try:
-            tasks = link.stat().get("tasks", [])
+            tasks = link.stat(every=True).get("tasks", [])
         except PvmError as e:
             if getattr(e, "kind", ""):  # SSH could not reach the host or was refused: so
                 raise  # would every later step (and each would wait for it again)

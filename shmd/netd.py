@@ -42,7 +42,8 @@ import time
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from . import paths, private, remote, tids
+from . import control, paths, private, remote, spawner, tids
+from . import stat as statmod
 from .errors import PvmError, PvmNoTask, PvmTimeout
 from .task import Task
 
@@ -53,6 +54,10 @@ DEAD = 2.0  # a peer silent this long is down: PvmHostFail well within 3 s
 HWM = 64  # frames queued per peer socket (of up to remote.CHUNK bytes each)
 SLICE = 0.2  # the longest either thread waits before looking round (seconds)
 MSG, HELLO_KIND, BEAT_KIND, JOIN_KIND = b"m", b"h", b"b", b"j"
+ASK, ANSWER = b"q", b"r"  # the console's requests (stat, tasks, stop) and their answers
+ASKS = ("stat", "tasks", "stop")
+KILL_GRACE = 2.0  # stop: TERM the host's tasks, KILL what is left after this (as the console)
+STOP_TIMEOUT = 30.0  # stop: the longest wait for pvm_shmd to exit
 MASTER = 1  # the master's pvm_netd tells every host of each other that joins
 ZAP_DOMAIN = "pvm"  # the domain our ZAP handler judges (every other is refused)
 
@@ -100,6 +105,7 @@ class Net:
                 self.up[h] = True
                 self.heard[h] = time.monotonic()
         self.running = True
+        self.out_done = threading.Event()  # the out thread (the main one) left its loop
         self.write_route()
 
     # ---- the route file ------------------------------------------------------------
@@ -220,6 +226,9 @@ class Net:
                 if h in self.up or kind != BEAT_KIND:
                     self.mark(h, True)
                 continue
+            if kind == ASK:
+                rx.send_multipart([f[0], ANSWER, f[2].bytes, self.answer(f[3].bytes if len(f) > 3 else b"")])
+                continue
             if kind != MSG or len(f) < 4 or len(f[2]) != NET.size:
                 continue
             src, dest, tag, total, off = NET.unpack(f[2].bytes)
@@ -245,6 +254,31 @@ class Net:
             if off + len(body) == total:
                 del parts[key]
                 self._deliver(hdrs, src, dest, tag, buf)
+
+    def answer(self, ask: bytes) -> bytes:
+        """The console's request (JSON {"op": ...}) answered from this host, as JSON:
+        {"ok": what pvm_shmd_stat --json or pvm_spawn --tasks would print} or {"error": ...}."""
+        try:
+            op = json.loads(ask).get("op")
+            if op not in ASKS:
+                raise ValueError(f"unknown request {str(op)[:40]!r}")
+            if op == "stop":
+                return json.dumps({"ok": self.stop_host()}).encode()
+            got = control.request("stat", self.vmid) if op == "stat" else spawner.tasks(self.vmid)
+            return json.dumps({"ok": got}).encode()
+        except (ValueError, AttributeError, PvmError, OSError) as e:
+            return json.dumps({"error": str(e)}).encode()
+
+    def stop_host(self) -> bool:
+        """The console's delete/halt/reset of this host, done here: kill its tasks, leave
+        (the out thread stopped first: nothing of ours stays attached to the segments),
+        stop pvm_shmd and wait for it; then this process ends. True if it stopped."""
+        tasks = control.request("stat", self.vmid).get("tasks", [])
+        spawner.kill_pids([int(t["pid"]) for t in tasks if t.get("pid") != os.getpid()], KILL_GRACE)
+        self.running = False
+        self.out_done.wait(2 * SLICE + 1)
+        self.task.leave()
+        return statmod.stop(self.vmid, STOP_TIMEOUT)
 
     def _deliver(self, hdrs: dict[int, dict[int, bytes]], src: int, dest: int, tag: int, data) -> None:
         """psend *data* to local *dest* as from *src*; dropped if *dest* is no task."""
@@ -274,13 +308,14 @@ class Net:
         try:
             self.out_loop()
         finally:
+            self.out_done.set()
             self.running = False
             t.join(2 * SLICE + 1)
             self.close()
 
     def close(self) -> None:
         private.unlink(paths.tmpfile(remote.ROUTE_STEM, self.vmid))
-        self.rx.close(0)
+        self.rx.close(1000)  # the answer to a stop may still be on its way
         self.auth.stop()
         self.ctx.destroy(0)
         self.task.leave()

@@ -120,17 +120,21 @@ def _post(task: Sending, dest: int, piece: bytes, deadline: float) -> None:
             raise
 
 
-def receive(task: Receiving, match, source: int, deadline: float, into):
-    """_receive for a *source* on another host: as the local one, but every CHECK
-    seconds of waiting, PvmHostFail if that host went down."""
+def take(task: Receiving, match, source: int, deadline: float):
+    """_take (blocking) for a *source* on another host: every CHECK seconds of
+    waiting, PvmHostFail if that host went down."""
     while True:
         try:
-            d = task._take(match, min(deadline, time.monotonic() + CHECK))
+            return task._take(match, min(deadline, time.monotonic() + CHECK))
         except PvmTimeout:
             if time.monotonic() >= deadline:
                 raise
             check_host(task.vmid, source)
-            continue
-        got = task._whole(d, into, deadline)
+
+
+def receive(task: Receiving, match, source: int, deadline: float, into):
+    """_receive for a *source* on another host (no direct delivery: pvm_netd posts)."""
+    while True:
+        got = task._whole(take(task, match, source, deadline), into, deadline)
         if got is not None:
             return got

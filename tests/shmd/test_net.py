@@ -212,6 +212,11 @@ def test_host_death_gives_host_fail(two):
             me.precv(peer, 1, timeout=30)
         assert e.value.code == PvmHostFail
         assert time.monotonic() - t < 3.0
+        for receive in (lambda: me.precv_view(peer, 1, timeout=30),
+                        lambda: me.precv_into(bytearray(1 << 20), peer, shmd.ANY, timeout=30)):
+            with pytest.raises(PvmError) as e:
+                receive()
+            assert e.value.code == PvmHostFail
         with pytest.raises(PvmError) as e:
             me.psend(peer, 1, b"y", timeout=30)
         assert e.value.code == PvmHostFail
