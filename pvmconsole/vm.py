@@ -290,9 +290,10 @@ class VirtualMachine:
             assert index is not None
             try:
                 rec = self._start_host(e.name, index, e.options)
-                return Outcome(e.name, dtid=rec.dtid), rec
             except PvmError as err:
                 return Outcome(e.name, err.code, err.detail or ""), None
+            self._start_nets(t, [rec])  # at once: it overlaps the other hosts' starts
+            return Outcome(e.name, dtid=rec.dtid), rec
 
         def report(waiting: list[int]) -> None:
             if self.progress is not None:
@@ -301,10 +302,9 @@ class VirtualMachine:
                               f"still starting: {names}")
 
         results = _parallel(start, plan, report if self.progress is not None else None)
-        started = [rec for _, rec in results if rec is not None]
-        self._start_nets(t, started)
-        for rec in started:
-            t.hosts.append(rec)
+        for _, rec in results:
+            if rec is not None:
+                t.hosts.append(rec)
         t.hosts.sort(key=lambda h: h.index)
         return [o for o, _ in results]
 
@@ -334,6 +334,17 @@ class VirtualMachine:
         master can't be deleted (PVM: Bad parameter); use `halt`."""
         out = []
         with self.changing() as t:
+            # the hosts are stopped in parallel (each its own SSH connection or pvm_netd)
+            todo = list({h.name: h for n in names if (h := t.host(n)) is not None and h.index != MASTER}.values())
+
+            def stop(h: HostRecord) -> PvmError | None:
+                try:
+                    self._stop_host(h)
+                    return None
+                except PvmError as e:
+                    return e
+
+            failed = dict(zip((h.name for h in todo), _parallel(stop, todo)))
             for n in names:
                 h = t.host(n)
                 if h is None:
@@ -342,10 +353,9 @@ class VirtualMachine:
                 if h.index == MASTER:
                     out.append(Outcome(n, PvmBadParam, "the master host can't be deleted (use halt)"))
                     continue
-                try:
-                    self._stop_host(h)
-                    o = Outcome(n)
-                except PvmError as e:
+                o = Outcome(n)
+                e = failed.get(n)
+                if e is not None:
                     o = _stop_failure(
                         n, e, unreachable="dropped from the virtual machine; if its pvm_shmd still "
                                           f"runs there, stop it there with {self._stop_command()}",

@@ -78,7 +78,7 @@ class Net:
     def __init__(self, vmid: str, host: int, bind: str, public: bytes, secret: bytes,
                  peers: list[tuple[int, str, int]]):
         self.vmid, self.host, self.public, self.secret = vmid, host, public, secret
-        self.task = Task(vmid, name=remote.NAME, spin=False)
+        self.task = Task(vmid, name=remote.NAME, spin=False, role="net")
         if tids.host_of(self.task.tid) != host:
             raise PvmError(PvmNoTask, f"pvm_shmd of VM {vmid!r} is host {tids.host_of(self.task.tid)}, not {host}")
         self.ctx = zmq.Context()

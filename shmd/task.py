@@ -48,7 +48,8 @@ _open: dict[str, Task] = {}  # VM id -> this process's open task (one task per p
 class Task(Receiving, Sending):
     """A process enrolled with this host's pvm_shmd. Use ``shmd.join()``."""
 
-    def __init__(self, vmid: str | None = None, name: str | None = None, spin: bool | None = None):
+    def __init__(self, vmid: str | None = None, name: str | None = None, spin: bool | None = None,
+                 role: str | None = None):
         self.vmid = paths.current_vmid(vmid)
         self.closed = True
         other = _open.get(self.vmid)
@@ -70,7 +71,8 @@ class Task(Receiving, Sending):
             self._daemon = (h["pid"], h["start_ticks"])
             self._conn = control.Connection(h["sock"])
             name = name or os.path.basename(sys.argv[0] or "python")
-            reply = self._conn.request("join", pid=os.getpid(), name=name)
+            # (role "net": pvm_netd, which pvm_shmd gives the tid kept for it)
+            reply = self._conn.request("join", pid=os.getpid(), name=name, **({"role": role} if role else {}))
             self.tid, self._slot, self._gen = reply["tid"], reply["slot"], reply["generation"]
             self._src = self.tid
             self._attach(buf, h, paths_)

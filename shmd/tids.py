@@ -38,6 +38,7 @@ def next_local(local: int) -> int:
 
 
 CONSOLE_TID = dtid(1) + 1  # PVM's console was the first task on the master: t40001
+NETD_LOCAL = TIDLOCAL  # the local part of a host's pvm_netd (t7ffff on host 1): never a task's
 
 
 def fmt(tid: int) -> str:

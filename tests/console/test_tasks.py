@@ -246,8 +246,8 @@ def test_reset_and_halt_kill_every_task(vm, tmp_path):
     gone = lambda: not [p for p in pids if os.path.exists(f"/proc/{p}") and  # noqa: E731
                         open(f"/proc/{p}/stat").read().split(") ")[1][0] not in "ZX"]
     wait_for(gone, 10, "reset to kill every task (the TERM-proof one and the shell's child too)")
-    assert not vm_procs(vm.vmid) or all(open(f"/proc/{p}/cmdline").read().find("pvm_shmd") >= 0
-                                        for p in vm_procs(vm.vmid))
+    assert not vm_procs(vm.vmid) or all(any(d in open(f"/proc/{p}/cmdline").read() for d in ("pvm_shmd", "pvm_netd"))
+                                        for p in vm_procs(vm.vmid))  # (the fresh daemon and network process)
     assert task_rows(r.stdout.split("pvm> ps", 1)[1].splitlines()) == []
     assert daemon_pid() != daemon
     # halt: tasks and daemon gone, nothing of the VM left (the fixture checks IPC too)
