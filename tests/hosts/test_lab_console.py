@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from consoles import wait_for
 from lab_probe import running_lab, ssh
 
 from pvmconsole import lab as labmod
@@ -193,7 +194,10 @@ def test_host_dying_after_it_joined(lab, console, pvm_env, tmp_path):
     assert console("conf", str(hostfile)).returncode == 0
     h4 = lab.hosts[3]
     pids = labmod._netns_pids(h4.netns)
-    subprocess.run(["kill", "-KILL", *map(str, pids)], check=True)
+    # (not check=True: killing the host's PID 1 takes every process of it with it, so a
+    # later pid in the list, its pvm_netd, may be gone before kill reaches it)
+    subprocess.run(["kill", "-KILL", *map(str, pids)], capture_output=True)
+    wait_for(lambda: not labmod._netns_pids(h4.netns), 10, "host 4's processes to die")
     t = time.monotonic()
     r = console("stat; mstat pvmh3 pvmh4")
     assert time.monotonic() - t < 30
