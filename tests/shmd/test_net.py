@@ -105,9 +105,16 @@ def two(shmd_vm):
         t.close()
 
 
-def pattern(n: int, seed: int) -> bytes:
-    return bytes((k * 7 + seed) & 0xFF for k in range(n)) if n < 4096 else \
-        (bytes(range(256)) * (n // 256 + 1))[seed % 256:][:n]
+# the bytes of test message *seed* of *n* bytes (source text: the sink task runs it too)
+PATTERN = """
+def pattern(n, seed):
+    if n < 4096:
+        return bytes((k * 7 + seed) & 0xFF for k in range(n))
+    return (bytes(range(256)) * (n // 256 + 1))[seed % 256:][:n]
+"""
+_defs: dict = {}
+exec(PATTERN, _defs)
+pattern = _defs["pattern"]
 
 
 def test_ping_pong_every_byte_across_hosts(two):
@@ -223,3 +230,48 @@ def test_host_death_gives_host_fail(two):
     p.kill()
     from daemons import remove_vm_leftovers
     remove_vm_leftovers(two.b)
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+
+
+# a task of host 2 that checks each message it gets (tag 2, message k: pattern(1 MiB, k))
+# and answers with a small one (no pages: the answers never wait for memory)
+SINK = PATTERN + ECHO.split("    while True:")[0] + """    k = 0
+    while True:
+        m = me.precv(timeout=60)
+        if m.tag == 99:
+            break
+        me.psend(m.src, 3, bytes([k % 256, bytes(m.data) == pattern(1 << 20, k)]))
+        k += 1
+"""
+
+
+def test_stopped_receiver_makes_senders_wait_and_loses_nothing(two):
+    """A receiver on host 2 stopped (SIGSTOP): 1 MiB messages to it are taken until the
+    queues between the hosts are full, then psend times out; neither pvm_netd grows
+    without bound. Continued, it gets every message sent, in order, intact."""
+    p = subprocess.Popen([sys.executable, "-c", SINK], stdout=subprocess.PIPE, text=True, env=two.vm.env(two.b))
+    two.procs.append(p)
+    peer = int(p.stdout.readline())
+    with shmd.join(two.a) as me:
+        os.kill(p.pid, signal.SIGSTOP)
+        try:
+            sent = 0
+            with pytest.raises(PvmError) as e:
+                while sent < 400:
+                    me.psend(peer, 2, pattern(1 << 20, sent), timeout=3)
+                    sent += 1
+            assert isinstance(e.value, shmd.errors.PvmTimeout), e.value
+            assert 0 < sent < 200, f"{sent} MiB taken for a stopped receiver"
+            for pid in (two.pid1, two.pid2):
+                assert _rss_mib(pid) < 300, f"pvm_netd {pid}: {_rss_mib(pid):.0f} MiB"
+        finally:
+            os.kill(p.pid, signal.SIGCONT)
+        for k in range(sent):  # each answered: all of them, in order, intact
+            m = me.precv(peer, 3, timeout=30)
+            assert tuple(m.data) == (k % 256, 1), f"message {k} of {sent}: {tuple(m.data)}"
+        me.psend(peer, 99, b"", timeout=5)
+    assert p.wait(20) == 0
