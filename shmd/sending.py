@@ -115,6 +115,8 @@ class Sending(Rendezvous):
         try:
             peer = self._peer(dest)
         except RemoteTid:
+            peer = None  # (sent outside the handler: its errors are not chained to this)
+        if peer is None:
             return remote.send(self, dest, tag, inline, n, deadline)
         if self._owed and dest in self._owed:
             self._post(peer, dest, self._owed[dest], 0, -1, 0, 0, layout.F_ABORT, 0, None,

@@ -275,3 +275,79 @@ def test_stopped_receiver_makes_senders_wait_and_loses_nothing(two):
             assert tuple(m.data) == (k % 256, 1), f"message {k} of {sent}: {tuple(m.data)}"
         me.psend(peer, 99, b"", timeout=5)
     assert p.wait(20) == 0
+
+
+# a task that streams N numbered messages of SIZE bytes (tag 5) to DEST, then says done
+STREAM = r'''
+import sys, shmd
+with shmd.join(name="stream") as me:
+    print(me.tid, flush=True)
+    dest, n, size = (int(w) for w in sys.argv[1:4])
+    for k in range(n):
+        me.psend(dest, 5, k.to_bytes(4, "little") * (size // 4), timeout=30)
+    print("done", flush=True)
+'''
+
+
+DRAIN = ECHO.replace("me.psend(m.src, m.tag, m.data)", "pass")  # receives, answers nothing
+
+
+def _pages_free(vm, vmid: str) -> bool:
+    return all(s["free"] == s["pages"] for s in vm.stat(vmid)["segments"])
+
+
+def test_senders_killed_mid_stream_across_hosts(two):
+    """Two tasks of host 2 stream to one of host 1, a third of host 1 to one of host 2;
+    one sender and the far receiver are killed -9 mid-stream. The live sender's messages
+    all arrive once, in order, intact; the dead one's are a prefix; no pages stay in use
+    on either host once the tasks are gone."""
+    n, size = 300, 20000
+    with shmd.join(two.a) as me:
+        sink = subprocess.Popen([sys.executable, "-c", DRAIN], stdout=subprocess.PIPE, text=True,
+                                env=two.vm.env(two.b))  # host 2's receiver
+        two.procs.append(sink)
+        far = int(sink.stdout.readline())
+        senders = []
+        for _ in range(2):
+            s = subprocess.Popen([sys.executable, "-c", STREAM, str(me.tid), str(n), str(size)],
+                                 stdout=subprocess.PIPE, text=True, env=two.vm.env(two.b))
+            two.procs.append(s)
+            senders.append((s, int(s.stdout.readline())))
+        local = subprocess.Popen([sys.executable, "-c", STREAM, str(far), str(n), str(size)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=two.vm.env(two.a))
+        two.procs.append(local)
+        local.stdout.readline()
+        (live, live_tid), (doomed, doomed_tid) = senders
+        got: dict[int, list[int]] = {live_tid: [], doomed_tid: []}
+        killed = False
+        while len(got[live_tid]) < n:
+            m = me.precv(shmd.ANY, 5, timeout=30)
+            k = int.from_bytes(m.data[:4], "little")
+            assert m.data == k.to_bytes(4, "little") * (size // 4), f"message {k} from t{m.src:x} changed"
+            got[m.src].append(k)
+            if not killed and len(got[doomed_tid]) >= 50:
+                os.kill(doomed.pid, signal.SIGKILL)
+                os.kill(sink.pid, signal.SIGKILL)  # host 1's stream loses its receiver
+                doomed.wait(10)  # reaped, as a spawner reaps its tasks (a zombie counts as
+                sink.wait(10)  # alive for pvm_shmd)
+                killed = True
+        # the dead sender's last messages may still come: take them while host 1's stream
+        # runs (not receiving would leave our inbox's pages full: the stream would wait)
+        while True:
+            try:
+                m = me.precv(shmd.ANY, 5, timeout=0.5)
+            except shmd.errors.PvmTimeout:
+                if local.poll() is not None:
+                    break
+                continue
+            got[m.src].append(int.from_bytes(m.data[:4], "little"))
+        assert local.wait(60) == 0, local.stderr.read()  # sends to a receiver that died: dropped
+        assert got[live_tid] == list(range(n))
+        assert got[doomed_tid] == list(range(len(got[doomed_tid])))
+        assert live.wait(30) == 0
+    for p in two.procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+    for vmid in (two.a, two.b):
+        wait_for(lambda vmid=vmid: _pages_free(two.vm, vmid), 10, f"every page of {vmid} free")
