@@ -104,30 +104,50 @@ def _rounds(n: int) -> int:
     return 2000 if n <= 1024 else 200 if n <= 65536 else 30
 
 
+def measure(pinger, pusher, sizes_lat, sizes_bw) -> dict:
+    """The figures of one transport: ``lat{n}`` the median over rounds of the time of
+    ``pinger(n)()`` (one round trip) / 2, in s; ``bw{n}`` bytes / time of a stream of
+    ``pusher(n)(last)`` calls (one message each) ending with the one whose *last* is
+    true, which returns when the receiver has it all, in B/s."""
+    out = {}
+    for n in sizes_lat:
+        ping = pinger(n)
+        rt = []
+        for _ in range(_rounds(n)):
+            t = time.perf_counter()
+            ping()
+            rt.append(time.perf_counter() - t)
+        out[f"lat{n}"] = statistics.median(rt) / 2
+    for n in sizes_bw:
+        push = pusher(n)
+        count = max(8, (256 << 20) // n)
+        t = time.perf_counter()
+        for k in range(count):
+            push(k == count - 1)
+        out[f"bw{n}"] = n * count / (time.perf_counter() - t)
+    return out
+
+
 def _stream_client(kind: str, host: str, port: int, certs, sizes_lat, sizes_bw) -> dict:
     c = socket.create_connection((host, port))
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if kind == "tls":
         c = _tls_ctx(False, *certs).wrap_socket(c, server_hostname="pvm-vm")
-    out = {}
-    for n in sizes_lat:
+    def pinger(n: int):
         msg = _LEN.pack(n) + bytes(n)
-        rt = []
-        for _ in range(_rounds(n)):
-            t = time.perf_counter()
-            c.sendall(msg)
-            _recv_exact(c, 8 + n)
-            rt.append(time.perf_counter() - t)
-        out[f"lat{n}"] = statistics.median(rt) / 2
-    for n in sizes_bw:
+        return lambda: (c.sendall(msg), _recv_exact(c, 8 + n))
+
+    def pusher(n: int):
         data = bytes(n)
-        count = max(8, (256 << 20) // n)
-        t = time.perf_counter()
-        for k in range(count):
-            c.sendall(_LEN.pack(n | ((2 if k == count - 1 else 1) << 62)))
+
+        def push(last: bool) -> None:
+            c.sendall(_LEN.pack(n | ((2 if last else 1) << 62)))
             c.sendall(data)
-        _recv_exact(c, 8)
-        out[f"bw{n}"] = n * count / (time.perf_counter() - t)
+            if last:
+                _recv_exact(c, 8)
+        return push
+
+    out = measure(pinger, pusher, sizes_lat, sizes_bw)
     c.close()
     return out
 
@@ -166,24 +186,20 @@ def _zmq_client(host: str, port: int, keys, sizes_lat, sizes_bw) -> dict:
     ctx = zmq.Context()
     s = _zmq_sock(ctx, False, keys)
     s.connect(f"tcp://{host}:{port}")
-    out = {}
-    for n in sizes_lat:
+    def pinger(n: int):
         msg = b"e" + bytes(n - 1)
-        rt = []
-        for _ in range(_rounds(n)):
-            t = time.perf_counter()
-            s.send(msg)
-            s.recv(copy=False)
-            rt.append(time.perf_counter() - t)
-        out[f"lat{n}"] = statistics.median(rt) / 2
-    for n in sizes_bw:
-        data, last = b"s" + bytes(n - 1), b"l" + bytes(n - 1)
-        count = max(8, (256 << 20) // n)
-        t = time.perf_counter()
-        for k in range(count):
-            s.send(last if k == count - 1 else data, copy=n < 65536)
-        s.recv()
-        out[f"bw{n}"] = n * count / (time.perf_counter() - t)
+        return lambda: (s.send(msg), s.recv(copy=False))
+
+    def pusher(n: int):
+        data, end = b"s" + bytes(n - 1), b"l" + bytes(n - 1)
+
+        def push(last: bool) -> None:
+            s.send(end if last else data, copy=n < 65536)
+            if last:
+                s.recv()
+        return push
+
+    out = measure(pinger, pusher, sizes_lat, sizes_bw)
     s.send(b"q")
     s.close()
     ctx.term()

@@ -8,6 +8,7 @@ private PVM_TMP) each with its pvm_netd bound to 127.0.0.1, so the network is th
 loopback device (a pvm-lab would add its veth pair and bridge). Rows, in one run:
 
   ours            a task of host 1 and one of host 2, psend/precv through both pvm_netd
+  ours-trusted    the same with the trusted-network option (authenticated, not encrypted)
   tcp             a plain Python TCP socket pair (the floor)
   tls             Python's ssl, mutual, ECDSA P-256 (the other candidate)
   zmq             pyzmq PAIR without encryption (the library's floor)
@@ -34,7 +35,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
 import zmq  # noqa: E402
-from _net_floor import floors  # noqa: E402
+from _net_floor import floors, measure  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 LAT = (8, 1024, 65536, 1 << 20)
@@ -71,7 +72,7 @@ def cpu() -> str:
 class Hosts:
     """Two daemons with their pvm_netd, and host 2's peer task."""
 
-    def __init__(self, tmp: str):
+    def __init__(self, tmp: str, trusted: bool):
         self.env = {**os.environ, "PVM_TMP": tmp}
         self.keys = [k.decode() for k in zmq.curve_keypair()]
         self.vmids = ("bn1", "bn2")
@@ -84,7 +85,7 @@ class Hosts:
             if r.returncode:
                 raise SystemExit(f"pvm_shmd: {r.stderr.strip()}")
             peers = [[1, "127.0.0.1", port]] if port else []
-            line = json.dumps({"public": self.keys[0], "secret": self.keys[1], "peers": peers})
+            line = json.dumps({"public": self.keys[0], "secret": self.keys[1], "peers": peers, "trusted": trusted})
             r = subprocess.run([os.path.join(BIN, "pvm_netd"), f"-host={h}", "-bind=127.0.0.1"], env=env,
                                input=line + "\n", capture_output=True, text=True, timeout=30)
             if r.returncode:
@@ -114,27 +115,23 @@ class Hosts:
 def ours(hosts: Hosts) -> dict[str, float]:
     import shmd
 
-    out: dict[str, float] = {}
     with shmd.join(hosts.vmids[0], spin=False) as me:
         buf = bytearray(16 << 20)
-        for n in LAT:
+
+        def pinger(n: int):
             msg = bytes(n)
-            rounds = 2000 if n <= 1024 else 200 if n <= 65536 else 30
-            rt = []
-            for _ in range(rounds):
-                t = time.perf_counter()
-                me.psend(hosts.tid, 1, msg, timeout=30)
-                me.precv_into(buf, hosts.tid, 1, timeout=30)
-                rt.append(time.perf_counter() - t)
-            out[f"lat{n}"] = statistics.median(rt) / 2
-        for n in BW:
+            return lambda: (me.psend(hosts.tid, 1, msg, timeout=30), me.precv_into(buf, hosts.tid, 1, timeout=30))
+
+        def pusher(n: int):
             msg = bytes(n)
-            count = max(8, (256 << 20) // n)
-            t = time.perf_counter()
-            for k in range(count):
-                me.psend(hosts.tid, 3 if k == count - 1 else 2, msg, timeout=60)
-            me.precv(hosts.tid, 4, timeout=60)
-            out[f"bw{n}"] = n * count / (time.perf_counter() - t)
+
+            def push(last: bool) -> None:
+                me.psend(hosts.tid, 3 if last else 2, msg, timeout=60)
+                if last:
+                    me.precv(hosts.tid, 4, timeout=60)
+            return push
+
+        out = measure(pinger, pusher, LAT, BW)
         me.psend(hosts.tid, 9, b"")
     return out
 
@@ -147,20 +144,21 @@ def main() -> int:
           f"pvm_shmd+pvm_netd of this machine; median of {a.repeat}")
     runs: dict[str, list[dict]] = {}
     for _ in range(a.repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            os.chmod(tmp, 0o700)
-            hosts = Hosts(tmp)
-            try:
-                runs.setdefault("ours", []).append(ours(hosts))
-            finally:
-                hosts.close()
+        for name, trusted in (("ours", False), ("ours-trusted", True)):
+            with tempfile.TemporaryDirectory() as tmp:
+                os.chmod(tmp, 0o700)
+                hosts = Hosts(tmp, trusted)
+                try:
+                    runs.setdefault(name, []).append(ours(hosts))
+                finally:
+                    hosts.close()
         for k, r in floors("127.0.0.1", sizes_lat=LAT, sizes_bw=BW).items():
             runs.setdefault(k, []).append(r)
     head = "".join(f"{_size(n) + ' us':>11}" for n in LAT) + "".join(f"{_size(n) + ' GB/s':>12}" for n in BW)
-    print(f"{'transport':<12}{head}")
+    print(f"{'transport':<14}{head}")
     for k, rs in runs.items():
         med = {f: statistics.median(r[f] for r in rs) for f in rs[0]}
-        print(f"{k:<12}" + "".join(f"{med[f'lat{n}'] * 1e6:11.1f}" for n in LAT)
+        print(f"{k:<14}" + "".join(f"{med[f'lat{n}'] * 1e6:11.1f}" for n in LAT)
               + "".join(f"{med[f'bw{n}'] / 1e9:12.2f}" for n in BW))
     return 0
 

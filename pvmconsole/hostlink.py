@@ -199,10 +199,12 @@ class HostLink:
         ends = getattr(self.runner, "addresses", lambda: None)()
         return ends if ends is not None else (ANYWHERE, None)
 
-    def start_net(self, index: int, bind: str, keys: Sequence[str], peers: Sequence[Sequence[object]]) -> int:
+    def start_net(self, index: int, bind: str, keys: Sequence[str], peers: Sequence[Sequence[object]],
+                  trusted: bool = False) -> int:
         """Start the host's pvm_netd (its daemon runs), the VM's keys and the other
         hosts' [index, address, port] on its stdin; return the port it bound."""
-        line = json.dumps({"public": keys[0], "secret": keys[1], "peers": [list(p) for p in peers]})
+        line = json.dumps({"public": keys[0], "secret": keys[1], "peers": [list(p) for p in peers],
+                           "trusted": trusted})
         r = self.runner.run([self._sibling(NETD), *self._vm_args(), f"-host={index}", f"-bind={bind}"],
                             timeout=start_timeout(), input=line + "\n")
         w = handshake.fields(r.stdout) if r.rc == 0 else {}

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import zmq
 
 from shmd.errors import PvmError, PvmHostFail
-from shmd.netd import ANSWER, ASK
+from shmd.netd import ANSWER, ASK, secure
 
 ASK_TIMEOUT = 1.0  # seconds for an answer from a live pvm_netd (it answers in milliseconds)
 _ids = itertools.count(1)
@@ -26,9 +26,9 @@ _ids = itertools.count(1)
 class NetLink:
     """Requests to one host's pvm_netd at *address*:*port*, keys the VM's (Z85 public, secret)."""
 
-    def __init__(self, address: str, port: int, keys: Sequence[str]):
+    def __init__(self, address: str, port: int, keys: Sequence[str], trusted: bool = False):
         self.where = f"tcp://{'127.0.0.1' if address in ('0.0.0.0', '::', '*') else address}:{port}"
-        self.keys = keys
+        self.keys, self.trusted = keys, trusted
         self._lock = threading.Lock()
         self._sock: zmq.Socket | None = None
 
@@ -37,7 +37,7 @@ class NetLink:
             s: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
             s.linger = 0
             pub, sec = (k.encode("ascii") for k in self.keys)
-            s.curve_publickey, s.curve_secretkey, s.curve_serverkey = pub, sec, pub
+            secure(s, pub, sec, self.trusted, server=False)
             s.connect(self.where)
             self._sock = s
         return self._sock

@@ -97,6 +97,11 @@ def _parallel(fn: Callable, items: Sequence, progress: Callable[[list[int]], Non
         return [f.result() for f in futures]
 
 
+#: "1" when a VM is made: its hosts' pvm_netd do not encrypt (a trusted private network);
+#: they still authenticate every connection with the VM's secret
+TRUSTED_ENV = "PVM_NET_TRUSTED"
+
+
 class VirtualMachine:
     """One virtual machine (VM id) seen from a console."""
 
@@ -112,6 +117,7 @@ class VirtualMachine:
         self.link_factory = link_factory
         self._links: dict[str, HostLink] = {}
         self._netkeys: list[str] | None = None  # the VM's keys, read from the table once
+        self._nettrusted = False
         self._net_given: dict[str, tuple] = {}  # host -> the pvm_netd already given its link
         self.notes: list[str] = []  # things worth telling the user (stderr)
 
@@ -123,9 +129,9 @@ class VirtualMachine:
         if link.netd is None and len(host.net) == 2 and (host.net[0], host.net[1]) != self._net_given.get(host.name):
             if self._netkeys is None:
                 t = self.store.load()
-                self._netkeys = t.netkeys if t is not None else []
+                self._netkeys, self._nettrusted = (t.netkeys, t.nettrusted) if t is not None else ([], False)
             if self._netkeys:
-                link.netd = NetLink(str(host.net[0]), int(host.net[1]), self._netkeys)
+                link.netd = NetLink(str(host.net[0]), int(host.net[1]), self._netkeys, self._nettrusted)
                 self._net_given[host.name] = (host.net[0], host.net[1])  # once per pvm_netd
         return link
 
@@ -196,7 +202,7 @@ class VirtualMachine:
         bind, me = link.net_addresses()
         peers = [[h.index, me if h.index == MASTER and me is not None else h.net[0], h.net[1]]
                  for h in t.hosts if h.net and h.index != rec.index]
-        rec.net = [bind, link.start_net(rec.index, bind, t.netkeys, peers)]
+        rec.net = [bind, link.start_net(rec.index, bind, t.netkeys, peers, t.nettrusted)]
 
     # -- start / attach -----------------------------------------------------------
     def open(self, hosts: hf.Hostfile | None) -> bool:
@@ -256,8 +262,9 @@ class VirtualMachine:
         t = VmTable(self.vmid, hosts=[master], hostfile=hosts.path if hosts else "",
                     defaults=dict(hosts.defaults) if hosts else {},
                     known={e.name: dict(e.options) for e in entries if e is not own},
-                    netkeys=[k.decode("ascii") for k in zmq.curve_keypair()])
-        self._netkeys = t.netkeys
+                    netkeys=[k.decode("ascii") for k in zmq.curve_keypair()],
+                    nettrusted=os.environ.get(TRUSTED_ENV, "") == "1")
+        self._netkeys, self._nettrusted = t.netkeys, t.nettrusted
         self._start_nets(t, [master])
         self.store.save(t)  # the master is up: the VM exists even if other hosts fail
         todo = [e for e in entries if e is not own and not e.defer]

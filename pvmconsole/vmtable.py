@@ -60,6 +60,9 @@ class VmTable:
     #: the VM's CURVE key pair (Z85 public, secret) every pvm_netd of it holds; the table
     #: is a private file (0600 in the private directory), as the keys must be
     netkeys: list[str] = field(default_factory=list)
+    #: $PVM_NET_TRUSTED=1 when the VM was made: its hosts' pvm_netd authenticate with the
+    #: VM's secret (ZeroMQ PLAIN) and do not encrypt (a private network the user trusts)
+    nettrusted: bool = False
 
     def host(self, name: str) -> HostRecord | None:
         return next((h for h in self.hosts if h.name == name), None)

@@ -62,14 +62,36 @@ MASTER = 1  # the master's pvm_netd tells every host of each other that joins
 ZAP_DOMAIN = "pvm"  # the domain our ZAP handler judges (every other is refused)
 
 
+PLAIN_USER = b"pvm"  # a trusted network's PLAIN login: this name, the VM's secret key as password
+
+
+def secure(sock: zmq.Socket, public: bytes, secret: bytes, trusted: bool, server: bool) -> None:
+    """Set *sock* up as the VM's: CURVE with the VM's key pair (authenticated and
+    encrypted), or with *trusted* (a private network the user trusts) ZeroMQ's PLAIN:
+    authenticated by the VM's secret, not encrypted. Both are checked by Zap."""
+    if trusted:
+        if server:
+            sock.plain_server = True
+        else:
+            sock.plain_username, sock.plain_password = PLAIN_USER, secret
+    elif server:
+        sock.curve_server = True
+        sock.curve_secretkey, sock.curve_publickey = secret, public
+    else:
+        sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = secret, public, public
+    if server:
+        sock.zap_domain = ZAP_DOMAIN.encode()
+
+
 class Zap(threading.Thread):
     """ZeroMQ's authentication hook (ZAP, RFC 27, what zmq.auth implements too; this one
     spares its asyncio import, 60 ms of every host's start): a CURVE client passes if its
-    public key is the VM's, on our domain; anything else is refused before any message."""
+    public key is the VM's, a PLAIN one (trusted network) if its password is the VM's
+    secret, on our domain; anything else is refused before any message."""
 
-    def __init__(self, ctx: zmq.Context, public: bytes):
+    def __init__(self, ctx: zmq.Context, public: bytes, secret: bytes, trusted: bool):
         super().__init__(name="zap", daemon=True)
-        self.key = z85.decode(public)
+        self.want = [b"PLAIN", PLAIN_USER, secret] if trusted else [b"CURVE", z85.decode(public)]
         self.sock: zmq.Socket = ctx.socket(zmq.REP)
         self.sock.linger = 0
         self.sock.bind("inproc://zeromq.zap.01")  # before any socket binds: none goes unchecked
@@ -80,8 +102,7 @@ class Zap(threading.Thread):
             if not self.sock.poll(int(SLICE * 1000)):
                 continue
             f = self.sock.recv_multipart()
-            ok = (len(f) == 7 and f[0] == b"1.0" and f[2] == ZAP_DOMAIN.encode() and f[5] == b"CURVE"
-                  and f[6] == self.key)
+            ok = f[0] == b"1.0" and f[2] == ZAP_DOMAIN.encode() and f[5:] == self.want
             rid = f[1] if len(f) > 1 else b""
             self.sock.send_multipart([b"1.0", rid, b"200" if ok else b"400", b"OK" if ok else b"not this VM's key",
                                       b"", b""])
@@ -96,20 +117,19 @@ class Net:
     """The network process of one host."""
 
     def __init__(self, vmid: str, host: int, bind: str, public: bytes, secret: bytes,
-                 peers: list[tuple[int, str, int]]):
+                 peers: list[tuple[int, str, int]], trusted: bool = False):
         self.vmid, self.host, self.public, self.secret = vmid, host, public, secret
+        self.trusted = trusted
         self.task = Task(vmid, name=remote.NAME, spin=False, role="net")
         if tids.host_of(self.task.tid) != host:
             raise PvmError(PvmNoTask, f"pvm_shmd of VM {vmid!r} is host {tids.host_of(self.task.tid)}, not {host}")
         self.ctx = zmq.Context()
-        self.auth = Zap(self.ctx, public)
+        self.auth = Zap(self.ctx, public, secret, trusted)
         self.auth.start()
         self.rx = self.ctx.socket(zmq.ROUTER)
         self.rx.linger = 0
         self.rx.rcvhwm = HWM
-        self.rx.curve_server = True
-        self.rx.curve_secretkey, self.rx.curve_publickey = secret, public
-        self.rx.zap_domain = ZAP_DOMAIN.encode()
+        secure(self.rx, public, secret, trusted, server=True)
         self.port = self.rx.bind_to_random_port(f"tcp://{bind}")
         self.addr = bind
         self.lock = threading.Lock()
@@ -148,7 +168,7 @@ class Net:
         s.linger = 0
         s.sndhwm = HWM
         s.sndtimeo = int(SLICE * 1000)
-        s.curve_secretkey, s.curve_publickey, s.curve_serverkey = self.secret, self.public, self.public
+        secure(s, self.public, self.secret, self.trusted, server=False)
         s.connect(f"tcp://{a}:{p}")
         s.send_multipart([HELLO_KIND, HELLO.pack(self.host, self.port), self.addr.encode()],
                          flags=zmq.NOBLOCK)
@@ -340,17 +360,20 @@ class Net:
         self.task.leave()
 
 
-def parse_input(line: str) -> tuple[bytes, bytes, list[tuple[int, str, int]]]:
-    """The keys and peers pvm_netd reads from stdin; ValueError naming what is wrong."""
+def parse_input(line: str) -> tuple[bytes, bytes, list[tuple[int, str, int]], bool]:
+    """The keys, peers and "trusted" pvm_netd reads from stdin; ValueError naming what is wrong."""
     try:
         d = json.loads(line)
         pub, sec = d["public"].encode("ascii"), d["secret"].encode("ascii")
         peers = [(int(h), str(a), int(p)) for h, a, p in d.get("peers", [])]
+        trusted = d.get("trusted", False)
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ValueError("stdin: expected one JSON line with public, secret and peers") from None
     if len(pub) != 40 or len(sec) != 40:
         raise ValueError("stdin: keys must be 40 characters of Z85")
-    return pub, sec, peers
+    if not isinstance(trusted, bool):
+        raise ValueError("stdin: trusted must be true or false")
+    return pub, sec, peers, trusted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         vmid = paths.current_vmid(a.vmid)
-        pub, sec, peers = parse_input(sys.stdin.readline(1 << 20))
+        pub, sec, peers, trusted = parse_input(sys.stdin.readline(1 << 20))
     except ValueError as e:
         print(f"pvm_netd: {e}", file=sys.stderr)
         return 2
@@ -384,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # only record; the loop acts
     try:
-        net = Net(vmid, a.host, a.bind, pub, sec, peers)
+        net = Net(vmid, a.host, a.bind, pub, sec, peers, trusted)
     except (PvmError, zmq.ZMQError, OSError) as e:
         os.write(w, f"{e}\n".encode())
         os._exit(1)

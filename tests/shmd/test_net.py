@@ -42,10 +42,10 @@ with shmd.join(name="echo") as me:
 '''
 
 
-def start_netd(vm, vmid: str, host: int, keys, peers) -> tuple[int, int]:
+def start_netd(vm, vmid: str, host: int, keys, peers, trusted: bool = False) -> tuple[int, int]:
     """pvm_netd for *vmid* as host *host*: (port, pid)."""
     pub, sec = keys
-    line = json.dumps({"public": pub.decode(), "secret": sec.decode(), "peers": peers})
+    line = json.dumps({"public": pub.decode(), "secret": sec.decode(), "peers": peers, "trusted": trusted})
     r = subprocess.run([NETD, f"-vmid={vmid}", f"-host={host}", "-bind=127.0.0.1"], input=line + "\n",
                        capture_output=True, text=True, timeout=20, env=vm.env(vmid))
     assert r.returncode == 0, r.stderr
@@ -56,14 +56,14 @@ def start_netd(vm, vmid: str, host: int, keys, peers) -> tuple[int, int]:
 class Two:
     """Host 1 (VM id a, the test process joins it) and host 2 (VM id b) with their netds."""
 
-    def __init__(self, vm):
+    def __init__(self, vm, trusted: bool = False):
         self.vm = vm
         self.a, self.b = vm.vmid, vm.vmid + "b"
         self.keys = zmq.curve_keypair()
         vm.start("-host=1", vmid=self.a)
         vm.start("-host=2", vmid=self.b)
-        self.port1, self.pid1 = start_netd(vm, self.a, 1, self.keys, [])
-        self.port2, self.pid2 = start_netd(vm, self.b, 2, self.keys, [[1, "127.0.0.1", self.port1]])
+        self.port1, self.pid1 = start_netd(vm, self.a, 1, self.keys, [], trusted)
+        self.port2, self.pid2 = start_netd(vm, self.b, 2, self.keys, [[1, "127.0.0.1", self.port1]], trusted)
         self.procs: list[subprocess.Popen] = []
         # host 1 hears host 2's hello: both up
         wait_for(lambda: remote.route(self.a)["hosts"].get("2") is True, what="host 2 up at host 1")
@@ -351,3 +351,45 @@ def test_senders_killed_mid_stream_across_hosts(two):
         p.wait(10)
     for vmid in (two.a, two.b):
         wait_for(lambda vmid=vmid: _pages_free(two.vm, vmid), 10, f"every page of {vmid} free")
+
+
+def test_trusted_network_authenticates_without_encryption(shmd_vm):
+    """"trusted": no encryption (ZeroMQ PLAIN), but a client without the VM's secret, or
+    speaking CURVE, gets nothing in; messages between the hosts go as before."""
+    two = Two(shmd_vm, trusted=True)
+    try:
+        p, peer = two.echo()
+        with shmd.join(two.a) as me:
+            data = pattern(3 * remote.CHUNK + 5, 9)
+            me.psend(peer, 4, data, timeout=20)
+            assert bytes(me.precv(peer, 4, timeout=20).data) == data
+            ctx = zmq.Context()
+            try:
+                bad = []
+                for login in ((b"pvm", b"not the secret"), (b"other", two.keys[1]), None):
+                    s = ctx.socket(zmq.DEALER)
+                    s.linger = 0
+                    if login is None:  # CURVE with the VM's own keys: not what a trusted VM speaks
+                        s.curve_publickey, s.curve_secretkey = two.keys
+                        s.curve_serverkey = two.keys[0]
+                    else:
+                        s.plain_username, s.plain_password = login
+                    s.connect(f"tcp://127.0.0.1:{two.port1}")
+                    s.send_multipart(_frame_to(me.tid, 11), flags=zmq.NOBLOCK)
+                    bad.append(s)
+                time.sleep(1.5)
+                assert me.probe() is None, "a message got in without the VM's secret"
+                good = ctx.socket(zmq.DEALER)
+                good.linger = 0
+                good.plain_username, good.plain_password = b"pvm", two.keys[1]
+                good.connect(f"tcp://127.0.0.1:{two.port1}")
+                good.send_multipart(_frame_to(me.tid, 12))
+                assert me.precv(shmd.ANY, 12, timeout=10).data == b"hello"
+                for s in [*bad, good]:
+                    s.close()
+            finally:
+                ctx.destroy(0)
+            me.psend(peer, 99, b"", timeout=5)
+        assert p.wait(20) == 0
+    finally:
+        two.close()
