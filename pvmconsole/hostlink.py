@@ -133,10 +133,11 @@ class HostLink:
         return (f"; a daemon may be left there ({_first_line(r.stderr) or f'exit {r.rc}'}): "
                 f"stop it with {STAT} --stop")
 
-    def stat(self, every: bool = False) -> dict[str, object]:
+    def stat(self, every: bool = False, asked: object = None) -> dict[str, object]:
         """The daemon's state (pvm_shmd_stat --json), its pvm_netd left out of the tasks
-        unless *every*; PvmHostFail if it is not running."""
-        state = self._ask("stat")
+        unless *every*; PvmHostFail if it is not running. *asked*: what pvm_netd already
+        answered (VirtualMachine.asked, for many hosts at once)."""
+        state = asked if isinstance(asked, dict) else self._ask("stat")
         if isinstance(state, dict):
             if isinstance(state.get("tasks"), list) and not every:
                 state["tasks"] = users_tasks(state["tasks"])
@@ -239,9 +240,10 @@ class HostLink:
         argv += ["--", prog, *args]
         return self.runner.start(argv, timeout=SPAWN_TIMEOUT, env=env)
 
-    def tasks(self) -> list[dict[str, object]]:
-        """The host's tasks (pvm_spawn --tasks): the daemon's table plus ptid and flags."""
-        got = self._ask("tasks")
+    def tasks(self, asked: object = None) -> list[dict[str, object]]:
+        """The host's tasks (pvm_spawn --tasks): the daemon's table plus ptid and flags.
+        *asked*: what pvm_netd already answered, as for stat."""
+        got = asked if isinstance(asked, list) else self._ask("tasks")
         if isinstance(got, list):
             return users_tasks([t for t in got if isinstance(t, dict)])
         r = self.runner.run([self.spawn_program, "--tasks", *self._vm_args()], timeout=STAT_TIMEOUT)

@@ -313,14 +313,17 @@ class JobTable:
 
 # ---- tasks of the hosts ------------------------------------------------------------------------
 def gather(vm: VirtualMachine, hosts: Sequence[HostRecord]) -> list[tuple[HostRecord, list[dict] | PvmError]]:
-    """Each host's tasks (pvm_spawn --tasks), in parallel; a failed host gives its error."""
+    """Each host's tasks (its pvm_netd's answer, all asked at once; else pvm_spawn --tasks,
+    in parallel); a failed host gives its error."""
+    pre = vm.asked(hosts, "tasks")
+
     def one(h: HostRecord) -> tuple[HostRecord, list[dict] | PvmError]:
         try:
-            return h, vm.link(h).tasks()
+            return h, vm.link(h).tasks(asked=pre.get(h.name))
         except PvmError as e:
             return h, e
-    if len(hosts) <= 1:
-        return [one(h) for h in hosts]
+    if len(hosts) <= 1 or all(h.name in pre for h in hosts):
+        return [one(h) for h in hosts]  # (answered already: nothing to wait for)
     with ThreadPoolExecutor(max_workers=min(PARALLEL, len(hosts))) as pool:
         return list(pool.map(one, hosts))
 

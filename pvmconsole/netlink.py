@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from collections.abc import Sequence
 
 import zmq
@@ -44,25 +45,64 @@ class NetLink:
 
     def ask(self, op: str, timeout: float = ASK_TIMEOUT) -> object:
         """What the host's pvm_netd answers to *op* ("stat", "tasks", "stop")."""
-        with self._lock:
-            s = self._socket()
-            rid = str(next(_ids)).encode()
-            try:
-                s.send_multipart([ASK, rid, json.dumps({"op": op}).encode()], flags=zmq.NOBLOCK)
-                while s.poll(int(timeout * 1000)):
-                    f = s.recv_multipart()
-                    if len(f) == 3 and f[0] == ANSWER and f[1] == rid:  # (not a late answer)
-                        got = json.loads(f[2])
-                        if "ok" in got:
-                            return got["ok"]
-                        raise PvmError(PvmHostFail, f"pvm_netd: {got.get('error')}")
-            except (zmq.ZMQError, ValueError, AttributeError) as e:
-                self.close()
-                raise PvmError(PvmHostFail, f"pvm_netd at {self.where}: {e}") from None
-            self.close()  # a new socket next time: no answer of this one can come late there
-            raise PvmError(PvmHostFail, f"pvm_netd at {self.where} did not answer within {timeout:g} s")
+        got = ask_all([self], op, timeout)[0]
+        if isinstance(got, PvmError):
+            raise got
+        return got
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
+
+
+def _answer(frames: list[bytes]) -> object:
+    """The answer in an ANSWER message's JSON, or the PvmError it reports."""
+    try:
+        got = json.loads(frames[2])
+        return got["ok"] if "ok" in got else PvmError(PvmHostFail, f"pvm_netd: {got.get('error')}")
+    except (ValueError, TypeError, KeyError):
+        return PvmError(PvmHostFail, "pvm_netd: unreadable answer")
+
+
+def ask_all(links: Sequence[NetLink], op: str, timeout: float = ASK_TIMEOUT) -> list[object]:
+    """Each link's answer to *op*, or the PvmError in its place: every host asked at once,
+    the answers awaited together (so nine hosts cost about what one does). A link that
+    fails is closed: its next request opens a new socket (no late answer can come there)."""
+    out: list[object] = [None] * len(links)
+    waiting: dict[int, bytes] = {}  # link number -> request id
+    held: list[NetLink] = []
+    poller = zmq.Poller()
+    owner: dict[zmq.Socket, int] = {}
+    try:
+        for k, link in enumerate(links):
+            if not link._lock.acquire(timeout=timeout):
+                out[k] = PvmError(PvmHostFail, f"pvm_netd at {link.where}: its channel stays busy")
+                continue
+            held.append(link)
+            rid = str(next(_ids)).encode()
+            try:
+                s = link._socket()
+                s.send_multipart([ASK, rid, json.dumps({"op": op}).encode()], flags=zmq.NOBLOCK)
+            except zmq.ZMQError as e:
+                link.close()
+                out[k] = PvmError(PvmHostFail, f"pvm_netd at {link.where}: {e}")
+                continue
+            waiting[k] = rid
+            poller.register(s, zmq.POLLIN)
+            owner[s] = k
+        deadline = time.monotonic() + timeout
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for s, _ in poller.poll(int(left * 1000) + 1):
+                k = owner[s]
+                f = s.recv_multipart()
+                if k in waiting and len(f) == 3 and f[0] == ANSWER and f[1] == waiting[k]:
+                    del waiting[k]
+                    out[k] = _answer(f)
+        for k in waiting:
+            links[k].close()
+            out[k] = PvmError(PvmHostFail, f"pvm_netd at {links[k].where} did not answer within {timeout:g} s")
+    finally:
+        for link in held:
+            link._lock.release()
+    return out

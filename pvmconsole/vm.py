@@ -14,7 +14,7 @@ import zmq
 
 from pvmconsole import hostfile as hf
 from pvmconsole.hostlink import MANUAL_HINT, HostLink, is_local, link_for
-from pvmconsole.netlink import NetLink
+from pvmconsole.netlink import NetLink, ask_all
 from pvmconsole.vmtable import HostRecord, TableStore, VmTable, lowest_free_index
 from shmd.errors import (
     PvmBadParam,
@@ -385,25 +385,43 @@ class VirtualMachine:
             link.close()
 
     # -- state ------------------------------------------------------------------
+    def asked(self, hosts: Sequence[HostRecord], op: str) -> dict[str, object]:
+        """What the pvm_netd of each of *hosts* answers to *op* ("stat", "tasks"), all
+        asked at once (netlink.ask_all), by host name; a host without one, or whose
+        pvm_netd fails (its link then runs the programs), is left out."""
+        links = [(h.name, self.link(h)) for h in hosts]
+        links = [(n, link) for n, link in links if link.netd is not None]
+        out: dict[str, object] = {}
+        for (n, link), got in zip(links, ask_all([link.netd for _, link in links if link.netd], op)):
+            if isinstance(got, PvmError):
+                link.netd = None
+            else:
+                out[n] = got
+        return out
+
     def mstat(self, names: Sequence[str]) -> list[Outcome]:
         t = self.table()
-        out = []
-        for n in names:
-            h = t.host(n)
-            out.append(Outcome(n, PvmNoHost) if h is None else _attempt(n, self.link(h).stat))
-        return out
+        hosts = {n: h for n in names if (h := t.host(n)) is not None}
+        pre = self.asked(list(hosts.values()), "stat")
+        def stat(h: HostRecord) -> Outcome:
+            return _attempt(h.name, lambda: self.link(h).stat(asked=pre.get(h.name)))
+
+        return [Outcome(n, PvmNoHost) if (h := hosts.get(n)) is None else stat(h) for n in names]
 
     def stat(self, names: Sequence[str] = ()) -> list[tuple[str, dict | PvmError]]:
         """Each host's daemon state (pvm_shmd_stat --json), or the error."""
         hosts = self.hosts(names)
+        pre = self.asked(hosts, "stat")
 
         def one(h: HostRecord) -> tuple[str, dict | PvmError]:
             try:
-                return h.name, self.link(h).stat()
+                return h.name, self.link(h).stat(asked=pre.get(h.name))
             except PvmError as e:
                 return h.name, e
 
-        return _parallel(one, hosts)
+        # the hosts whose pvm_netd answered need no thread; the others run programs in parallel
+        rest = dict(_parallel(one, [h for h in hosts if h.name not in pre]))
+        return [one(h) if h.name in pre else (h.name, rest[h.name]) for h in hosts]
 
     # -- reset / halt -------------------------------------------------------------
     def _stop_host(self, h: HostRecord) -> None:
