@@ -82,3 +82,39 @@ def running_lab(tag: str, n: int, **kw) -> Iterator[labmod.Lab]:
     finally:
         problems = labmod.down(d)
         assert problems == [] and lab_traces(lab) == []
+
+
+def write_progs(lab: labmod.Lab, progs: dict[str, str]) -> str:
+    """Test programs (name -> source) in the lab's directory, which its hosts share
+    (their /tmp is private); returns that directory."""
+    d = os.path.join(lab.dir, "progs")
+    os.makedirs(d)
+    for name, text in progs.items():
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+    return d
+
+
+def host_procs(lab: labmod.Lab, host: str, vmid: str, daemons: bool = False) -> list[str]:
+    """Live processes on a lab host whose environment carries our VM id (tasks, pvm_spawn);
+    with *daemons*, also those started with -vmid=it (pvm_shmd, pvm_netd)."""
+    r = ssh(lab, host, f"grep -l -a PVM_VMID={vmid} /proc/[0-9]*/environ 2>/dev/null | "
+                       "while read f; do d=${f%/environ}; "
+                       "grep -q '^State:.*[ZX]' $d/status || echo ${d#/proc/}; done; true")
+    out = r.stdout
+    if daemons:
+        out += ssh(lab, host, f"pgrep -f -- '[-]vmid={vmid}'; true").stdout  # ([-]: not this shell)
+    return sorted({p for p in out.split() if p.isdigit()})
+
+
+def lab_vm_setup(lab: labmod.Lab, tmp: str, ep: str, shmd_opts: str) -> tuple[str, dict[str, str]]:
+    """A hostfile naming every lab host (this checkout's pvm_shmd, programs found on *ep*)
+    and the console's environment for it (the lab's ssh_config, a home of its own in *tmp*,
+    $PVM_SHMD_OPTS *shmd_opts*): (hostfile path, environment)."""
+    hostfile = os.path.join(tmp, "hostfile")
+    dx = labmod.local_program("pvm_shmd")
+    with open(hostfile, "w") as f:
+        f.write(f"* ep={ep}\n" + "".join(f"{h.name} dx={dx}\n" for h in lab.hosts))
+    home = os.path.join(tmp, "home")
+    os.mkdir(home)
+    return hostfile, {**os.environ, "PVM_SSH_CONFIG": lab.ssh_config, "HOME": home, "PVM_SHMD_OPTS": shmd_opts}

@@ -14,10 +14,9 @@ import time
 import pytest
 from conftest import ROOT
 from consoles import PVM, vm_procs, wait_for  # noqa: F401
-from lab_probe import running_lab, ssh
+from lab_probe import host_procs, lab_vm_setup, running_lab, ssh, write_progs
 
 import shmd
-from pvmconsole import lab as labmod
 from shmd.errors import PvmError, PvmHostFail
 
 pytestmark = pytest.mark.lab  # real sshd servers, lab hosts or namespaces (root)
@@ -35,33 +34,15 @@ while True:
 
 @pytest.fixture(scope="module")
 def lab():
-    with running_lab("n", 3) as lab:
-        progs = os.path.join(lab.dir, "progs")
-        os.makedirs(progs)
-        with open(os.path.join(progs, "echo.py"), "w") as f:
-            f.write(ECHO)
+    with running_lab("w", 3) as lab:
+        write_progs(lab, {"echo.py": ECHO})
         yield lab
-
-
-def host_procs(lab, host: str, vmid: str) -> list[str]:
-    """Processes on a lab host started for our VM id (tasks, pvm_shmd, pvm_netd)."""
-    r = ssh(lab, host, f"grep -l -a PVM_VMID={vmid} /proc/[0-9]*/environ 2>/dev/null | "
-                       "while read f; do d=${f%/environ}; "
-                       "grep -q '^State:.*[ZX]' $d/status || echo ${d#/proc/}; done; true")
-    daemons = ssh(lab, host, f"pgrep -f -- '[-]vmid={vmid}'; true")  # ([-]: not the shell running it)
-    return sorted({p for p in (r.stdout + daemons.stdout).split() if p.isdigit()})
 
 
 @pytest.fixture
 def vm(lab, pvm_env, tmp_path):
-    progs = os.path.join(lab.dir, "progs")
-    hostfile = tmp_path / "hostfile"
-    dx = labmod.local_program("pvm_shmd")
-    hostfile.write_text(f"* ep={progs}:{EXAMPLES}\n" + "".join(f"{h.name} dx={dx}\n" for h in lab.hosts))
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "PVM_SSH_CONFIG": lab.ssh_config, "HOME": str(home),
-           "PVM_SHMD_OPTS": "-maxpages=1024 -maxsegs=2"}  # 8 MiB: room for the messages in flight
+    hostfile, env = lab_vm_setup(lab, str(tmp_path), f"{lab.dir}/progs:{EXAMPLES}",
+                                 "-maxpages=1024 -maxsegs=2")  # 8 MiB: room for the messages in flight
 
     class Vm:
         vmid, hosts = pvm_env["vmid"], [h.name for h in lab.hosts]
@@ -78,9 +59,9 @@ def vm(lab, pvm_env, tmp_path):
     wait_for(lambda: not vm_procs(v.vmid), 10, "local processes of the VM to end")
     for h in v.hosts:
         try:
-            wait_for(lambda h=h: host_procs(lab, h, v.vmid) == [], 10, f"processes on {h} to end")
+            wait_for(lambda h=h: host_procs(lab, h, v.vmid, daemons=True) == [], 10, f"processes on {h} to end")
         except BaseException:
-            left = " ".join(host_procs(lab, h, v.vmid))
+            left = " ".join(host_procs(lab, h, v.vmid, daemons=True))
             print(ssh(lab, h, f"ps -o pid,stat,args -p {left}; ps axf").stdout)
             raise
 

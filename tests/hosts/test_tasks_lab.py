@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import ROOT
 from consoles import PVM, TASK_PROG, Console, task_rows, vm_procs, wait_for  # noqa: F401
-from lab_probe import running_lab, ssh
+from lab_probe import host_procs, lab_vm_setup, running_lab, ssh, write_progs
 
 from pvmconsole import lab as labmod
 
@@ -34,21 +34,8 @@ for i in range(int(sys.argv[1])):
 @pytest.fixture(scope="module")
 def lab():
     with running_lab("k", 3) as lab:
-        progs = os.path.join(lab.dir, "progs")
-        os.makedirs(progs)
-        with open(os.path.join(progs, "task.py"), "w") as f:
-            f.write(TASK_PROG)
-        with open(os.path.join(progs, "ticker.py"), "w") as f:
-            f.write(TICKER)
+        write_progs(lab, {"task.py": TASK_PROG, "ticker.py": TICKER})
         yield lab
-
-
-def host_procs(lab, host: str, vmid: str) -> list[str]:
-    """Processes on a lab host whose environment carries our VM id (tasks, pvm_spawn)."""
-    r = ssh(lab, host, f"grep -l -a PVM_VMID={vmid} /proc/[0-9]*/environ 2>/dev/null | "
-                       "while read f; do d=${f%/environ}; "
-                       "grep -q '^State:.*[ZX]' $d/status || echo ${d#/proc/}; done; true")
-    return [p for p in r.stdout.split() if p.isdigit()]
 
 
 def ipc_objects(lab, host: str) -> list[str]:
@@ -59,15 +46,8 @@ def ipc_objects(lab, host: str) -> list[str]:
 def vm(lab, pvm_env, tmp_path):
     """A VM of the console's host + the lab's 3 hosts, tasks found on the lab's progs
     and examples directories; halted after, checked clean on every host."""
-    progs = os.path.join(lab.dir, "progs")
-    ep = f"{progs}:{EXAMPLES}:/bin:/usr/bin"
-    hostfile = tmp_path / "hostfile"
-    dx = labmod.local_program("pvm_shmd")
-    hostfile.write_text(f"* ep={ep}\n" + "".join(f"{h.name} dx={dx}\n" for h in lab.hosts))
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "PVM_SSH_CONFIG": lab.ssh_config, "HOME": str(home),
-           "PVM_SHMD_OPTS": "-maxpages=64 -maxsegs=2"}
+    hostfile, env = lab_vm_setup(lab, str(tmp_path), f"{lab.dir}/progs:{EXAMPLES}:/bin:/usr/bin",
+                                 "-maxpages=64 -maxsegs=2")
     consoles: list[Console] = []
 
     class Vm:
