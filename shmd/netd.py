@@ -174,6 +174,15 @@ class Net:
                          flags=zmq.NOBLOCK)
         return s
 
+    def _connect_joined(self, out: dict[int, zmq.Socket]) -> None:
+        """A DEALER to each host the in thread heard of (a hello or the master's notice)."""
+        while self.joined:
+            h, a, p = self.joined.pop(0)
+            if h in out:
+                out.pop(h).close()
+            self.where[h] = (a, p)
+            out[h] = self._dealer(h)
+
     def out_loop(self) -> None:
         out: dict[int, zmq.Socket] = {}
         for h in list(self.where):
@@ -182,12 +191,7 @@ class Net:
         beat = [BEAT_KIND, HELLO.pack(self.host, self.port)]
         task = self.task
         while self.running:
-            while self.joined:
-                h, a, p = self.joined.pop()
-                if h in out:
-                    out.pop(h).close()
-                self.where[h] = (a, p)
-                out[h] = self._dealer(h)
+            self._connect_joined(out)
             while self.announce:
                 h, a, p = self.announce.pop()
                 for k, s in out.items():
@@ -215,6 +219,8 @@ class Net:
                 continue
             dest, tag, total, off = remote.OUT.unpack_from(m.data)
             h = tids.host_of(dest)
+            if h not in out:  # a host that just joined: the in thread marked it up after
+                self._connect_joined(out)  # it queued it here, so it is here by now
             sock = out.get(h)
             if sock is None:
                 continue  # no such host: dropped, as PVM drops a message to nowhere
