@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from pvmconsole.netlink import ASK_TIMEOUT, NetLink
 from pvmconsole.runner import LineStream, LocalRunner, Runner, local_fqdn, local_program
-from shmd import handshake, hostenv
+from shmd import handshake, hostenv, tids
 from shmd.errors import (
     PvmBadParam,
     PvmCantStart,
@@ -48,7 +48,8 @@ OPTS_ENV = "PVM_SHMD_OPTS"
 
 def users_tasks(tasks: list) -> list:
     """The tasks of a daemon's table but its pvm_netd (PVM's ps did not show pvmds)."""
-    return [t for t in tasks if not (isinstance(t, dict) and t.get("name") == NETD)]
+    return [t for t in tasks if not (isinstance(t, dict) and isinstance(t.get("tid"), int)
+                                     and tids.is_netd(t["tid"]))]
 
 
 def _first_line(text: str) -> str:

@@ -90,8 +90,11 @@ class Task(Receiving, Sending):
         self._sleeps = 0  # our sleeps so far (the waiting word holds the current one)
         self.closed = False
         _open[self.vmid] = self
-        self._tracing = self._i[layout.H_TRACE_I]
-        mask = trace.env_mask(os.environ.get(trace.ENV)) or self._tracing
+        # pvm_netd is PVM's pvmd, not a task of the program: never traced (its forwarding
+        # shows as the tasks' own sends and receives)
+        self._traceable = role != "net"
+        self._tracing = self._i[layout.H_TRACE_I] if self._traceable else 0
+        mask = (trace.env_mask(os.environ.get(trace.ENV)) or self._tracing) if self._traceable else 0
         if mask:  # spawned traced (spawn -@), or the host traces
             trace.switch(self, mask, trace.SPAWN)
 

@@ -168,6 +168,7 @@ class TaskBase:
     _pub_at: int  # _nrx at which a receive about to spin calls _publish
     _blocked: int  # our slot's blocked word (int32 index)
     _tracing: int  # the header's trace word as last seen (a change: trace.switch)
+    _traceable: bool  # False for pvm_netd
 
     def _publish(self) -> None:
         """Store our message counters in our slot (for pvm_shmd and the console's view),
@@ -181,7 +182,7 @@ class TaskBase:
         q[c + 1] = self._btx
         q[c + 2] = self._nrx
         q[c + 3] = self._brx
-        on = self._i[_TRACE_WORD]
+        on = self._i[_TRACE_WORD] if self._traceable else 0
         if on != self._tracing:  # trace on/off on our host: follow it (spawn -@ or not)
             self._tracing = on
             trace.switch(self, on)

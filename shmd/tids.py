@@ -41,6 +41,11 @@ CONSOLE_TID = dtid(1) + 1  # PVM's console was the first task on the master: t40
 NETD_LOCAL = TIDLOCAL  # the local part of a host's pvm_netd (t7ffff on host 1): never a task's
 
 
+def is_netd(tid: int) -> bool:
+    """True for a host's pvm_netd (PVM's pvmd role: not a task the user sees)."""
+    return local_of(tid) == NETD_LOCAL
+
+
 def fmt(tid: int) -> str:
     """PVM's way to write a tid: ``t40001``."""
     return f"t{tid:x}"

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pvmconsole.console import printable
+from pvmconsole.hostlink import users_tasks
 from shmd.layout import COUNTERS
 
 BAR = 10  # columns of a segment's pages bar
@@ -79,7 +80,7 @@ def tasks_of(sample: Sample) -> list[tuple[str, dict]]:
     live, gone = [], []
     for name, st in sample.hosts:
         if isinstance(st, dict):
-            live += [(name, t) for t in st.get("tasks", []) if isinstance(t, dict)]
+            live += [(name, t) for t in users_tasks(st.get("tasks", [])) if isinstance(t, dict)]
             gone += [(name, t) for t in st.get("exited_tasks", []) if isinstance(t, dict)]
     seen = {t["tid"] for _, t in live}
     gone = [(h, t) for h, t in gone if t["tid"] not in seen]
@@ -117,7 +118,7 @@ def host_lines(now: Sample, before: Sample | None, picked: int = -1) -> list[str
         pages = f"{pages} {used}/{total}"
         rates = [_rate(st, prev, k) for k in ("recvd", "sent", "recvd_bytes", "sent_bytes")]
         lines.append(f"{label[:16]:<16} {'pid ' + str(st.get('pid', '?')):<8} "
-                     f"{float(st.get('load', 0)):5.2f} {len(st.get('tasks', [])):5d}  {pages:<30}"
+                     f"{float(st.get('load', 0)):5.2f} {len(users_tasks(st.get('tasks', []))):5d}  {pages:<30}"
                      f" {_num(rates[0]):>8} {_num(rates[1]):>7} {_num(rates[2]):>8} {_num(rates[3]):>7}")
     return lines
 

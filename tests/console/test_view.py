@@ -105,7 +105,7 @@ def test_console_trace_save_and_show(vm, tmp_path):  # noqa: F811
         assert all(starts[k] <= ends[k] for k in starts)
         sends = [e["args"] for e in evs if e.get("name") == "psend"]
         assert sends == [{"dst": tid, "tag": 7, "bytes": 10}] * 4
-        assert any(ln.startswith(f"{tid} traffic") and "s" in ln for ln in r.stdout.splitlines())
+        assert any(ln.startswith(f"{tid} traffic") and "s" in ln for ln in r.stdout.splitlines()), r.stdout
         r = vm.run(f"trace bogus; trace save {tmp_path}/no/such/dir.json; trace show a b; "
                    "trace show 5 1; view x; trace + send nosuch")
         assert r.returncode == 1
