@@ -13,6 +13,7 @@ import shlex
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from pvmconsole.netlink import ASK_TIMEOUT, NetLink
@@ -44,6 +45,19 @@ STOP_TIMEOUT = 30.0
 #: Extra words for every pvm_shmd the console starts (e.g. "-maxpages=64 -maxsegs=2").
 OPTS_ENV = "PVM_SHMD_OPTS"
 
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait (at most *timeout* s) until process *pid* of this machine has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return  # ended; its parent (not us) reaps it
+        except (OSError, IndexError):
+            return
+        time.sleep(0.005)
 
 
 def users_tasks(tasks: list) -> list:
@@ -175,7 +189,12 @@ class HostLink:
         if self.netd is not None:
             self.netd.close()
             self.netd = None
-        return None if got is None else bool(got)
+        if not isinstance(got, dict):
+            return None if got is None else bool(got)
+        pid = got.get("pid")
+        if isinstance(pid, int) and pid > 0 and isinstance(self.runner, LocalRunner):
+            _wait_gone(pid, STOP_TIMEOUT)  # it ends after its answer: gone when we return
+        return bool(got.get("stopped"))
 
     def stop(self) -> bool:
         """Stop the daemon and wait until its IPC objects are gone.

@@ -307,8 +307,8 @@ class Net:
             op = json.loads(ask).get("op")
             if op not in ASKS:
                 raise ValueError(f"unknown request {str(op)[:40]!r}")
-            if op == "stop":
-                return json.dumps({"ok": self.stop_host()}).encode()
+            if op == "stop":  # our pid too: a console on this machine waits for our end
+                return json.dumps({"ok": {"stopped": self.stop_host(), "pid": os.getpid()}}).encode()
             got = control.request("stat", self.vmid) if op == "stat" else spawner.tasks(self.vmid)
             return json.dumps({"ok": got}).encode()
         except (ValueError, AttributeError, PvmError, OSError) as e:

@@ -98,6 +98,9 @@ def test_delete_of_a_host_whose_key_became_unknown_or_changed_says_so(lab, tmp_p
         r = pvm(tmp_path, e, str(hostfile), "-e", "conf")
         assert r.returncode == 0 and len(daemons(lab, vmid)) == 1, r.stderr
         addr = lab.hosts[0].addr
+        # delete asks pvm_netd first (authenticated by the VM's keys, no SSH); with it gone
+        # the console falls back to SSH, whose host-key checks this test is about
+        ssh(lab, "pvmh1", f"pkill -KILL -f 'pvm_netd -vmid={vmid} '")
 
         kh.write_text("")  # the host's key is not known any more
         r = pvm(tmp_path, e, "-e", "delete pvmh1")
