@@ -23,13 +23,13 @@ def main() -> int:
     nproc = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 100000
     pvm_mytid()
+    inst = pvm_joingroup(GROUP)  # before the others start: the first copy is instance 0, the root
     if sys.argv[3:4] != ["copy"]:
         tids = pvm_spawn(os.path.abspath(sys.argv[0]), [str(nproc), str(n), "copy"], PvmTaskDefault, "", nproc - 1)
         if any(t < 0 for t in tids):
             print("spawn failed:", [strerror(t) for t in tids if t < 0])
             pvm_exit()
             return 1
-    inst = pvm_joingroup(GROUP)
     pvm_barrier(GROUP, nproc)
     total = part(inst, n)
     pvm_reduce(PvmSum, total, n, PVM_DOUBLE, 1, GROUP, 0)

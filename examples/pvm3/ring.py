@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """SPMD ring: NPROC copies of one program in the group "ring". The first copy spawns
-the others; all join, meet at a barrier, then a token goes round the ring by instance
+the others (after joining: it is instance 0); all join, meet at a barrier, then a token goes round the ring by instance
 number, each adding its instance; a last barrier, and instance 0 checks the sum.
 
     pvm> spawn -> /path/to/examples/pvm3/ring.py 4
@@ -16,13 +16,15 @@ GROUP, TAG = "ring", 7
 def main() -> int:
     nproc = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     me = pvm_mytid()
-    if sys.argv[2:3] != ["copy"]:  # the first copy starts the others
+    # the first copy joins before it starts the others: it is instance 0, the one that
+    # prints (joining after them, a copy that joined first would be, and print unseen)
+    inst = pvm_joingroup(GROUP)
+    if sys.argv[2:3] != ["copy"]:
         tids = pvm_spawn(os.path.abspath(sys.argv[0]), [str(nproc), "copy"], PvmTaskDefault, "", nproc - 1)
         if any(t < 0 for t in tids):
             print("spawn failed:", [strerror(t) for t in tids if t < 0])
             pvm_exit()
             return 1
-    inst = pvm_joingroup(GROUP)
     pvm_barrier(GROUP, nproc)  # everyone has joined
     right = pvm_gettid(GROUP, (inst + 1) % nproc)
     left = pvm_gettid(GROUP, (inst - 1) % nproc)
