@@ -43,9 +43,10 @@ class NetLink:
             self._sock = s
         return self._sock
 
-    def ask(self, op: str, timeout: float = ASK_TIMEOUT) -> object:
-        """What the host's pvm_netd answers to *op* ("stat", "tasks", "stop")."""
-        got = ask_all([self], op, timeout)[0]
+    def ask(self, op: str, timeout: float = ASK_TIMEOUT, **args: object) -> object:
+        """What the host's pvm_netd answers to request *op* ("stat", "tasks", "stop", ...;
+        shmd/netd.py's Net.asks) with *args*."""
+        got = ask_all([self], op, timeout, args)[0]
         if isinstance(got, PvmError):
             raise got
         return got
@@ -65,7 +66,8 @@ def _answer(frames: list[bytes]) -> object:
         return PvmError(PvmHostFail, "pvm_netd: unreadable answer")
 
 
-def ask_all(links: Sequence[NetLink], op: str, timeout: float = ASK_TIMEOUT) -> list[object]:
+def ask_all(links: Sequence[NetLink], op: str, timeout: float = ASK_TIMEOUT,
+            args: dict[str, object] | None = None) -> list[object]:
     """Each link's answer to *op*, or the PvmError in its place: every host asked at once,
     the answers awaited together (so nine hosts cost about what one does). A link that
     fails is closed: its next request opens a new socket (no late answer can come there)."""
@@ -83,7 +85,7 @@ def ask_all(links: Sequence[NetLink], op: str, timeout: float = ASK_TIMEOUT) -> 
             rid = str(next(_ids)).encode()
             try:
                 s = link._socket()
-                s.send_multipart([ASK, rid, json.dumps({"op": op}).encode()], flags=zmq.NOBLOCK)
+                s.send_multipart([ASK, rid, json.dumps({**(args or {}), "op": op}).encode()], flags=zmq.NOBLOCK)
             except zmq.ZMQError as e:
                 link.close()
                 out[k] = PvmError(PvmHostFail, f"pvm_netd at {link.where}: {e}")

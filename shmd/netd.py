@@ -38,6 +38,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import zmq
 from zmq.utils import z85
@@ -55,7 +56,6 @@ HWM = 16  # frames queued per peer socket and direction (of up to remote.CHUNK b
 SLICE = 0.2  # the longest either thread waits before looking round (seconds)
 MSG, HELLO_KIND, BEAT_KIND, JOIN_KIND = b"m", b"h", b"b", b"j"
 ASK, ANSWER = b"q", b"r"  # the console's requests (stat, tasks, stop) and their answers
-ASKS = ("stat", "tasks", "stop")
 KILL_GRACE = 2.0  # stop: TERM the host's tasks, KILL what is left after this (as the console)
 STOP_TIMEOUT = 30.0  # stop: the longest wait for pvm_shmd to exit
 MASTER = 1  # the master's pvm_netd tells every host of each other that joins
@@ -145,6 +145,13 @@ class Net:
                 self.heard[h] = time.monotonic()
         self.running = True
         self.out_done = threading.Event()  # the out thread (the main one) left its loop
+        # The console's requests by name: each handler takes the request (a dict) and
+        # returns what goes back as JSON. A new request is one entry here.
+        self.asks: dict[str, Callable[[dict], object]] = {
+            "stat": lambda req: control.request("stat", self.vmid),
+            "tasks": lambda req: spawner.tasks(self.vmid),
+            "stop": self._ask_stop,
+        }
         self.write_route()
 
     # ---- the route file ------------------------------------------------------------
@@ -301,18 +308,21 @@ class Net:
                 self._deliver(hdrs, src, dest, tag, buf)
 
     def answer(self, ask: bytes) -> bytes:
-        """The console's request (JSON {"op": ...}) answered from this host, as JSON:
-        {"ok": what pvm_shmd_stat --json or pvm_spawn --tasks would print} or {"error": ...}."""
+        """The console's request (JSON {"op": name, ...its arguments}) answered from this
+        host, as JSON: {"ok": what the request's handler in self.asks returned} or {"error": ...}."""
         try:
-            op = json.loads(ask).get("op")
-            if op not in ASKS:
+            req = json.loads(ask)
+            op = req.get("op") if isinstance(req, dict) else None
+            handler = self.asks.get(op) if isinstance(op, str) else None
+            if handler is None:
                 raise ValueError(f"unknown request {str(op)[:40]!r}")
-            if op == "stop":  # our pid too: a console on this machine waits for our end
-                return json.dumps({"ok": {"stopped": self.stop_host(), "pid": os.getpid()}}).encode()
-            got = control.request("stat", self.vmid) if op == "stat" else spawner.tasks(self.vmid)
-            return json.dumps({"ok": got}).encode()
-        except (ValueError, AttributeError, PvmError, OSError) as e:
+            return json.dumps({"ok": handler(req)}).encode()
+        except (ValueError, TypeError, AttributeError, PvmError, OSError) as e:
             return json.dumps({"error": str(e)}).encode()
+
+    def _ask_stop(self, req: dict) -> dict:
+        """stop: this host's VM ended here; our pid too, as a console on this machine waits for our end."""
+        return {"stopped": self.stop_host(), "pid": os.getpid()}
 
     def stop_host(self) -> bool:
         """The console's delete/halt/reset of this host, done here: kill its tasks, leave
