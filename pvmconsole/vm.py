@@ -15,6 +15,8 @@ import zmq
 from pvmconsole import hostfile as hf
 from pvmconsole.hostlink import MANUAL_HINT, HostLink, is_local, link_for
 from pvmconsole.netlink import NetLink, ask_all
+from pvmconsole.runner import LocalRunner
+from pvmconsole.view import clocks
 from pvmconsole.vmtable import HostRecord, TableStore, VmTable, lowest_free_index
 from shmd.errors import (
     PvmBadParam,
@@ -203,6 +205,7 @@ class VirtualMachine:
         peers = [[h.index, me if h.index == MASTER and me is not None else h.net[0], h.net[1]]
                  for h in t.hosts if h.net and h.index != rec.index]
         rec.net = [bind, link.start_net(rec.index, bind, t.netkeys, peers, t.nettrusted)]
+        rec.clock = clocks.at_start(t, rec, isinstance(link.runner, LocalRunner))
 
     # -- start / attach -----------------------------------------------------------
     def open(self, hosts: hf.Hostfile | None) -> bool:

@@ -40,6 +40,9 @@ class HostRecord:
     state: str = "running"  # running | failed (its daemon did not answer)
     options: dict[str, str] = field(default_factory=dict)
     net: list = field(default_factory=list)  # [address, port] of its pvm_netd; [] if none
+    #: [offset, uncertainty, when] of its monotonic clock against the console's, measured
+    #: over the channel to its pvm_netd when that started (pvmconsole/view/clocks.py)
+    clock: list = field(default_factory=list)
 
     @property
     def dtid(self) -> int:

@@ -43,7 +43,7 @@ from collections.abc import Callable
 import zmq
 from zmq.utils import z85
 
-from . import control, paths, private, remote, spawner, tids
+from . import control, paths, private, remote, spawner, tids, traceask
 from . import stat as statmod
 from .errors import PvmError, PvmNoTask, PvmTimeout
 from .task import Task
@@ -151,6 +151,8 @@ class Net:
             "stat": lambda req: control.request("stat", self.vmid),
             "tasks": lambda req: spawner.tasks(self.vmid),
             "stop": self._ask_stop,
+            "clock": traceask.clock,
+            "trace": lambda req: traceask.trace_ask(self.vmid, req),
         }
         self.write_route()
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import layout
@@ -265,20 +265,57 @@ def events_of(dumps: Iterable[tuple[str, Mapping, float]]) -> tuple[list[Event],
     return out, names
 
 
-def flows(events: Sequence[Event]) -> tuple[list[Flow], list[Event]]:
+def flows(events: Sequence[Event], slack: float = 0.0) -> tuple[list[Flow], list[Event]]:
     """Pair each precv end with the psend it took: the first not yet taken from that
-    source to that receiver with that tag (PVM keeps a pair's messages in order).
-    Returns the flows and the sends no traced receive took."""
-    queued: dict[tuple[int, int, int], list[Event]] = {}
-    out = []
+    source to that receiver with that tag (PVM keeps a pair's messages in order) sent
+    before it, or at most *slack* seconds after it (clocks of two hosts not yet
+    aligned). Returns the flows and the sends no traced receive took."""
+    sends: dict[tuple[int, int, int], list[Event]] = {}
+    recvs: dict[tuple[int, int, int], list[Event]] = {}
     for e in events:
-        if e.kind == PSEND:
-            queued.setdefault((e.src, e.dst, e.tag), []).append(e)
-        elif e.kind == PRECV_END:
-            q = queued.get((e.src, e.dst, e.tag))
-            if q:
-                out.append(Flow(q.pop(0), e))
-    return out, [e for q in queued.values() for e in q]
+        if e.kind in (PSEND, PRECV_END):
+            (sends if e.kind == PSEND else recvs).setdefault((e.src, e.dst, e.tag), []).append(e)
+    out, left = [], []
+    for key, ss in sends.items():
+        k = 0
+        for r in recvs.get(key, ()):
+            if k < len(ss) and ss[k].t <= r.t + slack:
+                out.append(Flow(ss[k], r))
+                k += 1
+        left.extend(ss[k:])
+    out.sort(key=lambda f: f.send.t)
+    return out, left
+
+
+LATENCY = 1e-6  # the least time a message between two hosts takes (seconds)
+
+
+def align(events: Sequence[Event], within: Mapping[str, float]) -> tuple[list[Event], dict[str, float]]:
+    """*events* of hosts whose clock offsets are known to *within* (host -> seconds)
+    shifted so that no message arrives before it was sent: the best known host (the
+    console's own: within 0) stays, then each host in turn moves the least that puts
+    the receives of messages from the hosts already placed after their sends (by
+    LATENCY) and its sends before their receives there. Returns the events in time
+    order and each host's shift (seconds; 0 where the measured offset held)."""
+    hosts = sorted({e.host for e in events}, key=lambda h: (within.get(h, 0.0), h))
+    if len(hosts) < 2:
+        return list(events), {}
+    pairs = flows(events, slack=2 * max(within.get(h, 0.0) for h in hosts) + LATENCY)[0]
+    shift: dict[str, float] = {}
+    for h in hosts:
+        lo, hi = -float("inf"), float("inf")
+        for f in pairs:
+            s, r = f.send, f.recv
+            if r.host == h and s.host != h and s.host in shift:
+                lo = max(lo, s.t + shift[s.host] + LATENCY - r.t)
+            elif s.host == h and r.host != h and r.host in shift:
+                hi = min(hi, r.t + shift[r.host] - LATENCY - s.t)
+        shift[h] = (lo + hi) / 2 if lo > hi else min(max(0.0, lo), hi)  # (lo > hi: clocks drifted)
+    if not any(shift.values()):
+        return list(events), {}
+    out = sorted((replace(e, t=e.t + shift[e.host]) if shift[e.host] else e for e in events),
+                 key=lambda e: e.t)
+    return out, {h: d for h, d in shift.items() if d}
 
 
 def chrome(events: Sequence[Event], names: Mapping[int, str], offsets: Mapping[str, float]

@@ -9,11 +9,12 @@ import shutil
 import time
 
 from pvmconsole.console import Console
-from pvmconsole.hostlink import STAT_TIMEOUT
+from pvmconsole.hostlink import STAT_TIMEOUT, HostLink
+from pvmconsole.netlink import ask_all
 from pvmconsole.registry import Command, CommandError
-from pvmconsole.view import mask
+from pvmconsole.view import clocks, mask
 from pvmconsole.view.model import Selection, frame, keep_best_clocks
-from pvmconsole.view.source import offsets, poll
+from pvmconsole.view.source import poll
 from pvmconsole.vm import VirtualMachine
 from shmd import private, trace
 from shmd.errors import PvmError
@@ -48,38 +49,64 @@ def do_view(c: Console, args: list[str]) -> None:
 
 
 # ---- trace ------------------------------------------------------------------------------
-def _on_hosts(vm: VirtualMachine, op: str) -> list[tuple[str, dict, list[float]]]:
-    """Run ``pvm_shmd_stat --trace op`` on every host; (host, reply, [clock offset,
-    uncertainty]): the host's monotonic clock minus ours (source.offsets)."""
+def _by_program(link: HostLink, word: str) -> dict:
+    """``pvm_shmd_stat --trace WORD`` run on the host (the way without pvm_netd)."""
+    r = link.runner.run([link.stat_program, "--trace", word, *([f"-vmid={link.vmid}"] if link.vmid else [])],
+                        timeout=TRACE_TIMEOUT if word in ("dump", "take") else STAT_TIMEOUT)
+    if r.rc != 0:
+        raise PvmError(0, (r.stderr.strip().splitlines() or [f"exit {r.rc}"])[-1])
+    reply = json.loads(r.stdout)
+    if not isinstance(reply, dict):
+        raise ValueError(r.stdout[:40])
+    return reply
+
+
+def _on_hosts(vm: VirtualMachine, word: str, refresh: bool = False) -> list[tuple[str, dict, list[float]]]:
+    """Trace request *word* (on, off, a mask, dump, take) done on every host: asked of
+    each host's pvm_netd on the console's open channel, all at once (shmd/traceask.py),
+    else by running ``pvm_shmd_stat --trace WORD`` there. (host, reply, its clock:
+    [offset, uncertainty, when], clocks.py; measured again first when *refresh*)."""
     out, errors = [], []
-    clocks = offsets(vm)
-    for h in vm.hosts():
-        link = vm.link(h)
+    kept = clocks.current(vm, refresh)
+    hosts = vm.hosts()
+    links = [vm.link(h) for h in hosts]
+    netds = [(k, link.netd) for k, link in enumerate(links) if link.netd is not None]
+    timeout = TRACE_TIMEOUT if word in ("dump", "take") else STAT_TIMEOUT
+    asked = dict(zip((k for k, _ in netds), ask_all([n for _, n in netds if n], "trace", timeout, {"word": word})))
+    for k, h in enumerate(hosts):
         try:
-            r = link.runner.run([link.stat_program, "--trace", op,
-                                 *([f"-vmid={link.vmid}"] if link.vmid else [])],
-                                timeout=TRACE_TIMEOUT if op in ("dump", "take") else STAT_TIMEOUT)
-            if r.rc != 0:
-                raise PvmError(0, (r.stderr.strip().splitlines() or [f"exit {r.rc}"])[-1])
-            reply = json.loads(r.stdout)
-            if not isinstance(reply, dict):
-                raise ValueError(r.stdout[:40])
+            reply = asked.get(k)
+            if not isinstance(reply, dict):  # no pvm_netd there, or it failed: the program
+                reply = _by_program(links[k], word)
         except (PvmError, ValueError) as e:
             errors.append(f"{h.name}: {e}")
             continue
-        out.append((h.name, reply, clocks.get(h.name, [0.0, 0.0])))
+        out.append((h.name, reply, kept.get(h.name, [0.0, 0.0, 0.0])))
     if errors:
         raise CommandError("; ".join(errors))
     return out
 
 
-def _trace(c: Console) -> tuple[list[trace.Event], dict[int, str], dict[str, float]]:
-    dumps = _on_hosts(c.machine(), "dump")
+def _trace(c: Console) -> tuple[list[trace.Event], dict[int, str], dict[str, list[float]], dict[str, float]]:
+    """The events of every host on the console's clock (each host's offset taken off,
+    then shifted within it where a message would arrive before it was sent: trace.align),
+    tid -> name, each host's clock and the shift."""
+    dumps = _on_hosts(c.machine(), "dump", refresh=True)
     lost = sum(int(d.get("lost", 0)) for _, d, _ in dumps)
     if lost:
         c.print(f"({lost} trace events lost: a ring overran between two drains)")
     events, names = trace.events_of((h, d, o[0]) for h, d, o in dumps)
-    return events, names, {h: o[0] for h, _, o in dumps}
+    events, shifts = trace.align(events, {h: o[1] for h, _, o in dumps})
+    return events, names, {h: o for h, _, o in dumps}, shifts
+
+
+def clock_lines(kept: dict[str, list[float]], shifts: dict[str, float]) -> list[str]:
+    """The hosts' clocks as trace show prints them above the diagram."""
+    def one(h: str, o: list[float]) -> str:
+        moved = shifts.get(h, 0.0)
+        return clocks.words(h, o) + (f", moved {moved * 1e6:+.1f} us by its messages" if moved else "")
+
+    return ["clocks (host - console): " + "; ".join(one(h, o) for h, o in sorted(kept.items()))]
 
 
 def do_trace(c: Console, args: list[str]) -> None:
@@ -95,14 +122,14 @@ def do_trace(c: Console, args: list[str]) -> None:
         raise CommandError(f"{op}: not implemented (events go to the hosts' trace rings)")
     elif op in ("on", "off"):
         word = str(mask.bits(c)) if op == "on" else "off"
-        for name, reply, (offset, within) in _on_hosts(c.machine(), word):
-            c.print(f"{name}: trace {op}, clock offset {offset * 1e6:+.0f} us"
-                    + (f" (+-{within * 1e6:.0f})" if within else "")
-                    + f", {reply.get('events', 0)} events kept")
+        for name, reply, clock in _on_hosts(c.machine(), word):
+            c.print(f"{name}: trace {op}, clock offset {clocks.words('', clock).strip()}"
+                    f", {reply.get('events', 0)} events kept")
     elif op == "save":
         if len(args) != 2:
             raise CommandError("Syntax: trace save FILE")
-        events, names, offsets = _trace(c)
+        events, names, kept, shifts = _trace(c)
+        offsets = {h: o[0] - shifts.get(h, 0.0) for h, o in kept.items()}
         try:
             private.write_atomic(args[1], json.dumps(trace.chrome(events, names, offsets)).encode())
         except OSError as e:
@@ -115,13 +142,14 @@ def do_trace(c: Console, args: list[str]) -> None:
             raise CommandError(f"trace show {' '.join(args[1:])}: times in ms (FROM TO)") from None
         if len(window) == 2 and not 0 <= window[0] < window[1]:
             raise CommandError(f"trace show {' '.join(args[1:])}: FROM must be >= 0 and less than TO")
-        events, names, _ = _trace(c)
+        events, names, kept, shifts = _trace(c)
+        head = clock_lines(kept, shifts)
         if _terminal(c) and not window and events:
             from pvmconsole.view.timeline import run as show  # full screen: zoom, scroll
-            show(events, names)
+            show(events, names, head)
             return
         width = max(40, shutil.get_terminal_size((120, 24)).columns - 30)
-        c.print(*trace.diagram(events, names, width, *window))
+        c.print(*head, *trace.diagram(events, names, width, *window))
     elif op == "clear":
         _on_hosts(c.machine(), "take")
     else:

@@ -23,14 +23,15 @@ PARALLEL = 16  # hosts asked at once
 
 def host_state(vm: VirtualMachine, h: HostRecord) -> tuple[str, dict | PvmError]:
     """(name, daemon state or the error) of host *h*. The state gets the host's clock
-    offset as measured by this request (see ``clock``) under "clock_offset"."""
+    offset under "clock_offset": the one kept in the VM table (clocks.py), else as
+    measured by this request (see ``clock``)."""
     try:
         link = vm.link(h)
         local = isinstance(link.runner, LocalRunner)
         t0 = time.monotonic()
         st = (control.request("stat", vm.vmid or None, timeout=STAT_TIMEOUT) if local
               else link.stat())
-        st["clock_offset"] = clock(st, t0, time.monotonic(), local)
+        st["clock_offset"] = h.clock[:2] if len(h.clock) == 3 else clock(st, t0, time.monotonic(), local)
         return h.name, st
     except PvmError as e:
         return h.name, e
@@ -44,20 +45,6 @@ def clock(state: dict, t0: float, t1: float, local: bool) -> list[float]:
     if local or not isinstance(c, (int, float)):
         return [0.0, 0.0]
     return [c - (t0 + t1) / 2, (t1 - t0) / 2]
-
-
-def offsets(vm: VirtualMachine, tries: int = 3) -> dict[str, list[float]]:
-    """Each host's [clock offset, uncertainty], the best (shortest round trip) of
-    *tries* requests; a host that does not answer is left out."""
-    best: dict[str, list[float]] = {}
-    for _ in range(tries):
-        for name, st in poll(vm).hosts:
-            if isinstance(st, dict) and (name not in best
-                                         or st["clock_offset"][1] < best[name][1]):
-                best[name] = st["clock_offset"]
-        if best and all(u == 0.0 for _, u in best.values()):
-            break  # every host is this machine: nothing to improve
-    return best
 
 
 def poll(vm: VirtualMachine) -> Sample:

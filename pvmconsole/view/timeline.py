@@ -40,17 +40,17 @@ class TimeWindow:
         self.end = self.start + w
 
 
-def run(events: Sequence[Event], names: dict[int, str]) -> None:
-    """The diagram, until the user types q."""
+def run(events: Sequence[Event], names: dict[int, str], head: Sequence[str] = ()) -> None:
+    """The diagram under the lines *head* (the hosts' clocks), until the user types q."""
     win = TimeWindow(events[-1].t - events[0].t if events else 0.0)
     ntasks = len({e.owner for e in events})
 
     def text() -> str:
         size = app.output.get_size()
         lines = diagram(events, names, max(20, size.columns - LABEL), win.start, win.end)
-        rows = lines[1:][win.row:win.row + max(size.rows - 3, 1)]
-        return "\n".join(ln[:size.columns] for ln in [lines[0], *rows]) + "\n" * (
-            max(size.rows - len(rows) - 2, 0)) + "\n" + KEYS[:size.columns]
+        rows = lines[1:][win.row:win.row + max(size.rows - 3 - len(head), 1)]
+        return "\n".join(ln[:size.columns] for ln in [*head, lines[0], *rows]) + "\n" * (
+            max(size.rows - len(rows) - len(head) - 2, 0)) + "\n" + KEYS[:size.columns]
 
     kb = KeyBindings()
 
