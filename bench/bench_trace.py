@@ -1,13 +1,22 @@
 """Benchmark: what tracing costs the 8 B ping-pong (run by hand).
 
     .venv/bin/python bench/bench_trace.py [--iters 20000] [--repeat 5] [--size 8]
+                                          [--blocks 40]
 
-Starts a pvm_shmd of its own (private PVM_TMP and VM id), then, --repeat times, a
-ping-pong pair with tracing off and one with tracing on (the host's trace word set
-before the pair joins: both tasks record every psend and precv start and end), each a
-fresh pair of processes pinned to CPUs 0 and 1. Prints the median one-way latency
-(median round trip / 2) of each run, off and on side by side, their ratio, and how
-many events the daemon kept and lost. Everything is stopped and removed at the end.
+Starts a pvm_shmd of its own (private PVM_TMP and VM id), then:
+
+1. on against off, interleaved: one ping-pong pair (pinned to CPUs 0 and 1) runs
+   --blocks blocks of --iters/10 round trips, tracing every psend and precv (start
+   and end) in every other block (both tasks switch together, trace.switch); the
+   median round trip / 2 of each block; per mode the median of its blocks. Blocks a
+   few milliseconds apart see the same load, which a busy machine's drift would
+   otherwise put between two runs.
+2. off against no tracing code, --repeat times a pair of pairs: one whose tasks never
+   look at the host's trace word (as pvm_netd, which is never traced) and one that
+   does (trace off: the plain methods, the word read when it publishes).
+
+It prints each row and the medians side by side with their ratios, and how many
+events the daemon kept and lost. Everything is stopped and removed at the end.
 """
 from __future__ import annotations
 
@@ -41,19 +50,41 @@ def cpu_model() -> str:
         return platform.processor() or "?"
 
 
-def side(role: int, conn, vmid: str, size: int, iters: int, warm: int) -> None:
-    """One end of the ping-pong: role 0 times, role 1 echoes."""
+def side(role: int, conn, vmid: str, size: int, iters: int, warm: int, blocks: int = 0,
+         traceable: bool = True) -> None:
+    """One end of the ping-pong: role 0 times, role 1 echoes. With *blocks*: that many
+    blocks of *iters*, traced in every other one (role 0 sends the latencies of each)."""
     try:
         os.sched_setaffinity(0, {role % os.cpu_count()})  # type: ignore[operator]
     except OSError:
         pass
     with shmd.join(vmid=vmid, name=f"pp{role}") as me:
+        me._traceable = traceable and not blocks  # (blocks: we switch, not the host's word)
+        if blocks:
+            trace.switch(me, 0)
         conn.send(me.tid)
         other = conn.recv()
         conn.send("ready")
         conn.recv()
         msg = bytes(size)
-        if role == 0:
+        if blocks:
+            lat = []
+            for b in range(-1, blocks):  # (block -1: a warm-up)
+                trace.switch(me, trace.ALL if b % 2 else 0)
+                clock, rtts = time.perf_counter_ns, []
+                for _ in range(iters):
+                    if role == 0:
+                        t = clock()
+                        me.psend(other, 1, msg)
+                        me.precv(other, 1)
+                        rtts.append(clock() - t)
+                    else:
+                        me.psend(other, 1, me.precv(other, 1).data)
+                if b >= 0 and role == 0:
+                    lat.append(statistics.median(rtts) / 2000.0)
+            trace.switch(me, 0)
+            conn.send(lat if role == 0 else None)
+        elif role == 0:
             rtts = []
             clock = time.perf_counter_ns
             for _ in range(warm + iters):
@@ -69,9 +100,9 @@ def side(role: int, conn, vmid: str, size: int, iters: int, warm: int) -> None:
         conn.recv()  # both done before either leaves
 
 
-def pair(vmid: str, size: int, iters: int, warm: int) -> float:
+def pair(vmid: str, size: int, iters: int, warm: int, blocks: int = 0, traceable: bool = True):
     ends = [MP.Pipe() for _ in range(2)]
-    procs = [MP.Process(target=side, args=(r, ends[r][1], vmid, size, iters, warm))
+    procs = [MP.Process(target=side, args=(r, ends[r][1], vmid, size, iters, warm, blocks, traceable))
              for r in range(2)]
     for p in procs:
         p.start()
@@ -95,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--blocks", type=int, default=40)
     ap.add_argument("--size", type=int, default=8)
     a = ap.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="bench_trace.")
@@ -110,21 +142,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
               f"{a.size} B ping-pong, {a.iters} round trips a run, median RTT/2 in us")
-        print(f"{'run':>4} {'trace off':>10} {'trace on':>10} {'on/off':>7} {'events kept':>12} {'lost':>8}")
-        offs, ons = [], []
-        for k in range(a.repeat):
-            control.request("trace", vmid, set=0)
-            off = pair(vmid, a.size, a.iters, a.iters // 10)
-            control.request("trace", vmid, set=trace.ALL)
-            on = pair(vmid, a.size, a.iters, a.iters // 10)
-            d = control.request("trace", vmid, set=0, dump=True, clear=True)
-            offs.append(off)
-            ons.append(on)
-            print(f"{k + 1:4d} {off:10.2f} {on:10.2f} {on / off:7.2f} {len(d['events']):12d} "
-                  f"{d['lost']:8d}")
+        control.request("trace", vmid, set=trace.ALL)  # the daemon drains the rings
+        lat = pair(vmid, a.size, a.iters // 10, 0, a.blocks)
+        d = control.request("trace", vmid, set=0, dump=True, clear=True)
+        offs, ons = lat[0::2], lat[1::2]
+        print(f"1. interleaved: {len(lat)} blocks of {a.iters // 10} round trips, one pair")
+        print(f"{'block':>5} {'trace off':>10} {'trace on':>10} {'on/off':>7}")
+        for k, (off, on) in enumerate(zip(offs, ons)):
+            print(f"{2 * k + 1:5d} {off:10.2f} {on:10.2f} {on / off:7.2f}")
         mo, mn = statistics.median(offs), statistics.median(ons)
-        print(f"{'med':>4} {mo:10.2f} {mn:10.2f} {mn / mo:7.2f}")
-        print(json.dumps({"off_us": mo, "on_us": mn, "overhead": mn / mo - 1}))
+        print(f"{'med':>5} {mo:10.2f} {mn:10.2f} {mn / mo:7.3f}   events kept {len(d['events'])}, "
+              f"lost {d['lost']}")
+        print(f"2. separate pairs, {a.iters} round trips each")
+        print(f"{'run':>4} {'no trace code':>14} {'trace off':>10} {'off/none':>9}")
+        nones, offs2 = [], []
+        for k in range(a.repeat):
+            none = pair(vmid, a.size, a.iters, a.iters // 10, traceable=False)
+            off = pair(vmid, a.size, a.iters, a.iters // 10)
+            nones.append(none)
+            offs2.append(off)
+            print(f"{k + 1:4d} {none:14.2f} {off:10.2f} {off / none:9.2f}")
+        m0, m1 = statistics.median(nones), statistics.median(offs2)
+        print(f"{'med':>4} {m0:14.2f} {m1:10.2f} {m1 / m0:9.3f}   load now {os.getloadavg()[0]:.2f}")
+        print(json.dumps({"off_us": mo, "on_us": mn, "overhead_on": mn / mo - 1,
+                          "none_us": m0, "off_pairs_us": m1, "overhead_off": m1 / m0 - 1}))
     finally:
         subprocess.run([*stat, "--stop"], env=env, capture_output=True, timeout=60)
         shutil.rmtree(tmp, ignore_errors=True)

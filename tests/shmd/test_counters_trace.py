@@ -87,6 +87,7 @@ def test_traced_ping_pong_has_exactly_its_messages_and_valid_chrome_json(daemon,
                 me.psend(peer.tid, 100 + k, data)
                 assert me.precv(peer.tid, 100 + k).data == data
             peer.result()
+            peer.call(IDLE)  # idle: its events kept so far go to its ring (trace.py)
             assert dump(daemon, "off")["trace"] == 0
             idle(me)
             me.psend(peer.tid, 1, b"untraced")  # after trace off: not recorded
