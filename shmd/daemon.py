@@ -630,7 +630,8 @@ class Daemon:
 
     def drain_traces(self) -> None:
         most = 0
-        for i, t in self.slots():
+        for i in self.tracer.pending(self.m64):  # (only the rings written since)
+            t = layout.slot(self.buf, i)
             if t["tid"]:
                 most = max(most, self.tracer.drain(self.buf, self.m64, i, t["tid"], t["name"]))
         if most > layout.TRACE_EVENTS // 2:

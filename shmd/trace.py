@@ -209,6 +209,13 @@ class Collector:
         self.events: list[tuple] = []  # (owner tid, time, kind, src, dst, tag, length)
         self.names: dict[int, str] = {}
         self.lost = 0
+        self._counts = [layout.trace_ring_off(i) // 8 for i in range(layout.MAX_TASKS)]
+
+    def pending(self, m64: memoryview) -> list[int]:
+        """The slots whose ring has events not drained yet: one word read per slot (a
+        drain every millisecond while tracing must not cost pvm_shmd a CPU)."""
+        seen, counts = self.seen, self._counts
+        return [i for i in range(layout.MAX_TASKS) if m64[counts[i]] != seen[i]]
 
     def joined(self, m64: memoryview, i: int) -> None:
         """A new task in slot *i*: its ring starts empty."""
@@ -227,8 +234,13 @@ class Collector:
             self.seen[i] = m64[base // 8 + 1] = count
             return 0
         first = max(seen, count - n)
-        got = [EVENT.unpack_from(buf, base + EVENTS_OFF + (k % n) * size)
-               for k in range(first, count)]
+        got: list[tuple] = []
+        k = first
+        while k < count:  # in one piece up to the ring's end, then from its start
+            at = k % n
+            m = min(count - k, n - at)
+            got.extend(EVENT.iter_unpack(buf[base + EVENTS_OFF + at * size:base + EVENTS_OFF + (at + m) * size]))
+            k += m
         after = m64[base // 8]  # events the writer overwrote while we read are lost
         keep = max(0, after - n - first)
         self.lost += (first - seen) + min(keep, len(got))
