@@ -355,8 +355,11 @@ def chrome(events: Sequence[Event], names: Mapping[int, str], offsets: Mapping[s
            ) -> dict:
     """Chrome trace-event JSON (the "JSON Object Format"): a process per host, a thread
     (track) per task, a slice per call (psend: an instant; precv: start to end) and a
-    flow arrow from each psend to the precv that took it. Times in microseconds from
-    the first event."""
+    flow arrow from each psend to the precv that took it; and the utilization counters
+    (tasks computing, in overhead, waiting: utilization.py) as a process of their own.
+    Times in microseconds from the first event."""
+    from .utilization import counters  # (it reads traces: it imports this module)
+
     t0 = events[0].t if events else 0.0
     hosts = sorted({e.host for e in events})
     pid = {h: k + 1 for k, h in enumerate(hosts)}
@@ -387,6 +390,11 @@ def chrome(events: Sequence[Event], names: Mapping[int, str], offsets: Mapping[s
                         "args": {"src": f"t{e.src:x}", "tag": e.tag, "bytes": e.length}})
         else:
             out.append({**base, "ph": "i", "s": "t", "name": KINDS[e.kind], "ts": us(e.t)})
+    if events:  # the utilization counters: a process of their own, after the hosts
+        vm = len(hosts) + 1
+        out.append({"ph": "M", "name": "process_name", "pid": vm, "tid": 0,
+                    "args": {"name": "virtual machine: tasks computing, in overhead, waiting"}})
+        out.extend(counters(events, vm, us))
     for k, f in enumerate(flows(events)[0], 1):
         s, r = f.send, f.recv
         name = f"msg tag {s.tag} {s.length} B"
@@ -410,9 +418,7 @@ def diagram(events: Sequence[Event], names: Mapping[int, str], width: int = 100,
     if not events:
         return ["(no trace events)"]
     t0 = events[0].t
-    a = 0.0 if start is None else start
-    b = (events[-1].t - t0 if end is None else end) or 1e-9
-    b = max(b, a + 1e-9)
+    a, b = _window(events, start, end)
     tids = sorted({e.owner for e in events})
     row = {t: 2 * k for k, t in enumerate(tids)}  # gap lines between: odd rows
     grid = [[" "] * width for _ in range(2 * len(tids) - 1)]
@@ -443,9 +449,7 @@ def diagram(events: Sequence[Event], names: Mapping[int, str], width: int = 100,
             c = int(xs + (xr - xs) * (r - r0) / (r1 - r0) + 0.5)
             if 0 <= c < width and grid[r][c] in " -":
                 grid[r][c] = "|" if int(xs + 0.5) == int(xr + 0.5) else "\\" if step > 0 else "/"
-    # (a name is what its task joined with: control characters shown as ?, not sent)
-    labels = {t: "".join(ch if ch.isprintable() else "?" for ch in f"t{t:x} {names.get(t, '')}")
-              for t in tids}
+    labels = _labels(events, names)
     w = max(map(len, labels.values()))
     left, right = f"{a * 1e3:.3f} ms", f"{b * 1e3:.3f} ms"
     lines = [" " * w + " |" + left + right.rjust(width - len(left)) + "|"]
@@ -453,3 +457,33 @@ def diagram(events: Sequence[Event], names: Mapping[int, str], width: int = 100,
         label = labels[tids[r // 2]] if r % 2 == 0 else ""
         lines.append(label.ljust(w) + " |" + "".join(cells) + "|")
     return lines
+
+
+def _window(events: Sequence[Event], start: float | None, end: float | None) -> tuple[float, float]:
+    """The (start, end) a drawing shows, seconds from the first event (default: all)."""
+    a = 0.0 if start is None else start
+    b = (events[-1].t - events[0].t if end is None else end) or 1e-9
+    return a, max(b, a + 1e-9)
+
+
+def _labels(events: Sequence[Event], names: Mapping[int, str]) -> dict[int, str]:
+    """Each task's label: ``t40005 name``. (A name is what its task joined with:
+    control characters are shown as ?, not sent to the terminal.)"""
+    return {t: "".join(ch if ch.isprintable() else "?" for ch in f"t{t:x} {names.get(t, '')}")
+            for t in sorted({e.owner for e in events})}
+
+
+def use_lines(events: Sequence[Event], names: Mapping[int, str], width: int = 100,
+              start: float | None = None, end: float | None = None, height: int = 6) -> list[str]:
+    """XPVM's utilization view under the diagram (the same columns): how many tasks
+    compute, are in message overhead, wait (shmd/utilization.py), and a legend."""
+    from .utilization import rows  # (it reads traces: it imports this module)
+
+    if not events:
+        return []
+    a, b = _window(events, start, end)
+    w = max(map(len, _labels(events, names).values()))
+    # the diagram's column c holds the times c to c+1 of width-1 steps from a to b
+    cells = rows(events, width, a, a + (b - a) * width / max(width - 1, 1), height)
+    return [("utilization" if k == 0 else "").ljust(w) + " |" + r + "|" for k, r in enumerate(cells)] + [
+        " " * w + "  # computing  = overhead (message there, taken)  . waiting in a receive"]

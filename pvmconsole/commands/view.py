@@ -149,7 +149,8 @@ def do_trace(c: Console, args: list[str]) -> None:
             show(events, names, head)
             return
         width = max(40, shutil.get_terminal_size((120, 24)).columns - 30)
-        c.print(*head, *trace.diagram(events, names, width, *window))
+        a, b = (window + [None, None])[:2]
+        c.print(*head, *trace.diagram(events, names, width, a, b), *trace.use_lines(events, names, width, a, b))
     elif op == "clear":
         _on_hosts(c.machine(), "take")
     else:

@@ -4,7 +4,8 @@ The diagram itself is ``shmd.trace.diagram`` (the same text ``trace show`` print
 stdout is not a terminal); here only the window changes: ``+``/``-`` zoom in and out
 around the middle, left/right move a quarter of the window in time, up/down move
 through the tasks, ``m`` fits the window to the messages (first send to last receive),
-``0`` shows everything again, ``q`` back to the prompt.
+``0`` shows everything again, ``q`` back to the prompt. The utilization view (tasks
+computing, in overhead, waiting) stays under the diagram, on the same time axis.
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.layout import Layout, Window
 from prompt_toolkit.layout.controls import FormattedTextControl
 
-from shmd.trace import PRECV_END, PSEND, Event, diagram
+from shmd.trace import PRECV_END, PSEND, Event, diagram, use_lines
 
 KEYS = "q quit  + - zoom  left right scroll time  up down scroll tasks  m messages  0 all"
 LABEL = 30  # columns the task names take, about
+USE_ROWS = 4  # rows of the utilization view under the diagram
 
 
 class TimeWindow:
@@ -47,10 +49,13 @@ def run(events: Sequence[Event], names: dict[int, str], head: Sequence[str] = ()
 
     def text() -> str:
         size = app.output.get_size()
-        lines = diagram(events, names, max(20, size.columns - LABEL), win.start, win.end)
-        rows = lines[1:][win.row:win.row + max(size.rows - 3 - len(head), 1)]
+        width = max(20, size.columns - LABEL)
+        lines = diagram(events, names, width, win.start, win.end)
+        use = use_lines(events, names, width, win.start, win.end, USE_ROWS)  # fixed at the bottom
+        rows = lines[1:][win.row:win.row + max(size.rows - 3 - len(head) - len(use), 1)]
         return "\n".join(ln[:size.columns] for ln in [*head, lines[0], *rows]) + "\n" * (
-            max(size.rows - len(rows) - len(head) - 2, 0)) + "\n" + KEYS[:size.columns]
+            max(size.rows - len(rows) - len(head) - len(use) - 2, 0)) + "\n" + "\n".join(
+            ln[:size.columns] for ln in [*use, KEYS])
 
     kb = KeyBindings()
 

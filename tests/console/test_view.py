@@ -108,6 +108,10 @@ def test_console_trace_save_and_show(vm, tmp_path):  # noqa: F811
         sends = [e["args"] for e in evs if e.get("name") == "psend"]
         assert sends == [{"dst": tid, "tag": 7, "bytes": 10}] * 4
         assert any(ln.startswith(f"{tid} traffic") and "s" in ln for ln in r.stdout.splitlines()), r.stdout
+        out = r.stdout.splitlines()
+        assert any(ln.startswith("clocks (host - console): ") and " +0 us" in ln for ln in out), r.stdout
+        use = [ln for ln in out if ln.startswith("utilization ")]  # XPVM's utilization view, one task
+        assert len(use) == 1 and "#" in use[0] and "computing" in out[out.index(use[0]) + 1]
         r = vm.run(f"trace bogus; trace save {tmp_path}/no/such/dir.json; trace show a b; "
                    "trace show 5 1; view x; trace + send nosuch")
         assert r.returncode == 1
@@ -280,7 +284,7 @@ def test_spawn_at_traces_only_the_spawned_tasks(vm, tmp_path):  # noqa: F811
             return vm.run(f"trace save {path}").returncode == 0 and sum(
                 e.get("name") == "psend" for e in json.loads(path.read_text())["traceEvents"]) == 2
         wait_for(sent_twice, 20, "the second task's two sends")
-        names = {e["name"] for e in json.loads(path.read_text())["traceEvents"] if e.get("ph") != "M"}
+        names = {e["name"] for e in json.loads(path.read_text())["traceEvents"] if e.get("ph") not in ("M", "C")}
         assert names == {"psend"}, names  # no spawn, no precv: not in the mask
         assert vm.run(f"kill {tid2.group(1)}").returncode == 0
     finally:

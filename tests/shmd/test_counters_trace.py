@@ -110,7 +110,9 @@ def test_traced_ping_pong_has_exactly_its_messages_and_valid_chrome_json(daemon,
         path.write_text(json.dumps(trace.chrome(events, names, {"h": 0.0})))
         doc = json.loads(path.read_text())
         evs = doc["traceEvents"]
-        assert all(e["ph"] in "XMisf" and "pid" in e and "tid" in e for e in evs)
+        assert all(e["ph"] in "XMisfC" and "pid" in e and "tid" in e for e in evs)
+        use = [e["args"] for e in evs if e["ph"] == "C"]  # the utilization counters
+        assert use and all(0 <= sum(a.values()) <= 2 for a in use) and any(a["waiting"] for a in use)
         starts = {e["id"]: e["ts"] for e in evs if e["ph"] == "s"}
         ends = {e["id"]: e["ts"] for e in evs if e["ph"] == "f"}
         assert starts.keys() == ends.keys() and len(starts) == 2 * len(sizes)
@@ -162,3 +164,31 @@ def test_diagram_draws_each_message_from_its_send_to_its_receive():
         "t3 c |S ----------------------r    s                    |",
     ]
     assert trace.diagram([], {}) == ["(no trace events)"]
+
+
+def test_utilization_of_a_known_trace():
+    """Two tasks (times in ms): A spawns at 0, sends at 1, waits from 2 for B's message
+    (sent at 4, taken at 5), exits at 6; B spawns at 0, waits from 0.5 for A's message
+    (sent at 1, taken at 1.5), sends at 4, exits at 8."""
+    from shmd import utilization as use
+
+    A, B, ms = 0x40001, 0x40002, 1e-3
+    raw = [(A, 0, trace.SPAWN, A, 0, 0, 0), (B, 0, trace.SPAWN, B, 0, 0, 0),
+           (B, 0.5, trace.PRECV_START, -1, B, -1, 0), (A, 1, trace.PSEND, A, B, 7, 8),
+           (B, 1.5, trace.PRECV_END, A, B, 7, 8), (A, 2, trace.PRECV_START, B, A, 9, 0),
+           (B, 4, trace.PSEND, B, A, 9, 100), (A, 5, trace.PRECV_END, B, A, 9, 100),
+           (A, 6, trace.EXIT, A, 0, 0, 0), (B, 8, trace.EXIT, B, 0, 0, 0)]
+    events = [trace.Event("h", o, t * ms, *rest) for o, t, *rest in raw]
+    got = [(round(t / ms, 3), c, o, w) for t, c, o, w in use.steps(events)]
+    assert got == [(0, 2, 0, 0), (0.5, 1, 0, 1), (1, 1, 1, 0), (1.5, 2, 0, 0), (2, 1, 0, 1),
+                   (4, 1, 1, 0), (5, 2, 0, 0), (6, 1, 0, 0), (8, 0, 0, 0)]
+    # 8 columns of 1 ms: the mean counts in each
+    cols = use.averages(use.steps(events), 0, 8 * ms, 8)
+    assert [tuple(round(x, 3) for x in col) for col in cols] == [
+        (1.5, 0, 0.5), (1.5, 0.5, 0), (1, 0, 1), (1, 0, 1), (1, 1, 0), (2, 0, 0), (1, 0, 0), (1, 0, 0)]
+    assert use.rows(events, 8, 0, 8 * ms, 2) == ["##..=#  ", "########"]  # (1.5 rounds to 2)
+    doc = trace.chrome(events, {A: "a", B: "b"}, {"h": 0.0})
+    c = [(e["ts"], e["args"]) for e in doc["traceEvents"] if e["ph"] == "C"]
+    assert c[3] == (1500.0, {"computing": 2, "overhead": 0, "waiting": 0}) and len(c) == 9
+    vm = next(e for e in doc["traceEvents"] if e["ph"] == "M" and e["args"]["name"].startswith("virtual machine"))
+    assert {e["pid"] for e in doc["traceEvents"] if e["ph"] == "C"} == {vm["pid"]} != {1}
