@@ -11,7 +11,12 @@ Starts a pvm_shmd of its own (private PVM_TMP and VM id), then:
    median round trip / 2 of each block; per mode the median of its blocks. Blocks a
    few milliseconds apart see the same load, which a busy machine's drift would
    otherwise put between two runs.
-2. off against no tracing code, --repeat times a pair of pairs: one whose tasks never
+2. what tracing costs a message in CPU time: one task sends to itself and takes it
+   (psend + precv: the work of one hop of the ping-pong, no waiting), --blocks blocks
+   of --iters/10, traced in every other one; the task's own CPU time
+   (time.thread_time: time the machine gave to others is not in it), so this holds
+   on a loaded machine where the latencies above scatter.
+3. off against no tracing code, --repeat times a pair of pairs: one whose tasks never
    look at the host's trace word (as pvm_netd, which is never traced) and one that
    does (trace off: the plain methods, the word read when it publishes).
 
@@ -100,6 +105,25 @@ def side(role: int, conn, vmid: str, size: int, iters: int, warm: int, blocks: i
         conn.recv()  # both done before either leaves
 
 
+def self_cost(vmid: str, size: int, iters: int, blocks: int) -> tuple[list[float], list[float]]:
+    """CPU us per psend + precv of a task to itself: (untraced blocks, traced blocks)."""
+    out: tuple[list[float], list[float]] = ([], [])
+    with shmd.join(vmid=vmid, name="self") as me:
+        me._traceable = False  # (we switch, not the host's word)
+        msg, tid, cpu = bytes(size), me.tid, time.thread_time_ns
+        for b in range(-1, blocks):
+            trace.switch(me, trace.ALL if b % 2 else 0)
+            ps, pr = me.psend, me.precv
+            t = cpu()
+            for _ in range(iters):
+                ps(tid, 1, msg)
+                pr(tid, 1)
+            if b >= 0:
+                out[b % 2].append((cpu() - t) / iters / 1000.0)
+        trace.switch(me, 0)
+    return out
+
+
 def pair(vmid: str, size: int, iters: int, warm: int, blocks: int = 0, traceable: bool = True):
     ends = [MP.Pipe() for _ in range(2)]
     procs = [MP.Process(target=side, args=(r, ends[r][1], vmid, size, iters, warm, blocks, traceable))
@@ -153,7 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         mo, mn = statistics.median(offs), statistics.median(ons)
         print(f"{'med':>5} {mo:10.2f} {mn:10.2f} {mn / mo:7.3f}   events kept {len(d['events'])}, "
               f"lost {d['lost']}")
-        print(f"2. separate pairs, {a.iters} round trips each")
+        control.request("trace", vmid, set=trace.ALL)
+        plain, traced = self_cost(vmid, a.size, a.iters // 10, a.blocks)
+        d2 = control.request("trace", vmid, set=0, dump=True, clear=True)
+        cp, ct = statistics.median(plain), statistics.median(traced)
+        print(f"2. CPU per psend + precv to itself: untraced {cp:.2f} us, traced {ct:.2f} us: tracing adds "
+              f"{(ct - cp) * 1000:.0f} ns a message, {(ct - cp) / mo * 100:.1f} % of the one-way latency "
+              f"above ({len(d2['events'])} events kept, {d2['lost']} lost)")
+        print(f"3. separate pairs, {a.iters} round trips each")
         print(f"{'run':>4} {'no trace code':>14} {'trace off':>10} {'off/none':>9}")
         nones, offs2 = [], []
         for k in range(a.repeat):
@@ -164,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{k + 1:4d} {none:14.2f} {off:10.2f} {off / none:9.2f}")
         m0, m1 = statistics.median(nones), statistics.median(offs2)
         print(f"{'med':>4} {m0:14.2f} {m1:10.2f} {m1 / m0:9.3f}   load now {os.getloadavg()[0]:.2f}")
-        print(json.dumps({"off_us": mo, "on_us": mn, "overhead_on": mn / mo - 1,
+        print(json.dumps({"off_us": mo, "on_us": mn, "overhead_on": mn / mo - 1, "cpu_added_ns": (ct - cp) * 1000,
                           "none_us": m0, "off_pairs_us": m1, "overhead_off": m1 / m0 - 1}))
     finally:
         subprocess.run([*stat, "--stop"], env=env, capture_output=True, timeout=60)
