@@ -81,7 +81,7 @@ def _on_hosts(vm: VirtualMachine, word: str, refresh: bool = False) -> list[tupl
         except (PvmError, ValueError) as e:
             errors.append(f"{h.name}: {e}")
             continue
-        out.append((h.name, reply, kept.get(h.name, [0.0, 0.0, 0.0])))
+        out.append((h.name, reply, kept.get(h.name, [])))  # ([]: its clock could not be measured)
     if errors:
         raise CommandError("; ".join(errors))
     return out
@@ -95,8 +95,8 @@ def _trace(c: Console) -> tuple[list[trace.Event], dict[int, str], dict[str, lis
     lost = sum(int(d.get("lost", 0)) for _, d, _ in dumps)
     if lost:
         c.print(f"({lost} trace events lost: a ring overran between two drains)")
-    events, names = trace.events_of((h, d, o[0]) for h, d, o in dumps)
-    events, shifts = trace.align(events, {h: o[1] for h, _, o in dumps})
+    events, names = trace.events_of((h, d, o[0] if o else 0.0) for h, d, o in dumps)
+    events, shifts = trace.align(events, {h: o[1] if o else clocks.UNKNOWN for h, _, o in dumps})
     return events, names, {h: o for h, _, o in dumps}, shifts
 
 
@@ -129,7 +129,7 @@ def do_trace(c: Console, args: list[str]) -> None:
         if len(args) != 2:
             raise CommandError("Syntax: trace save FILE")
         events, names, kept, shifts = _trace(c)
-        offsets = {h: o[0] - shifts.get(h, 0.0) for h, o in kept.items()}
+        offsets = {h: (o[0] if o else 0.0) - shifts.get(h, 0.0) for h, o in kept.items()}
         try:
             private.write_atomic(args[1], json.dumps(trace.chrome(events, names, offsets)).encode())
         except OSError as e:

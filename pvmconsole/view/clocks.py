@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 TRIES = 5  # round trips per measurement (the shortest one is kept)
 STALE = 600.0  # seconds after which a kept offset is replaced even by a worse one
+UNKNOWN = 1.0  # the uncertainty taken for a clock that could not be measured (seconds)
 
 
 def measure(netd: NetLink, tries: int = TRIES) -> list[float] | None:
@@ -113,5 +114,8 @@ def current(vm: VirtualMachine, refresh: bool = False) -> dict[str, list[float]]
 
 
 def words(name: str, c: list[float]) -> str:
-    """How a host's clock is shown: ``name +12 us (+-40)``; ``name 0 us`` for ours."""
+    """How a host's clock is shown: ``name +12 us (+-40)``; ``name +0 us`` for ours
+    (one clock); ``name unknown`` when it could not be measured."""
+    if not c:
+        return f"{name} unknown"
     return f"{name} {c[0] * 1e6:+.0f} us" + (f" (+-{c[1] * 1e6:.0f})" if c[1] else "")
