@@ -97,7 +97,7 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
     keep = noted.append
     if event and (mask | old) & BIT[event]:
         rec(event, task.tid, 0, 0, 0)
-    flush()  # (a switch, a join, a leave: what was noted goes to the ring now)
+    flush(True)  # (a switch, a join, a leave: what was noted goes to the ring now)
     if not mask & (BIT[PSEND] | BIT[PRECV_END]):
         return
     cls, tid = type(task), task.tid
@@ -174,23 +174,31 @@ def _new_recorder(task: Any):
     k = q[c]  # we alone write the count: kept here too, not read back per event
     noted: list[tuple] = []
     keep = noted.append
+    first = 0  # noted[:first] are in the ring (taken off the list in bulk, not at each flush)
 
-    def flush() -> None:
-        nonlocal k
-        # what pvm_shmd has not drained yet is not overwritten while we can keep it
-        room = n - (k - q[c + 1]) if len(noted) < BACKLOG else len(noted)
-        if room <= 0 or not noted:
+    def flush(all_: bool = False) -> None:
+        nonlocal k, first
+        left = len(noted) - first
+        if left <= 0:
             return
-        take = noted[:room]
-        done = 0
-        while done < len(take):  # in one piece up to the ring's end, then from its start
+        # what pvm_shmd has not drained yet is not overwritten while we can keep it
+        room = min(left, n - (k - q[c + 1])) if left < BACKLOG else left
+        if room < (1 if all_ else min(left, NOTED)):
+            return  # (the ring is nearly full: wait for pvm_shmd rather than write a few)
+        end = first + room
+        while first < end:  # in one piece up to the ring's end, then from its start
             at = k % n
-            m = min(len(take) - done, n - at)
-            _events(m).pack_into(buf, ev + at * size, *_flat(take[done:done + m]))
+            m = min(end - first, n - at)
+            _events(m).pack_into(buf, ev + at * size, *_flat(noted[first:first + m]))
             k += m
-            done += m
-        del noted[:done]
+            first += m
         q[c] = k  # after the events: a reader never takes a half-written one
+        if first == len(noted):
+            noted.clear()
+            first = 0
+        elif first > len(noted) // 2:  # (pvm_shmd is behind: the list is cut now and then)
+            del noted[:first]
+            first = 0
 
     def note(kind: int, src: int, dst: int, tag: int, length: int) -> None:
         keep((_now(), kind, src, dst, tag, length))

@@ -192,3 +192,27 @@ def test_utilization_of_a_known_trace():
     assert c[3] == (1500.0, {"computing": 2, "overhead": 0, "waiting": 0}) and len(c) == 9
     vm = next(e for e in doc["traceEvents"] if e["ph"] == "M" and e["args"]["name"].startswith("virtual machine"))
     assert {e["pid"] for e in doc["traceEvents"] if e["ph"] == "C"} == {vm["pid"]} != {1}
+
+
+def test_a_full_ring_keeps_the_events_in_order_until_drained():
+    """flush writes no more than the ring has room for (pvm_shmd behind), keeps the rest
+    in order, and writes them once it has drained: every event once, in order."""
+    from shmd import layout
+
+    class Slot:  # a task's slot 0 and its trace ring, in a buffer of our own
+        _slot = 0
+        _buf = bytearray(layout.trace_ring_off(1))
+        _q = memoryview(_buf).cast("q")
+
+    t = Slot()
+    note, flush, _ = trace._recorder(t)
+    c, n = layout.trace_ring_off(0) // 8, layout.TRACE_EVENTS
+    col = trace.Collector()
+    for k in range(n + 300):  # more than the ring holds, nothing drained: 300 wait
+        note(trace.PSEND, 1, 2, k, 8)
+    flush()
+    assert 0 < t._q[c] <= n  # written up to the ring's room, not over undrained events
+    col.drain(memoryview(t._buf), t._q, 0, 0x40001, "t")  # pvm_shmd drains: room again
+    flush(True)
+    col.drain(memoryview(t._buf), t._q, 0, 0x40001, "t")
+    assert [e[5] for e in col.events] == list(range(n + 300)) and col.lost == 0
