@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import zmq
+
 from pvmconsole.netlink import NetLink
 from pvmconsole.runner import LocalRunner
 from shmd.errors import PvmError
@@ -53,11 +55,14 @@ def at_start(t: VmTable, rec: HostRecord, local: bool) -> list[float]:
     """The clock of host *rec* whose pvm_netd has just started ([] if it did not answer)."""
     if local:
         return [0.0, 0.0, time.time()]
-    link = NetLink(str(rec.net[0]), int(rec.net[1]), t.netkeys, t.nettrusted)
     try:
-        return measure(link) or []
-    finally:
-        link.close()
+        link = NetLink(str(rec.net[0]), int(rec.net[1]), t.netkeys, t.nettrusted)
+        try:
+            return measure(link) or []
+        finally:
+            link.close()
+    except (zmq.ZMQError, ValueError, TypeError, IndexError):
+        return []  # (not measured now: measured when first needed, clocks.current)
 
 
 def _by_stat(vm: VirtualMachine, h: HostRecord) -> list[float] | None:
