@@ -5,8 +5,8 @@ A traced task records an event for each ``psend``, ``precv``/``precv_into``/``pr
 time, kind, source, destination, tag, length) stored in its own slot's trace ring in
 segment 0 (``layout.trace_ring_off``), one writer per ring: stores, no system call. The
 events are kept in a list first and written when the task publishes its counters
-(idle, taskbase.py's _publish), when a receive starts with NOTED kept, at a switch and
-when it leaves.
+(idle, taskbase.py's _publish), when a receive starts with NOTED kept, at a switch,
+when it leaves and when its interpreter exits without a leave (``_at_exit``).
 
 What is recorded is a mask (``BIT``; PVM's event names map to it: ``PVM_EVENTS``):
 for a task spawned with ``$PVM_TRACE=<mask>`` (the console's ``spawn -@``) and for
@@ -24,10 +24,13 @@ events of every host into Chrome trace-event JSON (Perfetto, chrome://tracing), 
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import itertools
+import os
 import struct
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -150,6 +153,20 @@ def active(task: Any) -> int:
     return task.__dict__.get("_trace_mask", 0)
 
 
+def _at_exit(ref: weakref.ref, pid: int) -> None:
+    """The interpreter exits with the task still joined (no leave: the daemon will reap
+    it): its exit recorded if its mask says so, and what it kept written to its ring,
+    which pvm_shmd drains when it reaps the slot. (After a leave: nothing, the
+    segment is no longer ours; nor in a child forked since: the task is not its.)"""
+    task = ref()
+    if os.getpid() != pid or task is None or task.closed or "_trace_rec" not in task.__dict__:
+        return
+    note, flush, _ = task.__dict__["_trace_rec"]
+    if active(task) & BIT[EXIT]:
+        note(EXIT, task.tid, 0, 0, 0)
+    flush(True)
+
+
 def _recorder(task: Any):
     """(note, flush, noted) of *task*: ``note(kind, src, dst, tag, length)`` keeps an
     event (stamped now) in the list ``noted`` (of EVENT's fields), ``flush()`` writes
@@ -159,6 +176,7 @@ def _recorder(task: Any):
     pair = task.__dict__.get("_trace_rec")
     if pair is None:
         pair = task.__dict__["_trace_rec"] = _new_recorder(task)
+        atexit.register(_at_exit, weakref.ref(task), os.getpid())
     return pair
 
 

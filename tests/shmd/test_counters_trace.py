@@ -4,6 +4,7 @@ traced ping-pong's events, flows and Chrome JSON."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from daemons import STAT
@@ -216,3 +217,26 @@ def test_a_full_ring_keeps_the_events_in_order_until_drained():
     flush(True)
     col.drain(memoryview(t._buf), t._q, 0, 0x40001, "t")
     assert [e[5] for e in col.events] == list(range(n + 300)) and col.lost == 0
+
+
+def test_a_traced_task_that_ends_without_leave_has_its_events_and_exit(daemon):
+    """No leave (the daemon reaps it): what the task kept is written at its exit."""
+    import subprocess
+    import sys
+
+    code = ("import shmd\nme = shmd.join(name='quitter')\nme.psend(me.tid, 3, b'abc')\n"
+            "me.precv(me.tid, 3)\nprint(me.tid)\n")
+    r = subprocess.run([sys.executable, "-c", code], env={**daemon.env(), trace.ENV: str(trace.ALL)},
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    tid = int(r.stdout)
+
+    def kinds() -> list[int]:
+        return [e[2] for e in dump(daemon, "take")["events"] if e[0] == tid]
+    got: list[int] = []
+    for _ in range(100):  # (the daemon reaps the slot, and drains its ring, within a tick)
+        got += kinds()
+        if trace.EXIT in got:
+            break
+        time.sleep(0.05)
+    assert got == [trace.SPAWN, trace.PSEND, trace.PRECV_START, trace.PRECV_END, trace.EXIT], got
