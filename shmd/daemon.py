@@ -287,12 +287,14 @@ class Daemon:
         h = layout.header(self.buf)
         used = {tids.local_of(t["tid"]) for _, t in self.slots() if t["tid"]}
         local = h["next_local"] % tids.TIDLOCAL or 1  # bounded, whatever a scribble left there
-        if req.get("role") == "net" and tids.NETD_LOCAL not in used:
-            local = tids.NETD_LOCAL  # pvm_netd: out of the tasks' sequence
+        role = req.get("role")
+        kept = tids.RESERVED.get(role) if isinstance(role, str) else None
+        if kept is not None and kept not in used:
+            local = kept  # pvm_netd, pvmgs: out of the tasks' sequence
         else:
             # t40001 is the console's tid on the master host (as in PVM): never a task's;
-            # NETD_LOCAL is pvm_netd's
-            while local in used or local in (0, tids.NETD_LOCAL) or (self.o.host == 1 and local == 1):
+            # the RESERVED local parts are pvm_netd's and pvmgs's
+            while local in used or local == 0 or local in tids.RESERVED.values() or (self.o.host == 1 and local == 1):
                 local = tids.next_local(local)
             h["next_local"] = tids.next_local(local)
         tid = self.dtid | local

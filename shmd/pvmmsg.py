@@ -38,6 +38,7 @@ class State:
         self.early: list[tuple[int, int, bytes]] = []  # notifications due, probed messages
         self.options: dict[int, int] = {}
         self.server = 0  # the group server's tid, once found (shmd.pvmgroups)
+        self.watched = False  # this host's pvmgs watches us for the server (another host's member)
 
     def me(self) -> Task:
         t = self.task
