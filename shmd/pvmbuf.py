@@ -242,6 +242,7 @@ class Buffer:
         self.pos = 0
         self._keep = keep  # the memory the body is in (a bytearray to reuse, or a view to release)
         self._parts: list[Any] | None = [] if encoding == PvmDataInPlace and body is None else None
+        self._whole: memoryview | None = None  # a view on all of _keep (a bytearray): what refill slices
         if body is None:  # a send buffer: the header's room first
             self.wire_enc = XDR if encoding == PvmDataDefault else RAW
             self._data = _SPARE.pop() if _SPARE else bytearray(HEADER.size + 240)
@@ -263,8 +264,17 @@ class Buffer:
         b = cls.__new__(cls)
         b.encoding, b.wire_enc, b.src, b.tag, b.pos = enc, enc, src, tag, 0  # (XDR, RAW == Default, Raw)
         b._keep, b._parts, b._data, b._n = room, None, bytearray(), 0
-        b.body = memoryview(room)[start:n]
+        b._whole = memoryview(room)
+        b.body = b._whole[start:n]
         return b
+
+    def refill(self, src: int, tag: int, n: int) -> None:
+        """This receive buffer now holds the message just received into the first *n*
+        bytes of its memory (``received``'s room), read from the start."""
+        enc, start = body_at(self._keep, n)
+        self.encoding = self.wire_enc = enc
+        self.src, self.tag, self.pos = src, tag, 0
+        self.body = self._whole[start:n]  # type: ignore[index]  # (pvm_recv refills only a buffer with one)
 
     # ---- size and the message --------------------------------------------------------------
     @property
@@ -301,6 +311,9 @@ class Buffer:
         if self.body is not None:
             self.body.release()
         self.body = None
+        if self._whole is not None:
+            self._whole.release()
+            self._whole = None
         if self._data:
             if len(self._data) <= SPARE_MAX and not _SPARE:
                 _SPARE.append(self._data)  # its pages stay mapped: the next message is packed at memory speed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,7 @@ _NUMPY_OPS = {PvmMax: "maximum", PvmMin: "minimum", PvmSum: "add", PvmProduct: "
 
 
 PING_TIMEOUT = 5.0  # how long a task of another host waits for the group server to answer first
+PING_EVERY = 0.25  # ... asking again this often (a server starting on the master misses the first)
 
 
 def _ask(me, to: int, req: dict, wait_on_master: bool) -> dict:
@@ -64,13 +66,15 @@ def _ask(me, to: int, req: dict, wait_on_master: bool) -> dict:
     while True:
         try:
             m = me.precv(to, pvmgs.REPLY, 1.0)
-            break
         except PvmTimeout:
             if wait_on_master and pvmgs.server_tid(me) != to:
                 raise PvmError(PvmSysErr, "the group server (pvmgs) exited") from None
             if not wait_on_master and tids.MASTER in pvmgs.down_hosts(me):
                 raise PvmError(PvmHostFail, "the master host, where the group server runs, is down") from None
-    r = json.loads(bytes(m.data))
+            continue
+        r = json.loads(bytes(m.data))
+        if "ping" not in r:  # (the answer to a ping sent twice comes twice)
+            break
     if "err" in r:
         raise PvmError(r["err"], r.get("detail"))
     return r
@@ -78,18 +82,22 @@ def _ask(me, to: int, req: dict, wait_on_master: bool) -> dict:
 
 def _server(me) -> int:
     """The VM's group server's tid (tids.GS_TID), once we know it answers: on the master
-    host started if none runs; from another host asked first (ping) whether it runs."""
+    host started if none runs; from another host asked (ping) until it answers."""
     if S.server:
         return S.server
     if tids.host_of(me.tid) == tids.MASTER:
         S.server = pvmgs.start(me)
         return S.server
-    me.psend(tids.GS_TID, pvmgs.REQ, b'{"op": "ping"}')
-    try:
-        me.precv(tids.GS_TID, pvmgs.REPLY, PING_TIMEOUT)
-    except PvmTimeout:
-        raise PvmError(PvmSysErr, f"no group server (pvmgs) at {tids.fmt(tids.GS_TID)} on the master host: "
-                                  "a group call of a task there starts it") from None
+    deadline = time.monotonic() + PING_TIMEOUT
+    while True:
+        me.psend(tids.GS_TID, pvmgs.REQ, b'{"op": "ping"}')
+        try:
+            me.precv(tids.GS_TID, pvmgs.REPLY, min(PING_EVERY, max(deadline - time.monotonic(), 0)))
+            break
+        except PvmTimeout:
+            if time.monotonic() >= deadline:
+                raise PvmError(PvmSysErr, f"no group server (pvmgs) at {tids.fmt(tids.GS_TID)} on the master "
+                                          "host: a group call of a task there starts it") from None
     S.server = tids.GS_TID
     return S.server
 

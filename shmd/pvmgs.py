@@ -7,7 +7,8 @@ master host starts it (``start``; ``python -m shmd.pvmgs``); pvm_shmd gives it t
 tid (join role "gs"). Requests are JSON in a psend with tag REQ; the reply, tag REPLY,
 goes to the sender:
 
-    ping                      {} (a task of another host asks first: is it there?)
+    ping                      {"ping": true} (a task of another host asks first, and again
+                              while no answer comes: is it there yet?)
     join G -> inst            lowest free instance number (numbers are reused, as PVM's)
     leave G                   members {inst: tid} of G
     barrier G COUNT           replied once COUNT members (-1: all, as many as are left) have
@@ -173,7 +174,7 @@ def handle(groups: Groups, src: int, req: dict) -> list[tuple[int, dict]]:
     """The replies (to whom, what) to one request."""
     op, g = req.get("op"), req.get("group")
     if op == "ping":
-        return [(src, {})]
+        return [(src, {"ping": True})]
     if op == "gone":  # a host's pvmgs: watched tasks of its host that are gone
         gone = req.get("tids")
         if tids.local_of(src) != tids.GS_LOCAL or not isinstance(gone, list):
