@@ -19,6 +19,7 @@ import select
 import selectors
 import signal
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -73,6 +74,7 @@ class Daemon:
         self.paths: dict | None = None  # the large-message paths measured (calibrate.py)
         self.tracer = trace.Collector()
         self.drain_wait = TRACE_DRAIN
+        self.gs: subprocess.Popen | None = None  # the group server we started (pvmgs.keep), to reap
         self.gone: list[dict] = []  # the last GONE_KEPT tasks that left, newest last
         self.damage_seen: set[str] = set()
 
@@ -668,6 +670,14 @@ class Daemon:
                 last = now
                 self.guarded(self.check_tasks)
                 self.clients.expire(now)
+                if self.o.host == tids.MASTER:
+                    self.guarded(self.keep_group_server)
+
+    def keep_group_server(self) -> None:
+        """The master host of a VM that spans hosts runs its group server (pvmgs.keep)."""
+        from . import pvmgs  # (here only: the task library is not the daemon's)
+
+        self.gs = pvmgs.keep(self.o.vmid, self.gs, lambda: any(t["tid"] == tids.GS_TID for _, t in self.slots()))
 
     def guarded(self, step) -> None:
         """Run one step of the loop; what a damaged structure makes it raise is logged

@@ -2,10 +2,11 @@
 
 One per virtual machine, on the master host, at the tid kept for it there
 (``tids.GS_TID``, t7fffe): every task of every host sends it its requests (through
-pvm_netd from another host), so a group spans hosts. The first group call made on the
-master host starts it (``start``; ``python -m shmd.pvmgs``); pvm_shmd gives it the kept
-tid (join role "gs"). Requests are JSON in a psend with tag REQ; the reply, tag REPLY,
-goes to the sender:
+pvm_netd from another host), so a group spans hosts. pvm_shmd of the master starts it
+once the VM spans hosts (``keep``); on a VM of one host the first group call starts it
+(``start``). Either way ``python -m shmd.pvmgs``, to which pvm_shmd gives the kept tid
+(join role "gs"); like pvm_netd it is not shown among the user's tasks (tids.is_netd).
+Requests are JSON in a psend with tag REQ; the reply, tag REPLY, goes to the sender:
 
     ping                      {"ping": true} (a task of another host asks first, and again
                               while no answer comes: is it there yet?)
@@ -30,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from . import layout, paths, private, remote, tids
 from .errors import (
@@ -85,6 +87,34 @@ def start(me: Task) -> int:
         return tid
     finally:
         os.close(fd)
+
+
+KEEP_RETRY = 5.0  # keep: the least time between two starts (a server that cannot run is not retried in a loop)
+_kept_at = -KEEP_RETRY
+
+
+def keep(vmid: str, proc: subprocess.Popen | None, running: Callable[[], bool]) -> subprocess.Popen | None:
+    """Called by pvm_shmd of the master host every tick: once the VM spans hosts (its
+    pvm_netd's route file names another host), the VM's group server runs here, so that
+    a task of any host finds it at tids.GS_TID (a task of another host cannot start a
+    process on the master). Started again if it exits, at most every KEEP_RETRY seconds.
+    *proc*: the one we started (reaped here); *running*: whether the kept tid is joined.
+    Returns the process to pass next time."""
+    global _kept_at
+    if proc is not None and proc.poll() is None:
+        return proc
+    try:
+        hosts = remote.route(vmid).get("hosts", {})
+    except PvmError:
+        return None  # no pvm_netd: one host, where the first group call starts it
+    now = time.monotonic()
+    if not any(h != str(tids.MASTER) for h in hosts) or now - _kept_at < KEEP_RETRY or running():
+        return None
+    _kept_at = now
+    env = dict(os.environ, PVM_VMID=vmid)
+    env.pop("PVM_MYTID", None)
+    return subprocess.Popen([sys.executable, "-m", "shmd.pvmgs"], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 class Groups:

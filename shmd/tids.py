@@ -48,8 +48,11 @@ RESERVED = {"net": NETD_LOCAL, "gs": GS_LOCAL}  # join role -> the local part ke
 
 
 def is_netd(tid: int) -> bool:
-    """True for a host's pvm_netd (PVM's pvmd role: not a task the user sees)."""
-    return local_of(tid) == NETD_LOCAL
+    """True for the VM's own processes, which are not tasks the user sees (ps and the view
+    leave them out, as PVM's ps left out its pvmds): a host's pvm_netd (PVM's pvmd role),
+    and the group server (or another host's pvmgs watching its members), which pvm_shmd of
+    the master starts by itself once the VM spans hosts."""
+    return local_of(tid) in (NETD_LOCAL, GS_LOCAL)
 
 
 def fmt(tid: int) -> str:

@@ -14,7 +14,8 @@ import pytest
 from daemons import shmd_vm, wait_for  # noqa: F401  (a fixture)
 from test_net import Two
 
-from shmd import pvm, tids
+from pvmconsole.hostlink import users_tasks
+from shmd import control, pvm, pvmgs, tids
 
 # a task of host 2: joins group "span", says its tid and instance, then answers the
 # master's mcast, takes part in a barrier, a bcast and a reduction, and a last barrier;
@@ -105,16 +106,17 @@ def test_group_spanning_two_hosts(two):
     c.kill()
 
 
-def test_group_server_reached_from_another_host_only_once_started(two):
-    """A task of another host finds the VM's server at its tid on the master host (a
-    ping first): none there yet is a clear PvmError, not a wait for ever."""
-    r = subprocess.run([sys.executable, "-c", "from shmd import pvm, pvmgroups\npvmgroups.PING_TIMEOUT = 0.5\n"
-                        "try:\n pvm.pvm_joingroup('x')\nexcept pvm.PvmError as e:\n print(e.code, e)\n"
-                        "pvm.pvm_exit()"],
+def test_group_started_from_another_host(two):
+    """Once the VM spans hosts, pvm_shmd of the master runs the group server by itself:
+    a task of host 2 is the first to join (instance 0), one of host 1 the next. It is not
+    among the user's tasks (as pvm_netd), though it is in the daemon's table."""
+    wait_for(lambda: pvmgs.server_tid(pvm.S.me()) == tids.GS_TID, 10, "pvm_shmd of host 1 to start pvmgs")
+    r = subprocess.run([sys.executable, "-c", "from shmd import pvm\nprint(pvm.pvm_joingroup('x'))\n"
+                        "import time; time.sleep(0.5)\nprint(pvm.pvm_gsize('x'))\npvm.pvm_exit()"],
                        capture_output=True, text=True, timeout=30, env=two.vm.env(two.b))
-    assert r.returncode == 0 and r.stdout.startswith(f"{pvm.PvmSysErr} "), r
-    assert "t7fffe" in r.stdout and "master host" in r.stdout
-    assert pvm.pvm_joingroup("x") == 0  # on the master: started
-    r = subprocess.run([sys.executable, "-c", "from shmd import pvm\nprint(pvm.pvm_joingroup('x'))\npvm.pvm_exit()"],
-                       capture_output=True, text=True, timeout=30, env=two.vm.env(two.b))
-    assert r.stdout.split() == ["1"], r
+    assert r.stdout.split() == ["0", "1"], r
+    wait_for(lambda: pvm.pvm_gsize("x") == 0, 10, "the task of host 2, which exited, to leave")
+    assert pvm.pvm_joingroup("x") == 0  # its number is free again
+    table = control.request("stat", two.a)["tasks"]
+    assert tids.GS_TID in [t["tid"] for t in table]
+    assert tids.GS_TID not in [t["tid"] for t in users_tasks(table)]
