@@ -242,7 +242,7 @@ class Buffer:
         self.pos = 0
         self._keep = keep  # the memory the body is in (a bytearray to reuse, or a view to release)
         self._parts: list[Any] | None = [] if encoding == PvmDataInPlace and body is None else None
-        self._whole: memoryview | None = None  # a view on all of _keep (a bytearray): what refill slices
+        self._whole: memoryview | None = None  # a view on all of _keep (a bytearray): pvm_recv refills it
         if body is None:  # a send buffer: the header's room first
             self.wire_enc = XDR if encoding == PvmDataDefault else RAW
             self._data = _SPARE.pop() if _SPARE else bytearray(HEADER.size + 240)
@@ -268,14 +268,6 @@ class Buffer:
         b.body = b._whole[start:n]
         return b
 
-    def refill(self, src: int, tag: int, n: int) -> None:
-        """This receive buffer now holds the message just received into the first *n*
-        bytes of its memory (``received``'s room), read from the start."""
-        enc, start = body_at(self._keep, n)
-        self.encoding = self.wire_enc = enc
-        self.src, self.tag, self.pos = src, tag, 0
-        self.body = self._whole[start:n]  # type: ignore[index]  # (pvm_recv refills only a buffer with one)
-
     # ---- size and the message --------------------------------------------------------------
     @property
     def nbytes(self) -> int:
@@ -294,16 +286,6 @@ class Buffer:
             return HEADER.pack(MAGIC, VERSION, RAW, len(body)) + body
         HEADER.pack_into(self._data, 0, MAGIC, VERSION, self.wire_enc, self._n - HEADER.size)
         return memoryview(self._data)[:self._n]
-
-    def small_wire(self, limit: int) -> bytearray | None:
-        """The message as sent, copied, if it is a packed (not InPlace) one of at most
-        *limit* bytes (psend's inline size: its fast path takes a bytearray); else None."""
-        n = self._n
-        if n > limit or self._parts is not None or self.body is not None:
-            return None
-        d = self._data
-        HEADER.pack_into(d, 0, MAGIC, VERSION, self.wire_enc, n - HEADER.size)
-        return d[:n]
 
     def free(self) -> None:
         """Let go of the memory: parts referenced in place, a received view's pages."""

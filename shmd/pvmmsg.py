@@ -15,12 +15,14 @@ from typing import Any
 
 from . import layout, tids
 from .errors import PvmBadParam, PvmError, PvmNoBuf, PvmNoSuchBuf, PvmOk, PvmOverflow, PvmTimeout
-from .pvmbuf import Buffer, PvmDataDefault, PvmDataRaw, keep_room, parse, receive_room
+from .pvmbuf import HEADER, MAGIC, RAW, VERSION, XDR, Buffer, PvmDataDefault, PvmDataRaw, keep_room, parse, receive_room
 from .task import ANY, Task, current, join
 from .taskbase import INF
 
 PvmTaskExit, PvmHostDelete, PvmHostAdd, PvmRouteAdd, PvmRouteDelete = 1, 2, 3, 4, 5
 PvmNotifyCancel = 0x100
+_INLINE, _HDR = layout.INLINE, HEADER.size
+_pack_header, _unpack_header = HEADER.pack_into, HEADER.unpack_from
 NOTIFY_SLICE = 0.1  # how often a receive waiting with exit notifications armed looks at the task table
 
 
@@ -199,9 +201,13 @@ def pvm_send(tid: int, msgtag: int) -> int:
         me = S.me()
     b = S.bufs.get(S.sbuf)
     if b is not None and type(tid) is int and type(msgtag) is int and msgtag >= 0:
-        w = b.small_wire(layout.INLINE)
-        if w is not None:  # the common small message: straight to psend's fast path
-            me.psend(tid, msgtag, w)
+        # the common small message, a packed (not InPlace) one psend carries inline: its
+        # header written, a copy (psend's fast path takes a bytearray) straight to psend
+        n = b._n
+        if n <= _INLINE and b._parts is None and b.body is None:
+            d = b._data
+            _pack_header(d, 0, MAGIC, VERSION, b.wire_enc, n - _HDR)
+            me.psend(tid, msgtag, d[:n])
             return PvmOk
     _send_wire(me, [_tid(tid)], msgtag)
     return PvmOk
@@ -341,14 +347,25 @@ def pvm_recv(tid: int = ANY, msgtag: int = ANY) -> int:
         # the reply): the active receive buffer, a message received into memory of our
         # own, takes the next message in that memory, and keeps its id. (PVM frees it and
         # makes a new one, which gets the id just freed.) Anything else: the general path.
+        room = b._keep
         try:
-            src, t, n = me.precv_into(b._keep, tid, msgtag)
+            src, t, n = me.precv_into(room, tid, msgtag)
         except PvmError as e:
             if e.code != PvmOverflow:
                 S.free(S.rbuf)  # as below: freed also when the receive fails
                 raise
         else:
-            b.refill(src, t, n)
+            # the buffer now holds this message: a packed one's header read and checked
+            # (body_at, inline), its body viewed where it came
+            h = _unpack_header(room) if n >= _HDR else None
+            if (h is not None and h[0] == MAGIC and h[1] == VERSION and h[3] == n - _HDR
+                    and (h[2] == XDR or h[2] == RAW)):
+                b.encoding = b.wire_enc = h[2]
+                b.body = b._whole[_HDR:n]
+            else:  # a psend's bytes: Raw, from the start
+                b.encoding = b.wire_enc = RAW
+                b.body = b._whole[:n]
+            b.src, b.tag, b.pos = src, t, 0
             return S.rbuf
     _match_args(tid, msgtag)
     if S.rbuf:
