@@ -55,9 +55,9 @@ def two(shmd_vm):
         t.close()
 
 
-def _worker(two: Two, *args: str) -> tuple[subprocess.Popen, int, int]:
+def _worker(two: Two, *args: str, host: int = 2) -> tuple[subprocess.Popen, int, int]:
     p = subprocess.Popen([sys.executable, "-c", WORKER, *args], stdout=subprocess.PIPE, text=True,
-                         env=two.vm.env(two.b))
+                         env=two.vm.env(two.b if host == 2 else two.a))
     two.procs.append(p)
     tid, inst = map(int, p.stdout.readline().split())
     return p, tid, inst
@@ -71,17 +71,18 @@ def test_group_spanning_two_hosts(two):
     assert tids.host_of(me) == 1 and pvm.pvm_joingroup("span") == 0
     a, ta, ia = _worker(two)
     b, tb, ib = _worker(two, "then wait")
-    assert tids.host_of(ta) == tids.host_of(tb) == 2 and sorted((ia, ib)) == [1, 2]
-    assert pvm.pvm_gsize("span") == 3 and pvm.pvm_gettid("span", ia) == ta and pvm.pvm_getinst("span", tb) == ib
+    h, th, ih = _worker(two, host=1)
+    assert tids.host_of(ta) == tids.host_of(tb) == 2 and tids.host_of(th) == 1 and sorted((ia, ib, ih)) == [1, 2, 3]
+    assert pvm.pvm_gsize("span") == 4 and pvm.pvm_gettid("span", ia) == ta and pvm.pvm_getinst("span", tb) == ib
     pvm.pvm_initsend(pvm.PvmDataDefault)
     pvm.pvm_pkstr("hello ")
-    pvm.pvm_mcast([ta, tb, me], 1)  # not to ourselves, as PVM
+    pvm.pvm_mcast([ta, th, tb, me], 1)  # to tasks of both hosts, not to ourselves (as PVM)
     got = {}
-    for _ in range(2):
+    for _ in range(3):
         pvm.pvm_recv(-1, 2)
         _, _, src = pvm.pvm_bufinfo(pvm.pvm_getrbuf())
         got[src] = (pvm.pvm_upkstr(), pvm.pvm_upkint(None, 2, 1).tolist())
-    assert got == {ta: (f"hello {ia}", [ia, 3]), tb: (f"hello {ib}", [ib, 3])}
+    assert got == {t: (f"hello {i}", [i, 4]) for t, i in ((ta, ia), (tb, ib), (th, ih))}
     assert pvm.pvm_nrecv(-1, 1) == 0
     pvm.pvm_barrier("span", -1)
     pvm.pvm_initsend(pvm.PvmDataDefault)
@@ -89,13 +90,13 @@ def test_group_spanning_two_hosts(two):
     pvm.pvm_bcast("span", 3)
     total = np.array([2.5, 0.0])
     pvm.pvm_reduce(pvm.PvmSum, total, 2, pvm.PVM_DOUBLE, 4, "span", 0)
-    assert total.tolist() == [2.5 * (1 + 2 + 3), 0 + 1 + 2]
+    assert total.tolist() == [2.5 * (1 + 2 + 3 + 4), 0 + 1 + 2 + 3]
     mx = [0]
     pvm.pvm_reduce(pvm.PvmMax, mx, 1, pvm.PVM_INT, 5, "span", 0)
-    assert mx == [2]
+    assert mx == [3]
     pvm.pvm_barrier("span", -1)
-    assert a.wait(20) == 0
-    wait_for(lambda: pvm.pvm_gsize("span") == 2, 10, "the member that exited to leave")
+    assert a.wait(20) == 0 and h.wait(20) == 0
+    wait_for(lambda: pvm.pvm_gsize("span") == 2, 10, "the members that exited to leave")
     b.kill()  # -9 on host 2: its host's pvmgs tells the server
     b.wait(10)
     t0 = time.monotonic()
