@@ -15,7 +15,20 @@ from typing import Any
 
 from . import layout, tids
 from .errors import PvmBadParam, PvmError, PvmNoBuf, PvmNoSuchBuf, PvmOk, PvmOverflow, PvmTimeout
-from .pvmbuf import HEADER, MAGIC, RAW, VERSION, XDR, Buffer, PvmDataDefault, PvmDataRaw, keep_room, parse, receive_room
+from .pvmbuf import (
+    HEADER,
+    MAGIC,
+    RAW,
+    SMALL_ROOM,
+    VERSION,
+    XDR,
+    Buffer,
+    PvmDataDefault,
+    PvmDataRaw,
+    keep_room,
+    parse,
+    receive_room,
+)
 from .task import ANY, Task, current, join
 from .taskbase import INF
 
@@ -349,7 +362,7 @@ def pvm_recv(tid: int = ANY, msgtag: int = ANY) -> int:
         # makes a new one, which gets the id just freed.) Anything else: the general path.
         room = b._keep
         try:
-            src, t, n = me.precv_into(room, tid, msgtag)
+            src, t, n = me.precv_into(b._whole if b._big else b._head, tid, msgtag)
         except PvmError as e:
             if e.code != PvmOverflow:
                 S.free(S.rbuf)  # as below: freed also when the receive fails
@@ -365,7 +378,7 @@ def pvm_recv(tid: int = ANY, msgtag: int = ANY) -> int:
             else:  # a psend's bytes: Raw, from the start
                 b.encoding = b.wire_enc = RAW
                 b.body = b._whole[:n]
-            b.src, b.tag, b.pos = src, t, 0
+            b.src, b.tag, b.pos, b._big = src, t, 0, n > SMALL_ROOM
             return S.rbuf
     _match_args(tid, msgtag)
     if S.rbuf:
