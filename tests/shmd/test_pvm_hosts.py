@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 from daemons import shmd_vm, wait_for  # noqa: F401  (a fixture)
-from test_net import Two
+from test_net import Two, two  # noqa: F401  (a fixture)
 
 from pvmconsole.hostlink import users_tasks
 from shmd import control, pvm, pvmgs, tids
@@ -46,13 +46,12 @@ pvm.pvm_exit()
 
 
 @pytest.fixture
-def two(shmd_vm):
-    t = Two(shmd_vm)
+def hosts(two):
+    """test_net's two hosts; this process (a task of host 1 once it calls shmd.pvm) leaves first."""
     try:
-        yield t
+        yield two
     finally:
         pvm.pvm_exit()
-        t.close()
 
 
 def _worker(two: Two, *args: str, host: int = 2) -> tuple[subprocess.Popen, int, int]:
@@ -63,15 +62,15 @@ def _worker(two: Two, *args: str, host: int = 2) -> tuple[subprocess.Popen, int,
     return p, tid, inst
 
 
-def test_group_spanning_two_hosts(two):
+def test_group_spanning_two_hosts(hosts):
     """One group server for both hosts: instances numbered across them, mcast to tasks
     of the other host, barrier, bcast and reductions with members on both, and a member
     killed -9 on the other host leaves the group (its number is reused)."""
     me = pvm.pvm_mytid()
     assert tids.host_of(me) == 1 and pvm.pvm_joingroup("span") == 0
-    a, ta, ia = _worker(two)
-    b, tb, ib = _worker(two, "then wait")
-    h, th, ih = _worker(two, host=1)
+    a, ta, ia = _worker(hosts)
+    b, tb, ib = _worker(hosts, "then wait")
+    h, th, ih = _worker(hosts, host=1)
     assert tids.host_of(ta) == tids.host_of(tb) == 2 and tids.host_of(th) == 1 and sorted((ia, ib, ih)) == [1, 2, 3]
     assert pvm.pvm_gsize("span") == 4 and pvm.pvm_gettid("span", ia) == ta and pvm.pvm_getinst("span", tb) == ib
     pvm.pvm_initsend(pvm.PvmDataDefault)
@@ -102,22 +101,22 @@ def test_group_spanning_two_hosts(two):
     t0 = time.monotonic()
     wait_for(lambda: pvm.pvm_gsize("span") == 1, 10, "the member killed on host 2 to leave")
     assert time.monotonic() - t0 < 5
-    c, tc, ic = _worker(two)
+    c, tc, ic = _worker(hosts)
     assert ic == 1  # the lowest free number again, whichever host
     c.kill()
 
 
-def test_group_started_from_another_host(two):
+def test_group_started_from_another_host(hosts):
     """Once the VM spans hosts, pvm_shmd of the master runs the group server by itself:
     a task of host 2 is the first to join (instance 0), one of host 1 the next. It is not
     among the user's tasks (as pvm_netd), though it is in the daemon's table."""
     wait_for(lambda: pvmgs.server_tid(pvm.S.me()) == tids.GS_TID, 10, "pvm_shmd of host 1 to start pvmgs")
     r = subprocess.run([sys.executable, "-c", "from shmd import pvm\nprint(pvm.pvm_joingroup('x'))\n"
                         "import time; time.sleep(0.5)\nprint(pvm.pvm_gsize('x'))\npvm.pvm_exit()"],
-                       capture_output=True, text=True, timeout=30, env=two.vm.env(two.b))
+                       capture_output=True, text=True, timeout=30, env=hosts.vm.env(hosts.b))
     assert r.stdout.split() == ["0", "1"], r
     wait_for(lambda: pvm.pvm_gsize("x") == 0, 10, "the task of host 2, which exited, to leave")
     assert pvm.pvm_joingroup("x") == 0  # its number is free again
-    table = control.request("stat", two.a)["tasks"]
+    table = control.request("stat", hosts.a)["tasks"]
     assert tids.GS_TID in [t["tid"] for t in table]
     assert tids.GS_TID not in [t["tid"] for t in users_tasks(table)]
