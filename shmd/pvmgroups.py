@@ -54,7 +54,9 @@ def PvmProduct(a, b):  # noqa: N802
 _NUMPY_OPS = {PvmMax: "maximum", PvmMin: "minimum", PvmSum: "add", PvmProduct: "multiply"}
 
 
-PING_TIMEOUT = 5.0  # how long a task of another host waits for the group server to answer first
+# how long a task of another host waits for the group server to answer first (it may be
+# starting on a busy master: pvm_shmd there starts it once it hears of another host)
+PING_TIMEOUT = 15.0
 PING_EVERY = 0.25  # ... asking again this often (a server starting on the master misses the first)
 
 
