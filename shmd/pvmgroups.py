@@ -98,8 +98,9 @@ def _server(me) -> int:
             break
         except PvmTimeout:
             if time.monotonic() >= deadline:
-                raise PvmError(PvmSysErr, f"no group server (pvmgs) at {tids.fmt(tids.GS_TID)} on the master "
-                                          "host: a group call of a task there starts it") from None
+                raise PvmError(PvmSysErr, f"no answer in {PING_TIMEOUT:g} s from the group server (pvmgs) at "
+                                          f"{tids.fmt(tids.GS_TID)} on the master host (its pvm_shmd starts it once "
+                                          "its pvm_netd knows another host)") from None
     S.server = tids.GS_TID
     return S.server
 
