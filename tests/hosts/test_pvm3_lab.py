@@ -20,10 +20,10 @@ from pvmconsole import lab as labmod
 pytestmark = pytest.mark.lab
 
 
-# "span.py master N" on the master host, "span.py worker" on the lab host (N copies, one
-# "victim"): all join group "span"; the master mcasts to the workers, which answer with
-# their host and instance; a barrier, a bcast, a sum and a max; then the victim kills
-# itself with SIGKILL and the master waits for the group to shrink
+# "span.py master N" on the master host, N "span.py worker" on the master and the lab
+# host: all join group "span"; the master mcasts to the workers, which answer with their
+# host; a barrier, a bcast, a sum and a max; then the master tells one worker of the lab
+# host to die (it kills itself with SIGKILL) and waits for the group to shrink
 SPAN = r'''
 import os, signal, socket, sys, time
 from shmd import pvm
@@ -37,12 +37,12 @@ if sys.argv[1] == "master":
     workers = [pvm.pvm_gettid("span", i) for i in range(n + 1) if i != inst]
     pvm.pvm_initsend(pvm.PvmDataDefault)
     pvm.pvm_pkstr("hi")
-    pvm.pvm_pkint([inst, workers[-1]], 2, 1)  # the root's instance, the victim
+    pvm.pvm_pkint(inst, 1, 1)  # the root's instance
     pvm.pvm_mcast(workers + [me], 1)
-    hosts = set()
+    hosts = {}
     for _ in workers:
         pvm.pvm_recv(-1, 2)
-        hosts.add(pvm.pvm_upkstr())
+        hosts[pvm.pvm_bufinfo(pvm.pvm_getrbuf())[2]] = pvm.pvm_upkstr()
     pvm.pvm_barrier("span", -1)
     pvm.pvm_initsend(pvm.PvmDataDefault)
     pvm.pvm_pkint(7, 1, 1)
@@ -51,21 +51,26 @@ if sys.argv[1] == "master":
     pvm.pvm_reduce(pvm.PvmSum, total, 1, pvm.PVM_INT, 4, "span", inst)
     pvm.pvm_reduce(pvm.PvmMax, top, 1, pvm.PVM_INT, 5, "span", inst)
     pvm.pvm_barrier("span", -1)
+    victim = next(t for t, h in hosts.items() if h == "pvmh1")
+    pvm.pvm_initsend(pvm.PvmDataDefault)
+    pvm.pvm_pkstr("die")
+    pvm.pvm_send(victim, 9)
     t0 = time.monotonic()
     while pvm.pvm_gsize("span") > n and time.monotonic() - t0 < 20:
         time.sleep(0.05)
     left = time.monotonic() - t0
-    ok = (hosts == {"pvmh1"} and total == [sum(range(n + 1)) + 7 * n] and top == [n]
-          and pvm.pvm_gsize("span") == n)
+    ok = (sorted(set(hosts.values())) == sorted({"pvmh1", socket.gethostname()})
+          and total == [sum(range(n + 1)) + 7 * n] and top == [n] and pvm.pvm_gsize("span") == n)
     pvm.pvm_initsend(pvm.PvmDataDefault)
-    pvm.pvm_mcast(workers[:-1], 9)  # the others may go
-    print(f"span: {len(workers)} workers on {sorted(hosts)}, sum {total[0]}, max {top[0]}, "
-          f"victim gone after {left:.1f} s: {'OK' if ok else 'WRONG'}", flush=True)
+    pvm.pvm_pkstr("bye")
+    pvm.pvm_mcast([t for t in workers if t != victim], 9)
+    print(f"span: {len(workers)} workers on {len(set(hosts.values()))} hosts, sum {total[0]}, max {top[0]}, "
+          f"victim on pvmh1 gone after {left:.1f} s: {'OK' if ok else 'WRONG'}", flush=True)
 else:
     pvm.pvm_recv(-1, 1)
     root = pvm.pvm_bufinfo(pvm.pvm_getrbuf())[2]
     word = pvm.pvm_upkstr()
-    rinst, victim = pvm.pvm_upkint(None, 2, 1)
+    rinst = pvm.pvm_upkint(None, 1, 1)[0]
     pvm.pvm_initsend(pvm.PvmDataDefault)
     pvm.pvm_pkstr(socket.gethostname() if word == "hi" else "WRONG")
     pvm.pvm_send(root, 2)
@@ -75,9 +80,8 @@ else:
     pvm.pvm_reduce(pvm.PvmSum, [inst + x], 1, pvm.PVM_INT, 4, "span", rinst)
     pvm.pvm_reduce(pvm.PvmMax, [inst], 1, pvm.PVM_INT, 5, "span", rinst)
     pvm.pvm_barrier("span", -1)
-    if me == victim:
+    if pvm.pvm_trecv(root, 9, 30) and pvm.pvm_upkstr() == "die":
         os.kill(os.getpid(), signal.SIGKILL)  # killed -9 while a member
-    pvm.pvm_trecv(root, 9, 30)  # the others stay members until the master has seen it go
     pvm.pvm_exit()
 '''
 
@@ -122,14 +126,14 @@ def test_example_on_a_lab_host(lab, pvm_env, tmp_path, prog, args, expect):
 
 def test_group_across_the_master_and_a_lab_host(lab, pvm_env, tmp_path):
     """One group server for the VM (on the master): members on both hosts, pvm_mcast to
-    tasks of the lab host, barrier, bcast, reduce; one killed -9 there leaves the group."""
+    tasks of both, barrier, bcast, reduce; one killed -9 on the lab host leaves the group."""
     run = _console(lab, tmp_path)
     try:
-        r = run("spawn -> -. span.py master 3; spawn -> -pvmh1 -3 span.py worker")
+        r = run("spawn -> -. span.py master 4; spawn -> -. span.py worker; spawn -> -pvmh1 -3 span.py worker")
         assert r.returncode == 0, r.stdout + r.stderr
         lines = re.findall(r"^\[\d+:(t[0-9a-f]+)\] (.*)$", r.stdout, re.M)
         said = [text for t, text in lines if int(t[1:], 16) >> 18 == 1]  # the master's (host 1)
-        assert any(re.fullmatch(r"span: 3 workers on \['pvmh1'\], sum 27, max 3, victim gone after \d+\.\d s: OK",
+        assert any(re.fullmatch(r"span: 4 workers on 2 hosts, sum 38, max 4, victim on pvmh1 gone after \d+\.\d s: OK",
                                 text) for text in said), r.stdout + r.stderr
         assert not any("Traceback" in text or "Error" in text for _, text in lines), r.stdout
     finally:
