@@ -5,6 +5,8 @@ a task of host 1, the master, where the VM's one group server runs (tids.GS_TID)
 workers are tasks of host 2."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,7 +67,8 @@ def _worker(two: Two, *args: str, host: int = 2) -> tuple[subprocess.Popen, int,
 def test_group_spanning_two_hosts(hosts):
     """One group server for both hosts: instances numbered across them, mcast to tasks
     of the other host, barrier, bcast and reductions with members on both, and a member
-    killed -9 on the other host leaves the group (its number is reused)."""
+    killed -9 on the other host leaves the group (its number is reused), as do the
+    members of a host that goes down."""
     me = pvm.pvm_mytid()
     assert tids.host_of(me) == 1 and pvm.pvm_joingroup("span") == 0
     a, ta, ia = _worker(hosts)
@@ -103,6 +106,8 @@ def test_group_spanning_two_hosts(hosts):
     assert time.monotonic() - t0 < 5
     c, tc, ic = _worker(hosts)
     assert ic == 1  # the lowest free number again, whichever host
+    os.kill(hosts.pid2, signal.SIGKILL)  # host 2 goes silent: pvm_netd of host 1 marks it down
+    wait_for(lambda: pvm.pvm_gsize("span") == 1, 10, "the members of a host that is down to leave")
     c.kill()
 
 
