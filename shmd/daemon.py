@@ -19,6 +19,7 @@ import select
 import selectors
 import signal
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -73,6 +74,7 @@ class Daemon:
         self.paths: dict | None = None  # the large-message paths measured (calibrate.py)
         self.tracer = trace.Collector()
         self.drain_wait = TRACE_DRAIN
+        self.gs: subprocess.Popen | None = None  # the group server we started (pvmgs.keep), to reap
         self.gone: list[dict] = []  # the last GONE_KEPT tasks that left, newest last
         self.damage_seen: set[str] = set()
 
@@ -287,12 +289,14 @@ class Daemon:
         h = layout.header(self.buf)
         used = {tids.local_of(t["tid"]) for _, t in self.slots() if t["tid"]}
         local = h["next_local"] % tids.TIDLOCAL or 1  # bounded, whatever a scribble left there
-        if req.get("role") == "net" and tids.NETD_LOCAL not in used:
-            local = tids.NETD_LOCAL  # pvm_netd: out of the tasks' sequence
+        role = req.get("role")
+        kept = tids.RESERVED.get(role) if isinstance(role, str) else None
+        if kept is not None and kept not in used:
+            local = kept  # pvm_netd, pvmgs: out of the tasks' sequence
         else:
             # t40001 is the console's tid on the master host (as in PVM): never a task's;
-            # NETD_LOCAL is pvm_netd's
-            while local in used or local in (0, tids.NETD_LOCAL) or (self.o.host == 1 and local == 1):
+            # the RESERVED local parts are pvm_netd's and pvmgs's
+            while local in used or local == 0 or local in tids.RESERVED.values() or (self.o.host == 1 and local == 1):
                 local = tids.next_local(local)
             h["next_local"] = tids.next_local(local)
         tid = self.dtid | local
@@ -667,6 +671,14 @@ class Daemon:
                 last = now
                 self.guarded(self.check_tasks)
                 self.clients.expire(now)
+                if self.o.host == tids.MASTER:
+                    self.guarded(self.keep_group_server)
+
+    def keep_group_server(self) -> None:
+        """The master host of a VM that spans hosts runs its group server (pvmgs.keep)."""
+        from . import pvmgs  # (here only: the task library is not the daemon's)
+
+        self.gs = pvmgs.keep(self.o.vmid, self.gs, lambda: any(t["tid"] == tids.GS_TID for _, t in self.slots()))
 
     def guarded(self, step) -> None:
         """Run one step of the loop; what a damaged structure makes it raise is logged

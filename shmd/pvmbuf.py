@@ -27,6 +27,7 @@ import sys
 from array import array
 from typing import Any
 
+from . import calibrate
 from .errors import PvmBadParam, PvmError, PvmNoData, PvmNoMem
 
 PvmDataDefault, PvmDataRaw, PvmDataInPlace = 0, 1, 2
@@ -207,6 +208,10 @@ def _pairs(comps: array, nitem: int, stride: int) -> array:
     return out
 
 
+# pvm_recv offers a received buffer's memory to the next message, after a small one only
+# its first SMALL_ROOM bytes: a precv_into buffer from calibrate's smallest direct size up
+# is posted for direct delivery while the receive waits, which is for large messages
+SMALL_ROOM = calibrate.FORCED_MIN - 1
 SPARE_MAX = 64 << 20  # a freed send buffer up to this size is kept for the next one
 _SPARE: list[bytearray] = []
 _RSPARE: list[bytearray] = []  # a freed receive buffer's memory, for the next receive
@@ -242,6 +247,9 @@ class Buffer:
         self.pos = 0
         self._keep = keep  # the memory the body is in (a bytearray to reuse, or a view to release)
         self._parts: list[Any] | None = [] if encoding == PvmDataInPlace and body is None else None
+        self._whole: memoryview | None = None  # a view on all of _keep (a bytearray): pvm_recv refills it
+        self._head: memoryview | None = None  # ... its first SMALL_ROOM bytes
+        self._big = False  # the last message received into _keep was larger than SMALL_ROOM
         if body is None:  # a send buffer: the header's room first
             self.wire_enc = XDR if encoding == PvmDataDefault else RAW
             self._data = _SPARE.pop() if _SPARE else bytearray(HEADER.size + 240)
@@ -263,7 +271,10 @@ class Buffer:
         b = cls.__new__(cls)
         b.encoding, b.wire_enc, b.src, b.tag, b.pos = enc, enc, src, tag, 0  # (XDR, RAW == Default, Raw)
         b._keep, b._parts, b._data, b._n = room, None, bytearray(), 0
-        b.body = memoryview(room)[start:n]
+        b._whole = memoryview(room)
+        b._head = b._whole[:SMALL_ROOM]
+        b._big = n > SMALL_ROOM
+        b.body = b._whole[start:n]
         return b
 
     # ---- size and the message --------------------------------------------------------------
@@ -285,22 +296,16 @@ class Buffer:
         HEADER.pack_into(self._data, 0, MAGIC, VERSION, self.wire_enc, self._n - HEADER.size)
         return memoryview(self._data)[:self._n]
 
-    def small_wire(self, limit: int) -> bytearray | None:
-        """The message as sent, copied, if it is a packed (not InPlace) one of at most
-        *limit* bytes (psend's inline size: its fast path takes a bytearray); else None."""
-        n = self._n
-        if n > limit or self._parts is not None or self.body is not None:
-            return None
-        d = self._data
-        HEADER.pack_into(d, 0, MAGIC, VERSION, self.wire_enc, n - HEADER.size)
-        return d[:n]
-
     def free(self) -> None:
         """Let go of the memory: parts referenced in place, a received view's pages."""
         self._parts = None
         if self.body is not None:
             self.body.release()
         self.body = None
+        if self._whole is not None:
+            self._head.release()  # type: ignore[union-attr]  # (made with _whole)
+            self._whole.release()
+            self._whole = self._head = None
         if self._data:
             if len(self._data) <= SPARE_MAX and not _SPARE:
                 _SPARE.append(self._data)  # its pages stay mapped: the next message is packed at memory speed

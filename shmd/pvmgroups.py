@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
-from . import pvmgs
+from . import pvmgs, tids
 from .errors import (
     PvmBadParam,
     PvmError,
+    PvmHostFail,
     PvmNoInst,
     PvmNoTask,
     PvmNotInGroup,
@@ -52,33 +54,79 @@ def PvmProduct(a, b):  # noqa: N802
 _NUMPY_OPS = {PvmMax: "maximum", PvmMin: "minimum", PvmSum: "add", PvmProduct: "multiply"}
 
 
+# how long a task of another host waits for the group server to answer first (it may be
+# starting on a busy master: pvm_shmd there starts it once it hears of another host)
+PING_TIMEOUT = 15.0
+PING_EVERY = 0.25  # ... asking again this often (a server starting on the master misses the first)
+
+
+def _ask(me, to: int, req: dict, wait_on_master: bool) -> dict:
+    """Send *req* to pvmgs *to* and wait for its reply (errors raised as PvmError). While
+    we wait: PvmSysErr if the master's server exited (*wait_on_master*: we are on its
+    host and can see it), PvmHostFail if the master host went down."""
+    me.psend(to, pvmgs.REQ, json.dumps(req).encode())
+    while True:
+        try:
+            m = me.precv(to, pvmgs.REPLY, 1.0)
+        except PvmTimeout:
+            if wait_on_master and pvmgs.server_tid(me) != to:
+                raise PvmError(PvmSysErr, "the group server (pvmgs) exited") from None
+            if not wait_on_master and tids.MASTER in pvmgs.down_hosts(me):
+                raise PvmError(PvmHostFail, "the master host, where the group server runs, is down") from None
+            continue
+        r = json.loads(bytes(m.data))
+        if "ping" not in r:  # (the answer to a ping sent twice comes twice)
+            break
+    if "err" in r:
+        raise PvmError(r["err"], r.get("detail"))
+    return r
+
+
+def _server(me) -> int:
+    """The VM's group server's tid (tids.GS_TID), once we know it answers: on the master
+    host started if none runs; from another host asked (ping) until it answers."""
+    if S.server:
+        return S.server
+    if tids.host_of(me.tid) == tids.MASTER:
+        S.server = pvmgs.start(me)
+        return S.server
+    deadline = time.monotonic() + PING_TIMEOUT
+    while True:
+        me.psend(tids.GS_TID, pvmgs.REQ, b'{"op": "ping"}')
+        try:
+            me.precv(tids.GS_TID, pvmgs.REPLY, min(PING_EVERY, max(deadline - time.monotonic(), 0)))
+            break
+        except PvmTimeout:
+            if time.monotonic() >= deadline:
+                raise PvmError(PvmSysErr, f"no answer in {PING_TIMEOUT:g} s from the group server (pvmgs) at "
+                                          f"{tids.fmt(tids.GS_TID)} on the master host (its pvm_shmd starts it once "
+                                          "its pvm_netd knows another host)") from None
+    S.server = tids.GS_TID
+    return S.server
+
+
 def _request(**req: Any) -> dict:
     """Ask the group server; its reply (errors raised as PvmError)."""
     me = S.me()
     g = req.get("group")
     if not isinstance(g, str) or not g:
         raise PvmError(PvmNullGroup, f"group name {g!r} (a non-empty str)")
+    on_master = tids.host_of(me.tid) == tids.MASTER
+    if req.get("op") == "join" and not on_master and not S.watched:
+        # a member of another host: its host's pvmgs tells the server when it is gone
+        _ask(me, pvmgs.start(me), {"op": "watch"}, False)
+        S.watched = True
     for attempt in (0, 1):
-        if not S.server or attempt:
-            S.server = pvmgs.start(me)
+        server = _server(me)
         try:
-            me.psend(S.server, pvmgs.REQ, json.dumps(req).encode())
+            return _ask(me, server, req, on_master)
         except PvmError as e:
-            if e.code == PvmNoTask and not attempt:  # the server we knew is gone: find or start another
+            # the server we knew is gone (it exited, was killed): find or start another
+            if e.code in (PvmNoTask, PvmSysErr) and on_master and not attempt:
+                S.server = 0
                 continue
             raise
-        break
-    while True:
-        try:
-            m = me.precv(S.server, pvmgs.REPLY, 1.0)
-            break
-        except PvmTimeout:
-            if pvmgs.server_tid(me) != S.server:
-                raise PvmError(PvmSysErr, "the group server (pvmgs) exited") from None
-    r = json.loads(bytes(m.data))
-    if "err" in r:
-        raise PvmError(r["err"], r.get("detail"))
-    return r
+    raise AssertionError("unreachable")
 
 
 def pvm_joingroup(group: str) -> int:

@@ -1,17 +1,28 @@
 """pvmgs: the group server, as PVM's: one task that holds the VM's dynamic groups.
 
-Started by the first group call of any task (``start``; ``python -m shmd.pvmgs``), it
-joins the daemon under the name ``pvmgs``, by which tasks find it in the task table,
-and serves requests (JSON in a psend with tag REQ; the reply, tag REPLY, to the sender):
+One per virtual machine, on the master host, at the tid kept for it there
+(``tids.GS_TID``, t7fffe): every task of every host sends it its requests (through
+pvm_netd from another host), so a group spans hosts. pvm_shmd of the master starts it
+once the VM spans hosts (``keep``); on a VM of one host the first group call starts it
+(``start``). Either way ``python -m shmd.pvmgs``, to which pvm_shmd gives the kept tid
+(join role "gs"); like pvm_netd it is not shown among the user's tasks (tids.is_netd).
+Requests are JSON in a psend with tag REQ; the reply, tag REPLY, goes to the sender:
 
+    ping                      {"ping": true} (a task of another host asks first, and again
+                              while no answer comes: is it there yet?)
     join G -> inst            lowest free instance number (numbers are reused, as PVM's)
     leave G                   members {inst: tid} of G
     barrier G COUNT           replied once COUNT members (-1: all, as many as are left) have
                               come (COUNT may exceed the members so far: others may join)
 
-Every SWEEP seconds it drops members whose task is gone (exited, killed, reaped by
-the daemon) from their groups, and releases or fails the barriers they left: no
-barrier waits for a dead task. It ends when its daemon stops (or on SIGTERM)."""
+On each other host that has members, a pvmgs of that host (its kept tid there, started
+by the member's first group call) is the server's eyes: a member asks it to ``watch``
+its tid, and it tells the server which watched tasks are ``gone`` (its host's task
+table, every SWEEP seconds); the server believes such a report only from a host's
+pvmgs and only about that host's tids. The server drops members whose task is gone
+(exited, killed, reaped by the daemon; on the master host it reads the table itself;
+on a host pvm_netd says is down, all of them) and releases or fails the barriers they
+left: no barrier waits for a dead task. Each ends when its daemon stops (or on SIGTERM)."""
 from __future__ import annotations
 
 import fcntl
@@ -20,8 +31,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
-from . import layout, paths, private
+from . import layout, paths, private, remote, tids
 from .errors import (
     PvmBadParam,
     PvmDupGroup,
@@ -32,7 +44,7 @@ from .errors import (
     PvmNotInGroup,
     PvmNullGroup,
 )
-from .task import Task, join
+from .task import Task
 
 NAME = "pvmgs"
 REQ, REPLY = 0x7FFFFFF0, 0x7FFFFFF1  # tags of the server's requests and replies
@@ -41,16 +53,16 @@ START_TIMEOUT = 10.0
 
 
 def server_tid(me: Task) -> int:
-    """The tid of the group server joined to our daemon, 0 if none."""
+    """The tid of this host's pvmgs (the VM's group server on the master host), 0 if none runs."""
+    want = tids.dtid(tids.host_of(me.tid)) | tids.GS_LOCAL
     for s in range(layout.MAX_TASKS):
-        t = layout.slot(me._buf, s)
-        if t["tid"] and t["name"] == NAME:
-            return t["tid"]
+        if me._i[layout.slot_i(s) + layout.T_TID_I] & 0xFFFFFFFF == want:
+            return want
     return 0
 
 
 def start(me: Task) -> int:
-    """The group server's tid, starting one if there is none (under a lock: one only)."""
+    """The tid of this host's pvmgs, starting it if none runs (under a lock: one only)."""
     tid = server_tid(me)
     if tid:
         return tid
@@ -75,6 +87,34 @@ def start(me: Task) -> int:
         return tid
     finally:
         os.close(fd)
+
+
+KEEP_RETRY = 5.0  # keep: the least time between two starts (a server that cannot run is not retried in a loop)
+_kept_at = -KEEP_RETRY
+
+
+def keep(vmid: str, proc: subprocess.Popen | None, running: Callable[[], bool]) -> subprocess.Popen | None:
+    """Called by pvm_shmd of the master host every tick: once the VM spans hosts (its
+    pvm_netd's route file names another host), the VM's group server runs here, so that
+    a task of any host finds it at tids.GS_TID (a task of another host cannot start a
+    process on the master). Started again if it exits, at most every KEEP_RETRY seconds.
+    *proc*: the one we started (reaped here); *running*: whether the kept tid is joined.
+    Returns the process to pass next time."""
+    global _kept_at
+    if proc is not None and proc.poll() is None:
+        return proc
+    try:
+        hosts = remote.route(vmid).get("hosts", {})
+    except PvmError:
+        return None  # no pvm_netd: one host, where the first group call starts it
+    now = time.monotonic()
+    if not any(h != str(tids.MASTER) for h in hosts) or now - _kept_at < KEEP_RETRY or running():
+        return None
+    _kept_at = now
+    env = dict(os.environ, PVM_VMID=vmid)
+    env.pop("PVM_MYTID", None)
+    return subprocess.Popen([sys.executable, "-m", "shmd.pvmgs"], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 class Groups:
@@ -163,6 +203,13 @@ class Groups:
 def handle(groups: Groups, src: int, req: dict) -> list[tuple[int, dict]]:
     """The replies (to whom, what) to one request."""
     op, g = req.get("op"), req.get("group")
+    if op == "ping":
+        return [(src, {"ping": True})]
+    if op == "gone":  # a host's pvmgs: watched tasks of its host that are gone
+        gone = req.get("tids")
+        if tids.local_of(src) != tids.GS_LOCAL or not isinstance(gone, list):
+            raise PvmError(PvmBadParam, "a gone report comes from a host's pvmgs, with a list of tids")
+        return groups.forget({t for t in gone if isinstance(t, int) and tids.host_of(t) == tids.host_of(src)})
     if not isinstance(g, str) or not g:
         raise PvmError(PvmNullGroup, f"group name {g!r}")
     if op == "join":
@@ -180,19 +227,53 @@ def handle(groups: Groups, src: int, req: dict) -> list[tuple[int, dict]]:
     raise PvmError(PvmBadParam, f"unknown group request {op!r}")
 
 
-def serve(me: Task) -> None:
+def down_hosts(me: Task) -> set[int]:
+    """Hosts pvm_netd says are down (none without a pvm_netd: one host)."""
+    try:
+        up = remote.route(me.vmid).get("hosts", {})
+    except PvmError:
+        return set()
+    return {int(h) for h, ok in up.items() if not ok and str(h).isdigit()}
+
+
+def _gone(me: Task, watched: set[int]) -> set[int]:
+    """Which of *watched* are gone: this host's by its task table, another host's when
+    pvm_netd says that host is down (the rest its pvmgs reports)."""
     from .pvmmsg import live_tids
 
+    if not watched:
+        return set()
+    here = tids.host_of(me.tid)
+    live = live_tids(me)
+    down = down_hosts(me) if any(tids.host_of(t) != here for t in watched) else set()
+    return {t for t in watched if (tids.host_of(t) == here and t not in live) or tids.host_of(t) in down}
+
+
+def _reply(me: Task, replies: list[tuple[int, dict]]) -> None:
+    for tid, r in replies:
+        try:
+            me.psend(tid, REPLY, json.dumps(r).encode(), timeout=1.0)
+        except PvmError:
+            pass  # it died meanwhile: the sweep drops it
+
+
+def _next(me: Task):
+    """The next request; None after SWEEP seconds without one, False once the daemon is gone."""
+    try:
+        return me.precv(-1, REQ, SWEEP)
+    except PvmError as e:
+        return None if e.code == PvmNoData else False  # not a timeout: the daemon is gone
+
+
+def serve(me: Task) -> None:
+    """The VM's group server (on the master host)."""
     groups = Groups()
     next_sweep = time.monotonic() + SWEEP
     while True:
         replies: list[tuple[int, dict]] = []
-        try:
-            m = me.precv(-1, REQ, SWEEP)
-        except PvmError as e:
-            if e.code != PvmNoData:  # not a timeout: the daemon is gone
-                return
-            m = None
+        m = _next(me)
+        if m is False:
+            return
         if m is not None:
             try:
                 req = json.loads(bytes(m.data))
@@ -203,15 +284,41 @@ def serve(me: Task) -> None:
                 replies = [(m.src, {"err": PvmBadParam, "detail": "unreadable request"})]
         if time.monotonic() >= next_sweep:
             next_sweep = time.monotonic() + SWEEP
-            members = {t for m_ in groups.groups.values() for t in m_.values()}
-            gone = members - live_tids(me) if members else set()
+            gone = _gone(me, {t for m_ in groups.groups.values() for t in m_.values()})
             if gone:
                 replies += groups.forget(gone)
-        for tid, r in replies:
+        _reply(me, replies)
+
+
+def watch(me: Task) -> None:
+    """Another host's pvmgs: tells the server which of the tasks that asked to be
+    watched (members of groups) are gone from this host's table."""
+    watched: set[int] = set()
+    here = tids.host_of(me.tid)
+    next_sweep = time.monotonic() + SWEEP
+    while True:
+        m = _next(me)
+        if m is False:
+            return
+        if m is not None:
             try:
-                me.psend(tid, REPLY, json.dumps(r).encode(), timeout=1.0)
-            except PvmError:
-                pass  # it died meanwhile: the sweep drops it
+                req = json.loads(bytes(m.data))
+            except ValueError:
+                req = None
+            ok = isinstance(req, dict) and req.get("op") == "watch" and tids.host_of(m.src) == here
+            if ok:
+                watched.add(m.src)  # (a task asks for itself only: the src the daemon vouches for)
+            _reply(me, [(m.src, {} if ok else {"err": PvmBadParam, "detail": "this host's pvmgs only watches"})])
+        if time.monotonic() >= next_sweep:
+            next_sweep = time.monotonic() + SWEEP
+            gone = _gone(me, watched)
+            if gone:
+                try:
+                    me.psend(tids.GS_TID, REQ, json.dumps({"op": "gone", "tids": sorted(gone)}).encode(),
+                             timeout=1.0)
+                    watched -= gone
+                except PvmError:
+                    pass  # the server's host is out of reach: told at the next sweep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,14 +328,14 @@ def main(argv: list[str] | None = None) -> int:
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         return 0
     try:
-        me = join(name=NAME)
+        me = Task(name=NAME, spin=False, role="gs")
     except PvmError as e:
         print(f"pvmgs: {e}", file=sys.stderr)
         return 1
     try:
-        if server_tid(me) != me.tid:
-            return 0  # another one serves
-        serve(me)
+        if tids.local_of(me.tid) != tids.GS_LOCAL:
+            return 0  # another one holds the tid kept for it
+        (serve if tids.host_of(me.tid) == tids.MASTER else watch)(me)
     except KeyboardInterrupt:
         pass
     finally:

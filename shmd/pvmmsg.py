@@ -15,12 +15,27 @@ from typing import Any
 
 from . import layout, tids
 from .errors import PvmBadParam, PvmError, PvmNoBuf, PvmNoSuchBuf, PvmOk, PvmOverflow, PvmTimeout
-from .pvmbuf import Buffer, PvmDataDefault, PvmDataRaw, keep_room, parse, receive_room
+from .pvmbuf import (
+    HEADER,
+    MAGIC,
+    RAW,
+    SMALL_ROOM,
+    VERSION,
+    XDR,
+    Buffer,
+    PvmDataDefault,
+    PvmDataRaw,
+    keep_room,
+    parse,
+    receive_room,
+)
 from .task import ANY, Task, current, join
 from .taskbase import INF
 
 PvmTaskExit, PvmHostDelete, PvmHostAdd, PvmRouteAdd, PvmRouteDelete = 1, 2, 3, 4, 5
 PvmNotifyCancel = 0x100
+_INLINE, _HDR = layout.INLINE, HEADER.size
+_pack_header, _unpack_header = HEADER.pack_into, HEADER.unpack_from
 NOTIFY_SLICE = 0.1  # how often a receive waiting with exit notifications armed looks at the task table
 
 
@@ -38,6 +53,7 @@ class State:
         self.early: list[tuple[int, int, bytes]] = []  # notifications due, probed messages
         self.options: dict[int, int] = {}
         self.server = 0  # the group server's tid, once found (shmd.pvmgroups)
+        self.watched = False  # this host's pvmgs watches us for the server (another host's member)
 
     def me(self) -> Task:
         t = self.task
@@ -198,9 +214,13 @@ def pvm_send(tid: int, msgtag: int) -> int:
         me = S.me()
     b = S.bufs.get(S.sbuf)
     if b is not None and type(tid) is int and type(msgtag) is int and msgtag >= 0:
-        w = b.small_wire(layout.INLINE)
-        if w is not None:  # the common small message: straight to psend's fast path
-            me.psend(tid, msgtag, w)
+        # the common small message, a packed (not InPlace) one psend carries inline: its
+        # header written, a copy (psend's fast path takes a bytearray) straight to psend
+        n = b._n
+        if n <= _INLINE and b._parts is None and b.body is None:
+            d = b._data
+            _pack_header(d, 0, MAGIC, VERSION, b.wire_enc, n - _HDR)
+            me.psend(tid, msgtag, d[:n])
             return PvmOk
     _send_wire(me, [_tid(tid)], msgtag)
     return PvmOk
@@ -332,6 +352,34 @@ def _install(b: Buffer | None) -> int:
 def pvm_recv(tid: int = ANY, msgtag: int = ANY) -> int:
     """Wait for a message from *tid* with *msgtag* (-1: any); it becomes the active
     receive buffer (the previous one is freed); return its id."""
+    b = S.bufs.get(S.rbuf) if S.rbuf else None
+    me = S.task
+    if (b is not None and b._whole is not None and me is not None and not me.closed and not S.watch
+            and not S.early and type(tid) is int and type(msgtag) is int and msgtag >= -1):
+        # The common receive, in as few steps as we can (they run between a wake-up and
+        # the reply): the active receive buffer, a message received into memory of our
+        # own, takes the next message in that memory, and keeps its id. (PVM frees it and
+        # makes a new one, which gets the id just freed.) Anything else: the general path.
+        room = b._keep
+        try:
+            src, t, n = me.precv_into(b._whole if b._big else b._head, tid, msgtag)
+        except PvmError as e:
+            if e.code != PvmOverflow:
+                S.free(S.rbuf)  # as below: freed also when the receive fails
+                raise
+        else:
+            # the buffer now holds this message: a packed one's header read and checked
+            # (body_at, inline), its body viewed where it came
+            h = _unpack_header(room) if n >= _HDR else None
+            if (h is not None and h[0] == MAGIC and h[1] == VERSION and h[3] == n - _HDR
+                    and (h[2] == XDR or h[2] == RAW)):
+                b.encoding = b.wire_enc = h[2]
+                b.body = b._whole[_HDR:n]
+            else:  # a psend's bytes: Raw, from the start
+                b.encoding = b.wire_enc = RAW
+                b.body = b._whole[:n]
+            b.src, b.tag, b.pos, b._big = src, t, 0, n > SMALL_ROOM
+            return S.rbuf
     _match_args(tid, msgtag)
     if S.rbuf:
         # Freed before the wait, as PVM's pvm_recv does (so also when the receive fails),

@@ -41,9 +41,18 @@ CONSOLE_TID = dtid(1) + 1  # PVM's console was the first task on the master: t40
 NETD_LOCAL = TIDLOCAL  # the local part of a host's pvm_netd (t7ffff on host 1): never a task's
 
 
+MASTER = 1  # the master host's index (the console's host; the VM's group server runs there)
+GS_LOCAL = TIDLOCAL - 1  # the local part of a host's pvmgs (t7fffe on host 1): never a task's
+GS_TID = dtid(MASTER) | GS_LOCAL  # the VM's group server: one tid every host reaches
+RESERVED = {"net": NETD_LOCAL, "gs": GS_LOCAL}  # join role -> the local part kept for it
+
+
 def is_netd(tid: int) -> bool:
-    """True for a host's pvm_netd (PVM's pvmd role: not a task the user sees)."""
-    return local_of(tid) == NETD_LOCAL
+    """True for the VM's own processes, which are not tasks the user sees (ps and the view
+    leave them out, as PVM's ps left out its pvmds): a host's pvm_netd (PVM's pvmd role),
+    and the group server (or another host's pvmgs watching its members), which pvm_shmd of
+    the master starts by itself once the VM spans hosts."""
+    return local_of(tid) in (NETD_LOCAL, GS_LOCAL)
 
 
 def fmt(tid: int) -> str:

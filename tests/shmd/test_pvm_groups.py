@@ -2,12 +2,14 @@
 numbers, barriers (a dead member is not waited for), bcast, reduce, gather, scatter."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
-from shmd import pvm, pvmgs
+from shmd import pvm, pvmgs, tids
 from shmd.pvm import PvmError
 
 
@@ -119,3 +121,23 @@ result = [word, list(l), mine.tolist()]
     with pytest.raises(PvmError) as e:
         pvm.pvm_reduce(pvm.PvmSum, [1], 1, pvm.PVM_INT, 1, "w", 9)
     assert e.value.code == pvm.PvmNoInst
+
+
+def test_the_group_servers_tid_is_kept_for_it(daemon):
+    """pvm_shmd gives the local part kept for pvmgs (t7fffe on the master) to a join with
+    role "gs" while it is free, and never to another task (nor to a second "gs")."""
+    code = ("import sys\nfrom shmd.task import Task\nt = Task(role=sys.argv[1] or None)\n"
+            "print(t.tid, flush=True)\nsys.stdin.readline()\nt.leave()")
+    procs, got = [], []
+    try:
+        for role in ("", "gs", "gs", "net", ""):
+            p = subprocess.Popen([sys.executable, "-c", code, role], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+            procs.append(p)
+            got.append(int(p.stdout.readline()))
+    finally:
+        for p in procs:
+            p.communicate("\n", timeout=10)
+    assert got[1] == tids.GS_TID and got[3] == tids.dtid(1) | tids.NETD_LOCAL
+    assert not {tids.local_of(t) for t in got[:1] + got[2:3] + got[4:]} & set(tids.RESERVED.values())
+    assert all(tids.is_netd(t) for t in got[1:2] + got[3:4]) and not tids.is_netd(got[0])

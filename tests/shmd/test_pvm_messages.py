@@ -75,6 +75,28 @@ def test_empty_message_and_large_one(mytid):
     assert (out == big).all()
 
 
+def test_receive_buffer_takes_each_message_whole(mytid):
+    """pvm_recv refills the active receive buffer in its own memory: messages smaller and
+    larger than it, empty, and a psend's bare bytes after packed ones, each read whole and
+    no more (nothing of an earlier, longer message shows)."""
+    for k, (enc, n) in enumerate([(pvm.PvmDataDefault, 8), (pvm.PvmDataRaw, 100_000), (pvm.PvmDataDefault, 5),
+                                  (pvm.PvmDataRaw, 0), (pvm.PvmDataInPlace, 40), (pvm.PvmDataDefault, 3)]):
+        pvm.pvm_initsend(enc)
+        pvm.pvm_pkbyte(bytes([k + 1]) * n, n, 1)
+        pvm.pvm_send(mytid, 7)
+        b = pvm.pvm_recv(mytid, 7)
+        assert pvm.pvm_bufinfo(b) == (n + (-n % 4 if enc == pvm.PvmDataDefault else 0), 7, mytid)
+        got = bytearray(n)
+        pvm.pvm_upkbyte(got, n, 1)
+        assert got == bytes([k + 1]) * n
+        with pytest.raises(PvmError) as e:
+            pvm.pvm_upkbyte(bytearray(1), 1, 1)
+        assert e.value.code == pvm.PvmNoData
+    pvm.pvm_psend(mytid, 8, b"abc", 3, pvm.PVM_BYTE)
+    assert pvm.pvm_bufinfo(pvm.pvm_recv(mytid, 8)) == (3, 8, mytid)
+    assert bytes(pvm.pvm_upkbyte(None, 3, 1)) == b"abc"
+
+
 def test_messages_larger_than_a_segment(mytid, peers):
     """1.5 MiB through 1 MiB segments: in pieces, the receive's memory grown on the way."""
     p = peers()
