@@ -23,6 +23,15 @@ thread only; the Task's receive side and send side share no state they write):
   from for DEAD seconds is down (written to the route file: senders and receivers
   waiting on it get PvmHostFail).
 
+Requests (``Net.asks``, by name): the console's and other pvm_netds' come as ASK
+frames on the ROUTER, a local task's as a message with tag remote.REQ_TAG (remote.ask).
+A quick one (stat, tasks of this host, config) is answered in the in thread; one that
+waits (spawn, signals, a question to other hosts) runs in a small pool of threads, whose
+answers go back through the in thread (the inproc POST socket: the in thread alone
+psends, and the ROUTER is its own). Notifications (pvm_notify) are kept here: task exits
+of this host's tasks (for requesters anywhere), and for this host's tasks host deletes,
+host adds and exits of other hosts' tasks when their host goes down.
+
 Bounded memory: a DEALER holds at most HWM frames per peer; a full one blocks the out
 thread, so pvm_netd's inbox fills and local senders wait (and time out) as for a full
 local inbox. A receiver that does not receive blocks the in thread's psend, so the
@@ -38,14 +47,16 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import zmq
 from zmq.utils import z85
 
 from . import control, paths, private, remote, spawner, tids, traceask
 from . import stat as statmod
-from .errors import PvmError, PvmNoTask, PvmTimeout
+from .errors import PvmBadParam, PvmError, PvmHostFail, PvmNoHost, PvmNoTask, PvmSysErr, PvmTimeout
+from .pvmbuf import HEADER, MAGIC, VERSION, XDR
 from .task import Task
 
 NET = struct.Struct("<IIiQQ")  # on the wire: src, dest, tag, total, offset
@@ -60,6 +71,14 @@ KILL_GRACE = 2.0  # stop: TERM the host's tasks, KILL what is left after this (a
 STOP_TIMEOUT = 30.0  # stop: the longest wait for pvm_shmd to exit
 MASTER = 1  # the master's pvm_netd tells every host of each other that joins
 ZAP_DOMAIN = "pvm"  # the domain our ZAP handler judges (every other is refused)
+POST = "inproc://pvm_netd-post"  # the pool's answers and notifications, for the in thread to send
+WORKERS = 4  # threads for requests that wait (spawn, signals, asking other hosts)
+PEER_TIMEOUT = 5.0  # a request to another host's pvm_netd (a spawn there: fork and exec)
+POST_PATIENCE = 2.0  # the longest the in thread tries to hand on an answer or a notification
+TASK_ASKS = ("stat", "tasks", "config", "spawn", "signal", "notify")  # what a task may ask (not stop)
+SLOW = ("spawn", "signal", "notify", "config", "tasks")  # run in the pool when they ask other hosts
+# pvm_notify's kinds (pvm3.h, as shmd.pvmmsg)
+TASK_EXIT, HOST_DELETE, HOST_ADD = 1, 2, 3
 
 
 PLAIN_USER = b"pvm"  # a trusted network's PLAIN login: this name, the VM's secret key as password
@@ -117,12 +136,20 @@ class Net:
     """The network process of one host."""
 
     def __init__(self, vmid: str, host: int, bind: str, public: bytes, secret: bytes,
-                 peers: list[tuple[int, str, int]], trusted: bool = False):
+                 peers: list[tuple[int, str, int]], trusted: bool = False, me: dict | None = None,
+                 infos: dict[int, dict] | None = None):
         self.vmid, self.host, self.public, self.secret = vmid, host, public, secret
         self.trusted = trusted
+        me = me or {}
+        #: each host's name, arch, speed, dsig (for pvm_config and spawn's placement):
+        #: ours from the console, the others' from the console and from their hellos
+        self.info: dict[int, dict] = dict(infos or {})
+        self.ep: str | None = me.get("ep") if isinstance(me.get("ep"), str) else None
+        self.wd: str | None = me.get("wd") if isinstance(me.get("wd"), str) else None
         self.task = Task(vmid, name=remote.NAME, spin=False, role="net")
         if tids.host_of(self.task.tid) != host:
             raise PvmError(PvmNoTask, f"pvm_shmd of VM {vmid!r} is host {tids.host_of(self.task.tid)}, not {host}")
+        self.info[host] = _host_info(me, str(control.request("stat", vmid).get("name") or f"host{host}"))
         self.ctx = zmq.Context()
         self.auth = Zap(self.ctx, public, secret, trusted)
         self.auth.start()
@@ -132,6 +159,22 @@ class Net:
         secure(self.rx, public, secret, trusted, server=True)
         self.port = self.rx.bind_to_random_port(f"tcp://{bind}")
         self.addr = bind
+        self.post_rx: zmq.Socket = self.ctx.socket(zmq.PULL)
+        self.post_rx.bind(POST)
+        self.post_tx: zmq.Socket = self.ctx.socket(zmq.PUSH)
+        self.post_tx.connect(POST)
+        self.post_lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="ask")
+        self.links: dict[int, object] = {}  # host -> netask.NetLink to its pvm_netd (the pool's)
+        self.spawn_lock = threading.Lock()  # spawning and reaping our children (waitpid) apart
+        self.cursor = 0  # default placement goes round the hosts from here
+        # notifications: tid of this host -> [(requester, tag)]; host -> [(requester, tag)]
+        # of this host's requesters for its delete; tid of another host -> [(requester,
+        # tag)] of ours (told when that host goes down); requester -> [tag, count] host adds
+        self.exits: dict[int, list[tuple[int, int]]] = {}
+        self.deletes: dict[int, list[tuple[int, int]]] = {}
+        self.far_exits: dict[int, list[tuple[int, int]]] = {}
+        self.adds: dict[int, list[int]] = {}
         self.lock = threading.Lock()
         self.up: dict[int, bool] = {}  # host index -> up
         self.heard: dict[int, float] = {}
@@ -139,6 +182,8 @@ class Net:
         self.joined: list[tuple[int, str, int]] = []  # hosts the in thread heard of, for the out thread
         self.announce: list[tuple[int, str, int]] = []  # (master) new hosts to tell the others of
         for h, a, p in peers:
+            if h in self.info:
+                self.info[h] = _host_info(self.info[h], f"host{h}")
             if h != host:
                 self.where[h] = (a, p)
                 self.up[h] = True
@@ -149,10 +194,14 @@ class Net:
         # returns what goes back as JSON. A new request is one entry here.
         self.asks: dict[str, Callable[[dict], object]] = {
             "stat": lambda req: control.request("stat", self.vmid),
-            "tasks": lambda req: spawner.tasks(self.vmid),
+            "tasks": self._ask_tasks,
             "stop": self._ask_stop,
             "clock": traceask.clock,
             "trace": lambda req: traceask.trace_ask(self.vmid, req),
+            "config": self._ask_config,
+            "spawn": self._ask_spawn,
+            "signal": self._ask_signal,
+            "notify": self._ask_notify,
         }
         self.write_route()
 
@@ -169,6 +218,54 @@ class Net:
             self.up[h] = up
         if changed:
             self.write_route()
+            if up:
+                self._host_added(h)
+            else:
+                self._host_gone(h)
+
+    # ---- notifications (pvm_notify) -------------------------------------------------
+    def notify(self, dest: int, tag: int, *ints: int) -> None:
+        """A notification to task *dest*: a PVM packed message of *ints*, from the daemon
+        of its host (as the library's own task-exit notes), with the requester's tag."""
+        self.post(tids.dtid(tids.host_of(dest)), dest, tag,
+                  HEADER.pack(MAGIC, VERSION, XDR, 4 * len(ints)) + struct.pack(f">{len(ints)}i", *ints))
+
+    def _host_gone(self, h: int) -> None:
+        """Host *h* went down: its delete to whoever asked here, the exits of its tasks
+        watched from here; watches of its tasks on ours are dropped (nobody to tell)."""
+        with self.lock:
+            dels = self.deletes.pop(h, [])
+            far = {t: self.far_exits.pop(t) for t in [t for t in self.far_exits if tids.host_of(t) == h]}
+            for t, ws in list(self.exits.items()):
+                self.exits[t] = [(r, g) for r, g in ws if tids.host_of(r) != h]
+        for r, g in dels:
+            self.notify(r, g, tids.dtid(h))
+        for t, ws in far.items():
+            for r, g in ws:
+                self.notify(r, g, t)
+
+    def _host_added(self, h: int) -> None:
+        """Host *h* joined (or came back): PvmHostAdd to whoever asked here (count 1, its dtid)."""
+        with self.lock:
+            due = [(r, e[0]) for r, e in self.adds.items() if e[1] != 0]
+            for e in self.adds.values():
+                e[1] -= e[1] > 0
+            self.adds = {r: e for r, e in self.adds.items() if e[1] != 0}
+        for r, g in due:
+            self.notify(r, g, 1, tids.dtid(h))
+
+    def _check_exits(self) -> None:
+        """Tell the watchers of our tasks that have left (the in thread's round)."""
+        if not self.exits:
+            return
+        from .pvmmsg import live_tids  # (imported only when someone watches)
+
+        live = live_tids(self.task)
+        with self.lock:
+            gone = {t: self.exits.pop(t) for t in [t for t in self.exits if t not in live]}
+        for t, ws in gone.items():
+            for r, g in ws:
+                self.notify(r, g, t)
 
     # ---- out: local tasks -> peers -----------------------------------------------------
     def _dealer(self, h: int) -> zmq.Socket:
@@ -179,8 +276,8 @@ class Net:
         s.sndtimeo = int(SLICE * 1000)
         secure(s, self.public, self.secret, self.trusted, server=False)
         s.connect(f"tcp://{a}:{p}")
-        s.send_multipart([HELLO_KIND, HELLO.pack(self.host, self.port), self.addr.encode()],
-                         flags=zmq.NOBLOCK)
+        s.send_multipart([HELLO_KIND, HELLO.pack(self.host, self.port), self.addr.encode(),
+                          json.dumps(self.info[self.host]).encode()], flags=zmq.NOBLOCK)
         return s
 
     def _connect_joined(self, out: dict[int, zmq.Socket]) -> None:
@@ -206,7 +303,8 @@ class Net:
                 for k, s in out.items():
                     if k != h:
                         try:
-                            s.send_multipart([JOIN_KIND, HELLO.pack(h, p), a.encode()], flags=zmq.NOBLOCK)
+                            s.send_multipart([JOIN_KIND, HELLO.pack(h, p), a.encode(),
+                                              json.dumps(self.info.get(h, {})).encode()], flags=zmq.NOBLOCK)
                         except zmq.Again:
                             pass  # that host is stuck: it does not need to know
             now = time.monotonic()
@@ -224,6 +322,9 @@ class Net:
             except PvmError:
                 self.running = False  # pvm_shmd is gone (stopped, deleted, halted)
                 return
+            if m.tag == remote.REQ_TAG:  # a local task's request (remote.ask)
+                self.pool.submit(self._task_request, m.src, bytes(m.data))
+                continue
             if len(m.data) < remote.OUT.size:
                 continue
             dest, tag, total, off = remote.OUT.unpack_from(m.data)
@@ -253,9 +354,20 @@ class Net:
         hdrs: dict[int, dict[int, bytes]] = {}  # src -> its descriptor cache (sending.py)
         poller = zmq.Poller()
         poller.register(rx, zmq.POLLIN)
+        poller.register(self.post_rx, zmq.POLLIN)
+        next_round = time.monotonic() + SLICE
         while self.running:
-            if not poller.poll(int(SLICE * 1000)):
-                self._check_peers()  # idle: what we heard of each peer is up to date
+            ready = dict(poller.poll(int(SLICE * 1000)))
+            now = time.monotonic()
+            if not ready or now >= next_round:
+                next_round = now + SLICE
+                if not ready:
+                    self._check_peers()  # idle: what we heard of each peer is up to date
+                self._check_exits()
+                self._reap()
+            if self.post_rx in ready:
+                self._posted(hdrs)
+            if rx not in ready:
                 continue
             f = rx.recv_multipart(copy=False)
             if len(f) < 3:
@@ -271,6 +383,13 @@ class Net:
                     addr = f[3].bytes.decode("ascii", "replace")
                     if addr in ("0.0.0.0", "::", "*"):  # bound everywhere (the console's host):
                         addr = self.where[h][0] if h in self.where else str(f[1].get("Peer-Address"))
+                    if len(f) >= 5 and kind != BEAT_KIND:
+                        try:
+                            info = json.loads(f[4].bytes)
+                        except ValueError:
+                            info = None
+                        if isinstance(info, dict) and info:
+                            self.info[h] = _host_info(info, f"host{h}")
                     if self.where.get(h) != (addr, port):
                         self.where[h] = (addr, port)
                         self.joined.append((h, addr, port))
@@ -281,7 +400,7 @@ class Net:
                     self.mark(h, True)
                 continue
             if kind == ASK:
-                rx.send_multipart([f[0], ANSWER, f[2].bytes, self.answer(f[3].bytes if len(f) > 3 else b"")])
+                self._asked(f[0].bytes, f[2].bytes, f[3].bytes if len(f) > 3 else b"")
                 continue
             if kind != MSG or len(f) < 4 or len(f[2]) != NET.size:
                 continue
@@ -309,18 +428,299 @@ class Net:
                 del parts[key]
                 self._deliver(hdrs, src, dest, tag, buf)
 
-    def answer(self, ask: bytes) -> bytes:
-        """The console's request (JSON {"op": name, ...its arguments}) answered from this
-        host, as JSON: {"ok": what the request's handler in self.asks returned} or {"error": ...}."""
+    def answer(self, ask: bytes | dict, allowed: Sequence[str] | None = None) -> dict:
+        """A request (JSON {"op": name, ...its arguments}) answered from this host:
+        {"ok": what the request's handler in self.asks returned} or {"error": ...,
+        "code": PVM's code}. *allowed*: the requests this asker may make (None: all)."""
+        try:
+            req = json.loads(ask) if isinstance(ask, bytes) else ask
+            op = req.get("op") if isinstance(req, dict) else None
+            handler = self.asks.get(op) if isinstance(op, str) and (allowed is None or op in allowed) else None
+            if handler is None:
+                raise PvmError(PvmBadParam, f"unknown request {str(op)[:40]!r}")
+            return {"ok": handler(req)}
+        except PvmError as e:
+            return {"error": str(e), "code": e.code}
+        except (ValueError, TypeError, AttributeError, KeyError, OSError) as e:
+            return {"error": f"bad request: {e}", "code": PvmBadParam}
+
+    def _asked(self, who: bytes, rid: bytes, ask: bytes) -> None:
+        """An ASK from the console or another pvm_netd (in thread): a quick one answered
+        at once, one that waits (SLOW, asking other hosts) by the pool, through POST."""
         try:
             req = json.loads(ask)
-            op = req.get("op") if isinstance(req, dict) else None
-            handler = self.asks.get(op) if isinstance(op, str) else None
-            if handler is None:
-                raise ValueError(f"unknown request {str(op)[:40]!r}")
-            return json.dumps({"ok": handler(req)}).encode()
-        except (ValueError, TypeError, AttributeError, PvmError, OSError) as e:
-            return json.dumps({"error": str(e)}).encode()
+        except ValueError:
+            req = None
+        if isinstance(req, dict) and req.get("op") in SLOW and (req.get("op") != "tasks" or req.get("all")):
+            def later() -> None:
+                self.reply([who, ANSWER, rid, json.dumps(self.answer(req)).encode()])
+
+            self.pool.submit(later)
+            return
+        self.rx.send_multipart([who, ANSWER, rid, json.dumps(self.answer(req if req is not None else ask)).encode()])
+
+    def _task_request(self, src: int, data: bytes) -> None:
+        """A local task's request (pool): answered to it from our tid, tag REPLY_TAG."""
+        rid = None
+        try:
+            req = json.loads(data)
+            if not isinstance(req, dict):
+                raise ValueError("not an object")
+            rid = req.get("id")
+            req["from"] = src  # the requester, as pvm_shmd's pages say, not as it claims
+        except ValueError as e:
+            req = {"op": None, "error": str(e)}
+        out = self.answer(req, TASK_ASKS)
+        self.post(self.task.tid, src, remote.REPLY_TAG, json.dumps({**out, "id": rid}).encode())
+
+    # ---- handing things to the in thread -------------------------------------------
+    def post(self, src: int, dest: int, tag: int, data: bytes) -> None:
+        """psend *data* to *dest* (any host's task) as from *src*, by the in thread."""
+        with self.post_lock:
+            self.post_tx.send_multipart([b"d", NET.pack(src, dest, tag, len(data), 0), data])
+
+    def reply(self, frames: list[bytes]) -> None:
+        """Send *frames* on the ROUTER (an answer to an ASK), by the in thread."""
+        with self.post_lock:
+            self.post_tx.send_multipart([b"r", *frames])
+
+    def _posted(self, hdrs: dict[int, dict[int, bytes]]) -> None:
+        """What the other threads handed the in thread (post, reply), all of it."""
+        while True:
+            try:
+                f = self.post_rx.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if f[0] == b"r":
+                self.rx.send_multipart(f[1:])
+            elif f[0] == b"d" and len(f) == 3:
+                src, dest, tag, _, _ = NET.unpack(f[1])
+                self._deliver(hdrs, src, dest, tag, f[2], time.monotonic() + POST_PATIENCE)
+
+    # ---- the requests ----------------------------------------------------------------
+    def hosts_up(self) -> list[int]:
+        """The hosts of the VM that are up, ours included, by index."""
+        with self.lock:
+            return sorted({self.host, *(h for h, up in self.up.items() if up)})
+
+    def _link(self, h: int):
+        """The pool's channel to host *h*'s pvm_netd (netask.NetLink), kept open."""
+        from .netask import NetLink  # (netask imports this module)
+
+        link = self.links.get(h)
+        a, p = self.where[h]
+        if link is None or getattr(link, "at", None) != (a, p):
+            keys = (self.public.decode(), self.secret.decode())
+            link = self.links[h] = NetLink(a, p, keys, self.trusted)
+            link.at = (a, p)  # type: ignore[attr-defined]
+        return link
+
+    def _on_hosts(self, by_host: dict[int, dict], op: str, local: Callable[[dict], object]) -> dict[int, object]:
+        """Request *op* with each host's arguments (host -> args) answered by that host:
+        ours by *local*, the others' pvm_netds asked at once. A host that is down or
+        does not answer gives its PvmError."""
+        from .netask import ask_all
+
+        out: dict[int, object] = {}
+        far = []
+        for h in by_host:
+            if h == self.host:
+                continue
+            with self.lock:
+                up = self.up.get(h)
+            if up is None or h not in self.where:
+                out[h] = PvmError(PvmNoHost, f"no host {h} in the virtual machine")
+            elif not up:
+                out[h] = PvmError(PvmHostFail, f"host {h} is down")
+            else:
+                far.append(h)
+        for h, answer in zip(far, ask_all([self._link(h) for h in far], op, PEER_TIMEOUT, [by_host[h] for h in far])):
+            out[h] = answer
+        if self.host in by_host:
+            try:
+                out[self.host] = local(by_host[self.host])
+            except PvmError as e:
+                out[self.host] = e
+        return out
+
+    def _ask_tasks(self, req: dict) -> list[dict]:
+        """This host's tasks; with "all", every host's (each task carries its host)."""
+        if not req.get("all"):
+            return spawner.tasks(self.vmid)
+        got = self._on_hosts({h: {} for h in self.hosts_up()}, "tasks", lambda _: spawner.tasks(self.vmid))
+        out: list[dict] = []
+        for h in sorted(got):
+            g = got[h]
+            if isinstance(g, list):
+                out += [t for t in g if isinstance(t, dict) and not tids.is_netd(int(t.get("tid", 0)))]
+        return out
+
+    def _ask_config(self, req: dict) -> dict:
+        """The hosts up (each {"host", "name", "arch", "speed", "dsig"}) and those we count as down."""
+        with self.lock:
+            down = sorted(h for h, up in self.up.items() if not up)
+        return {"up": [{"host": h, **self.info.get(h, _host_info({}, f"host{h}"))} for h in self.hosts_up()],
+                "down": down}
+
+    def place(self, flag: int, where: str, count: int) -> list[int]:
+        """The host of each of *count* copies (pvm_spawn's *flag* and *where*): the named
+        host (PvmTaskHost; "." is ours), round robin over the hosts of an architecture
+        (PvmTaskArch) or over every host (default); PvmHostCompl: every other one.
+        PvmError(PvmNoHost) when no host fits."""
+        up = self.hosts_up()
+        name = {h: self.info.get(h, {}).get("name") for h in up}
+        if flag & spawner.PvmTaskHost and where:
+            fits = [h for h in up if (h == self.host if where == "." else name[h] == where)]
+        elif flag & spawner.PvmTaskArch and where:
+            fits = [h for h in up if self.info.get(h, {}).get("arch", spawner.ARCH) == where]
+        else:
+            fits = list(up)
+        if flag & spawner.PvmHostCompl and where and flag & (spawner.PvmTaskHost | spawner.PvmTaskArch):
+            fits = [h for h in up if h not in fits]
+        if not fits:
+            raise PvmError(PvmNoHost, f"no host {'but ' if flag & spawner.PvmHostCompl else ''}{where!r}")
+        if len(fits) == 1:
+            return fits * count
+        with self.lock:
+            start, self.cursor = self.cursor, self.cursor + count
+        return [fits[(start + k) % len(fits)] for k in range(count)]
+
+    def _spawn_here(self, req: dict) -> list:
+        """Start req["count"] copies here (pvm_spawn's child, enrolled first): a tid
+        each, or [code, why]. Our children: reaped by the in thread's round."""
+        env = req.get("env") or {}
+        if not isinstance(env, dict):
+            raise PvmError(PvmBadParam, "env must be an object")
+        args = req.get("args") or []
+        if not isinstance(args, list):
+            raise PvmError(PvmBadParam, "args must be a list")
+        ep, wd = req.get("ep"), req.get("wd")
+        with self.spawn_lock:
+            out = spawner.start_copies(str(req["prog"]), [str(a) for a in args], int(req.get("count", 1)),
+                                       vmid=self.vmid, ep=ep if isinstance(ep, str) else self.ep,
+                                       wd=wd if isinstance(wd, str) and wd else self.wd,
+                                       ptid=int(req.get("ptid", 0)), output="log",
+                                       env={str(k): str(v) for k, v in env.items()})
+        return [c.tid if isinstance(c, spawner.Copy) else [c.code, c.detail or ""] for c in out]
+
+    def _ask_spawn(self, req: dict) -> list:
+        """pvm_spawn: req prog, args, count, flag, where, ptid (default: the requester),
+        env, ep, wd; "here": on this host only. A tid or [code, why] per copy."""
+        count = req.get("count", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= 4096:
+            raise PvmError(PvmBadParam, f"count {count!r}")
+        if not isinstance(req.get("prog"), str) or not req["prog"]:
+            raise PvmError(PvmBadParam, "no program")
+        req.setdefault("ptid", req.get("from", 0))
+        if req.get("here"):
+            return self._spawn_here(req)
+        flag, where = int(req.get("flag", 0)), str(req.get("where") or "")
+        try:
+            hosts = self.place(flag, where, count)
+        except PvmError as e:
+            return [[e.code, e.detail or ""]] * count
+        order: dict[int, list[int]] = {}
+        for k, h in enumerate(hosts):
+            order.setdefault(h, []).append(k)
+        fields = {k: v for k, v in req.items() if k in ("prog", "args", "ptid", "env")}
+        got = self._on_hosts({h: {**fields, "count": len(ks), "here": True} for h, ks in order.items()},
+                             "spawn", lambda a: self._spawn_here({**a, "ep": req.get("ep"), "wd": req.get("wd")}))
+        out: list = [None] * count
+        for h, ks in order.items():
+            g = got[h]
+            each = g if isinstance(g, list) and len(g) == len(ks) else \
+                [[g.code, g.detail or ""] if isinstance(g, PvmError) else [PvmSysErr, "bad answer"]] * len(ks)
+            for k, r in zip(ks, each):
+                out[k] = r
+        return out
+
+    def _ask_signal(self, req: dict) -> list:
+        """Signal req["signum"] to req["tids"] on any host: [tid, 0 or code, why] each."""
+        signum = req.get("signum")
+        if not isinstance(signum, int) or not 0 < signum < signal.NSIG:
+            raise PvmError(PvmBadParam, f"signal {signum!r}")
+        want = req.get("tids")
+        if not isinstance(want, list) or not all(isinstance(t, int) and 0 < t <= tids.MAX_TID for t in want):
+            raise PvmError(PvmBadParam, "tids must be a list of tids")
+
+        def here(a: dict) -> list:
+            mine = [t for t in a["tids"] if not tids.is_netd(t)]
+            res = dict(spawner.signal_tids(self.vmid, signum, mine)) if mine else {}
+            out = []
+            for t in a["tids"]:
+                e = res.get(t, PvmError(PvmNoTask, tids.fmt(t)))
+                out.append([t, 0, ""] if e is None else [t, e.code, e.detail or ""])
+            return out
+
+        by: dict[int, list[int]] = {}
+        for t in want:
+            by.setdefault(tids.host_of(t), []).append(t)
+        got = self._on_hosts({h: {"signum": signum, "tids": ts} for h, ts in by.items()}, "signal", here)
+        out: list[list] = []
+        for h, ts in by.items():
+            g = got[h]
+            out += g if isinstance(g, list) else [[t, g.code if isinstance(g, PvmError) else PvmSysErr,
+                                                   str(g)] for t in ts]
+        return out
+
+    def _ask_notify(self, req: dict) -> str:
+        """pvm_notify for req["for"] (else the asking task): "what" (TASK_EXIT with
+        "tids", HOST_DELETE with host "tids", HOST_ADD with "count"), "tag", "cancel"."""
+        who = req.get("for", req.get("from"))
+        what, tag = req.get("what"), req.get("tag")
+        if not isinstance(who, int) or who <= 0 or not isinstance(tag, int) or tag < 0:
+            raise PvmError(PvmBadParam, "notify needs a requester and a tag >= 0")
+        cancel = bool(req.get("cancel"))
+        if what == HOST_ADD:
+            count = req.get("count", -1)
+            if not isinstance(count, int):
+                raise PvmError(PvmBadParam, f"count {count!r}")
+            with self.lock:
+                if cancel or count == 0:
+                    self.adds.pop(who, None)
+                else:
+                    self.adds[who] = [tag, count]
+            return "ok"
+        ts = req.get("tids")
+        if what not in (TASK_EXIT, HOST_DELETE) or not isinstance(ts, list) \
+                or not all(isinstance(t, int) and 0 < t <= tids.MAX_TID for t in ts):
+            raise PvmError(PvmBadParam, f"notify {what!r} needs a list of tids")
+        ups = set(self.hosts_up())
+        fire: list[int] = []
+        far: dict[int, list[int]] = {}
+        with self.lock:
+            for t in ts:
+                h = tids.host_of(t)
+                book = self.deletes if what == HOST_DELETE else self.exits if h == self.host else self.far_exits
+                key = h if what == HOST_DELETE else t
+                if cancel:
+                    book[key] = [w for w in book.get(key, []) if w != (who, tag)]
+                    if not book[key]:
+                        del book[key]
+                elif h not in ups:
+                    fire.append(tids.dtid(h) if what == HOST_DELETE else t)  # gone already: at once
+                else:
+                    book.setdefault(key, []).append((who, tag))
+                    if what == TASK_EXIT and h != self.host:
+                        far.setdefault(h, []).append(t)
+        for t in fire:
+            self.notify(who, tag, t)
+        if far:  # the task's host watches it and tells the requester; we tell if that host dies
+            got = self._on_hosts({h: {"what": TASK_EXIT, "tag": tag, "tids": ts2, "for": who, "cancel": cancel}
+                                  for h, ts2 in far.items()}, "notify", lambda a: "ok")
+            for h, g in got.items():
+                if isinstance(g, PvmError):
+                    for t in far[h]:
+                        self.notify(who, tag, t)
+        return "ok"
+
+    def _reap(self) -> None:
+        """Reap the tasks we spawned that have ended (the in thread's round)."""
+        if self.spawn_lock.acquire(blocking=False):
+            try:
+                spawner.reap_children()
+            finally:
+                self.spawn_lock.release()
 
     def _ask_stop(self, req: dict) -> dict:
         """stop: this host's VM ended here; our pid too, as a console on this machine waits for our end."""
@@ -337,14 +737,17 @@ class Net:
         self.task.leave()
         return statmod.stop(self.vmid, STOP_TIMEOUT)
 
-    def _deliver(self, hdrs: dict[int, dict[int, bytes]], src: int, dest: int, tag: int, data) -> None:
-        """psend *data* to local *dest* as from *src*; dropped if *dest* is no task."""
+    def _deliver(self, hdrs: dict[int, dict[int, bytes]], src: int, dest: int, tag: int, data,
+                 until: float | None = None) -> None:
+        """psend *data* to *dest* as from *src* (a local task; one of another host goes
+        out through ourselves, remote.send); dropped if *dest* is no task, or at
+        *until* (monotonic; None: while we run)."""
         task = self.task
         task._src = src
         task._hdrs = hdrs.setdefault(src, {})
         if len(hdrs) > 4096:
             hdrs.clear()
-        while self.running:
+        while self.running and (until is None or time.monotonic() < until):
             try:
                 task.psend(dest, tag, data, timeout=SLICE)
                 return
@@ -372,26 +775,48 @@ class Net:
 
     def close(self) -> None:
         private.unlink(paths.tmpfile(remote.ROUTE_STEM, self.vmid))
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for link in self.links.values():
+            link.close()  # type: ignore[attr-defined]
+        self.post_tx.close(0)
+        self.post_rx.close(0)
         self.rx.close(1000)  # the answer to a stop may still be on its way
         self.auth.stop()
         self.ctx.destroy(0)
         self.task.leave()
 
 
-def parse_input(line: str) -> tuple[bytes, bytes, list[tuple[int, str, int]], bool]:
-    """The keys, peers and "trusted" pvm_netd reads from stdin; ValueError naming what is wrong."""
+def _host_info(d: dict, name: str) -> dict:
+    """A host's name, arch, speed and dsig from *d* (what the console or a hello says),
+    with defaults: *name*, this library's arch, speed 1000, dsig 0."""
+    def num(k: str, default: int) -> int:
+        v = d.get(k)
+        return v if isinstance(v, int) and not isinstance(v, bool) else default
+
+    n, a = d.get("name"), d.get("arch")
+    return {"name": n if isinstance(n, str) and n else name, "arch": a if isinstance(a, str) and a else spawner.ARCH,
+            "speed": num("speed", 1000), "dsig": num("dsig", 0)}
+
+
+def parse_input(line: str) -> tuple[bytes, bytes, list[tuple[int, str, int]], bool, dict, dict[int, dict]]:
+    """The keys, peers, "trusted", this host's "me" (name, arch, speed, dsig, ep, wd) and
+    the peers' infos pvm_netd reads from stdin; ValueError naming what is wrong."""
     try:
         d = json.loads(line)
         pub, sec = d["public"].encode("ascii"), d["secret"].encode("ascii")
-        peers = [(int(h), str(a), int(p)) for h, a, p in d.get("peers", [])]
+        peers = [(int(p[0]), str(p[1]), int(p[2])) for p in d.get("peers", [])]
+        infos = {int(p[0]): p[3] for p in d.get("peers", []) if len(p) > 3 and isinstance(p[3], dict)}
         trusted = d.get("trusted", False)
-    except (ValueError, KeyError, TypeError, AttributeError):
+        me = d.get("me", {})
+        if not isinstance(me, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         raise ValueError("stdin: expected one JSON line with public, secret and peers") from None
     if len(pub) != 40 or len(sec) != 40:
         raise ValueError("stdin: keys must be 40 characters of Z85")
     if not isinstance(trusted, bool):
         raise ValueError("stdin: trusted must be true or false")
-    return pub, sec, peers, trusted
+    return pub, sec, peers, trusted, me, infos
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         vmid = paths.current_vmid(a.vmid)
-        pub, sec, peers, trusted = parse_input(sys.stdin.readline(1 << 20))
+        pub, sec, peers, trusted, me, infos = parse_input(sys.stdin.readline(1 << 20))
     except ValueError as e:
         print(f"pvm_netd: {e}", file=sys.stderr)
         return 2
@@ -425,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # only record; the loop acts
     try:
-        net = Net(vmid, a.host, a.bind, pub, sec, peers, trusted)
+        net = Net(vmid, a.host, a.bind, pub, sec, peers, trusted, me, infos)
     except (PvmError, zmq.ZMQError, OSError) as e:
         os.write(w, f"{e}\n".encode())
         os._exit(1)

@@ -435,17 +435,26 @@ def pvm_notify(what: int, msgtag: int, tids_: Iterable[int] = ()) -> int:
     """Ask for a message with *msgtag* (one int: the tid) when a task in *tids_* exits
     (PvmTaskExit; ``what | PvmNotifyCancel`` cancels). Delivered to this task's
     pvm_recv/nrecv/trecv/probe from the daemon's tid, within NOTIFY_SLICE of the
-    exit while a receive waits. Host and route notifications are accepted and never
-    fire (hosts are the console's business here)."""
+    exit while a receive waits. Tasks of other hosts, PvmHostDelete and PvmHostAdd
+    (*tids_*: a count) are pvm_netd's (pvmtask.notify_far); route notifications are
+    accepted and never fire."""
     me = S.me()
     if not isinstance(msgtag, int) or msgtag < 0:
         raise PvmError(PvmBadParam, f"msgtag {msgtag!r} must be an int >= 0")
     base = what & ~PvmNotifyCancel
     if base not in (PvmTaskExit, PvmHostDelete, PvmHostAdd, PvmRouteAdd, PvmRouteDelete):
         raise PvmError(PvmBadParam, f"notify kind {what!r}")
-    if base != PvmTaskExit:
+    if base in (PvmRouteAdd, PvmRouteDelete):
         return PvmOk
+    from .pvmtask import notify_far  # (pvmtask imports this module)
+
+    if base != PvmTaskExit:
+        return notify_far(what, msgtag, tids_)
     ts = _tids(tids_)
+    far = [t for t in ts if tids.host_of(t) != tids.host_of(me.tid)]
+    if far:
+        notify_far(what, msgtag, far)
+        ts = [t for t in ts if t not in far]
     if what & PvmNotifyCancel:
         for t in ts:
             tags = S.watch.get(t, [])

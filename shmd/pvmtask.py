@@ -1,8 +1,13 @@
 """PVM's task and virtual-machine calls: pvm_mytid, pvm_parent, pvm_spawn, pvm_exit,
 pvm_kill, pvm_config, pvm_tasks, pvm_tidtohost, pvm_perror, pvm_setopt/pvm_getopt.
 
-Tasks are spawned on this host through shmd.spawner (as the console's ``spawn``); the
-VM's table comes from this host's pvm_shmd (its ``stat``)."""
+On a virtual machine the console started, every host runs a pvm_netd (shmd/netd.py),
+which these calls ask (remote.ask): pvm_spawn places copies on any host (its host
+spawns them), pvm_config lists every host that is up, pvm_tasks every host's tasks,
+pvm_kill and pvm_sendsig reach tasks of other hosts, pvm_notify watches other hosts'
+tasks and host deletes and adds. With no pvm_netd (a pvm_shmd started by hand) they
+see this host alone: copies are spawned here through shmd.spawner, the table comes
+from this host's pvm_shmd (its ``stat``)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +15,7 @@ import signal
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from . import control, spawner, tids
+from . import control, remote, spawner, tids
 from .errors import (
     PvmBadParam,
     PvmError,
@@ -20,7 +25,17 @@ from .errors import (
     PvmOk,
     strerror,
 )
-from .pvmmsg import S
+from .pvmmsg import PvmHostAdd, PvmNotifyCancel, S
+from .spawner import (  # noqa: F401  (pvm3.h's spawn flags, exported below)
+    PvmHostCompl,
+    PvmMppFront,
+    PvmNoSpawnParent,
+    PvmTaskArch,
+    PvmTaskDebug,
+    PvmTaskDefault,
+    PvmTaskHost,
+    PvmTaskTrace,
+)
 
 __all__ = ["PvmTaskDefault", "PvmTaskHost", "PvmTaskArch", "PvmTaskDebug", "PvmTaskTrace", "PvmMppFront",
            "PvmHostCompl", "PvmNoSpawnParent", "PvmRoute", "PvmDebugMask", "PvmAutoErr", "PvmOutputTid",
@@ -31,10 +46,6 @@ __all__ = ["PvmTaskDefault", "PvmTaskHost", "PvmTaskArch", "PvmTaskDebug", "PvmT
            "PvmHostInfo", "PvmTaskInfo", "pvm_mytid", "pvm_parent", "pvm_spawn", "pvm_exit", "pvm_kill",
            "pvm_config", "pvm_tasks", "pvm_tidtohost", "pvm_perror", "pvm_setopt", "pvm_getopt",
            "pvm_version", "pvm_archcode", "pvm_sendsig", "pvm_pstat", "pvm_mstat"]
-
-# pvm_spawn flags (pvm3.h)
-PvmTaskDefault, PvmTaskHost, PvmTaskArch, PvmTaskDebug, PvmTaskTrace = 0, 1, 2, 4, 8
-PvmMppFront, PvmHostCompl, PvmNoSpawnParent = 16, 32, 64
 
 # pvm_setopt options (pvm3.h) and PvmRoute's values
 (PvmRoute, PvmDebugMask, PvmAutoErr, PvmOutputTid, PvmOutputCode, PvmTraceTid, PvmTraceCode,
@@ -94,6 +105,29 @@ def pvm_mytid() -> int:
     return S.me().tid
 
 
+SPAWN_TIMEOUT = 60.0  # pvm_netd's answer to a spawn (every copy enrolled and exec'd, on any host)
+
+
+def _netd(op: str, args: dict[str, object], timeout: float = remote.ASK_TIMEOUT) -> object:
+    """This host's pvm_netd's answer to *op*; None if there is none (a daemon started
+    by hand: this host alone)."""
+    me = S.me()
+    try:
+        remote.route(me.vmid)
+    except PvmError:
+        return None
+    return remote.ask(me, op, timeout, **args)
+
+
+def exported_env() -> dict[str, str]:
+    """The variables PVM_EXPORT names (colon-separated), for copies on any host (as PVM)."""
+    names = [n for n in os.environ.get("PVM_EXPORT", "").split(":") if n]
+    env = {n: os.environ[n] for n in names if n in os.environ}
+    if env:
+        env["PVM_EXPORT"] = ":".join(names)
+    return env
+
+
 def pvm_parent() -> int:
     """The tid of the task that spawned us (the console's for ``spawn`` from it);
     PvmError(PvmNoParent) if we were not spawned."""
@@ -127,9 +161,12 @@ def pvm_spawn(task: str, argv: Sequence[str] | None = None, flag: int = PvmTaskD
               ntask: int = 1) -> list[int]:
     """Start *ntask* copies of *task* with arguments *argv*; return one entry per copy:
     its tid, or a negative PVM error code (as PVM fills tids[]; numt is the count of
-    tids > 0). On this host: PvmTaskHost with another host's name gives PvmNoHost
-    for each copy. The copies' output goes to the host's log ($PVM_TMP/pvml.<uid>),
-    as PVM's went to the pvmd's."""
+    tids > 0). *flag* PvmTaskHost: on the host named *where* ("." is ours); PvmTaskArch:
+    on hosts of architecture *where*; with PvmHostCompl: on every other; else round
+    robin over every host of the VM (pvm_netd places them; with none, this host
+    alone, and another host's name gives PvmNoHost). Each copy's parent is us (PvmNoSpawnParent:
+    none); the program is looked for on its host's ep= path. Its output goes to its
+    host's log ($PVM_TMP/pvml.<uid>), as PVM's went to the pvmd's."""
     me = S.me()
     if not isinstance(task, str) or not task:
         raise PvmError(PvmBadParam, f"task {task!r} must be a program name")
@@ -140,6 +177,13 @@ def pvm_spawn(task: str, argv: Sequence[str] | None = None, flag: int = PvmTaskD
     if isinstance(argv, (str, bytes)) or not isinstance(argv, (list, tuple, type(None))):
         raise PvmError(PvmBadParam, f"argv {argv!r} must be a list of arguments (or None)")
     args = [str(a) for a in (argv or ())]
+    if not isinstance(where, str):
+        raise PvmError(PvmBadParam, f"where {where!r} must be a host name or an architecture")
+    ptid = 0 if flag & PvmNoSpawnParent else me.tid
+    got = _netd("spawn", {"prog": task, "args": args, "count": ntask, "flag": flag, "where": where, "ptid": ptid,
+                          "env": exported_env()}, SPAWN_TIMEOUT)
+    if isinstance(got, list):
+        return [r if isinstance(r, int) else int(r[0]) for r in got]
     if flag & PvmTaskHost and where and where not in (_hostname(), "."):
         try:
             here = control.request("stat", me.vmid).get("name")
@@ -149,7 +193,6 @@ def pvm_spawn(task: str, argv: Sequence[str] | None = None, flag: int = PvmTaskD
             return [PvmNoHost] * ntask
     if flag & PvmTaskArch and where and where != ARCH:
         return [PvmNoHost] * ntask
-    ptid = 0 if flag & PvmNoSpawnParent else me.tid
     try:
         out: list = spawner.spawn(task, args, ntask, output="log", vmid=me.vmid, ptid=ptid)
     except PvmError as e:  # the program not found, not runnable, no such directory
@@ -176,18 +219,34 @@ def pvm_kill(tid: int) -> int:
         raise PvmError(PvmBadParam, f"tid {tid!r}")
     if tid == me.tid:
         raise PvmError(PvmBadParam, "pvm_kill of ourselves (use pvm_exit)")
-    if tids.host_of(tid) != tids.host_of(me.tid):
-        raise PvmError(PvmNoTask, f"t{tid:x} is on another host (not reachable from here yet)")
-    (_, err), = spawner.signal_tids(me.vmid, signal.SIGTERM, [tid])
-    if err is not None:
-        raise err
+    _signal(me, signal.SIGTERM, tid)
     _reap()
     return PvmOk
 
 
+def _signal(me, signum: int, tid: int) -> None:
+    """*signum* to task *tid* of any host (another host's through pvm_netd)."""
+    if tids.host_of(tid) != tids.host_of(me.tid):
+        got = _netd("signal", {"signum": signum, "tids": [tid]})
+        if not isinstance(got, list) or len(got) != 1:
+            raise PvmError(PvmNoTask, f"t{tid:x} is on another host (no pvm_netd here to reach it)")
+        code, why = int(got[0][1]), str(got[0][2])
+        if code:
+            raise PvmError(code, why or None)
+        return
+    (_, err), = spawner.signal_tids(me.vmid, signum, [tid])
+    if err is not None:
+        raise err
+
+
 def pvm_config() -> tuple[int, int, list[PvmHostInfo]]:
-    """(nhost, narch, hosts) of the virtual machine as this host's daemon knows it."""
+    """(nhost, narch, hosts) of the virtual machine: every host that is up (as this
+    host's pvm_netd counts them; with none, this host alone)."""
     me = S.me()
+    got = _netd("config", {})
+    if isinstance(got, dict):
+        hosts = [PvmHostInfo(tids.dtid(h["host"]), h["name"], h["arch"], h["speed"], h["dsig"]) for h in got["up"]]
+        return len(hosts), len({h.hi_arch for h in hosts}), hosts
     st = control.request("stat", me.vmid)
     host = PvmHostInfo(tids.dtid(st.get("host", 1)), st.get("name") or _hostname(), ARCH, SPEED, 0)
     return 1, 1, [host]
@@ -197,10 +256,13 @@ def pvm_tasks(where: int = 0) -> tuple[int, list[PvmTaskInfo]]:
     """(ntask, tasks): 0 for every task, a host's daemon tid for its tasks, a task's tid
     for that task alone (PvmNoTask if there is none)."""
     me = S.me()
-    if not isinstance(where, int) or where < 0:
+    if not isinstance(where, int) or isinstance(where, bool) or where < 0:
         raise PvmError(PvmBadParam, f"where {where!r}")
+    mine = where and tids.host_of(where) == tids.host_of(me.tid)
+    got = None if mine else _netd("tasks", {"all": True})
+    table = got if isinstance(got, list) else spawner.tasks(me.vmid)
     out = []
-    for t in spawner.tasks(me.vmid):
+    for t in table:
         tid = t["tid"]
         host = tids.dtid(tids.host_of(tid))
         if where and where != tid and where != host:
@@ -269,9 +331,7 @@ def pvm_sendsig(tid: int, signum: int) -> int:
         raise PvmError(PvmBadParam, f"signal {signum!r}")
     if not isinstance(tid, int) or tid <= 0:
         raise PvmError(PvmBadParam, f"tid {tid!r}")
-    (_, err), = spawner.signal_tids(me.vmid, signum, [tid])
-    if err is not None:
-        raise err
+    _signal(me, signum, tid)
     return PvmOk
 
 
@@ -288,8 +348,30 @@ def pvm_pstat(tid: int) -> int:
 
 
 def pvm_mstat(host: str) -> int:
-    """PvmOk if *host* is this host (the one host this library reaches), else PvmNoHost."""
+    """PvmOk if *host* is a host of the virtual machine that is up, else PvmNoHost."""
     me = S.me()
-    if host in (_hostname(), control.request("stat", me.vmid).get("name")):
+    got = _netd("config", {})
+    names = [h["name"] for h in got["up"]] if isinstance(got, dict) else [control.request("stat", me.vmid).get("name")]
+    if host in names or host == _hostname():
         return PvmOk
     raise PvmError(PvmNoHost, f"{host!r}")
+
+
+def notify_far(what: int, msgtag: int, tids_or_count: object) -> int:
+    """pvm_notify's part pvm_netd keeps (pvmmsg.pvm_notify hands it over): PvmTaskExit
+    of tasks of other hosts, PvmHostDelete of hosts (their dtids), PvmHostAdd
+    (*tids_or_count*: how many times; -1 for ever, 0 stops). Delivered as ordinary
+    messages with *msgtag* from the daemon's tid: the exited tid, the deleted host's
+    dtid, or a count and the added dtids, packed as ints. With no pvm_netd (a daemon
+    started by hand, this host alone) accepted and never fired."""
+    base = what & ~PvmNotifyCancel
+    args: dict[str, object] = {"what": base, "tag": msgtag, "cancel": bool(what & PvmNotifyCancel)}
+    if base == PvmHostAdd:
+        args["count"] = tids_or_count if isinstance(tids_or_count, int) and not isinstance(tids_or_count, bool) else -1
+    else:
+        ts = list(tids_or_count) if not isinstance(tids_or_count, (str, bytes)) else None  # type: ignore[call-overload]
+        if ts is None or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in ts):
+            raise PvmError(PvmBadParam, f"tids {tids_or_count!r} must be a list of tids")
+        args["tids"] = ts
+    _netd("notify", args)
+    return PvmOk

@@ -13,9 +13,15 @@ pvm_netd keeps its route file (``paths.tmpfile("pvmnet", vmid)``, private, 0600)
 its tid and which hosts are up. ``send`` and a receive waiting for a task of another
 host look at it (every CHECK seconds while they wait) to raise PvmHostFail for a host
 that is down rather than wait for ever.
+
+A task's requests about the virtual machine (spawn on any host, the hosts, the tasks
+of every host, signals to tasks of other hosts, notifications: ``ask``) go to
+pvm_netd as a JSON message with tag REQ_TAG (chunks go with tag 0); its answer comes
+back from pvm_netd's tid with tag REPLY_TAG and the request's id.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -35,6 +41,10 @@ OUT = struct.Struct("<IiQQ")  # local task -> pvm_netd: dest, tag, total, offset
 ABORT = (1 << 64) - 1  # offset of an abort: the message in chunks will not be finished
 ROUTE_STEM = "pvmnet"
 NAME = "pvm_netd"  # the name pvm_netd joins with (what pvm_shmd_stat shows)
+REQ_TAG = 1  # a task's request to pvm_netd (JSON); message chunks go with tag 0
+REPLY_TAG = 1  # pvm_netd's answer, from pvm_netd's tid (no task's message comes from it)
+ASK_TIMEOUT = 10.0  # a request answered by this host (and maybe others): the longest wait
+_ids = itertools.count(1)
 
 
 class RemoteTid(PvmError):
@@ -138,3 +148,31 @@ def receive(task: Receiving, match, source: int, deadline: float, into):
         got = task._whole(take(task, match, source, deadline), into, deadline)
         if got is not None:
             return got
+
+
+def ask(task, op: str, timeout: float = ASK_TIMEOUT, **args: object) -> object:
+    """What this host's pvm_netd answers to request *op* (a ``Net.asks`` entry) with
+    *args*, asked by *task*; PvmNoTask if no pvm_netd runs here (a daemon started by
+    hand), the request's own PvmError if it failed, PvmTimeout after *timeout* s (a
+    late answer is dropped by the next request)."""
+    net = route(task.vmid)["tid"]
+    rid = f"{os.getpid()}.{next(_ids)}"
+    deadline = time.monotonic() + timeout
+    try:
+        task.psend(net, REQ_TAG, json.dumps({**args, "op": op, "id": rid}).encode(), timeout)
+    except PvmError as e:
+        if e.code == PvmNoTask:
+            raise PvmError(PvmNoTask, "pvm_netd of this host is gone") from None
+        raise
+    while True:
+        m = task.precv(net, REPLY_TAG, max(0.0, deadline - time.monotonic()))
+        try:
+            got = json.loads(bytes(m.data))
+        except ValueError:
+            continue
+        if not isinstance(got, dict) or got.get("id") != rid:
+            continue  # the answer to an earlier request that timed out
+        if "ok" in got:
+            return got["ok"]
+        code = got.get("code")
+        raise PvmError(code if isinstance(code, int) and code < 0 else PvmNoTask, str(got.get("error")))

@@ -48,6 +48,9 @@ from .tids import CONSOLE_TID
 from .tids import parse as parse_tid
 
 ARCH = "LINUX64"
+# pvm_spawn's flags (pvm3.h): shmd.pvmtask's, and pvm_netd's placement
+PvmTaskDefault, PvmTaskHost, PvmTaskArch, PvmTaskDebug, PvmTaskTrace = 0, 1, 2, 4, 8
+PvmMppFront, PvmHostCompl, PvmNoSpawnParent = 16, 32, 64
 DEFAULT_EP = f"~/pvm3/bin/{ARCH}"
 KILL_GRACE = 2.0
 MAX_LINE = 65536
@@ -200,8 +203,9 @@ _EXEC_ERRORS = {errno.ENOENT: PvmNoFile, errno.EACCES: PvmDenied, errno.ENOTDIR:
 
 
 def start_copies(prog: str, args: Sequence[str], count: int, *, vmid: str, ep: str | None,
-                 wd: str | None, ptid: int, output: str) -> list[Copy | PvmError]:
-    """Start *count* copies; *output* is "relay" (a pipe each), "log" or "inherit"."""
+                 wd: str | None, ptid: int, output: str, env: dict[str, str] | None = None) -> list[Copy | PvmError]:
+    """Start *count* copies; *output* is "relay" (a pipe each), "log" or "inherit";
+    *env*: variables for the copies beyond ours (the spawner's PVM_EXPORT ones)."""
     if count < 1:
         raise PvmError(PvmBadParam, f"count {count} must be at least 1")
     wd = hostenv.expand_path(wd) if wd else default_wd()
@@ -210,7 +214,7 @@ def start_copies(prog: str, args: Sequence[str], count: int, *, vmid: str, ep: s
     argv = resolve(prog, ep, wd) + list(args)
     name = os.path.basename(prog)[:31]
     sock = control.daemon_info(vmid)["sock"]
-    env = dict(os.environ, PVM_VMID=vmid, PVM_PARENT=f"{ptid:x}")
+    env = {**os.environ, **(env or {}), "PVM_VMID": vmid, "PVM_PARENT": f"{ptid:x}"}
     log_fd = None
     if output == "log":
         log_fd = private.open_file(paths.log_path(vmid), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -346,11 +350,12 @@ def relay(copies: Sequence[Copy], sink: Sink) -> None:
             sel.unregister(fd)
             os.close(fd)
             del bufs[fd]
-        _reap_children()
+        reap_children()
     sink.line("done")
 
 
-def _reap_children() -> None:
+def reap_children() -> None:
+    """Reap every child of ours that has ended (without waiting)."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)

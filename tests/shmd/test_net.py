@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -42,10 +43,14 @@ with shmd.join(name="echo") as me:
 '''
 
 
+NAMES = {1: "alpha", 2: "beta", 3: "gamma"}  # the hosts' names, as the console would give them
+
+
 def start_netd(vm, vmid: str, host: int, keys, peers, trusted: bool = False) -> tuple[int, int]:
-    """pvm_netd for *vmid* as host *host*: (port, pid)."""
+    """pvm_netd for *vmid* as host *host* (named NAMES[host]): (port, pid)."""
     pub, sec = keys
-    line = json.dumps({"public": pub.decode(), "secret": sec.decode(), "peers": peers, "trusted": trusted})
+    line = json.dumps({"public": pub.decode(), "secret": sec.decode(), "peers": peers, "trusted": trusted,
+                       "me": {"name": NAMES[host], "arch": "LINUX64", "speed": 1000 * host}})
     r = subprocess.run([NETD, f"-vmid={vmid}", f"-host={host}", "-bind=127.0.0.1"], input=line + "\n",
                        capture_output=True, text=True, timeout=20, env=vm.env(vmid))
     assert r.returncode == 0, r.stderr
@@ -65,6 +70,7 @@ class Two:
         self.port1, self.pid1 = start_netd(vm, self.a, 1, self.keys, [], trusted)
         self.port2, self.pid2 = start_netd(vm, self.b, 2, self.keys, [[1, "127.0.0.1", self.port1]], trusted)
         self.procs: list[subprocess.Popen] = []
+        self.netds = [self.pid1, self.pid2]
         # host 1 hears host 2's hello: both up
         wait_for(lambda: remote.route(self.a)["hosts"].get("2") is True, what="host 2 up at host 1")
 
@@ -79,12 +85,12 @@ class Two:
             if p.poll() is None:
                 p.kill()
             p.wait(10)
-        for pid in (self.pid1, self.pid2):
+        for pid in self.netds:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        for pid in (self.pid1, self.pid2):
+        for pid in self.netds:
             wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), what=f"netd {pid} gone")
 
 
@@ -393,3 +399,109 @@ def test_trusted_network_authenticates_without_encryption(shmd_vm):
         assert p.wait(20) == 0
     finally:
         two.close()
+
+
+# spawned by pvm_spawn (through pvm_netd): tells its parent its tid and parent, then waits
+# for tag 99 from it (or a signal)
+CHILD = r"""
+import struct, shmd
+from shmd.pvm import pvm_parent
+with shmd.join() as me:
+    parent = pvm_parent()
+    me.psend(parent, 7, struct.pack("<ii", me.tid, parent))
+    me.precv(parent, 99, timeout=60)
+"""
+
+
+@pytest.fixture
+def pvm_api():
+    """shmd.pvm's calls for this process (its library state reset afterwards)."""
+    from shmd import pvm, pvmmsg
+    try:
+        yield pvm
+    finally:
+        pvmmsg.S.reset()
+
+
+def _note(pvm, tag: int, n: int, timeout: float) -> list[int]:
+    """The ints of the next notification with *tag* (PvmTimeout-like failure if none)."""
+    bufid = pvm.pvm_trecv(-1, tag, timeout)
+    assert bufid > 0, f"no notification with tag {tag} within {timeout} s"
+    return list(pvm.pvm_upkint(None, n, 1))
+
+
+def test_program_spawns_lists_signals_and_watches_tasks_of_other_hosts(two, pvm_api, tmp_path):
+    """From a program: pvm_config lists both hosts; pvm_spawn places copies on a named
+    host, on an architecture, and round robin over both; each copy's pvm_parent is us;
+    pvm_tasks sees them on their hosts; pvm_kill of a task of the other host ends it
+    and the PvmTaskExit notification comes as a message with our tag."""
+    pvm = pvm_api
+    prog = tmp_path / "child.py"
+    prog.write_text(CHILD)
+    with shmd.join(two.a) as me:
+        nhost, narch, hosts = pvm.pvm_config()
+        assert (nhost, narch) == (2, 1)
+        assert [(h.hi_tid, h.hi_name, h.hi_speed) for h in hosts] == [(tids.dtid(1), "alpha", 1000),
+                                                                      (tids.dtid(2), "beta", 2000)]
+        there = pvm.pvm_spawn(str(prog), [], pvm.PvmTaskHost, "beta", 2)
+        spread = pvm.pvm_spawn(str(prog), [], pvm.PvmTaskDefault, "", 4)
+        arch = pvm.pvm_spawn(str(prog), [], pvm.PvmTaskArch, "LINUX64", 2)
+        assert [tids.host_of(t) for t in there] == [2, 2], there
+        assert sorted(tids.host_of(t) for t in spread) == [1, 1, 2, 2], spread
+        assert sorted(tids.host_of(t) for t in arch) == [1, 2], arch
+        children = there + spread + arch
+        for t in children:  # each child's pvm_parent is us, wherever it runs
+            m = me.precv(t, 7, timeout=30)
+            assert struct.unpack("<ii", m.data) == (t, me.tid)
+        assert pvm.pvm_spawn(str(prog), [], pvm.PvmTaskHost, "nowhere", 2) == [pvm.PvmNoHost] * 2
+        assert pvm.pvm_spawn(str(prog), [], pvm.PvmTaskArch, "SUN4", 1) == [pvm.PvmNoHost]
+        assert pvm.pvm_spawn("no-such-program", [], pvm.PvmTaskHost, "beta", 1) == [pvm.PvmNoFile]
+        n, tasks = pvm.pvm_tasks(0)
+        seen = {t.ti_tid: t for t in tasks}
+        assert n == len(tasks) and set(children) <= set(seen)
+        assert all(seen[t].ti_host == tids.dtid(tids.host_of(t)) and seen[t].ti_ptid == me.tid for t in children)
+        assert not any(tids.is_netd(t) for t in seen)
+        _, on2 = pvm.pvm_tasks(tids.dtid(2))
+        assert {t.ti_tid for t in on2} == {t for t in children if tids.host_of(t) == 2}
+        assert [t.ti_tid for t in pvm.pvm_tasks(there[1])[1]] == [there[1]]
+        pvm.pvm_notify(pvm.PvmTaskExit, 50, [there[0]])
+        assert pvm.pvm_trecv(-1, 50, 0.3) == 0  # (not before it exits)
+        pvm.pvm_kill(there[0])
+        assert _note(pvm, 50, 1, 5) == [there[0]]
+        assert pvm.pvm_mstat("beta") == pvm.PvmOk
+        with pytest.raises(PvmError) as e:
+            pvm.pvm_kill(there[0])  # gone now
+        assert e.value.code == pvm.PvmNoTask
+        pvm.pvm_sendsig(there[1], signal.SIGKILL)
+        wait_for(lambda: there[1] not in {t.ti_tid for t in pvm.pvm_tasks(tids.dtid(2))[1]}, what="SIGKILL")
+        for t in children[2:]:
+            me.psend(t, 99, b"", timeout=10)
+        wait_for(lambda: not set(children) & {t.ti_tid for t in pvm.pvm_tasks(0)[1]}, what="the children end")
+
+
+def test_host_add_and_delete_are_notified(two, pvm_api):
+    """PvmHostAdd when a third host joins (a count and its dtid), PvmHostDelete when host
+    2's pvm_netd dies (its dtid, within netd.DEAD + 1 s), each with our tag; pvm_config
+    follows; a PvmTaskExit watch on a task of the dead host fires too."""
+    pvm = pvm_api
+    p, peer = two.echo()
+    with shmd.join(two.a) as me:
+        pvm.pvm_notify(pvm.PvmHostAdd, 62, -1)
+        pvm.pvm_notify(pvm.PvmHostDelete, 61, [tids.dtid(2)])
+        pvm.pvm_notify(pvm.PvmTaskExit, 63, [peer])
+        c = two.a + "c"
+        two.vm.start("-host=3", vmid=c)
+        _, pid3 = start_netd(two.vm, c, 3, two.keys, [[1, "127.0.0.1", two.port1]])
+        two.netds.append(pid3)
+        assert _note(pvm, 62, 2, 10) == [1, tids.dtid(3)]
+        assert [h.hi_name for h in pvm.pvm_config()[2]] == ["alpha", "beta", "gamma"]
+        os.kill(two.pid2, signal.SIGKILL)
+        t = time.monotonic()
+        assert _note(pvm, 61, 1, 10) == [tids.dtid(2)]
+        assert time.monotonic() - t < netd.DEAD + 1.0
+        assert _note(pvm, 63, 1, 5) == [peer]  # its host is gone: so is it
+        assert [h.hi_name for h in pvm.pvm_config()[2]] == ["alpha", "gamma"]
+        pvm.pvm_notify(pvm.PvmHostDelete, 64, [tids.dtid(2)])  # already down: at once
+        assert _note(pvm, 64, 1, 5) == [tids.dtid(2)]
+        assert me.probe() is None  # nothing else came
+    p.kill()
