@@ -26,7 +26,7 @@ from shmd.errors import (
     PvmHostFail,
 )
 from shmd.exits import SpawnExit, StatExit, daemon_exit
-from shmd.spawner import parse_err_line
+from shmd.spawner import err_line, parse_err_line
 
 DAEMON = "pvm_shmd"
 STAT = "pvm_shmd_stat"
@@ -42,6 +42,7 @@ CLEANUP_TIMEOUT = 10.0  # stopping what a timed-out start left
 MANUAL_TIMEOUT = 300.0  # so=ms: how long the console waits for the typed response
 STAT_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
+SPAWN_ASK_TIMEOUT = 30.0  # pvm_netd's answer to a spawn: every copy enrolled and exec'd
 #: Extra words for every pvm_shmd the console starts (e.g. "-maxpages=64 -maxsegs=2").
 OPTS_ENV = "PVM_SHMD_OPTS"
 
@@ -170,13 +171,17 @@ class HostLink:
             state["tasks"] = users_tasks(state["tasks"])
         return state
 
-    def _ask(self, op: str, timeout: float = ASK_TIMEOUT) -> object:
-        """*op* answered by the host's pvm_netd; None if there is none or it fails."""
+    def _ask(self, op: str, timeout: float = ASK_TIMEOUT, **args: object) -> object:
+        """*op* with *args* answered by the host's pvm_netd; None if there is none or it
+        does not answer (then the programs from now on); the PvmError of a request it
+        refused (bad arguments: it is still there)."""
         if self.netd is None:
             return None
         try:
-            return self.netd.ask(op, timeout)
-        except PvmError:
+            return self.netd.ask(op, timeout, **args)
+        except PvmError as e:
+            if e.code != PvmHostFail:
+                return e
             self.netd.close()
             self.netd = None  # gone or stuck: the programs from now on
             return None
@@ -190,7 +195,7 @@ class HostLink:
             self.netd.close()
             self.netd = None
         if not isinstance(got, dict):
-            return None if got is None else bool(got)
+            return None if got is None or isinstance(got, PvmError) else bool(got)
         pid = got.get("pid")
         if isinstance(pid, int) and pid > 0 and isinstance(self.runner, LocalRunner):
             _wait_gone(pid, STOP_TIMEOUT)  # it ends after its answer: gone when we return
@@ -221,11 +226,12 @@ class HostLink:
         return ends if ends is not None else (ANYWHERE, None)
 
     def start_net(self, index: int, bind: str, keys: Sequence[str], peers: Sequence[Sequence[object]],
-                  trusted: bool = False) -> int:
-        """Start the host's pvm_netd (its daemon runs), the VM's keys and the other
-        hosts' [index, address, port] on its stdin; return the port it bound."""
+                  trusted: bool = False, me: Mapping[str, object] | None = None) -> int:
+        """Start the host's pvm_netd (its daemon runs), the VM's keys, the other hosts'
+        [index, address, port, {name, arch, speed, dsig}] and this host's own
+        {name, arch, speed, dsig, ep, wd} on its stdin; return the port it bound."""
         line = json.dumps({"public": keys[0], "secret": keys[1], "peers": [list(p) for p in peers],
-                           "trusted": trusted})
+                           "trusted": trusted, "me": dict(me or {})})
         r = self.runner.run([self._sibling(NETD), *self._vm_args(), f"-host={index}", f"-bind={bind}"],
                             timeout=start_timeout(), input=line + "\n")
         w = handshake.fields(r.stdout) if r.rc == 0 else {}
@@ -249,7 +255,20 @@ class HostLink:
               env: Mapping[str, str] | None = None) -> LineStream:
         """Start *count* copies of *prog* on the host through pvm_spawn; its output
         protocol (``tid``/``err`` lines, ``spawned``, then with *relay* the tasks'
-        ``out``/``eof`` lines and ``done``) comes back on the stream."""
+        ``out``/``eof`` lines and ``done``) comes back on the stream. Without *relay*
+        the host's pvm_netd starts them when it runs (no program start on the host)."""
+        if not relay and self.netd is not None:
+            got = self._ask("spawn", SPAWN_ASK_TIMEOUT, prog=prog, args=list(args), count=int(count), ptid=ptid,
+                            here=True, wd=wd, ep=ep, env=dict(env or {}))
+            if self.netd is not None:  # it answered: its copies, or why not (never started twice)
+                if isinstance(got, list) and len(got) == count:
+                    lines = [f"tid {r:x}" if isinstance(r, int) else err_line(PvmError(int(r[0]), str(r[1]) or None))
+                             for r in got]
+                else:
+                    why = got if isinstance(got, PvmError) else PvmError(PvmHostFail, "pvm_netd: unreadable answer")
+                    lines = [err_line(why)] * count
+                data = "".join(ln + "\n" for ln in [*lines, "spawned"]).encode()
+                return LineStream(iter([data, b""]).__next__, name=f"spawn on {self.host}")
         argv = [self.spawn_program, *self._vm_args(), f"--count={int(count)}", f"--ptid={ptid:x}"]
         if relay:
             argv.append("--relay")
@@ -280,6 +299,9 @@ class HostLink:
 
     def signal(self, signum: int, tids: Sequence[int]) -> dict[int, PvmError | None]:
         """Send *signum* to tasks of this host by tid; per tid None or the error."""
+        got = self._ask("signal", ASK_TIMEOUT, signum=int(signum), tids=list(tids))
+        if isinstance(got, list):
+            return {int(t): None if not code else PvmError(int(code), str(why) or None) for t, code, why in got}
         r = self.runner.run([self.spawn_program, f"--signal={int(signum)}", *self._vm_args(),
                              *(f"{t:x}" for t in tids)], timeout=STAT_TIMEOUT)
         out: dict[int, PvmError | None] = {}

@@ -104,6 +104,11 @@ def _parallel(fn: Callable, items: Sequence, progress: Callable[[list[int]], Non
 TRUSTED_ENV = "PVM_NET_TRUSTED"
 
 
+def _info(h: HostRecord) -> dict[str, object]:
+    """What a host's pvm_netd tells its tasks of host *h* (pvm_config, spawn's placement)."""
+    return {"name": h.name, "arch": h.arch, "speed": h.speed, "dsig": h.dsig}
+
+
 class VirtualMachine:
     """One virtual machine (VM id) seen from a console."""
 
@@ -202,10 +207,35 @@ class VirtualMachine:
     def _start_net(self, t: VmTable, rec: HostRecord) -> None:
         link = self.link(rec)
         bind, me = link.net_addresses()
-        peers = [[h.index, me if h.index == MASTER and me is not None else h.net[0], h.net[1]]
+        peers = [[h.index, me if h.index == MASTER and me is not None else h.net[0], h.net[1], _info(h)]
                  for h in t.hosts if h.net and h.index != rec.index]
-        rec.net = [bind, link.start_net(rec.index, bind, t.netkeys, peers, t.nettrusted)]
+        own = {**_info(rec), "ep": rec.options.get("ep"), "wd": rec.options.get("wd")}
+        rec.net = [bind, link.start_net(rec.index, bind, t.netkeys, peers, t.nettrusted, own)]
         rec.clock = clocks.at_start(t, rec, isinstance(link.runner, LocalRunner))
+
+    def prune(self) -> list[str]:
+        """Drop the hosts the master's pvm_netd counts as down (their pvm_netd silent
+        for netd.DEAD s: PVM's host table drops a host that failed); their names. Nothing
+        is dropped when the master has no pvm_netd or it does not answer."""
+        t = self.table()
+        master = next((h for h in t.hosts if h.index == MASTER), None)
+        if master is None or not any(h.net for h in t.hosts if h.index != MASTER):
+            return []
+        link = self.link(master)
+        if link.netd is None:
+            return []
+        try:
+            got = link.netd.ask("config")
+        except PvmError:
+            return []
+        down = set(got.get("down", [])) if isinstance(got, dict) else set()
+        dead = [h.name for h in t.hosts if h.index in down and h.index != MASTER and h.net]
+        if dead:
+            with self.changing() as t:
+                t.hosts = [h for h in t.hosts if h.name not in dead]
+            for n in dead:
+                self._drop_link(n)
+        return dead
 
     # -- start / attach -----------------------------------------------------------
     def open(self, hosts: hf.Hostfile | None) -> bool:

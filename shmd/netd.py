@@ -595,12 +595,16 @@ class Net:
         if not isinstance(args, list):
             raise PvmError(PvmBadParam, "args must be a list")
         ep, wd = req.get("ep"), req.get("wd")
+        count = int(req.get("count", 1))
         with self.spawn_lock:
-            out = spawner.start_copies(str(req["prog"]), [str(a) for a in args], int(req.get("count", 1)),
-                                       vmid=self.vmid, ep=ep if isinstance(ep, str) else self.ep,
-                                       wd=wd if isinstance(wd, str) and wd else self.wd,
-                                       ptid=int(req.get("ptid", 0)), output="log",
-                                       env={str(k): str(v) for k, v in env.items()})
+            try:
+                out = spawner.start_copies(str(req["prog"]), [str(a) for a in args], count,
+                                           vmid=self.vmid, ep=ep if isinstance(ep, str) else self.ep,
+                                           wd=wd if isinstance(wd, str) and wd else self.wd,
+                                           ptid=int(req.get("ptid", 0)), output="log",
+                                           env={str(k): str(v) for k, v in env.items()})
+            except PvmError as e:  # the program not found, not runnable, no such directory
+                return [[e.code, e.detail or ""]] * count
         return [c.tid if isinstance(c, spawner.Copy) else [c.code, c.detail or ""] for c in out]
 
     def _ask_spawn(self, req: dict) -> list:

@@ -58,10 +58,15 @@ class RemoteTid(PvmError):
 _cache: dict[str, tuple[int, dict]] = {}  # vmid -> (mtime_ns, route file contents)
 
 
+def route_path(vmid: str) -> str:
+    """Where pvm_netd keeps its route file for *vmid* (private, 0600)."""
+    return paths.tmpfile(ROUTE_STEM, vmid)
+
+
 def route(vmid: str) -> dict:
     """The route file of *vmid* ({"tid": netd's tid, "hosts": {"2": true, ...}}, cached
     while unchanged); PvmNoTask if no pvm_netd runs for this VM on this host."""
-    path = paths.tmpfile(ROUTE_STEM, vmid)
+    path = route_path(vmid)
     try:
         mtime = os.stat(path).st_mtime_ns
     except OSError:

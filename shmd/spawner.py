@@ -426,7 +426,7 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def _err_line(e: PvmError) -> str:
+def err_line(e: PvmError) -> str:
     detail = " ".join((e.detail or "").split())
     return f"err {e.code} {strerror(e.code)}" + (f" ({detail})" if detail else "")
 
@@ -492,9 +492,9 @@ def main(argv: list[str] | None = None) -> int:
             if not 0 < a.signal < signal.NSIG:
                 raise PvmError(PvmBadParam, f"bad signal number {a.signal}")
             for tid, err in signal_tids(vmid, a.signal, tids):
-                _say(f"ok {tid:x}" if err is None else f"{_err_line(err)}")
+                _say(f"ok {tid:x}" if err is None else f"{err_line(err)}")
         except PvmError as e:
-            _say(_err_line(e))
+            _say(err_line(e))
             return SpawnExit.FAILED
         return SpawnExit.OK
     # spawn
@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         copies = [PvmError(PvmBadParam, str(e))] * max(a.count, 1)
     sink = Sink()
     for c in copies:
-        sink.line(f"tid {c.tid:x}" if isinstance(c, Copy) else _err_line(c))
+        sink.line(f"tid {c.tid:x}" if isinstance(c, Copy) else err_line(c))
     sink.line("spawned")
     if a.relay:
         relay([c for c in copies if isinstance(c, Copy)], sink)

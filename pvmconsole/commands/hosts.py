@@ -33,7 +33,9 @@ def do_delete(c: Console, args: list[str]) -> None:
 
 
 def do_conf(c: Console, args: list[str]) -> None:
-    hosts = c.machine().hosts()
+    vm = c.machine()
+    vm.prune()  # a host whose pvm_netd went silent is gone from the VM (as PVM's host table)
+    hosts = vm.hosts()
     c.print(*formats.conf([(h.name, h.dtid, h.arch, h.speed, h.dsig) for h in hosts]))
 
 

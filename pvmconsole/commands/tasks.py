@@ -31,6 +31,7 @@ def _fail(errors: list[str]) -> None:
 
 def do_spawn(c: Console, args: list[str]) -> None:
     req = parse_spawn(args)
+    c.machine().prune()  # no copies for hosts that went down
     table = JobTable.of(c)
     job, results = table.spawn(req)
     if job is not None:
@@ -71,6 +72,8 @@ def _ps_flags(word: str) -> dict:
 def do_ps(c: Console, args: list[str]) -> None:
     o = _ps_flags(args[0]) if args else _ps_flags("-")
     vm = c.machine()
+    if o["a"]:
+        vm.prune()  # (hosts that went down are not asked)
     hosts = vm.hosts()
     if o["n"] is not None:
         sel = [h for h in hosts if h.name == o["n"]]

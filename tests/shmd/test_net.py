@@ -13,12 +13,14 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import zmq
-from conftest import BIN
+from conftest import BIN, need_root
 from daemons import shmd_vm, wait_for
+from other_user import other_user  # noqa: F401  (a fixture)
 
 import shmd
 from shmd import netd, remote, tids
@@ -505,3 +507,125 @@ def test_host_add_and_delete_are_notified(two, pvm_api):
         assert _note(pvm, 64, 1, 5) == [tids.dtid(2)]
         assert me.probe() is None  # nothing else came
     p.kill()
+
+
+class Capture:
+    """The TCP payload on the loopback to or from *ports*, as the wire carries it: read
+    with an AF_PACKET socket (root), on a thread, until stop()."""
+
+    def __init__(self, ports) -> None:
+        need_root("reading the loopback's packets (AF_PACKET)")
+        self.ports = set(ports)
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL
+        self.sock.bind(("lo", 0))
+        self.sock.settimeout(0.1)
+        self.data = bytearray()
+        self.running = True
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while self.running:
+            try:
+                f = self.sock.recv(1 << 18)
+            except TimeoutError:
+                continue
+            if len(f) < 54 or f[12:14] != b"\x08\x00" or f[23] != 6:  # IPv4, TCP
+                continue
+            tcp = 14 + (f[14] & 15) * 4
+            sport, dport = struct.unpack_from(">HH", f, tcp)
+            if sport in self.ports or dport in self.ports:
+                self.data += f[tcp + (f[tcp + 12] >> 4) * 4:]
+
+    def stop(self) -> bytes:
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+        return bytes(self.data)
+
+
+SECRET = b"<pvm: readable on the wire?>" * 4096  # 112 KiB nobody else could guess
+
+
+def _on_the_wire(two) -> bytes:
+    """What the loopback carried between the two pvm_netds while a task of host 1 sent
+    SECRET to a task of host 2 and got it back."""
+    p, peer = two.echo()
+    cap = Capture([two.port1, two.port2])
+    try:
+        with shmd.join(two.a) as me:
+            me.psend(peer, 4, SECRET, timeout=20)
+            assert bytes(me.precv(peer, 4, timeout=20).data) == SECRET
+            me.psend(peer, 99, b"", timeout=5)
+    finally:
+        seen = cap.stop()
+    assert p.wait(20) == 0
+    assert len(seen) > 2 * len(SECRET), f"only {len(seen)} bytes seen: the capture missed the traffic"
+    return seen
+
+
+def test_nothing_readable_on_the_wire(two):
+    """CURVE: the bytes a task sends to another host are not on the wire in clear (the
+    capture is shown to see them when they are: trusted mode, below)."""
+    assert SECRET[:64] not in _on_the_wire(two)
+
+
+def test_trusted_network_sends_in_clear(shmd_vm):
+    """The control of the test above: with "trusted" (no encryption) the capture finds them."""
+    need_root("reading the loopback's packets (AF_PACKET)")
+    two = Two(shmd_vm, trusted=True)
+    try:
+        assert SECRET[:64] in _on_the_wire(two)
+    finally:
+        two.close()
+
+
+def _attack(port: int, server_key: bytes, victim: int, vmid: str, route: str) -> dict:
+    """As another user: what this VM's pvm_netd and files give a client with a key pair of
+    its own (a message to *victim*, a spawn and a stat request) and a join."""
+    ctx = zmq.Context()
+    out: dict = {}
+    try:
+        s = ctx.socket(zmq.DEALER)
+        s.linger = 0
+        s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
+        s.curve_serverkey = server_key
+        s.connect(f"tcp://127.0.0.1:{port}")
+        s.send_multipart(_frame_to(victim, 13), flags=zmq.NOBLOCK)
+        for rid, ask in ((b"1", {"op": "spawn", "prog": "/bin/true", "here": True}), (b"2", {"op": "stat"})):
+            s.send_multipart([netd.ASK, rid, json.dumps(ask).encode()], flags=zmq.NOBLOCK)
+        out["answers"] = s.poll(1500)
+        try:
+            shmd.join(vmid)
+            out["joined"] = True
+        except PvmError as e:
+            out["join"] = e.code
+        try:
+            with open(route, "rb") as f:
+                out["route"] = len(f.read())
+        except OSError as e:
+            out["route"] = e.errno
+    finally:
+        ctx.destroy(0)
+    return out
+
+
+@pytest.mark.root
+def test_another_user_cannot_send_or_ask_through_pvm_netd(two, other_user):
+    """A second uid (root only): its own CURVE key gets no message in and no answer out
+    of pvm_netd (no spawn, no stat), it cannot join the VM's pvm_shmd (so it cannot
+    post to pvm_netd either) nor read its route file."""
+    import errno
+    import mmap  # noqa: F401  (loaded for the other user's join: it cannot read our checkout)
+
+    from shmd import calibrate
+    calibrate.choice()  # (measured here, as we may: the other user's join reads the result)
+    with shmd.join(two.a) as me:
+        before = len(two.vm.stat(two.a)["tasks"])
+        got = other_user.run(_attack, two.port1, two.keys[0], me.tid, two.a, remote.route_path(two.a))
+        assert got["answers"] == 0
+        assert "joined" not in got and got["join"] < 0
+        assert got["route"] in (errno.EACCES, errno.EPERM)
+        time.sleep(0.5)
+        assert me.probe() is None, "a message of the other user's got in"
+        assert len(two.vm.stat(two.a)["tasks"]) == before, "the other user started a task"
