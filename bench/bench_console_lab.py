@@ -6,7 +6,8 @@
 Brings a lab of HOSTS hosts up, then for each Python (--before's, then this checkout's)
 runs, RUNS times, a VM of the console's host plus every lab host and times the calls the
 commands make (``VirtualMachine``): start of all hosts, ``stat`` of one remote host and
-of all, ``mstat`` of all, ``ps -a`` (every host's tasks), ``delete`` of the remote hosts
+of all, ``mstat`` of all, ``ps -a`` (every host's tasks), the console's ``spawn -8
+/bin/true`` (placed round the hosts, every copy started), ``delete`` of the remote hosts
 (each daemon gone), ``halt`` of what is left; each the median of 7 where it can be
 repeated. The lab is torn down at the end. Both sides print side by side.
 """
@@ -56,6 +57,14 @@ def time_commands(lab_dir: str, vmid: str) -> None:
             f"stat, {len(hosts)} hosts": med(lambda: vm.stat()),
             f"mstat, {len(hosts)} hosts": med(lambda: vm.mstat([h.name for h in hosts])),
             f"ps -a, {len(hosts)} hosts": med(lambda: gather(vm, hosts))}
+
+    class Console:  # what the console's spawn command uses of the console
+        jobs = None
+        machine = staticmethod(lambda: vm)
+        print = print_async = staticmethod(lambda *lines: None)
+
+    from pvmconsole.commands.tasks import do_spawn
+    rows["spawn -8 /bin/true"] = med(lambda: do_spawn(Console(), ["-8", "/bin/true"]))  # type: ignore[arg-type]
     t = time.perf_counter()
     out = vm.delete([h.name for h in hosts[1:]])
     rows[f"delete {len(hosts) - 1} hosts"] = time.perf_counter() - t

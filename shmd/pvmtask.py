@@ -336,12 +336,15 @@ def pvm_sendsig(tid: int, signum: int) -> int:
 
 
 def pvm_pstat(tid: int) -> int:
-    """PvmOk if task *tid* is running, else PvmError(PvmNoTask)."""
+    """PvmOk if task *tid* (of any host) is running, else PvmError(PvmNoTask)."""
     from .pvmmsg import live_tids
 
     me = S.me()
     if not isinstance(tid, int) or tid <= 0:
         raise PvmError(PvmBadParam, f"tid {tid!r}")
+    if tids.host_of(tid) != tids.host_of(me.tid):
+        pvm_tasks(tid)  # (another host's, through pvm_netd: PvmNoTask if it is not there)
+        return PvmOk
     if tid not in live_tids(me):
         raise PvmError(PvmNoTask, f"t{tid:x}")
     return PvmOk

@@ -39,9 +39,9 @@ import selectors
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from . import control, hostenv, paths, private
+from . import control, hostenv, layout, paths, private
 from .errors import PvmBadParam, PvmDenied, PvmError, PvmNoFile, PvmNoTask, PvmSysErr, strerror
 from .exits import SpawnExit
 from .tids import CONSOLE_TID
@@ -129,8 +129,10 @@ def load_registry(vmid: str) -> dict[int, dict]:
         return {}  # ps -l then shows no PTID: not worth failing for
 
 
-def record(vmid: str, entries: Sequence[dict], live: Iterable[int]) -> None:
-    """Add *entries*; drop records of tids no longer in the daemon's table."""
+def record(vmid: str, entries: Sequence[dict]) -> None:
+    """Add *entries*. Records of tids no longer in the daemon's table are dropped once
+    there are more than the table holds (a stale one misleads nobody: a record counts
+    only for the pid it names, tasks()), so a spawn rarely pays for reading the table."""
     path = registry_path(vmid)
     try:
         fd = private.open_file(path, os.O_RDWR | os.O_CREAT)
@@ -139,8 +141,13 @@ def record(vmid: str, entries: Sequence[dict], live: Iterable[int]) -> None:
     with os.fdopen(fd, "r+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
-        keep = {t: r for t, r in _parse_registry(f.read(private.READ_LIMIT)).items()
-                if t in set(live)}
+        keep = _parse_registry(f.read(private.READ_LIMIT))
+        if len(keep) + len(entries) > layout.MAX_TASKS:
+            try:
+                live = live_tids(vmid)
+                keep = {t: r for t, r in keep.items() if t in live}
+            except PvmError:
+                pass
         for e in entries:
             keep[int(e["tid"])] = e
         f.seek(0)
@@ -227,12 +234,18 @@ def start_copies(prog: str, args: Sequence[str], count: int, *, vmid: str, ep: s
             os.close(log_fd)
     started = [c for c in results if isinstance(c, Copy)]
     if started:
-        try:
-            live = [t["tid"] for t in control.request("stat", vmid).get("tasks", [])]
-        except PvmError:
-            live = [c.tid for c in started]
-        record(vmid, [{"tid": c.tid, "pid": c.pid, "ptid": ptid} for c in started], live)
+        record(vmid, [{"tid": c.tid, "pid": c.pid, "ptid": ptid} for c in started])
     return results
+
+
+def live_tids(vmid: str) -> set[int]:
+    """The tids joined to the daemon now, read from segment 0's task table (no request)."""
+    shm, buf = control.attach_seg0(vmid)
+    try:
+        return {t["tid"] for i in range(layout.MAX_TASKS) if (t := layout.slot(buf, i))["state"] == layout.ACTIVE}
+    finally:
+        buf.release()
+        shm.detach()
 
 
 def _start_one(argv, env, wd, name, sock, output, log_fd) -> Copy | PvmError:
@@ -252,7 +265,7 @@ def _start_one(argv, env, wd, name, sock, output, log_fd) -> Copy | PvmError:
     os.close(ex_w)
     if out_w is not None:
         os.close(out_w)
-    try:
+    try:  # (one join per connection: the daemon ties a connection to the task it enrolled)
         conn = control.Connection(sock, timeout=ENROLL_TIMEOUT)
         try:
             tid = conn.request("join", pid=pid, name=name)["tid"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 import time
 
@@ -17,6 +18,7 @@ from consoles import PVM, vm_procs, wait_for  # noqa: F401
 from lab_probe import host_procs, lab_vm_setup, running_lab, ssh, write_progs
 
 import shmd
+from shmd import tids
 from shmd.errors import PvmError, PvmHostFail
 
 pytestmark = pytest.mark.lab  # real sshd servers, lab hosts or namespaces (root)
@@ -30,12 +32,20 @@ while True:
     m = me.precv(timeout=120)
     me.psend(m.src, m.tag, m.data, timeout=60)
 """
+# started by pvm_spawn from a program: tells its parent its tid and parent, then waits
+CHILD = """\
+import struct, shmd
+from shmd.pvm import pvm_parent
+with shmd.join() as me:
+    me.psend(pvm_parent(), 7, struct.pack("<ii", me.tid, pvm_parent()))
+    me.precv(pvm_parent(), 99, timeout=120)
+"""
 
 
 @pytest.fixture(scope="module")
 def lab():
     with running_lab("w", 3) as lab:
-        write_progs(lab, {"echo.py": ECHO})
+        write_progs(lab, {"echo.py": ECHO, "child.py": CHILD})
         yield lab
 
 
@@ -102,3 +112,66 @@ def test_host_death_gives_host_fail_and_the_vm_goes_on(lab, vm):
     finally:
         me.leave()
     ssh(lab, "pvmh2", "ipcrm -a; true")  # what the killed daemon could not remove
+
+
+def _conf(vm) -> dict[str, int]:
+    """The console's conf: host name -> dtid."""
+    r = vm.run("conf")
+    assert r.returncode == 0, r.stderr
+    return {m[1]: int(m[2], 16) for m in re.finditer(r"^\s*(\S+)\s+([0-9a-f]+)\s+LINUX64\b", r.stdout, re.M)}
+
+
+def _ps(vm) -> set[int]:
+    """The tids ps -a lists."""
+    r = vm.run("ps -a")
+    assert r.returncode == 0, r.stderr
+    return {int(m[1], 16) for m in re.finditer(r"^\s*\S+\s+([0-9a-f]+)\s", r.stdout, re.M)}
+
+
+def test_program_and_console_reach_every_host_through_pvm_netd(lab, vm):
+    """The console's spawn, ps -a, sig and kill go through each host's pvm_netd (a copy it
+    starts is its child); a program's pvm_config lists every host, pvm_spawn starts a
+    copy on a named lab host (its pvm_parent is the program), pvm_kill ends it and the
+    PvmTaskExit notification comes; kill -9 of a host's daemon and pvm_netd gives
+    PvmHostDelete within 3 s and conf no longer lists it."""
+    from shmd import pvm, pvmmsg
+
+    r = vm.run("spawn -4 echo.py; ps -a")
+    assert r.returncode == 0, r.stderr + r.stdout
+    started = [int(t, 16) for t in re.findall(r"^t([0-9a-f]+)$", r.stdout, re.M)]
+    hosts = _conf(vm)
+    assert len(hosts) == 4 and sorted(tids.host_of(t) for t in started) == [1, 2, 3, 4], r.stdout
+    for t in started:
+        assert re.search(rf"^\s*\S+\s+{t:x}\b.*echo\.py", r.stdout, re.M), r.stdout  # ps -a lists it
+    h2 = next(n for n, d in hosts.items() if n == "pvmh2")
+    far = next(t for t in started if tids.dtid(tids.host_of(t)) == hosts[h2])
+    netd_pid = ssh(lab, h2, f"pgrep -f -- '[p]vm_netd -vmid={vm.vmid}'").stdout.split()
+    task_pid = ssh(lab, h2, f"grep -l -a -z -x PVM_MYTID={far:x} /proc/[0-9]*/environ").stdout.split("/")[2]
+    parent = ssh(lab, h2, f"ps -o ppid= -p {task_pid}").stdout.split()
+    assert parent == netd_pid, (parent, netd_pid)  # spawned by pvm_netd, not a pvm_spawn over SSH
+    me = shmd.join(vm.vmid)
+    try:
+        n, _, cfg = pvm.pvm_config()
+        assert {h.hi_name: h.hi_tid for h in cfg} == hosts
+        child, = pvm.pvm_spawn("child.py", [], pvm.PvmTaskHost, "pvmh3", 1)
+        assert tids.dtid(tids.host_of(child)) == hosts["pvmh3"], child
+        assert struct.unpack("<ii", me.precv(child, 7, timeout=30).data) == (child, me.tid)
+        assert child in {t.ti_tid for t in pvm.pvm_tasks(0)[1]}
+        pvm.pvm_notify(pvm.PvmTaskExit, 50, [child])
+        pvm.pvm_kill(child)
+        assert pvm.pvm_trecv(-1, 50, 10) > 0 and pvm.pvm_upkint(None, 1, 1)[0] == child
+        others = [t for t in started if t != far and tids.host_of(t) != 1]
+        r = vm.run(f"sig 9 {others[0]:x}; kill {others[1]:x}; kill {far:x}")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: not {far, *others} & _ps(vm), 10, "the killed tasks gone from ps -a")
+        pvm.pvm_notify(pvm.PvmHostDelete, 61, [hosts["pvmh3"]])
+        pids = ssh(lab, "pvmh3", f"pgrep -f -- '[-]vmid={vm.vmid}'").stdout.split()
+        ssh(lab, "pvmh3", "kill -9 " + " ".join(pids))
+        t = time.monotonic()
+        assert pvm.pvm_trecv(-1, 61, 10) > 0 and pvm.pvm_upkint(None, 1, 1)[0] == hosts["pvmh3"]
+        assert time.monotonic() - t < 3.0
+        assert set(_conf(vm)) == set(hosts) - {"pvmh3"}
+    finally:
+        pvmmsg.S.reset()
+        me.leave()
+    ssh(lab, "pvmh3", "ipcrm -a; true")  # what the killed daemon could not remove
