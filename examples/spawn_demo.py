@@ -1,15 +1,16 @@
 """Master / foreman / worker over every host of the virtual machine.
 
-From the console (the master must run on the console's host, where the VM table is):
+From the console (the master may run on any host of the VM):
 
     pvm> spawn -> -. spawn_demo.py master 2 200000
 
 (``spawn_demo.py`` found on the host's ``ep=`` path, or give its full path.) Roles:
 
-master  [W] [N]  joins the local pvm_shmd (so it shows in `ps`), starts one foreman on
-                 every host of the VM through that host's pvm_spawn (over SSH for remote
-                 hosts), its own tid the foremen's parent, receives each foreman's result
-                 with precv and checks it against the same sum computed here.
+master  [W] [N]  joins its host's pvm_shmd (so it shows in `ps`), lists the hosts
+                 (pvm_config) and starts one foreman on each (pvm_spawn with PvmTaskHost:
+                 that host's pvm_netd starts it), its own tid the foremen's parent,
+                 receives each foreman's result with precv and checks it against the same
+                 sum computed here.
 foreman W N SEED joins its host's pvm_shmd, spawns W workers there (shmd.spawner.spawn),
                  hands each a slice of an N-element numpy array with psend, collects the
                  partial sums with precv, psends (seed, sum, workers, host) to the master.
@@ -74,40 +75,23 @@ def foreman(w: int, n: int, seed: int) -> int:
 
 
 def master(w: int, n: int) -> int:
-    from pvmconsole.vm import VirtualMachine
     from shmd.errors import PvmError
-    from shmd.paths import current_vmid
+    from shmd.pvm import PvmTaskHost, pvm_config, pvm_spawn
 
-    vm = VirtualMachine(current_vmid())
-    try:
-        hosts = vm.hosts()
-    except PvmError:
-        print(f"master: no virtual machine table on {socket.gethostname()}: run the master on "
-              "the console's host (spawn -> -. spawn_demo.py master)", flush=True)
-        return 1
     me = shmd.join()
+    _, _, hosts = pvm_config()  # every host of the VM (through this host's pvm_netd)
     print(f"master t{me.tid:x}: {len(hosts)} hosts, {w} workers each, {n} numbers per host",
           flush=True)
     t0 = time.monotonic()
-    started = []
-    for k, h in enumerate(hosts):
-        seed = 1000 + k
-        s = vm.link(h).spawn(os.path.abspath(__file__), ["foreman", str(w), str(n), str(seed)], 1,
-                             ptid=me.tid, relay=False, ep=h.options.get("ep"))
-        started.append((h, seed, s))
     names = {}
-    for h, seed, s in started:  # pvm_spawn says "tid ..." or "err ...", then exits
-        try:
-            while (line := s.readline(TIMEOUT)) is not None:
-                kind, _, rest = line.partition(" ")
-                if kind == "err":
-                    print(f"{h.name}: foreman not started: {rest}", flush=True)
-                elif kind == "tid":
-                    names[seed] = h.name
-        except TimeoutError:
-            print(f"{h.name}: pvm_spawn did not answer within {TIMEOUT:g} s", flush=True)
-        finally:
-            s.close()
+    for k, h in enumerate(hosts):  # one foreman on each host, started by that host
+        seed = 1000 + k
+        tid, = pvm_spawn(os.path.abspath(__file__), ["foreman", str(w), str(n), str(seed)], PvmTaskHost,
+                         h.hi_name, 1)
+        if tid < 0:
+            print(f"{h.hi_name}: foreman not started: {PvmError(tid)}", flush=True)
+        else:
+            names[seed] = h.hi_name
     ok = 0
     for _ in names:
         try:
@@ -122,7 +106,6 @@ def master(w: int, n: int) -> int:
         ok += good
         print(f"{names.get(seed, '?')} ({where}, foreman t{m.src:x}, {workers} workers): sum {got:.6f} "
               f"{'ok' if good else f'WRONG (expected {want:.6f})'}", flush=True)
-    vm.close()
     print(f"{ok} of {len(hosts)} hosts ok in {time.monotonic() - t0:.2f} s", flush=True)
     me.leave()
     return 0 if ok == len(hosts) else 1
