@@ -76,7 +76,7 @@ WORKERS = 4  # threads for requests that wait (spawn, signals, asking other host
 PEER_TIMEOUT = 5.0  # a request to another host's pvm_netd (a spawn there: fork and exec)
 POST_PATIENCE = 2.0  # the longest the in thread tries to hand on an answer or a notification
 TASK_ASKS = ("stat", "tasks", "config", "spawn", "signal", "notify")  # what a task may ask (not stop)
-SLOW = ("spawn", "signal", "notify", "config", "tasks")  # run in the pool when they ask other hosts
+SLOW = ("spawn", "signal", "notify", "tasks")  # run in the pool when they ask other hosts
 # pvm_notify's kinds (pvm3.h, as shmd.pvmmsg)
 TASK_EXIT, HOST_DELETE, HOST_ADD = 1, 2, 3
 
@@ -254,6 +254,18 @@ class Net:
         for r, g in due:
             self.notify(r, g, 1, tids.dtid(h))
 
+    def _told(self, dest: int, tag: int, note: bytes) -> None:
+        """A notification (from a daemon's tid) came for our task *dest*: if it is the
+        exit of a task of another host we watch for it, that watch is done (its host
+        going down later must not tell it again)."""
+        t = struct.unpack_from(">i", note, HEADER.size)[0]
+        with self.lock:
+            ws = [w for w in self.far_exits.get(t, []) if w != (dest, tag)]
+            if ws:
+                self.far_exits[t] = ws
+            else:
+                self.far_exits.pop(t, None)
+
     def _check_exits(self) -> None:
         """Tell the watchers of our tasks that have left (the in thread's round)."""
         if not self.exits:
@@ -407,6 +419,8 @@ class Net:
             src, dest, tag, total, off = NET.unpack(f[2].bytes)
             self.heard[tids.host_of(src)] = time.monotonic()
             body = f[3].buffer
+            if not tids.local_of(src) and self.far_exits and total == off + len(body) == HEADER.size + 4:
+                self._told(dest, tag, bytes(body))
             key = (src, dest)
             if off == remote.ABORT:
                 parts.pop(key, None)

@@ -487,10 +487,13 @@ def test_host_add_and_delete_are_notified(two, pvm_api):
     follows; a PvmTaskExit watch on a task of the dead host fires too."""
     pvm = pvm_api
     p, peer = two.echo()
+    p2, ended = two.echo()
     with shmd.join(two.a) as me:
         pvm.pvm_notify(pvm.PvmHostAdd, 62, -1)
         pvm.pvm_notify(pvm.PvmHostDelete, 61, [tids.dtid(2)])
-        pvm.pvm_notify(pvm.PvmTaskExit, 63, [peer])
+        pvm.pvm_notify(pvm.PvmTaskExit, 63, [peer, ended])
+        me.psend(ended, 99, b"", timeout=5)  # it ends: told once, not again when its host dies
+        assert _note(pvm, 63, 1, 5) == [ended]
         c = two.a + "c"
         two.vm.start("-host=3", vmid=c)
         _, pid3 = start_netd(two.vm, c, 3, two.keys, [[1, "127.0.0.1", two.port1]])
@@ -501,7 +504,7 @@ def test_host_add_and_delete_are_notified(two, pvm_api):
         t = time.monotonic()
         assert _note(pvm, 61, 1, 10) == [tids.dtid(2)]
         assert time.monotonic() - t < netd.DEAD + 1.0
-        assert _note(pvm, 63, 1, 5) == [peer]  # its host is gone: so is it
+        assert _note(pvm, 63, 1, 5) == [peer]  # its host is gone: so is it (and only it)
         assert [h.hi_name for h in pvm.pvm_config()[2]] == ["alpha", "gamma"]
         pvm.pvm_notify(pvm.PvmHostDelete, 64, [tids.dtid(2)])  # already down: at once
         assert _note(pvm, 64, 1, 5) == [tids.dtid(2)]
