@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import signal
 import struct
@@ -362,7 +363,7 @@ class Net:
     # ---- in: peers -> local tasks ------------------------------------------------------
     def in_loop(self) -> None:
         rx = self.rx
-        parts: dict[tuple[int, int], bytearray] = {}  # (src, dest) -> message being assembled
+        parts: dict[tuple[int, int], mmap.mmap] = {}  # (src, dest) -> message being assembled
         hdrs: dict[int, dict[int, bytes]] = {}  # src -> its descriptor cache (sending.py)
         poller = zmq.Poller()
         poller.register(rx, zmq.POLLIN)
@@ -432,7 +433,10 @@ class Net:
                     continue
                 if total > 1 << 40:
                     continue
-                parts[key] = bytearray(total)
+                # anonymous memory the kernel zeroes page by page as chunks land: a
+                # bytearray of a GiB is zeroed at once, holding the GIL for seconds (our
+                # heartbeats stall and the peers count us as down)
+                parts[key] = mmap.mmap(-1, total)
             buf = parts.get(key)
             if buf is None or off + len(body) > len(buf):
                 parts.pop(key, None)
@@ -765,12 +769,15 @@ class Net:
         task._hdrs = hdrs.setdefault(src, {})
         if len(hdrs) > 4096:
             hdrs.clear()
+        wait = SLICE
         while self.running and (until is None or time.monotonic() < until):
             try:
-                task.psend(dest, tag, data, timeout=SLICE)
+                task.psend(dest, tag, data, timeout=wait)
                 return
             except PvmTimeout:
-                continue  # the receiver is slow: our peer's frames wait meanwhile
+                # the receiver is slow (our peer's frames wait meanwhile), or the message
+                # so large that its pieces take longer than that: twice as long next time
+                wait = min(2 * wait, STOP_TIMEOUT)
             except PvmError:
                 return  # no such task (any more): dropped, as PVM does
 

@@ -63,12 +63,12 @@ def start_netd(vm, vmid: str, host: int, keys, peers, trusted: bool = False) -> 
 class Two:
     """Host 1 (VM id a, the test process joins it) and host 2 (VM id b) with their netds."""
 
-    def __init__(self, vm, trusted: bool = False):
+    def __init__(self, vm, trusted: bool = False, small: bool = True):
         self.vm = vm
         self.a, self.b = vm.vmid, vm.vmid + "b"
         self.keys = zmq.curve_keypair()
-        vm.start("-host=1", vmid=self.a)
-        vm.start("-host=2", vmid=self.b)
+        vm.start("-host=1", vmid=self.a, small=small)
+        vm.start("-host=2", vmid=self.b, small=small)
         self.port1, self.pid1 = start_netd(vm, self.a, 1, self.keys, [], trusted)
         self.port2, self.pid2 = start_netd(vm, self.b, 2, self.keys, [[1, "127.0.0.1", self.port1]], trusted)
         self.procs: list[subprocess.Popen] = []
@@ -632,3 +632,40 @@ def test_another_user_cannot_send_or_ask_through_pvm_netd(two, other_user):
         time.sleep(0.5)
         assert me.probe() is None, "a message of the other user's got in"
         assert len(two.vm.stat(two.a)["tasks"]) == before, "the other user started a task"
+
+
+# a task of host 2: receives one message of N bytes (argv[1]) and answers whether they
+# are the little-endian uint64 counters 0, 1, 2, ... (cut at N bytes)
+COUNTERS = r"""
+import sys, numpy as np, shmd
+n = int(sys.argv[1])
+with shmd.join(name="counters") as me:
+    print(me.tid, flush=True)
+    m = me.precv(timeout=300)
+    got, step, ok = np.frombuffer(m.data, np.uint8), 1 << 26, len(m.data) == n
+    for k in range(0, n if ok else 0, step):  # in slices: no GiB of booleans
+        ok = ok and np.array_equal(got[k:k + step], np.arange(k // 8, (k + step) // 8 + 1, dtype="<u8")
+                                   .view(np.uint8)[:min(step, n - k)])
+    me.psend(m.src, 2, b"%d %d" % (len(m.data), ok))
+"""
+
+
+def test_a_gibibyte_across_hosts(shmd_vm):
+    """A message of 1 GiB + 7 bytes to a task of host 2 (1 MiB network chunks; the
+    daemons' default segments): it arrives whole, every byte as sent."""
+    import numpy as np
+
+    n = (1 << 30) + 7
+    data = np.arange(n // 8 + 1, dtype="<u8").view(np.uint8)[:n]
+    two = Two(shmd_vm, small=False)
+    try:
+        p = subprocess.Popen([sys.executable, "-c", COUNTERS, str(n)], stdout=subprocess.PIPE, text=True,
+                             env=two.vm.env(two.b))
+        two.procs.append(p)
+        peer = int(p.stdout.readline())
+        with shmd.join(two.a) as me:
+            me.psend(peer, 1, data, timeout=300)
+            assert bytes(me.precv(peer, 2, timeout=300).data) == b"%d 1" % n
+        assert p.wait(30) == 0
+    finally:
+        two.close()
