@@ -669,3 +669,126 @@ def test_a_gibibyte_across_hosts(shmd_vm):
         assert p.wait(30) == 0
     finally:
         two.close()
+
+
+# a task streaming to every other task of the mesh (their tids on stdin, one JSON line):
+# n rounds of one message to each (tag 5: its round and our tid, repeated to size bytes),
+# taking what comes in between; then tag 6 to each; then it reads the tids that were
+# killed (a second JSON line) and takes messages until every other peer's tag 6 came
+# (none for QUIET s: it gives up); prints {src: [rounds in order received]} and the
+# messages that were not as sent
+MESH = r'''
+import json, sys, time, shmd
+from shmd.errors import PvmError, PvmNoTask, PvmTimeout
+n, size, quiet = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+def body(k, src):
+    return (k.to_bytes(4, "little") + src.to_bytes(4, "little")) * (size // 8)
+with shmd.join(name="mesh") as me:
+    print(me.tid, flush=True)
+    peers = [p for p in json.loads(sys.stdin.readline()) if p != me.tid]
+    got, bad, done = {}, [], set()
+    def take(wait):
+        """One message (False if none came within wait s)."""
+        try:
+            m = me.precv(timeout=wait)
+        except PvmTimeout:
+            return False
+        if m.tag == 6:
+            done.add(m.src)
+        else:
+            k = int.from_bytes(m.data[:4], "little")
+            if bytes(m.data) != body(k, m.src):
+                bad.append([m.src, k])
+            got.setdefault(m.src, []).append(k)
+        return True
+    live = list(peers)
+    for k in range(n):
+        for p in list(live):
+            try:
+                me.psend(p, 5, body(k, me.tid), timeout=20)
+            except PvmError as e:
+                if e.code != PvmNoTask:
+                    raise
+                live.remove(p)  # a task of this host that died (one of another host: dropped there)
+        while take(0):
+            pass
+    for p in live:
+        try:
+            me.psend(p, 6, b"", timeout=20)
+        except PvmError:
+            pass
+    dead = set(json.loads(sys.stdin.readline()))
+    while not set(peers) - dead <= done and take(quiet):
+        pass
+    print(json.dumps({"got": got, "bad": bad}), flush=True)
+'''
+
+
+def test_chaos_three_hosts_kill_nine(shmd_vm):
+    """Two tasks on each of three hosts stream to every other task while two of them, on
+    different hosts, are killed -9 at a random moment: every message from a live sender
+    to a live receiver arrives once, in order, intact; a dead sender's are a prefix; no
+    page stays in use on any host once the tasks are gone."""
+    import random
+
+    vm, keys = shmd_vm, zmq.curve_keypair()
+    vmids = [vm.vmid, vm.vmid + "b", vm.vmid + "c"]
+    ports: list[int] = []
+    netds: list[int] = []
+    procs: list[tuple[subprocess.Popen, int, int]] = []  # (process, tid, host)
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    n, size = 150, 2000  # (inline in the inboxes: no task waits for pages others hold)
+    try:
+        for h, v in enumerate(vmids, 1):
+            vm.start(f"-host={h}", vmid=v, small=False)
+            port, pid = start_netd(vm, v, h, keys, [[k + 1, "127.0.0.1", p] for k, p in enumerate(ports)])
+            ports.append(port)
+            netds.append(pid)
+        for v in vmids:
+            wait_for(lambda v=v: sum(remote.route(v)["hosts"].values()) == 2, what=f"every host up at {v}")
+        for h, v in enumerate(vmids, 1):
+            for _ in range(2):
+                p = subprocess.Popen([sys.executable, "-c", MESH, str(n), str(size), "60"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=vm.env(v))
+                procs.append((p, int(p.stdout.readline()), h))
+        everyone = json.dumps([t for _, t, _ in procs]) + "\n"
+        for p, _, _ in procs:
+            p.stdin.write(everyone)
+            p.stdin.flush()
+        time.sleep(rng.uniform(0.3, 1.5))
+        doomed = [rng.choice([x for x in procs if x[2] == h]) for h in rng.sample([1, 2, 3], 2)]
+        for p, _, _ in doomed:
+            p.kill()
+            p.wait(10)
+        dead = {t for _, t, _ in doomed}
+        for p, me, _ in procs:
+            if me not in dead:
+                p.stdin.write(json.dumps(sorted(dead)) + "\n")
+                p.stdin.flush()
+        for p, me, _ in procs:
+            if me in dead:
+                continue
+            out, _ = p.communicate(timeout=180)
+            assert p.returncode == 0, f"seed {seed}: t{me:x} exited {p.returncode}"
+            r = json.loads(out.splitlines()[-1])
+            got = {int(s): ks for s, ks in r["got"].items()}
+            assert r["bad"] == [], f"seed {seed}: t{me:x} got changed messages {r['bad'][:5]}"
+            for _, src, _ in procs:
+                if src == me:
+                    continue
+                ks = got.get(src, [])
+                want = list(range(n)) if src not in dead else list(range(len(ks)))
+                assert ks == want, (f"seed {seed}: t{me:x} from t{src:x}: {ks[:10]}... ({len(ks)} of {n}); killed "
+                                    f"{sorted(map(tids.fmt, dead))}")
+    finally:
+        for p, _, _ in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(10)
+        for pid in netds:
+            os.kill(pid, signal.SIGTERM)
+        for pid in netds:
+            wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), what=f"netd {pid} gone")
+    for v in vmids:
+        wait_for(lambda v=v: _pages_free(vm, v), 10, f"every page of {v} free")
