@@ -43,13 +43,13 @@ import argparse
 import json
 import mmap
 import os
+import queue
 import signal
 import struct
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import zmq
 from zmq.utils import z85
@@ -133,6 +133,35 @@ class Zap(threading.Thread):
         self.sock.close(0)
 
 
+class Pool:
+    """A few threads for the requests that wait (concurrent.futures would cost every
+    host's start 10-20 ms of imports)."""
+
+    def __init__(self, n: int):
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._run, name=f"ask{k}", daemon=True) for k in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            fn, args = job
+            try:
+                fn(*args)
+            except (PvmError, zmq.ZMQError, OSError, ValueError):
+                pass  # (each request answers its own errors; these come at shutdown)
+
+    def submit(self, fn: Callable, *args: object) -> None:
+        self.q.put((fn, args))
+
+    def shutdown(self) -> None:
+        for _ in self.threads:
+            self.q.put(None)
+
+
 class Net:
     """The network process of one host."""
 
@@ -165,7 +194,7 @@ class Net:
         self.post_tx: zmq.Socket = self.ctx.socket(zmq.PUSH)
         self.post_tx.connect(POST)
         self.post_lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="ask")
+        self.pool = Pool(WORKERS)
         self.links: dict[int, object] = {}  # host -> netask.NetLink to its pvm_netd (the pool's)
         self.spawn_lock = threading.Lock()  # spawning and reaping our children (waitpid) apart
         self.cursor = 0  # default placement goes round the hosts from here
@@ -800,7 +829,7 @@ class Net:
 
     def close(self) -> None:
         private.unlink(paths.tmpfile(remote.ROUTE_STEM, self.vmid))
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown()
         for link in self.links.values():
             link.close()  # type: ignore[attr-defined]
         self.post_tx.close(0)
