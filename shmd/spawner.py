@@ -299,18 +299,42 @@ def _start_one(argv, env, wd, name, sock, output, log_fd) -> Copy | PvmError:
 
 def spawn(prog: str, args: Sequence[str] = (), count: int = 1, *, ep: str | None = None,
           wd: str | None = None, output: str = "inherit", vmid: str | None = None,
-          ptid: int | None = None) -> list[int | PvmError]:
+          ptid: int | None = None, host: str | None = None, arch: str | None = None) -> list[int | PvmError]:
     """For tasks: start *count* copies of *prog* on this host (pvm_spawn's library form).
 
     Returns one entry per copy: its tid, or the PvmError saying why it failed. The
     copies write to our stdout/stderr (``output="inherit"``) or the host's log
     (``"log"``). They are our children: reap them (``os.wait()``) when they end; the
-    daemon counts a zombie as dead either way."""
+    daemon counts a zombie as dead either way.
+
+    With *host* (a host's name, ``"."`` ours, ``"*"`` round robin over every host) or
+    *arch* (the hosts of that architecture) the copies are placed and started by the
+    hosts' pvm_netd, as ``shmd.pvm.pvm_spawn`` does (the calling task, joined, their
+    parent; their hosts' ``ep=``/``wd=``; output to their hosts' logs; not our
+    children): *ep*, *wd* and *output* do not apply."""
+    if host is not None or arch is not None:
+        return _spawn_anywhere(prog, args, count, host, arch, ptid)
     vmid = paths.current_vmid(vmid)
     if ptid is None:
         ptid = int(os.environ.get("PVM_MYTID", "0"), 16)
     out = start_copies(prog, args, count, vmid=vmid, ep=ep, wd=wd, ptid=ptid, output=output)
     return [c.tid if isinstance(c, Copy) else c for c in out]
+
+
+def _spawn_anywhere(prog: str, args: Sequence[str], count: int, host: str | None, arch: str | None,
+                    ptid: int | None) -> list[int | PvmError]:
+    """spawn's copies on other hosts: through this host's pvm_netd (remote.ask)."""
+    from . import remote
+    from .task import current, join
+
+    me = current() or join()
+    flag = PvmTaskDefault if host == "*" else PvmTaskHost if host is not None else PvmTaskArch
+    where = "" if host == "*" else host if host is not None else arch
+    got = remote.ask(me, "spawn", 60.0, prog=prog, args=[str(a) for a in args], count=count, flag=flag,
+                     where=where, ptid=me.tid if ptid is None else ptid)
+    if not isinstance(got, list) or len(got) != count:
+        raise PvmError(PvmSysErr, "pvm_netd: unreadable answer to spawn")
+    return [r if isinstance(r, int) else PvmError(int(r[0]), str(r[1]) or None) for r in got]
 
 
 # ---- relaying output ----------------------------------------------------------------------

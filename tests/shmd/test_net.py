@@ -23,7 +23,7 @@ from daemons import shmd_vm, wait_for
 from other_user import other_user  # noqa: F401  (a fixture)
 
 import shmd
-from shmd import netd, remote, tids
+from shmd import netd, remote, spawner, tids
 from shmd.errors import PvmError, PvmHostFail, PvmOverflow
 
 NETD = os.path.join(BIN, "pvm_netd")
@@ -455,6 +455,13 @@ def test_program_spawns_lists_signals_and_watches_tasks_of_other_hosts(two, pvm_
         for t in children:  # each child's pvm_parent is us, wherever it runs
             m = me.precv(t, 7, timeout=30)
             assert struct.unpack("<ii", m.data) == (t, me.tid)
+        pythonic = spawner.spawn(str(prog), host="beta") + spawner.spawn(str(prog), host="*", count=2)
+        assert [tids.host_of(t) for t in pythonic[:1]] == [2] and len(set(map(tids.host_of, pythonic[1:]))) == 2
+        children += pythonic
+        for t in pythonic:
+            assert struct.unpack("<ii", me.precv(t, 7, timeout=30).data) == (t, me.tid)
+        nowhere, = spawner.spawn(str(prog), host="nowhere")
+        assert isinstance(nowhere, PvmError) and nowhere.code == pvm.PvmNoHost
         assert pvm.pvm_spawn(str(prog), [], pvm.PvmTaskHost, "nowhere", 2) == [pvm.PvmNoHost] * 2
         assert pvm.pvm_spawn(str(prog), [], pvm.PvmTaskArch, "SUN4", 1) == [pvm.PvmNoHost]
         assert pvm.pvm_spawn("no-such-program", [], pvm.PvmTaskHost, "beta", 1) == [pvm.PvmNoFile]
