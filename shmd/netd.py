@@ -179,7 +179,10 @@ class Net:
         self.task = Task(vmid, name=remote.NAME, spin=False, role="net")
         if tids.host_of(self.task.tid) != host:
             raise PvmError(PvmNoTask, f"pvm_shmd of VM {vmid!r} is host {tids.host_of(self.task.tid)}, not {host}")
-        self.info[host] = _host_info(me, str(control.request("stat", vmid).get("name") or f"host{host}"))
+        name = me.get("name") if isinstance(me.get("name"), str) and me.get("name") else None
+        if name is None:  # (the console gives it: no request to the daemon at each start)
+            name = str(control.request("stat", vmid).get("name") or f"host{host}")
+        self.info[host] = _host_info(me, name)
         self.ctx = zmq.Context()
         self.auth = Zap(self.ctx, public, secret, trusted)
         self.auth.start()
@@ -398,13 +401,19 @@ class Net:
         poller.register(rx, zmq.POLLIN)
         poller.register(self.post_rx, zmq.POLLIN)
         next_round = time.monotonic() + SLICE
+        woke = time.monotonic()  # when the last poll returned
         while self.running:
+            busy = time.monotonic() - woke  # what the last frames took us
             ready = dict(poller.poll(int(SLICE * 1000)))
-            now = time.monotonic()
+            now = woke = time.monotonic()
             if not ready or now >= next_round:
                 next_round = now + SLICE
-                if not ready:
-                    self._check_peers()  # idle: what we heard of each peer is up to date
+                # judged every round (with a few peers beating, a whole slice without a
+                # frame is rare), but only with nothing unread and not right after we
+                # were busy a while (the heartbeats that came meanwhile are still on
+                # their way in)
+                if not int(rx.getsockopt(zmq.EVENTS)) & zmq.POLLIN and busy < SLICE:
+                    self._check_peers()
                 self._check_exits()
                 self._reap()
             if self.post_rx in ready:
