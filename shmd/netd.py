@@ -621,7 +621,8 @@ class Net:
     def place(self, flag: int, where: str, count: int) -> list[int]:
         """The host of each of *count* copies (pvm_spawn's *flag* and *where*): the named
         host (PvmTaskHost; "." is ours), round robin over the hosts of an architecture
-        (PvmTaskArch) or over every host (default); PvmHostCompl: every other one.
+        (PvmTaskArch) or over every host (default), ours first, then on from where the
+        last spawn stopped; PvmHostCompl: every other one.
         PvmError(PvmNoHost) when no host fits."""
         up = self.hosts_up()
         name = {h: self.info.get(h, {}).get("name") for h in up}
@@ -635,6 +636,7 @@ class Net:
             fits = [h for h in up if h not in fits]
         if not fits:
             raise PvmError(PvmNoHost, f"no host {'but ' if flag & spawner.PvmHostCompl else ''}{where!r}")
+        fits.sort(key=lambda h: (h < self.host, h))  # ours first: a first single copy stays here
         if len(fits) == 1:
             return fits * count
         with self.lock:
