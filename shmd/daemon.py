@@ -12,6 +12,7 @@ Handlers only record the signal; the main loop acts.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -23,10 +24,11 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 
 import sysv_ipc
 
-from . import calibrate, handshake, hostenv, ipc, layout, pagemap, paths, private, tids, trace
+from . import calibrate, handshake, hostenv, ipc, layout, pagemap, paths, private, tids, trace, wake
 from .clients import Client, Clients, error_reply
 from .errors import PvmDenied, PvmExists, PvmOutOfRes
 from .exits import DaemonExit
@@ -232,6 +234,17 @@ class Daemon:
                 entry[name] = value
         self.clear_maps()
         self.buf[:8] = layout.MAGIC  # last: only now may an alien process trust it
+
+    @contextlib.contextmanager
+    def trial_sems(self) -> Iterator[list[sysv_ipc.Semaphore]]:
+        """Two semaphores of ours (in the registry: a successor removes them if we die)
+        for measuring the wake-up kinds (wake.py), removed after."""
+        sems = [self.res.semaphore(0) for _ in range(2)]
+        try:
+            yield sems
+        finally:
+            for s in sems:
+                self.res.drop("sem", s.id)
 
     def clear_maps(self) -> None:
         for i in range(len(self.segs)):
@@ -773,10 +786,12 @@ def run(opts: Options, ready: ReadyPipe) -> int:
         d.reclaim()
         d.create()
         d.listen()
-        # which way large messages go here: measured once per boot (<50 ms), kept in a
-        # private file every task reads when it joins
-        d.paths = calibrate.ensure(again_if_noisy=True)
+        # which way large messages go here and how sleepers are woken: measured once per
+        # boot (<50 ms each), kept in a private file every task reads when it joins
+        d.paths = calibrate.ensure(again_if_noisy=True, sems=d.trial_sems)
+        layout.header(d.buf)["wake"] = wake.KINDS.index(calibrate.wake_choice(d.paths)[0])
         log(calibrate.lines(d.paths)[0])
+        log(calibrate.lines(d.paths)[-1])
     except StartError as e:
         d.shutdown()
         return fail(e.status, str(e))

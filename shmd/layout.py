@@ -83,6 +83,9 @@ H = {
     "gone_sent_bytes": (296, "Q"),
     "gone_recvd": (304, "Q"),
     "gone_recvd_bytes": (312, "Q"),
+    # how every task of this daemon sleeps and is woken (wake.py: its index in wake.KINDS),
+    # set by pvm_shmd at start, before READY
+    "wake": (320, "I"),
 }
 # Segment table entry fields (offset within the entry).
 S = {
@@ -158,6 +161,7 @@ T_SENDING_I = index(T["sending"], 4)
 T_SENT_Q = index(T["sent"], 8)  # then sent_bytes, recvd, recvd_bytes (COUNTERS)
 T_BLOCKED_I = index(T["blocked"], 4)
 H_TRACE_I = index(H["trace"], 4)
+H_WAKE_I = index(H["wake"], 4)
 
 # The trace rings (trace.py): per task slot, a count of events written (int64, by the
 # slot's task), a count of events drained (int64, by pvm_shmd), then at 64 TRACE_EVENTS

@@ -19,6 +19,7 @@ import time
 import pytest
 
 import shmd
+from shmd import wake
 
 SEED = int(os.environ.get("STRESS_SEED", "0")) or random.randrange(1, 1 << 30)
 PER_SENDER = int(os.environ.get("STRESS_MESSAGES", "8000"))
@@ -90,8 +91,16 @@ result = {'got': got, 'ends': ends}
 """
 
 
+@pytest.fixture(params=wake.available())
+def wake_kind(request, monkeypatch, pvm_env):
+    """PVM_SHMD_WAKE for the daemon: the kill -9 promises hold whichever way sleepers
+    are woken (wake.py)."""
+    monkeypatch.setenv(wake.ENV, request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("daemon", [(512, 2)], indirect=True)
-def test_stress_senders_receivers_with_kills(daemon, peers):
+def test_stress_senders_receivers_with_kills(wake_kind, daemon, peers):
     rng = random.Random(SEED)
     print(f"STRESS_SEED={SEED}")
     limit = 90.0
