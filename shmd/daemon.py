@@ -250,6 +250,7 @@ class Daemon:
         for i in range(len(self.segs)):
             pagemap.init(self.m32, layout.map_i(i), self.geo.npages,
                          layout.rover_index(i))
+            self.m32[layout.intent_i(i)] = 0  # (a plan of the maps before: void now)
             layout.segent(self.buf, i)["free"] = self.geo.npages
 
     def listen(self) -> None:
@@ -363,6 +364,9 @@ class Daemon:
             try:
                 doomed = set(queued.get(s, ()))
                 try:
+                    if got and pagemap.finish(self.m32, s):  # it died in a map operation
+                        self.log(f"t{tid:x} was killed changing segment {s}'s page map: "
+                                 "its change finished")
                     runs = list(pagemap.runs(self.m32, b, self.geo.npages))
                 except pagemap.Damaged as err:  # its pages stay; the slot is freed all the same
                     self.note_damage(f"reaping t{tid:x}: {err.detail}")
@@ -488,6 +492,8 @@ class Daemon:
             got = self.seg_locks[s].acquire(LOCK_TIMEOUT)
             damage = ""
             try:
+                if got:
+                    pagemap.finish(self.m32, s)  # a killed task's change, done whole
                 runs = list(pagemap.runs(self.m32, b, self.geo.npages))
             except pagemap.Damaged as err:  # reported, not counted: no 198 million free pages
                 runs, damage = [], err.detail or str(err)

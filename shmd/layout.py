@@ -171,6 +171,23 @@ TRACE_EVENTS = 1024
 TRACE_RING = 64 + TRACE_EVENT * TRACE_EVENTS
 MAP_HDR, MAP_FTR, MAP_OWNER = 0, MAXPAGES, 2 * MAXPAGES  # int32 arrays of a page map
 
+# Each segment's intent record (pagemap.py), in the header after the segment table: the
+# int32 writes of a page-map operation under way, so that whoever next holds the segment's
+# lock finishes an operation whose process was killed in the middle (its lock is given
+# back by SEM_UNDO, its map half written). A count of pairs (0: none), then up to
+# INTENT_MAX (int32 index in segment 0, value) pairs.
+INTENT_OFF = SEGTAB_OFF + MAXSEG * SEGENT
+INTENT_MAX = 12
+INTENT_SIZE = 4 * (1 + 2 * INTENT_MAX) + 28  # (to 128 bytes)
+
+
+def intent_i(seg: int) -> int:
+    """Index of segment *seg*'s intent record in an int32 view of segment 0."""
+    return (INTENT_OFF + seg * INTENT_SIZE) // 4
+
+
+assert INTENT_OFF + MAXSEG * INTENT_SIZE <= HEADER_SIZE
+
 # The direct-delivery record of a slot (see direct.py): 16 int64 words at RV_OFF, as
 # word indexes. The receiver posts its buffer (RV_STATE OPEN, with address, size and
 # the source and tag it takes); a sender claims it under the inbox lock (CLAIMED,

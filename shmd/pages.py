@@ -4,6 +4,9 @@ Under the segment's semaphore, pagemap.py does the work on the page map; this la
 picks the segment (from ours, ``_home``, on), waits for frees up to the caller's
 deadline, keeps the segment table's counters, and puts off a free whose segment lock
 is held by a stopped process (``_deferred``) rather than block a receive on it.
+Every change to a map (and the segment's free-page count) is one plan committed whole
+(pagemap.commit): a task killed -9 mid-way leaves it to the next taker of the lock,
+which finishes it first (pagemap.finish), not a damaged map.
 """
 from __future__ import annotations
 
@@ -18,10 +21,10 @@ _FREE, _ALLOCATED, _FREED = layout.S_FREE_I, layout.S_ALLOCATED_Q, layout.S_FREE
 _OWNER = layout.MAP_OWNER
 
 
-def add32(m: memoryview, k: int, n: int) -> None:
-    """m[k] += n for a u32 counter in an int32 view, wrapping (a scribbled counter
+def plus32(m: memoryview, k: int, n: int) -> int:
+    """m[k] + n for a u32 counter in an int32 view, wrapping (a scribbled counter
     must not make an update raise)."""
-    m[k] = (m[k] + n + (1 << 31)) % (1 << 32) - (1 << 31)
+    return (m[k] + n + (1 << 31)) % (1 << 32) - (1 << 31)
 
 
 class Pages(TaskBase):
@@ -48,10 +51,15 @@ class Pages(TaskBase):
                 except ipc.Gone:
                     raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
                 try:
+                    if m[self._intent[s]]:
+                        pagemap.finish(m, s)  # what a task killed holding it left undone
+                    plan: list[int] = []
                     p = pagemap.alloc(m, self._mapb[s], self._npages[s], want, tid,
-                                      self._rover[s])
+                                      self._rover[s], plan)
                     if p >= 0:
-                        add32(m, self._segi[s] + _FREE, -want)  # pages free
+                        k = self._segi[s] + _FREE  # pages free
+                        plan += (k, plus32(m, k, -want))
+                        pagemap.commit(m, self._intent[s], plan)
                         w = self._segq[s] + _ALLOCATED  # allocations so far
                         self._q[w] = (self._q[w] + 1) & MASK64
                         if blocked:
@@ -83,12 +91,18 @@ class Pages(TaskBase):
         except ipc.Gone:
             raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
         try:
+            m = self._i
+            if m[self._intent[s]]:
+                pagemap.finish(m, s)  # what a task killed holding it left undone
             if only_if and (not 0 <= p < self._npages[s]
-                            or self._i[self._mapb[s] + _OWNER + p] != only_if):
+                            or m[self._mapb[s] + _OWNER + p] != only_if):
                 return
-            n = pagemap.free(self._i, self._mapb[s], self._npages[s], p, self._rover[s])
+            plan: list[int] = []
+            n = pagemap.free(m, self._mapb[s], self._npages[s], p, self._rover[s], plan)
             if n:
-                add32(self._i, self._segi[s] + _FREE, n)
+                k = self._segi[s] + _FREE
+                plan += (k, plus32(m, k, n))
+                pagemap.commit(m, self._intent[s], plan)
                 w = self._segq[s] + _FREED
                 self._q[w] = (self._q[w] + 1) & MASK64
         finally:

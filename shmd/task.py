@@ -143,6 +143,7 @@ class Task(Receiving, Sending):
         self._segq = [layout.segent_q(s) for s in range(self._nsegs)]
         self._segi = [layout.segent_i(s) for s in range(self._nsegs)]
         self._rover = [layout.rover_index(s) for s in range(self._nsegs)]
+        self._intent = [layout.intent_i(s) for s in range(self._nsegs)]
         self._maxpages = max(self._npages)
         # our slot's words (int64: head, tail, consumed, direct-delivery record; int32:
         # waiting, pending, sending) and our ring's byte offset

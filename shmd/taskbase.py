@@ -123,6 +123,7 @@ class TaskBase:
     _segi: list[int]
     _segq: list[int]
     _rover: list[int]
+    _intent: list[int]  # each segment's intent record (int32 index: pagemap.commit)
     _maxpages: int
     _home: int
     _deferred: list[tuple[int, int, int]]
