@@ -34,7 +34,7 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = b"pvmshmd\x00"
-VERSION = 4
+VERSION = 5  # 5: the wake word and the page maps' intent records
 
 MAXSEG = 8  # the man page's MAXSEG: segments at most
 MAXPAGES = 4096  # the man page's MAXPAGES: pages per segment at most
