@@ -32,7 +32,7 @@ caught what ``runs`` raised before. Nothing here loops more than *npages* times.
 """
 from __future__ import annotations
 
-from array import array
+import struct
 
 from .errors import PvmError, PvmSysErr
 from .layout import INTENT_MAX, MAP_FTR, MAP_OWNER, MAP_STRIDE, SEGENT, intent_i, map_i, map_off, segent_i
@@ -163,13 +163,16 @@ def _apply(m: memoryview, w: list[int]) -> None:
         m[w[k]] = w[k + 1]
 
 
+_PAIRS = {n: struct.Struct(f"<{n}i") for n in range(2, 2 * INTENT_MAX + 1, 2)}
+
+
 def commit(m: memoryview, rec: int, plan: list[int]) -> None:
     """Do *plan* (index, value pairs) so that it is done whole even if we are killed
     in the middle: kept in the intent record at index *rec* (``layout.intent_i``)
     first, its count written last (from then on the next holder of the lock redoes
     it, see ``finish``), cleared once done."""
     n = len(plan)
-    m[rec + 1:rec + 1 + n] = array("i", plan)
+    _PAIRS[n].pack_into(m, 4 * rec + 4, *plan)  # (cheaper than a slice from an array)
     m[rec] = n >> 1
     for k in range(0, n, 2):
         m[plan[k]] = plan[k + 1]
