@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from . import direct, paths, private, wake
+from . import direct, ipc, paths, private, wake
 from .errors import PvmBadParam, PvmError
 from .ipc import _libc
 
@@ -207,7 +207,6 @@ def _run_sides(cells, bufs, end: float) -> list[float] | None:
     ctl, times = views[3], views[4]
     cpus = _cpus()  # each side pins itself to one of the first two (where it may)
     pids = [0, 0]
-    ok = True
     try:
         for who in (1, 0):  # the receiver first: the sender needs its pid
             try:
@@ -223,19 +222,7 @@ def _run_sides(cells, bufs, end: float) -> list[float] | None:
                     code = 1
                 os._exit(code)
             pids[who] = pid
-        deadline = time.monotonic() + 5.0
-        for pid in pids:
-            while True:
-                got, status = os.waitpid(pid, os.WNOHANG)
-                if got:
-                    ok = ok and os.waitstatus_to_exitcode(status) == 0
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, 9)
-                    os.waitpid(pid, 0)
-                    ok = False
-                    break
-                time.sleep(0.001)
+        ok = ipc.wait_children(pids, 5.0)
         done = ctl[2] - 1 if ctl[2] else len(cells)  # cells both sides timed
         if not ok or done < MIN_TRIALS * len(cells) // TRIALS or min(ctl[0], ctl[1]) < done:
             return None

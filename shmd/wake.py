@@ -35,7 +35,7 @@ import time
 from typing import Any
 
 from .errors import PvmBadParam, PvmError
-from .ipc import MAX_WAIT, Waiter, _libc
+from .ipc import MAX_WAIT, Waiter, _libc, wait_children
 
 ENV = "PVM_SHMD_WAKE"
 KINDS = ("sem", "futex")  # the header's wake word holds the index
@@ -211,18 +211,5 @@ def _run_pair(kind: str, m32: memoryview, addr: int, sems: Any, n: int, cpus: li
             finally:
                 os._exit(code)
         pids.append(pid)
-    ok = True
-    deadline = time.monotonic() + 5.0
-    for pid in pids:
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                ok = ok and os.waitstatus_to_exitcode(status) == 0
-                break
-            if time.monotonic() > deadline:  # a side stuck (one lost wake-up waits 1 s)
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                ok = False
-                break
-            time.sleep(0.0005)
+    ok = wait_children(pids, 5.0)  # (a side stuck: one lost wake-up waits 1 s)
     return statistics.median(out[:n].tolist()) / 2 * 1e6 if ok else None

@@ -1,13 +1,13 @@
 """How sleeping receivers are woken (shmd/wake.py): each kind, forced by PVM_SHMD_WAKE,
 is the one the daemon's tasks use and wakes every sleep (none waits out its slice);
-a bad value is a one-line error naming it; a scribbled header word is named at join;
+a bad value is a one-line error naming it (test_paths.py); a scribbled header word is
+named at join;
 the daemon's choice follows the measurement and distrusts a busy host's."""
 from __future__ import annotations
 
 import sys
 
 import pytest
-from daemons import PVM_SHMD, shmd_vm  # noqa: F401  (a fixture)
 
 import shmd
 from shmd import calibrate, ipc, layout, wake
@@ -58,15 +58,6 @@ def test_each_kind_wakes_every_sleep(kind, daemon, peers):
         # and the peer, a sleeping receiver too (spin off), was woken the same way
         assert p.call("result = type(me._waiter).__name__") == ("FutexWaiter" if kind == "futex"
                                                         else "Waiter")
-
-
-def test_a_bad_wake_value_is_one_line_naming_it(shmd_vm, monkeypatch):
-    vm = shmd_vm
-    monkeypatch.setenv(wake.ENV, "carrier-pigeon")
-    r = vm.run([PVM_SHMD])
-    assert r.returncode == 2 and r.stdout == ""
-    assert len(r.stderr.splitlines()) == 1 and "PVM_SHMD_WAKE='carrier-pigeon'" in r.stderr, r.stderr
-    assert not vm.files()
 
 
 def test_a_scribbled_wake_word_is_named_at_join(daemon):
