@@ -159,11 +159,11 @@ def _wait(m32: memoryview, k: int, waiter: Any, futex: bool) -> None:
         m32[k] = 1  # the echo side: set before it wakes the pinging side
 
 
-def measure(sems: Any, trials: int = TRIALS, n: int = ROUND_TRIPS) -> dict[str, float]:
-    """One-way microseconds of the handshake for each kind this machine has (median of
-    *trials* interleaved runs of *n* round trips, between two forked processes on the
-    host's first two CPUs); {} if they could not run. *sems*: two semaphores of the
-    caller's (value 0), for the sem kind."""
+def measure(sems: Any, trials: int = TRIALS, n: int = ROUND_TRIPS) -> dict[str, list[float]]:
+    """One-way microseconds of a sleep and wake-up for each kind this machine has, one
+    figure per trial (the median of *n* round trips; *trials* interleaved, between two
+    forked processes on the host's first two CPUs); {} if they could not run. *sems*:
+    two semaphores of the caller's (value 0), for the sem kind."""
     kinds = available()
     with open("/sys/devices/system/cpu/online") as f:
         first = f.read().strip().split(",")[0]
@@ -190,7 +190,7 @@ def measure(sems: Any, trials: int = TRIALS, n: int = ROUND_TRIPS) -> dict[str, 
         for v in reversed(views):
             v.release()
         mem.close()
-    return {k: round(statistics.median(v), 2) for k, v in got.items()}
+    return {k: [round(x, 2) for x in v] for k, v in got.items()}
 
 
 def _run_pair(kind: str, m32: memoryview, addr: int, sems: Any, n: int, cpus: list[int],
