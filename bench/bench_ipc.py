@@ -15,7 +15,9 @@ mpirun and mpi4py are there) and single-thread memcpy:
      segments vs with 1 segment;
 then the issues' floors, each marked PASS or FAIL. The header says which way pvm-shmd
 sends large messages on this machine and why (shmd/calibrate.py: measured when its
-daemon starts, or forced: --path sets PVM_SHMD_PATH for the run).
+daemon starts, or forced: --path sets PVM_SHMD_PATH for the run), and how its sleeping
+receivers are woken (shmd/wake.py); --wakes sem,futex adds a spin-off latency row per
+kind, each through a daemon started with PVM_SHMD_WAKE set to it.
 
 The two processes of a pair are pinned to different CPUs. Every cell is measured with a
 fresh process pair and fresh IPC objects; each figure is the median over --repeat runs
