@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_ipc.py [--quick] [--repeat 3] [--sizes 8,1K,64K,1M,16M]
                                         [--only shmd,floor,pipe,socket,mpi,memcpy,lat,bw,contention]
-                                        [--idle-poll] [--path pages|direct|auto]
+                                        [--idle-poll] [--path pages|direct|auto] [--wakes sem,futex]
 
 Prints, side by side, for pvm-shmd (psend with precv / precv_into / precv_view, adaptive
 spin on and off), the bare SysV floor (sysv_ipc shared memory + a semaphore pair, no
@@ -15,7 +15,9 @@ mpirun and mpi4py are there) and single-thread memcpy:
      segments vs with 1 segment;
 then the issues' floors, each marked PASS or FAIL. The header says which way pvm-shmd
 sends large messages on this machine and why (shmd/calibrate.py: measured when its
-daemon starts, or forced: --path sets PVM_SHMD_PATH for the run).
+daemon starts, or forced: --path sets PVM_SHMD_PATH for the run), and how its sleeping
+receivers are woken (shmd/wake.py); --wakes sem,futex adds a spin-off latency row per
+kind, each through a daemon started with PVM_SHMD_WAKE set to it.
 
 The two processes of a pair are pinned to different CPUs. Every cell is measured with a
 fresh process pair and fresh IPC objects; each figure is the median over --repeat runs
@@ -57,7 +59,8 @@ from _common import Payload, bw_count, lat_iters  # noqa: E402
 
 import shmd  # noqa: E402
 from shmd import calibrate  # noqa: E402
-from shmd.errors import PvmError  # noqa: E402
+from shmd import wake as shmd_wake  # noqa: E402
+from shmd.errors import PvmBadParam, PvmError  # noqa: E402
 
 MP = multiprocessing.get_context("fork")
 BIN = os.path.dirname(sys.executable)
@@ -176,14 +179,18 @@ def daemon_cmd(name: str) -> list[str]:
     return [sys.executable, "-m", mod]
 
 
-def start_daemon(owned: Owned, maxsegs: int, maxpages: int = 4096) -> str:
-    """Start a pvm_shmd with a VM id of its own; return the VM id."""
+def start_daemon(owned: Owned, maxsegs: int, maxpages: int = 4096, wake: str | None = None) -> str:
+    """Start a pvm_shmd with a VM id of its own (its tasks woken the *wake* way, else
+    as it chooses); return the VM id."""
     for _attempt in range(6):
         vmid = f"bipc{os.getpid()}s{maxsegs}a{owned.started}"
         owned.started += 1
+        env = owned.env(vmid)
+        if wake:
+            env[shmd_wake.ENV] = wake
         r = subprocess.run(daemon_cmd("pvm_shmd") + [f"-maxpages={maxpages}",
                                                      f"-maxsegs={maxsegs}"],
-                           env=owned.env(vmid), capture_output=True, text=True, timeout=60)
+                           env=env, capture_output=True, text=True, timeout=60)
         if r.returncode == 0:
             line = r.stdout.strip().splitlines()[-1]
             from shmd.handshake import parse
@@ -210,14 +217,16 @@ def daemon_alive(vmid: str) -> bool:
 
 
 class Daemons:
-    """The run's pvm_shmd daemons by segment count, restarted if one is found dead (a
-    test suite's hygiene check on this shared box kills daemons it did not start)."""
+    """The run's pvm_shmd daemons by segment count (or (segment count, wake-up kind)),
+    restarted if one is found dead (a test suite's hygiene check on this shared box
+    kills daemons it did not start)."""
 
     def __init__(self, owned: Owned):
         self.owned, self.vmids, self.restarts = owned, {}, 0
 
-    def __getitem__(self, maxsegs: int) -> str:
-        vmid = self.vmids.get(maxsegs)
+    def __getitem__(self, key: int | tuple[int, str]) -> str:
+        maxsegs, wake = key if isinstance(key, tuple) else (key, None)
+        vmid = self.vmids.get(key)
         if vmid is not None and daemon_alive(vmid):
             return vmid
         if vmid is not None:
@@ -226,8 +235,8 @@ class Daemons:
                 if v == vmid:
                     self.owned.stop_daemon(v, pid)
                     self.owned.daemons.remove((v, pid))
-        self.vmids[maxsegs] = start_daemon(self.owned, maxsegs)
-        return self.vmids[maxsegs]
+        self.vmids[key] = start_daemon(self.owned, maxsegs, wake=wake)
+        return self.vmids[key]
 
 
 # ---- running processes ------------------------------------------------------------------
@@ -630,8 +639,8 @@ def cell(owned: Owned, kind: str, row: dict, size: int, scale: float, vmids: dic
     made, closers = [], []
     try:
         if t == "shmd":
-            cfg.update(vmid=vmids[8], spin=row["spin"], into=row.get("mode") == "into",
-                       mode=row.get("mode"))
+            cfg.update(vmid=vmids[(8, row["wake"]) if row.get("wake") else 8], spin=row["spin"],
+                       into=row.get("mode") == "into", mode=row.get("mode"))
             fn = lat_shmd if kind == "lat" else bw_shmd
         elif t == "floor":
             if kind == "lat":
@@ -694,6 +703,15 @@ BW_ROWS = [
     {"id": "mpi", "t": "mpi", "name": "mpi4py Send/Recv (Open MPI)"},
     {"id": "memcpy", "t": "memcpy", "name": "memcpy, 1 thread (memoryview[:]=src)"},
 ]
+
+
+def lat_rows(wakes: str | None) -> list[dict]:
+    """LAT_ROWS, with a spin-off precv row per wake-up kind of *wakes* after pvm-shmd's."""
+    extra = [{"id": f"shmd-precv-off-{k}", "t": "shmd", "spin": False, "mode": "precv",
+              "wake": k, "name": f"pvm-shmd psend/precv, spin off, {k}"}
+             for k in (w.strip() for w in (wakes or "").split(",")) if k]
+    at = max(i for i, r in enumerate(LAT_ROWS) if r["t"] == "shmd") + 1
+    return LAT_ROWS[:at] + extra + LAT_ROWS[at:]
 
 
 def run_mpi(lat_sizes, bw_sizes, repeat, scale) -> tuple[dict, str]:
@@ -812,11 +830,20 @@ def main(argv=None) -> int:
     ap.add_argument("--path", choices=calibrate.MODES, default=None,
                     help="force pvm-shmd's large-message path for the run (sets "
                          "PVM_SHMD_PATH; default: as in the environment, else measured)")
+    ap.add_argument("--wakes", default=None,
+                    help="comma list of wake-up kinds (sem,futex): latency rows of pvm-shmd "
+                         "with the spin off, one per kind, each through a daemon started "
+                         f"with {shmd_wake.ENV} set to it (besides the daemon's own choice)")
     a = ap.parse_args(argv)
     if a.path:
         os.environ[calibrate.ENV] = a.path
     try:
         calibrate.mode()
+        shmd_wake.mode()
+        for k in (a.wakes or "").split(","):
+            if k.strip() and k.strip() not in shmd_wake.available():
+                raise PvmError(PvmBadParam, f"--wakes: {k.strip()!r} is not one of "
+                                            f"{', '.join(shmd_wake.available())}")
     except PvmError as e:
         print(f"bench_ipc.py: {e.detail}", file=sys.stderr)
         return 2
@@ -958,7 +985,7 @@ def run(ap: argparse.ArgumentParser, a, argv) -> int:
                       f"({time.monotonic() - t_start:.0f} s)", file=sys.stderr, flush=True)
 
         if "lat" in parts:
-            measure("lat", LAT_ROWS, lat_sizes, lat)
+            measure("lat", lat_rows(a.wakes), lat_sizes, lat)
         if "bw" in parts:
             measure("bw", BW_ROWS, bw_sizes, bw)
             if "memcpy" in transports:
@@ -1004,7 +1031,7 @@ def run(ap: argparse.ArgumentParser, a, argv) -> int:
     print()
     if "lat" in parts:
         print("\n".join(table("1. one-way ping-pong latency, microseconds (median RTT/2), "
-                              "lower is better", LAT_ROWS, lat_sizes, lat, ".1f")))
+                              "lower is better", lat_rows(a.wakes), lat_sizes, lat, ".1f")))
         print()
     if "bw" in parts:
         print("\n".join(table("2. streaming bandwidth, GB/s (receiver checks length, "

@@ -7,7 +7,8 @@ one row per mechanism, all in one run, interleaved run by run so drift hits them
 - semop (sysv_ipc): a pair of SysV semaphores, sysv_ipc's blocking acquire and release;
 - semtimedop (shmd): what pvm-shmd's sleeping receive does (``ipc.Waiter.down``, ctypes
   semtimedop with prebuilt arguments) woken by sysv_ipc's release;
-- futex (ctypes): FUTEX_WAIT/FUTEX_WAKE on a word of shared memory, through syscall(2);
+- futex (shmd): FUTEX_WAIT/FUTEX_WAKE on a word of shared memory through syscall(2),
+  with the classes of pvm-shmd's futex kind (``shmd/wake.py``);
 - eventfd: os.eventfd, a blocking read of 8 bytes, woken by a write;
 - pipe byte: a byte through os.pipe, each way;
 - socketpair byte: a byte through a Unix socketpair, each way;
@@ -35,44 +36,31 @@ import sysv_ipc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from shmd import ipc  # noqa: E402
-
-SYS_FUTEX = 202  # x86-64
-FUTEX_WAIT, FUTEX_WAKE = 0, 1
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-_syscall = _libc.syscall
+from shmd import ipc, wake  # noqa: E402
 
 
 class Futex:
-    """Two words of shared memory, one per direction (arguments built once, as
-    shmd's ipc.Waiter does for semtimedop: ctypes converting them costs ~0.8 us)."""
+    """shmd's futex kind (shmd/wake.py, the classes tasks use): direction k is waiting
+    word k of shared memory; its receiver sleeps until a sender clears it, then sets
+    it again (before it answers, so an answer's wake-up cannot come first)."""
 
     def __init__(self):
         self.mem = mmap.mmap(-1, 4096)
-        self.words = (ctypes.c_int * 2).from_buffer(self.mem)
-        base = ctypes.addressof(self.words)
-        nr, wake, wait = ctypes.c_long(SYS_FUTEX), ctypes.c_int(FUTEX_WAKE), ctypes.c_int(FUTEX_WAIT)
-        self.ts = Timespec(1, 0)  # a timeout on every wait
-        self.addr = [ctypes.c_void_p(base + 4 * k) for k in range(2)]
-        self.wake = [(nr, a, wake, ctypes.c_int(1)) for a in self.addr]
-        self.wait_args = [(nr, a, wait) for a in self.addr]
-        self.tsref = ctypes.byref(self.ts)
+        self.cbuf = (ctypes.c_char * 4096).from_buffer(self.mem)
+        base = ctypes.addressof(self.cbuf)
+        self.m32 = memoryview(self.mem).cast("i")
+        self.m32[0] = self.m32[1] = 1
+        self.waiters = [wake.FutexWaiter(base + 4 * k) for k in range(2)]
+        self.wakes = [wake.FutexWake(self.m32, k, base + 4 * k) for k in range(2)]
 
-    def post(self, k: int, value: int) -> None:
-        self.words[k] = value
-        _syscall(*self.wake[k])
+    def post(self, k: int, seq: int) -> None:
+        self.wakes[k].release()
 
-    def wait(self, k: int, want: int) -> None:
-        args, words, ts = self.wait_args[k], self.words, self.tsref
-        while True:
-            seen = words[k]
-            if seen == want:
-                return
-            _syscall(*args, ctypes.c_int(seen), ts)
-
-
-class Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+    def wait(self, k: int, seq: int) -> None:
+        m32, waiter = self.m32, self.waiters[k]
+        while m32[k]:
+            waiter.down(1.0)  # a timeout on every wait
+        m32[k] = 1
 
 
 def make(name: str):
@@ -99,7 +87,7 @@ def make(name: str):
             for s in sems:
                 s.remove()
         return send, recv, cleanup
-    if name == "futex (ctypes)":
+    if name == "futex (shmd)":
         f = Futex()
         return (lambda k, seq: f.post(k, seq)), (lambda k, seq: f.wait(k, seq)), lambda: None
     if name == "eventfd":
@@ -137,7 +125,7 @@ def make(name: str):
     raise ValueError(name)
 
 
-MECHANISMS = ("semop (sysv_ipc)", "semtimedop (shmd)", "futex (ctypes)", "eventfd",
+MECHANISMS = ("semop (sysv_ipc)", "semtimedop (shmd)", "futex (shmd)", "eventfd",
               "pipe byte", "socketpair byte", "SysV msg queue")
 
 

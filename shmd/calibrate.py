@@ -25,19 +25,25 @@ every task reads it when it joins (``choice``), or measures and writes it if mis
 ``PVM_SHMD_PATH`` forces a path for a process: ``pages`` (never direct), ``direct``
 (direct from FORCED_MIN up, where cross-memory attach works) or ``auto`` (measured; the
 default). ``pvm_shmd_stat`` shows the choice and the figures it was made from.
+
+The same file keeps how fast each way of waking a sleeping receiver is here (wake.py:
+a semaphore or a futex), measured by the daemon alone (it holds the semaphores the
+measurement needs) and chosen by it for all its tasks (``wake_choice``).
 """
 from __future__ import annotations
 
 import ctypes
 import json
 import os
+import statistics
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from . import direct, paths, private
+from . import direct, ipc, paths, private, wake
 from .errors import PvmBadParam, PvmError
 from .ipc import _libc
 
@@ -55,7 +61,7 @@ TRIAL_BYTES = 512 << 10  # each timed cell copies about this much (repeating its
 TRIALS = 3  # cells are timed up to this many times, interleaved; the fastest counts
 MIN_TRIALS = 2  # ... and at least this many (the first alone measured low: pages and
 BUDGET = 0.04  # caches still cold); seconds: no further trial starts after this
-FORMAT = 1  # of the file
+FORMAT = 2  # of the file (2: with the wake-up figures)
 
 
 @dataclass(frozen=True)
@@ -202,7 +208,6 @@ def _run_sides(cells, bufs, end: float) -> list[float] | None:
     ctl, times = views[3], views[4]
     cpus = _cpus()  # each side pins itself to one of the first two (where it may)
     pids = [0, 0]
-    ok = True
     try:
         for who in (1, 0):  # the receiver first: the sender needs its pid
             try:
@@ -218,19 +223,7 @@ def _run_sides(cells, bufs, end: float) -> list[float] | None:
                     code = 1
                 os._exit(code)
             pids[who] = pid
-        deadline = time.monotonic() + 5.0
-        for pid in pids:
-            while True:
-                got, status = os.waitpid(pid, os.WNOHANG)
-                if got:
-                    ok = ok and os.waitstatus_to_exitcode(status) == 0
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, 9)
-                    os.waitpid(pid, 0)
-                    ok = False
-                    break
-                time.sleep(0.001)
+        ok = ipc.wait_children(pids, 5.0)
         done = ctl[2] - 1 if ctl[2] else len(cells)  # cells both sides timed
         if not ok or done < MIN_TRIALS * len(cells) // TRIALS or min(ctl[0], ctl[1]) < done:
             return None
@@ -245,8 +238,10 @@ def _run_sides(cells, bufs, end: float) -> list[float] | None:
         shared.close()
 
 
-def measure() -> dict:
-    """Time the four patterns at SIZES on this machine; the figures (GB/s) and choice."""
+def measure(sems: Callable[[], AbstractContextManager[Any]] | None = None) -> dict:
+    """Time the four patterns at SIZES on this machine; the figures (GB/s) and choice;
+    with *sems* (a daemon: two semaphores of its own, removed after), the wake-up kinds
+    too (``wake_us``: one-way microseconds per kind and trial; else {})."""
     import mmap
 
     started = time.perf_counter()
@@ -279,7 +274,16 @@ def measure() -> dict:
             view = _crossover(best["both"], best["alone"])
     return {"format": FORMAT, **_machine(), "when": time.time(),
             "ms": round((time.perf_counter() - started) * 1e3, 1), "cma": cma, "load": busy,
-            "sizes": list(SIZES), "gbps": gbps, "into_min": into, "view_min": view}
+            "sizes": list(SIZES), "gbps": gbps, "into_min": into, "view_min": view,
+            "wake_us": measure_wake(sems)}
+
+
+def measure_wake(sems: Callable[[], AbstractContextManager[Any]] | None) -> dict[str, list[float]]:
+    """One-way microseconds of each wake-up kind here ({} without *sems*)."""
+    if sems is None:
+        return {}
+    with sems() as pair:
+        return wake.measure(pair)
 
 
 def _crossover(fast: list[float], slow: list[float]) -> int:
@@ -320,6 +324,10 @@ def load() -> dict | None:
             for v in g.values()) or not all(type(m.get(k)) in num for k in ("ms", "when", "load"))
             or type(m.get("cma")) is not bool):
         return None
+    w = m.get("wake_us")
+    if not isinstance(w, dict) or not all(k in wake.KINDS and isinstance(v, list) and v
+                                          and all(type(x) in num for x in v) for k, v in w.items()):
+        return None
     return m
 
 
@@ -329,19 +337,26 @@ def noisy(m: dict) -> bool:
     return m.get("load", 0) >= len(_cpus())
 
 
-def ensure(again_if_noisy: bool = False) -> dict:
+def ensure(again_if_noisy: bool = False,
+           sems: Callable[[], AbstractContextManager[Any]] | None = None) -> dict:
     """The measurement of this machine: the kept one, else measured now and kept.
     With *again_if_noisy* (a daemon starting), a kept one made on a busy host is
-    measured again."""
+    measured again; with *sems* (a daemon), one without wake-up figures too."""
     m = load()
     if m is None or (again_if_noisy and noisy(m)):
-        m = measure()
+        m = measure(sems)
         if not m["gbps"]:
             return m  # the two sides could not run: not kept, measured again next time
-        try:
-            private.write_atomic(file_path(), json.dumps(m).encode())
-        except (OSError, private.UnsafeState):
-            pass  # measured again next time
+    elif sems is not None and not m["wake_us"]:  # measured by a task: no wake-up figures
+        m = {**m, "wake_us": measure_wake(sems)}
+        if not m["wake_us"]:
+            return m
+    else:
+        return m
+    try:
+        private.write_atomic(file_path(), json.dumps(m).encode())
+    except (OSError, private.UnsafeState):
+        pass  # measured again next time
     return m
 
 
@@ -360,6 +375,28 @@ def choice(measured: dict | None = None) -> Choice:
     return Choice(got["into_min"], got["view_min"], "measured")
 
 
+def wake_choice(measured: dict | None) -> tuple[str, str]:
+    """How a daemon's tasks sleep and are woken (a wake.KINDS name), and why
+    (``$PVM_SHMD_WAKE`` first; else the semaphore, the kind used before it was
+    measured, unless another kind was faster than it in every trial: a kind that wins
+    only some of them is within this machine's noise, and the choice would flip from
+    one daemon to the next)."""
+    m = wake.mode()
+    if m != "auto":
+        return m, f"forced by {wake.ENV}={m}"
+    got = {k: v for k, v in ((measured or {}).get("wake_us") or {}).items() if k in wake.available()}
+    if not got:
+        return "sem", "not measured: the semaphore"
+    if measured is not None and noisy(measured):
+        return "sem", (f"measured on a busy host (load average {measured['load']:.2f}): "
+                       "not trusted, the semaphore")
+    worst = {k: max(v) for k, v in got.items()}
+    best = min(worst, key=lambda k: worst[k])
+    if best != "sem" and "sem" in got and worst[best] < min(got["sem"]):
+        return best, "measured: faster in every trial"
+    return "sem", "measured: nothing faster in every trial, the semaphore"
+
+
 def size_text(n: int) -> str:
     if n >= NEVER:
         return "never"
@@ -370,7 +407,12 @@ def summary(measured: dict | None = None) -> dict:
     """What ``pvm_shmd_stat --json`` shows as "paths": the choice, and the figures."""
     m = measured or ensure()
     c = choice(m)
+    kind, kwhy = wake_choice(m)
     return {"mode": mode(), "why": c.why,
+            "wake": {"kind": kind, "why": kwhy, "mode": wake.mode(),
+                     "one_way_us": {k: statistics.median(v)
+                                    for k, v in (m.get("wake_us") or {}).items()},
+                     "trials_us": m.get("wake_us") or {}},
             "precv_into_direct_from": size_text(c.into_min),
             "precv_view_both_from": size_text(c.view_min),
             "measured": {"ms": m["ms"], "sizes": [size_text(s) for s in m["sizes"]],
@@ -393,4 +435,7 @@ def lines(measured: dict | None = None) -> list[str]:
              "alone": "into pages, sender alone", "both": "into pages, both copy"}
     for k, v in g.items():
         out.append(f"  {names.get(k, k):26} " + " ".join(f"{x:7.2f}" for x in v))
+    w = s["wake"]
+    out.append(f"sleeping receivers woken by {w['kind']} ({w['why']}); one-way us: "
+               + (", ".join(f"{k} {v:.1f}" for k, v in w["one_way_us"].items()) or "none"))
     return out

@@ -12,6 +12,7 @@ Handlers only record the signal; the main loop acts.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -23,10 +24,11 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 
 import sysv_ipc
 
-from . import calibrate, handshake, hostenv, ipc, layout, pagemap, paths, private, tids, trace
+from . import calibrate, handshake, hostenv, ipc, layout, pagemap, paths, private, tids, trace, wake
 from .clients import Client, Clients, error_reply
 from .errors import PvmDenied, PvmExists, PvmOutOfRes
 from .exits import DaemonExit
@@ -233,10 +235,22 @@ class Daemon:
         self.clear_maps()
         self.buf[:8] = layout.MAGIC  # last: only now may an alien process trust it
 
+    @contextlib.contextmanager
+    def trial_sems(self) -> Iterator[list[sysv_ipc.Semaphore]]:
+        """Two semaphores of ours (in the registry: a successor removes them if we die)
+        for measuring the wake-up kinds (wake.py), removed after."""
+        sems = [self.res.semaphore(0) for _ in range(2)]
+        try:
+            yield sems
+        finally:
+            for s in sems:
+                self.res.drop("sem", s.id)
+
     def clear_maps(self) -> None:
         for i in range(len(self.segs)):
             pagemap.init(self.m32, layout.map_i(i), self.geo.npages,
                          layout.rover_index(i))
+            self.m32[layout.intent_i(i)] = 0  # (a plan of the maps before: void now)
             layout.segent(self.buf, i)["free"] = self.geo.npages
 
     def listen(self) -> None:
@@ -350,6 +364,9 @@ class Daemon:
             try:
                 doomed = set(queued.get(s, ()))
                 try:
+                    if got and pagemap.finish(self.m32, s):  # it died in a map operation
+                        self.log(f"t{tid:x} was killed changing segment {s}'s page map: "
+                                 "its change finished")
                     runs = list(pagemap.runs(self.m32, b, self.geo.npages))
                 except pagemap.Damaged as err:  # its pages stay; the slot is freed all the same
                     self.note_damage(f"reaping t{tid:x}: {err.detail}")
@@ -475,6 +492,8 @@ class Daemon:
             got = self.seg_locks[s].acquire(LOCK_TIMEOUT)
             damage = ""
             try:
+                if got:
+                    pagemap.finish(self.m32, s)  # a killed task's change, done whole
                 runs = list(pagemap.runs(self.m32, b, self.geo.npages))
             except pagemap.Damaged as err:  # reported, not counted: no 198 million free pages
                 runs, damage = [], err.detail or str(err)
@@ -773,10 +792,12 @@ def run(opts: Options, ready: ReadyPipe) -> int:
         d.reclaim()
         d.create()
         d.listen()
-        # which way large messages go here: measured once per boot (<50 ms), kept in a
-        # private file every task reads when it joins
-        d.paths = calibrate.ensure(again_if_noisy=True)
+        # which way large messages go here and how sleepers are woken: measured once per
+        # boot (<50 ms each), kept in a private file every task reads when it joins
+        d.paths = calibrate.ensure(again_if_noisy=True, sems=d.trial_sems)
+        layout.header(d.buf)["wake"] = wake.KINDS.index(calibrate.wake_choice(d.paths)[0])
         log(calibrate.lines(d.paths)[0])
+        log(calibrate.lines(d.paths)[-1])
     except StartError as e:
         d.shutdown()
         return fail(e.status, str(e))

@@ -93,6 +93,33 @@ class Inbox(Pages):
         i[self._P] = len(pend)
         return None
 
+    def _take_paged(self, off: int, head: int, into):
+        """The receive fast paths' case of a message in one run of pages: the
+        descriptor at *off* (number *head*, next on our ring, nothing pending) is
+        whole and matches. Take it off the ring as ``_drain`` would, copy it out and
+        free the run: bytes, or the byte count written into *into*. None, with
+        nothing done, if it does not fit *into* or a field is not right (the general
+        path then takes it, and names the damage)."""
+        src, tag, n, s, p, npages, flags, total = _unpack_desc(self._buf, off)
+        ps = self._ps
+        if (n != total or s >= self._nsegs or not 0 < npages == (n + ps - 1) // ps
+                or p + npages > self._npages[s] or (into is not None and n > len(into))):
+            return None
+        q = self._q
+        self._i[self._mapb[s] + _OWNER + p] = self.tid  # the run is ours now
+        q[self._C] = (q[self._C] + n) & MASK64
+        q[self._H] = head + 1
+        b = p * ps
+        view = self._data[s][b:b + n]
+        try:
+            if into is None:
+                return bytes(view)
+            into[:n] = view
+            return n
+        finally:
+            view.release()
+            self._free_soon(s, p, npages)
+
     def _bad_desc(self, n: int, f: tuple) -> PvmError:
         """The error for descriptor number *n* of our inbox, whose fields *f* cannot be
         right; it is left on the ring (the head stays before it)."""

@@ -287,6 +287,26 @@ def parent_pid(pid: int) -> int | None:
     return None if rest[0] in (b"Z", b"X") else int(rest[1])
 
 
+def wait_children(pids: list[int], timeout: float) -> bool:
+    """Wait for our child processes *pids* to exit, SIGKILLing those still running
+    after *timeout* seconds (a stuck measuring side, say); True if all exited 0."""
+    ok = True
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while True:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                ok = ok and os.waitstatus_to_exitcode(status) == 0
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                ok = False
+                break
+            time.sleep(0.0005)
+    return ok
+
+
 def alive(pid: int, start: int) -> bool:
     """Is the process that was *pid* with start time *start* still running?"""
     return pid > 0 and process_start(pid) == start

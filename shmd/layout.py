@@ -34,7 +34,7 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = b"pvmshmd\x00"
-VERSION = 4
+VERSION = 5  # 5: the wake word and the page maps' intent records
 
 MAXSEG = 8  # the man page's MAXSEG: segments at most
 MAXPAGES = 4096  # the man page's MAXPAGES: pages per segment at most
@@ -83,6 +83,9 @@ H = {
     "gone_sent_bytes": (296, "Q"),
     "gone_recvd": (304, "Q"),
     "gone_recvd_bytes": (312, "Q"),
+    # how every task of this daemon sleeps and is woken (wake.py: its index in wake.KINDS),
+    # set by pvm_shmd at start, before READY
+    "wake": (320, "I"),
 }
 # Segment table entry fields (offset within the entry).
 S = {
@@ -158,6 +161,7 @@ T_SENDING_I = index(T["sending"], 4)
 T_SENT_Q = index(T["sent"], 8)  # then sent_bytes, recvd, recvd_bytes (COUNTERS)
 T_BLOCKED_I = index(T["blocked"], 4)
 H_TRACE_I = index(H["trace"], 4)
+H_WAKE_I = index(H["wake"], 4)
 
 # The trace rings (trace.py): per task slot, a count of events written (int64, by the
 # slot's task), a count of events drained (int64, by pvm_shmd), then at 64 TRACE_EVENTS
@@ -166,6 +170,23 @@ TRACE_EVENT = 32
 TRACE_EVENTS = 1024
 TRACE_RING = 64 + TRACE_EVENT * TRACE_EVENTS
 MAP_HDR, MAP_FTR, MAP_OWNER = 0, MAXPAGES, 2 * MAXPAGES  # int32 arrays of a page map
+
+# Each segment's intent record (pagemap.py), in the header after the segment table: the
+# int32 writes of a page-map operation under way, so that whoever next holds the segment's
+# lock finishes an operation whose process was killed in the middle (its lock is given
+# back by SEM_UNDO, its map half written). A count of pairs (0: none), then up to
+# INTENT_MAX (int32 index in segment 0, value) pairs.
+INTENT_OFF = SEGTAB_OFF + MAXSEG * SEGENT
+INTENT_MAX = 12
+INTENT_SIZE = 4 * (1 + 2 * INTENT_MAX) + 28  # (to 128 bytes)
+
+
+def intent_i(seg: int) -> int:
+    """Index of segment *seg*'s intent record in an int32 view of segment 0."""
+    return (INTENT_OFF + seg * INTENT_SIZE) // 4
+
+
+assert INTENT_OFF + MAXSEG * INTENT_SIZE <= HEADER_SIZE
 
 # The direct-delivery record of a slot (see direct.py): 16 int64 words at RV_OFF, as
 # word indexes. The receiver posts its buffer (RV_STATE OPEN, with address, size and

@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from . import calibrate, paths
+from . import calibrate, paths, wake
 from .errors import PvmError
 from .layout import MAXPAGES, MAXSEG
 
@@ -76,6 +76,7 @@ def parse(argv: list[str]) -> Options:
             raise UsageError(f"PVM_VMID: {e}") from None
     try:
         calibrate.mode()
+        wake.mode()
     except PvmError as e:
         raise UsageError(e.detail or str(e)) from None
     o.name = o.name or socket.gethostname()

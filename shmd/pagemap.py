@@ -14,6 +14,15 @@ run's start.
 Callers hold the segment's semaphore; these functions only compute.
 ``m`` is an int32 memoryview over segment 0 and ``b`` the map's index in it.
 
+An operation writes several words; a process killed -9 in the middle leaves its lock
+to the next taker (SEM_UNDO) and the map half written (an allocated run without an
+owner, a header and footer that disagree): damaged for good. So ``alloc`` and ``free``
+given a *plan* (a list) only compute: they append their writes to it as index, value,
+index, value... (every write an absolute value), and ``commit`` stores the plan in the
+segment's intent record (``layout.intent_i``) before it applies it, and clears the
+record after. Whoever takes the segment's lock next calls ``finish`` first, which
+applies a plan a killed process left there, again: the operation is done whole.
+
 The map is in memory any process of the user may scribble on: every run length read
 is bounded before it is used as an index. A map that cannot be right (a zero-length
 run, a run past the last page, a header and footer that disagree, an allocated run
@@ -23,8 +32,10 @@ caught what ``runs`` raised before. Nothing here loops more than *npages* times.
 """
 from __future__ import annotations
 
+import struct
+
 from .errors import PvmError, PvmSysErr
-from .layout import MAP_FTR, MAP_OWNER, MAP_STRIDE, map_off
+from .layout import INTENT_MAX, MAP_FTR, MAP_OWNER, MAP_STRIDE, SEGENT, intent_i, map_i, map_off, segent_i
 
 
 class Damaged(PvmError, ValueError):
@@ -54,10 +65,13 @@ def init(m: memoryview, b: int, npages: int, r: int = -1) -> None:
         m[r] = 0
 
 
-def alloc(m: memoryview, b: int, npages: int, want: int, owner: int, r: int = -1) -> int:
+def alloc(m: memoryview, b: int, npages: int, want: int, owner: int, r: int = -1,
+          plan: list[int] | None = None) -> int:
     """A free run of at least *want* pages, the first from the rover at index *r* of
     *m* on (from page 0 without one), wrapping round: mark it for *owner*; return its
-    first page, or -1 when no run is large enough."""
+    first page, or -1 when no run is large enough. With *plan*, the writes are only
+    appended to it (see ``commit``)."""
+    w: list[int] = [] if plan is None else plan
     start = m[r] if r >= 0 else 0
     if not 0 < start < npages:
         start = 0
@@ -68,15 +82,18 @@ def alloc(m: memoryview, b: int, npages: int, want: int, owner: int, r: int = -1
         k = k if k > 0 else -k
         if not 0 < k <= start or m[b + start - k] != m[b + MAP_FTR + start - 1]:
             start = 0
-    p = _fit(m, b, start, npages, npages, want, owner)
+    p = _fit(m, b, start, npages, npages, want, owner, w)
     if p < 0 and start:
-        p = _fit(m, b, 0, start, npages, want, owner)
+        p = _fit(m, b, 0, start, npages, want, owner, w)
     if p >= 0 and r >= 0:
-        m[r] = p + want if p + want < npages else 0
+        w += (r, p + want if p + want < npages else 0)
+    if plan is None:
+        _apply(m, w)
     return p
 
 
-def _fit(m: memoryview, b: int, p: int, stop: int, npages: int, want: int, owner: int) -> int:
+def _fit(m: memoryview, b: int, p: int, stop: int, npages: int, want: int, owner: int,
+         w: list[int]) -> int:
     """alloc's walk over the runs that start in [p, stop); p starts a run. Damaged if
     a run's length is 0 or goes past *npages* (at most *npages* steps)."""
     f = b + MAP_FTR
@@ -88,18 +105,17 @@ def _fit(m: memoryview, b: int, p: int, stop: int, npages: int, want: int, owner
         if v >= want:
             if m[f + p + v - 1] != v:
                 raise _bad(b, p, f"free run header {v}, footer {m[f + p + v - 1]}")
-            m[b + p] = -want
-            m[f + p + want - 1] = -want
+            w += (b + p, -want, f + p + want - 1, -want)
             if v > want:
-                m[b + p + want] = v - want
-                m[f + p + v - 1] = v - want
-            m[b + MAP_OWNER + p] = owner
+                w += (b + p + want, v - want, f + p + v - 1, v - want)
+            w += (b + MAP_OWNER + p, owner)
             return p
         p += n
     return -1
 
 
-def free(m: memoryview, b: int, npages: int, p: int, r: int = -1) -> int:
+def free(m: memoryview, b: int, npages: int, p: int, r: int = -1,
+         plan: list[int] | None = None) -> int:
     """Free the allocated run starting at page *p*, merging it with free neighbours
     (and moving the rover at index *r* of *m* to the merged run's start if it pointed
     inside); return the number of pages freed (0 if *p* does not start an allocated run).
@@ -107,7 +123,8 @@ def free(m: memoryview, b: int, npages: int, p: int, r: int = -1) -> int:
     A page that does not start an allocated run (a second free of the same run, a
     stale descriptor) is refused: its header and footer must both say -n. A free
     neighbour whose length runs past the map, or whose header and footer disagree,
-    raises Damaged before anything is written."""
+    raises Damaged before anything is written. With *plan*, the writes are only
+    appended to it (see ``commit``)."""
     if not 0 <= p < npages:
         return 0
     n = -m[b + p]
@@ -129,14 +146,59 @@ def free(m: memoryview, b: int, npages: int, p: int, r: int = -1) -> int:
                                  f"{m[b + p - before] if before <= p else '-'}")
         start -= before
         length += before
-    m[b + MAP_OWNER + p] = 0
+    w: list[int] = [] if plan is None else plan
+    w += (b + MAP_OWNER + p, 0)
     if start != p:
-        m[b + p] = 0  # no stale -n inside the merged run: a second free must fail
-    m[b + start] = length
-    m[f + start + length - 1] = length
+        w += (b + p, 0)  # no stale -n inside the merged run: a second free must fail
+    w += (b + start, length, f + start + length - 1, length)
     if r >= 0 and start < m[r] < start + length:
-        m[r] = start
+        w += (r, start)
+    if plan is None:
+        _apply(m, w)
     return n
+
+
+def _apply(m: memoryview, w: list[int]) -> None:
+    for k in range(0, len(w), 2):
+        m[w[k]] = w[k + 1]
+
+
+_PAIRS = {n: struct.Struct(f"<{n}i") for n in range(2, 2 * INTENT_MAX + 1, 2)}
+
+
+def commit(m: memoryview, rec: int, plan: list[int]) -> None:
+    """Do *plan* (index, value pairs) so that it is done whole even if we are killed
+    in the middle: kept in the intent record at index *rec* (``layout.intent_i``)
+    first, its count written last (from then on the next holder of the lock redoes
+    it, see ``finish``), cleared once done."""
+    n = len(plan)
+    _PAIRS[n].pack_into(m, 4 * rec + 4, *plan)  # (cheaper than a slice from an array)
+    m[rec] = n >> 1
+    for k in range(0, n, 2):
+        m[plan[k]] = plan[k + 1]
+    m[rec] = 0
+
+
+def finish(m: memoryview, seg: int) -> bool:
+    """Redo the plan a process killed while it held segment *seg*'s lock left in its
+    intent record (the caller holds the lock now); True if there was one. A record
+    that cannot be right (a count past INTENT_MAX, an index outside this segment's map
+    and table entry) raises Damaged, and is left as it is."""
+    rec = intent_i(seg)
+    n = m[rec]
+    if not n:
+        return False
+    b, e = map_i(seg), segent_i(seg)
+    if not 0 < n <= INTENT_MAX:
+        raise Damaged(f"segment {seg}'s intent record damaged: {n} writes")
+    pairs = m[rec + 1:rec + 1 + 2 * n].tolist()
+    for k in range(0, 2 * n, 2):
+        i = pairs[k]
+        if not (b <= i < b + MAP_STRIDE // 4 or e <= i < e + SEGENT // 4):
+            raise Damaged(f"segment {seg}'s intent record damaged: a write to word {i}")
+    _apply(m, pairs)
+    m[rec] = 0
+    return True
 
 
 def runs(m: memoryview, b: int, npages: int):

@@ -4,24 +4,30 @@ Under the segment's semaphore, pagemap.py does the work on the page map; this la
 picks the segment (from ours, ``_home``, on), waits for frees up to the caller's
 deadline, keeps the segment table's counters, and puts off a free whose segment lock
 is held by a stopped process (``_deferred``) rather than block a receive on it.
+Every change to a map (and the segment's free-page count) is one plan committed whole
+(pagemap.commit): a task killed -9 mid-way leaves it to the next taker of the lock,
+which finishes it first (pagemap.finish), not a damaged map.
 """
 from __future__ import annotations
 
 import time
+
+import sysv_ipc
 
 from . import ipc, layout, pagemap
 from .errors import PvmError, PvmSysErr
 from .taskbase import MASK64, SLICE, MemoryFull, TaskBase
 
 FREE_WAIT = 0.02  # how long a free waits for a segment's lock before it is put off
+DEFER_MAX = 8  # runs a receive may leave to free later when their segment's lock is busy
 _FREE, _ALLOCATED, _FREED = layout.S_FREE_I, layout.S_ALLOCATED_Q, layout.S_FREED_Q
 _OWNER = layout.MAP_OWNER
 
 
-def add32(m: memoryview, k: int, n: int) -> None:
-    """m[k] += n for a u32 counter in an int32 view, wrapping (a scribbled counter
+def plus32(m: memoryview, k: int, n: int) -> int:
+    """m[k] + n for a u32 counter in an int32 view, wrapping (a scribbled counter
     must not make an update raise)."""
-    m[k] = (m[k] + n + (1 << 31)) % (1 << 32) - (1 << 31)
+    return (m[k] + n + (1 << 31)) % (1 << 32) - (1 << 31)
 
 
 class Pages(TaskBase):
@@ -48,10 +54,15 @@ class Pages(TaskBase):
                 except ipc.Gone:
                     raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
                 try:
+                    if m[self._intent[s]]:
+                        pagemap.finish(m, s)  # what a task killed holding it left undone
+                    plan: list[int] = []
                     p = pagemap.alloc(m, self._mapb[s], self._npages[s], want, tid,
-                                      self._rover[s])
+                                      self._rover[s], plan)
                     if p >= 0:
-                        add32(m, self._segi[s] + _FREE, -want)  # pages free
+                        k = self._segi[s] + _FREE  # pages free
+                        plan += (k, plus32(m, k, -want))
+                        pagemap.commit(m, self._intent[s], plan)
                         w = self._segq[s] + _ALLOCATED  # allocations so far
                         self._q[w] = (self._q[w] + 1) & MASK64
                         if blocked:
@@ -83,14 +94,54 @@ class Pages(TaskBase):
         except ipc.Gone:
             raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
         try:
-            if only_if and (not 0 <= p < self._npages[s]
-                            or self._i[self._mapb[s] + _OWNER + p] != only_if):
-                return
-            n = pagemap.free(self._i, self._mapb[s], self._npages[s], p, self._rover[s])
-            if n:
-                add32(self._i, self._segi[s] + _FREE, n)
-                w = self._segq[s] + _FREED
-                self._q[w] = (self._q[w] + 1) & MASK64
+            self._free_held(s, p, only_if)
+        finally:
+            lock.release()
+
+    def _free_held(self, s: int, p: int, only_if: int = 0) -> None:
+        """_free's work, under segment *s*'s lock (held by the caller)."""
+        m = self._i
+        if m[self._intent[s]]:
+            pagemap.finish(m, s)  # what a task killed holding it left undone
+        if only_if and (not 0 <= p < self._npages[s]
+                        or m[self._mapb[s] + _OWNER + p] != only_if):
+            return
+        plan: list[int] = []
+        n = pagemap.free(m, self._mapb[s], self._npages[s], p, self._rover[s], plan)
+        if n:
+            k = self._segi[s] + _FREE
+            plan += (k, plus32(m, k, n))
+            pagemap.commit(m, self._intent[s], plan)
+            w = self._segq[s] + _FREED
+            self._q[w] = (self._q[w] + 1) & MASK64
+
+    def _free_soon(self, s: int, p: int, npages: int) -> None:
+        """Free a run we received and copied out: now if its segment's lock is free
+        (with the runs put off before in that segment, under the same hold), else
+        later (``_deferred``: up to DEFER_MAX runs of at most 1/DEFER_MAX of the
+        segment each; past that, or for a larger run, we wait as _free does). In a
+        stream the lock is the sender's too, allocating: a receiver that waited for
+        it (sleeping, when the holder was preempted) ran a 64 KiB stream at a fraction
+        of its speed on a loaded host. A run put off stays ours (its owner word says
+        so): if we die meanwhile pvm_shmd frees it with our others."""
+        lock, deferred = self._locks[s], self._deferred
+        if len(deferred) >= DEFER_MAX or npages * DEFER_MAX > self._npages[s]:
+            self._free_deferred()
+            self._free(s, p)
+            return
+        try:
+            lock.sem.acquire()  # non-blocking (IPC_NOWAIT), with SEM_UNDO
+        except sysv_ipc.BusyError:
+            deferred.append((s, p, 0))
+            return
+        except sysv_ipc.ExistentialError:
+            raise PvmError(PvmSysErr, "pvm_shmd removed its segments") from None
+        try:
+            self._free_held(s, p)
+            if deferred:
+                for run in [r for r in deferred if r[0] == s]:
+                    deferred.remove(run)
+                    self._free_held(*run)
         finally:
             lock.release()
 

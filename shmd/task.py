@@ -31,7 +31,7 @@ from collections import deque
 
 import sysv_ipc
 
-from . import calibrate, control, direct, ipc, layout, paths, tids, trace
+from . import calibrate, control, direct, ipc, layout, paths, tids, trace, wake
 from .errors import PvmError, PvmExists, PvmSysErr
 from .message import DESC as _DESC  # noqa: F401  (the names tools and tests use)
 from .message import Desc as _Desc  # noqa: F401
@@ -143,6 +143,7 @@ class Task(Receiving, Sending):
         self._segq = [layout.segent_q(s) for s in range(self._nsegs)]
         self._segi = [layout.segent_i(s) for s in range(self._nsegs)]
         self._rover = [layout.rover_index(s) for s in range(self._nsegs)]
+        self._intent = [layout.intent_i(s) for s in range(self._nsegs)]
         self._maxpages = max(self._npages)
         # our slot's words (int64: head, tail, consumed, direct-delivery record; int32:
         # waiting, pending, sending) and our ring's byte offset
@@ -170,7 +171,13 @@ class Task(Receiving, Sending):
         self._rx = small_desc(0)  # precv's guess of the next small message's length
         self._hdrs = {}  # tag << 8 | length -> descriptor
         self._served = set()  # dests our last large message went direct to
-        self._waiter = ipc.Waiter(t["wake_id"])
+        self._wake = h["wake"]  # the kind our daemon chose (wake.py): every task of it sleeps so
+        if self._wake not in (wake.SEM, wake.FUTEX) or (self._wake == wake.FUTEX
+                                                       and "futex" not in wake.available()):
+            raise damaged(f"wake-up kind {self._wake} in the header")
+        self._base0 = self._shm0.address
+        self._waiter = (wake.FutexWaiter(self._base0 + 4 * self._W) if self._wake == wake.FUTEX
+                        else ipc.Waiter(t["wake_id"]))
         self._pending = deque()
         self._peers = {}  # tid -> Peer
         self._home = self._slot % self._nsegs  # senders spread over segments

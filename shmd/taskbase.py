@@ -30,6 +30,7 @@ from . import calibrate, control, ipc, layout, tids, trace
 from .errors import PvmBadParam, PvmError, PvmNoMem, PvmNoTask, PvmSysErr, PvmTimeout
 from .message import Desc, Matcher, MessageView
 from .remote import RemoteTid
+from .wake import FUTEX, FutexWaiter, FutexWake
 
 ANY = -1
 SLICE = 0.2  # a blocked receiver re-checks the daemon this often (seconds)
@@ -74,7 +75,7 @@ class Peer:
                  "sending_i", "head_q", "tail_q", "start_q", "posted_q", "consumed_q", "rv",
                  "ring", "seen")
 
-    def __init__(self, slot: int, lock: ipc.Lock, wake: sysv_ipc.Semaphore):
+    def __init__(self, slot: int, lock: ipc.Lock, wake: sysv_ipc.Semaphore | FutexWake):
         bi, bq = layout.slot_i(slot), layout.slot_q(slot)
         self.slot, self.lock, self.wake = slot, lock, wake
         self.sem = lock.sem  # psend's fast path takes the lock without waiting
@@ -122,6 +123,7 @@ class TaskBase:
     _segi: list[int]
     _segq: list[int]
     _rover: list[int]
+    _intent: list[int]  # each segment's intent record (int32 index: pagemap.commit)
     _maxpages: int
     _home: int
     _deferred: list[tuple[int, int, int]]
@@ -138,7 +140,9 @@ class TaskBase:
     _ring: int
     _mylock: ipc.Lock
     _mywake: sysv_ipc.Semaphore
-    _waiter: ipc.Waiter
+    _waiter: ipc.Waiter | FutexWaiter  # how we sleep: our daemon's kind (_wake, wake.py)
+    _wake: int  # wake.SEM or wake.FUTEX
+    _base0: int  # where segment 0 is mapped here (a futex names a peer's word by address)
     _direct: bool
     _paths: calibrate.Choice  # from which sizes large messages go direct
     # receiving: the pending queue and what the receive paths remember
@@ -229,7 +233,12 @@ class TaskBase:
             if t["tid"] == tid and t["state"] == layout.ACTIVE:
                 try:
                     lock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
-                    wake = ipc.open_sem(t["wake_key"], t["wake_id"])
+                    if self._wake == FUTEX:  # its waiting word, in the segment we share
+                        k = layout.slot_i(i) + layout.T_WAITING_I
+                        wake: sysv_ipc.Semaphore | FutexWake = FutexWake(
+                            self._i, k, self._base0 + 4 * k)
+                    else:
+                        wake = ipc.open_sem(t["wake_key"], t["wake_id"])
                 except (ipc.Gone, sysv_ipc.Error):
                     break
                 p = self._peers[tid] = Peer(i, lock, wake)

@@ -15,7 +15,7 @@ from peers import payload
 from test_task_direct import allocations, later
 
 import shmd
-from shmd import calibrate, direct
+from shmd import calibrate, direct, wake
 from shmd.errors import PvmBadParam, PvmError
 
 MIB = 1 << 20  # in a segment of the test daemon (256 pages), and direct-sized
@@ -57,13 +57,16 @@ def test_each_path_delivers_intact_and_as_forced(forced, daemon, peers):
         assert (m.src, m.tag, bytes(m.data)) == (p.tid, 9, payload(3, 300 << 10))
 
 
-def test_a_bad_path_value_is_one_line_naming_it(shmd_vm, monkeypatch):
+@pytest.mark.parametrize("env,value", [(calibrate.ENV, "fastest"), (wake.ENV, "carrier-pigeon")])
+def test_a_bad_path_or_wake_value_is_one_line_naming_it(shmd_vm, monkeypatch, env, value):
     vm = shmd_vm
-    monkeypatch.setenv(calibrate.ENV, "fastest")
+    monkeypatch.setenv(env, value)
     r = vm.run([PVM_SHMD])
     assert r.returncode == 2 and r.stdout == ""
-    assert len(r.stderr.splitlines()) == 1 and "PVM_SHMD_PATH='fastest'" in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1 and f"{env}='{value}'" in r.stderr, r.stderr
     assert not vm.files()
+    if env == wake.ENV:
+        return  # (a task follows its daemon's kind: it does not read the variable)
     with pytest.raises(PvmError) as e:
         shmd.join()
     assert e.value.code == PvmBadParam and "PVM_SHMD_PATH='fastest'" in str(e.value)

@@ -15,10 +15,14 @@ import json
 import os
 import random
 import time
+from array import array
 
 import pytest
+from daemons import shmd_vm  # noqa: F401  (a fixture)
 
 import shmd
+from shmd import layout, pagemap, wake
+from shmd.errors import PvmError, PvmSysErr
 
 SEED = int(os.environ.get("STRESS_SEED", "0")) or random.randrange(1, 1 << 30)
 PER_SENDER = int(os.environ.get("STRESS_MESSAGES", "8000"))
@@ -90,8 +94,16 @@ result = {'got': got, 'ends': ends}
 """
 
 
+@pytest.fixture(params=wake.available())
+def wake_kind(request, monkeypatch, pvm_env):
+    """PVM_SHMD_WAKE for the daemon: the kill -9 promises hold whichever way sleepers
+    are woken (wake.py)."""
+    monkeypatch.setenv(wake.ENV, request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("daemon", [(512, 2)], indirect=True)
-def test_stress_senders_receivers_with_kills(daemon, peers):
+def test_stress_senders_receivers_with_kills(wake_kind, daemon, peers):
     rng = random.Random(SEED)
     print(f"STRESS_SEED={SEED}")
     limit = 90.0
@@ -142,3 +154,55 @@ def test_stress_senders_receivers_with_kills(daemon, peers):
     assert st["counters"]["reaped"] >= 2
     print(f"{total} messages checked; senders took {sending_time:.1f} s; "
           f"{st['counters']['allocated']} page runs allocated")
+
+
+def _cut_short(me, want: int) -> tuple[int, list[int]]:
+    """Leave segment 0's page map as a task killed -9 inside pagemap.commit does: the
+    plan of an allocation of *want* pages kept in the intent record, half applied.
+    (first page, plan)"""
+    m, b, n = me._i, me._mapb[0], me._npages[0]
+    plan: list[int] = []
+    p = pagemap.alloc(m, b, n, want, me.tid, me._rover[0], plan)
+    k = me._segi[0] + layout.S_FREE_I
+    plan += (k, m[k] - want)
+    rec = layout.intent_i(0)
+    m[rec + 1:rec + 1 + len(plan)] = array("i", plan)
+    m[rec] = len(plan) // 2
+    for j in range(0, 4, 2):  # the run's header and footer: not its owner, nor the rest
+        m[plan[j]] = plan[j + 1]
+    with pytest.raises(pagemap.Damaged):  # as it stands, the map cannot be right
+        list(pagemap.runs(m, b, n))
+    return p, plan
+
+
+@pytest.mark.parametrize("taker", ["task", "pvm_shmd"])
+def test_a_page_map_change_cut_short_is_finished_by_the_next_taker(daemon, taker):
+    pages = daemon.stat()["segments"][0]["free"]
+    with shmd.join() as me:
+        m, b, n = me._i, me._mapb[0], me._npages[0]
+        p, _ = _cut_short(me, 3)
+        if taker == "task":  # the next allocation in that segment finishes it first
+            me._home = 0
+            s2, p2 = me._alloc(1, time.monotonic() + 5)
+            assert s2 == 0
+        else:  # pvm_shmd takes the lock to report (as it does to reap)
+            assert daemon.stat()["segments"][0]["free"] == pages - 3
+        assert m[layout.intent_i(0)] == 0
+        assert (p, 3, True, me.tid) in list(pagemap.runs(m, b, n))
+        me._free(0, p)
+        if taker == "task":
+            me._free(s2, p2)
+    st = daemon.wait_idle(timeout=10)
+    assert all(s["free"] == s["pages"] for s in st["segments"]), st["segments"]
+
+
+def test_a_damaged_intent_record_is_named(daemon):
+    with shmd.join() as me:
+        rec = layout.intent_i(0)
+        me._home = 0
+        for count, first, named in ((99, 0, "99 writes"), (1, 5, "a write to word 5")):
+            me._i[rec], me._i[rec + 1] = count, first
+            with pytest.raises(PvmError) as e:
+                me._alloc(1, time.monotonic() + 5)
+            assert e.value.code == PvmSysErr and named in str(e.value), str(e.value)
+            me._i[rec] = 0

@@ -183,10 +183,16 @@ def refuse(fn, pid, local, remote, n):
 direct._copy = refuse
 """)
     buf = bytearray(BIG)
-    got = receive_into_later(me, buf, timeout=20)
-    p.call("me.psend(dest, 2, payload(8, size))", dest=me.tid, size=BIG)
-    assert got() == (p.tid, 2, BIG) and bytes(buf) == payload(8, BIG)
-    assert p.call("result = me._direct") is False
+    # (a sender preempted while the receiver copies every piece never calls writev: on
+    # a loaded host that happened; the next message then tries)
+    for k in range(8, 13):
+        got = receive_into_later(me, buf, timeout=20)
+        p.call("me.psend(dest, 2, payload(k, size))", dest=me.tid, size=BIG, k=k)
+        assert got() == (p.tid, 2, BIG) and bytes(buf) == payload(k, BIG)
+        if p.call("result = me._direct") is False:
+            break
+    else:
+        pytest.fail("the sender never met the refusal in 5 messages")
 
 
 def test_a_receiver_that_cannot_read_leaves_its_pieces_to_the_sender(daemon, me, peers,

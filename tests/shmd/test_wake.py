@@ -1,0 +1,92 @@
+"""How sleeping receivers are woken (shmd/wake.py): each kind, forced by PVM_SHMD_WAKE,
+is the one the daemon's tasks use and wakes every sleep (none waits out its slice);
+a bad value is a one-line error naming it (test_paths.py); a scribbled header word is
+named at join;
+the daemon's choice follows the measurement and distrusts a busy host's."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import shmd
+from shmd import calibrate, ipc, layout, wake
+
+KINDS = wake.available()
+
+
+@pytest.fixture(params=KINDS)
+def kind(request, monkeypatch, pvm_env):
+    """PVM_SHMD_WAKE for the daemon (its tasks follow it)."""
+    monkeypatch.setenv(wake.ENV, request.param)
+    return request.param
+
+
+class Counting:
+    """A receiver's waiter that remembers how each of its sleeps ended."""
+
+    def __init__(self, inner):
+        self.inner, self.ends = inner, []
+
+    def down(self, timeout: float) -> bool:
+        woke = self.inner.down(timeout)
+        self.ends.append(woke)
+        return woke
+
+
+def test_each_kind_wakes_every_sleep(kind, daemon, peers):
+    st = daemon.stat()["paths"]["wake"]
+    assert (st["kind"], st["why"]) == (kind, f"forced by PVM_SHMD_WAKE={kind}")
+    p = peers()
+    with shmd.join(spin=False) as me:
+        assert me._i[layout.H_WAKE_I] == KINDS.index(kind)
+        assert isinstance(me._waiter, wake.FutexWaiter if kind == "futex" else ipc.Waiter)
+        me._waiter = counting = Counting(me._waiter)
+        # the peer sends each message a little after the last reply: we are asleep by then
+        p.start("import time\n"
+                "for k in range(30):\n"
+                "    time.sleep(0.003)\n"
+                "    me.psend(dest, 5, k.to_bytes(4, 'little'))\n"
+                "    assert me.precv(dest, 6, timeout=20).data == b'ok'", dest=me.tid)
+        for k in range(30):
+            m = me.precv(p.tid, 5, timeout=20)
+            assert int.from_bytes(m.data, "little") == k
+            me.psend(p.tid, 6, b"ok")
+        p.result(20)
+        # it slept, and every sleep ended in a wake-up, none in its slice: no wake-up lost
+        assert counting.ends and all(counting.ends), counting.ends
+        # and the peer, a sleeping receiver too (spin off), was woken the same way
+        assert p.call("result = type(me._waiter).__name__") == ("FutexWaiter" if kind == "futex"
+                                                        else "Waiter")
+
+
+def test_a_scribbled_wake_word_is_named_at_join(daemon):
+    with shmd.join() as me:
+        me._i[layout.H_WAKE_I] = 7
+        try:
+            r = daemon.run([sys.executable, "-c", "import shmd; shmd.join()"])
+        finally:
+            me._i[layout.H_WAKE_I] = 0
+    assert r.returncode != 0 and "wake-up kind 7 in the header" in r.stderr, r.stderr
+
+
+def test_the_choice_follows_the_measurement(monkeypatch):
+    monkeypatch.delenv(wake.ENV, raising=False)
+    m = {"load": 0.0, "wake_us": {"sem": [9.0, 8.0, 9.5], "futex": [4.0, 7.9, 3.0]}}
+    assert calibrate.wake_choice(m) == (("futex", "measured: faster in every trial")
+                                        if "futex" in KINDS else
+                                        ("sem", "measured: nothing faster in every trial, the semaphore"))
+    # faster in two trials of three: within the noise, the semaphore stays
+    assert calibrate.wake_choice({**m, "wake_us": {"sem": [9.0, 8.0, 9.5], "futex": [4.0, 8.1, 3.0]}}) \
+        == ("sem", "measured: nothing faster in every trial, the semaphore")
+    kind, why = calibrate.wake_choice({**m, "load": 99.0})  # a busy host's: not trusted
+    assert kind == "sem" and "busy host (load average 99.00)" in why
+    assert calibrate.wake_choice({**m, "wake_us": {}}) == ("sem", "not measured: the semaphore")
+    monkeypatch.setenv(wake.ENV, "sem")
+    assert calibrate.wake_choice(m) == ("sem", "forced by PVM_SHMD_WAKE=sem")
+
+
+def test_the_daemon_measures_each_kind(daemon):
+    w = daemon.stat()["paths"]["wake"]
+    assert set(w["one_way_us"]) == set(KINDS) and all(v > 0 for v in w["one_way_us"].values())
+    assert all(len(v) == wake.TRIALS for v in w["trials_us"].values())
