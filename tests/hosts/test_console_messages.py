@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 from lab_probe import lab_args, need_lab, running_lab, ssh
 
 from pvmconsole import lab as labmod
+from pvmconsole.vmtable import TableStore
 
 pytestmark = pytest.mark.lab  # real sshd servers, lab hosts or namespaces (root)
 
@@ -85,6 +87,21 @@ def _config_with(lab, tmp_path, known_hosts: str, extra: str = "") -> str:
     return str(path)
 
 
+def _break_console_channel(vmid: str, name: str) -> None:
+    """Point the VM table's record of *name*'s pvm_netd at a port nobody listens on."""
+    store = TableStore(vmid)
+    with store.locked():
+        t = store.load()
+        assert t is not None
+        rec = next(h for h in t.hosts if h.name == name)
+        with socket.socket() as s:  # a port the OS just gave out and took back: closed
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()[1]
+        assert rec.net, rec
+        rec.net = [rec.net[0], closed]
+        store.save(t)
+
+
 def test_delete_of_a_host_whose_key_became_unknown_or_changed_says_so(lab, tmp_path, env):
     vmid = env["PVM_VMID"]
     kh = tmp_path / "known_hosts"
@@ -98,9 +115,11 @@ def test_delete_of_a_host_whose_key_became_unknown_or_changed_says_so(lab, tmp_p
         r = pvm(tmp_path, e, str(hostfile), "-e", "conf")
         assert r.returncode == 0 and len(daemons(lab, vmid)) == 1, r.stderr
         addr = lab.hosts[0].addr
-        # delete asks pvm_netd first (authenticated by the VM's keys, no SSH); with it gone
-        # the console falls back to SSH, whose host-key checks this test is about
-        ssh(lab, "pvmh1", f"pkill -KILL -f 'pvm_netd -vmid={vmid} '")
+        # delete asks pvm_netd first (authenticated by the VM's keys, no SSH); with the
+        # console's channel to it broken the console falls back to SSH, whose host-key
+        # checks this test is about. Only the console's channel: pvm_netd itself keeps
+        # beating to the master's, so the host is not counted down (and dropped from conf)
+        _break_console_channel(vmid, "pvmh1")
 
         kh.write_text("")  # the host's key is not known any more
         r = pvm(tmp_path, e, "-e", "delete pvmh1")
