@@ -65,9 +65,10 @@ HELLO = struct.Struct("<IH")  # host index, port
 BEAT = 0.3  # heartbeat period (seconds)
 DEAD = 2.0  # a peer silent this long is down: PvmHostFail well within 3 s
 HWM = 16  # frames queued per peer socket and direction (of up to remote.CHUNK bytes each)
-BIG = 65536  # a chunk this large or larger goes to and from zmq uncopied (below it, copying is cheaper)
+BIG = 65536  # a chunk this large goes to and from zmq uncopied (below it, copying is cheaper)
 SLICE = 0.2  # the longest either thread waits before looking round (seconds)
 MSG, HELLO_KIND, BEAT_KIND, JOIN_KIND = b"m", b"h", b"b", b"j"
+BIG_KIND = b"M"  # a message chunk of BIG bytes or more (received without a copy)
 ASK, ANSWER = b"q", b"r"  # the console's requests (stat, tasks, stop) and their answers
 KILL_GRACE = 2.0  # stop: TERM the host's tasks, KILL what is left after this (as the console)
 STOP_TIMEOUT = 30.0  # stop: the longest wait for pvm_shmd to exit
@@ -380,15 +381,16 @@ class Net:
             sock = out.get(h)
             if sock is None:
                 continue  # no such host: dropped, as PVM drops a message to nowhere
-            frame: list[bytes | memoryview] = [MSG, NET.pack(m.src, dest, tag, total, off),
-                                               memoryview(m.data)[remote.OUT.size:]]
+            body = memoryview(m.data)[remote.OUT.size:]
+            big = len(body) >= BIG
+            frame: list[bytes | memoryview] = [BIG_KIND if big else MSG, NET.pack(m.src, dest, tag, total, off), body]
             while self.running:
                 with self.lock:
                     up = self.up.get(h, False)
                 if not up:
                     break  # host down: its messages go nowhere (senders see PvmHostFail)
                 try:
-                    sock.send_multipart(frame, copy=total < BIG)
+                    sock.send_multipart(frame, copy=not big)
                     break
                 except zmq.Again:
                     continue
@@ -454,7 +456,7 @@ class Net:
             if kind == ASK:
                 self._asked(f[0], bytes(f[2]), bytes(f[3]) if len(f) > 3 else b"")
                 continue
-            if kind != MSG or len(f) != 4 or len(f[2]) != NET.size:
+            if kind not in (MSG, BIG_KIND) or len(f) != 4 or len(f[2]) != NET.size:
                 continue
             src, dest, tag, total, off = NET.unpack(f[2])
             self.heard[tids.host_of(src)] = now
@@ -853,27 +855,15 @@ class Net:
 
 
 def _frames(sock: zmq.Socket) -> list:
-    """One multipart message from *sock* (something is ready): identity and kind as
-    bytes; a message's header as bytes and its chunk as a zmq.Frame only when large (its
-    bytes go on to the assembly buffer or the receiver's pages uncopied; a Frame object
-    costs a small message ~7 us more here, on the critical path of every message);
-    every other message's frames after the kind as zmq.Frames (a hello's carries the
-    Peer-Address)."""
-    f: list = [sock.recv()]
-    if not sock.rcvmore:
-        return f
-    f.append(sock.recv())
-    if not sock.rcvmore:
-        return f
-    if f[1] != MSG:
-        return f + sock.recv_multipart(copy=False)
-    hdr = sock.recv()
-    f.append(hdr)
-    if sock.rcvmore:
-        total, off = NET.unpack(hdr)[3:] if len(hdr) == NET.size else (0, 0)
-        f.append(sock.recv(copy=off == remote.ABORT or total - off < BIG))
-        if sock.rcvmore:  # not ours: read to its end, and it is dropped (len(f) != 4)
-            f += sock.recv_multipart()
+    """One multipart message from *sock* (something is ready; a ROUTER's have two frames
+    at least: the peer's identity, then what it sent). A small message's frames as bytes
+    (zmq.Frame objects cost ~7 us a message here, the rcvmore attribute 16 us: on the
+    critical path of every message); a large one's (BIG_KIND: its bytes go on to the
+    assembly buffer or the receiver's pages uncopied) and every other kind's after the
+    kind as zmq.Frames (a hello's carries the Peer-Address)."""
+    f: list = [sock.recv(), sock.recv()]
+    if sock.get(zmq.RCVMORE):
+        f += sock.recv_multipart(copy=f[1] == MSG)
     return f
 
 
