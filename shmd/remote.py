@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import struct
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -45,9 +44,7 @@ NAME = "pvm_netd"  # the name pvm_netd joins with (what pvm_shmd_stat shows)
 REQ_TAG = 1  # a task's request to pvm_netd (JSON); message chunks go with tag 0
 REPLY_TAG = 1  # pvm_netd's answer, from pvm_netd's tid (no task's message comes from it)
 ASK_TIMEOUT = 10.0  # a request answered by this host (and maybe others): the longest wait
-BIG = 1 << 16  # a piece this large is built in a buffer kept for it (below: a new bytes is cheaper)
 _ids = itertools.count(1)
-_mine = threading.local()  # each thread's buffer for large pieces (_piece)
 
 
 class RemoteTid(PvmError):
@@ -115,12 +112,7 @@ def send(task: Sending, dest: int, tag: int, mv: memoryview | bytes, n: int, dea
     off = 0
     while True:
         chunk = min(n - off, CHUNK)
-        if chunk < BIG:
-            piece: bytes | memoryview = OUT.pack(dest, tag, n, off) + mv[off:off + chunk]
-        else:
-            piece = _piece(chunk)
-            OUT.pack_into(piece, 0, dest, tag, n, off)
-            piece[OUT.size:] = mv[off:off + chunk]
+        piece = OUT.pack(dest, tag, n, off) + mv[off:off + chunk]
         try:
             _post(task, dest, piece, deadline)
         except BaseException:
@@ -135,17 +127,7 @@ def send(task: Sending, dest: int, tag: int, mv: memoryview | bytes, n: int, dea
             return
 
 
-def _piece(chunk: int) -> memoryview:
-    """This thread's buffer for a piece of *chunk* bytes and its header (psend has copied
-    a piece out by the time it returns): a large piece made afresh each time cost a
-    fresh allocation, its page faults and zeroing, on the sender's critical path."""
-    buf = getattr(_mine, "buf", None)
-    if buf is None:
-        buf = _mine.buf = bytearray(OUT.size + CHUNK)
-    return memoryview(buf)[:OUT.size + chunk]
-
-
-def _post(task: Sending, dest: int, piece: bytes | memoryview, deadline: float) -> None:
+def _post(task: Sending, dest: int, piece: bytes, deadline: float) -> None:
     """One piece to pvm_netd, looking at the destination host every CHECK seconds."""
     while True:
         net = check_host(task.vmid, dest)
