@@ -1,7 +1,7 @@
 """Benchmark: psend/precv between tasks of two hosts through pvm_netd, side by side with
 the floors (run by hand).
 
-    .venv/bin/python bench/bench_net.py [--repeat 3] [--quick]
+    .venv/bin/python bench/bench_net.py [--repeat 3] [--only ours,ours-trusted,floors]
 
 Two "hosts" on this machine: two pvm_shmd (VM ids of their own, host 1 and host 2, a
 private PVM_TMP) each with its pvm_netd bound to 127.0.0.1, so the network is the
@@ -139,12 +139,19 @@ def ours(hosts: Hosts) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="ours,ours-trusted,floors",
+                    help="rows to run, comma-separated: ours, ours-trusted, floors (default: all)")
     a = ap.parse_args()
+    only = set(a.only.split(","))
+    if not only or only - {"ours", "ours-trusted", "floors"}:
+        ap.error(f"--only {a.only!r}: expected a comma-separated list of ours, ours-trusted, floors")
     print(f"CPU: {cpu()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; loopback between two "
           f"pvm_shmd+pvm_netd of this machine; median of {a.repeat}")
     runs: dict[str, list[dict]] = {}
     for _ in range(a.repeat):
         for name, trusted in (("ours", False), ("ours-trusted", True)):
+            if name not in only:
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 os.chmod(tmp, 0o700)
                 hosts = Hosts(tmp, trusted)
@@ -152,7 +159,7 @@ def main() -> int:
                     runs.setdefault(name, []).append(ours(hosts))
                 finally:
                     hosts.close()
-        for k, r in floors("127.0.0.1", sizes_lat=LAT, sizes_bw=BW).items():
+        for k, r in (floors("127.0.0.1", sizes_lat=LAT, sizes_bw=BW) if "floors" in only else {}).items():
             runs.setdefault(k, []).append(r)
     head = "".join(f"{_size(n) + ' us':>11}" for n in LAT) + "".join(f"{_size(n) + ' GB/s':>12}" for n in BW)
     print(f"{'transport':<14}{head}")
