@@ -20,7 +20,7 @@ from .errors import PvmBadParam, PvmError, PvmNoTask, PvmSysErr, PvmTimeout
 from .message import DESC, as_bytes_view
 from .remote import RemoteTid
 from .rendezvous import Rendezvous
-from .taskbase import INF, MASK64, MAX_SPIN, SLICE, Peer, damaged
+from .taskbase import INF, MASK64, MAX_SPIN, SLICE, Peer, damaged, wake_first
 
 MAX_TAG = 0x7FFFFFFF
 IN_FLIGHT = 4 << 20  # paged bytes a receiver may have waiting before senders pause
@@ -53,15 +53,20 @@ class Sending(Rendezvous):
             # path below, which waits and reports errors
             i = self._i
             tid_i = p.tid_i
-            # A receiver asleep is woken first, the message posted after: the wake-up
-            # takes tens of microseconds to arrive, the posting one or two. (Its slot is
-            # checked first: the cached semaphore must still be that task's.)
+            # A receiver asleep with a CPU of its own is woken first, the message posted
+            # after: the wake-up takes tens of microseconds to arrive, the posting one or
+            # two. One that may share our CPU is woken after (early = 0), as it would
+            # preempt us and find nothing (wake_first). (Its slot is checked first: the
+            # cached semaphore must still be that task's.)
             early = i[p.waiting_i]
             if early and i[tid_i] == dest:
-                try:
-                    p.wake.release()
-                except sysv_ipc.ExistentialError:
-                    pass
+                if wake_first():
+                    try:
+                        p.wake.release()
+                    except sysv_ipc.ExistentialError:
+                        pass
+                else:
+                    early = 0
             hdr = self._hdrs.get(tag << 8 | n)
             if hdr is not None and not self._owed:
                 sem = p.sem
@@ -84,10 +89,11 @@ class Sending(Rendezvous):
                             sem.release()  # a semop: barrier between tail store, flag load
                         except sysv_ipc.ExistentialError:
                             return  # the receiver was reaped meanwhile; so was the message
-                        # Asleep in a sleep we did not wake: wake it. Still in the one we
-                        # woke: it looks at the ring once awake and, before it sleeps
-                        # again, stores a new number and looks again after a barrier
-                        # (one of us sees the other's store: the Dekker handshake).
+                        # Asleep in a sleep we did not wake (or did not wake early):
+                        # wake it. Still in the one we woke: it looks at the ring once
+                        # awake and, before it sleeps again, stores a new number and
+                        # looks again after a barrier (one of us sees the other's store:
+                        # the Dekker handshake).
                         w = i[p.waiting_i]
                         if w and w != early:
                             try:
@@ -232,12 +238,16 @@ class Sending(Rendezvous):
         """Queue a descriptor in *dest*'s inbox (with *n* bytes of *inline* data after
         it when *s* < 0), waiting until *deadline* for room; or, if not *wait* (a medium
         message), return False at once unless the ring is filled no further than
-        MEDIUM_FILL. A sleeping receiver is woken first."""
+        MEDIUM_FILL. A sleeping receiver is woken first if it has a CPU of its own,
+        else once the descriptor is there (wake_first)."""
         lock, wake = peer.lock, peer.wake
         q, i = self._q, self._i
         H, T = peer.head_q, peer.tail_q
         need = 1 if s >= 0 else layout.span(n)
-        early = i[peer.waiting_i]  # woken now, it is back about when the message is there
+        # woken now, it is back about when the message is there (on a CPU of its own)
+        early = i[peer.waiting_i]  # (the number of the sleep we wake)
+        if early and not wake_first():
+            early = 0
         if early:
             try:
                 wake.release()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 import weakref
 from collections import deque
 
@@ -64,6 +65,27 @@ def spin_allowed() -> bool:
     except OSError:
         ncpu = os.cpu_count() or 1
     return ncpu >= 2 and os.getloadavg()[0] < ncpu
+
+
+ORDER_RECHECK = 1.0  # how often a sender re-judges the order of wake-up and post (seconds)
+_judged = [-INF]  # when this process last judged it (the load changes)
+_first = [True]  # and the judgement
+
+
+def wake_first() -> bool:
+    """Should a sender wake a sleeping receiver before posting to it (else after)?
+
+    Before, when the receiver has a CPU of its own (the host's load below its CPU
+    count, as for spinning): its wake-up, tens of microseconds, overlaps our posting.
+    After, when it may share our CPU: woken first, it preempts us, finds its inbox
+    empty and yields back, two wasted switches a message (measured, load 2.6-5.6 on 2
+    CPUs: 0.75-1.0 of messages; 24-48 us one way against 24.6-25.5 posting first).
+    Judged again every ORDER_RECHECK seconds (the load changes); called only on the
+    sleeping path, whose wake-up costs far more than this."""
+    now = time.monotonic()
+    if now - _judged[0] > ORDER_RECHECK:
+        _judged[0], _first[0] = now, spin_allowed()
+    return _first[0]
 
 
 class Peer:

@@ -2,7 +2,9 @@
 is the one the daemon's tasks use and wakes every sleep (none waits out its slice);
 a bad value is a one-line error naming it (test_paths.py); a scribbled header word is
 named at join;
-the daemon's choice follows the measurement and distrusts a busy host's."""
+the daemon's choice follows the measurement and distrusts a busy host's; in either order
+of wake-up and post (taskbase.wake_first) no wake-up is lost, and the order follows the
+host's load."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +12,7 @@ import sys
 import pytest
 
 import shmd
-from shmd import calibrate, ipc, layout, wake
+from shmd import calibrate, ipc, layout, taskbase, wake
 
 KINDS = wake.available()
 
@@ -58,6 +60,61 @@ def test_each_kind_wakes_every_sleep(kind, daemon, peers):
         # and the peer, a sleeping receiver too (spin off), was woken the same way
         assert p.call("result = type(me._waiter).__name__") == ("FutexWaiter" if kind == "futex"
                                                         else "Waiter")
+
+
+# in a peer: its waiter counting as Counting does, and the order forced (never re-judged)
+PEER_SETUP = """
+from shmd import taskbase
+class Counting:
+    def __init__(self, inner):
+        self.inner, self.ends = inner, []
+    def down(self, timeout):
+        woke = self.inner.down(timeout)
+        self.ends.append(woke)
+        return woke
+taskbase._judged[0], taskbase._first[0] = float('inf'), first
+me._spin_auto, me._spin_budget = False, 0.0
+me._waiter = w = Counting(me._waiter)
+"""
+ROUNDS = 300
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["wake-first", "post-first"])
+def test_no_wake_up_is_lost_in_either_order(kind, daemon, peers, first, monkeypatch):
+    # Back-to-back ping-pongs, both sides asleep between messages (spin off): each
+    # sender's wake-up races its receiver going to sleep, the Dekker handshake's
+    # window. A lost wake-up leaves a sleep to end in its slice (SLICE, 0.2 s), not
+    # woken: counted on both sides.
+    monkeypatch.setattr(taskbase, "_judged", [float("inf")])
+    monkeypatch.setattr(taskbase, "_first", [first])
+    p = peers()
+    p.call(PEER_SETUP, first=first)
+    with shmd.join(spin=False) as me:
+        me._waiter = counting = Counting(me._waiter)
+        p.start("for k in range(rounds):\n"
+                "    me.psend(dest, 6, me.precv(dest, 5, timeout=5).data)\n"
+                "result = w.ends", dest=me.tid, rounds=ROUNDS)
+        for k in range(ROUNDS):
+            me.psend(p.tid, 5, k.to_bytes(4, "little"))
+            assert me.precv(p.tid, 6, timeout=5).data == k.to_bytes(4, "little")
+        theirs = p.result(20)
+    assert counting.ends and all(counting.ends), counting.ends.count(False)
+    assert theirs and all(theirs), theirs.count(False)
+
+
+def test_the_order_follows_the_load(monkeypatch):
+    monkeypatch.setattr(taskbase, "_judged", [float("-inf")])
+    monkeypatch.setattr(taskbase, "_first", [True])
+    monkeypatch.setattr(taskbase.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(taskbase.os, "getloadavg", lambda: (5.0, 0.0, 0.0))
+    assert not taskbase.wake_first()  # more runnable than CPUs: post first
+    monkeypatch.setattr(taskbase.os, "getloadavg", lambda: (1.0, 0.0, 0.0))
+    assert not taskbase.wake_first()  # judged once a second, not every message
+    taskbase._judged[0] -= 2 * taskbase.ORDER_RECHECK
+    assert taskbase.wake_first()  # a CPU each: wake first
+    monkeypatch.setattr(taskbase.os, "sched_getaffinity", lambda pid: {0})
+    taskbase._judged[0] -= 2 * taskbase.ORDER_RECHECK
+    assert not taskbase.wake_first()  # one CPU: always shared
 
 
 def test_a_scribbled_wake_word_is_named_at_join(daemon):
