@@ -56,11 +56,13 @@ class Sending(Rendezvous):
             # A receiver asleep with a CPU of its own is woken first, the message posted
             # after: the wake-up takes tens of microseconds to arrive, the posting one or
             # two. One that may share our CPU is woken after (early = 0), as it would
-            # preempt us and find nothing (wake_first). (Its slot is checked first: the
-            # cached semaphore must still be that task's.)
+            # preempt us and find nothing (Peer.first, else wake_first: by the CPUs we
+            # may run on, else by the load). (Its slot is checked first: the cached
+            # semaphore must still be that task's.)
             early = i[p.waiting_i]
             if early and i[tid_i] == dest:
-                if wake_first():
+                first = p.first
+                if first or first is None and wake_first():
                     try:
                         p.wake.release()
                     except sysv_ipc.ExistentialError:
@@ -246,7 +248,7 @@ class Sending(Rendezvous):
         need = 1 if s >= 0 else layout.span(n)
         # woken now, it is back about when the message is there (on a CPU of its own)
         early = i[peer.waiting_i]  # (the number of the sleep we wake)
-        if early and not wake_first():
+        if early and not (peer.first or peer.first is None and wake_first()):
             early = 0
         if early:
             try:

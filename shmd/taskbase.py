@@ -81,11 +81,26 @@ def wake_first() -> bool:
     empty and yields back, two wasted switches a message (measured, load 2.6-5.6 on 2
     CPUs: 0.75-1.0 of messages; 24-48 us one way against 24.6-25.5 posting first).
     Judged again every ORDER_RECHECK seconds (the load changes); called only on the
-    sleeping path, whose wake-up costs far more than this."""
+    sleeping path, whose wake-up costs far more than this, and only for a peer whose
+    CPUs do not settle it (``cpus_apart``)."""
     now = time.monotonic()
     if now - _judged[0] > ORDER_RECHECK:
         _judged[0], _first[0] = now, spin_allowed()
     return _first[0]
+
+
+def cpus_apart(pid: int) -> bool | None:
+    """True if process *pid* and we can never run on one CPU (affinities disjoint: a
+    wake-up never preempts us, so a sender wakes first), False if we always do (both
+    bound to one same CPU: it posts first); None if it depends on the load (or *pid*
+    cannot be asked)."""
+    try:
+        mine, theirs = os.sched_getaffinity(0), os.sched_getaffinity(pid)
+    except OSError:
+        return None
+    if not mine & theirs:
+        return True
+    return False if len(mine | theirs) == 1 else None
 
 
 class Peer:
@@ -95,7 +110,7 @@ class Peer:
 
     __slots__ = ("slot", "lock", "wake", "sem", "tid_i", "pid_i", "lock_id_i", "waiting_i",
                  "sending_i", "head_q", "tail_q", "start_q", "posted_q", "consumed_q", "rv",
-                 "ring", "seen")
+                 "ring", "seen", "first")
 
     def __init__(self, slot: int, lock: ipc.Lock, wake: sysv_ipc.Semaphore | FutexWake):
         bi, bq = layout.slot_i(slot), layout.slot_q(slot)
@@ -112,6 +127,7 @@ class Peer:
         # its head as last read: the head only grows, so a stale one can only make the
         # ring look fuller, and not reading it spares a cache line the receiver writes
         self.seen = 0
+        self.first: bool | None = None  # wake it before posting? (None: wake_first decides)
 
 
 class TaskBase:
@@ -264,5 +280,6 @@ class TaskBase:
                 except (ipc.Gone, sysv_ipc.Error):
                     break
                 p = self._peers[tid] = Peer(i, lock, wake)
+                p.first = cpus_apart(t["pid"])
                 return p
         raise PvmError(PvmNoTask, f"no task {tids.fmt(tid)}")

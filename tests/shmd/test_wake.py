@@ -73,6 +73,7 @@ class Counting:
         self.ends.append(woke)
         return woke
 taskbase._judged[0], taskbase._first[0] = float('inf'), first
+taskbase.cpus_apart = lambda pid: None
 me._spin_auto, me._spin_budget = False, 0.0
 me._waiter = w = Counting(me._waiter)
 """
@@ -87,6 +88,7 @@ def test_no_wake_up_is_lost_in_either_order(kind, daemon, peers, first, monkeypa
     # woken: counted on both sides.
     monkeypatch.setattr(taskbase, "_judged", [float("inf")])
     monkeypatch.setattr(taskbase, "_first", [first])
+    monkeypatch.setattr(taskbase, "cpus_apart", lambda pid: None)  # (not by our CPUs)
     p = peers()
     p.call(PEER_SETUP, first=first)
     with shmd.join(spin=False) as me:
@@ -115,6 +117,38 @@ def test_the_order_follows_the_load(monkeypatch):
     monkeypatch.setattr(taskbase.os, "sched_getaffinity", lambda pid: {0})
     taskbase._judged[0] -= 2 * taskbase.ORDER_RECHECK
     assert not taskbase.wake_first()  # one CPU: always shared
+
+
+@pytest.mark.parametrize("mine, theirs, apart", [
+    ({0}, {1}, True),  # never on one CPU: wake first, whatever the load
+    ({1}, {1}, False),  # always on one: post first
+    ({0, 1}, {1}, None),  # may share: by the load
+    ({0, 1}, {0, 1}, None),
+])
+def test_the_order_follows_the_cpus_we_may_run_on(monkeypatch, mine, theirs, apart):
+    monkeypatch.setattr(taskbase.os, "sched_getaffinity", lambda pid: mine if pid == 0 else theirs)
+    assert taskbase.cpus_apart(1234) is apart
+
+
+def test_a_peer_bound_to_another_cpu_is_woken_first(daemon, peers):
+    if len(taskbase.os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU")
+    cpus = sorted(taskbase.os.sched_getaffinity(0))
+    p = peers()
+    p.call("os.sched_setaffinity(0, {cpu})", cpu=cpus[1])
+    with shmd.join() as me:
+        me.psend(p.tid, 1, b"x")  # (our Peer for it: made now)
+        assert me._peers[p.tid].first is None  # we may run on its CPU
+        before = taskbase.os.sched_getaffinity(0)
+        taskbase.os.sched_setaffinity(0, {cpus[0]})
+        try:
+            me._peers.clear()
+            me.psend(p.tid, 1, b"y")
+            assert me._peers[p.tid].first is True
+        finally:
+            taskbase.os.sched_setaffinity(0, before)
+        assert [p.call("result = me.precv(dest, 1, timeout=5).data.decode()", dest=me.tid)
+                for _ in range(2)] == ["x", "y"]
 
 
 def test_a_scribbled_wake_word_is_named_at_join(daemon):
