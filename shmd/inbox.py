@@ -240,12 +240,13 @@ class Inbox(Pages):
         if not woke:
             self._check_alive()
         elif self._q[self._T] == self._q[self._H] and self._q[self._R] != _RV_CLAIMED:
-            # Woken before the message is there: psend wakes a sleeper first and posts
-            # after (a microsecond or two). Polling that long beats sleeping again. The
-            # poll yields the CPU: on a busy host the wake-up may have preempted the
-            # waker, which cannot post until we let it run. Measured (8 B ping-pong, load
-            # 4 on 2 CPUs): a busy poll slept again 0.2-0.8 times a message, 31-39 us one
-            # way; a yielding one never (1.00 sleeps a message), 17-19 us.
+            # Woken before the message is there: a sender that judged we have a CPU of
+            # our own wakes us first and posts after (a microsecond or two; taskbase.
+            # wake_first). Polling that long beats sleeping again. The poll yields the
+            # CPU: the judgement may be stale (a load that just rose), and a wake-up
+            # that preempted the waker must let it run to post. Measured (8 B ping-pong,
+            # load 4 on 2 CPUs, every wake first): a busy poll slept again 0.2-0.8 times
+            # a message, 31-39 us one way; a yielding one never, 17-19 us.
             q, T, H, clock = self._q, self._T, self._H, time.perf_counter
             end = clock() + POST_WAIT
             while q[T] == q[H] and clock() < end:
