@@ -20,7 +20,7 @@ from .errors import PvmBadParam, PvmError, PvmNoTask, PvmSysErr, PvmTimeout
 from .message import DESC, as_bytes_view
 from .remote import RemoteTid
 from .rendezvous import Rendezvous
-from .taskbase import INF, MASK64, MAX_SPIN, SLICE, Peer, damaged, wake_first
+from .taskbase import INF, MASK64, MAX_SPIN, SLICE, Peer, damaged
 
 MAX_TAG = 0x7FFFFFFF
 IN_FLIGHT = 4 << 20  # paged bytes a receiver may have waiting before senders pause
@@ -53,16 +53,14 @@ class Sending(Rendezvous):
             # path below, which waits and reports errors
             i = self._i
             tid_i = p.tid_i
-            # A receiver asleep with a CPU of its own is woken first, the message posted
-            # after: the wake-up takes tens of microseconds to arrive, the posting one or
-            # two. One that may share our CPU is woken after (early = 0), as it would
-            # preempt us and find nothing (Peer.first, else wake_first: by the CPUs we
-            # may run on, else by the load). (Its slot is checked first: the cached
-            # semaphore must still be that task's.)
+            # A receiver asleep on CPUs apart from ours is woken first, the message
+            # posted after: the wake-up takes tens of microseconds to arrive, the posting
+            # one or two. One that may share our CPU is woken after (early = 0), as it
+            # would preempt us and find nothing (Peer.first: taskbase.cpus_apart). (Its
+            # slot is checked first: the cached semaphore must still be that task's.)
             early = i[p.waiting_i]
             if early and i[tid_i] == dest:
-                first = p.first
-                if first or first is None and wake_first():
+                if p.first:
                     try:
                         p.wake.release()
                     except sysv_ipc.ExistentialError:
@@ -240,16 +238,15 @@ class Sending(Rendezvous):
         """Queue a descriptor in *dest*'s inbox (with *n* bytes of *inline* data after
         it when *s* < 0), waiting until *deadline* for room; or, if not *wait* (a medium
         message), return False at once unless the ring is filled no further than
-        MEDIUM_FILL. A sleeping receiver is woken first if it has a CPU of its own,
-        else once the descriptor is there (wake_first)."""
+        MEDIUM_FILL. A sleeping receiver is woken first if it runs on CPUs apart from
+        ours, else once the descriptor is there (Peer.first)."""
         lock, wake = peer.lock, peer.wake
         q, i = self._q, self._i
         H, T = peer.head_q, peer.tail_q
         need = 1 if s >= 0 else layout.span(n)
-        # woken now, it is back about when the message is there (on a CPU of its own)
-        early = i[peer.waiting_i]  # (the number of the sleep we wake)
-        if early and not (peer.first or peer.first is None and wake_first()):
-            early = 0
+        # woken now (on CPUs apart from ours), it is back about when the message is there;
+        # early: the number of the sleep we woke
+        early = i[peer.waiting_i] if peer.first else 0
         if early:
             try:
                 wake.release()

@@ -3,8 +3,8 @@ is the one the daemon's tasks use and wakes every sleep (none waits out its slic
 a bad value is a one-line error naming it (test_paths.py); a scribbled header word is
 named at join;
 the daemon's choice follows the measurement and distrusts a busy host's; in either order
-of wake-up and post (taskbase.wake_first) no wake-up is lost, and the order follows the
-host's load."""
+of wake-up and post no wake-up is lost, and the order follows the CPUs sender and
+receiver may run on (taskbase.cpus_apart)."""
 from __future__ import annotations
 
 import sys
@@ -62,7 +62,7 @@ def test_each_kind_wakes_every_sleep(kind, daemon, peers):
                                                         else "Waiter")
 
 
-# in a peer: its waiter counting as Counting does, and the order forced (never re-judged)
+# in a peer: its waiter counting as Counting does, and the order forced (first: wake first)
 PEER_SETUP = """
 from shmd import taskbase
 class Counting:
@@ -72,8 +72,7 @@ class Counting:
         woke = self.inner.down(timeout)
         self.ends.append(woke)
         return woke
-taskbase._judged[0], taskbase._first[0] = float('inf'), first
-taskbase.cpus_apart = lambda pid: None
+taskbase.cpus_apart = lambda pid: first
 me._spin_auto, me._spin_budget = False, 0.0
 me._waiter = w = Counting(me._waiter)
 """
@@ -86,9 +85,7 @@ def test_no_wake_up_is_lost_in_either_order(kind, daemon, peers, first, monkeypa
     # sender's wake-up races its receiver going to sleep, the Dekker handshake's
     # window. A lost wake-up leaves a sleep to end in its slice (SLICE, 0.2 s), not
     # woken: counted on both sides.
-    monkeypatch.setattr(taskbase, "_judged", [float("inf")])
-    monkeypatch.setattr(taskbase, "_first", [first])
-    monkeypatch.setattr(taskbase, "cpus_apart", lambda pid: None)  # (not by our CPUs)
+    monkeypatch.setattr(taskbase, "cpus_apart", lambda pid: first)  # (not by our CPUs)
     p = peers()
     p.call(PEER_SETUP, first=first)
     with shmd.join(spin=False) as me:
@@ -104,25 +101,10 @@ def test_no_wake_up_is_lost_in_either_order(kind, daemon, peers, first, monkeypa
     assert theirs and all(theirs), theirs.count(False)
 
 
-def test_the_order_follows_the_load(monkeypatch):
-    monkeypatch.setattr(taskbase, "_judged", [float("-inf")])
-    monkeypatch.setattr(taskbase, "_first", [True])
-    monkeypatch.setattr(taskbase.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(taskbase.os, "getloadavg", lambda: (5.0, 0.0, 0.0))
-    assert not taskbase.wake_first()  # more runnable than CPUs: post first
-    monkeypatch.setattr(taskbase.os, "getloadavg", lambda: (1.0, 0.0, 0.0))
-    assert not taskbase.wake_first()  # judged once a second, not every message
-    taskbase._judged[0] -= 2 * taskbase.ORDER_RECHECK
-    assert taskbase.wake_first()  # a CPU each: wake first
-    monkeypatch.setattr(taskbase.os, "sched_getaffinity", lambda pid: {0})
-    taskbase._judged[0] -= 2 * taskbase.ORDER_RECHECK
-    assert not taskbase.wake_first()  # one CPU: always shared
-
-
 @pytest.mark.parametrize("mine, theirs, apart", [
-    ({0}, {1}, True),  # never on one CPU: wake first, whatever the load
+    ({0}, {1}, True),  # never on one CPU: wake first
     ({1}, {1}, False),  # always on one: post first
-    ({0, 1}, {1}, None),  # may share: by the load
+    ({0, 1}, {1}, None),  # may share: post first too
     ({0, 1}, {0, 1}, None),
 ])
 def test_the_order_follows_the_cpus_we_may_run_on(monkeypatch, mine, theirs, apart):
@@ -138,7 +120,7 @@ def test_a_peer_bound_to_another_cpu_is_woken_first(daemon, peers):
     p.call("os.sched_setaffinity(0, {cpu})", cpu=cpus[1])
     with shmd.join() as me:
         me.psend(p.tid, 1, b"x")  # (our Peer for it: made now)
-        assert me._peers[p.tid].first is None  # we may run on its CPU
+        assert me._peers[p.tid].first is False  # we may run on its CPU: post first
         before = taskbase.os.sched_getaffinity(0)
         taskbase.os.sched_setaffinity(0, {cpus[0]})
         try:
