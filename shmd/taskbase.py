@@ -66,18 +66,24 @@ def spin_allowed() -> bool:
     return ncpu >= 2 and os.getloadavg()[0] < ncpu
 
 
+TRIAL_EVERY = 16  # sleeping-path sends to a peer between two trials of waking it first
+# (a wrong trial costs one message two context switches; a trial, two getrusage calls)
+
+
 def cpus_apart(pid: int) -> bool | None:
     """True if process *pid* and we can never run on one CPU (affinities disjoint), False
     if we always do (both bound to one same CPU); None if we may (or *pid* cannot be
     asked).
 
-    A sender wakes a sleeping receiver before posting only when True: the wake-up, tens
-    of microseconds, then overlaps the posting. A receiver that may share our CPU is
-    woken after: woken first, it preempts us, finds its inbox empty and yields back,
-    two wasted switches a message. Measured (8 B psend/precv_into ping-pong, spin off, 2
-    CPUs, unbound): 2.0 involuntary switches a message waking first even at a load of
-    1.3 (the scheduler puts the woken task on its waker's CPU), 0.37 posting first;
-    17-47 against 15-17 us one way there, 20-24 against 13-25 at load 6."""
+    A sender always wakes such a receiver before posting: the wake-up, tens of
+    microseconds, overlaps the posting. For one that may share our CPU it tries now and
+    then (``TRIAL_EVERY``) and keeps the order that did not get us preempted: woken
+    first on our CPU, a receiver preempts us, finds its inbox empty and yields back, two
+    wasted switches a message, and posting first is better; on another CPU, woken first
+    it often never blocks at all. Measured (8 B psend/precv_into ping-pong, spin off, 2
+    CPUs, unbound), both happen on one host: 2.0 involuntary switches a message waking
+    first at loads 1.3 and 6 (0.37 posting first; 17-47 against 15-17 us one way), and
+    at load 3.3 none, 7 us waking first against 16-19 posting first."""
     try:
         mine, theirs = os.sched_getaffinity(0), os.sched_getaffinity(pid)
     except OSError:
@@ -94,7 +100,7 @@ class Peer:
 
     __slots__ = ("slot", "lock", "wake", "sem", "tid_i", "pid_i", "lock_id_i", "waiting_i",
                  "sending_i", "head_q", "tail_q", "start_q", "posted_q", "consumed_q", "rv",
-                 "ring", "seen", "first")
+                 "ring", "seen", "first", "apart", "trial", "every")
 
     def __init__(self, slot: int, lock: ipc.Lock, wake: sysv_ipc.Semaphore | FutexWake):
         bi, bq = layout.slot_i(slot), layout.slot_q(slot)
@@ -111,7 +117,10 @@ class Peer:
         # its head as last read: the head only grows, so a stale one can only make the
         # ring look fuller, and not reading it spares a cache line the receiver writes
         self.seen = 0
-        self.first = False  # wake it before posting (on CPUs apart from ours)? (cpus_apart)
+        # wake it before posting? Always if on CPUs apart from ours (cpus_apart), else
+        # as the last trial found: one every *every* sleeping-path sends (psend)
+        self.first = self.apart = False
+        self.trial = self.every = TRIAL_EVERY
 
 
 class TaskBase:
@@ -264,6 +273,6 @@ class TaskBase:
                 except (ipc.Gone, sysv_ipc.Error):
                     break
                 p = self._peers[tid] = Peer(i, lock, wake)
-                p.first = cpus_apart(t["pid"]) is True
+                p.first = p.apart = cpus_apart(t["pid"]) is True
                 return p
         raise PvmError(PvmNoTask, f"no task {tids.fmt(tid)}")

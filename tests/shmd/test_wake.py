@@ -62,7 +62,8 @@ def test_each_kind_wakes_every_sleep(kind, daemon, peers):
                                                         else "Waiter")
 
 
-# in a peer: its waiter counting as Counting does, and the order forced (first: wake first)
+# in a peer: its waiter counting as Counting does, and the order: always wake first
+# (first), else post first with a trial of waking first every *every* sleeping-path sends
 PEER_SETUP = """
 from shmd import taskbase
 class Counting:
@@ -73,21 +74,24 @@ class Counting:
         self.ends.append(woke)
         return woke
 taskbase.cpus_apart = lambda pid: first
+taskbase.TRIAL_EVERY = every
 me._spin_auto, me._spin_budget = False, 0.0
 me._waiter = w = Counting(me._waiter)
 """
 ROUNDS = 300
 
 
-@pytest.mark.parametrize("first", [True, False], ids=["wake-first", "post-first"])
-def test_no_wake_up_is_lost_in_either_order(kind, daemon, peers, first, monkeypatch):
+@pytest.mark.parametrize("first, every", [(True, 1), (False, 10**9), (False, 2)],
+                         ids=["wake-first", "post-first", "trials"])
+def test_no_wake_up_is_lost_in_either_order(kind, daemon, peers, first, every, monkeypatch):
     # Back-to-back ping-pongs, both sides asleep between messages (spin off): each
     # sender's wake-up races its receiver going to sleep, the Dekker handshake's
     # window. A lost wake-up leaves a sleep to end in its slice (SLICE, 0.2 s), not
     # woken: counted on both sides.
     monkeypatch.setattr(taskbase, "cpus_apart", lambda pid: first)  # (not by our CPUs)
+    monkeypatch.setattr(taskbase, "TRIAL_EVERY", every)
     p = peers()
-    p.call(PEER_SETUP, first=first)
+    p.call(PEER_SETUP, first=first, every=every)
     with shmd.join(spin=False) as me:
         me._waiter = counting = Counting(me._waiter)
         p.start("for k in range(rounds):\n"
@@ -97,6 +101,11 @@ def test_no_wake_up_is_lost_in_either_order(kind, daemon, peers, first, monkeypa
             me.psend(p.tid, 5, k.to_bytes(4, "little"))
             assert me.precv(p.tid, 6, timeout=5).data == k.to_bytes(4, "little")
         theirs = p.result(20)
+        peer = me._peers[p.tid]
+        if every == 2:  # trials ran, and each left a verdict (either order may win)
+            assert peer.every == 2 and peer.trial in (1, 2)
+        else:
+            assert peer.first is first
     assert counting.ends and all(counting.ends), counting.ends.count(False)
     assert theirs and all(theirs), theirs.count(False)
 
