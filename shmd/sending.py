@@ -11,7 +11,6 @@ of a message in pieces tells the receiver (``_abort``, or an abort owed: ``_owed
 """
 from __future__ import annotations
 
-import resource
 import time
 
 import sysv_ipc
@@ -35,7 +34,6 @@ _RING, _DESCSZ, _INL, _INLINE = layout.RING, layout.DESC, layout.D_INLINE, layou
 _F_FIRST, _F_SKIP = layout.F_FIRST, layout.F_SKIP
 _PUBLISH_MASK = layout.PUBLISH_EVERY - 1
 _SMALL_TYPES = (bytes, bytearray)  # what psend's fast path takes (len() is the byte count)
-_rusage, _THREAD = resource.getrusage, resource.RUSAGE_THREAD  # our involuntary switches
 
 
 class Sending(Rendezvous):
@@ -55,21 +53,14 @@ class Sending(Rendezvous):
             # path below, which waits and reports errors
             i = self._i
             tid_i = p.tid_i
-            # A receiver asleep on CPUs apart from ours is woken first, the message
-            # posted after: the wake-up takes tens of microseconds to arrive, the posting
-            # one or two. One that may share our CPU is woken first only if the last
-            # trial of that did not get us preempted (then it would preempt us and find
-            # nothing), else after (early = 0); see taskbase.cpus_apart. (Its slot is
-            # checked first: the cached semaphore must still be that task's.)
+            # A receiver asleep is woken first, the message posted after: the wake-up
+            # takes tens of microseconds to arrive, the posting one or two. One bound to
+            # our one CPU is woken after (early = 0): it would preempt us and find
+            # nothing (Peer.first: taskbase.cpus_apart). (Its slot is checked first: the
+            # cached semaphore must still be that task's.)
             early = i[p.waiting_i]
-            iv = -1
             if early and i[tid_i] == dest:
-                if not p.apart:
-                    p.trial -= 1
-                    if p.trial <= 0:  # a trial: wake first, and see if we are preempted
-                        p.trial = p.every
-                        iv = _rusage(_THREAD).ru_nivcsw
-                if p.first or iv >= 0:
+                if p.first:
                     try:
                         p.wake.release()
                     except sysv_ipc.ExistentialError:
@@ -98,8 +89,6 @@ class Sending(Rendezvous):
                             sem.release()  # a semop: barrier between tail store, flag load
                         except sysv_ipc.ExistentialError:
                             return  # the receiver was reaped meanwhile; so was the message
-                        if iv >= 0:  # the trial's verdict: preempted, post first till the next
-                            p.first = _rusage(_THREAD).ru_nivcsw == iv
                         # Asleep in a sleep we did not wake (or did not wake early):
                         # wake it. Still in the one we woke: it looks at the ring once
                         # awake and, before it sleeps again, stores a new number and
@@ -249,13 +238,13 @@ class Sending(Rendezvous):
         """Queue a descriptor in *dest*'s inbox (with *n* bytes of *inline* data after
         it when *s* < 0), waiting until *deadline* for room; or, if not *wait* (a medium
         message), return False at once unless the ring is filled no further than
-        MEDIUM_FILL. A sleeping receiver is woken first if it runs on CPUs apart from
-        ours, else once the descriptor is there (Peer.first)."""
+        MEDIUM_FILL. A sleeping receiver is woken first, unless it is bound to our one
+        CPU: then once the descriptor is there (Peer.first)."""
         lock, wake = peer.lock, peer.wake
         q, i = self._q, self._i
         H, T = peer.head_q, peer.tail_q
         need = 1 if s >= 0 else layout.span(n)
-        # woken now (on CPUs apart from ours), it is back about when the message is there;
+        # woken now (unless on our one CPU), it is back about when the message is there;
         # early: the number of the sleep we woke
         early = i[peer.waiting_i] if peer.first else 0
         if early:

@@ -66,24 +66,21 @@ def spin_allowed() -> bool:
     return ncpu >= 2 and os.getloadavg()[0] < ncpu
 
 
-TRIAL_EVERY = 16  # sleeping-path sends to a peer between two trials of waking it first
-# (a wrong trial costs one message two context switches; a trial, two getrusage calls)
-
-
 def cpus_apart(pid: int) -> bool | None:
     """True if process *pid* and we can never run on one CPU (affinities disjoint), False
     if we always do (both bound to one same CPU); None if we may (or *pid* cannot be
     asked).
 
-    A sender always wakes such a receiver before posting: the wake-up, tens of
-    microseconds, overlaps the posting. For one that may share our CPU it tries now and
-    then (``TRIAL_EVERY``) and keeps the order that did not get us preempted: woken
-    first on our CPU, a receiver preempts us, finds its inbox empty and yields back, two
-    wasted switches a message, and posting first is better; on another CPU, woken first
-    it often never blocks at all. Measured (8 B psend/precv_into ping-pong, spin off, 2
-    CPUs, unbound), both happen on one host: 2.0 involuntary switches a message waking
-    first at loads 1.3 and 6 (0.37 posting first; 17-47 against 15-17 us one way), and
-    at load 3.3 none, 7 us waking first against 16-19 posting first."""
+    A sender posts to a sleeping receiver before waking it only when False: woken
+    first on our CPU, the receiver preempts us, finds its inbox empty and yields back,
+    two wasted switches a message (8 B ping-pong, spin off, both bound to one CPU: 2.03
+    involuntary switches a message and 22-24 us one way, against 0.37 and 14-18 us
+    posting first). Otherwise it wakes first: the wake-up, tens of microseconds,
+    overlaps the posting, and on another CPU a receiver woken before it blocks never
+    sleeps. Measured with unbound processes on 2 CPUs, neither order won everywhere
+    (posting first: 0.5-0.9x at load 6, 2x slower at load 2-3.3) and neither the load,
+    the CPU count nor a trial of the order (our involuntary switches) told which, so
+    they keep the wake-up first."""
     try:
         mine, theirs = os.sched_getaffinity(0), os.sched_getaffinity(pid)
     except OSError:
@@ -100,7 +97,7 @@ class Peer:
 
     __slots__ = ("slot", "lock", "wake", "sem", "tid_i", "pid_i", "lock_id_i", "waiting_i",
                  "sending_i", "head_q", "tail_q", "start_q", "posted_q", "consumed_q", "rv",
-                 "ring", "seen", "first", "apart", "trial", "every")
+                 "ring", "seen", "first")
 
     def __init__(self, slot: int, lock: ipc.Lock, wake: sysv_ipc.Semaphore | FutexWake):
         bi, bq = layout.slot_i(slot), layout.slot_q(slot)
@@ -117,10 +114,7 @@ class Peer:
         # its head as last read: the head only grows, so a stale one can only make the
         # ring look fuller, and not reading it spares a cache line the receiver writes
         self.seen = 0
-        # wake it before posting? Always if on CPUs apart from ours (cpus_apart), else
-        # as the last trial found: one every *every* sleeping-path sends (psend)
-        self.first = self.apart = False
-        self.trial = self.every = TRIAL_EVERY
+        self.first = True  # wake it before posting (unless it is bound to our one CPU)?
 
 
 class TaskBase:
@@ -273,6 +267,6 @@ class TaskBase:
                 except (ipc.Gone, sysv_ipc.Error):
                     break
                 p = self._peers[tid] = Peer(i, lock, wake)
-                p.first = p.apart = cpus_apart(t["pid"]) is True
+                p.first = cpus_apart(t["pid"]) is not False
                 return p
         raise PvmError(PvmNoTask, f"no task {tids.fmt(tid)}")
