@@ -439,7 +439,7 @@ class Net:
                         addr = self.where[h][0] if h in self.where else str(f[3].get("Peer-Address"))
                     if len(f) >= 5 and kind != BEAT_KIND:
                         try:
-                            info = json.loads(bytes(f[4]))
+                            info = remote.load_json(f[4])
                         except ValueError:
                             info = None
                         if isinstance(info, dict) and info:
@@ -487,15 +487,15 @@ class Net:
                 del parts[key]
                 self._deliver(hdrs, src, dest, tag, buf)
 
-    def answer(self, ask: bytes | dict, allowed: Sequence[str] | None = None) -> dict:
+    def answer(self, ask: object, allowed: Sequence[str] | None = None) -> dict:
         """A request (JSON {"op": name, ...its arguments}) answered from this host:
         {"ok": what the request's handler in self.asks returned} or {"error": ...,
         "code": PVM's code}. *allowed*: the requests this asker may make (None: all)."""
         try:
-            req = json.loads(ask) if isinstance(ask, bytes) else ask
+            req = remote.load_json(ask) if isinstance(ask, bytes) else ask
             op = req.get("op") if isinstance(req, dict) else None
             handler = self.asks.get(op) if isinstance(op, str) and (allowed is None or op in allowed) else None
-            if handler is None:
+            if handler is None or not isinstance(req, dict):
                 raise PvmError(PvmBadParam, f"unknown request {str(op)[:40]!r}")
             return {"ok": handler(req)}
         except PvmError as e:
@@ -507,7 +507,7 @@ class Net:
         """An ASK from the console or another pvm_netd (in thread): a quick one answered
         at once, one that waits (SLOW, asking other hosts) by the pool, through POST."""
         try:
-            req = json.loads(ask)
+            req = remote.load_json(ask)
         except ValueError:
             req = None
         if isinstance(req, dict) and req.get("op") in SLOW and (req.get("op") != "tasks" or req.get("all")):
@@ -522,7 +522,7 @@ class Net:
         """A local task's request (pool): answered to it from our tid, tag REPLY_TAG."""
         rid = None
         try:
-            req = json.loads(data)
+            req = remote.load_json(data)
             if not isinstance(req, dict):
                 raise ValueError("not an object")
             rid = req.get("id")

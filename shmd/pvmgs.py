@@ -276,7 +276,7 @@ def serve(me: Task) -> None:
             return
         if m is not None:
             try:
-                req = json.loads(bytes(m.data))
+                req = remote.load_json(m.data)
                 replies = handle(groups, m.src, req if isinstance(req, dict) else {})
             except PvmError as e:
                 replies = [(m.src, {"err": e.code, "detail": e.detail or str(e)})]
@@ -302,7 +302,7 @@ def watch(me: Task) -> None:
             return
         if m is not None:
             try:
-                req = json.loads(bytes(m.data))
+                req = remote.load_json(m.data)
             except ValueError:
                 req = None
             ok = isinstance(req, dict) and req.get("op") == "watch" and tids.host_of(m.src) == here

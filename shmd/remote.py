@@ -43,6 +43,7 @@ ROUTE_STEM = "pvmnet"
 NAME = "pvm_netd"  # the name pvm_netd joins with (what pvm_shmd_stat shows)
 REQ_TAG = 1  # a task's request to pvm_netd (JSON); message chunks go with tag 0
 REPLY_TAG = 1  # pvm_netd's answer, from pvm_netd's tid (no task's message comes from it)
+REQUEST_MAX = 64 * 1024  # bytes of a JSON request or answer (to pvm_netd, pvmgs, or back): more is refused
 ASK_TIMEOUT = 10.0  # a request answered by this host (and maybe others): the longest wait
 _ids = itertools.count(1)
 
@@ -58,6 +59,14 @@ class RemoteTid(PvmError):
 _cache: dict[str, tuple[int, dict]] = {}  # vmid -> (mtime_ns, route file contents)
 _paths: dict[tuple[str, str], str] = {}  # (vmid, $PVM_TMP) -> route file path
 
+
+
+def load_json(data: bytes | memoryview) -> object:
+    """The JSON value of a request or answer; ValueError if it is not JSON or longer
+    than REQUEST_MAX (nothing parses an unbounded input from another process)."""
+    if len(data) > REQUEST_MAX:
+        raise ValueError(f"request of {len(data)} bytes (at most {REQUEST_MAX})")
+    return json.loads(bytes(data))
 
 def route_path(vmid: str) -> str:
     """Where pvm_netd keeps its route file for *vmid* (private, 0600). The private
@@ -181,7 +190,7 @@ def ask(task, op: str, timeout: float = ASK_TIMEOUT, **args: object) -> object:
     while True:
         m = task.precv(net, REPLY_TAG, max(0.0, deadline - time.monotonic()))
         try:
-            got = json.loads(bytes(m.data))
+            got = load_json(m.data)
         except ValueError:
             continue
         if not isinstance(got, dict) or got.get("id") != rid:
