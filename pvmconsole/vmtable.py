@@ -10,8 +10,6 @@ see a torn file.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import time
@@ -109,18 +107,8 @@ class TableStore:
         """Hold the VM's lock (waiting at most *timeout* seconds for it)."""
         fd = private.open_file(self.lock_path, os.O_RDWR | os.O_CREAT)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as e:
-                    if e.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() > deadline:
-                        raise PvmError(PvmSysErr,
-                                       f"{self.lock_path} stays locked by another console") from None
-                    time.sleep(0.05)
+            if not private.flock_within(fd, timeout):
+                raise PvmError(PvmSysErr, f"{self.lock_path} stays locked by another console")
             yield
         finally:
             os.close(fd)  # closing releases the flock

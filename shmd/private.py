@@ -19,6 +19,7 @@ import fcntl
 import os
 import pwd
 import stat
+import time
 from collections.abc import Iterator
 
 from .errors import PvmDenied, PvmError
@@ -215,3 +216,19 @@ def unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def flock_within(fd: int, timeout: float) -> bool:
+    """Take an exclusive flock on *fd*, waiting at most *timeout* seconds; False if it
+    stayed held that long (a blocking flock would wait for ever on a stuck holder)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)

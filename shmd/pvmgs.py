@@ -25,7 +25,6 @@ on a host pvm_netd says is down, all of them) and releases or fails the barriers
 left: no barrier waits for a dead task. Each ends when its daemon stops (or on SIGTERM)."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -68,7 +67,10 @@ def start(me: Task) -> int:
         return tid
     fd = private.open_file(paths.tmpfile("pvmgs", me.vmid), os.O_RDWR | os.O_CREAT)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        # (its holder starts pvmgs within 2 START_TIMEOUTs or gives up)
+        if not private.flock_within(fd, 2 * START_TIMEOUT + 1):
+            raise PvmError(PvmNoGroup, "the group server (pvmgs) is being started by another task "
+                                       f"that does not finish ({paths.tmpfile('pvmgs', me.vmid)} stays locked)")
         tid = server_tid(me)
         if tid:
             return tid
