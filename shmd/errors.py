@@ -104,3 +104,13 @@ class PvmTimeout(PvmError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class MemoryFull(PvmTimeout):
+    """psend found no free pages (or pvm_netd no room for other hosts) before its
+    timeout: a PvmTimeout (it timed out) whose code is PvmNoMem (what it waited for),
+    as documented for memory full."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.code, self.name = PvmNoMem, "PvmNoMem"

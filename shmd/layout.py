@@ -128,6 +128,10 @@ T = {
     "recvd": (272, "Q"),
     "recvd_bytes": (280, "Q"),
     "blocked": (288, "I"),  # BLOCKED_PAGES while psend waits for free pages, else 0
+    # pvm_netd's: 1 while what it holds for other hosts is over netd.HOLD bytes (a peer
+    # receives slowly): senders to other hosts wait (remote.py) instead of filling the
+    # pages its in thread needs to deliver what comes from those hosts
+    "held": (292, "I"),
 }
 COUNTERS = ("sent", "sent_bytes", "recvd", "recvd_bytes")  # a slot's, in this order
 PUBLISH_EVERY = 256  # sends between two stores of the counters (a power of two)
@@ -160,6 +164,7 @@ T_CONSUMED_Q = index(T["consumed"], 8)
 T_SENDING_I = index(T["sending"], 4)
 T_SENT_Q = index(T["sent"], 8)  # then sent_bytes, recvd, recvd_bytes (COUNTERS)
 T_BLOCKED_I = index(T["blocked"], 4)
+T_HELD_I = index(T["held"], 4)
 H_TRACE_I = index(H["trace"], 4)
 H_WAKE_I = index(H["wake"], 4)
 

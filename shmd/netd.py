@@ -32,10 +32,13 @@ psends, and the ROUTER is its own). Notifications (pvm_notify) are kept here: ta
 of this host's tasks (for requesters anywhere), and for this host's tasks host deletes,
 host adds and exits of other hosts' tasks when their host goes down.
 
-Bounded memory: a DEALER holds at most HWM frames per peer; a full one blocks the out
-thread, so pvm_netd's inbox fills and local senders wait (and time out) as for a full
-local inbox. A receiver that does not receive blocks the in thread's psend, so the
-peer's frames stay in its queue and in TCP, and its senders wait in turn.
+Bounded memory: a DEALER holds at most HWM frames per peer; what a full one does not
+take waits in the out thread's backlog, and past HOLD bytes there pvm_netd raises its
+slot's "held" word: local senders to other hosts wait (and time out) until it falls.
+The out thread reads its inbox on meanwhile, so its pages are never held up by the
+network: they are what the in thread delivers into. A receiver that does not receive
+blocks the in thread's psend, so the peer's frames stay in its queue and in TCP, and
+its senders wait in turn.
 """
 from __future__ import annotations
 
@@ -49,12 +52,13 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import zmq
 from zmq.utils import z85
 
-from . import control, paths, private, remote, spawner, tids, traceask
+from . import control, layout, paths, private, remote, spawner, tids, traceask
 from . import stat as statmod
 from .errors import PvmBadParam, PvmError, PvmHostFail, PvmNoHost, PvmNoTask, PvmSysErr, PvmTimeout
 from .pvmbuf import HEADER, MAGIC, VERSION, XDR
@@ -65,6 +69,8 @@ HELLO = struct.Struct("<IH")  # host index, port
 BEAT = 0.3  # heartbeat period (seconds)
 DEAD = 2.0  # a peer silent this long is down: PvmHostFail well within 3 s
 HWM = 16  # frames queued per peer socket and direction (of up to remote.CHUNK bytes each)
+HOLD = 4 << 20  # bytes for other hosts held beyond those queues before senders wait
+RETRY, RETRY_MAX = 1e-3, 0.02  # how soon a held frame is offered to its peer again (seconds)
 BIG = 65536  # a chunk this large goes to and from zmq uncopied (below it, copying is cheaper)
 SLICE = 0.2  # the longest either thread waits before looking round (seconds)
 MSG, HELLO_KIND, BEAT_KIND, JOIN_KIND = b"m", b"h", b"b", b"j"
@@ -340,9 +346,17 @@ class Net:
         out: dict[int, zmq.Socket] = {}
         for h in list(self.where):
             out[h] = self._dealer(h)
+        # frames a peer's full queue did not take yet, per host in order, and their bytes:
+        # our inbox is read on regardless, so its pages never wait on the network (they
+        # are what our in thread delivers into: two hosts streaming to each other through
+        # full pages would wait on each other for ever)
+        backlog: dict[int, deque[list]] = {}
+        held = 0
         last_beat = 0.0
         beat = [BEAT_KIND, HELLO.pack(self.host, self.port)]
         task = self.task
+        full_i = layout.slot_i(task._slot) + layout.T_HELD_I
+        wait = RETRY
         while self.running:
             self._connect_joined(out)
             while self.announce:
@@ -362,8 +376,17 @@ class Net:
                         s.send_multipart(beat, flags=zmq.NOBLOCK)
                     except zmq.Again:
                         pass  # queue full: frames are on their way, which says as much
+            if backlog:
+                before = held
+                held -= self._flush(out, backlog)
+                # the peer's queue takes frames again: soon after; nothing moved: a
+                # little later each time (a peer whose receiver is slow)
+                wait = RETRY if held != before else min(2 * wait, RETRY_MAX)
+            else:
+                wait = SLICE
+            task._i[full_i] = 1 if held > HOLD else 0
             try:
-                m = task.precv(timeout=SLICE)
+                m = task.precv(timeout=wait)
             except PvmTimeout:
                 continue
             except PvmError:
@@ -378,22 +401,38 @@ class Net:
             h = tids.host_of(dest)
             if h not in out:  # a host that just joined: the in thread marked it up after
                 self._connect_joined(out)  # it queued it here, so it is here by now
-            sock = out.get(h)
-            if sock is None:
+            if h not in out:
                 continue  # no such host: dropped, as PVM drops a message to nowhere
             body = memoryview(m.data)[remote.OUT.size:]
-            big = len(body) >= BIG
-            frame: list[bytes | memoryview] = [BIG_KIND if big else MSG, NET.pack(m.src, dest, tag, total, off), body]
-            while self.running:
-                with self.lock:
-                    up = self.up.get(h, False)
-                if not up:
-                    break  # host down: its messages go nowhere (senders see PvmHostFail)
-                try:
-                    sock.send_multipart(frame, copy=not big)
-                    break
-                except zmq.Again:
-                    continue
+            kind = BIG_KIND if len(body) >= BIG else MSG
+            backlog.setdefault(h, deque()).append([kind, NET.pack(m.src, dest, tag, total, off), body])
+            held += len(body)
+            held -= self._flush(out, backlog, only=h)
+            wait = RETRY
+
+    def _flush(self, out: dict[int, zmq.Socket], backlog: dict[int, deque[list]],
+               only: int | None = None) -> int:
+        """Send what each peer's queue takes of *backlog* (of host *only*, if given), in
+        order, without waiting; a host that is down loses its frames (its senders see
+        PvmHostFail). The bytes that left the backlog."""
+        gone = 0
+        for h in [only] if only is not None else list(backlog):
+            frames = backlog[h]
+            with self.lock:
+                up = self.up.get(h, False)
+            while frames:
+                f = frames[0]
+                if up:
+                    try:
+                        big = f[0] == BIG_KIND
+                        out[h].send_multipart(f, flags=zmq.NOBLOCK, copy=not big)
+                    except zmq.Again:
+                        break
+                frames.popleft()
+                gone += len(f[2])
+            if not frames:
+                del backlog[h]
+        return gone
 
     # ---- in: peers -> local tasks ------------------------------------------------------
     def in_loop(self) -> None:

@@ -15,8 +15,8 @@ import time
 import sysv_ipc
 
 from . import ipc, layout, pagemap
-from .errors import PvmError, PvmSysErr
-from .taskbase import MASK64, SLICE, MemoryFull, TaskBase
+from .errors import MemoryFull, PvmError, PvmSysErr
+from .taskbase import MASK64, SLICE, TaskBase
 
 FREE_WAIT = 0.02  # how long a free waits for a segment's lock before it is put off
 DEFER_MAX = 8  # runs a receive may leave to free later when their segment's lock is busy
@@ -140,13 +140,22 @@ class Pages(TaskBase):
             self._free_held(s, p)
             if deferred:
                 for run in [r for r in deferred if r[0] == s]:
-                    deferred.remove(run)
+                    try:
+                        deferred.remove(run)
+                    except ValueError:
+                        continue  # another thread of ours freed it (pvm_netd has two)
                     self._free_held(*run)
         finally:
             lock.release()
 
     def _free_deferred(self) -> None:
-        """Try again the frees a stuck segment lock put off."""
-        todo, self._deferred = self._deferred, []
-        for run in todo:
+        """Try again the frees a stuck segment lock put off. Each run is taken off the
+        list (one atomic pop) before it is freed: pvm_netd's threads, one receiving and
+        one sending, share the list, and a run freed twice frees someone else's."""
+        deferred = self._deferred
+        for _ in range(len(deferred)):  # (one try each: _free puts a still stuck one back)
+            try:
+                run = deferred.pop(0)
+            except IndexError:
+                return
             self._free(*run)

@@ -28,8 +28,8 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
-from . import paths, private, tids
-from .errors import PvmError, PvmHostFail, PvmNoTask, PvmTimeout
+from . import layout, paths, private, tids
+from .errors import MemoryFull, PvmError, PvmHostFail, PvmNoTask, PvmTimeout
 
 if TYPE_CHECKING:
     from .receiving import Receiving
@@ -137,11 +137,18 @@ def send(task: Sending, dest: int, tag: int, mv: memoryview | bytes, n: int, dea
 
 
 def _post(task: Sending, dest: int, piece: bytes, deadline: float) -> None:
-    """One piece to pvm_netd, looking at the destination host every CHECK seconds."""
+    """One piece to pvm_netd, looking at the destination host every CHECK seconds and
+    waiting while pvm_netd holds too much for other hosts (its "held" word)."""
     while True:
         net = check_host(task.vmid, dest)
         left = deadline - time.monotonic()
         try:
+            if _held(task, net, time.monotonic() + max(0.0, min(left, CHECK))):
+                if left <= CHECK:
+                    raise MemoryFull(f"pvm_netd holds more than it may for other hosts (a "
+                                     f"receiver there is slow): no room for {tids.fmt(dest)} "
+                                     "within the timeout")
+                continue
             task.psend(net, 0, piece, timeout=max(0.0, min(left, CHECK)))
             return
         except PvmTimeout:
@@ -151,6 +158,20 @@ def _post(task: Sending, dest: int, piece: bytes, deadline: float) -> None:
             if e.code == PvmNoTask:
                 raise PvmError(PvmHostFail, f"pvm_netd of this host is gone ({e.detail or e})") from None
             raise
+
+
+def _held(task: Sending, net: int, until: float) -> bool:
+    """Is pvm_netd's "held" word still up at *until* (monotonic)? (It rarely is: one
+    read, then polls with growing sleeps.)"""
+    word = layout.slot_i(task._peer(net).slot) + layout.T_HELD_I
+    delay = 50e-6
+    while task._i[word]:
+        left = until - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(delay, left))
+        delay = min(2 * delay, 5e-3)
+    return False
 
 
 def take(task: Receiving, match, source: int, deadline: float):

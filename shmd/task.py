@@ -32,14 +32,14 @@ from collections import deque
 import sysv_ipc
 
 from . import calibrate, control, direct, ipc, layout, paths, tids, trace, wake
-from .errors import PvmError, PvmExists, PvmSysErr
+from .errors import MemoryFull, PvmError, PvmExists, PvmSysErr  # noqa: F401  (MemoryFull: shmd.task's, as before)
 from .message import DESC as _DESC  # noqa: F401  (the names tools and tests use)
 from .message import Desc as _Desc  # noqa: F401
 from .message import Message, MessageView, small_desc  # noqa: F401
 from .message import as_bytes_view as _as_bytes_view  # noqa: F401
 from .receiving import Receiving
 from .sending import MAX_TAG, Sending  # noqa: F401
-from .taskbase import ANY, MAX_SPIN, SLICE, MemoryFull, damaged, spin_allowed  # noqa: F401
+from .taskbase import ANY, MAX_SPIN, SLICE, damaged, spin_allowed  # noqa: F401
 from .tids import TIDHOST, TIDLOCAL  # noqa: F401
 
 _open: dict[str, Task] = {}  # VM id -> this process's open task (one task per process)

@@ -27,7 +27,7 @@ from collections import deque
 import sysv_ipc
 
 from . import calibrate, control, ipc, layout, tids, trace
-from .errors import PvmBadParam, PvmError, PvmNoMem, PvmNoTask, PvmSysErr, PvmTimeout
+from .errors import PvmBadParam, PvmError, PvmNoTask, PvmSysErr
 from .message import Desc, Matcher, MessageView
 from .remote import RemoteTid
 from .wake import FUTEX, FutexWaiter, FutexWake
@@ -41,15 +41,6 @@ _TID = layout.T_TID_I
 _TRACE_WORD = layout.H_TRACE_I
 _PUBLISH_MASK = layout.PUBLISH_EVERY - 1
 PUBLISH_IDLE = 32  # messages received between two _publish calls of receives that spin
-
-
-class MemoryFull(PvmTimeout):
-    """psend found no free pages before its timeout: a PvmTimeout (it timed out) whose
-    code is PvmNoMem (what it waited for), as documented for memory full."""
-
-    def __init__(self, detail: str):
-        super().__init__(detail)
-        self.code, self.name = PvmNoMem, "PvmNoMem"
 
 
 def damaged(what: str) -> PvmError:

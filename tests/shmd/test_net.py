@@ -361,6 +361,49 @@ def test_senders_killed_mid_stream_across_hosts(two):
         wait_for(lambda vmid=vmid: _pages_free(two.vm, vmid), 10, f"every page of {vmid} free")
 
 
+LATE = r'''
+import sys, time, shmd
+with shmd.join(name="late") as me:
+    print(me.tid, flush=True)
+    n, size = int(sys.argv[1]), int(sys.argv[2])
+    time.sleep(float(sys.argv[3]))  # not receiving yet: the pages of its host fill
+    for k in range(n):
+        m = me.precv(shmd.ANY, 5, timeout=30)
+        got = bytes(m.data)
+        assert got == k.to_bytes(4, "little") * (size // 4), (k, len(got), got[:8], got[-8:], hex(m.src))
+    print("ok", flush=True)
+'''
+
+
+def test_two_hosts_streaming_to_each_other_through_full_pages(two):
+    """A task of each host streams to one of the other, whose receiver starts late: both
+    hosts' pages fill with messages going out and coming in. pvm_netd reads its inbox
+    on while the other host is slow to take its frames (past netd.HOLD bytes the
+    senders wait instead), so each in thread always finds pages to deliver into: every
+    message arrives (without that, each host's pages held only what was going out, and
+    both streams waited on each other until they timed out)."""
+    n, size = 1500, 20000  # 30 MB each way, through 512 KiB of pages per host
+    procs = []
+    for host in (two.b, two.a):
+        p = subprocess.Popen([sys.executable, "-c", LATE, str(n), str(size), "3"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=two.vm.env(host))
+        two.procs.append(p)
+        procs.append((p, int(p.stdout.readline())))
+    for host, (_, dest) in zip((two.a, two.b), procs):
+        s = subprocess.Popen([sys.executable, "-c", STREAM, str(dest), str(n), str(size)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=two.vm.env(host))
+        two.procs.append(s)
+        procs.append((s, 0))
+    for p, _ in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert out.split()[-1] in ("ok", "done"), out
+    for vmid in (two.a, two.b):
+        wait_for(lambda vmid=vmid: _pages_free(two.vm, vmid), 10, f"every page of {vmid} free")
+
+
 def test_trusted_network_authenticates_without_encryption(shmd_vm):
     """"trusted": no encryption (ZeroMQ PLAIN), but a client without the VM's secret, or
     speaking CURVE, gets nothing in; messages between the hosts go as before."""
