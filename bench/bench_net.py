@@ -1,7 +1,7 @@
 """Benchmark: psend/precv between tasks of two hosts through pvm_netd, side by side with
 the floors (run by hand).
 
-    .venv/bin/python bench/bench_net.py [--repeat 3] [--only ours,ours-trusted,floors]
+    .venv/bin/python bench/bench_net.py [--repeat 3] [--only ours,ours-trusted,ours-packed,floors]
 
 Two "hosts" on this machine: two pvm_shmd (VM ids of their own, host 1 and host 2, a
 private PVM_TMP) each with its pvm_netd bound to 127.0.0.1, so the network is the
@@ -9,6 +9,8 @@ loopback device (a pvm-lab would add its veth pair and bridge). Rows, in one run
 
   ours            a task of host 1 and one of host 2, psend/precv through both pvm_netd
   ours-trusted    the same with the trusted-network option (authenticated, not encrypted)
+  ours-packed     as ours, with PVM's packed messages: pvm_initsend(PvmDataDefault) +
+                  pvm_pkbyte + pvm_send, pvm_recv + pvm_upkbyte (shmd.pvm)
   tcp             a plain Python TCP socket pair (the floor)
   tls             Python's ssl, mutual, ECDSA P-256 (the other candidate)
   zmq             pyzmq PAIR without encryption (the library's floor)
@@ -40,6 +42,7 @@ from _net_floor import floors, measure  # noqa: E402
 BIN = os.path.dirname(sys.executable)
 LAT = (8, 1024, 65536, 1 << 20)
 BW = (65536, 1 << 20, 16 << 20)
+ROWS = ("ours", "ours-trusted", "ours-packed", "floors")
 
 # host 2's task: echo ping-pongs, sink streams (tag 2: a stream; its last message tag 3)
 PEER = r'''
@@ -112,51 +115,68 @@ class Hosts:
                            capture_output=True, timeout=30)
 
 
-def ours(hosts: Hosts) -> dict[str, float]:
+def ours(hosts: Hosts, packed: bool = False) -> dict[str, float]:
+    """psend/precv (or, *packed*, pvm_initsend(PvmDataDefault) + pvm_pkbyte + pvm_send,
+    pvm_recv + pvm_upkbyte: the echo sends the packed message back as it came)."""
     import shmd
+    from shmd import pvm
+
+    def send(tag: int, msg: bytes) -> None:
+        if packed:
+            pvm.pvm_initsend(pvm.PvmDataDefault)
+            pvm.pvm_pkbyte(msg, len(msg), 1)
+            pvm.pvm_send(hosts.tid, tag)
+        else:
+            me.psend(hosts.tid, tag, msg, timeout=60)
 
     with shmd.join(hosts.vmids[0], spin=False) as me:
         buf = bytearray(16 << 20)
 
         def pinger(n: int):
             msg = bytes(n)
-            return lambda: (me.psend(hosts.tid, 1, msg, timeout=30), me.precv_into(buf, hosts.tid, 1, timeout=30))
+            if packed:
+                return lambda: (send(1, msg), pvm.pvm_trecv(hosts.tid, 1, 30), pvm.pvm_upkbyte(buf, n, 1))
+            return lambda: (send(1, msg), me.precv_into(buf, hosts.tid, 1, timeout=30))
 
         def pusher(n: int):
             msg = bytes(n)
 
             def push(last: bool) -> None:
-                me.psend(hosts.tid, 3 if last else 2, msg, timeout=60)
+                send(3 if last else 2, msg)
                 if last:
                     me.precv(hosts.tid, 4, timeout=60)
             return push
 
-        out = measure(pinger, pusher, LAT, BW)
-        me.psend(hosts.tid, 9, b"")
-    return out
+        try:
+            return measure(pinger, pusher, LAT, BW)
+        finally:
+            me.psend(hosts.tid, 9, b"")
+            if packed:
+                pvm.pvm_exit()  # (the library's state: its buffers, its task)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--only", default="ours,ours-trusted,floors",
-                    help="rows to run, comma-separated: ours, ours-trusted, floors (default: all)")
+    ap.add_argument("--only", default=",".join(ROWS),
+                    help=f"rows to run, comma-separated: {', '.join(ROWS)} (default: all)")
     a = ap.parse_args()
     only = set(a.only.split(","))
-    if not only or only - {"ours", "ours-trusted", "floors"}:
-        ap.error(f"--only {a.only!r}: expected a comma-separated list of ours, ours-trusted, floors")
+    if not only or only - set(ROWS):
+        ap.error(f"--only {a.only!r}: expected a comma-separated list of {', '.join(ROWS)}")
     print(f"CPU: {cpu()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; loopback between two "
           f"pvm_shmd+pvm_netd of this machine; median of {a.repeat}")
     runs: dict[str, list[dict]] = {}
     for _ in range(a.repeat):
-        for name, trusted in (("ours", False), ("ours-trusted", True)):
+        for name, trusted, packed in (("ours", False, False), ("ours-trusted", True, False),
+                                      ("ours-packed", False, True)):
             if name not in only:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 os.chmod(tmp, 0o700)
                 hosts = Hosts(tmp, trusted)
                 try:
-                    runs.setdefault(name, []).append(ours(hosts))
+                    runs.setdefault(name, []).append(ours(hosts, packed))
                 finally:
                     hosts.close()
         for k, r in (floors("127.0.0.1", sizes_lat=LAT, sizes_bw=BW) if "floors" in only else {}).items():
