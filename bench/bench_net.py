@@ -49,7 +49,7 @@ PEER = r'''
 import sys, shmd
 with shmd.join(name="bench") as me:
     print(me.tid, flush=True)
-    buf = bytearray(16 << 20)
+    buf = bytearray((16 << 20) + 4096)  # (a packed message has PVM's header too)
     while True:
         src, tag, n = me.precv_into(buf, timeout=120)
         if tag == 1:
