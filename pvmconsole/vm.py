@@ -433,11 +433,17 @@ class VirtualMachine:
         return out
 
     def mstat(self, names: Sequence[str]) -> list[Outcome]:
+        """Each named host's state: ok if its pvm_netd says its pvm_shmd runs (a look at
+        the shared memory there, no request to the daemon), else from its daemon's state
+        over SSH (PvmHostFail if it is not running); PvmNoHost if not in the VM."""
         t = self.table()
         hosts = {n: h for n in names if (h := t.host(n)) is not None}
-        pre = self.asked(list(hosts.values()), "stat")
+        pre = self.asked(list(hosts.values()), "alive")
+
         def stat(h: HostRecord) -> Outcome:
-            return _attempt(h.name, lambda: self.link(h).stat(asked=pre.get(h.name)))
+            if pre.get(h.name) is True:
+                return Outcome(h.name)
+            return _attempt(h.name, lambda: self.link(h).stat())
 
         return [Outcome(n, PvmNoHost) if (h := hosts.get(n)) is None else stat(h) for n in names]
 

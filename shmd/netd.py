@@ -240,6 +240,7 @@ class Net:
             "clock": traceask.clock,
             "trace": lambda req: traceask.trace_ask(self.vmid, req),
             "config": self._ask_config,
+            "alive": self._ask_alive,
             "spawn": self._ask_spawn,
             "signal": self._ask_signal,
             "notify": self._ask_notify,
@@ -652,6 +653,13 @@ class Net:
             if isinstance(g, list):
                 out += [t for t in g if isinstance(t, dict) and not tids.is_netd(int(t.get("tid", 0)))]
         return out
+
+    def _ask_alive(self, req: dict) -> bool:
+        """Is this host's pvm_shmd running, with the shared memory we joined (the
+        console's mstat)? Read here, without a request to it: its pid and start time,
+        the segment's generation and state, our slot (PvmSysErr if not)."""
+        self.task._check_alive()
+        return True
 
     def _ask_config(self, req: dict) -> dict:
         """The hosts up (each {"host", "name", "arch", "speed", "dsig"}) and those we count as down."""

@@ -240,6 +240,29 @@ def test_host_death_gives_host_fail(two):
     remove_vm_leftovers(two.b)
 
 
+def test_alive_is_answered_from_the_shared_memory_and_fails_with_the_daemon(two):
+    """The console's mstat asks each pvm_netd "alive": True while its pvm_shmd runs
+    (from the segment and the daemon's pid, no request to it); once the daemon is
+    killed -9, never True again (an error answer, or none once pvm_netd has gone)."""
+    from shmd.netask import NetLink
+    keys = [k.decode() for k in two.keys]
+    link = NetLink("127.0.0.1", two.port2, keys)
+    try:
+        assert link.ask("alive") is True
+        pid = two.vm.daemons[1][0]
+        os.kill(pid, signal.SIGKILL)
+        from shmd import ipc
+        wait_for(lambda: ipc.process_start(pid) is None, 10, "pvm_shmd gone (or a zombie)")
+        for _ in range(3):
+            with pytest.raises(PvmError):
+                link.ask("alive")
+    finally:
+        link.close()
+    os.kill(two.pid2, signal.SIGKILL)
+    from daemons import remove_vm_leftovers
+    remove_vm_leftovers(two.b)
+
+
 def _rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
