@@ -135,13 +135,15 @@ class Lock:
     """A binary semaphore used as a lock, taken and released with SEM_UNDO so that a
     process dying while holding it does not block the others."""
 
-    __slots__ = ("sem", "id", "_waiter")
+    __slots__ = ("sem", "id", "_waiters")
 
     def __init__(self, sem: sysv_ipc.Semaphore):
         sem.undo = True
         nonblocking(sem)
         self.sem, self.id = sem, sem.id
-        self._waiter = Waiter(sem.id, undo=True)
+        # one Waiter per thread sleeping on it at once (pvm_netd's two threads share
+        # its locks; a Waiter's timeout is its own): taken off and put back (atomic)
+        self._waiters = [Waiter(sem.id, undo=True)]
 
     def acquire(self, timeout: float) -> bool:
         sem = self.sem
@@ -167,7 +169,15 @@ class Lock:
                     pass
                 except sysv_ipc.ExistentialError:
                     raise Gone(f"semaphore {self.id} removed") from None
-        return self._waiter.down(timeout)
+        waiters = self._waiters
+        try:
+            w = waiters.pop()
+        except IndexError:  # another thread of ours sleeps on it with the one we had
+            w = Waiter(self.id, undo=True)
+        try:
+            return w.down(timeout)
+        finally:
+            waiters.append(w)
 
     def release(self) -> None:
         try:

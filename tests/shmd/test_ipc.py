@@ -64,3 +64,41 @@ def test_lock_waits_for_its_holder_then_times_out(sem, hold):
     lock.release()
     assert other.acquire(1.0)
     other.release()
+
+
+def test_two_threads_sleep_on_one_lock_each_with_its_own_timeout(sem, monkeypatch):
+    """pvm_netd's two threads share its segment locks: two threads asleep on one lock at
+    once each sleep through a Waiter of their own (a Waiter's timespec is rewritten by
+    each down: shared, a thread could sleep for the other's timeout), and each wait
+    ends at its own timeout."""
+    sem.release()  # a free lock
+    lock, holder = ipc.Lock(sem), ipc.Lock(sysv_ipc.Semaphore(sem.key))
+    assert holder.acquire(1.0)
+    used: dict[str, set[int]] = {"long": set(), "short": set()}
+    down = ipc.Waiter.down
+
+    def recording_down(self: ipc.Waiter, timeout: float) -> bool:
+        used[threading.current_thread().name].add(id(self))
+        return down(self, timeout)
+
+    monkeypatch.setattr(ipc.Waiter, "down", recording_down)
+    got: dict[str, tuple[bool, float]] = {}
+
+    def wait(name: str, timeout: float) -> None:
+        t = time.monotonic()
+        ok = lock.acquire(timeout)
+        got[name] = (ok, time.monotonic() - t)
+        if ok:
+            lock.release()
+
+    long_wait = threading.Thread(target=wait, args=("long", 5.0), name="long")
+    long_wait.start()
+    time.sleep(0.2)  # the long one asleep first (past the lock's spin)
+    short = threading.Thread(target=wait, args=("short", 0.05), name="short")
+    short.start()
+    short.join(5)
+    assert got["short"][0] is False and got["short"][1] < 1.0, got
+    holder.release()  # the long one gets the lock, within its own timeout
+    long_wait.join(5)
+    assert got["long"][0] is True, got
+    assert used["long"] and used["short"] and not used["long"] & used["short"], used
