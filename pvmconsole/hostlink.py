@@ -43,6 +43,7 @@ MANUAL_TIMEOUT = 300.0  # so=ms: how long the console waits for the typed respon
 STAT_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
 SPAWN_ASK_TIMEOUT = 30.0  # pvm_netd's answer to a spawn: every copy enrolled and exec'd
+FRESH = 5.0  # a pvm_netd that answered this recently is asked a long request without a look first
 #: Extra words for every pvm_shmd the console starts (e.g. "-maxpages=64 -maxsegs=2").
 OPTS_ENV = "PVM_SHMD_OPTS"
 
@@ -178,6 +179,11 @@ class HostLink:
         if self.netd is None:
             return None
         try:
+            if timeout > ASK_TIMEOUT and time.monotonic() - self.netd.answered > FRESH:
+                # a request that may take long (stop, spawn) waits all of it on a channel
+                # nobody answers (pvm_netd gone, its port closed): first a quick look that
+                # it answers at all (and that its pvm_shmd runs)
+                self.netd.ask("alive")
             return self.netd.ask(op, timeout, **args)
         except PvmError as e:
             if e.code != PvmHostFail:

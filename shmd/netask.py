@@ -31,6 +31,7 @@ class NetLink:
         self.keys, self.trusted = keys, trusted
         self._lock = threading.Lock()
         self._sock: zmq.Socket | None = None
+        self.answered = float("-inf")  # when it last answered (monotonic seconds)
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
@@ -106,6 +107,7 @@ def ask_all(links: Sequence[NetLink], op: str, timeout: float = ASK_TIMEOUT,
                 if k in waiting and len(f) == 3 and f[0] == ANSWER and f[1] == waiting[k]:
                     del waiting[k]
                     out[k] = _answer(f)
+                    links[k].answered = time.monotonic()
         for k in waiting:
             links[k].close()
             out[k] = PvmError(PvmHostFail, f"pvm_netd at {links[k].where} did not answer within {timeout:g} s")

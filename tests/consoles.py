@@ -24,6 +24,8 @@ PVM = os.path.join(BIN, "pvm")
 SHMD_STAT = os.path.join(BIN, "pvm_shmd_stat")
 ME = socket.gethostname()
 TIMEOUT = 90
+PROMPT = "pvm>"  # prompt_toolkit draws the trailing blank as a cursor move
+CPR_REQUEST = "\x1b[6n"  # prompt_toolkit asks where the cursor is; a terminal answers
 
 
 @pytest.fixture

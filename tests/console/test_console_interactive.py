@@ -8,11 +8,11 @@ import subprocess
 import pexpect
 import pytest
 from conftest import BIN
+from consoles import CPR_REQUEST, PROMPT
 
 PVM = os.path.join(BIN, "pvm")
 SHMD_STAT = os.path.join(BIN, "pvm_shmd_stat")
 ME = socket.gethostname()
-PROMPT = "pvm>"  # prompt_toolkit draws the trailing blank as a cursor move
 
 
 @pytest.fixture
@@ -30,9 +30,6 @@ def term(pvm_env, tmp_path, monkeypatch):
         child.terminate(force=True)
     subprocess.run([PVM, "--norc", "-e", "halt"], env=env, capture_output=True, timeout=60)
     subprocess.run([SHMD_STAT, "--stop"], capture_output=True, timeout=60)
-
-
-CPR_REQUEST = "\x1b[6n"  # prompt_toolkit asks where the cursor is; a terminal answers
 
 
 def expect(child: pexpect.spawn, text: str) -> None:

@@ -196,7 +196,7 @@ def test_demo_from_a_batch(lab, vm):
 
 def test_demo_from_the_interactive_console(lab, vm):
     pexpect = pytest.importorskip("pexpect")
-    from test_console_interactive import CPR_REQUEST, PROMPT
+    from consoles import CPR_REQUEST, PROMPT
 
     env = {**vm.env, "TERM": "xterm", "COLUMNS": "120", "LINES": "40"}
     child = pexpect.spawn(PVM, ["--norc", vm.hf], env=env, encoding="utf-8", timeout=60,
