@@ -182,8 +182,13 @@ class HostLink:
             if timeout > ASK_TIMEOUT and time.monotonic() - self.netd.answered > FRESH:
                 # a request that may take long (stop, spawn) waits all of it on a channel
                 # nobody answers (pvm_netd gone, its port closed): first a quick look that
-                # it answers at all (and that its pvm_shmd runs)
-                self.netd.ask("alive")
+                # it answers at all. An error answer is an answer (its daemon has gone, or
+                # a pvm_netd of an older release): the request itself says what follows.
+                try:
+                    self.netd.ask("alive")
+                except PvmError as e:
+                    if e.code == PvmHostFail:
+                        raise
             return self.netd.ask(op, timeout, **args)
         except PvmError as e:
             if e.code != PvmHostFail:
