@@ -168,9 +168,10 @@ def read_text(path: str, limit: int = READ_LIMIT) -> str | None:
     return data.decode("utf-8", errors="replace")
 
 
-def write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes, sync: bool = True) -> None:
     """Replace *path* with *data*: written to a new file of ours beside it (O_EXCL: never
-    an existing file or link), synced, then renamed over it."""
+    an existing file or link), synced (unless not *sync*: what need not outlive the
+    machine, only a killed process), then renamed over it."""
     tmp = f"{path}.{os.getpid()}.new"
     try:
         os.unlink(tmp)  # a leftover of ours from a killed writer with our pid
@@ -181,7 +182,8 @@ def write_atomic(path: str, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
