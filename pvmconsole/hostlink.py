@@ -26,7 +26,7 @@ from shmd.errors import (
     PvmHostFail,
 )
 from shmd.exits import SpawnExit, StatExit, daemon_exit
-from shmd.spawner import err_line, parse_err_line
+from shmd.spawner import copy_result, err_line, parse_err_line
 
 DAEMON = "pvm_shmd"
 STAT = "pvm_shmd_stat"
@@ -273,8 +273,7 @@ class HostLink:
                             here=True, wd=wd, ep=ep, env=dict(env or {}))
             if self.netd is not None:  # it answered: its copies, or why not (never started twice)
                 if isinstance(got, list) and len(got) == count:
-                    lines = [f"tid {r:x}" if isinstance(r, int) else err_line(PvmError(int(r[0]), str(r[1]) or None))
-                             for r in got]
+                    lines = [f"tid {c:x}" if isinstance(c := copy_result(r), int) else err_line(c) for r in got]
                 else:
                     why = got if isinstance(got, PvmError) else PvmError(PvmHostFail, "pvm_netd: unreadable answer")
                     lines = [err_line(why)] * count

@@ -243,9 +243,10 @@ class Inbox(Pages):
             # Woken before the message is there: a sender wakes us first and posts
             # after (a microsecond or two; taskbase.cpus_apart). Polling that long
             # beats sleeping again. The poll yields the CPU: on a busy host the wake-up
-            # may have preempted the waker, which cannot post until we let it run. Measured (8 B ping-pong,
-            # load 4 on 2 CPUs, every wake first): a busy poll slept again 0.2-0.8 times
-            # a message, 31-39 us one way; a yielding one never, 17-19 us.
+            # may have preempted the waker, which cannot post until we let it run.
+            # Measured (8 B ping-pong, load 4 on 2 CPUs, every wake first): a busy poll
+            # slept again 0.2-0.8 times a message, 31-39 us one way; a yielding one
+            # never, 17-19 us.
             q, T, H, clock = self._q, self._T, self._H, time.perf_counter
             end = clock() + POST_WAIT
             while q[T] == q[H] and clock() < end:

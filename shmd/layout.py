@@ -326,6 +326,17 @@ def map_i(seg: int) -> int:
     return map_off(seg) // 4
 
 
+def tids_in(m32: memoryview) -> set[int]:
+    """The tids in the task table (slots whose tid word is set), from an int32 view of
+    segment 0."""
+    out = set()
+    for s in range(MAX_TASKS):
+        t = m32[slot_i(s) + T_TID_I] & 0xFFFFFFFF
+        if t:
+            out.add(t)
+    return out
+
+
 def slot(buf: memoryview, i: int) -> Struct:
     return Struct(buf, slot_off(i), T)
 

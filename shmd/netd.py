@@ -326,8 +326,7 @@ class Net:
         a, p = self.where[h]
         s = self.ctx.socket(zmq.DEALER)
         s.linger = 0
-        s.sndhwm = HWM
-        s.sndtimeo = int(SLICE * 1000)
+        s.sndhwm = HWM  # (every send on it is NOBLOCK: what a full queue refuses waits in the backlog)
         secure(s, self.public, self.secret, self.trusted, server=False)
         s.connect(f"tcp://{a}:{p}")
         s.send_multipart([HELLO_KIND, HELLO.pack(self.host, self.port), self.addr.encode(),
@@ -406,7 +405,10 @@ class Net:
                 continue  # no such host: dropped, as PVM drops a message to nowhere
             body = memoryview(m.data)[remote.OUT.size:]
             kind = BIG_KIND if len(body) >= BIG else MSG
-            backlog.setdefault(h, deque()).append([kind, NET.pack(m.src, dest, tag, total, off), body])
+            frames = backlog.get(h)
+            if frames is None:
+                frames = backlog[h] = deque()
+            frames.append([kind, NET.pack(m.src, dest, tag, total, off), body])
             held += len(body)
             held -= self._flush(out, backlog, only=h)
             wait = RETRY

@@ -251,13 +251,7 @@ _NOTE_HDR = struct.pack("<6sBBQ", b"\x7fPVMpk", 1, 0, 4)
 
 def live_tids(me: Task) -> set[int]:
     """The tids joined to this host's daemon now (its task table in segment 0)."""
-    i = me._i
-    out = set()
-    for s in range(layout.MAX_TASKS):
-        t = i[layout.slot_i(s) + layout.T_TID_I] & 0xFFFFFFFF
-        if t:
-            out.add(t)
-    return out
+    return layout.tids_in(me._i)
 
 
 def _check_exits(me: Task) -> None:

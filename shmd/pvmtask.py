@@ -105,9 +105,6 @@ def pvm_mytid() -> int:
     return S.me().tid
 
 
-SPAWN_TIMEOUT = 60.0  # pvm_netd's answer to a spawn (every copy enrolled and exec'd, on any host)
-
-
 def _netd(op: str, args: dict[str, object], timeout: float = remote.ASK_TIMEOUT) -> object:
     """This host's pvm_netd's answer to *op*; None if there is none (a daemon started
     by hand: this host alone)."""
@@ -181,9 +178,9 @@ def pvm_spawn(task: str, argv: Sequence[str] | None = None, flag: int = PvmTaskD
         raise PvmError(PvmBadParam, f"where {where!r} must be a host name or an architecture")
     ptid = 0 if flag & PvmNoSpawnParent else me.tid
     got = _netd("spawn", {"prog": task, "args": args, "count": ntask, "flag": flag, "where": where, "ptid": ptid,
-                          "env": exported_env()}, SPAWN_TIMEOUT)
+                          "env": exported_env()}, remote.SPAWN_TIMEOUT)
     if isinstance(got, list):
-        return [r if isinstance(r, int) else int(r[0]) for r in got]
+        return [c if isinstance(c := spawner.copy_result(r), int) else c.code for r in got]
     if flag & PvmTaskHost and where and where not in (_hostname(), "."):
         try:
             here = control.request("stat", me.vmid).get("name")

@@ -45,6 +45,7 @@ REQ_TAG = 1  # a task's request to pvm_netd (JSON); message chunks go with tag 0
 REPLY_TAG = 1  # pvm_netd's answer, from pvm_netd's tid (no task's message comes from it)
 REQUEST_MAX = 64 * 1024  # bytes of a JSON request or answer (to pvm_netd, pvmgs, or back): more is refused
 ASK_TIMEOUT = 10.0  # a request answered by this host (and maybe others): the longest wait
+SPAWN_TIMEOUT = 60.0  # pvm_netd's answer to a spawn (every copy enrolled and exec'd, on any host)
 _ids = itertools.count(1)
 
 
@@ -60,13 +61,13 @@ _cache: dict[str, tuple[int, dict]] = {}  # vmid -> (mtime_ns, route file conten
 _paths: dict[tuple[str, str], str] = {}  # (vmid, $PVM_TMP) -> route file path
 
 
-
 def load_json(data: bytes | memoryview) -> object:
     """The JSON value of a request or answer; ValueError if it is not JSON or longer
     than REQUEST_MAX (nothing parses an unbounded input from another process)."""
     if len(data) > REQUEST_MAX:
         raise ValueError(f"request of {len(data)} bytes (at most {REQUEST_MAX})")
     return json.loads(bytes(data))
+
 
 def route_path(vmid: str) -> str:
     """Where pvm_netd keeps its route file for *vmid* (private, 0600). The private

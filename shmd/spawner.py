@@ -241,9 +241,11 @@ def start_copies(prog: str, args: Sequence[str], count: int, *, vmid: str, ep: s
 def live_tids(vmid: str) -> set[int]:
     """The tids joined to the daemon now, read from segment 0's task table (no request)."""
     shm, buf = control.attach_seg0(vmid)
+    m32 = buf.cast("i")
     try:
-        return {t["tid"] for i in range(layout.MAX_TASKS) if (t := layout.slot(buf, i))["state"] == layout.ACTIVE}
+        return layout.tids_in(m32)
     finally:
+        m32.release()
         buf.release()
         shm.detach()
 
@@ -330,11 +332,20 @@ def _spawn_anywhere(prog: str, args: Sequence[str], count: int, host: str | None
     me = current() or join()
     flag = PvmTaskDefault if host == "*" else PvmTaskHost if host is not None else PvmTaskArch
     where = "" if host == "*" else host if host is not None else arch
-    got = remote.ask(me, "spawn", 60.0, prog=prog, args=[str(a) for a in args], count=count, flag=flag,
-                     where=where, ptid=me.tid if ptid is None else ptid)
+    got = remote.ask(me, "spawn", remote.SPAWN_TIMEOUT, prog=prog, args=[str(a) for a in args], count=count,
+                     flag=flag, where=where, ptid=me.tid if ptid is None else ptid)
     if not isinstance(got, list) or len(got) != count:
         raise PvmError(PvmSysErr, "pvm_netd: unreadable answer to spawn")
-    return [r if isinstance(r, int) else PvmError(int(r[0]), str(r[1]) or None) for r in got]
+    return [copy_result(r) for r in got]
+
+
+def copy_result(r: object) -> int | PvmError:
+    """One copy in pvm_netd's answer to a spawn: its tid, or [code, why] as a PvmError."""
+    if isinstance(r, int):
+        return r
+    if isinstance(r, list) and len(r) == 2 and isinstance(r[0], int):
+        return PvmError(r[0], str(r[1]) or None)
+    return PvmError(PvmSysErr, f"pvm_netd: unreadable copy {str(r)[:40]!r} in the answer to spawn")
 
 
 # ---- relaying output ----------------------------------------------------------------------

@@ -35,7 +35,7 @@ import time
 from typing import Any
 
 from .errors import PvmBadParam, PvmError
-from .ipc import MAX_WAIT, Waiter, _libc, wait_children
+from .ipc import MAX_WAIT, Waiter, _libc, _Timespec, wait_children
 
 ENV = "PVM_SHMD_WAKE"
 KINDS = ("sem", "futex")  # the header's wake word holds the index
@@ -50,10 +50,6 @@ TRIALS = 3  # interleaved; the median of each kind's trials counts
 
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
 def available() -> tuple[str, ...]:
