@@ -58,7 +58,7 @@ import sysv_ipc  # noqa: E402
 from _common import Payload, bw_count, lat_iters  # noqa: E402
 
 import shmd  # noqa: E402
-from shmd import calibrate  # noqa: E402
+from shmd import calibrate, fastpath  # noqa: E402
 from shmd import wake as shmd_wake  # noqa: E402
 from shmd.errors import PvmBadParam, PvmError  # noqa: E402
 
@@ -957,6 +957,8 @@ def run(ap: argparse.ArgumentParser, a, argv) -> int:
         if "shmd" in transports:
             for line in calibrate.lines():  # which paths pvm-shmd chose here, and why
                 print(f"# {line}")
+            print(f"# small messages: the {fastpath.KIND} fast path (shmd/fastpath.py; "
+                  f"{fastpath.ENV}=1 runs the Python one)")
             sys.stdout.flush()
 
         def measure(kind, rows, sizes, store):

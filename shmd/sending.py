@@ -47,68 +47,20 @@ class Sending(Rendezvous):
         code PvmNoMem, when it was pages it waited for); the message is then not sent."""
         p = self._peers.get(dest)
         if p is not None and type(data) in _SMALL_TYPES and (n := len(data)) <= _INLINE:
-            # the common small send, inline here (every interpreter step counts): a known
-            # peer, a tag seen before (its descriptor is cached, so the tag is valid),
-            # the inbox lock free, room in the ring; anything else takes the general
-            # path below, which waits and reports errors
-            i = self._i
-            tid_i = p.tid_i
-            # A receiver asleep is woken first, the message posted after: the wake-up
-            # takes tens of microseconds to arrive, the posting one or two. One bound to
-            # our one CPU is woken after (early = 0): it would preempt us and find
-            # nothing (Peer.first: taskbase.cpus_apart). (Its slot is checked first: the
-            # cached semaphore must still be that task's.)
-            early = i[p.waiting_i]
-            if early and i[tid_i] == dest:
-                if p.first:
-                    try:
-                        p.wake.release()
-                    except sysv_ipc.ExistentialError:
-                        pass
-                else:
-                    early = 0
+            # the common small send (every interpreter step counts): a known peer, a
+            # tag seen before (its descriptor is cached, so the tag is valid), the
+            # inbox lock free, room in the ring; compiled (fastpath.py) or in Python,
+            # the same steps. Anything else takes the general path below, which waits
+            # and reports errors.
             hdr = self._hdrs.get(tag << 8 | n)
             if hdr is not None and not self._owed:
-                sem = p.sem
-                try:
-                    sem.acquire()  # non-blocking (IPC_NOWAIT), with SEM_UNDO
-                except sysv_ipc.Error:
-                    sem = None  # busy, or gone (a reaped peer's semaphore is removed)
-                if sem is not None:
-                    q = self._q
-                    T = p.tail_q
-                    tail = q[T]
-                    if not 0 <= tail - p.seen < _RING:  # full, or a new task in the slot
-                        p.seen = q[p.head_q]
-                    # (a tail behind the head is damage: the general path names it)
-                    if i[tid_i] == dest and 0 <= tail - p.seen < _RING:
-                        d = p.ring + (tail % _RING) * _DESCSZ
-                        self._buf[d:d + _INL + n] = hdr + data
-                        q[T] = tail + 1
-                        try:
-                            sem.release()  # a semop: barrier between tail store, flag load
-                        except sysv_ipc.ExistentialError:
-                            return  # the receiver was reaped meanwhile; so was the message
-                        # Asleep in a sleep we did not wake (or did not wake early):
-                        # wake it. Still in the one we woke: it looks at the ring once
-                        # awake and, before it sleeps again, stores a new number and
-                        # looks again after a barrier (one of us sees the other's store:
-                        # the Dekker handshake).
-                        w = i[p.waiting_i]
-                        if w and w != early:
-                            try:
-                                p.wake.release()
-                            except sysv_ipc.ExistentialError:
-                                pass
-                        self._ntx += 1  # (_sent, inline)
-                        self._btx += n
-                        if not self._ntx & _PUBLISH_MASK:
-                            self._publish()
-                        return
-                    try:
-                        sem.release()
-                    except sysv_ipc.ExistentialError:
-                        pass
+                fx = p.fx
+                if fx.send(hdr, data) if fx is not None else self._post_small(p, dest, hdr, data):
+                    self._ntx += 1  # (_sent, inline)
+                    self._btx += n
+                    if not self._ntx & _PUBLISH_MASK:
+                        self._publish()
+                    return
         if not 0 <= tag <= MAX_TAG:
             raise PvmError(PvmBadParam, f"tag {tag} must be >= 0 and < 2**31")
         if type(data) is bytes:
@@ -179,6 +131,62 @@ class Sending(Rendezvous):
                 self._i[self._S] = 0
         self._sent(n)
 
+
+    def _post_small(self, p: Peer, dest: int, hdr: bytes, data: bytes | bytearray) -> bool:
+        """psend's fast path in Python (shmd._fast's Route.send when compiled): post
+        *hdr* and the small *data* to *dest* if its inbox lock is free and its ring has
+        room; False, with nothing posted, otherwise."""
+        i = self._i
+        tid_i = p.tid_i
+        # A receiver asleep is woken first, the message posted after: the wake-up
+        # takes tens of microseconds to arrive, the posting one or two. One bound to
+        # our one CPU is woken after (early = 0): it would preempt us and find
+        # nothing (Peer.first: taskbase.cpus_apart). (Its slot is checked first: the
+        # cached semaphore must still be that task's.)
+        early = i[p.waiting_i]
+        if early and i[tid_i] == dest:
+            if p.first:
+                try:
+                    p.wake.release()
+                except sysv_ipc.ExistentialError:
+                    pass
+            else:
+                early = 0
+        sem = p.sem
+        try:
+            sem.acquire()  # non-blocking (IPC_NOWAIT), with SEM_UNDO
+        except sysv_ipc.Error:
+            return False  # busy, or gone (a reaped peer's semaphore is removed)
+        q = self._q
+        T = p.tail_q
+        tail = q[T]
+        if not 0 <= tail - p.seen < _RING:  # full, or a new task in the slot
+            p.seen = q[p.head_q]
+        # (a tail behind the head is damage: the general path names it)
+        if i[tid_i] == dest and 0 <= tail - p.seen < _RING:
+            d = p.ring + (tail % _RING) * _DESCSZ
+            self._buf[d:d + _INL + len(data)] = hdr + data
+            q[T] = tail + 1
+            try:
+                sem.release()  # a semop: barrier between tail store, flag load
+            except sysv_ipc.ExistentialError:
+                return True  # the receiver was reaped meanwhile; so was the message
+            # Asleep in a sleep we did not wake (or did not wake early): wake it.
+            # Still in the one we woke: it looks at the ring once awake and, before
+            # it sleeps again, stores a new number and looks again after a barrier
+            # (one of us sees the other's store: the Dekker handshake).
+            w = i[p.waiting_i]
+            if w and w != early:
+                try:
+                    p.wake.release()
+                except sysv_ipc.ExistentialError:
+                    pass
+            return True
+        try:
+            sem.release()
+        except sysv_ipc.ExistentialError:
+            pass
+        return False
 
     def _hdr(self, tag: int, n: int) -> bytes:
         """The descriptor of a small message from us (cached: it is the same for

@@ -31,7 +31,7 @@ from collections import deque
 
 import sysv_ipc
 
-from . import calibrate, control, direct, ipc, layout, paths, tids, trace, wake
+from . import calibrate, control, direct, fastpath, ipc, layout, paths, tids, trace, wake
 from .errors import MemoryFull, PvmError, PvmExists, PvmSysErr  # noqa: F401  (MemoryFull: shmd.task's, as before)
 from .message import DESC as _DESC  # noqa: F401  (the names tools and tests use)
 from .message import Desc as _Desc  # noqa: F401
@@ -153,6 +153,7 @@ class Task(Receiving, Sending):
         self._W, self._P = bi + layout.T_WAITING_I, bi + layout.T_PENDING_I
         self._S = bi + layout.T_SENDING_I
         self._ring = layout.slot_off(self._slot) + layout.SLOT_HDR
+        self._fx = fastpath.inbox(buf, self._ring, self._H, self._T)
         self._matchers = {}
         t = layout.slot(buf, self._slot)
         self._i[self._S] = 0
@@ -188,6 +189,11 @@ class Task(Receiving, Sending):
 
     # ---- lifecycle ------------------------------------------------------------------
     def _detach(self) -> None:
+        # the compiled fast paths hold segment 0's view: they let go of it first
+        for fx in [self.__dict__.get("_fx"), *(p.fx for p in getattr(self, "_peers", {}).values())]:
+            if fx is not None:
+                fx.close()
+        self._peers, self._fx = {}, None
         if any(not mv.released for mv in getattr(self, "_mviews", ())):
             # an array still points into the segments: unmapping them would leave it
             # dangling (a crash on access), so they stay mapped until the process exits

@@ -23,10 +23,11 @@ import os
 import struct
 import weakref
 from collections import deque
+from typing import Any
 
 import sysv_ipc
 
-from . import calibrate, control, ipc, layout, tids, trace
+from . import calibrate, control, fastpath, ipc, layout, tids, trace
 from .errors import PvmBadParam, PvmError, PvmNoTask, PvmSysErr
 from .message import Desc, Matcher, MessageView
 from .remote import RemoteTid
@@ -88,7 +89,7 @@ class Peer:
 
     __slots__ = ("slot", "lock", "wake", "sem", "tid_i", "pid_i", "lock_id_i", "waiting_i",
                  "sending_i", "head_q", "tail_q", "start_q", "posted_q", "consumed_q", "rv",
-                 "ring", "seen", "first")
+                 "ring", "seen", "first", "fx")
 
     def __init__(self, slot: int, lock: ipc.Lock, wake: sysv_ipc.Semaphore | FutexWake):
         bi, bq = layout.slot_i(slot), layout.slot_q(slot)
@@ -106,6 +107,7 @@ class Peer:
         # ring look fuller, and not reading it spares a cache line the receiver writes
         self.seen = 0
         self.first = True  # wake it before posting (unless it is bound to our one CPU)?
+        self.fx: Any = None  # psend's compiled fast path to it (fastpath.route), if built
 
 
 class TaskBase:
@@ -163,6 +165,7 @@ class TaskBase:
     _paths: calibrate.Choice  # from which sizes large messages go direct
     # receiving: the pending queue and what the receive paths remember
     _pending: deque[Desc]
+    _fx: Any  # precv's compiled fast path on our ring (fastpath.inbox), if built
     _mviews: weakref.WeakSet[MessageView]
     _matchers: dict[tuple[int, int], Matcher]
     _orphans: dict[int, int]
@@ -259,5 +262,6 @@ class TaskBase:
                     break
                 p = self._peers[tid] = Peer(i, lock, wake)
                 p.first = cpus_apart(t["pid"]) is not False
+                p.fx = fastpath.route(self._buf, p, tid, self._wake)
                 return p
         raise PvmError(PvmNoTask, f"no task {tids.fmt(tid)}")

@@ -1,0 +1,447 @@
+/* shmd._fast: the small-message fast path of psend and precv, compiled.
+ *
+ * Optional: built by ./dev when a C compiler and Python's headers are there (setup.py,
+ * optional=True); without it, or with PVM_SHMD_PURE=1, the same protocol runs in
+ * Python (sending.py, receiving.py), and the tests run both. Nothing here knows the
+ * layout: the geometry of a descriptor and of the ring comes from shmd.layout through
+ * configure(), the word offsets from each Peer and Task (fastpath.py).
+ *
+ * Route(buf, ...).send(hdr, data): psend's common case to one local peer, exactly as
+ * sending.py's fast path does it (wake early, take the inbox lock without waiting,
+ * post the descriptor and its inline bytes, release, wake if asleep). False: nothing
+ * was posted, the Python path takes the message.
+ *
+ * Inbox(buf, ...).take(source, tag, spin, into): precv's common case, as
+ * receiving.py's fast path: spin up to *spin* seconds for the ring to fill, then take
+ * the next descriptor if it is a whole message carried inline that matches (and fits
+ * *into*, if given). Anything else (nothing came, a message in pages, damage): None,
+ * with nothing taken; the Python path then sleeps or names the damage.
+ *
+ * Every method runs holding the GIL and never blocks: each semop is IPC_NOWAIT or a
+ * release, a futex call is a wake.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/sem.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/futex.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_RELAX() __builtin_ia32_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+/* the geometry (configure) */
+static Py_ssize_t g_ring, g_desc, g_inl, g_inline, g_medium;
+static Py_ssize_t o_src, o_tag, o_nbytes, o_seg, o_flags;
+static uint32_t g_first;
+static PyTypeObject *g_message; /* shmd.message.Message: a tuple subclass */
+static int g_ready;
+
+#define LOAD32(p) __atomic_load_n((volatile int32_t *)(p), __ATOMIC_ACQUIRE)
+#define LOAD64(p) __atomic_load_n((volatile int64_t *)(p), __ATOMIC_ACQUIRE)
+#define STORE32(p, v) __atomic_store_n((volatile int32_t *)(p), (v), __ATOMIC_RELEASE)
+#define STORE64(p, v) __atomic_store_n((volatile int64_t *)(p), (v), __ATOMIC_RELEASE)
+
+static PyObject *
+configure(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"ring", "desc", "d_inline", "inline", "medium", "f_first",
+                            "src", "tag", "nbytes", "seg", "flags", "message", NULL};
+    PyObject *message;
+    unsigned int first;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnnnnInnnnnO!", names, &g_ring, &g_desc,
+                                     &g_inl, &g_inline, &g_medium, &first, &o_src, &o_tag,
+                                     &o_nbytes, &o_seg, &o_flags, &PyType_Type, &message))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)message, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "message must be a tuple subclass");
+        return NULL;
+    }
+    if (g_ring <= 0 || g_desc <= g_inl || g_inline > g_desc - g_inl || g_medium < g_inline) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent ring geometry");
+        return NULL;
+    }
+    Py_XSETREF(g_message, (PyTypeObject *)Py_NewRef(message));
+    g_first = first;
+    g_ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* A buffer held while an object lives (or until close()), and the checks that every
+ * word an object reads or writes lies inside it. */
+static int
+hold(PyObject *obj, Py_buffer *view, int writable)
+{
+    if (!g_ready) {
+        PyErr_SetString(PyExc_RuntimeError, "shmd._fast.configure() was not called");
+        return -1;
+    }
+    return PyObject_GetBuffer(obj, view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE);
+}
+
+static int
+inside(Py_buffer *view, Py_ssize_t off, Py_ssize_t size, const char *what)
+{
+    if (off < 0 || size < 0 || off > view->len - size) {
+        PyErr_Format(PyExc_ValueError, "%s at byte %zd is outside the %zd-byte segment", what,
+                     off, view->len);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- Route: one peer we send to ------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    char *base;
+    Py_ssize_t ring, tid, waiting, head, tail; /* byte offsets */
+    int64_t seen;   /* its head as last read (see taskbase.Peer.seen) */
+    uint32_t dest;
+    int lock;       /* the inbox lock's semid */
+    int wake;       /* the wake semaphore's semid; -1: futex on the waiting word */
+    short wake_flg; /* SEM_UNDO if the wake semaphore is released with it */
+    int first;      /* wake before posting (taskbase.Peer.first) */
+} Route;
+
+static void
+route_wake(Route *r)
+{
+    if (r->wake < 0) {
+        STORE32(r->base + r->waiting, 0);
+        syscall(SYS_futex, (int32_t *)(r->base + r->waiting), FUTEX_WAKE, 1, NULL, NULL, 0);
+    } else {
+        struct sembuf op = {0, 1, r->wake_flg};
+        semop(r->wake, &op, 1); /* a removed semaphore: its task is gone, as in Python */
+    }
+}
+
+static int
+route_init(Route *r, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"buf", "ring", "tid", "waiting", "head", "tail", "dest", "lock",
+                            "wake", "wake_undo", "first", NULL};
+    PyObject *buf;
+    unsigned int dest;
+    int undo, first;
+    if (r->base) {
+        PyErr_SetString(PyExc_RuntimeError, "Route is already set up");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OnnnnnIiipp", names, &buf, &r->ring, &r->tid,
+                                     &r->waiting, &r->head, &r->tail, &dest, &r->lock, &r->wake,
+                                     &undo, &first))
+        return -1;
+    if (hold(buf, &r->view, 1) < 0)
+        return -1;
+    if (inside(&r->view, r->ring, g_ring * g_desc, "the ring") < 0
+        || inside(&r->view, r->tid, 4, "the tid word") < 0
+        || inside(&r->view, r->waiting, 4, "the waiting word") < 0
+        || inside(&r->view, r->head, 8, "the head") < 0
+        || inside(&r->view, r->tail, 8, "the tail") < 0
+        || (r->waiting | r->tid) % 4 || (r->head | r->tail) % 8) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "a word is not aligned");
+        PyBuffer_Release(&r->view);
+        return -1;
+    }
+    r->base = r->view.buf;
+    r->dest = dest;
+    r->wake_flg = undo ? SEM_UNDO : 0;
+    r->first = first;
+    r->seen = 0;
+    return 0;
+}
+
+static PyObject *
+route_send(Route *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer hdr, data;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "send(hdr, data)");
+        return NULL;
+    }
+    if (!r->base) {
+        PyErr_SetString(PyExc_ValueError, "send on a closed Route");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &hdr, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&hdr);
+        return NULL;
+    }
+    PyObject *res = Py_False;
+    char *base = r->base;
+    if (hdr.len != g_inl || data.len > g_inline)
+        goto out;
+    /* A receiver asleep is woken first (unless it is bound to our one CPU); see psend */
+    int32_t early = LOAD32(base + r->waiting);
+    if (early && (uint32_t)LOAD32(base + r->tid) == r->dest) {
+        if (r->first)
+            route_wake(r);
+        else
+            early = 0;
+    }
+    struct sembuf op = {0, -1, IPC_NOWAIT | SEM_UNDO};
+    if (semop(r->lock, &op, 1) < 0)
+        goto out; /* busy, or gone: the Python path waits or names it */
+    int64_t tail = LOAD64(base + r->tail);
+    if (!(tail - r->seen >= 0 && tail - r->seen < g_ring))
+        r->seen = LOAD64(base + r->head);
+    op.sem_op = 1;
+    op.sem_flg = SEM_UNDO;
+    if ((uint32_t)LOAD32(base + r->tid) == r->dest && tail - r->seen >= 0
+        && tail - r->seen < g_ring) {
+        char *d = base + r->ring + (tail % g_ring) * g_desc;
+        memcpy(d, hdr.buf, g_inl);
+        memcpy(d + g_inl, data.buf, data.len);
+        STORE64(base + r->tail, tail + 1);
+        res = Py_True;
+        /* the semop is the barrier between the tail store and the load of waiting */
+        if (semop(r->lock, &op, 1) < 0)
+            goto out; /* the receiver was reaped meanwhile; so was the message */
+        int32_t w = LOAD32(base + r->waiting);
+        if (w && w != early)
+            route_wake(r);
+        goto out;
+    }
+    semop(r->lock, &op, 1);
+out:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&hdr);
+    return Py_NewRef(res);
+}
+
+static PyObject *
+route_close(Route *r, PyObject *unused)
+{
+    if (r->base) {
+        r->base = NULL;
+        PyBuffer_Release(&r->view);
+    }
+    Py_RETURN_NONE;
+}
+
+static void
+route_dealloc(Route *r)
+{
+    route_close(r, NULL);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyMethodDef route_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))route_send, METH_FASTCALL,
+     "send(hdr, data) -> bool: post a small message (False: the Python path must)"},
+    {"close", (PyCFunction)route_close, METH_NOARGS, "release the segment"},
+    {NULL},
+};
+
+static PyTypeObject RouteType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmd._fast.Route",
+    .tp_basicsize = sizeof(Route),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "psend's fast path to one local peer",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)route_init,
+    .tp_dealloc = (destructor)route_dealloc,
+    .tp_methods = route_methods,
+};
+
+/* ---- Inbox: our own ring ------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    char *base;
+    Py_ssize_t ring, head, tail; /* byte offsets */
+} Inbox;
+
+static int
+inbox_init(Inbox *b, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"buf", "ring", "head", "tail", NULL};
+    PyObject *buf;
+    if (b->base) {
+        PyErr_SetString(PyExc_RuntimeError, "Inbox is already set up");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Onnn", names, &buf, &b->ring, &b->head,
+                                     &b->tail))
+        return -1;
+    if (hold(buf, &b->view, 1) < 0)
+        return -1;
+    if (inside(&b->view, b->ring, g_ring * g_desc, "the ring") < 0
+        || inside(&b->view, b->head, 8, "the head") < 0
+        || inside(&b->view, b->tail, 8, "the tail") < 0 || (b->head | b->tail) % 8) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "a word is not aligned");
+        PyBuffer_Release(&b->view);
+        return -1;
+    }
+    b->base = b->view.buf;
+    return 0;
+}
+
+static inline double
+now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* take(source, tag, spin, into=None) -> Message | (src, tag, nbytes) | None */
+static PyObject *
+inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "take(source, tag, spin, into=None)");
+        return NULL;
+    }
+    if (!b->base) {
+        PyErr_SetString(PyExc_ValueError, "take on a closed Inbox");
+        return NULL;
+    }
+    long source = PyLong_AsLong(args[0]);
+    long want = PyLong_AsLong(args[1]);
+    double spin = PyFloat_AsDouble(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *into = nargs == 4 && args[3] != Py_None ? args[3] : NULL;
+    char *base = b->base;
+    int64_t head = LOAD64(base + b->head);
+    if (LOAD64(base + b->tail) == head && spin > 0) {
+        double end = now() + spin;
+        do {
+            for (int k = 0; k < 16 && LOAD64(base + b->tail) == head; k++)
+                CPU_RELAX();
+        } while (LOAD64(base + b->tail) == head && now() < end);
+    }
+    int64_t tail = LOAD64(base + b->tail);
+    if (!(tail - head > 0 && tail - head <= g_ring))
+        Py_RETURN_NONE; /* empty, or damage: the Python path names it */
+    char *d = base + b->ring + (head % g_ring) * g_desc;
+    uint32_t src, flags;
+    int32_t tag, seg;
+    uint64_t n;
+    memcpy(&src, d + o_src, 4);
+    memcpy(&tag, d + o_tag, 4);
+    memcpy(&n, d + o_nbytes, 8);
+    memcpy(&seg, d + o_seg, 4);
+    memcpy(&flags, d + o_flags, 4);
+    if (seg >= 0 || flags != g_first || (source != -1 && (long)src != source)
+        || (want != -1 && (long)tag != want) || n > (uint64_t)g_medium)
+        Py_RETURN_NONE;
+    int64_t span = ((int64_t)n + g_inl + g_desc - 1) / g_desc; /* layout.span */
+    if (head % g_ring + span > g_ring || head + span > tail)
+        Py_RETURN_NONE; /* damage: the Python path names it */
+    PyObject *data, *res;
+    if (into) {
+        Py_buffer out;
+        if (PyObject_GetBuffer(into, &out, PyBUF_WRITABLE) < 0)
+            return NULL;
+        if ((uint64_t)out.len < n) {
+            PyBuffer_Release(&out);
+            Py_RETURN_NONE; /* too small: the Python path raises and keeps it */
+        }
+        memcpy(out.buf, d + g_inl, n);
+        PyBuffer_Release(&out);
+        data = PyLong_FromUnsignedLongLong(n);
+    } else {
+        data = PyBytes_FromStringAndSize(d + g_inl, (Py_ssize_t)n);
+    }
+    if (!data)
+        return NULL;
+    PyObject *s = PyLong_FromUnsignedLong(src), *t = PyLong_FromLong(tag);
+    if (!s || !t) {
+        Py_XDECREF(s);
+        Py_XDECREF(t);
+        Py_DECREF(data);
+        return NULL;
+    }
+    res = into ? PyTuple_New(3) : g_message->tp_alloc(g_message, 3);
+    if (!res) {
+        Py_DECREF(s);
+        Py_DECREF(t);
+        Py_DECREF(data);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(res, 0, s);
+    PyTuple_SET_ITEM(res, 1, t);
+    PyTuple_SET_ITEM(res, 2, data);
+    STORE64(base + b->head, head + span); /* taken: its room is the senders' again */
+    return res;
+}
+
+static PyObject *
+inbox_close(Inbox *b, PyObject *unused)
+{
+    if (b->base) {
+        b->base = NULL;
+        PyBuffer_Release(&b->view);
+    }
+    Py_RETURN_NONE;
+}
+
+static void
+inbox_dealloc(Inbox *b)
+{
+    inbox_close(b, NULL);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static PyMethodDef inbox_methods[] = {
+    {"take", (PyCFunction)(void (*)(void))inbox_take, METH_FASTCALL,
+     "take(source, tag, spin, into=None): the next small message, or None"},
+    {"close", (PyCFunction)inbox_close, METH_NOARGS, "release the segment"},
+    {NULL},
+};
+
+static PyTypeObject InboxType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmd._fast.Inbox",
+    .tp_basicsize = sizeof(Inbox),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "precv's fast path on our own ring",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)inbox_init,
+    .tp_dealloc = (destructor)inbox_dealloc,
+    .tp_methods = inbox_methods,
+};
+
+static PyMethodDef module_methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
+     "set the ring's geometry and the Message type (shmd.fastpath does)"},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "shmd._fast", "psend/precv's small-message fast path, compiled", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__fast(void)
+{
+    if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&InboxType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0
+        || PyModule_AddObjectRef(m, "Inbox", (PyObject *)&InboxType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

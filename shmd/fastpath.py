@@ -1,0 +1,64 @@
+"""The compiled small-message fast path (``shmd._fast``), when it is there.
+
+``./dev`` builds ``shmd/_fast.c`` when the machine has a C compiler and Python's headers
+(setup.py; optional). It does what psend's and precv's first lines do in Python, for
+the same messages (small, inline in a descriptor, to or from a local task), by the
+same protocol, so tasks with and without it talk to each other. ``PVM_SHMD_PURE=1``
+runs the Python path only (the tests run both; a bug report can say which).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any
+
+from . import layout, wake
+from .message import Message
+
+ENV = "PVM_SHMD_PURE"
+
+
+def _load() -> Any:
+    """The configured module, or None (not built, or $PVM_SHMD_PURE)."""
+    if os.environ.get(ENV, "") not in ("", "0"):
+        return None
+    try:
+        from . import _fast  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None
+    # each field's offset in a descriptor, from the one format that defines it
+    fmt = layout.DESC_FMT
+    src, tag, nbytes, seg, _page, _npages, flags, _total = (
+        struct.calcsize(fmt[:k + 1]) for k in range(len(fmt) - 1))
+    if fmt[1:5] + fmt[7] != "IiQiI":  # the types the C side reads there
+        return None
+    _fast.configure(ring=layout.RING, desc=layout.DESC, d_inline=layout.D_INLINE,
+                    inline=layout.INLINE, medium=layout.MEDIUM, f_first=layout.F_FIRST,
+                    src=src, tag=tag, nbytes=nbytes, seg=seg, flags=flags,
+                    message=Message)
+    return _fast
+
+
+fast = _load()
+KIND = "compiled" if fast is not None else "python"  # what pvm_shmd_stat and the benchmark say
+
+
+def route(buf: memoryview, peer: Any, dest: int, kind: int) -> Any:
+    """psend's compiled fast path to *peer* (a taskbase.Peer of task *dest*, woken the
+    wake.py *kind* way), on *buf* (segment 0); None without the module."""
+    if fast is None:
+        return None
+    w = peer.wake
+    futex = kind == wake.FUTEX
+    return fast.Route(buf, ring=peer.ring, tid=4 * peer.tid_i, waiting=4 * peer.waiting_i,
+                      head=8 * peer.head_q, tail=8 * peer.tail_q, dest=dest, lock=peer.lock.id,
+                      wake=-1 if futex else w.id, wake_undo=False if futex else w.undo,
+                      first=peer.first)
+
+
+def inbox(buf: memoryview, ring: int, head_q: int, tail_q: int) -> Any:
+    """precv's compiled fast path on our ring (byte offset *ring*; head and tail: int64
+    word indexes) in *buf*; None without the module."""
+    if fast is None:
+        return None
+    return fast.Inbox(buf, ring=ring, head=8 * head_q, tail=8 * tail_q)
