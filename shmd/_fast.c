@@ -23,6 +23,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/sem.h>
@@ -419,6 +420,343 @@ static PyTypeObject InboxType = {
     .tp_methods = inbox_methods,
 };
 
+
+/* ---- TraceRing, Traced: a traced task's events ---------------------------------------- */
+
+/* A task's trace ring (trace.py: its count, the count pvm_shmd drained, then the
+ * events; one writer, the task) and the events kept until they are moved in (BATCH
+ * below) or while it has no room: up to *backlog*, past that written over undrained
+ * ones, which pvm_shmd counts lost, as trace.py does. pvm_shmd orders what it drains
+ * by time, so trace.py's own writes may come in between. */
+
+#pragma pack(push, 1)
+typedef struct {
+    double time;
+    int32_t kind, src, dst, tag;
+    uint64_t length;
+} Event; /* trace.py's EVENT */
+#pragma pack(pop)
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    char *base;               /* NULL once closed: events are then dropped */
+    Py_ssize_t count, events; /* byte offsets: the count (then the drained count), events */
+    int64_t nevents;
+    Event *kept;
+    Py_ssize_t nkept, cap;
+} TraceRing;
+
+static void
+ring_move(TraceRing *r, int force)
+{
+    if (!r->nkept || !r->base)
+        return;
+    int64_t k = LOAD64(r->base + r->count), drained = LOAD64(r->base + r->count + 8);
+    int64_t room = force ? r->nkept : r->nevents - (k - drained);
+    if (room > r->nkept)
+        room = r->nkept;
+    if (room <= 0 || (!force && k < drained))
+        return;
+    for (int64_t j = 0; j < room; j++)
+        memcpy(r->base + r->events + ((k + j) % r->nevents) * (Py_ssize_t)sizeof(Event),
+               &r->kept[j], sizeof(Event));
+    STORE64(r->base + r->count, k + room); /* after the events: never read half-written */
+    r->nkept -= room;
+    memmove(r->kept, r->kept + room, r->nkept * sizeof(Event));
+}
+
+static int
+ring_note(TraceRing *r, double when, int kind, int64_t src, int64_t dst, int64_t tag,
+          uint64_t length)
+{
+    if (!r->base)
+        return 0;
+    if (r->nkept == r->cap) {
+        ring_move(r, 0);
+        if (r->nkept == r->cap)
+            ring_move(r, 1); /* kept all it may: over undrained events (counted lost) */
+    }
+    Event e = {when, kind, (int32_t)src, (int32_t)dst, (int32_t)tag, length};
+    r->kept[r->nkept++] = e;
+    return 0;
+}
+
+static int
+tracering_init(TraceRing *r, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"buf", "ring", "events", "nevents", "backlog", NULL};
+    PyObject *buf;
+    Py_ssize_t ring, events, nevents, backlog;
+    if (r->base || r->kept) {
+        PyErr_SetString(PyExc_RuntimeError, "TraceRing is already set up");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Onnnn", names, &buf, &ring, &events, &nevents,
+                                     &backlog))
+        return -1;
+    if (nevents <= 0 || backlog <= 0) {
+        PyErr_SetString(PyExc_ValueError, "nevents and backlog must be > 0");
+        return -1;
+    }
+    if (hold(buf, &r->view, 1) < 0)
+        return -1;
+    if (inside(&r->view, ring, 16, "the trace ring's count") < 0
+        || inside(&r->view, ring + events, nevents * (Py_ssize_t)sizeof(Event), "the events") < 0
+        || ring % 8) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "a word is not aligned");
+        PyBuffer_Release(&r->view);
+        return -1;
+    }
+    r->kept = PyMem_Malloc(backlog * sizeof(Event));
+    if (!r->kept) {
+        PyBuffer_Release(&r->view);
+        PyErr_NoMemory();
+        return -1;
+    }
+    r->base = r->view.buf;
+    r->count = ring;
+    r->events = ring + events;
+    r->nevents = nevents;
+    r->cap = backlog;
+    r->nkept = 0;
+    return 0;
+}
+
+static PyObject *
+tracering_flush(TraceRing *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    int force = nargs > 0 ? PyObject_IsTrue(args[0]) : 0;
+    if (force < 0)
+        return NULL;
+    ring_move(r, force);
+    return PyLong_FromSsize_t(r->nkept);
+}
+
+static PyObject *
+tracering_close(TraceRing *r, PyObject *unused)
+{
+    if (r->base) {
+        r->base = NULL;
+        PyBuffer_Release(&r->view);
+    }
+    Py_RETURN_NONE;
+}
+
+static void
+tracering_dealloc(TraceRing *r)
+{
+    tracering_close(r, NULL);
+    PyMem_Free(r->kept);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyMethodDef tracering_methods[] = {
+    {"flush", (PyCFunction)(void (*)(void))tracering_flush, METH_FASTCALL,
+     "flush(force=False) -> events still kept: move kept events into the ring (force: "
+     "over undrained ones)"},
+    {"close", (PyCFunction)tracering_close, METH_NOARGS, "release the segment"},
+    {NULL},
+};
+
+static PyTypeObject TraceRingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmd._fast.TraceRing",
+    .tp_basicsize = sizeof(TraceRing),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "a traced task's trace ring, and the events it has no room for yet",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)tracering_init,
+    .tp_dealloc = (destructor)tracering_dealloc,
+    .tp_methods = tracering_methods,
+};
+
+enum { T_PSEND, T_PRECV, T_INTO }; /* what a Traced wraps */
+/* Events are kept here and moved into the ring this many at a time, when a receive
+ * starts (and at flush: trace.py's, when the task publishes its counters): one store
+ * of the count, which pvm_shmd polls, per batch, and none on a message's way. */
+#define BATCH 16
+
+/* psend, precv or precv_into of a traced task: the call, and its events in its ring */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *func, *task; /* the plain method, its task */
+    TraceRing *ring;
+    int what, kinds[3];    /* T_*, and trace.py's PSEND, PRECV_START, PRECV_END */
+    int32_t tid;
+} Traced;
+
+/* positional argument *pos*, or keyword *name*, or NULL */
+static PyObject *
+arg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t pos,
+    const char *name)
+{
+    if (pos < nargs)
+        return args[pos];
+    if (kwnames) {
+        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t k = 0; k < nk; k++)
+            if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, k), name) == 0)
+                return args[nargs + k];
+    }
+    return NULL;
+}
+
+static int64_t
+as_int(PyObject *o, int64_t dflt)
+{
+    if (!o)
+        return dflt;
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear(); /* a bad argument: the call itself says so */
+        return dflt;
+    }
+    return v;
+}
+
+static uint64_t
+nbytes(PyObject *o)
+{
+    if (PyBytes_CheckExact(o))
+        return PyBytes_GET_SIZE(o);
+    Py_buffer b;
+    if (PyObject_GetBuffer(o, &b, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    uint64_t n = b.len;
+    PyBuffer_Release(&b);
+    return n;
+}
+
+static PyObject *
+traced_call(Traced *t, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[8], **full = small, *res;
+    if (nargs + nkw + 1 > 8) {
+        full = PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *));
+        if (!full)
+            return PyErr_NoMemory();
+    }
+    full[0] = t->task;
+    memcpy(full + 1, args, (nargs + nkw) * sizeof(PyObject *));
+    int64_t tid = t->tid;
+    if (t->what == T_PSEND) {
+        double start = now();
+        res = PyObject_Vectorcall(t->func, full, nargs + 1, kwnames);
+        if (res && ring_note(t->ring, start, t->kinds[0], tid,
+                               as_int(arg(args, nargs, kwnames, 0, "dest"), 0),
+                               as_int(arg(args, nargs, kwnames, 1, "tag"), 0),
+                               nbytes(arg(args, nargs, kwnames, 2, "data"))) < 0)
+            Py_CLEAR(res);
+    } else {
+        Py_ssize_t at = t->what == T_INTO; /* precv_into: the buffer comes first */
+        if (ring_note(t->ring, now(), t->kinds[1],
+                        as_int(arg(args, nargs, kwnames, at, "source"), -1), tid,
+                        as_int(arg(args, nargs, kwnames, at + 1, "tag"), -1), 0) < 0) {
+            res = NULL;
+        } else {
+            if (t->ring->nkept >= BATCH)
+                ring_move(t->ring, 0); /* a receive's start: on a ping-pong, the other side works */
+            res = PyObject_Vectorcall(t->func, full, nargs + 1, kwnames);
+        }
+        if (res && PyTuple_Check(res) && PyTuple_GET_SIZE(res) == 3) {
+            PyObject *d = PyTuple_GET_ITEM(res, 2);
+            uint64_t n = t->what == T_INTO ? (uint64_t)as_int(d, 0)
+                                           : (PyBytes_CheckExact(d) ? (uint64_t)PyBytes_GET_SIZE(d)
+                                                                    : nbytes(d));
+            if (ring_note(t->ring, now(), t->kinds[2], as_int(PyTuple_GET_ITEM(res, 0), 0), tid,
+                            as_int(PyTuple_GET_ITEM(res, 1), 0), n) < 0)
+                Py_CLEAR(res);
+        }
+    }
+    if (full != small)
+        PyMem_Free(full);
+    return res;
+}
+
+static int
+traced_init(Traced *t, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"what", "func", "task", "tid", "ring", "kinds", NULL};
+    PyObject *func, *task, *ring;
+    int what, tid;
+    if (t->func) {
+        PyErr_SetString(PyExc_RuntimeError, "Traced is already set up");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iOOiO!(iii)", names, &what, &func, &task, &tid,
+                                     &TraceRingType, &ring, &t->kinds[0], &t->kinds[1],
+                                     &t->kinds[2]))
+        return -1;
+    if (what < T_PSEND || what > T_INTO) {
+        PyErr_SetString(PyExc_ValueError, "what must be 0 (psend), 1 (precv) or 2 (precv_into)");
+        return -1;
+    }
+    t->what = what;
+    t->tid = tid;
+    t->func = Py_NewRef(func);
+    t->task = Py_NewRef(task);
+    t->ring = (TraceRing *)Py_NewRef(ring);
+    t->vectorcall = (vectorcallfunc)traced_call;
+    return 0;
+}
+
+static int
+traced_traverse(Traced *t, visitproc visit, void *arg)
+{
+    Py_VISIT(t->func);
+    Py_VISIT(t->task);
+    Py_VISIT(t->ring);
+    return 0;
+}
+
+static int
+traced_clear(Traced *t)
+{
+    Py_CLEAR(t->func);
+    Py_CLEAR(t->task);
+    Py_CLEAR(t->ring);
+    return 0;
+}
+
+static void
+traced_dealloc(Traced *t)
+{
+    PyObject_GC_UnTrack(t);
+    traced_clear(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyObject *
+traced_tp_call(Traced *t, PyObject *args, PyObject *kw)
+{
+    if (!t->func) {
+        PyErr_SetString(PyExc_RuntimeError, "Traced is not set up");
+        return NULL;
+    }
+    return PyVectorcall_Call((PyObject *)t, args, kw);
+}
+
+static PyTypeObject TracedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmd._fast.Traced",
+    .tp_basicsize = sizeof(Traced),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "a traced task's psend, precv or precv_into",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)traced_init,
+    .tp_dealloc = (destructor)traced_dealloc,
+    .tp_traverse = (traverseproc)traced_traverse,
+    .tp_clear = (inquiry)traced_clear,
+    .tp_call = (ternaryfunc)traced_tp_call,
+    .tp_vectorcall_offset = offsetof(Traced, vectorcall),
+};
+
 static PyMethodDef module_methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
      "set the ring's geometry and the Message type (shmd.fastpath does)"},
@@ -433,13 +771,16 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__fast(void)
 {
-    if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&InboxType) < 0)
+    if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&InboxType) < 0
+        || PyType_Ready(&TraceRingType) < 0 || PyType_Ready(&TracedType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0
-        || PyModule_AddObjectRef(m, "Inbox", (PyObject *)&InboxType) < 0) {
+        || PyModule_AddObjectRef(m, "Inbox", (PyObject *)&InboxType) < 0
+        || PyModule_AddObjectRef(m, "TraceRing", (PyObject *)&TraceRingType) < 0
+        || PyModule_AddObjectRef(m, "Traced", (PyObject *)&TracedType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

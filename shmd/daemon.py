@@ -649,7 +649,7 @@ class Daemon:
         self.drain_traces()
         if req.get("dump"):
             return {**self.tracer.dump(bool(req.get("clear"))), "trace": h["trace"]}
-        return {"trace": h["trace"], "events": len(self.tracer.events), "lost": self.tracer.lost}
+        return {"trace": h["trace"], "events": self.tracer.count, "lost": self.tracer.lost}
 
     def drain_traces(self) -> None:
         most = 0

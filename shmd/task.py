@@ -190,7 +190,8 @@ class Task(Receiving, Sending):
     # ---- lifecycle ------------------------------------------------------------------
     def _detach(self) -> None:
         # the compiled fast paths hold segment 0's view: they let go of it first
-        for fx in [self.__dict__.get("_fx"), *(p.fx for p in getattr(self, "_peers", {}).values())]:
+        for fx in [self.__dict__.get("_fx"), self.__dict__.get("_trace_ring"),
+                   *(p.fx for p in getattr(self, "_peers", {}).values())]:
             if fx is not None:
                 fx.close()
         self._peers, self._fx = {}, None

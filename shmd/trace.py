@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import layout
+from . import fastpath, layout
 
 ENV = "PVM_TRACE"  # a mask (below): the task traces from its join (spawn -@)
 EVENT = struct.Struct("<diiiiQ")  # time, kind, src, dst, tag, length
@@ -78,6 +78,7 @@ def env_mask(value: str | None) -> int:
 MAX_KEPT = 1_000_000  # events a daemon keeps (older ones are dropped and counted lost)
 EVENTS_OFF = 64  # the events of a ring start here (its count is at its start)
 WRAPPED = ("psend", "precv", "precv_into", "precv_view")
+
 
 _now = time.monotonic
 _flat = itertools.chain.from_iterable
@@ -142,10 +143,18 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
         keep((_now(), PRECV_END, v.src, tid, v.tag, v.data.nbytes))
         return v
 
+    wrap: dict[str, Any] = {"psend": t_psend, "precv": t_precv, "precv_into": t_precv_into}
+    ring = task.__dict__.get("_trace_ring")
+    if ring is not None:
+        # compiled (fastpath.py): each event stored straight into the ring, not kept
+        # as a tuple and packed later (the functions above: where nothing compiles)
+        for what, (name, func) in enumerate(zip(wrap, (psend, precv, precv_into))):
+            wrap[name] = fastpath.fast.Traced(what=what, func=func, task=task, tid=tid, ring=ring,
+                                              kinds=(PSEND, PRECV_START, PRECV_END))
     if mask & BIT[PSEND]:
-        task.psend = t_psend
+        task.psend = wrap["psend"]
     if mask & BIT[PRECV_END]:
-        task.precv, task.precv_into, task.precv_view = t_precv, t_precv_into, t_precv_view
+        task.precv, task.precv_into, task.precv_view = wrap["precv"], wrap["precv_into"], t_precv_view
 
 
 def active(task: Any) -> int:
@@ -195,16 +204,22 @@ def _new_recorder(task: Any):
     base = layout.trace_ring_off(task._slot)
     c, ev = base // 8, base + EVENTS_OFF
     n, size = layout.TRACE_EVENTS, layout.TRACE_EVENT
-    k = q[c]  # we alone write the count: kept here too, not read back per event
     noted: list[tuple] = []
     keep = noted.append
     first = 0  # noted[:first] are in the ring (taken off the list in bulk, not at each flush)
+    fast = fastpath.fast
+    # the compiled wrappers' ring (switch), and the events it keeps (task.py closes it)
+    cring = task.__dict__["_trace_ring"] = None if fast is None else fast.TraceRing(
+        buf, ring=base, events=EVENTS_OFF, nevents=n, backlog=BACKLOG)
 
     def flush(all_: bool = False) -> None:
-        nonlocal k, first
+        nonlocal first
+        if cring is not None:
+            cring.flush()
         left = len(noted) - first
         if left <= 0:
             return
+        k = q[c]  # we alone write the count (here, or the compiled wrappers: fastpath.py)
         # what pvm_shmd has not drained yet is not overwritten while we can keep it
         room = min(left, n - (k - q[c + 1])) if left < BACKLOG else left
         if room < (1 if all_ else min(left, NOTED)):
@@ -234,14 +249,23 @@ def _new_recorder(task: Any):
 
 class Collector:
     """pvm_shmd's side: the events drained from the task slots' rings, with the tasks'
-    names, and how many were lost (a ring overrun between two drains, or MAX_KEPT)."""
+    names, and how many were lost (a ring overrun between two drains, or MAX_KEPT).
+    A drain copies the ring's bytes as they are (a memcpy, not a tuple per event: a
+    traced ping-pong writes hundreds of thousands a second, and pvm_shmd shares the
+    CPUs with it); ``events`` unpacks them when asked."""
 
     def __init__(self) -> None:
         self.seen = [0] * layout.MAX_TASKS  # events already taken from each ring
-        self.events: list[tuple] = []  # (owner tid, time, kind, src, dst, tag, length)
+        self._raw: list[tuple[int, bytes]] = []  # (owner tid, its EVENTs as written)
+        self.count = 0  # events in _raw
         self.names: dict[int, str] = {}
         self.lost = 0
         self._counts = [layout.trace_ring_off(i) // 8 for i in range(layout.MAX_TASKS)]
+
+    @property
+    def events(self) -> list[tuple]:
+        """(owner tid, time, kind, src, dst, tag, length) of each event kept, as drained."""
+        return [(owner, *e) for owner, raw in self._raw for e in EVENT.iter_unpack(raw)]
 
     def pending(self, m64: memoryview) -> list[int]:
         """The slots whose ring has events not drained yet: one word read per slot (a
@@ -266,32 +290,42 @@ class Collector:
             self.seen[i] = m64[base // 8 + 1] = count
             return 0
         first = max(seen, count - n)
-        got: list[tuple] = []
+        parts = []
         k = first
         while k < count:  # in one piece up to the ring's end, then from its start
             at = k % n
             m = min(count - k, n - at)
-            got.extend(EVENT.iter_unpack(buf[base + EVENTS_OFF + at * size:base + EVENTS_OFF + (at + m) * size]))
+            parts.append(buf[base + EVENTS_OFF + at * size:base + EVENTS_OFF + (at + m) * size])
             k += m
+        raw = b"".join(parts)  # (a copy: the task may write over the ring from now on)
         after = m64[base // 8]  # events the writer overwrote while we read are lost
-        keep = max(0, after - n - first)
-        self.lost += (first - seen) + min(keep, len(got))
+        keep = min(max(0, after - n - first), count - first)
+        self.lost += (first - seen) + keep
         self.names[owner] = name
-        self.events.extend((owner, *e) for e in got[keep:])
+        if keep < count - first:
+            self._raw.append((owner, raw[keep * size:]))
+            self.count += count - first - keep
         self.seen[i] = m64[base // 8 + 1] = count  # drained: the task may write over them
-        if len(self.events) > MAX_KEPT:
-            drop = len(self.events) - MAX_KEPT
-            del self.events[:drop]
+        excess = self.count - MAX_KEPT
+        while excess > 0:  # the oldest go first
+            owner0, raw0 = self._raw[0]
+            drop = min(excess, len(raw0) // size)
+            if drop == len(raw0) // size:
+                del self._raw[0]
+            else:
+                self._raw[0] = (owner0, raw0[drop * size:])
+            self.count -= drop
             self.lost += drop
+            excess -= drop
         return count - seen
 
     def dump(self, clear: bool = False) -> dict:
         """The events so far (oldest first), for ``pvm_shmd_stat --trace dump``."""
-        out = {"events": sorted(self.events, key=lambda e: e[1]),
+        out = {"events": sorted(self.events, key=lambda e: e[1]),  # (a stable sort)
                "names": {str(k): v for k, v in self.names.items()}, "lost": self.lost,
                "clock": _now()}
         if clear:
-            self.events, self.lost = [], 0
+            self._raw, self.count, self.lost = [], 0, 0
         return out
 
 

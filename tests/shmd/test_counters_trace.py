@@ -11,7 +11,7 @@ from daemons import STAT
 from peers import Peer, payload
 
 import shmd
-from shmd import trace
+from shmd import fastpath, trace
 from shmd.errors import PvmTimeout
 
 IDLE = "try:\n    me.precv(timeout=0.02)\nexcept Exception:\n    pass\n"  # a receive finding nothing
@@ -74,9 +74,16 @@ def dump(daemon, op: str = "dump") -> dict:
     return json.loads(r.stdout)
 
 
-def test_traced_ping_pong_has_exactly_its_messages_and_valid_chrome_json(daemon, tmp_path):
-    sizes = [8, 1, 88, 1000, 5000, 100000, 0, 8]
-    peer = Peer(env={**daemon.env(), trace.ENV: str(trace.ALL)})  # spawn -@: traced from its join
+@pytest.mark.parametrize("path", ["compiled", "python"])  # the tracing wrappers (fastpath.py)
+def test_traced_ping_pong_has_exactly_its_messages_and_valid_chrome_json(daemon, tmp_path, path,
+                                                                          monkeypatch):
+    if path == "compiled" and fastpath.fast is None:
+        pytest.skip("shmd._fast is not built here")
+    if path == "python":
+        monkeypatch.setattr(fastpath, "fast", None)
+    sizes = [8, 1, 88, 1000, 5000, 100000, 0, 8] * 3  # (tags and lengths seen again: fast path)
+    peer = Peer(env={**daemon.env(), trace.ENV: str(trace.ALL),  # spawn -@: traced from its join
+                     fastpath.ENV: "1" if path == "python" else "0"})
     try:
         with shmd.join(name="pinger") as me:
             assert dump(daemon, "on")["trace"] == trace.ALL
@@ -85,8 +92,8 @@ def test_traced_ping_pong_has_exactly_its_messages_and_valid_chrome_json(daemon,
                        n=len(sizes))
             for k, n in enumerate(sizes):
                 data = payload(k, n)
-                me.psend(peer.tid, 100 + k, data)
-                assert me.precv(peer.tid, 100 + k).data == data
+                me.psend(peer.tid, 100 + k % 8, data)
+                assert me.precv(peer.tid, 100 + k % 8).data == data
             peer.result()
             peer.call(IDLE)  # idle: its events kept so far go to its ring (trace.py)
             assert dump(daemon, "off")["trace"] == 0
@@ -98,10 +105,10 @@ def test_traced_ping_pong_has_exactly_its_messages_and_valid_chrome_json(daemon,
         events, names = trace.events_of([("h", d, 0.0)])
         assert names[me.tid] == "pinger"
         sent = [(e.dst, e.tag, e.length) for e in events if e.kind == trace.PSEND and e.owner == me.tid]
-        assert sent == [(peer.tid, 100 + k, n) for k, n in enumerate(sizes)]
+        assert sent == [(peer.tid, 100 + k % 8, n) for k, n in enumerate(sizes)]
         back = [(e.dst, e.tag, e.length) for e in events
                 if e.kind == trace.PSEND and e.owner == peer.tid]
-        assert back == [(me.tid, 100 + k, n) for k, n in enumerate(sizes)]
+        assert back == [(me.tid, 100 + k % 8, n) for k, n in enumerate(sizes)]
         assert [e.kind for e in events if e.owner == peer.tid][0] == trace.SPAWN
         flows, unmatched = trace.flows(events)
         assert len(flows) == 2 * len(sizes) and not unmatched, (unmatched, [e for e in events if e.kind != trace.PSEND])
