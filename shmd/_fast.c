@@ -6,10 +6,10 @@
  * layout: the geometry of a descriptor and of the ring comes from shmd.layout through
  * configure(), the word offsets from each Peer and Task (fastpath.py).
  *
- * Route(buf, ...).send(hdr, data): psend's common case to one local peer, exactly as
- * sending.py's fast path does it (wake early, take the inbox lock without waiting,
- * post the descriptor and its inline bytes, release, wake if asleep). False: nothing
- * was posted, the Python path takes the message.
+ * Route(buf, ...).post(src, tag, data): psend's common case to one local peer, a
+ * message carried in the inbox, as sending.py does it (wake early, take the inbox lock
+ * without waiting, post the descriptor and its inline bytes, release, wake if asleep).
+ * False: nothing was posted, the Python path takes the message.
  *
  * Inbox(buf, ...).take(source, tag, spin, into): precv's common case, as
  * receiving.py's fast path: spin up to *spin* seconds for the ring to fill, then take
@@ -39,9 +39,9 @@
 #endif
 
 /* the geometry (configure) */
-static Py_ssize_t g_ring, g_desc, g_inl, g_inline, g_medium;
-static Py_ssize_t o_src, o_tag, o_nbytes, o_seg, o_flags;
-static uint32_t g_first;
+static Py_ssize_t g_ring, g_desc, g_inl, g_inline, g_medium, g_medium_fill;
+static Py_ssize_t o_src, o_tag, o_nbytes, o_seg, o_page, o_npages, o_flags, o_total;
+static uint32_t g_first, g_skip;
 static PyTypeObject *g_message; /* shmd.message.Message: a tuple subclass */
 static int g_ready;
 
@@ -53,24 +53,28 @@ static int g_ready;
 static PyObject *
 configure(PyObject *self, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"ring", "desc", "d_inline", "inline", "medium", "f_first",
-                            "src", "tag", "nbytes", "seg", "flags", "message", NULL};
+    static char *names[] = {"ring", "desc", "d_inline", "inline", "medium", "medium_fill",
+                            "f_first", "f_skip", "src", "tag", "nbytes", "seg", "page",
+                            "npages", "flags", "total", "message", NULL};
     PyObject *message;
-    unsigned int first;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnnnnInnnnnO!", names, &g_ring, &g_desc,
-                                     &g_inl, &g_inline, &g_medium, &first, &o_src, &o_tag,
-                                     &o_nbytes, &o_seg, &o_flags, &PyType_Type, &message))
+    unsigned int first, skip;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnnnnnIInnnnnnnnO!", names, &g_ring, &g_desc,
+                                     &g_inl, &g_inline, &g_medium, &g_medium_fill, &first, &skip,
+                                     &o_src, &o_tag, &o_nbytes, &o_seg, &o_page, &o_npages,
+                                     &o_flags, &o_total, &PyType_Type, &message))
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)message, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "message must be a tuple subclass");
         return NULL;
     }
-    if (g_ring <= 0 || g_desc <= g_inl || g_inline > g_desc - g_inl || g_medium < g_inline) {
+    if (g_ring <= 0 || g_desc <= g_inl || g_inline > g_desc - g_inl || g_medium < g_inline
+        || g_medium_fill > g_ring || (g_medium + g_inl + g_desc - 1) / g_desc > g_medium_fill) {
         PyErr_SetString(PyExc_ValueError, "inconsistent ring geometry");
         return NULL;
     }
     Py_XSETREF(g_message, (PyTypeObject *)Py_NewRef(message));
     g_first = first;
+    g_skip = skip;
     g_ready = 1;
     Py_RETURN_NONE;
 }
@@ -162,29 +166,56 @@ route_init(Route *r, PyObject *args, PyObject *kw)
     return 0;
 }
 
-static PyObject *
-route_send(Route *r, PyObject *const *args, Py_ssize_t nargs)
+/* A descriptor without pages: the header's fields, the inline bytes after it */
+static void
+put_desc(char *d, uint32_t src, int32_t tag, uint64_t n, uint32_t flags, const void *data)
 {
-    Py_buffer hdr, data;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "send(hdr, data)");
+    int32_t seg = -1;
+    uint32_t zero = 0;
+    uint64_t total = flags == g_skip ? 0 : n;
+    memcpy(d + o_src, &src, 4);
+    memcpy(d + o_tag, &tag, 4);
+    memcpy(d + o_nbytes, &n, 8);
+    memcpy(d + o_seg, &seg, 4);
+    memcpy(d + o_page, &zero, 4);
+    memcpy(d + o_npages, &zero, 4);
+    memcpy(d + o_flags, &flags, 4);
+    memcpy(d + o_total, &total, 8);
+    if (data)
+        memcpy(d + g_inl, data, n);
+}
+
+/* post(src, tag, data) -> bool: psend of up to MEDIUM bytes without pages, as
+ * sending.py's _post does it for them (a message that would not fit in the ring's
+ * rest is preceded by an F_SKIP filler; a medium one only while the ring is filled
+ * no further than MEDIUM_FILL). False: nothing posted (the lock busy, no room, a
+ * tag out of range, the task gone): the Python path decides. */
+static PyObject *
+route_post(Route *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "post(src, tag, data)");
         return NULL;
     }
     if (!r->base) {
-        PyErr_SetString(PyExc_ValueError, "send on a closed Route");
+        PyErr_SetString(PyExc_ValueError, "post on a closed Route");
         return NULL;
     }
-    if (PyObject_GetBuffer(args[0], &hdr, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&hdr);
-        return NULL;
+    unsigned long src = PyLong_AsUnsignedLong(args[0]);
+    long tag = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear(); /* not ours to name: the Python path does */
+        Py_RETURN_FALSE;
     }
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
     PyObject *res = Py_False;
     char *base = r->base;
-    if (hdr.len != g_inl || data.len > g_inline)
+    if (tag < 0 || tag > 0x7FFFFFFF || src > 0xFFFFFFFFUL || data.len > g_medium)
         goto out;
-    /* A receiver asleep is woken first (unless it is bound to our one CPU); see psend */
+    int64_t need = (data.len + g_inl + g_desc - 1) / g_desc; /* layout.span */
+    int64_t limit = data.len <= g_inline ? g_ring : g_medium_fill;
     int32_t early = LOAD32(base + r->waiting);
     if (early && (uint32_t)LOAD32(base + r->tid) == r->dest) {
         if (r->first)
@@ -194,31 +225,35 @@ route_send(Route *r, PyObject *const *args, Py_ssize_t nargs)
     }
     struct sembuf op = {0, -1, IPC_NOWAIT | SEM_UNDO};
     if (semop(r->lock, &op, 1) < 0)
-        goto out; /* busy, or gone: the Python path waits or names it */
-    int64_t tail = LOAD64(base + r->tail);
-    if (!(tail - r->seen >= 0 && tail - r->seen < g_ring))
-        r->seen = LOAD64(base + r->head);
+        goto out;
     op.sem_op = 1;
     op.sem_flg = SEM_UNDO;
-    if ((uint32_t)LOAD32(base + r->tid) == r->dest && tail - r->seen >= 0
-        && tail - r->seen < g_ring) {
-        char *d = base + r->ring + (tail % g_ring) * g_desc;
-        memcpy(d, hdr.buf, g_inl);
-        memcpy(d + g_inl, data.buf, data.len);
-        STORE64(base + r->tail, tail + 1);
-        res = Py_True;
-        /* the semop is the barrier between the tail store and the load of waiting */
-        if (semop(r->lock, &op, 1) < 0)
-            goto out; /* the receiver was reaped meanwhile; so was the message */
-        int32_t w = LOAD32(base + r->waiting);
-        if (w && w != early)
-            route_wake(r);
+    int64_t tail = LOAD64(base + r->tail);
+    int64_t k = tail % g_ring, fill = k + need > g_ring ? g_ring - k : 0;
+    /* the head as last read first (it only grows: a stale one looks fuller) */
+    if (!(tail - r->seen >= 0 && tail - r->seen + fill + need <= limit))
+        r->seen = LOAD64(base + r->head);
+    int64_t used = tail - r->seen;
+    if ((uint32_t)LOAD32(base + r->tid) != r->dest || used < 0 || used + fill + need > limit) {
+        semop(r->lock, &op, 1);
         goto out;
     }
-    semop(r->lock, &op, 1);
+    char *ring = base + r->ring;
+    if (fill) {
+        put_desc(ring + k * g_desc, (uint32_t)src, 0, fill * g_desc - g_inl, g_skip, NULL);
+        tail += fill;
+    }
+    put_desc(ring + (tail % g_ring) * g_desc, (uint32_t)src, (int32_t)tag, data.len, g_first,
+             data.buf);
+    STORE64(base + r->tail, tail + need);
+    res = Py_True;
+    if (semop(r->lock, &op, 1) < 0)
+        goto out; /* the receiver was reaped meanwhile; so was the message */
+    int32_t w = LOAD32(base + r->waiting);
+    if (w && w != early)
+        route_wake(r);
 out:
     PyBuffer_Release(&data);
-    PyBuffer_Release(&hdr);
     return Py_NewRef(res);
 }
 
@@ -240,8 +275,8 @@ route_dealloc(Route *r)
 }
 
 static PyMethodDef route_methods[] = {
-    {"send", (PyCFunction)(void (*)(void))route_send, METH_FASTCALL,
-     "send(hdr, data) -> bool: post a small message (False: the Python path must)"},
+    {"post", (PyCFunction)(void (*)(void))route_post, METH_FASTCALL,
+     "post(src, tag, data) -> bool: post a message without pages (False: the Python path must)"},
     {"close", (PyCFunction)route_close, METH_NOARGS, "release the segment"},
     {NULL},
 };

@@ -28,14 +28,14 @@ def _load() -> Any:
         return None
     # each field's offset in a descriptor, from the one format that defines it
     fmt = layout.DESC_FMT
-    src, tag, nbytes, seg, _page, _npages, flags, _total = (
+    src, tag, nbytes, seg, page, npages, flags, total = (
         struct.calcsize(fmt[:k + 1]) for k in range(len(fmt) - 1))
-    if fmt[1:5] + fmt[7] != "IiQiI":  # the types the C side reads there
+    if fmt[1:] != "IiQiIIIQ":  # the types the C side reads and writes there
         return None
     _fast.configure(ring=layout.RING, desc=layout.DESC, d_inline=layout.D_INLINE,
-                    inline=layout.INLINE, medium=layout.MEDIUM, f_first=layout.F_FIRST,
-                    src=src, tag=tag, nbytes=nbytes, seg=seg, flags=flags,
-                    message=Message)
+                    inline=layout.INLINE, medium=layout.MEDIUM, medium_fill=layout.MEDIUM_FILL,
+                    f_first=layout.F_FIRST, f_skip=layout.F_SKIP, src=src, tag=tag, nbytes=nbytes,
+                    seg=seg, page=page, npages=npages, flags=flags, total=total, message=Message)
     return _fast
 
 

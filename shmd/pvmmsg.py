@@ -34,7 +34,9 @@ from .taskbase import INF
 
 PvmTaskExit, PvmHostDelete, PvmHostAdd, PvmRouteAdd, PvmRouteDelete = 1, 2, 3, 4, 5
 PvmNotifyCancel = 0x100
-_INLINE, _HDR = layout.INLINE, HEADER.size
+# what psend's fast path carries: bytes or a bytearray of up to MEDIUM (compiled; in
+# Python up to INLINE, the rest taking its general path as before)
+_SMALL, _HDR = layout.MEDIUM, HEADER.size
 _pack_header, _unpack_header = HEADER.pack_into, HEADER.unpack_from
 NOTIFY_SLICE = 0.1  # how often a receive waiting with exit notifications armed looks at the task table
 
@@ -195,7 +197,7 @@ def _send_wire(me: Task, dests: Iterable[int], tag: int) -> None:
     if not isinstance(tag, int) or isinstance(tag, bool) or tag < 0:
         raise PvmError(PvmBadParam, f"msgtag {tag!r} must be an int >= 0")
     w = sbuf().wire()
-    if len(w) <= layout.INLINE and isinstance(w, memoryview):
+    if len(w) <= _SMALL and isinstance(w, memoryview):
         small = bytes(w)  # psend's fast path takes bytes
         w.release()
         w = small
@@ -214,10 +216,11 @@ def pvm_send(tid: int, msgtag: int) -> int:
         me = S.me()
     b = S.bufs.get(S.sbuf)
     if b is not None and type(tid) is int and type(msgtag) is int and msgtag >= 0:
-        # the common small message, a packed (not InPlace) one psend carries inline: its
-        # header written, a copy (psend's fast path takes a bytearray) straight to psend
+        # the common small message, a packed (not InPlace) one psend carries in the
+        # inbox: its header written, a copy (psend's fast path takes a bytearray)
+        # straight to psend
         n = b._n
-        if n <= _INLINE and b._parts is None and b.body is None:
+        if n <= _SMALL and b._parts is None and b.body is None:
             d = b._data
             _pack_header(d, 0, MAGIC, VERSION, b.wire_enc, n - _HDR)
             me.psend(tid, msgtag, d[:n])

@@ -31,6 +31,7 @@ ABORT_WAIT = 0.02  # how long past its deadline a sender that gives up mid-messa
 
 _pack_desc = DESC.pack_into
 _RING, _DESCSZ, _INL, _INLINE = layout.RING, layout.DESC, layout.D_INLINE, layout.INLINE
+_MEDIUM = layout.MEDIUM
 _F_FIRST, _F_SKIP = layout.F_FIRST, layout.F_SKIP
 _PUBLISH_MASK = layout.PUBLISH_EVERY - 1
 _SMALL_TYPES = (bytes, bytearray)  # what psend's fast path takes (len() is the byte count)
@@ -46,21 +47,24 @@ class Sending(Rendezvous):
         room or a receiver taking a direct copy, then raises PvmTimeout (MemoryFull,
         code PvmNoMem, when it was pages it waited for); the message is then not sent."""
         p = self._peers.get(dest)
-        if p is not None and type(data) in _SMALL_TYPES and (n := len(data)) <= _INLINE:
-            # the common small send (every interpreter step counts): a known peer, a
-            # tag seen before (its descriptor is cached, so the tag is valid), the
-            # inbox lock free, room in the ring; compiled (fastpath.py) or in Python,
-            # the same steps. Anything else takes the general path below, which waits
-            # and reports errors.
-            hdr = self._hdrs.get(tag << 8 | n)
-            if hdr is not None and not self._owed:
-                fx = p.fx
-                if fx.send(hdr, data) if fx is not None else self._post_small(p, dest, hdr, data):
-                    self._ntx += 1  # (_sent, inline)
-                    self._btx += n
-                    if not self._ntx & _PUBLISH_MASK:
-                        self._publish()
-                    return
+        if p is not None and type(data) in _SMALL_TYPES and (n := len(data)) <= _MEDIUM:
+            # the common small send (every interpreter step counts): a known peer, the
+            # inbox lock free, room in the ring. Compiled (fastpath.py): up to MEDIUM
+            # bytes; in Python: up to INLINE, with a tag seen before (its descriptor is
+            # cached, so the tag is valid). Anything else takes the general path below,
+            # which waits and reports errors.
+            fx = p.fx
+            if fx is not None:
+                sent = not self._owed and fx.post(self._src, tag, data)
+            else:
+                hdr = self._hdrs.get(tag << 8 | n) if n <= _INLINE else None
+                sent = hdr is not None and not self._owed and self._post_small(p, dest, hdr, data)
+            if sent:
+                self._ntx += 1  # (_sent, inline)
+                self._btx += n
+                if not self._ntx & _PUBLISH_MASK:
+                    self._publish()
+                return
         if not 0 <= tag <= MAX_TAG:
             raise PvmError(PvmBadParam, f"tag {tag} must be >= 0 and < 2**31")
         if type(data) is bytes:
@@ -133,7 +137,7 @@ class Sending(Rendezvous):
 
 
     def _post_small(self, p: Peer, dest: int, hdr: bytes, data: bytes | bytearray) -> bool:
-        """psend's fast path in Python (shmd._fast's Route.send when compiled): post
+        """psend's fast path in Python (shmd._fast's Route.post when compiled): post
         *hdr* and the small *data* to *dest* if its inbox lock is free and its ring has
         room; False, with nothing posted, otherwise."""
         i = self._i
