@@ -42,6 +42,7 @@
 static Py_ssize_t g_ring, g_desc, g_inl, g_inline, g_medium, g_medium_fill;
 static Py_ssize_t o_src, o_tag, o_nbytes, o_seg, o_page, o_npages, o_flags, o_total;
 static uint32_t g_first, g_skip;
+static Py_ssize_t g_maxpages, g_intent_max, g_s_free, g_s_allocated, g_s_freed;
 static PyTypeObject *g_message; /* shmd.message.Message: a tuple subclass */
 static int g_ready;
 
@@ -55,14 +56,21 @@ configure(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"ring", "desc", "d_inline", "inline", "medium", "medium_fill",
                             "f_first", "f_skip", "src", "tag", "nbytes", "seg", "page",
-                            "npages", "flags", "total", "message", NULL};
+                            "npages", "flags", "total", "maxpages", "intent_max", "s_free",
+                            "s_allocated", "s_freed", "message", NULL};
     PyObject *message;
     unsigned int first, skip;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnnnnnIInnnnnnnnO!", names, &g_ring, &g_desc,
-                                     &g_inl, &g_inline, &g_medium, &g_medium_fill, &first, &skip,
-                                     &o_src, &o_tag, &o_nbytes, &o_seg, &o_page, &o_npages,
-                                     &o_flags, &o_total, &PyType_Type, &message))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnnnnnIInnnnnnnnnnnnnO!", names, &g_ring,
+                                     &g_desc, &g_inl, &g_inline, &g_medium, &g_medium_fill,
+                                     &first, &skip, &o_src, &o_tag, &o_nbytes, &o_seg, &o_page,
+                                     &o_npages, &o_flags, &o_total, &g_maxpages, &g_intent_max,
+                                     &g_s_free, &g_s_allocated, &g_s_freed, &PyType_Type,
+                                     &message))
         return NULL;
+    if (g_intent_max < 8) {
+        PyErr_SetString(PyExc_ValueError, "an intent record holds a plan of 8 writes");
+        return NULL;
+    }
     if (!PyType_IsSubtype((PyTypeObject *)message, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "message must be a tuple subclass");
         return NULL;
@@ -108,7 +116,7 @@ typedef struct {
     PyObject_HEAD
     Py_buffer view;
     char *base;
-    Py_ssize_t ring, tid, waiting, head, tail; /* byte offsets */
+    Py_ssize_t ring, tid, waiting, head, tail, posted; /* byte offsets */
     int64_t seen;   /* its head as last read (see taskbase.Peer.seen) */
     uint32_t dest;
     int lock;       /* the inbox lock's semid */
@@ -132,8 +140,8 @@ route_wake(Route *r)
 static int
 route_init(Route *r, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"buf", "ring", "tid", "waiting", "head", "tail", "dest", "lock",
-                            "wake", "wake_undo", "first", NULL};
+    static char *names[] = {"buf", "ring", "tid", "waiting", "head", "tail", "posted", "dest",
+                            "lock", "wake", "wake_undo", "first", NULL};
     PyObject *buf;
     unsigned int dest;
     int undo, first;
@@ -141,9 +149,9 @@ route_init(Route *r, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "Route is already set up");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OnnnnnIiipp", names, &buf, &r->ring, &r->tid,
-                                     &r->waiting, &r->head, &r->tail, &dest, &r->lock, &r->wake,
-                                     &undo, &first))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OnnnnnnIiipp", names, &buf, &r->ring, &r->tid,
+                                     &r->waiting, &r->head, &r->tail, &r->posted, &dest, &r->lock,
+                                     &r->wake, &undo, &first))
         return -1;
     if (hold(buf, &r->view, 1) < 0)
         return -1;
@@ -152,7 +160,8 @@ route_init(Route *r, PyObject *args, PyObject *kw)
         || inside(&r->view, r->waiting, 4, "the waiting word") < 0
         || inside(&r->view, r->head, 8, "the head") < 0
         || inside(&r->view, r->tail, 8, "the tail") < 0
-        || (r->waiting | r->tid) % 4 || (r->head | r->tail) % 8) {
+        || inside(&r->view, r->posted, 8, "the posted count") < 0
+        || (r->waiting | r->tid) % 4 || (r->head | r->tail | r->posted) % 8) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "a word is not aligned");
         PyBuffer_Release(&r->view);
@@ -166,30 +175,77 @@ route_init(Route *r, PyObject *args, PyObject *kw)
     return 0;
 }
 
-/* A descriptor without pages: the header's fields, the inline bytes after it */
+/* A descriptor: the header's fields, then the inline bytes (*data*: none in pages) */
 static void
-put_desc(char *d, uint32_t src, int32_t tag, uint64_t n, uint32_t flags, const void *data)
+put_desc(char *d, uint32_t src, int32_t tag, uint64_t n, uint32_t flags, const void *data,
+         int32_t seg, uint32_t page, uint32_t npages)
 {
-    int32_t seg = -1;
-    uint32_t zero = 0;
     uint64_t total = flags == g_skip ? 0 : n;
     memcpy(d + o_src, &src, 4);
     memcpy(d + o_tag, &tag, 4);
     memcpy(d + o_nbytes, &n, 8);
     memcpy(d + o_seg, &seg, 4);
-    memcpy(d + o_page, &zero, 4);
-    memcpy(d + o_npages, &zero, 4);
+    memcpy(d + o_page, &page, 4);
+    memcpy(d + o_npages, &npages, 4);
     memcpy(d + o_flags, &flags, 4);
     memcpy(d + o_total, &total, 8);
     if (data)
         memcpy(d + g_inl, data, n);
 }
 
-/* post(src, tag, data) -> bool: psend of up to MEDIUM bytes without pages, as
- * sending.py's _post does it for them (a message that would not fit in the ring's
- * rest is preceded by an F_SKIP filler; a medium one only while the ring is filled
- * no further than MEDIUM_FILL). False: nothing posted (the lock busy, no room, a
- * tag out of range, the task gone): the Python path decides. */
+/* Post one message's descriptor as sending.py's _post does (a message that would not
+ * fit in the ring's rest is preceded by an F_SKIP filler; one carried in the inbox
+ * past INLINE only while the ring is filled no further than MEDIUM_FILL): carried in
+ * it (*data*, *n* bytes) or in pages (*seg* >= 0). 1 if posted, 0 if not (the lock
+ * busy, no room, the task gone): the Python path decides. */
+static int
+route_put(Route *r, uint32_t src, int32_t tag, Py_ssize_t n, const void *data, int32_t seg,
+          uint32_t page, uint32_t npages)
+{
+    char *base = r->base;
+    int64_t need = seg >= 0 ? 1 : (n + g_inl + g_desc - 1) / g_desc; /* layout.span */
+    int64_t limit = seg >= 0 || n <= g_inline ? g_ring : g_medium_fill;
+    int32_t early = LOAD32(base + r->waiting);
+    if (early && (uint32_t)LOAD32(base + r->tid) == r->dest) {
+        if (r->first)
+            route_wake(r);
+        else
+            early = 0;
+    }
+    struct sembuf op = {0, -1, IPC_NOWAIT | SEM_UNDO};
+    if (semop(r->lock, &op, 1) < 0)
+        return 0;
+    op.sem_op = 1;
+    op.sem_flg = SEM_UNDO;
+    int64_t tail = LOAD64(base + r->tail);
+    int64_t k = tail % g_ring, fill = k + need > g_ring ? g_ring - k : 0;
+    /* the head as last read first (it only grows: a stale one looks fuller) */
+    if (!(tail - r->seen >= 0 && tail - r->seen + fill + need <= limit))
+        r->seen = LOAD64(base + r->head);
+    int64_t used = tail - r->seen;
+    if ((uint32_t)LOAD32(base + r->tid) != r->dest || used < 0 || used + fill + need > limit) {
+        semop(r->lock, &op, 1);
+        return 0;
+    }
+    char *ring = base + r->ring;
+    if (fill) {
+        put_desc(ring + k * g_desc, src, 0, fill * g_desc - g_inl, g_skip, NULL, -1, 0, 0);
+        tail += fill;
+    }
+    put_desc(ring + (tail % g_ring) * g_desc, src, tag, n, g_first, data, seg, page, npages);
+    if (seg >= 0) /* paged bytes waiting in its inbox (sending.py paces on them) */
+        STORE64(base + r->posted, (int64_t)((uint64_t)LOAD64(base + r->posted) + n));
+    STORE64(base + r->tail, tail + need);
+    if (semop(r->lock, &op, 1) < 0)
+        return 1; /* the receiver was reaped meanwhile; so was the message */
+    int32_t w = LOAD32(base + r->waiting);
+    if (w && w != early)
+        route_wake(r);
+    return 1;
+}
+
+/* post(src, tag, data) -> bool: psend of up to MEDIUM bytes carried in the inbox.
+ * False: nothing posted (see route_put; a tag out of range): the Python path decides. */
 static PyObject *
 route_post(Route *r, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -211,50 +267,37 @@ route_post(Route *r, PyObject *const *args, Py_ssize_t nargs)
     if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0)
         return NULL;
     PyObject *res = Py_False;
-    char *base = r->base;
-    if (tag < 0 || tag > 0x7FFFFFFF || src > 0xFFFFFFFFUL || data.len > g_medium)
-        goto out;
-    int64_t need = (data.len + g_inl + g_desc - 1) / g_desc; /* layout.span */
-    int64_t limit = data.len <= g_inline ? g_ring : g_medium_fill;
-    int32_t early = LOAD32(base + r->waiting);
-    if (early && (uint32_t)LOAD32(base + r->tid) == r->dest) {
-        if (r->first)
-            route_wake(r);
-        else
-            early = 0;
-    }
-    struct sembuf op = {0, -1, IPC_NOWAIT | SEM_UNDO};
-    if (semop(r->lock, &op, 1) < 0)
-        goto out;
-    op.sem_op = 1;
-    op.sem_flg = SEM_UNDO;
-    int64_t tail = LOAD64(base + r->tail);
-    int64_t k = tail % g_ring, fill = k + need > g_ring ? g_ring - k : 0;
-    /* the head as last read first (it only grows: a stale one looks fuller) */
-    if (!(tail - r->seen >= 0 && tail - r->seen + fill + need <= limit))
-        r->seen = LOAD64(base + r->head);
-    int64_t used = tail - r->seen;
-    if ((uint32_t)LOAD32(base + r->tid) != r->dest || used < 0 || used + fill + need > limit) {
-        semop(r->lock, &op, 1);
-        goto out;
-    }
-    char *ring = base + r->ring;
-    if (fill) {
-        put_desc(ring + k * g_desc, (uint32_t)src, 0, fill * g_desc - g_inl, g_skip, NULL);
-        tail += fill;
-    }
-    put_desc(ring + (tail % g_ring) * g_desc, (uint32_t)src, (int32_t)tag, data.len, g_first,
-             data.buf);
-    STORE64(base + r->tail, tail + need);
-    res = Py_True;
-    if (semop(r->lock, &op, 1) < 0)
-        goto out; /* the receiver was reaped meanwhile; so was the message */
-    int32_t w = LOAD32(base + r->waiting);
-    if (w && w != early)
-        route_wake(r);
-out:
+    if (tag >= 0 && tag <= 0x7FFFFFFF && src <= 0xFFFFFFFFUL && data.len <= g_medium
+        && route_put(r, (uint32_t)src, (int32_t)tag, data.len, data.buf, -1, 0, 0))
+        res = Py_True;
     PyBuffer_Release(&data);
     return Py_NewRef(res);
+}
+
+/* post_pages(src, tag, nbytes, segment, page, pages) -> bool: a message in a run of pages */
+static PyObject *
+route_post_pages(Route *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "post_pages(src, tag, nbytes, segment, page, pages)");
+        return NULL;
+    }
+    if (!r->base) {
+        PyErr_SetString(PyExc_ValueError, "post_pages on a closed Route");
+        return NULL;
+    }
+    long long v[6];
+    for (int k = 0; k < 6; k++) {
+        v[k] = PyLong_AsLongLong(args[k]);
+        if (v[k] == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (v[0] < 0 || v[0] > 0xFFFFFFFFLL || v[1] < 0 || v[1] > 0x7FFFFFFF || v[2] < 0 || v[3] < 0
+        || v[3] > 0x7FFFFFFF || v[4] < 0 || v[4] > 0xFFFFFFFFLL || v[5] < 1 || v[5] > 0xFFFFFFFFLL)
+        Py_RETURN_FALSE;
+    return Py_NewRef(route_put(r, (uint32_t)v[0], (int32_t)v[1], (Py_ssize_t)v[2], NULL,
+                               (int32_t)v[3], (uint32_t)v[4], (uint32_t)v[5])
+                         ? Py_True : Py_False);
 }
 
 static PyObject *
@@ -277,6 +320,8 @@ route_dealloc(Route *r)
 static PyMethodDef route_methods[] = {
     {"post", (PyCFunction)(void (*)(void))route_post, METH_FASTCALL,
      "post(src, tag, data) -> bool: post a message without pages (False: the Python path must)"},
+    {"post_pages", (PyCFunction)(void (*)(void))route_post_pages, METH_FASTCALL,
+     "post_pages(src, tag, nbytes, segment, page, pages) -> bool: post a message in pages"},
     {"close", (PyCFunction)route_close, METH_NOARGS, "release the segment"},
     {NULL},
 };
@@ -792,6 +837,382 @@ static PyTypeObject TracedType = {
     .tp_vectorcall_offset = offsetof(Traced, vectorcall),
 };
 
+/* ---- Segments: runs of pages, as pages.py and pagemap.py do it ------------------------- */
+
+/* A task's view of the segments: the page maps (next fit with boundary tags, each
+ * change a plan committed through the segment's intent record: pagemap.py says why),
+ * the segment table's counters, the pages themselves. Only what never waits: each
+ * segment lock is tried once (IPC_NOWAIT); a busy lock, an intent record a killed
+ * task left, a map that cannot be right: the call declines and pages.py (waiting,
+ * finishing the record, naming the damage) takes over. */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;     /* segment 0 */
+    char *base;         /* NULL once closed */
+    Py_buffer *data;    /* each segment's pages */
+    int nsegs, home;
+    Py_ssize_t ps;
+    int32_t tid;
+    int32_t *npages, *mapb, *intent, *segi, *rover, *lock;
+    Py_ssize_t *segq;
+} Segments;
+
+#define M32(s, k) (((volatile int32_t *)(s)->base)[k])
+#define M64(s, k) (((volatile int64_t *)(s)->base)[k])
+#define ADD(k, v) (plan[np++] = (k), plan[np++] = (v))
+enum { DAMAGED = -2, NONE = -1 };
+
+/* pagemap._fit */
+static int32_t
+map_fit(Segments *g, int32_t b, int32_t p, int32_t stop, int32_t npages, int32_t want,
+        int32_t *plan, int *npp)
+{
+    int np = *npp;
+    int32_t f = b + (int32_t)g_maxpages;
+    while (p < stop) {
+        int64_t v = M32(g, b + p), n = v > 0 ? v : -v;
+        if (n == 0 || n > npages - p)
+            return DAMAGED;
+        if (v >= want) {
+            if (M32(g, f + p + v - 1) != v)
+                return DAMAGED;
+            ADD(b + p, -want);
+            ADD(f + p + want - 1, -want);
+            if (v > want) {
+                ADD(b + p + want, (int32_t)(v - want));
+                ADD(f + p + v - 1, (int32_t)(v - want));
+            }
+            ADD(b + 2 * (int32_t)g_maxpages + p, g->tid);
+            *npp = np;
+            return p;
+        }
+        p += (int32_t)n;
+    }
+    return NONE;
+}
+
+/* pagemap.alloc, with its plan */
+static int32_t
+map_alloc(Segments *g, int s, int32_t want, int32_t *plan, int *npp)
+{
+    int32_t b = g->mapb[s], npages = g->npages[s], r = g->rover[s];
+    int32_t f = b + (int32_t)g_maxpages;
+    int32_t start = M32(g, r);
+    if (!(0 < start && start < npages)) {
+        start = 0;
+    } else {
+        int64_t k = M32(g, f + start - 1);
+        k = k > 0 ? k : -k;
+        if (!(0 < k && k <= start) || M32(g, b + start - k) != M32(g, f + start - 1))
+            start = 0;
+    }
+    int32_t p = map_fit(g, b, start, npages, npages, want, plan, npp);
+    if (p == NONE && start)
+        p = map_fit(g, b, 0, start, npages, want, plan, npp);
+    if (p >= 0) {
+        int np = *npp;
+        ADD(r, p + want < npages ? p + want : 0);
+        *npp = np;
+    }
+    return p;
+}
+
+/* pagemap.free, with its plan: pages freed (0: *p* starts no allocated run) */
+static int32_t
+map_free(Segments *g, int s, int32_t p, int32_t *plan, int *npp)
+{
+    int32_t b = g->mapb[s], npages = g->npages[s], r = g->rover[s];
+    int32_t f = b + (int32_t)g_maxpages;
+    if (!(0 <= p && p < npages))
+        return 0;
+    int64_t n = -(int64_t)M32(g, b + p);
+    if (n <= 0 || p + n > npages || M32(g, f + p + n - 1) != -n)
+        return 0;
+    int64_t start = p, length = n, q = p + n;
+    int64_t after = q < npages ? M32(g, b + q) : 0;
+    if (after > 0) {
+        if (after > npages - q || M32(g, f + q + after - 1) != after)
+            return DAMAGED;
+        length += after;
+    }
+    int64_t before = p > 0 ? M32(g, f + p - 1) : 0;
+    if (before > 0) {
+        if (before > p || M32(g, b + p - before) != before)
+            return DAMAGED;
+        start -= before;
+        length += before;
+    }
+    int np = *npp;
+    ADD(b + 2 * (int32_t)g_maxpages + p, 0);
+    if (start != p)
+        ADD(b + p, 0); /* no stale -n inside the merged run: a second free must fail */
+    ADD(b + (int32_t)start, (int32_t)length);
+    ADD(f + (int32_t)(start + length - 1), (int32_t)length);
+    int32_t rv = M32(g, r);
+    if (start < rv && rv < start + length)
+        ADD(r, (int32_t)start);
+    *npp = np;
+    return (int32_t)n;
+}
+
+/* pagemap.commit: the plan into the intent record, its count last; applied; cleared */
+static void
+map_commit(Segments *g, int s, int32_t *plan, int np)
+{
+    int32_t rec = g->intent[s];
+    for (int k = 0; k < np; k++)
+        M32(g, rec + 1 + k) = plan[k];
+    __atomic_store_n((int32_t *)g->base + rec, np / 2, __ATOMIC_RELEASE);
+    for (int k = 0; k < np; k += 2)
+        M32(g, plan[k]) = plan[k + 1];
+    __atomic_store_n((int32_t *)g->base + rec, 0, __ATOMIC_RELEASE);
+}
+
+/* pages.plus32: a u32 counter in an int32 word, wrapping */
+static int32_t
+plus32(int32_t v, int64_t n)
+{
+    return (int32_t)(uint32_t)((uint32_t)v + (uint32_t)(int32_t)n);
+}
+
+static int
+seg_lock(Segments *g, int s, int op)
+{
+    struct sembuf b = {0, (short)op, (short)(op < 0 ? IPC_NOWAIT | SEM_UNDO : SEM_UNDO)};
+    return semop(g->lock[s], &b, 1);
+}
+
+/* alloc_copy(data) -> (segment, page, pages) | None: a run for *data*, copied in */
+static PyObject *
+segments_alloc_copy(Segments *g, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "alloc_copy(data)");
+        return NULL;
+    }
+    if (!g->base) {
+        PyErr_SetString(PyExc_ValueError, "alloc_copy on closed Segments");
+        return NULL;
+    }
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *res = NULL;
+    int64_t want64 = (data.len + g->ps - 1) / g->ps;
+    for (int k = 0; k < g->nsegs && want64 > 0; k++) {
+        int s = (g->home + k) % g->nsegs;
+        if (want64 > g->npages[s])
+            continue;
+        int32_t want = (int32_t)want64, plan[2 * 16];
+        int np = 0;
+        if (seg_lock(g, s, -1) < 0)
+            continue; /* busy (or gone): another segment, else pages.py */
+        if (M32(g, g->intent[s])) {
+            seg_lock(g, s, 1);
+            break; /* a killed task's plan to finish: pages.py */
+        }
+        int32_t p = map_alloc(g, s, want, plan, &np);
+        if (p == DAMAGED) {
+            seg_lock(g, s, 1);
+            break; /* pages.py names it */
+        }
+        if (p >= 0) {
+            int32_t fk = g->segi[s] + (int32_t)g_s_free;
+            ADD(fk, plus32(M32(g, fk), -want));
+            map_commit(g, s, plan, np);
+            Py_ssize_t w = g->segq[s] + g_s_allocated;
+            M64(g, w) = (int64_t)((uint64_t)M64(g, w) + 1);
+            seg_lock(g, s, 1);
+            memcpy((char *)g->data[s].buf + p * g->ps, data.buf, data.len);
+            res = Py_BuildValue("(iii)", s, p, want);
+            goto out;
+        }
+        seg_lock(g, s, 1);
+    }
+    res = Py_NewRef(Py_None);
+out:
+    PyBuffer_Release(&data);
+    return res;
+}
+
+/* free(segment, page) -> bool: the run freed; False: nothing done (pages.py then) */
+static PyObject *
+segments_free(Segments *g, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "free(segment, page)");
+        return NULL;
+    }
+    if (!g->base) {
+        PyErr_SetString(PyExc_ValueError, "free on closed Segments");
+        return NULL;
+    }
+    long s = PyLong_AsLong(args[0]), p = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (s < 0 || s >= g->nsegs || p < 0 || p >= g->npages[s] || seg_lock(g, (int)s, -1) < 0)
+        Py_RETURN_FALSE;
+    int32_t plan[2 * 16];
+    int np = 0;
+    int32_t n = M32(g, g->intent[s]) ? DAMAGED : map_free(g, (int)s, (int32_t)p, plan, &np);
+    if (n > 0) {
+        int32_t fk = g->segi[s] + (int32_t)g_s_free;
+        ADD(fk, plus32(M32(g, fk), n));
+        map_commit(g, (int)s, plan, np);
+        Py_ssize_t w = g->segq[s] + g_s_freed;
+        M64(g, w) = (int64_t)((uint64_t)M64(g, w) + 1);
+    }
+    seg_lock(g, (int)s, 1);
+    return Py_NewRef(n > 0 ? Py_True : Py_False);
+}
+
+static PyObject *
+segments_close(Segments *g, PyObject *unused)
+{
+    if (g->base) {
+        g->base = NULL;
+        for (int s = 0; s < g->nsegs; s++)
+            PyBuffer_Release(&g->data[s]);
+        PyBuffer_Release(&g->view);
+    }
+    Py_RETURN_NONE;
+}
+
+static void
+segments_dealloc(Segments *g)
+{
+    segments_close(g, NULL);
+    PyMem_Free(g->data);
+    PyMem_Free(g->npages);
+    PyMem_Free(g->segq);
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
+/* a list of *n* ints from the sequence *o* into *out* */
+static int
+ints(PyObject *o, int n, int32_t *out, const char *what)
+{
+    PyObject *f = PySequence_Fast(o, what);
+    if (!f)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(f) != n) {
+        PyErr_Format(PyExc_ValueError, "%s: %d values wanted", what, n);
+        Py_DECREF(f);
+        return -1;
+    }
+    for (int k = 0; k < n; k++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(f, k));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(f);
+            return -1;
+        }
+        out[k] = (int32_t)v;
+    }
+    Py_DECREF(f);
+    return 0;
+}
+
+static int
+segments_init(Segments *g, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"buf", "data", "ps", "npages", "mapb", "intent", "segi", "segq",
+                            "rover", "locks", "tid", "home", NULL};
+    PyObject *buf, *data, *npages, *mapb, *intent, *segi, *segq, *rover, *locks;
+    Py_ssize_t ps;
+    int tid, home;
+    if (g->npages) {
+        PyErr_SetString(PyExc_RuntimeError, "Segments is already set up");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!nOOOOOOOii", names, &buf, &PyList_Type, &data,
+                                     &ps, &npages, &mapb, &intent, &segi, &segq, &rover, &locks,
+                                     &tid, &home))
+        return -1;
+    int n = (int)PyList_GET_SIZE(data);
+    if (n < 1 || n > 64 || ps <= 0 || home < 0) {
+        PyErr_SetString(PyExc_ValueError, "1 to 64 segments, a page size and a home wanted");
+        return -1;
+    }
+    g->npages = PyMem_Calloc(6 * n, sizeof(int32_t));
+    g->segq = PyMem_Calloc(n, sizeof(Py_ssize_t));
+    g->data = PyMem_Calloc(n, sizeof(Py_buffer));
+    if (!g->npages || !g->segq || !g->data) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    g->mapb = g->npages + n;
+    g->intent = g->npages + 2 * n;
+    g->segi = g->npages + 3 * n;
+    g->rover = g->npages + 4 * n;
+    g->lock = g->npages + 5 * n;
+    int32_t q[64];
+    if (ints(npages, n, g->npages, "npages") < 0 || ints(mapb, n, g->mapb, "mapb") < 0
+        || ints(intent, n, g->intent, "intent") < 0 || ints(segi, n, g->segi, "segi") < 0
+        || ints(segq, n, q, "segq") < 0 || ints(rover, n, g->rover, "rover") < 0
+        || ints(locks, n, g->lock, "locks") < 0)
+        return -1;
+    if (hold(buf, &g->view, 1) < 0)
+        return -1;
+    int got = 0;
+    for (int s = 0; s < n; s++) {
+        g->segq[s] = q[s];
+        Py_ssize_t np_ = g->npages[s];
+        if (np_ < 1 || np_ > g_maxpages
+            || inside(&g->view, 4 * (Py_ssize_t)g->mapb[s], 12 * g_maxpages, "a page map") < 0
+            || inside(&g->view, 4 * (Py_ssize_t)g->intent[s], 4 * (1 + 2 * g_intent_max),
+                      "an intent record") < 0
+            || inside(&g->view, 4 * (Py_ssize_t)g->segi[s] + 4 * g_s_free, 4, "a free count") < 0
+            || inside(&g->view, 8 * (q[s] + g_s_allocated), 8, "a count") < 0
+            || inside(&g->view, 8 * (q[s] + g_s_freed), 8, "a count") < 0
+            || inside(&g->view, 4 * (Py_ssize_t)g->rover[s], 4, "a rover") < 0) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "segment %d: %zd pages", s, np_);
+            goto fail;
+        }
+        if (PyObject_GetBuffer(PyList_GET_ITEM(data, s), &g->data[s], PyBUF_WRITABLE) < 0)
+            goto fail;
+        got++;
+        if (g->data[s].len < np_ * ps) {
+            PyErr_Format(PyExc_ValueError, "segment %d: %zd bytes for %zd pages", s,
+                         g->data[s].len, np_);
+            goto fail;
+        }
+    }
+    g->nsegs = n;
+    g->ps = ps;
+    g->tid = tid;
+    g->home = home % n;
+    g->base = g->view.buf;
+    return 0;
+fail:
+    for (int s = 0; s < got; s++)
+        PyBuffer_Release(&g->data[s]);
+    PyBuffer_Release(&g->view);
+    return -1;
+}
+
+static PyMethodDef segments_methods[] = {
+    {"alloc_copy", (PyCFunction)(void (*)(void))segments_alloc_copy, METH_FASTCALL,
+     "alloc_copy(data) -> (segment, page, pages) | None: a run of pages holding data"},
+    {"free", (PyCFunction)(void (*)(void))segments_free, METH_FASTCALL,
+     "free(segment, page) -> bool: free the run (False: nothing done)"},
+    {"close", (PyCFunction)segments_close, METH_NOARGS, "release the segments"},
+    {NULL},
+};
+
+static PyTypeObject SegmentsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmd._fast.Segments",
+    .tp_basicsize = sizeof(Segments),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "a task's runs of pages: allocate and copy in, free",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)segments_init,
+    .tp_dealloc = (destructor)segments_dealloc,
+    .tp_methods = segments_methods,
+};
+
 static PyMethodDef module_methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
      "set the ring's geometry and the Message type (shmd.fastpath does)"},
@@ -807,7 +1228,8 @@ PyMODINIT_FUNC
 PyInit__fast(void)
 {
     if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&InboxType) < 0
-        || PyType_Ready(&TraceRingType) < 0 || PyType_Ready(&TracedType) < 0)
+        || PyType_Ready(&TraceRingType) < 0 || PyType_Ready(&TracedType) < 0
+        || PyType_Ready(&SegmentsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
@@ -815,7 +1237,8 @@ PyInit__fast(void)
     if (PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0
         || PyModule_AddObjectRef(m, "Inbox", (PyObject *)&InboxType) < 0
         || PyModule_AddObjectRef(m, "TraceRing", (PyObject *)&TraceRingType) < 0
-        || PyModule_AddObjectRef(m, "Traced", (PyObject *)&TracedType) < 0) {
+        || PyModule_AddObjectRef(m, "Traced", (PyObject *)&TracedType) < 0
+        || PyModule_AddObjectRef(m, "Segments", (PyObject *)&SegmentsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

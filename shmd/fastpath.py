@@ -35,7 +35,9 @@ def _load() -> Any:
     _fast.configure(ring=layout.RING, desc=layout.DESC, d_inline=layout.D_INLINE,
                     inline=layout.INLINE, medium=layout.MEDIUM, medium_fill=layout.MEDIUM_FILL,
                     f_first=layout.F_FIRST, f_skip=layout.F_SKIP, src=src, tag=tag, nbytes=nbytes,
-                    seg=seg, page=page, npages=npages, flags=flags, total=total, message=Message)
+                    seg=seg, page=page, npages=npages, flags=flags, total=total,
+                    maxpages=layout.MAXPAGES, intent_max=layout.INTENT_MAX, s_free=layout.S_FREE_I,
+                    s_allocated=layout.S_ALLOCATED_Q, s_freed=layout.S_FREED_Q, message=Message)
     return _fast
 
 
@@ -51,7 +53,8 @@ def route(buf: memoryview, peer: Any, dest: int, kind: int) -> Any:
     w = peer.wake
     futex = kind == wake.FUTEX
     return fast.Route(buf, ring=peer.ring, tid=4 * peer.tid_i, waiting=4 * peer.waiting_i,
-                      head=8 * peer.head_q, tail=8 * peer.tail_q, dest=dest, lock=peer.lock.id,
+                      head=8 * peer.head_q, tail=8 * peer.tail_q, posted=8 * peer.posted_q,
+                      dest=dest, lock=peer.lock.id,
                       wake=-1 if futex else w.id, wake_undo=False if futex else w.undo,
                       first=peer.first)
 
@@ -62,3 +65,14 @@ def inbox(buf: memoryview, ring: int, head_q: int, tail_q: int) -> Any:
     if fast is None:
         return None
     return fast.Inbox(buf, ring=ring, head=8 * head_q, tail=8 * tail_q)
+
+
+def segments(task: Any) -> Any:
+    """The compiled allocation and freeing of *task*'s runs of pages (pages.py's common
+    case: a lock free at the first try, no plan left to finish); None without the module."""
+    if fast is None:
+        return None
+    return fast.Segments(task._buf, list(task._data), ps=task._ps, npages=task._npages,
+                         mapb=task._mapb, intent=task._intent, segi=task._segi, segq=task._segq,
+                         rover=task._rover, locks=[lk.id for lk in task._locks], tid=task.tid,
+                         home=task._home)

@@ -124,6 +124,9 @@ class Pages(TaskBase):
         it (sleeping, when the holder was preempted) ran a 64 KiB stream at a fraction
         of its speed on a loaded host. A run put off stays ours (its owner word says
         so): if we die meanwhile pvm_shmd frees it with our others."""
+        sx = self._sx
+        if sx is not None and sx.free(s, p):
+            return  # compiled (fastpath.py): the lock was free, no plan left to finish
         lock, deferred = self._locks[s], self._deferred
         if len(deferred) >= DEFER_MAX or npages * DEFER_MAX > self._npages[s]:
             self._free_deferred()

@@ -105,6 +105,24 @@ class Sending(Rendezvous):
         self._throttle(peer, dest, deadline)
         ps, off, flags = self._ps, 0, _F_FIRST
         piece = self._maxpages * ps
+        sx = self._sx
+        if sx is not None and n <= piece:
+            # compiled (fastpath.py): a run taken and filled without waiting, then posted
+            # (a busy lock, no room: the loop below, which waits)
+            if self._deferred:
+                self._free_deferred()
+            run = sx.alloc_copy(mv)
+            if run is not None:
+                s, page, want = run
+                try:
+                    fx = peer.fx
+                    if fx is None or not fx.post_pages(self._src, tag, n, s, page, want):
+                        self._post(peer, dest, tag, n, s, page, want, _F_FIRST, n, None, deadline)
+                except BaseException:
+                    self._free(s, page)
+                    raise
+                self._sent(n)
+                return
         if n > piece:  # in pieces: our slot says to whom until the last one is posted
             self._i[self._S] = dest  # (a receiver waiting for a piece looks here)
         try:

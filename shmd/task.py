@@ -182,6 +182,7 @@ class Task(Receiving, Sending):
         self._pending = deque()
         self._peers = {}  # tid -> Peer
         self._home = self._slot % self._nsegs  # senders spread over segments
+        self._sx = fastpath.segments(self)  # our runs of pages, compiled (if built)
         self._ntx = self._btx = self._nrx = self._brx = 0
         self._cq = bq + layout.T_SENT_Q
         self._pub_at = 0
@@ -190,11 +191,11 @@ class Task(Receiving, Sending):
     # ---- lifecycle ------------------------------------------------------------------
     def _detach(self) -> None:
         # the compiled fast paths hold segment 0's view: they let go of it first
-        for fx in [self.__dict__.get("_fx"), self.__dict__.get("_trace_ring"),
+        for fx in [self.__dict__.get("_fx"), self.__dict__.get("_trace_ring"), self.__dict__.get("_sx"),
                    *(p.fx for p in getattr(self, "_peers", {}).values())]:
             if fx is not None:
                 fx.close()
-        self._peers, self._fx = {}, None
+        self._peers, self._fx, self._sx = {}, None, None
         if any(not mv.released for mv in getattr(self, "_mviews", ())):
             # an array still points into the segments: unmapping them would leave it
             # dangling (a crash on access), so they stay mapped until the process exits

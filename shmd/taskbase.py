@@ -166,6 +166,7 @@ class TaskBase:
     # receiving: the pending queue and what the receive paths remember
     _pending: deque[Desc]
     _fx: Any  # precv's compiled fast path on our ring (fastpath.inbox), if built
+    _sx: Any  # our runs of pages, compiled (fastpath.segments), if built
     _mviews: weakref.WeakSet[MessageView]
     _matchers: dict[tuple[int, int], Matcher]
     _orphans: dict[int, int]

@@ -159,8 +159,12 @@ def test_compiled_objects_refuse_bad_offsets_and_closed_use(daemon):
         with pytest.raises(ValueError, match="aligned"):
             fast.Inbox(buf, ring=0, head=4, tail=8)
         with pytest.raises(ValueError, match="outside"):
-            fast.Route(buf, ring=0, tid=0, waiting=4, head=len(buf), tail=8, dest=1, lock=0,
-                       wake=-1, wake_undo=False, first=True)
+            fast.Route(buf, ring=0, tid=0, waiting=4, head=len(buf), tail=8, posted=16, dest=1,
+                       lock=0, wake=-1, wake_undo=False, first=True)
+        with pytest.raises(ValueError, match="npages"):
+            fast.Segments(buf, list(me._data), ps=me._ps, npages=[1] * (me._nsegs + 1),
+                          mapb=me._mapb, intent=me._intent, segi=me._segi, segq=me._segq,
+                          rover=me._rover, locks=[0] * me._nsegs, tid=me.tid, home=0)
         with pytest.raises(BufferError):
             fast.Inbox(b"read-only", ring=0, head=0, tail=8)
         box = fast.Inbox(buf, ring=me._ring, head=8 * me._H, tail=8 * me._T)
@@ -175,11 +179,28 @@ def test_compiled_objects_refuse_bad_offsets_and_closed_use(daemon):
 
 
 @needs_compiled
-def test_a_payload_checked_byte_for_byte_through_the_compiled_path(paths):
+def test_a_payload_checked_byte_for_byte_through_the_compiled_path(paths, daemon):
+    """Every way a message travels without waiting: in its descriptor, in the inbox,
+    in a run of pages (allocated and freed by shmd._fast.Segments or pages.py): every
+    byte, and every page free again after."""
     me, p = paths
-    for n in (0, 1, 7, 8, layout.INLINE, layout.INLINE + 1, layout.MEDIUM):
+    ps = me._ps
+    for n in (0, 1, 7, 8, layout.INLINE, layout.INLINE + 1, layout.MEDIUM, layout.MEDIUM + 1, ps,
+              3 * ps + 5, 1 << 16, 1 << 20):
         data = payload(n, n)
         me.psend(p.tid, 2, data)
         me.psend(p.tid, 2, data)  # the second takes the fast path (its header cached)
         assert p.call("result = [crc(me.precv(timeout=5).data) for _ in range(2)]") \
             == [crc(data)] * 2
+    # and back through the peer's path, in a stream that reuses freed runs
+    p.start("""
+for k in range(200):
+    me.psend(dest, 3, payload(k, [100, 5000, 70000][k % 3]), timeout=10)
+result = 200""", dest=me.tid)
+    for k in range(200):
+        assert me.precv(p.tid, 3, timeout=10).data == payload(k, [100, 5000, 70000][k % 3])
+    assert p.result() == 200
+    me._free_deferred()  # (frees a busy lock put off: done at the next allocation or sleep)
+    p.call("me._free_deferred()")
+    segs = daemon.stat()["segments"]
+    assert all(seg["free"] == seg["pages"] for seg in segs), segs
