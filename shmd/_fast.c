@@ -219,8 +219,9 @@ route_put(Route *r, uint32_t src, int32_t tag, Py_ssize_t n, const void *data, i
     op.sem_flg = SEM_UNDO;
     int64_t tail = LOAD64(base + r->tail);
     int64_t k = tail % g_ring, fill = k + need > g_ring ? g_ring - k : 0;
-    /* the head as last read first (it only grows: a stale one looks fuller) */
-    if (!(tail - r->seen >= 0 && tail - r->seen + fill + need <= limit))
+    /* the head as last read first (it only grows: a stale one looks fuller; a message
+     * in pages reads it anyway, and so sees a head scribbled past the tail) */
+    if (seg >= 0 || !(tail - r->seen >= 0 && tail - r->seen + fill + need <= limit))
         r->seen = LOAD64(base + r->head);
     int64_t used = tail - r->seen;
     if ((uint32_t)LOAD32(base + r->tid) != r->dest || used < 0 || used + fill + need > limit) {
@@ -338,37 +339,475 @@ static PyTypeObject RouteType = {
     .tp_methods = route_methods,
 };
 
+/* ---- Segments: runs of pages, as pages.py and pagemap.py do it ------------------------- */
+
+/* A task's view of the segments: the page maps (next fit with boundary tags, each
+ * change a plan committed through the segment's intent record: pagemap.py says why),
+ * the segment table's counters, the pages themselves. Only what never waits: each
+ * segment lock is tried once (IPC_NOWAIT); a busy lock, an intent record a killed
+ * task left, a map that cannot be right: the call declines and pages.py (waiting,
+ * finishing the record, naming the damage) takes over. */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;     /* segment 0 */
+    char *base;         /* NULL once closed */
+    Py_buffer *data;    /* each segment's pages */
+    int nsegs, home;
+    Py_ssize_t ps;
+    int32_t tid;
+    int32_t *npages, *mapb, *intent, *segi, *rover, *lock;
+    Py_ssize_t *segq;
+    PyObject *deferred; /* pages.py's frees put off: (segment, page, only_if) */
+} Segments;
+
+#define M32(s, k) (((volatile int32_t *)(s)->base)[k])
+#define M64(s, k) (((volatile int64_t *)(s)->base)[k])
+#define ADD(k, v) (plan[np++] = (k), plan[np++] = (v))
+enum { DAMAGED = -2, NONE = -1 };
+
+/* pagemap._fit */
+static int32_t
+map_fit(Segments *g, int32_t b, int32_t p, int32_t stop, int32_t npages, int32_t want,
+        int32_t *plan, int *npp)
+{
+    int np = *npp;
+    int32_t f = b + (int32_t)g_maxpages;
+    while (p < stop) {
+        int64_t v = M32(g, b + p), n = v > 0 ? v : -v;
+        if (n == 0 || n > npages - p)
+            return DAMAGED;
+        if (v >= want) {
+            if (M32(g, f + p + v - 1) != v)
+                return DAMAGED;
+            ADD(b + p, -want);
+            ADD(f + p + want - 1, -want);
+            if (v > want) {
+                ADD(b + p + want, (int32_t)(v - want));
+                ADD(f + p + v - 1, (int32_t)(v - want));
+            }
+            ADD(b + 2 * (int32_t)g_maxpages + p, g->tid);
+            *npp = np;
+            return p;
+        }
+        p += (int32_t)n;
+    }
+    return NONE;
+}
+
+/* pagemap.alloc, with its plan */
+static int32_t
+map_alloc(Segments *g, int s, int32_t want, int32_t *plan, int *npp)
+{
+    int32_t b = g->mapb[s], npages = g->npages[s], r = g->rover[s];
+    int32_t f = b + (int32_t)g_maxpages;
+    int32_t start = M32(g, r);
+    if (!(0 < start && start < npages)) {
+        start = 0;
+    } else {
+        int64_t k = M32(g, f + start - 1);
+        k = k > 0 ? k : -k;
+        if (!(0 < k && k <= start) || M32(g, b + start - k) != M32(g, f + start - 1))
+            start = 0;
+    }
+    int32_t p = map_fit(g, b, start, npages, npages, want, plan, npp);
+    if (p == NONE && start)
+        p = map_fit(g, b, 0, start, npages, want, plan, npp);
+    if (p >= 0) {
+        int np = *npp;
+        ADD(r, p + want < npages ? p + want : 0);
+        *npp = np;
+    }
+    return p;
+}
+
+/* pagemap.free, with its plan: pages freed (0: *p* starts no allocated run) */
+static int32_t
+map_free(Segments *g, int s, int32_t p, int32_t *plan, int *npp)
+{
+    int32_t b = g->mapb[s], npages = g->npages[s], r = g->rover[s];
+    int32_t f = b + (int32_t)g_maxpages;
+    if (!(0 <= p && p < npages))
+        return 0;
+    int64_t n = -(int64_t)M32(g, b + p);
+    if (n <= 0 || p + n > npages || M32(g, f + p + n - 1) != -n)
+        return 0;
+    int64_t start = p, length = n, q = p + n;
+    int64_t after = q < npages ? M32(g, b + q) : 0;
+    if (after > 0) {
+        if (after > npages - q || M32(g, f + q + after - 1) != after)
+            return DAMAGED;
+        length += after;
+    }
+    int64_t before = p > 0 ? M32(g, f + p - 1) : 0;
+    if (before > 0) {
+        if (before > p || M32(g, b + p - before) != before)
+            return DAMAGED;
+        start -= before;
+        length += before;
+    }
+    int np = *npp;
+    ADD(b + 2 * (int32_t)g_maxpages + p, 0);
+    if (start != p)
+        ADD(b + p, 0); /* no stale -n inside the merged run: a second free must fail */
+    ADD(b + (int32_t)start, (int32_t)length);
+    ADD(f + (int32_t)(start + length - 1), (int32_t)length);
+    int32_t rv = M32(g, r);
+    if (start < rv && rv < start + length)
+        ADD(r, (int32_t)start);
+    *npp = np;
+    return (int32_t)n;
+}
+
+/* pagemap.commit: the plan into the intent record, its count last; applied; cleared */
+static void
+map_commit(Segments *g, int s, int32_t *plan, int np)
+{
+    int32_t rec = g->intent[s];
+    for (int k = 0; k < np; k++)
+        M32(g, rec + 1 + k) = plan[k];
+    __atomic_store_n((int32_t *)g->base + rec, np / 2, __ATOMIC_RELEASE);
+    for (int k = 0; k < np; k += 2)
+        M32(g, plan[k]) = plan[k + 1];
+    __atomic_store_n((int32_t *)g->base + rec, 0, __ATOMIC_RELEASE);
+}
+
+/* pages.plus32: a u32 counter in an int32 word, wrapping */
+static int32_t
+plus32(int32_t v, int64_t n)
+{
+    return (int32_t)(uint32_t)((uint32_t)v + (uint32_t)(int32_t)n);
+}
+
+static int
+seg_lock(Segments *g, int s, int op)
+{
+    struct sembuf b = {0, (short)op, (short)(op < 0 ? IPC_NOWAIT | SEM_UNDO : SEM_UNDO)};
+    return semop(g->lock[s], &b, 1);
+}
+
+/* alloc_copy(data) -> (segment, page, pages) | None: a run for *data*, copied in */
+static PyObject *
+segments_alloc_copy(Segments *g, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "alloc_copy(data)");
+        return NULL;
+    }
+    if (!g->base) {
+        PyErr_SetString(PyExc_ValueError, "alloc_copy on closed Segments");
+        return NULL;
+    }
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *res = NULL;
+    int64_t want64 = (data.len + g->ps - 1) / g->ps;
+    for (int k = 0; k < g->nsegs && want64 > 0; k++) {
+        int s = (g->home + k) % g->nsegs;
+        if (want64 > g->npages[s])
+            continue;
+        int32_t want = (int32_t)want64, plan[2 * 16];
+        int np = 0;
+        if (seg_lock(g, s, -1) < 0)
+            continue; /* busy (or gone): another segment, else pages.py */
+        if (M32(g, g->intent[s])) {
+            seg_lock(g, s, 1);
+            break; /* a killed task's plan to finish: pages.py */
+        }
+        int32_t p = map_alloc(g, s, want, plan, &np);
+        if (p == DAMAGED) {
+            seg_lock(g, s, 1);
+            break; /* pages.py names it */
+        }
+        if (p >= 0) {
+            int32_t fk = g->segi[s] + (int32_t)g_s_free;
+            ADD(fk, plus32(M32(g, fk), -want));
+            map_commit(g, s, plan, np);
+            Py_ssize_t w = g->segq[s] + g_s_allocated;
+            M64(g, w) = (int64_t)((uint64_t)M64(g, w) + 1);
+            seg_lock(g, s, 1);
+            memcpy((char *)g->data[s].buf + p * g->ps, data.buf, data.len);
+            res = Py_BuildValue("(iii)", s, p, want);
+            goto out;
+        }
+        seg_lock(g, s, 1);
+    }
+    res = Py_NewRef(Py_None);
+out:
+    PyBuffer_Release(&data);
+    return res;
+}
+
+/* pagemap.free and its commit, under segment *s*'s lock: pages freed (0: none) */
+static int32_t
+seg_free_held(Segments *g, int s, int32_t p)
+{
+    int32_t plan[2 * 16];
+    int np = 0;
+    int32_t n = map_free(g, s, p, plan, &np);
+    if (n > 0) {
+        int32_t fk = g->segi[s] + (int32_t)g_s_free;
+        ADD(fk, plus32(M32(g, fk), n));
+        map_commit(g, s, plan, np);
+        Py_ssize_t w = g->segq[s] + g_s_freed;
+        M64(g, w) = (int64_t)((uint64_t)M64(g, w) + 1);
+    }
+    return n;
+}
+
+/* Free the run at page *p* of segment *s* if its lock is free at the first try and no
+ * plan is left to finish, with the frees put off before in that segment (under the
+ * same hold, as pages.py's _free_soon): 1; else 0, nothing done. -1: an error set */
+static int
+seg_free(Segments *g, int s, int32_t p)
+{
+    if (s < 0 || s >= g->nsegs || p < 0 || p >= g->npages[s] || seg_lock(g, s, -1) < 0)
+        return 0;
+    if (M32(g, g->intent[s]) || seg_free_held(g, s, p) == DAMAGED) {
+        seg_lock(g, s, 1);
+        return 0; /* pages.py finishes the plan, or names the damage */
+    }
+    int rc = 1;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(g->deferred);) {
+        PyObject *run = PyList_GET_ITEM(g->deferred, k);
+        long rs, rp, only;
+        if (!PyTuple_Check(run) || !PyArg_ParseTuple(run, "lll", &rs, &rp, &only)) {
+            rc = -1;
+            break;
+        }
+        if (rs != s) {
+            k++;
+            continue;
+        }
+        if (PySequence_DelItem(g->deferred, k) < 0) {
+            rc = -1;
+            break;
+        }
+        if (rp < 0 || rp >= g->npages[s]
+            || (only && M32(g, g->mapb[s] + 2 * (int32_t)g_maxpages + rp) != only))
+            continue; /* (as pages.py's _free_held: no longer that task's) */
+        seg_free_held(g, s, (int32_t)rp);
+    }
+    seg_lock(g, s, 1);
+    return rc;
+}
+
+/* free(segment, page) -> bool: the run freed; False: nothing done (pages.py then) */
+static PyObject *
+segments_free(Segments *g, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "free(segment, page)");
+        return NULL;
+    }
+    if (!g->base) {
+        PyErr_SetString(PyExc_ValueError, "free on closed Segments");
+        return NULL;
+    }
+    long s = PyLong_AsLong(args[0]), p = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (s < 0 || s >= g->nsegs || p < 0 || p >= g->npages[s])
+        Py_RETURN_FALSE;
+    int rc = seg_free(g, (int)s, (int32_t)p);
+    return rc < 0 ? NULL : Py_NewRef(rc ? Py_True : Py_False);
+}
+
+static PyObject *
+segments_close(Segments *g, PyObject *unused)
+{
+    if (g->base) {
+        g->base = NULL;
+        for (int s = 0; s < g->nsegs; s++)
+            PyBuffer_Release(&g->data[s]);
+        PyBuffer_Release(&g->view);
+    }
+    Py_RETURN_NONE;
+}
+
+static void
+segments_dealloc(Segments *g)
+{
+    segments_close(g, NULL);
+    Py_XDECREF(g->deferred);
+    PyMem_Free(g->data);
+    PyMem_Free(g->npages);
+    PyMem_Free(g->segq);
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
+/* a list of *n* ints from the sequence *o* into *out* */
+static int
+ints(PyObject *o, int n, int32_t *out, const char *what)
+{
+    PyObject *f = PySequence_Fast(o, what);
+    if (!f)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(f) != n) {
+        PyErr_Format(PyExc_ValueError, "%s: %d values wanted", what, n);
+        Py_DECREF(f);
+        return -1;
+    }
+    for (int k = 0; k < n; k++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(f, k));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(f);
+            return -1;
+        }
+        out[k] = (int32_t)v;
+    }
+    Py_DECREF(f);
+    return 0;
+}
+
+static int
+segments_init(Segments *g, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"buf", "data", "ps", "npages", "mapb", "intent", "segi", "segq",
+                            "rover", "locks", "tid", "home", "deferred", NULL};
+    PyObject *buf, *data, *npages, *mapb, *intent, *segi, *segq, *rover, *locks, *deferred;
+    Py_ssize_t ps;
+    int tid, home;
+    if (g->npages) {
+        PyErr_SetString(PyExc_RuntimeError, "Segments is already set up");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!nOOOOOOOiiO!", names, &buf, &PyList_Type,
+                                     &data, &ps, &npages, &mapb, &intent, &segi, &segq, &rover,
+                                     &locks, &tid, &home, &PyList_Type, &deferred))
+        return -1;
+    int n = (int)PyList_GET_SIZE(data);
+    if (n < 1 || n > 64 || ps <= 0 || home < 0) {
+        PyErr_SetString(PyExc_ValueError, "1 to 64 segments, a page size and a home wanted");
+        return -1;
+    }
+    g->npages = PyMem_Calloc(6 * n, sizeof(int32_t));
+    g->segq = PyMem_Calloc(n, sizeof(Py_ssize_t));
+    g->data = PyMem_Calloc(n, sizeof(Py_buffer));
+    if (!g->npages || !g->segq || !g->data) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    g->mapb = g->npages + n;
+    g->intent = g->npages + 2 * n;
+    g->segi = g->npages + 3 * n;
+    g->rover = g->npages + 4 * n;
+    g->lock = g->npages + 5 * n;
+    int32_t q[64];
+    if (ints(npages, n, g->npages, "npages") < 0 || ints(mapb, n, g->mapb, "mapb") < 0
+        || ints(intent, n, g->intent, "intent") < 0 || ints(segi, n, g->segi, "segi") < 0
+        || ints(segq, n, q, "segq") < 0 || ints(rover, n, g->rover, "rover") < 0
+        || ints(locks, n, g->lock, "locks") < 0)
+        return -1;
+    if (hold(buf, &g->view, 1) < 0)
+        return -1;
+    int got = 0;
+    for (int s = 0; s < n; s++) {
+        g->segq[s] = q[s];
+        Py_ssize_t np_ = g->npages[s];
+        if (np_ < 1 || np_ > g_maxpages
+            || inside(&g->view, 4 * (Py_ssize_t)g->mapb[s], 12 * g_maxpages, "a page map") < 0
+            || inside(&g->view, 4 * (Py_ssize_t)g->intent[s], 4 * (1 + 2 * g_intent_max),
+                      "an intent record") < 0
+            || inside(&g->view, 4 * (Py_ssize_t)g->segi[s] + 4 * g_s_free, 4, "a free count") < 0
+            || inside(&g->view, 8 * (q[s] + g_s_allocated), 8, "a count") < 0
+            || inside(&g->view, 8 * (q[s] + g_s_freed), 8, "a count") < 0
+            || inside(&g->view, 4 * (Py_ssize_t)g->rover[s], 4, "a rover") < 0) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "segment %d: %zd pages", s, np_);
+            goto fail;
+        }
+        if (PyObject_GetBuffer(PyList_GET_ITEM(data, s), &g->data[s], PyBUF_WRITABLE) < 0)
+            goto fail;
+        got++;
+        if (g->data[s].len < np_ * ps) {
+            PyErr_Format(PyExc_ValueError, "segment %d: %zd bytes for %zd pages", s,
+                         g->data[s].len, np_);
+            goto fail;
+        }
+    }
+    g->nsegs = n;
+    g->ps = ps;
+    g->tid = tid;
+    g->home = home % n;
+    g->deferred = Py_NewRef(deferred);
+    g->base = g->view.buf;
+    return 0;
+fail:
+    for (int s = 0; s < got; s++)
+        PyBuffer_Release(&g->data[s]);
+    PyBuffer_Release(&g->view);
+    return -1;
+}
+
+static PyMethodDef segments_methods[] = {
+    {"alloc_copy", (PyCFunction)(void (*)(void))segments_alloc_copy, METH_FASTCALL,
+     "alloc_copy(data) -> (segment, page, pages) | None: a run of pages holding data"},
+    {"free", (PyCFunction)(void (*)(void))segments_free, METH_FASTCALL,
+     "free(segment, page) -> bool: free the run (False: nothing done)"},
+    {"close", (PyCFunction)segments_close, METH_NOARGS, "release the segments"},
+    {NULL},
+};
+
+static PyTypeObject SegmentsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmd._fast.Segments",
+    .tp_basicsize = sizeof(Segments),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "a task's runs of pages: allocate and copy in, free",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)segments_init,
+    .tp_dealloc = (destructor)segments_dealloc,
+    .tp_methods = segments_methods,
+};
+
 /* ---- Inbox: our own ring ------------------------------------------------------------- */
 
 typedef struct {
     PyObject_HEAD
     Py_buffer view;
     char *base;
-    Py_ssize_t ring, head, tail; /* byte offsets */
+    Py_ssize_t ring, head, tail, consumed; /* byte offsets */
+    Segments *segs;      /* our runs of pages (a message in pages: None without) */
+    Py_ssize_t defer_max; /* how many frees pages.py may put off */
 } Inbox;
 
 static int
 inbox_init(Inbox *b, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"buf", "ring", "head", "tail", NULL};
-    PyObject *buf;
+    static char *names[] = {"buf", "ring", "head", "tail", "consumed", "segments", "defer_max",
+                            NULL};
+    PyObject *buf, *segs = Py_None;
+    b->consumed = -1;
+    b->defer_max = 0;
     if (b->base) {
         PyErr_SetString(PyExc_RuntimeError, "Inbox is already set up");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Onnn", names, &buf, &b->ring, &b->head,
-                                     &b->tail))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Onnn|nOn", names, &buf, &b->ring, &b->head,
+                                     &b->tail, &b->consumed, &segs, &b->defer_max))
         return -1;
+    int paged = segs != Py_None;
+    if (paged && (!PyObject_TypeCheck(segs, &SegmentsType) || b->defer_max < 1
+                  || b->consumed < 0)) {
+        PyErr_SetString(PyExc_TypeError, "segments wants a Segments, defer_max and consumed");
+        return -1;
+    }
     if (hold(buf, &b->view, 1) < 0)
         return -1;
     if (inside(&b->view, b->ring, g_ring * g_desc, "the ring") < 0
         || inside(&b->view, b->head, 8, "the head") < 0
-        || inside(&b->view, b->tail, 8, "the tail") < 0 || (b->head | b->tail) % 8) {
+        || inside(&b->view, b->tail, 8, "the tail") < 0
+        || (paged && inside(&b->view, b->consumed, 8, "the consumed count") < 0)
+        || (b->head | b->tail | (paged ? b->consumed : 0)) % 8) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "a word is not aligned");
         PyBuffer_Release(&b->view);
         return -1;
     }
+    if (paged)
+        b->segs = (Segments *)Py_NewRef(segs);
     b->base = b->view.buf;
     return 0;
 }
@@ -420,47 +859,89 @@ inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
     memcpy(&n, d + o_nbytes, 8);
     memcpy(&seg, d + o_seg, 4);
     memcpy(&flags, d + o_flags, 4);
-    if (seg >= 0 || flags != g_first || (source != -1 && (long)src != source)
-        || (want != -1 && (long)tag != want) || n > (uint64_t)g_medium)
+    if (flags != g_first || (source != -1 && (long)src != source)
+        || (want != -1 && (long)tag != want))
         Py_RETURN_NONE;
-    int64_t span = ((int64_t)n + g_inl + g_desc - 1) / g_desc; /* layout.span */
-    if (head % g_ring + span > g_ring || head + span > tail)
-        Py_RETURN_NONE; /* damage: the Python path names it */
+    Segments *g = b->segs;
+    const char *from;
+    int64_t span = 1;
+    uint32_t page = 0, npages = 0;
+    if (seg < 0) {
+        if (n > (uint64_t)g_medium)
+            Py_RETURN_NONE;
+        span = ((int64_t)n + g_inl + g_desc - 1) / g_desc; /* layout.span */
+        if (head % g_ring + span > g_ring || head + span > tail)
+            Py_RETURN_NONE; /* damage: the Python path names it */
+        from = d + g_inl;
+    } else {
+        /* a whole message in one run of pages (inbox.py's _take_paged) */
+        uint64_t total;
+        memcpy(&page, d + o_page, 4);
+        memcpy(&npages, d + o_npages, 4);
+        memcpy(&total, d + o_total, 8);
+        if (!g || !g->base || total != n || seg >= g->nsegs || npages == 0
+            || (uint64_t)npages != (n + g->ps - 1) / g->ps
+            || (int64_t)page + npages > g->npages[seg])
+            Py_RETURN_NONE; /* (damage too: the Python path names it) */
+        /* a free that may have to wait (pages.py's _free_soon): the Python path */
+        if (PyList_GET_SIZE(g->deferred) >= b->defer_max
+            || (int64_t)npages * b->defer_max > g->npages[seg])
+            Py_RETURN_NONE;
+        from = (const char *)g->data[seg].buf + (Py_ssize_t)page * g->ps;
+    }
     PyObject *data, *res;
+    Py_buffer out;
     if (into) {
-        Py_buffer out;
         if (PyObject_GetBuffer(into, &out, PyBUF_WRITABLE) < 0)
             return NULL;
         if ((uint64_t)out.len < n) {
             PyBuffer_Release(&out);
             Py_RETURN_NONE; /* too small: the Python path raises and keeps it */
         }
-        memcpy(out.buf, d + g_inl, n);
-        PyBuffer_Release(&out);
         data = PyLong_FromUnsignedLongLong(n);
     } else {
-        data = PyBytes_FromStringAndSize(d + g_inl, (Py_ssize_t)n);
+        data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     }
-    if (!data)
-        return NULL;
-    PyObject *s = PyLong_FromUnsignedLong(src), *t = PyLong_FromLong(tag);
-    if (!s || !t) {
+    PyObject *s = data ? PyLong_FromUnsignedLong(src) : NULL;
+    PyObject *t = s ? PyLong_FromLong(tag) : NULL;
+    res = !t ? NULL : into ? PyTuple_New(3) : g_message->tp_alloc(g_message, 3);
+    if (!res) {
         Py_XDECREF(s);
         Py_XDECREF(t);
-        Py_DECREF(data);
+        Py_XDECREF(data);
+        if (into)
+            PyBuffer_Release(&out);
         return NULL;
     }
-    res = into ? PyTuple_New(3) : g_message->tp_alloc(g_message, 3);
-    if (!res) {
-        Py_DECREF(s);
-        Py_DECREF(t);
-        Py_DECREF(data);
-        return NULL;
+    if (seg >= 0) { /* the run is ours now (pvm_shmd frees it with ours if we die) */
+        M32(g, g->mapb[seg] + 2 * (int32_t)g_maxpages + (int32_t)page) = g->tid;
+        STORE64(base + b->consumed, (int64_t)((uint64_t)LOAD64(base + b->consumed) + n));
+    }
+    STORE64(base + b->head, head + span); /* taken: its room is the senders' again */
+    if (into) {
+        memcpy(out.buf, from, n);
+        PyBuffer_Release(&out);
+    } else {
+        memcpy(PyBytes_AS_STRING(data), from, n);
     }
     PyTuple_SET_ITEM(res, 0, s);
     PyTuple_SET_ITEM(res, 1, t);
     PyTuple_SET_ITEM(res, 2, data);
-    STORE64(base + b->head, head + span); /* taken: its room is the senders' again */
+    int freed = seg >= 0 ? seg_free(g, seg, (int32_t)page) : 1;
+    if (freed < 0) {
+        Py_DECREF(res);
+        return NULL;
+    }
+    if (!freed) {
+        /* its segment's lock busy: freed later by pages.py (the run stays ours) */
+        PyObject *run = Py_BuildValue("(iii)", seg, (int)page, 0);
+        if (!run || PyList_Append(g->deferred, run) < 0) {
+            Py_XDECREF(run);
+            Py_DECREF(res);
+            return NULL;
+        }
+        Py_DECREF(run);
+    }
     return res;
 }
 
@@ -471,6 +952,7 @@ inbox_close(Inbox *b, PyObject *unused)
         b->base = NULL;
         PyBuffer_Release(&b->view);
     }
+    Py_CLEAR(b->segs);
     Py_RETURN_NONE;
 }
 
@@ -835,382 +1317,6 @@ static PyTypeObject TracedType = {
     .tp_clear = (inquiry)traced_clear,
     .tp_call = (ternaryfunc)traced_tp_call,
     .tp_vectorcall_offset = offsetof(Traced, vectorcall),
-};
-
-/* ---- Segments: runs of pages, as pages.py and pagemap.py do it ------------------------- */
-
-/* A task's view of the segments: the page maps (next fit with boundary tags, each
- * change a plan committed through the segment's intent record: pagemap.py says why),
- * the segment table's counters, the pages themselves. Only what never waits: each
- * segment lock is tried once (IPC_NOWAIT); a busy lock, an intent record a killed
- * task left, a map that cannot be right: the call declines and pages.py (waiting,
- * finishing the record, naming the damage) takes over. */
-
-typedef struct {
-    PyObject_HEAD
-    Py_buffer view;     /* segment 0 */
-    char *base;         /* NULL once closed */
-    Py_buffer *data;    /* each segment's pages */
-    int nsegs, home;
-    Py_ssize_t ps;
-    int32_t tid;
-    int32_t *npages, *mapb, *intent, *segi, *rover, *lock;
-    Py_ssize_t *segq;
-} Segments;
-
-#define M32(s, k) (((volatile int32_t *)(s)->base)[k])
-#define M64(s, k) (((volatile int64_t *)(s)->base)[k])
-#define ADD(k, v) (plan[np++] = (k), plan[np++] = (v))
-enum { DAMAGED = -2, NONE = -1 };
-
-/* pagemap._fit */
-static int32_t
-map_fit(Segments *g, int32_t b, int32_t p, int32_t stop, int32_t npages, int32_t want,
-        int32_t *plan, int *npp)
-{
-    int np = *npp;
-    int32_t f = b + (int32_t)g_maxpages;
-    while (p < stop) {
-        int64_t v = M32(g, b + p), n = v > 0 ? v : -v;
-        if (n == 0 || n > npages - p)
-            return DAMAGED;
-        if (v >= want) {
-            if (M32(g, f + p + v - 1) != v)
-                return DAMAGED;
-            ADD(b + p, -want);
-            ADD(f + p + want - 1, -want);
-            if (v > want) {
-                ADD(b + p + want, (int32_t)(v - want));
-                ADD(f + p + v - 1, (int32_t)(v - want));
-            }
-            ADD(b + 2 * (int32_t)g_maxpages + p, g->tid);
-            *npp = np;
-            return p;
-        }
-        p += (int32_t)n;
-    }
-    return NONE;
-}
-
-/* pagemap.alloc, with its plan */
-static int32_t
-map_alloc(Segments *g, int s, int32_t want, int32_t *plan, int *npp)
-{
-    int32_t b = g->mapb[s], npages = g->npages[s], r = g->rover[s];
-    int32_t f = b + (int32_t)g_maxpages;
-    int32_t start = M32(g, r);
-    if (!(0 < start && start < npages)) {
-        start = 0;
-    } else {
-        int64_t k = M32(g, f + start - 1);
-        k = k > 0 ? k : -k;
-        if (!(0 < k && k <= start) || M32(g, b + start - k) != M32(g, f + start - 1))
-            start = 0;
-    }
-    int32_t p = map_fit(g, b, start, npages, npages, want, plan, npp);
-    if (p == NONE && start)
-        p = map_fit(g, b, 0, start, npages, want, plan, npp);
-    if (p >= 0) {
-        int np = *npp;
-        ADD(r, p + want < npages ? p + want : 0);
-        *npp = np;
-    }
-    return p;
-}
-
-/* pagemap.free, with its plan: pages freed (0: *p* starts no allocated run) */
-static int32_t
-map_free(Segments *g, int s, int32_t p, int32_t *plan, int *npp)
-{
-    int32_t b = g->mapb[s], npages = g->npages[s], r = g->rover[s];
-    int32_t f = b + (int32_t)g_maxpages;
-    if (!(0 <= p && p < npages))
-        return 0;
-    int64_t n = -(int64_t)M32(g, b + p);
-    if (n <= 0 || p + n > npages || M32(g, f + p + n - 1) != -n)
-        return 0;
-    int64_t start = p, length = n, q = p + n;
-    int64_t after = q < npages ? M32(g, b + q) : 0;
-    if (after > 0) {
-        if (after > npages - q || M32(g, f + q + after - 1) != after)
-            return DAMAGED;
-        length += after;
-    }
-    int64_t before = p > 0 ? M32(g, f + p - 1) : 0;
-    if (before > 0) {
-        if (before > p || M32(g, b + p - before) != before)
-            return DAMAGED;
-        start -= before;
-        length += before;
-    }
-    int np = *npp;
-    ADD(b + 2 * (int32_t)g_maxpages + p, 0);
-    if (start != p)
-        ADD(b + p, 0); /* no stale -n inside the merged run: a second free must fail */
-    ADD(b + (int32_t)start, (int32_t)length);
-    ADD(f + (int32_t)(start + length - 1), (int32_t)length);
-    int32_t rv = M32(g, r);
-    if (start < rv && rv < start + length)
-        ADD(r, (int32_t)start);
-    *npp = np;
-    return (int32_t)n;
-}
-
-/* pagemap.commit: the plan into the intent record, its count last; applied; cleared */
-static void
-map_commit(Segments *g, int s, int32_t *plan, int np)
-{
-    int32_t rec = g->intent[s];
-    for (int k = 0; k < np; k++)
-        M32(g, rec + 1 + k) = plan[k];
-    __atomic_store_n((int32_t *)g->base + rec, np / 2, __ATOMIC_RELEASE);
-    for (int k = 0; k < np; k += 2)
-        M32(g, plan[k]) = plan[k + 1];
-    __atomic_store_n((int32_t *)g->base + rec, 0, __ATOMIC_RELEASE);
-}
-
-/* pages.plus32: a u32 counter in an int32 word, wrapping */
-static int32_t
-plus32(int32_t v, int64_t n)
-{
-    return (int32_t)(uint32_t)((uint32_t)v + (uint32_t)(int32_t)n);
-}
-
-static int
-seg_lock(Segments *g, int s, int op)
-{
-    struct sembuf b = {0, (short)op, (short)(op < 0 ? IPC_NOWAIT | SEM_UNDO : SEM_UNDO)};
-    return semop(g->lock[s], &b, 1);
-}
-
-/* alloc_copy(data) -> (segment, page, pages) | None: a run for *data*, copied in */
-static PyObject *
-segments_alloc_copy(Segments *g, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 1) {
-        PyErr_SetString(PyExc_TypeError, "alloc_copy(data)");
-        return NULL;
-    }
-    if (!g->base) {
-        PyErr_SetString(PyExc_ValueError, "alloc_copy on closed Segments");
-        return NULL;
-    }
-    Py_buffer data;
-    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0)
-        return NULL;
-    PyObject *res = NULL;
-    int64_t want64 = (data.len + g->ps - 1) / g->ps;
-    for (int k = 0; k < g->nsegs && want64 > 0; k++) {
-        int s = (g->home + k) % g->nsegs;
-        if (want64 > g->npages[s])
-            continue;
-        int32_t want = (int32_t)want64, plan[2 * 16];
-        int np = 0;
-        if (seg_lock(g, s, -1) < 0)
-            continue; /* busy (or gone): another segment, else pages.py */
-        if (M32(g, g->intent[s])) {
-            seg_lock(g, s, 1);
-            break; /* a killed task's plan to finish: pages.py */
-        }
-        int32_t p = map_alloc(g, s, want, plan, &np);
-        if (p == DAMAGED) {
-            seg_lock(g, s, 1);
-            break; /* pages.py names it */
-        }
-        if (p >= 0) {
-            int32_t fk = g->segi[s] + (int32_t)g_s_free;
-            ADD(fk, plus32(M32(g, fk), -want));
-            map_commit(g, s, plan, np);
-            Py_ssize_t w = g->segq[s] + g_s_allocated;
-            M64(g, w) = (int64_t)((uint64_t)M64(g, w) + 1);
-            seg_lock(g, s, 1);
-            memcpy((char *)g->data[s].buf + p * g->ps, data.buf, data.len);
-            res = Py_BuildValue("(iii)", s, p, want);
-            goto out;
-        }
-        seg_lock(g, s, 1);
-    }
-    res = Py_NewRef(Py_None);
-out:
-    PyBuffer_Release(&data);
-    return res;
-}
-
-/* free(segment, page) -> bool: the run freed; False: nothing done (pages.py then) */
-static PyObject *
-segments_free(Segments *g, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "free(segment, page)");
-        return NULL;
-    }
-    if (!g->base) {
-        PyErr_SetString(PyExc_ValueError, "free on closed Segments");
-        return NULL;
-    }
-    long s = PyLong_AsLong(args[0]), p = PyLong_AsLong(args[1]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (s < 0 || s >= g->nsegs || p < 0 || p >= g->npages[s] || seg_lock(g, (int)s, -1) < 0)
-        Py_RETURN_FALSE;
-    int32_t plan[2 * 16];
-    int np = 0;
-    int32_t n = M32(g, g->intent[s]) ? DAMAGED : map_free(g, (int)s, (int32_t)p, plan, &np);
-    if (n > 0) {
-        int32_t fk = g->segi[s] + (int32_t)g_s_free;
-        ADD(fk, plus32(M32(g, fk), n));
-        map_commit(g, (int)s, plan, np);
-        Py_ssize_t w = g->segq[s] + g_s_freed;
-        M64(g, w) = (int64_t)((uint64_t)M64(g, w) + 1);
-    }
-    seg_lock(g, (int)s, 1);
-    return Py_NewRef(n > 0 ? Py_True : Py_False);
-}
-
-static PyObject *
-segments_close(Segments *g, PyObject *unused)
-{
-    if (g->base) {
-        g->base = NULL;
-        for (int s = 0; s < g->nsegs; s++)
-            PyBuffer_Release(&g->data[s]);
-        PyBuffer_Release(&g->view);
-    }
-    Py_RETURN_NONE;
-}
-
-static void
-segments_dealloc(Segments *g)
-{
-    segments_close(g, NULL);
-    PyMem_Free(g->data);
-    PyMem_Free(g->npages);
-    PyMem_Free(g->segq);
-    Py_TYPE(g)->tp_free((PyObject *)g);
-}
-
-/* a list of *n* ints from the sequence *o* into *out* */
-static int
-ints(PyObject *o, int n, int32_t *out, const char *what)
-{
-    PyObject *f = PySequence_Fast(o, what);
-    if (!f)
-        return -1;
-    if (PySequence_Fast_GET_SIZE(f) != n) {
-        PyErr_Format(PyExc_ValueError, "%s: %d values wanted", what, n);
-        Py_DECREF(f);
-        return -1;
-    }
-    for (int k = 0; k < n; k++) {
-        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(f, k));
-        if (v == -1 && PyErr_Occurred()) {
-            Py_DECREF(f);
-            return -1;
-        }
-        out[k] = (int32_t)v;
-    }
-    Py_DECREF(f);
-    return 0;
-}
-
-static int
-segments_init(Segments *g, PyObject *args, PyObject *kw)
-{
-    static char *names[] = {"buf", "data", "ps", "npages", "mapb", "intent", "segi", "segq",
-                            "rover", "locks", "tid", "home", NULL};
-    PyObject *buf, *data, *npages, *mapb, *intent, *segi, *segq, *rover, *locks;
-    Py_ssize_t ps;
-    int tid, home;
-    if (g->npages) {
-        PyErr_SetString(PyExc_RuntimeError, "Segments is already set up");
-        return -1;
-    }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!nOOOOOOOii", names, &buf, &PyList_Type, &data,
-                                     &ps, &npages, &mapb, &intent, &segi, &segq, &rover, &locks,
-                                     &tid, &home))
-        return -1;
-    int n = (int)PyList_GET_SIZE(data);
-    if (n < 1 || n > 64 || ps <= 0 || home < 0) {
-        PyErr_SetString(PyExc_ValueError, "1 to 64 segments, a page size and a home wanted");
-        return -1;
-    }
-    g->npages = PyMem_Calloc(6 * n, sizeof(int32_t));
-    g->segq = PyMem_Calloc(n, sizeof(Py_ssize_t));
-    g->data = PyMem_Calloc(n, sizeof(Py_buffer));
-    if (!g->npages || !g->segq || !g->data) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    g->mapb = g->npages + n;
-    g->intent = g->npages + 2 * n;
-    g->segi = g->npages + 3 * n;
-    g->rover = g->npages + 4 * n;
-    g->lock = g->npages + 5 * n;
-    int32_t q[64];
-    if (ints(npages, n, g->npages, "npages") < 0 || ints(mapb, n, g->mapb, "mapb") < 0
-        || ints(intent, n, g->intent, "intent") < 0 || ints(segi, n, g->segi, "segi") < 0
-        || ints(segq, n, q, "segq") < 0 || ints(rover, n, g->rover, "rover") < 0
-        || ints(locks, n, g->lock, "locks") < 0)
-        return -1;
-    if (hold(buf, &g->view, 1) < 0)
-        return -1;
-    int got = 0;
-    for (int s = 0; s < n; s++) {
-        g->segq[s] = q[s];
-        Py_ssize_t np_ = g->npages[s];
-        if (np_ < 1 || np_ > g_maxpages
-            || inside(&g->view, 4 * (Py_ssize_t)g->mapb[s], 12 * g_maxpages, "a page map") < 0
-            || inside(&g->view, 4 * (Py_ssize_t)g->intent[s], 4 * (1 + 2 * g_intent_max),
-                      "an intent record") < 0
-            || inside(&g->view, 4 * (Py_ssize_t)g->segi[s] + 4 * g_s_free, 4, "a free count") < 0
-            || inside(&g->view, 8 * (q[s] + g_s_allocated), 8, "a count") < 0
-            || inside(&g->view, 8 * (q[s] + g_s_freed), 8, "a count") < 0
-            || inside(&g->view, 4 * (Py_ssize_t)g->rover[s], 4, "a rover") < 0) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_ValueError, "segment %d: %zd pages", s, np_);
-            goto fail;
-        }
-        if (PyObject_GetBuffer(PyList_GET_ITEM(data, s), &g->data[s], PyBUF_WRITABLE) < 0)
-            goto fail;
-        got++;
-        if (g->data[s].len < np_ * ps) {
-            PyErr_Format(PyExc_ValueError, "segment %d: %zd bytes for %zd pages", s,
-                         g->data[s].len, np_);
-            goto fail;
-        }
-    }
-    g->nsegs = n;
-    g->ps = ps;
-    g->tid = tid;
-    g->home = home % n;
-    g->base = g->view.buf;
-    return 0;
-fail:
-    for (int s = 0; s < got; s++)
-        PyBuffer_Release(&g->data[s]);
-    PyBuffer_Release(&g->view);
-    return -1;
-}
-
-static PyMethodDef segments_methods[] = {
-    {"alloc_copy", (PyCFunction)(void (*)(void))segments_alloc_copy, METH_FASTCALL,
-     "alloc_copy(data) -> (segment, page, pages) | None: a run of pages holding data"},
-    {"free", (PyCFunction)(void (*)(void))segments_free, METH_FASTCALL,
-     "free(segment, page) -> bool: free the run (False: nothing done)"},
-    {"close", (PyCFunction)segments_close, METH_NOARGS, "release the segments"},
-    {NULL},
-};
-
-static PyTypeObject SegmentsType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmd._fast.Segments",
-    .tp_basicsize = sizeof(Segments),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "a task's runs of pages: allocate and copy in, free",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)segments_init,
-    .tp_dealloc = (destructor)segments_dealloc,
-    .tp_methods = segments_methods,
 };
 
 static PyMethodDef module_methods[] = {

@@ -59,12 +59,14 @@ def route(buf: memoryview, peer: Any, dest: int, kind: int) -> Any:
                       first=peer.first)
 
 
-def inbox(buf: memoryview, ring: int, head_q: int, tail_q: int) -> Any:
-    """precv's compiled fast path on our ring (byte offset *ring*; head and tail: int64
-    word indexes) in *buf*; None without the module."""
+def inbox(task: Any, defer_max: int) -> Any:
+    """precv's compiled fast path on *task*'s ring (and its messages in one run of
+    pages: task._sx frees them, or pages.py later, while fewer than *defer_max* wait);
+    None without the module."""
     if fast is None:
         return None
-    return fast.Inbox(buf, ring=ring, head=8 * head_q, tail=8 * tail_q)
+    return fast.Inbox(task._buf, ring=task._ring, head=8 * task._H, tail=8 * task._T,
+                      consumed=8 * task._C, segments=task._sx, defer_max=defer_max)
 
 
 def segments(task: Any) -> Any:
@@ -75,4 +77,4 @@ def segments(task: Any) -> Any:
     return fast.Segments(task._buf, list(task._data), ps=task._ps, npages=task._npages,
                          mapb=task._mapb, intent=task._intent, segi=task._segi, segq=task._segq,
                          rover=task._rover, locks=[lk.id for lk in task._locks], tid=task.tid,
-                         home=task._home)
+                         home=task._home, deferred=task._deferred)

@@ -47,18 +47,29 @@ class Sending(Rendezvous):
         room or a receiver taking a direct copy, then raises PvmTimeout (MemoryFull,
         code PvmNoMem, when it was pages it waited for); the message is then not sent."""
         p = self._peers.get(dest)
-        if p is not None and type(data) in _SMALL_TYPES and (n := len(data)) <= _MEDIUM:
-            # the common small send (every interpreter step counts): a known peer, the
-            # inbox lock free, room in the ring. Compiled (fastpath.py): up to MEDIUM
-            # bytes; in Python: up to INLINE, with a tag seen before (its descriptor is
-            # cached, so the tag is valid). Anything else takes the general path below,
-            # which waits and reports errors.
+        if p is not None and type(data) in _SMALL_TYPES:
+            # the common sends (every interpreter step counts): a known peer, the inbox
+            # lock free, room in the ring. Compiled (fastpath.py): up to MEDIUM bytes in
+            # the inbox, up to _run_max in one run of pages taken without waiting; in
+            # Python: up to INLINE, with a tag seen before (its descriptor is cached, so
+            # the tag is valid). Anything else takes the general path below, which
+            # waits and reports errors.
             fx = p.fx
-            if fx is not None:
-                sent = not self._owed and fx.post(self._src, tag, data)
+            n = len(data)
+            if n <= _MEDIUM:
+                if fx is not None:
+                    sent = not self._owed and fx.post(self._src, tag, data)
+                else:
+                    hdr = self._hdrs.get(tag << 8 | n) if n <= _INLINE else None
+                    sent = hdr is not None and not self._owed and self._post_small(p, dest, hdr, data)
+            elif (fx is not None and n <= self._run_max and 0 <= tag <= MAX_TAG and not self._owed
+                  and not self._deferred and self._q[p.posted_q] - self._q[p.consumed_q] <= IN_FLIGHT):
+                run = self._sx.alloc_copy(data)
+                sent = run is not None
+                if sent and not fx.post_pages(self._src, tag, n, *run):
+                    self._post_run(dest, tag, n, run, INF if timeout is None else time.monotonic() + timeout)
             else:
-                hdr = self._hdrs.get(tag << 8 | n) if n <= _INLINE else None
-                sent = hdr is not None and not self._owed and self._post_small(p, dest, hdr, data)
+                sent = False
             if sent:
                 self._ntx += 1  # (_sent, inline)
                 self._btx += n
@@ -113,14 +124,7 @@ class Sending(Rendezvous):
                 self._free_deferred()
             run = sx.alloc_copy(mv)
             if run is not None:
-                s, page, want = run
-                try:
-                    fx = peer.fx
-                    if fx is None or not fx.post_pages(self._src, tag, n, s, page, want):
-                        self._post(peer, dest, tag, n, s, page, want, _F_FIRST, n, None, deadline)
-                except BaseException:
-                    self._free(s, page)
-                    raise
+                self._post_run(dest, tag, n, run, deadline, peer)
                 self._sent(n)
                 return
         if n > piece:  # in pieces: our slot says to whom until the last one is posted
@@ -153,6 +157,22 @@ class Sending(Rendezvous):
                 self._i[self._S] = 0
         self._sent(n)
 
+
+    def _post_run(self, dest: int, tag: int, n: int, run: tuple[int, int, int], deadline: float,
+                  peer: Peer | None = None) -> None:
+        """Post our message of *n* bytes in the run of pages *run* (segment, page,
+        pages: shmd._fast.Segments filled it) to *dest*, waiting for room until
+        *deadline*; the run is freed if it cannot be."""
+        s, page, want = run
+        try:
+            if peer is None:
+                peer = self._peer(dest)  # (the cached one's lock may be gone: a new task)
+            fx = peer.fx
+            if fx is None or not fx.post_pages(self._src, tag, n, s, page, want):
+                self._post(peer, dest, tag, n, s, page, want, _F_FIRST, n, None, deadline)
+        except BaseException:
+            self._free(s, page)
+            raise
 
     def _post_small(self, p: Peer, dest: int, hdr: bytes, data: bytes | bytearray) -> bool:
         """psend's fast path in Python (shmd._fast's Route.post when compiled): post

@@ -37,6 +37,7 @@ from .message import DESC as _DESC  # noqa: F401  (the names tools and tests use
 from .message import Desc as _Desc  # noqa: F401
 from .message import Message, MessageView, small_desc  # noqa: F401
 from .message import as_bytes_view as _as_bytes_view  # noqa: F401
+from .pages import DEFER_MAX
 from .receiving import Receiving
 from .sending import MAX_TAG, Sending  # noqa: F401
 from .taskbase import ANY, MAX_SPIN, SLICE, damaged, spin_allowed  # noqa: F401
@@ -153,7 +154,6 @@ class Task(Receiving, Sending):
         self._W, self._P = bi + layout.T_WAITING_I, bi + layout.T_PENDING_I
         self._S = bi + layout.T_SENDING_I
         self._ring = layout.slot_off(self._slot) + layout.SLOT_HDR
-        self._fx = fastpath.inbox(buf, self._ring, self._H, self._T)
         self._matchers = {}
         t = layout.slot(buf, self._slot)
         self._i[self._S] = 0
@@ -183,6 +183,12 @@ class Task(Receiving, Sending):
         self._peers = {}  # tid -> Peer
         self._home = self._slot % self._nsegs  # senders spread over segments
         self._sx = fastpath.segments(self)  # our runs of pages, compiled (if built)
+        # the largest message psend's compiled fast path puts in one run of pages (larger
+        # ones: in pieces, or straight to a waiting receiver, by the general path)
+        self._run_max = self._maxpages * self._ps
+        if self._direct:
+            self._run_max = min(self._run_max, self._paths.least - 1)
+        self._fx = fastpath.inbox(self, DEFER_MAX)  # precv's fast path, compiled (if built)
         self._ntx = self._btx = self._nrx = self._brx = 0
         self._cq = bq + layout.T_SENT_Q
         self._pub_at = 0

@@ -167,6 +167,7 @@ class TaskBase:
     _pending: deque[Desc]
     _fx: Any  # precv's compiled fast path on our ring (fastpath.inbox), if built
     _sx: Any  # our runs of pages, compiled (fastpath.segments), if built
+    _run_max: int  # psend's compiled fast path: one run of pages up to this size
     _mviews: weakref.WeakSet[MessageView]
     _matchers: dict[tuple[int, int], Matcher]
     _orphans: dict[int, int]

@@ -164,7 +164,7 @@ def test_compiled_objects_refuse_bad_offsets_and_closed_use(daemon):
         with pytest.raises(ValueError, match="npages"):
             fast.Segments(buf, list(me._data), ps=me._ps, npages=[1] * (me._nsegs + 1),
                           mapb=me._mapb, intent=me._intent, segi=me._segi, segq=me._segq,
-                          rover=me._rover, locks=[0] * me._nsegs, tid=me.tid, home=0)
+                          rover=me._rover, locks=[0] * me._nsegs, tid=me.tid, home=0, deferred=[])
         with pytest.raises(BufferError):
             fast.Inbox(b"read-only", ring=0, head=0, tail=8)
         box = fast.Inbox(buf, ring=me._ring, head=8 * me._H, tail=8 * me._T)
