@@ -218,6 +218,10 @@ route_put(Route *r, uint32_t src, int32_t tag, Py_ssize_t n, const void *data, i
     op.sem_op = 1;
     op.sem_flg = SEM_UNDO;
     int64_t tail = LOAD64(base + r->tail);
+    if (tail < 0) { /* scribbled: the Python path names it */
+        semop(r->lock, &op, 1);
+        return 0;
+    }
     int64_t k = tail % g_ring, fill = k + need > g_ring ? g_ring - k : 0;
     /* the head as last read first (it only grows: a stale one looks fuller; a message
      * in pages reads it anyway, and so sees a head scribbled past the tail) */
@@ -848,7 +852,7 @@ inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
         } while (LOAD64(base + b->tail) == head && now() < end);
     }
     int64_t tail = LOAD64(base + b->tail);
-    if (!(tail - head > 0 && tail - head <= g_ring))
+    if (head < 0 || !(tail - head > 0 && tail - head <= g_ring))
         Py_RETURN_NONE; /* empty, or damage: the Python path names it */
     char *d = base + b->ring + (head % g_ring) * g_desc;
     uint32_t src, flags;
@@ -1020,8 +1024,9 @@ ring_move(TraceRing *r, int force)
         room = r->nkept;
     if (room <= 0 || (!force && k < drained))
         return;
-    for (int64_t j = 0; j < room; j++)
-        memcpy(r->base + r->events + ((k + j) % r->nevents) * (Py_ssize_t)sizeof(Event),
+    for (int64_t j = 0; j < room; j++) /* (a count scribbled below 0 still lands inside) */
+        memcpy(r->base + r->events
+                   + (((k + j) % r->nevents + r->nevents) % r->nevents) * (Py_ssize_t)sizeof(Event),
                &r->kept[j], sizeof(Event));
     STORE64(r->base + r->count, k + room); /* after the events: never read half-written */
     r->nkept -= room;

@@ -204,3 +204,26 @@ result = 200""", dest=me.tid)
     p.call("me._free_deferred()")
     segs = daemon.stat()["segments"]
     assert all(seg["free"] == seg["pages"] for seg in segs), segs
+
+
+@needs_compiled
+def test_scribbled_counters_below_zero_stay_inside_the_segment():
+    """A head or an event count scribbled below 0 (C's % keeps the sign) is declined or
+    wrapped into the ring, never used to reach before it."""
+    fast = fastpath.fast
+    buf = bytearray(64 + layout.RING * layout.DESC + 4096)
+    q = memoryview(buf).cast("q")
+    box = fast.Inbox(buf, ring=64, head=0, tail=8)
+    q[0], q[1] = -5, 0
+    assert box.take(-1, -1, 0.0) is None  # (the Python path names the damage)
+    box.close()
+    ring = fast.TraceRing(buf, ring=0, events=64, nevents=8, backlog=4)
+    events = fast.Traced(what=0, func=lambda task, dest, tag, data: None, task=None, tid=7,
+                         ring=ring, kinds=(3, 4, 5))
+    q[0], q[1] = -3, -3  # count and drained, scribbled
+    for k in range(6):
+        events(1, k, b"ab")  # the backlog (4) overflows: written over, whatever the count
+    assert ring.flush(True) >= 0 and q[0] >= -3
+    written = [bytes(buf[64 + 32 * k:64 + 32 * (k + 1)]) for k in range(8)]
+    assert sum(1 for w in written if any(w)) >= 4  # inside the ring's 8 events
+    ring.close()
