@@ -157,7 +157,6 @@ class Sending(Rendezvous):
                 self._i[self._S] = 0
         self._sent(n)
 
-
     def _post_run(self, dest: int, tag: int, n: int, run: tuple[int, int, int], deadline: float,
                   peer: Peer | None = None) -> None:
         """Post our message of *n* bytes in the run of pages *run* (segment, page,
