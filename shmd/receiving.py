@@ -1,8 +1,10 @@
 """Receiving: ``precv``, ``precv_into``, ``precv_view``, ``probe``.
 
 The common case, nothing pending and a small message next in our ring (after a spin,
-or one sleep), is taken in as few interpreter steps as we can: inline in ``precv``,
-in ``_next_small`` for ``precv_into`` (keep the two in step). Everything else goes
+or one sleep), is taken in as few interpreter steps as we can: by shmd._fast's
+``Inbox.take`` where it is built (fastpath.py; also a message in one run of pages),
+else inline in ``precv`` and in ``_next_small`` for ``precv_into`` (keep the two in
+step). Everything else goes
 through ``_receive``: the first match from the pending queue or the ring (inbox.py),
 put together if it came in pieces; a large ``precv_into`` buffer, and ``precv_view``
 on a receiver that spins, are posted for direct delivery while nothing matching is

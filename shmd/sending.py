@@ -5,7 +5,9 @@ descriptors after it (while the receiver's ring is no more than MEDIUM_FILL full
 a large one goes straight into a receiver that waits for it (rendezvous.py), else
 through a run of pages, in pieces of up to a segment. ``_post`` appends a descriptor
 under the receiver's inbox lock and wakes it if it sleeps; psend's first lines do the
-same for the common small message with as few interpreter steps as we can. A sender
+same for the common small message with as few interpreter steps as we can, or hand
+it to shmd._fast where it is built (fastpath.py: messages in the inbox, and in one run
+of pages taken without waiting, ``_post_run``). A sender
 far ahead of a busy receiver is paced (``_throttle``); one that gives up in the middle
 of a message in pieces tells the receiver (``_abort``, or an abort owed: ``_owed``).
 """
