@@ -1,24 +1,26 @@
-/* shmd._fast: the small-message fast path of psend and precv, compiled.
+/* shmd._fast: psend's and precv's common cases, compiled.
  *
  * Optional: built by ./dev when a C compiler and Python's headers are there (setup.py,
  * optional=True); without it, or with PVM_SHMD_PURE=1, the same protocol runs in
- * Python (sending.py, receiving.py), and the tests run both. Nothing here knows the
- * layout: the geometry of a descriptor and of the ring comes from shmd.layout through
- * configure(), the word offsets from each Peer and Task (fastpath.py).
+ * Python (sending.py, receiving.py, pages.py, trace.py), and the tests run both. Nothing
+ * here knows the layout: the geometry of a descriptor, the ring and the page maps comes
+ * from shmd.layout through configure(), the word offsets from each Peer and Task
+ * (fastpath.py); each object checks them against the segment when it is made.
  *
- * Route(buf, ...).post(src, tag, data): psend's common case to one local peer, a
- * message carried in the inbox, as sending.py does it (wake early, take the inbox lock
- * without waiting, post the descriptor and its inline bytes, release, wake if asleep).
- * False: nothing was posted, the Python path takes the message.
+ * Route(buf, ...): psend to one local peer, as sending.py's _post does it (wake early,
+ * take the inbox lock without waiting, post, release, wake if asleep): post() a message
+ * carried in the inbox, post_pages() one in a run of pages.
+ * Segments(buf, ...): our runs of pages, as pages.py and pagemap.py: alloc_copy(),
+ * free() (with the frees put off before in that segment).
+ * Inbox(buf, ...).take(source, tag, spin, into): precv's common case: spin up to *spin*
+ * seconds for the ring to fill, then take the next descriptor if it is a whole message
+ * (inline, or in one run of pages) that matches and fits *into*, if given.
+ * TraceRing, Traced: a traced task's events (trace.py).
  *
- * Inbox(buf, ...).take(source, tag, spin, into): precv's common case, as
- * receiving.py's fast path: spin up to *spin* seconds for the ring to fill, then take
- * the next descriptor if it is a whole message carried inline that matches (and fits
- * *into*, if given). Anything else (nothing came, a message in pages, damage): None,
- * with nothing taken; the Python path then sleeps or names the damage.
- *
- * Every method runs holding the GIL and never blocks: each semop is IPC_NOWAIT or a
- * release, a futex call is a wake.
+ * Anything these do not do (a busy lock, no room, nothing came, a plan a killed task
+ * left, damage): False or None, with nothing done; the Python path then waits, sleeps,
+ * finishes or names it. Every method runs holding the GIL and never blocks: each semop
+ * is IPC_NOWAIT or a release, a futex call is a wake.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
