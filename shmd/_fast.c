@@ -1035,12 +1035,12 @@ ring_move(TraceRing *r, int force)
     memmove(r->kept, r->kept + room, r->nkept * sizeof(Event));
 }
 
-static int
+static void
 ring_note(TraceRing *r, double when, int kind, int64_t src, int64_t dst, int64_t tag,
           uint64_t length)
 {
     if (!r->base)
-        return 0;
+        return;
     if (r->nkept == r->cap) {
         ring_move(r, 0);
         if (r->nkept == r->cap)
@@ -1048,7 +1048,6 @@ ring_note(TraceRing *r, double when, int kind, int64_t src, int64_t dst, int64_t
     }
     Event e = {when, kind, (int32_t)src, (int32_t)dst, (int32_t)tag, length};
     r->kept[r->nkept++] = e;
-    return 0;
 }
 
 static int
@@ -1217,30 +1216,23 @@ traced_call(Traced *t, PyObject *const *args, size_t nargsf, PyObject *kwnames)
     if (t->what == T_PSEND) {
         double start = now();
         res = PyObject_Vectorcall(t->func, full, nargs + 1, kwnames);
-        if (res && ring_note(t->ring, start, t->kinds[0], tid,
-                               as_int(arg(args, nargs, kwnames, 0, "dest"), 0),
-                               as_int(arg(args, nargs, kwnames, 1, "tag"), 0),
-                               nbytes(arg(args, nargs, kwnames, 2, "data"))) < 0)
-            Py_CLEAR(res);
+        if (res)
+            ring_note(t->ring, start, t->kinds[0], tid,
+                      as_int(arg(args, nargs, kwnames, 0, "dest"), 0),
+                      as_int(arg(args, nargs, kwnames, 1, "tag"), 0),
+                      nbytes(arg(args, nargs, kwnames, 2, "data")));
     } else {
         Py_ssize_t at = t->what == T_INTO; /* precv_into: the buffer comes first */
-        if (ring_note(t->ring, now(), t->kinds[1],
-                        as_int(arg(args, nargs, kwnames, at, "source"), -1), tid,
-                        as_int(arg(args, nargs, kwnames, at + 1, "tag"), -1), 0) < 0) {
-            res = NULL;
-        } else {
-            if (t->ring->nkept >= BATCH)
-                ring_move(t->ring, 0); /* a receive's start: on a ping-pong, the other side works */
-            res = PyObject_Vectorcall(t->func, full, nargs + 1, kwnames);
-        }
+        ring_note(t->ring, now(), t->kinds[1], as_int(arg(args, nargs, kwnames, at, "source"), -1),
+                  tid, as_int(arg(args, nargs, kwnames, at + 1, "tag"), -1), 0);
+        if (t->ring->nkept >= BATCH)
+            ring_move(t->ring, 0); /* a receive's start: on a ping-pong, the other side works */
+        res = PyObject_Vectorcall(t->func, full, nargs + 1, kwnames);
         if (res && PyTuple_Check(res) && PyTuple_GET_SIZE(res) == 3) {
-            PyObject *d = PyTuple_GET_ITEM(res, 2);
-            uint64_t n = t->what == T_INTO ? (uint64_t)as_int(d, 0)
-                                           : (PyBytes_CheckExact(d) ? (uint64_t)PyBytes_GET_SIZE(d)
-                                                                    : nbytes(d));
-            if (ring_note(t->ring, now(), t->kinds[2], as_int(PyTuple_GET_ITEM(res, 0), 0), tid,
-                            as_int(PyTuple_GET_ITEM(res, 1), 0), n) < 0)
-                Py_CLEAR(res);
+            PyObject *d = PyTuple_GET_ITEM(res, 2); /* the data, or precv_into's count */
+            ring_note(t->ring, now(), t->kinds[2], as_int(PyTuple_GET_ITEM(res, 0), 0), tid,
+                      as_int(PyTuple_GET_ITEM(res, 1), 0),
+                      t->what == T_INTO ? (uint64_t)as_int(d, 0) : nbytes(d));
         }
     }
     if (full != small)
