@@ -73,11 +73,8 @@ class Rendezvous(Inbox):
         if not claimed:
             return False
         dst, pid, start = q[r + layout.RV_ADDR], i[peer.pid_i], q[peer.start_q]
-        if i[peer.waiting_i]:
-            try:
-                peer.wake.release()
-            except sysv_ipc.ExistentialError:
-                return True  # it left meanwhile; so did its buffer
+        if i[peer.waiting_i] and not peer.rouse():
+            return True  # it left meanwhile; so did its buffer
         if run is None:
             status = direct.send(q, r, pid, src, dst, n, chunk, lambda: ipc.alive(pid, start),
                                  deadline)

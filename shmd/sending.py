@@ -189,10 +189,7 @@ class Sending(Rendezvous):
         early = i[p.waiting_i]
         if early and i[tid_i] == dest:
             if p.first:
-                try:
-                    p.wake.release()
-                except sysv_ipc.ExistentialError:
-                    pass
+                p.rouse()
             else:
                 early = 0
         sem = p.sem
@@ -220,10 +217,7 @@ class Sending(Rendezvous):
             # (one of us sees the other's store: the Dekker handshake).
             w = i[p.waiting_i]
             if w and w != early:
-                try:
-                    p.wake.release()
-                except sysv_ipc.ExistentialError:
-                    pass
+                p.rouse()
             return True
         try:
             sem.release()
@@ -291,7 +285,7 @@ class Sending(Rendezvous):
         message), return False at once unless the ring is filled no further than
         MEDIUM_FILL. A sleeping receiver is woken first, unless it is bound to our one
         CPU: then once the descriptor is there (Peer.first)."""
-        lock, wake = peer.lock, peer.wake
+        lock = peer.lock
         q, i = self._q, self._i
         H, T = peer.head_q, peer.tail_q
         need = 1 if s >= 0 else layout.span(n)
@@ -299,10 +293,7 @@ class Sending(Rendezvous):
         # early: the number of the sleep we woke
         early = i[peer.waiting_i] if peer.first else 0
         if early:
-            try:
-                wake.release()
-            except sysv_ipc.ExistentialError:
-                pass
+            peer.rouse()
         delay = 20e-6
         while True:
             try:
@@ -350,8 +341,5 @@ class Sending(Rendezvous):
         lock.release()  # a semop, the barrier between our tail store and the flag load
         w = i[peer.waiting_i]
         if w and w != early:  # asleep in a sleep we did not wake (see psend)
-            try:
-                wake.release()
-            except sysv_ipc.ExistentialError:
-                pass  # it left meanwhile; the message went with it
+            peer.rouse()  # (gone meanwhile: the message went with it)
         return True

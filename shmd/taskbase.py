@@ -109,6 +109,18 @@ class Peer:
         self.first = True  # wake it before posting (unless it is bound to our one CPU)?
         self.fx: Any = None  # psend's compiled fast path to it (fastpath.route), if built
 
+    def rouse(self) -> bool:
+        """Wake it; False if it is gone (its semaphore removed: it left, and what we
+        posted went with it). A semaphore at its maximum (SEMVMX) already holds a
+        wake-up: ValueError there means nothing is lost."""
+        try:
+            self.wake.release()
+        except sysv_ipc.ExistentialError:
+            return False
+        except ValueError:
+            pass
+        return True
+
 
 class TaskBase:
     """The state of a Task (see task.py for what each holds) and what every layer
@@ -159,6 +171,7 @@ class TaskBase:
     _mylock: ipc.Lock
     _mywake: sysv_ipc.Semaphore
     _waiter: ipc.Waiter | FutexWaiter  # how we sleep: our daemon's kind (_wake, wake.py)
+    _unwake: ipc.Waiter | None  # our wake semaphore again (sem kind): leftovers taken off
     _wake: int  # wake.SEM or wake.FUTEX
     _base0: int  # where segment 0 is mapped here (a futex names a peer's word by address)
     _direct: bool

@@ -8,11 +8,13 @@ receiver may run on (taskbase.cpus_apart)."""
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
+import sysv_ipc
 
 import shmd
-from shmd import calibrate, ipc, layout, taskbase, wake
+from shmd import calibrate, fastpath, ipc, layout, taskbase, wake
 
 KINDS = wake.available()
 
@@ -163,3 +165,72 @@ def test_the_daemon_measures_each_kind(daemon):
     w = daemon.stat()["paths"]["wake"]
     assert set(w["one_way_us"]) == set(KINDS) and all(v > 0 for v in w["one_way_us"].values())
     assert all(len(v) == wake.TRIALS for v in w["trials_us"].values())
+
+
+@pytest.fixture
+def sem_kind(monkeypatch, pvm_env):
+    """The daemon's tasks sleep on their wake semaphores (a count: what can be left over)."""
+    monkeypatch.setenv(wake.ENV, "sem")
+
+
+def wake_sem(me, slot: int):
+    t = layout.slot(me._buf, slot)
+    return ipc.open_sem(t["wake_key"], t["wake_id"])
+
+
+def test_a_sleep_its_message_beat_takes_its_wake_up_off(sem_kind, daemon, peers):
+    # A sender saw our waiting word and woke us, but we found its message before we
+    # slept: the wake-up, left on the semaphore, would end our next sleep at once.
+    p = peers()
+    with shmd.join(spin=False) as me:
+        p.call("me.psend(dest, 1, b'x')", dest=me.tid)
+        for _ in range(500):  # (queued once the call returns; bounded all the same)
+            if me._q[me._T] != me._q[me._H]:
+                break
+            time.sleep(0.01)
+        sem = wake_sem(me, me._slot)
+        sem.release()  # the sender's wake-up of the sleep we are about to begin
+        me._sleep(time.monotonic() + 5)  # returns at once: the message is there
+        assert sem.value == 0
+        assert me.precv(p.tid, 1, timeout=5).data == b"x"
+
+
+def test_a_spin_off_ping_pong_leaves_no_wake_ups_behind(sem_kind, daemon, peers):
+    # Left-over wake-ups piled up (1652 after 3000 round trips, in about three runs
+    # of four): every sleep then ended at once and the receiver, spin off, polled.
+    p = peers()
+    with shmd.join(spin=False) as me:
+        p.call("me._spin_auto, me._spin_budget = False, 0.0")
+        p.start("for k in range(rounds):\n"
+                "    me.psend(dest, 6, me.precv(dest, 5, timeout=5).data)", dest=me.tid,
+                rounds=3000)
+        for k in range(3000):
+            me.psend(p.tid, 5, b"12345678")
+            assert me.precv(p.tid, 6, timeout=5).data == b"12345678"
+        p.result(20)
+        left = [wake_sem(me, me._slot).value, wake_sem(me, me._peer(p.tid).slot).value]
+    assert max(left) <= 2, left
+
+
+@pytest.mark.parametrize("path", ["python", "compiled"])
+def test_a_wake_semaphore_at_its_maximum_loses_nothing(sem_kind, daemon, peers, path):
+    # A receiver's semaphore at SEMVMX already holds a wake-up: psend must not fail.
+    if path == "compiled" and fastpath.fast is None:
+        pytest.skip("shmd._fast is not built here")
+    p = peers()
+    with shmd.join(spin=False) as me:
+        for n in (8, 100_000):  # inline, and in pages
+            me.psend(p.tid, 1, b"-")  # (our Peer for it)
+            peer = me._peer(p.tid)
+            if path == "python":
+                peer.fx = None
+            sem = wake_sem(me, peer.slot)
+            sem.value = sysv_ipc.SEMAPHORE_VALUE_MAX
+            me._i[peer.waiting_i] = 77  # as if asleep: we wake it
+            try:
+                me.psend(p.tid, 2, bytes(n))
+            finally:
+                me._i[peer.waiting_i] = 0
+                sem.value = 0
+            assert p.call("result = [len(me.precv(dest, t, timeout=5).data) for t in (1, 2)]",
+                          dest=me.tid) == [1, n]
