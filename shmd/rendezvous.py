@@ -16,8 +16,6 @@ import functools
 import time
 from collections.abc import Callable
 
-import sysv_ipc
-
 from . import direct, ipc, layout
 from .errors import PvmError, PvmNoMem, PvmTimeout
 from .inbox import Inbox

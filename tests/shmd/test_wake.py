@@ -204,7 +204,7 @@ def test_a_spin_off_ping_pong_leaves_no_wake_ups_behind(sem_kind, daemon, peers)
         p.start("for k in range(rounds):\n"
                 "    me.psend(dest, 6, me.precv(dest, 5, timeout=5).data)", dest=me.tid,
                 rounds=3000)
-        for k in range(3000):
+        for _ in range(3000):
             me.psend(p.tid, 5, b"12345678")
             assert me.precv(p.tid, 6, timeout=5).data == b"12345678"
         p.result(20)
