@@ -1,7 +1,7 @@
 """Benchmark: what tracing costs the 8 B ping-pong (run by hand).
 
     .venv/bin/python bench/bench_trace.py [--iters 20000] [--repeat 5] [--size 8]
-                                          [--blocks 40]
+                                          [--blocks 40] [--spin auto|on|off]
 
 Starts a pvm_shmd of its own (private PVM_TMP and VM id), then:
 
@@ -44,6 +44,7 @@ import shmd  # noqa: E402
 from shmd import control, trace  # noqa: E402
 
 MP = multiprocessing.get_context("fork")
+SPIN = {"auto": None, "on": True, "off": False}
 BIN = os.path.dirname(sys.executable)
 
 
@@ -56,14 +57,14 @@ def cpu_model() -> str:
 
 
 def side(role: int, conn, vmid: str, size: int, iters: int, warm: int, blocks: int = 0,
-         traceable: bool = True) -> None:
+         traceable: bool = True, spin: bool | None = None) -> None:
     """One end of the ping-pong: role 0 times, role 1 echoes. With *blocks*: that many
     blocks of *iters*, traced in every other one (role 0 sends the latencies of each)."""
     try:
         os.sched_setaffinity(0, {role % os.cpu_count()})  # type: ignore[operator]
     except OSError:
         pass
-    with shmd.join(vmid=vmid, name=f"pp{role}") as me:
+    with shmd.join(vmid=vmid, name=f"pp{role}", spin=spin) as me:
         me._traceable = traceable and not blocks  # (blocks: we switch, not the host's word)
         if blocks:
             trace.switch(me, 0)
@@ -124,9 +125,11 @@ def self_cost(vmid: str, size: int, iters: int, blocks: int) -> tuple[list[float
     return out
 
 
-def pair(vmid: str, size: int, iters: int, warm: int, blocks: int = 0, traceable: bool = True):
+def pair(vmid: str, size: int, iters: int, warm: int, blocks: int = 0, traceable: bool = True,
+         spin: bool | None = None):
     ends = [MP.Pipe() for _ in range(2)]
-    procs = [MP.Process(target=side, args=(r, ends[r][1], vmid, size, iters, warm, blocks, traceable))
+    procs = [MP.Process(target=side, args=(r, ends[r][1], vmid, size, iters, warm, blocks, traceable,
+                                           spin))
              for r in range(2)]
     for p in procs:
         p.start()
@@ -152,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--blocks", type=int, default=40)
     ap.add_argument("--size", type=int, default=8)
+    ap.add_argument("--spin", choices=SPIN, default="auto",
+                    help="the ping-pong's spin (shmd.join's spin=; auto: as a program gets it)")
     a = ap.parse_args(argv)
+    spin = SPIN[a.spin]
     tmp = tempfile.mkdtemp(prefix="bench_trace.")
     vmid = f"bt{os.getpid()}"
     env = {**os.environ, "PVM_TMP": tmp, "PVM_VMID": vmid}
@@ -165,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
-              f"{a.size} B ping-pong, {a.iters} round trips a run, median RTT/2 in us")
+              f"{a.size} B ping-pong, spin {a.spin}, {a.iters} round trips a run, median RTT/2 "
+              f"in us")
         control.request("trace", vmid, set=trace.ALL)  # the daemon drains the rings
-        lat = pair(vmid, a.size, a.iters // 10, 0, a.blocks)
+        lat = pair(vmid, a.size, a.iters // 10, 0, a.blocks, spin=spin)
         d = control.request("trace", vmid, set=0, dump=True, clear=True)
         offs, ons = lat[0::2], lat[1::2]
         print(f"1. interleaved: {len(lat)} blocks of {a.iters // 10} round trips, one pair")
@@ -188,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'run':>4} {'no trace code':>14} {'trace off':>10} {'off/none':>9}")
         nones, offs2 = [], []
         for k in range(a.repeat):
-            none = pair(vmid, a.size, a.iters, a.iters // 10, traceable=False)
-            off = pair(vmid, a.size, a.iters, a.iters // 10)
+            none = pair(vmid, a.size, a.iters, a.iters // 10, traceable=False, spin=spin)
+            off = pair(vmid, a.size, a.iters, a.iters // 10, spin=spin)
             nones.append(none)
             offs2.append(off)
             print(f"{k + 1:4d} {none:14.2f} {off:10.2f} {off / none:9.2f}")

@@ -923,13 +923,16 @@ inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
         M32(g, g->mapb[seg] + 2 * (int32_t)g_maxpages + (int32_t)page) = g->tid;
         STORE64(base + b->consumed, (int64_t)((uint64_t)LOAD64(base + b->consumed) + n));
     }
-    STORE64(base + b->head, head + span); /* taken: its room is the senders' again */
     if (into) {
         memcpy(out.buf, from, n);
         PyBuffer_Release(&out);
     } else {
         memcpy(PyBytes_AS_STRING(data), from, n);
     }
+    /* taken: its room is the senders' again. Only now: bytes carried in the ring are
+     * copied out first, or a sender that finds the room (we were preempted between the
+     * two: 256 messages later, in a test) writes over them as we copy. */
+    STORE64(base + b->head, head + span);
     PyTuple_SET_ITEM(res, 0, s);
     PyTuple_SET_ITEM(res, 1, t);
     PyTuple_SET_ITEM(res, 2, data);
