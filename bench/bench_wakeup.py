@@ -11,7 +11,9 @@ one row per mechanism, all in one run, interleaved run by run so drift hits them
   with the classes of pvm-shmd's futex kind (``shmd/wake.py``);
 - eventfd: os.eventfd, a blocking read of 8 bytes, woken by a write;
 - pipe byte: a byte through os.pipe, each way;
-- socketpair byte: a byte through a Unix socketpair, each way;
+- socketpair byte: a byte through one Unix socketpair, each way (both directions on it,
+  as a socketpair ping-pong uses it);
+- 2 socketpairs: a byte through a pair per direction, each used one way;
 - SysV msg queue: sysv_ipc.MessageQueue send/receive, one queue each way.
 
     .venv/bin/python bench/bench_wakeup.py            # 5 runs of 2000 round trips each
@@ -115,6 +117,16 @@ def make(name: str):
             a.close()
             b.close()
         return (lambda k, seq: ends[k][0].send(b"x")), (lambda k, seq: ends[k][1].recv(1)), cleanup
+    if name == "2 socketpairs":
+        # one pair per direction, each used one way: how a receiver woken by any of many
+        # senders would have to use sockets (its own pair, one read end, one write end)
+        pairs = [socket.socketpair() for _ in range(2)]
+
+        def cleanup():
+            for x, y in pairs:
+                x.close()
+                y.close()
+        return (lambda k, seq: pairs[k][0].send(b"x")), (lambda k, seq: pairs[k][1].recv(1)), cleanup
     if name == "SysV msg queue":
         qs = [sysv_ipc.MessageQueue(None, sysv_ipc.IPC_CREX, 0o600) for _ in range(2)]
 
@@ -126,7 +138,7 @@ def make(name: str):
 
 
 MECHANISMS = ("semop (sysv_ipc)", "semtimedop (shmd)", "futex (shmd)", "eventfd",
-              "pipe byte", "socketpair byte", "SysV msg queue")
+              "pipe byte", "socketpair byte", "2 socketpairs", "SysV msg queue")
 
 
 def one_run(name: str, iters: int, warm: int) -> float:
