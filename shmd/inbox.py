@@ -237,7 +237,10 @@ class Inbox(Pages):
                 # up (a spin-off ping-pong: 1652 after 3000 round trips), keeping a
                 # receiver that should sleep polling (POST_WAIT) instead, up to SEMVMX.
                 if self._unwake is not None:
-                    self._unwake.down(0.0)  # (none there: EAGAIN at once)
+                    try:
+                        self._unwake.down(0.0)  # (none there: EAGAIN at once)
+                    except ipc.Gone:
+                        pass  # pvm_shmd gone: the message is here all the same
                 return
             woke = self._waiter.down(min(SLICE, deadline - now))
         except (ipc.Gone, sysv_ipc.ExistentialError):
