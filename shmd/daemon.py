@@ -295,6 +295,8 @@ class Daemon:
             if t["tid"] and t["pid"] == pid and t["start_ticks"] == start:
                 # a spawner enrolled this process for it: it adopts its slot
                 client.slot = i
+                if pid == client.pid:
+                    t["conn"] = 1
                 return {"tid": t["tid"], "slot": i,
                         "generation": layout.header(self.buf)["generation"]}
         free = next((i for i, t in self.slots() if not t["tid"]), None)
@@ -329,7 +331,7 @@ class Daemon:
                      ("tail", 0), ("posted", 0), ("consumed", 0), ("waiting", 0),
                      ("pending", 0), ("sending", 0), ("lock_key", lock.key),
                      ("lock_id", lock.id), ("wake_key", wake.key), ("wake_id", wake.id),
-                     ("state", layout.ACTIVE)):
+                     ("conn", int(pid == client.pid)), ("state", layout.ACTIVE)):
             t[k] = v
         self.tracer.joined(self.m64, free)
         t["tid"] = tid  # last: a slot with a tid is complete
@@ -425,8 +427,10 @@ class Daemon:
         it: the waiting word), waiting for pages (the blocked word)."""
         state = ("pages" if t["blocked"] == layout.BLOCKED_PAGES else
                  "precv" if t["waiting"] else "running")
+        # "connected": the task joined by itself (its own connection holds the slot),
+        # not only through the spawner that enrolled it (the conn word, ours to keep)
         return {"tid": t["tid"], "pid": t["pid"], "name": t["name"], "state": state,
-                **{k: t[k] for k in layout.COUNTERS}}
+                "connected": bool(t["conn"]), **{k: t[k] for k in layout.COUNTERS}}
 
     def run_in_copy(self, i: int) -> tuple[int, int, int, int] | None:
         """(segment, page, sender tid, index of its DA word) of the run a live sender
@@ -510,12 +514,7 @@ class Daemon:
                          "largest_free": max([n for _, n, a, _ in runs if not a] or [0]),
                          "allocated": e["allocated"], "freed": e["freed"],
                          **({"damaged": damage} if damage else {})})
-        # "connected": the task joined by itself (its own connection holds the slot),
-        # not only through the spawner that enrolled it
-        own = {c.slot for c in self.clients if c.slot is not None
-               and c.pid == layout.slot(self.buf, c.slot)["pid"]}
-        tasks = [{**self.task_row(i, t),
-                  "pages": held.get(t["tid"], 0), "connected": i in own,
+        tasks = [{**self.task_row(i, t), "pages": held.get(t["tid"], 0),
                   "waiting": t["pending"] + len(self.ring(i, t))}
                  for i, t in self.slots() if t["tid"]]
         totals = {k: h["gone_" + k] + sum(int(x[k]) for x in tasks) for k in layout.COUNTERS}
@@ -595,6 +594,12 @@ class Daemon:
 
     def client_gone(self, client: Client, reap: bool) -> None:
         """A connection closed: if it held a task whose process is dying, reap it."""
+        if not self.mapped:
+            return  # (shutting down: segment 0 is no longer ours to write)
+        if client.slot is not None:
+            t = layout.slot(self.buf, client.slot)
+            if t["tid"] and t["pid"] == client.pid:
+                t["conn"] = 0  # the task's own connection (ps's "c" flag) is gone
         if reap and client.slot is not None:
             i = client.slot
             t = layout.slot(self.buf, i)

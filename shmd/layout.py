@@ -34,7 +34,7 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = b"pvmshmd\x00"
-VERSION = 5  # 5: the wake word and the page maps' intent records
+VERSION = 6  # 5: the wake word and the page maps' intent records; 6: a slot's conn word
 
 MAXSEG = 8  # the man page's MAXSEG: segments at most
 MAXPAGES = 4096  # the man page's MAXPAGES: pages per segment at most
@@ -132,6 +132,11 @@ T = {
     # receives slowly): senders to other hosts wait (remote.py) instead of filling the
     # pages its in thread needs to deliver what comes from those hosts
     "held": (292, "I"),
+    # pvm_shmd's: 1 while the task's own connection holds its slot (it joined itself,
+    # or adopted the slot its spawner enrolled it in): ps's "c" flag. Kept here so the
+    # task table can be read from segment 0 alone (spawner.tasks), without asking
+    # pvm_shmd, which knows its connections.
+    "conn": (296, "I"),
 }
 COUNTERS = ("sent", "sent_bytes", "recvd", "recvd_bytes")  # a slot's, in this order
 PUBLISH_EVERY = 256  # sends between two stores of the counters (a power of two)

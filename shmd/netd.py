@@ -646,9 +646,12 @@ class Net:
 
     def _ask_tasks(self, req: dict) -> list[dict]:
         """This host's tasks; with "all", every host's (each task carries its host)."""
+        def here(_: dict) -> list[dict]:  # (from our mapping of segment 0: pvm_shmd not asked)
+            return spawner.tasks(self.vmid, self.task._buf)
+
         if not req.get("all"):
-            return spawner.tasks(self.vmid)
-        got = self._on_hosts({h: {} for h in self.hosts_up()}, "tasks", lambda _: spawner.tasks(self.vmid))
+            return here(req)
+        got = self._on_hosts({h: {} for h in self.hosts_up()}, "tasks", here)
         out: list[dict] = []
         for h in sorted(got):
             g = got[h]
@@ -844,7 +847,7 @@ class Net:
         """The console's delete/halt/reset of this host, done here: kill its tasks, leave
         (the out thread stopped first: nothing of ours stays attached to the segments),
         stop pvm_shmd and wait for it; then this process ends. True if it stopped."""
-        tasks = control.request("stat", self.vmid).get("tasks", [])
+        tasks = spawner.tasks(self.vmid, self.task._buf)
         spawner.kill_pids([int(t["pid"]) for t in tasks if t.get("pid") != os.getpid()], KILL_GRACE)
         self.running = False
         self.out_done.wait(2 * SLICE + 1)

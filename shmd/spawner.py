@@ -155,18 +155,40 @@ def record(vmid: str, entries: Sequence[dict]) -> None:
         f.write("".join(json.dumps(r) + "\n" for r in keep.values()))
 
 
-def tasks(vmid: str) -> list[dict]:
-    """The daemon's task table with each task's ptid (None if not spawned) and flags."""
-    st = control.request("stat", vmid)
+def tasks(vmid: str, buf: memoryview | None = None) -> list[dict]:
+    """The task table with each task's ptid (None if not spawned) and flags, read from
+    segment 0 (*buf*, else attached and checked here): no request to pvm_shmd, which
+    would build its whole state for it (0.6-0.8 ms a host, against 0.1). A slot that
+    changes while it is read (a task leaving, another joining) is left out."""
+    seg = None
+    if buf is None:
+        seg, buf = control.attach_seg0(vmid)
+    try:
+        host = layout.header(buf)["host"]
+        rows = []
+        for i in range(layout.MAX_TASKS):
+            t = layout.slot(buf, i)
+            tid = t["tid"]
+            if not tid or t["state"] != layout.ACTIVE:
+                continue
+            state = ("pages" if t["blocked"] == layout.BLOCKED_PAGES else
+                     "precv" if t["waiting"] else "running")
+            row = {"tid": tid, "pid": t["pid"], "name": t["name"], "state": state,
+                   "connected": bool(t["conn"]), **{k: t[k] for k in layout.COUNTERS}}
+            if t["tid"] == tid:  # (still that task's slot)
+                rows.append(row)
+    finally:
+        if seg is not None:
+            buf.release()
+            seg.detach()
     reg = load_registry(vmid)
     out = []
-    for t in st.get("tasks", []):
-        r = reg.get(t["tid"])
-        spawned = r is not None and r.get("pid") == t["pid"]
-        flags = (F_SPAWNED if spawned else 0) | (F_CONNECTED if t.get("connected", True) else 0)
-        out.append({**t, "ptid": r.get("ptid") if r is not None and spawned else None,
-                    "flags": flags,
-                    "host": st.get("host"), "hostname": st.get("name")})
+    for row in rows:
+        r = reg.get(row["tid"])
+        spawned = r is not None and r.get("pid") == row["pid"]
+        flags = (F_SPAWNED if spawned else 0) | (F_CONNECTED if row["connected"] else 0)
+        out.append({**row, "ptid": r.get("ptid") if r is not None and spawned else None,
+                    "flags": flags, "host": host})
     return out
 
 

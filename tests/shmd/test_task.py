@@ -5,6 +5,9 @@ The test process is one task (``me``); each peer is another process and task (pv
 gives one tid per process, so a second join in one process is refused)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,7 +15,7 @@ import pytest
 from peers import PeerError, crc, payload
 
 import shmd
-from shmd import layout
+from shmd import control, layout, spawner
 from shmd.errors import (
     PvmBadParam,
     PvmError,
@@ -531,3 +534,36 @@ result = all(bytes(g) == payload(100 + i, {big}) for i, g in enumerate(got))
     for i in range(8):
         assert bytes(me.precv(p.tid, 1, timeout=10).data) == payload(i, big)
     assert p.result(timeout=20) is True
+
+
+def test_the_task_table_read_from_segment_0_agrees_with_pvm_shmd(daemon):
+    # spawner.tasks (pvm_netd's answer to ps) reads the table from segment 0, without
+    # asking pvm_shmd; the "c" flag is the slot's conn word, which pvm_shmd keeps: set
+    # when the task's own connection holds the slot, cleared when it closes.
+    def connected() -> tuple[dict, dict]:
+        ours = {t["tid"]: (t["pid"], t["name"], t["connected"]) for t in spawner.tasks(daemon.vmid)}
+        theirs = {t["tid"]: (t["pid"], t["name"], t["connected"])
+                  for t in control.request("stat", daemon.vmid)["tasks"]}
+        return ours, theirs
+
+    kid = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                           stdin=subprocess.PIPE)
+    enroller = control.connect(daemon.vmid)
+    try:
+        k = enroller.request("join", pid=kid.pid, name="kid")["tid"]  # enrolled by its parent
+        with shmd.join(name="me") as me:
+            ours, theirs = connected()
+            assert ours == theirs == {k: (kid.pid, "kid", False), me.tid: (os.getpid(), "me", True)}
+            rows = {t["tid"]: t for t in spawner.tasks(daemon.vmid, me._buf)}  # (as pvm_netd does)
+            assert rows[me.tid]["flags"] == spawner.F_CONNECTED and rows[k]["flags"] == 0
+            me._conn.close()  # our own connection gone (the process lives: not reaped)
+            me._conn = None
+            deadline = time.monotonic() + 10
+            while connected()[0][me.tid][2] and time.monotonic() < deadline:
+                time.sleep(0.02)
+            ours, theirs = connected()
+            assert ours == theirs and ours[me.tid] == (os.getpid(), "me", False)
+    finally:
+        enroller.close()
+        kid.stdin.close()
+        kid.wait(10)
