@@ -416,21 +416,11 @@ class Daemon:
         tid = t["tid"]
         self.tracer.drain(self.buf, self.m64, i, tid, t["name"])
         h = layout.header(self.buf)
-        row = self.task_row(i, t)
+        row = layout.task_row(t)
         for k in layout.COUNTERS:
             h["gone_" + k] = (h["gone_" + k] + t[k]) & 0xFFFF_FFFF_FFFF_FFFF  # (wraps)
         self.gone = [*self.gone[-(GONE_KEPT - 1):], {**row, "state": "exited", "why": why,
                                                     "pages": 0, "waiting": 0}]
-
-    def task_row(self, i: int, t: layout.Struct) -> dict:
-        """Slot *i*'s counters and state, for stat: running, waiting in precv (asleep in
-        it: the waiting word), waiting for pages (the blocked word)."""
-        state = ("pages" if t["blocked"] == layout.BLOCKED_PAGES else
-                 "precv" if t["waiting"] else "running")
-        # "connected": the task joined by itself (its own connection holds the slot),
-        # not only through the spawner that enrolled it (the conn word, ours to keep)
-        return {"tid": t["tid"], "pid": t["pid"], "name": t["name"], "state": state,
-                "connected": bool(t["conn"]), **{k: t[k] for k in layout.COUNTERS}}
 
     def run_in_copy(self, i: int) -> tuple[int, int, int, int] | None:
         """(segment, page, sender tid, index of its DA word) of the run a live sender
@@ -514,7 +504,7 @@ class Daemon:
                          "largest_free": max([n for _, n, a, _ in runs if not a] or [0]),
                          "allocated": e["allocated"], "freed": e["freed"],
                          **({"damaged": damage} if damage else {})})
-        tasks = [{**self.task_row(i, t), "pages": held.get(t["tid"], 0),
+        tasks = [{**layout.task_row(t), "pages": held.get(t["tid"], 0),
                   "waiting": t["pending"] + len(self.ring(i, t))}
                  for i, t in self.slots() if t["tid"]]
         totals = {k: h["gone_" + k] + sum(int(x[k]) for x in tasks) for k in layout.COUNTERS}

@@ -346,6 +346,15 @@ def slot(buf: memoryview, i: int) -> Struct:
     return Struct(buf, slot_off(i), T)
 
 
+def task_row(t: Struct) -> dict:
+    """A slot's task as stat and ps show it: tid, pid, name, its state (running, waiting
+    in precv: asleep in it, its waiting word; waiting for pages: the blocked word),
+    whether its own connection holds the slot (the conn word), its counters."""
+    state = "pages" if t["blocked"] == BLOCKED_PAGES else "precv" if t["waiting"] else "running"
+    return {"tid": t["tid"], "pid": t["pid"], "name": t["name"], "state": state,
+            "connected": bool(t["conn"]), **{k: t[k] for k in COUNTERS}}
+
+
 def desc_off(i: int, n: int) -> int:
     """Offset of descriptor number *n* (any counter value) in slot *i*'s ring."""
     return slot_off(i) + SLOT_HDR + (n % RING) * DESC

@@ -171,11 +171,8 @@ def tasks(vmid: str, buf: memoryview | None = None) -> list[dict]:
             tid = t["tid"]
             if not tid or t["state"] != layout.ACTIVE:
                 continue
-            state = ("pages" if t["blocked"] == layout.BLOCKED_PAGES else
-                     "precv" if t["waiting"] else "running")
-            row = {"tid": tid, "pid": t["pid"], "name": t["name"], "state": state,
-                   "connected": bool(t["conn"]), **{k: t[k] for k in layout.COUNTERS}}
-            if t["tid"] == tid:  # (still that task's slot)
+            row = layout.task_row(t)
+            if t["tid"] == tid == row["tid"]:  # (still that task's slot, read after the rest)
                 rows.append(row)
     finally:
         if seg is not None:
