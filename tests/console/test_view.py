@@ -220,7 +220,9 @@ def test_full_screen_view_in_a_terminal_filters_kills_and_quits(vm, tmp_path):  
 
 def test_trace_show_in_a_terminal_is_full_screen(vm, tmp_path):  # noqa: F811
     assert vm.run("conf; trace on").returncode == 0
-    p, tid = start(vm, tmp_path, 3, 10)
+    # 64 KiB messages: each receive (the copy out of the pages) takes a fair part of the
+    # messages' window; of 10 bytes it took too few columns, now and then, to look for
+    p, tid = start(vm, tmp_path, 3, 64 << 10)
     term = Terminal({**vm.env, "PVM_TMP": vm.tmp, "PVM_VMID": vm.vmid}, "-e", "trace show")
     try:
         term.until(b"messages")  # the key help: full screen
