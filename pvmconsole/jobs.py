@@ -174,7 +174,10 @@ class JobTable:
         job_write, job_close = None, lambda: None
         if req.output == "file":
             assert req.path is not None
-            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if req.append else os.O_TRUNC)
+            # O_APPEND either way: two jobs writing one file (->f, then ->>f) each write at
+            # its end; without it, the first job's writes went at its own offset, over
+            # lines the second had appended
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if req.append else os.O_TRUNC)
             try:
                 fd = os.open(os.path.expanduser(req.path), flags, 0o600)
             except OSError as e:

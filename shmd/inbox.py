@@ -26,6 +26,7 @@ from .tids import TIDHOST
 
 MIN_SPIN = 10e-6  # a spin that keeps missing shrinks to this
 POST_WAIT = 10e-6  # how long a woken receiver polls for the message its waker posts
+STALE_MAX = 64  # left-over wake-ups taken off before a sleep, at most
 SPIN_RECHECK = 1.0  # how often an automatic spin re-checks the host's load (seconds)
 _MAX_TOTAL = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGESIZE")  # no message is larger
 
@@ -201,6 +202,18 @@ class Inbox(Pages):
                 pend[k] = d._replace(seg=-1, inline=data)
         self._unspilled = False
 
+    def _unwoken(self, most: int) -> None:
+        """Take up to *most* left-over wake-ups off our wake semaphore (the sem kind;
+        IPC_NOWAIT: a semtimedop with a zero timeout cost 70 us here)."""
+        sem = self._unwake
+        if sem is None:
+            return
+        try:
+            for _ in range(most):
+                sem.acquire()
+        except (sysv_ipc.BusyError, sysv_ipc.ExistentialError):
+            pass  # none left (or pvm_shmd gone: the sleep says so, or the message is here)
+
     def _sleep(self, deadline: float) -> None:
         """Block until a sender wakes us, a slice passes or the deadline is reached."""
         now = time.monotonic()
@@ -219,6 +232,11 @@ class Inbox(Pages):
         # unlock, a barrier in the kernel) before looking at waiting. One of the two
         # always sees the other's store, so no wake-up is lost.
         i, W = self._i, self._W
+        # Wake-ups of earlier sleeps that ended without one (below) may come late: a
+        # sender that posts first, then reads our waiting word and wakes us, can do so
+        # after we took the message off and stopped looking. Taken off now, a round
+        # trip later, or they would end this sleep at once.
+        self._unwoken(STALE_MAX)
         self._sleeps = self._sleeps % 0x7FFFFFFF + 1
         i[W] = self._sleeps  # which sleep: a sender that woke this one need not again
         try:
@@ -236,11 +254,7 @@ class Inbox(Pages):
                 # there, it would end our next sleep at once, and such leftovers piled
                 # up (a spin-off ping-pong: 1652 after 3000 round trips), keeping a
                 # receiver that should sleep polling (POST_WAIT) instead, up to SEMVMX.
-                if self._unwake is not None:
-                    try:
-                        self._unwake.down(0.0)  # (none there: EAGAIN at once)
-                    except ipc.Gone:
-                        pass  # pvm_shmd gone: the message is here all the same
+                self._unwoken(1)
                 return
             woke = self._waiter.down(min(SLICE, deadline - now))
         except (ipc.Gone, sysv_ipc.ExistentialError):
