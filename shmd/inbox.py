@@ -23,6 +23,7 @@ from .message import DESC, Desc, Matcher
 from .pages import Pages
 from .taskbase import INF, MASK64, MAX_SPIN, SLICE, damaged, spin_allowed
 from .tids import TIDHOST
+from .wake import SEM
 
 MIN_SPIN = 10e-6  # a spin that keeps missing shrinks to this
 POST_WAIT = 10e-6  # how long a woken receiver polls for the message its waker posts
@@ -203,16 +204,15 @@ class Inbox(Pages):
         self._unspilled = False
 
     def _unwoken(self, most: int) -> None:
-        """Take up to *most* left-over wake-ups off our wake semaphore (the sem kind;
-        IPC_NOWAIT: a semtimedop with a zero timeout cost 70 us here)."""
-        sem = self._unwake
-        if sem is None:
+        """Take up to *most* left-over wake-ups off our wake semaphore (the sem kind: a
+        count; IPC_NOWAIT, as a semtimedop with a zero timeout cost 70 us here)."""
+        if self._wake != SEM:
             return
         try:
             for _ in range(most):
-                sem.acquire()
+                self._mywake.acquire()
         except (sysv_ipc.BusyError, sysv_ipc.ExistentialError):
-            pass  # none left (or pvm_shmd gone: the sleep says so, or the message is here)
+            pass  # none left (or pvm_shmd gone: the sleep below says so)
 
     def _sleep(self, deadline: float) -> None:
         """Block until a sender wakes us, a slice passes or the deadline is reached."""
@@ -232,10 +232,14 @@ class Inbox(Pages):
         # unlock, a barrier in the kernel) before looking at waiting. One of the two
         # always sees the other's store, so no wake-up is lost.
         i, W = self._i, self._W
-        # Wake-ups of earlier sleeps that ended without one (below) may come late: a
-        # sender that posts first, then reads our waiting word and wakes us, can do so
-        # after we took the message off and stopped looking. Taken off now, a round
-        # trip later, or they would end this sleep at once.
+        # A sender that saw our waiting word set may wake a sleep that never happened:
+        # we found its message at the look below and returned, or (posting first, then
+        # waking) it woke us after we had taken the message. Left on the semaphore, such
+        # wake-ups ended later sleeps at once, and they piled up (a spin-off ping-pong:
+        # 1652 after 3000 round trips), keeping a receiver that should sleep polling
+        # (POST_WAIT) instead, up to SEMVMX. Taken off before each sleep, and at once
+        # when the look finds the message (with only the first, spin-off ping-pongs
+        # still fell into polling in some runs: 12-19 us one way against 23-29).
         self._unwoken(STALE_MAX)
         self._sleeps = self._sleeps % 0x7FFFFFFF + 1
         i[W] = self._sleeps  # which sleep: a sender that woke this one need not again
@@ -249,12 +253,7 @@ class Inbox(Pages):
                 except sysv_ipc.BusyError:
                     pass
             if self._q[self._T] != self._q[self._H] or self._q[self._R] == _RV_CLAIMED:
-                # A sender that saw our waiting word may have woken this sleep, which
-                # does not happen: take that wake-up off the semaphore now. Left
-                # there, it would end our next sleep at once, and such leftovers piled
-                # up (a spin-off ping-pong: 1652 after 3000 round trips), keeping a
-                # receiver that should sleep polling (POST_WAIT) instead, up to SEMVMX.
-                self._unwoken(1)
+                self._unwoken(1)  # (a sender may have woken this sleep: see above)
                 return
             woke = self._waiter.down(min(SLICE, deadline - now))
         except (ipc.Gone, sysv_ipc.ExistentialError):

@@ -179,8 +179,6 @@ class Task(Receiving, Sending):
         self._base0 = self._shm0.address
         self._waiter = (wake.FutexWaiter(self._base0 + 4 * self._W) if self._wake == wake.FUTEX
                         else ipc.Waiter(t["wake_id"]))
-        # a wake-up of a sleep that found its message first, taken off (inbox._sleep)
-        self._unwake = self._mywake if self._wake == wake.SEM else None
         self._pending = deque()
         self._peers = {}  # tid -> Peer
         self._home = self._slot % self._nsegs  # senders spread over segments

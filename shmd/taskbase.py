@@ -171,7 +171,6 @@ class TaskBase:
     _mylock: ipc.Lock
     _mywake: sysv_ipc.Semaphore
     _waiter: ipc.Waiter | FutexWaiter  # how we sleep: our daemon's kind (_wake, wake.py)
-    _unwake: sysv_ipc.Semaphore | None  # _mywake with the sem kind: left-over wake-ups taken off
     _wake: int  # wake.SEM or wake.FUTEX
     _base0: int  # where segment 0 is mapped here (a futex names a peer's word by address)
     _direct: bool
