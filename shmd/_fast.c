@@ -15,7 +15,8 @@
  * Inbox(buf, ...).take(source, tag, spin, into): precv's common case: spin up to *spin*
  * seconds for the ring to fill, then take the next descriptor if it is a whole message
  * (inline, or in one run of pages) that matches and fits *into*, if given.
- * TraceRing, Traced: a traced task's events (trace.py).
+ * TraceRing: a traced task's events (trace.py), recorded by the three above when they
+ * are given one (their *trace*).
  *
  * Anything these do not do (a busy lock, no room, nothing came, a plan a killed task
  * left, damage): False or None, with nothing done; the Python path then waits, sleeps,
@@ -112,6 +113,395 @@ inside(Py_buffer *view, Py_ssize_t off, Py_ssize_t size, const char *what)
     return 0;
 }
 
+/* ---- TraceRing: a traced task's events ------------------------------------------------ */
+
+/* A task's trace ring (trace.py: its count, the count pvm_shmd drained, then the
+ * events; one writer, the task) and the events kept until they are moved in (BATCH
+ * below) or while it has no room: up to *backlog*, past that written over undrained
+ * ones, which pvm_shmd counts lost, as trace.py does. pvm_shmd orders what it drains
+ * by time, so trace.py's own writes may come in between.
+ *
+ * The events are recorded where they happen, inside Route's posts and Inbox's take
+ * (their *trace*; set by trace.switch), and by trace.py's wrappers of the general
+ * paths through this ring's stamp/sent/begin/finish: no wrapper on the fast path, a
+ * call of plain Python from C costing more than the rest of the event (docs/view.md).
+ * A stamp is a raw reading: the TSC where the kernel keeps time by it (*tsc*: the
+ * clocksource is "tsc", so it is steady and the same on every CPU; about 11 ns
+ * against 29 for clock_gettime on a 2-vCPU EPYC), else CLOCK_MONOTONIC in ns. Kept
+ * events are turned into CLOCK_MONOTONIC seconds (trace.py's time) when moved into
+ * the ring: TSC readings by the straight line through two pairs (TSC, monotonic) read
+ * together, one when the ring was made and one at the move, so every event lies
+ * between the two. */
+
+#pragma pack(push, 1)
+typedef struct {
+    double time;
+    int32_t kind, src, dst, tag;
+    uint64_t length;
+} Event; /* trace.py's EVENT */
+#pragma pack(pop)
+
+typedef struct {
+    int64_t raw; /* a stamp: see above */
+    int32_t kind, src, dst, tag;
+    uint64_t length;
+} Kept;
+
+enum { K_PSEND, K_START, K_END }; /* the kinds a TraceRing is given, in this order */
+/* Events are kept here and moved into the ring this many at a time, when a receive
+ * starts (and at flush: trace.py's, when the task publishes its counters): one store
+ * of the count, which pvm_shmd polls, per batch, and none on a message's way. */
+#define BATCH 16
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    char *base;               /* NULL once closed: events are then dropped */
+    Py_ssize_t count, events; /* byte offsets: the count (then the drained count), events */
+    int64_t nevents;
+    Kept *kept;
+    Py_ssize_t nkept, cap;
+    int32_t tid;              /* the task's */
+    int kinds[3];             /* trace.py's PSEND, PRECV_START, PRECV_END */
+    int tsc;                  /* stamps are TSC readings */
+    int64_t tsc0;             /* the pair read when it was made (tsc) */
+    double mono0;
+    int64_t started;          /* the stamp of a receive begun and not finished, or 0 */
+    int32_t want_src, want_tag; /* what that receive asked for */
+    int start_kept;           /* its start is kept already (flush: the task goes to sleep) */
+} TraceRing;
+
+static inline int64_t
+clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline int64_t
+read_tsc(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return (int64_t)__builtin_ia32_rdtsc();
+#else
+    return clock_ns(); /* (tsc is refused at init off x86) */
+#endif
+}
+
+static inline int64_t
+stamp(TraceRing *r)
+{
+    int64_t s = r->tsc ? read_tsc() : clock_ns();
+    return s ? s : 1; /* (0 means none in *started*) */
+}
+
+/* a TSC reading and the monotonic time in seconds at it (between two readings) */
+static void
+tsc_pair(int64_t *tsc, double *mono)
+{
+    int64_t a = read_tsc();
+    int64_t ns = clock_ns();
+    int64_t b = read_tsc();
+    *tsc = a + (b - a) / 2;
+    *mono = ns * 1e-9;
+}
+
+static void
+ring_move(TraceRing *r, int force)
+{
+    if (!r->nkept || !r->base)
+        return;
+    int64_t k = LOAD64(r->base + r->count), drained = LOAD64(r->base + r->count + 8);
+    int64_t room = force ? r->nkept : r->nevents - (k - drained);
+    if (room > r->nkept)
+        room = r->nkept;
+    if (room <= 0 || (!force && k < drained))
+        return;
+    double scale = 1e-9, at0 = 0.0; /* time = at0 + (raw - tsc0) * scale */
+    int64_t raw0 = 0;
+    if (r->tsc) {
+        int64_t t1;
+        double m1;
+        tsc_pair(&t1, &m1);
+        scale = t1 > r->tsc0 ? (m1 - r->mono0) / (double)(t1 - r->tsc0) : 0.0;
+        at0 = r->mono0;
+        raw0 = r->tsc0;
+    }
+    for (int64_t j = 0; j < room; j++) { /* (a count scribbled below 0 still lands inside) */
+        Kept *e = &r->kept[j];
+        Event out = {at0 + (double)(e->raw - raw0) * scale, e->kind, e->src, e->dst, e->tag,
+                     e->length};
+        memcpy(r->base + r->events
+                   + (((k + j) % r->nevents + r->nevents) % r->nevents) * (Py_ssize_t)sizeof(Event),
+               &out, sizeof(Event));
+    }
+    STORE64(r->base + r->count, k + room); /* after the events: never read half-written */
+    r->nkept -= room;
+    memmove(r->kept, r->kept + room, r->nkept * sizeof(Kept));
+}
+
+static void
+ring_note(TraceRing *r, int64_t raw, int which, int64_t src, int64_t dst, int64_t tag,
+          uint64_t length)
+{
+    if (!r->base)
+        return;
+    if (r->nkept == r->cap) {
+        ring_move(r, 0);
+        if (r->nkept == r->cap)
+            ring_move(r, 1); /* kept all it may: over undrained events (counted lost) */
+    }
+    Kept e = {raw, r->kinds[which], (int32_t)src, (int32_t)dst, (int32_t)tag, length};
+    r->kept[r->nkept++] = e;
+}
+
+/* A receive starts (asking for *src*, *tag*): stamped unless one begun is still open
+ * (Inbox.take found nothing and the general path goes on with it). A receive's start
+ * is when its task waits for the other side: kept events are moved into the ring then. */
+static void
+ring_begin(TraceRing *r, int64_t src, int64_t tag)
+{
+    if (r->nkept >= BATCH)
+        ring_move(r, 0);
+    if (!r->started) {
+        r->started = stamp(r);
+        r->want_src = (int32_t)src;
+        r->want_tag = (int32_t)tag;
+    }
+}
+
+/* The receive begun ends with a message (*src*, *tag*, *n* bytes): its start and end */
+static void
+ring_keep_start(TraceRing *r)
+{
+    if (r->started && !r->start_kept)
+        ring_note(r, r->started, K_START, r->want_src, r->tid, r->want_tag, 0);
+    r->start_kept = r->started != 0;
+}
+
+static void
+ring_finish(TraceRing *r, int64_t src, int64_t tag, uint64_t n)
+{
+    int64_t end = stamp(r);
+    ring_keep_start(r);
+    ring_note(r, end, K_END, src, r->tid, tag, n);
+    r->started = r->start_kept = 0;
+}
+
+static int
+tracering_init(TraceRing *r, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"buf", "ring", "events", "nevents", "backlog", "tid", "kinds", "tsc",
+                            NULL};
+    PyObject *buf;
+    Py_ssize_t ring, events, nevents, backlog;
+    int tid = 0, tsc = 0;
+    r->kinds[K_PSEND] = 3; /* (trace.py's, unless given) */
+    r->kinds[K_START] = 4;
+    r->kinds[K_END] = 5;
+    if (r->base || r->kept) {
+        PyErr_SetString(PyExc_RuntimeError, "TraceRing is already set up");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Onnnn|i(iii)p", names, &buf, &ring, &events,
+                                     &nevents, &backlog, &tid, &r->kinds[K_PSEND],
+                                     &r->kinds[K_START], &r->kinds[K_END], &tsc))
+        return -1;
+    if (nevents <= 0 || backlog <= 0) {
+        PyErr_SetString(PyExc_ValueError, "nevents and backlog must be > 0");
+        return -1;
+    }
+#if !defined(__x86_64__) && !defined(__i386__)
+    tsc = 0; /* no TSC to read: the clock */
+#endif
+    if (hold(buf, &r->view, 1) < 0)
+        return -1;
+    if (inside(&r->view, ring, 16, "the trace ring's count") < 0
+        || inside(&r->view, ring + events, nevents * (Py_ssize_t)sizeof(Event), "the events") < 0
+        || ring % 8) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "a word is not aligned");
+        PyBuffer_Release(&r->view);
+        return -1;
+    }
+    r->kept = PyMem_Malloc(backlog * sizeof(Kept));
+    if (!r->kept) {
+        PyBuffer_Release(&r->view);
+        PyErr_NoMemory();
+        return -1;
+    }
+    r->base = r->view.buf;
+    r->count = ring;
+    r->events = ring + events;
+    r->nevents = nevents;
+    r->cap = backlog;
+    r->nkept = 0;
+    r->tid = tid;
+    r->tsc = tsc;
+    r->started = r->start_kept = 0;
+    if (tsc)
+        tsc_pair(&r->tsc0, &r->mono0);
+    return 0;
+}
+
+static int
+tracering_check(TraceRing *r, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
+                const char *usage)
+{
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s", usage);
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < nargs; k++)
+        if (!PyLong_Check(args[k])) {
+            PyErr_Format(PyExc_TypeError, "%s: integers", usage);
+            return -1;
+        }
+    return 0;
+}
+
+static PyObject *
+tracering_flush(TraceRing *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    int force = nargs > 0 ? PyObject_IsTrue(args[0]) : 0;
+    if (force < 0)
+        return NULL;
+    ring_keep_start(r); /* a receive going to sleep: its start shows while it waits */
+    ring_move(r, force);
+    return PyLong_FromSsize_t(r->nkept);
+}
+
+static PyObject *
+tracering_stamp(TraceRing *r, PyObject *unused)
+{
+    return PyLong_FromLongLong(stamp(r));
+}
+
+/* sent(stamp, dest, tag, nbytes): a psend that began at *stamp* posted its message */
+static PyObject *
+tracering_sent(TraceRing *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (tracering_check(r, args, nargs, 4, "sent(stamp, dest, tag, nbytes)") < 0)
+        return NULL;
+    long long v[4];
+    for (int k = 0; k < 4; k++)
+        v[k] = PyLong_AsLongLong(args[k]);
+    if (PyErr_Occurred())
+        return NULL;
+    ring_note(r, v[0], K_PSEND, r->tid, v[1], v[2], (uint64_t)v[3]);
+    Py_RETURN_NONE;
+}
+
+/* begin(source, tag): a receive starts (unless one begun is open: see ring_begin) */
+static PyObject *
+tracering_begin(TraceRing *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (tracering_check(r, args, nargs, 2, "begin(source, tag)") < 0)
+        return NULL;
+    long long src = PyLong_AsLongLong(args[0]), tag = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    ring_begin(r, src, tag);
+    Py_RETURN_NONE;
+}
+
+/* finish(src, tag, nbytes): the receive begun took a message; finish(): it did not
+ * (a timeout, an error: its start alone is recorded) */
+static PyObject *
+tracering_finish(TraceRing *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs == 0) {
+        ring_keep_start(r);
+        r->started = r->start_kept = 0;
+        Py_RETURN_NONE;
+    }
+    if (tracering_check(r, args, nargs, 3, "finish(src, tag, nbytes) or finish()") < 0)
+        return NULL;
+    long long src = PyLong_AsLongLong(args[0]), tag = PyLong_AsLongLong(args[1]);
+    long long n = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    ring_finish(r, src, tag, (uint64_t)n);
+    Py_RETURN_NONE;
+}
+
+/* forget(): a receive begun is no longer recorded (tracing stopped meanwhile) */
+static PyObject *
+tracering_forget(TraceRing *r, PyObject *unused)
+{
+    r->started = r->start_kept = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+tracering_close(TraceRing *r, PyObject *unused)
+{
+    if (r->base) {
+        r->base = NULL;
+        PyBuffer_Release(&r->view);
+    }
+    Py_RETURN_NONE;
+}
+
+static void
+tracering_dealloc(TraceRing *r)
+{
+    tracering_close(r, NULL);
+    PyMem_Free(r->kept);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyMethodDef tracering_methods[] = {
+    {"flush", (PyCFunction)(void (*)(void))tracering_flush, METH_FASTCALL,
+     "flush(force=False) -> events still kept: move kept events (and the start of a "
+     "receive begun) into the ring (force: over undrained ones)"},
+    {"stamp", (PyCFunction)tracering_stamp, METH_NOARGS, "stamp() -> a raw clock reading"},
+    {"sent", (PyCFunction)(void (*)(void))tracering_sent, METH_FASTCALL,
+     "sent(stamp, dest, tag, nbytes): record a psend begun at stamp"},
+    {"begin", (PyCFunction)(void (*)(void))tracering_begin, METH_FASTCALL,
+     "begin(source, tag): a receive starts (one begun and not finished goes on)"},
+    {"finish", (PyCFunction)(void (*)(void))tracering_finish, METH_FASTCALL,
+     "finish(src, tag, nbytes): the receive begun ended with a message; finish(): without"},
+    {"forget", (PyCFunction)tracering_forget, METH_NOARGS, "drop a receive begun"},
+    {"close", (PyCFunction)tracering_close, METH_NOARGS, "release the segment"},
+    {NULL},
+};
+
+static PyTypeObject TraceRingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmd._fast.TraceRing",
+    .tp_basicsize = sizeof(TraceRing),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "a traced task's trace ring, and the events it has no room for yet",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)tracering_init,
+    .tp_dealloc = (destructor)tracering_dealloc,
+    .tp_methods = tracering_methods,
+};
+
+/* the *trace* attribute of a Route or an Inbox: a TraceRing, or None (not traced) */
+static int
+set_trace(TraceRing **slot, PyObject *value)
+{
+    if (value == NULL || value == Py_None) {
+        Py_CLEAR(*slot);
+        return 0;
+    }
+    if (!PyObject_TypeCheck(value, &TraceRingType)) {
+        PyErr_SetString(PyExc_TypeError, "trace must be a TraceRing or None");
+        return -1;
+    }
+    Py_XSETREF(*slot, (TraceRing *)Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+get_trace(TraceRing *t)
+{
+    return Py_NewRef(t ? (PyObject *)t : Py_None);
+}
+
 /* ---- Route: one peer we send to ------------------------------------------------------ */
 
 typedef struct {
@@ -125,6 +515,7 @@ typedef struct {
     int wake;       /* the wake semaphore's semid; -1: futex on the waiting word */
     short wake_flg; /* SEM_UNDO if the wake semaphore is released with it */
     int first;      /* wake before posting (taskbase.Peer.first) */
+    TraceRing *trace; /* our events when psend is traced, else NULL */
 } Route;
 
 static void
@@ -274,9 +665,13 @@ route_post(Route *r, PyObject *const *args, Py_ssize_t nargs)
     if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0)
         return NULL;
     PyObject *res = Py_False;
+    int64_t t = r->trace ? stamp(r->trace) : 0; /* before the post: a receiver may end at once */
     if (tag >= 0 && tag <= 0x7FFFFFFF && src <= 0xFFFFFFFFUL && data.len <= g_medium
-        && route_put(r, (uint32_t)src, (int32_t)tag, data.len, data.buf, -1, 0, 0))
+        && route_put(r, (uint32_t)src, (int32_t)tag, data.len, data.buf, -1, 0, 0)) {
         res = Py_True;
+        if (r->trace)
+            ring_note(r->trace, t, K_PSEND, r->trace->tid, r->dest, tag, data.len);
+    }
     PyBuffer_Release(&data);
     return Py_NewRef(res);
 }
@@ -302,9 +697,13 @@ route_post_pages(Route *r, PyObject *const *args, Py_ssize_t nargs)
     if (v[0] < 0 || v[0] > 0xFFFFFFFFLL || v[1] < 0 || v[1] > 0x7FFFFFFF || v[2] < 0 || v[3] < 0
         || v[3] > 0x7FFFFFFF || v[4] < 0 || v[4] > 0xFFFFFFFFLL || v[5] < 1 || v[5] > 0xFFFFFFFFLL)
         Py_RETURN_FALSE;
-    return Py_NewRef(route_put(r, (uint32_t)v[0], (int32_t)v[1], (Py_ssize_t)v[2], NULL,
-                               (int32_t)v[3], (uint32_t)v[4], (uint32_t)v[5])
-                         ? Py_True : Py_False);
+    int64_t t = r->trace ? stamp(r->trace) : 0;
+    if (!route_put(r, (uint32_t)v[0], (int32_t)v[1], (Py_ssize_t)v[2], NULL, (int32_t)v[3],
+                   (uint32_t)v[4], (uint32_t)v[5]))
+        Py_RETURN_FALSE;
+    if (r->trace)
+        ring_note(r->trace, t, K_PSEND, r->trace->tid, r->dest, v[1], (uint64_t)v[2]);
+    Py_RETURN_TRUE;
 }
 
 static PyObject *
@@ -321,8 +720,27 @@ static void
 route_dealloc(Route *r)
 {
     route_close(r, NULL);
+    Py_CLEAR(r->trace);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
+
+static PyObject *
+route_get_trace(Route *r, void *unused)
+{
+    return get_trace(r->trace);
+}
+
+static int
+route_set_trace(Route *r, PyObject *value, void *unused)
+{
+    return set_trace(&r->trace, value);
+}
+
+static PyGetSetDef route_getset[] = {
+    {"trace", (getter)route_get_trace, (setter)route_set_trace,
+     "the TraceRing its posts are recorded in (None: not traced)", NULL},
+    {NULL},
+};
 
 static PyMethodDef route_methods[] = {
     {"post", (PyCFunction)(void (*)(void))route_post, METH_FASTCALL,
@@ -343,6 +761,7 @@ static PyTypeObject RouteType = {
     .tp_init = (initproc)route_init,
     .tp_dealloc = (destructor)route_dealloc,
     .tp_methods = route_methods,
+    .tp_getset = route_getset,
 };
 
 /* ---- Segments: runs of pages, as pages.py and pagemap.py do it ------------------------- */
@@ -777,6 +1196,7 @@ typedef struct {
     Py_ssize_t ring, head, tail, consumed; /* byte offsets */
     Segments *segs;      /* our runs of pages (a message in pages: None without) */
     Py_ssize_t defer_max; /* how many frees pages.py may put off */
+    TraceRing *trace;     /* our events when precv is traced, else NULL */
 } Inbox;
 
 static int
@@ -844,6 +1264,8 @@ inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred())
         return NULL;
     PyObject *into = nargs == 4 && args[3] != Py_None ? args[3] : NULL;
+    if (b->trace)
+        ring_begin(b->trace, source, want); /* (left open when the Python path goes on) */
     char *base = b->base;
     int64_t head = LOAD64(base + b->head);
     if (LOAD64(base + b->tail) == head && spin > 0) {
@@ -936,6 +1358,8 @@ inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
     PyTuple_SET_ITEM(res, 0, s);
     PyTuple_SET_ITEM(res, 1, t);
     PyTuple_SET_ITEM(res, 2, data);
+    if (b->trace)
+        ring_finish(b->trace, src, tag, n);
     int freed = seg >= 0 ? seg_free(g, seg, (int32_t)page) : 1;
     if (freed < 0) {
         Py_DECREF(res);
@@ -962,6 +1386,7 @@ inbox_close(Inbox *b, PyObject *unused)
         PyBuffer_Release(&b->view);
     }
     Py_CLEAR(b->segs);
+    Py_CLEAR(b->trace);
     Py_RETURN_NONE;
 }
 
@@ -971,6 +1396,24 @@ inbox_dealloc(Inbox *b)
     inbox_close(b, NULL);
     Py_TYPE(b)->tp_free((PyObject *)b);
 }
+
+static PyObject *
+inbox_get_trace(Inbox *b, void *unused)
+{
+    return get_trace(b->trace);
+}
+
+static int
+inbox_set_trace(Inbox *b, PyObject *value, void *unused)
+{
+    return set_trace(&b->trace, value);
+}
+
+static PyGetSetDef inbox_getset[] = {
+    {"trace", (getter)inbox_get_trace, (setter)inbox_set_trace,
+     "the TraceRing its receives are recorded in (None: not traced)", NULL},
+    {NULL},
+};
 
 static PyMethodDef inbox_methods[] = {
     {"take", (PyCFunction)(void (*)(void))inbox_take, METH_FASTCALL,
@@ -989,337 +1432,9 @@ static PyTypeObject InboxType = {
     .tp_init = (initproc)inbox_init,
     .tp_dealloc = (destructor)inbox_dealloc,
     .tp_methods = inbox_methods,
+    .tp_getset = inbox_getset,
 };
 
-
-/* ---- TraceRing, Traced: a traced task's events ---------------------------------------- */
-
-/* A task's trace ring (trace.py: its count, the count pvm_shmd drained, then the
- * events; one writer, the task) and the events kept until they are moved in (BATCH
- * below) or while it has no room: up to *backlog*, past that written over undrained
- * ones, which pvm_shmd counts lost, as trace.py does. pvm_shmd orders what it drains
- * by time, so trace.py's own writes may come in between. */
-
-#pragma pack(push, 1)
-typedef struct {
-    double time;
-    int32_t kind, src, dst, tag;
-    uint64_t length;
-} Event; /* trace.py's EVENT */
-#pragma pack(pop)
-
-typedef struct {
-    PyObject_HEAD
-    Py_buffer view;
-    char *base;               /* NULL once closed: events are then dropped */
-    Py_ssize_t count, events; /* byte offsets: the count (then the drained count), events */
-    int64_t nevents;
-    Event *kept;
-    Py_ssize_t nkept, cap;
-} TraceRing;
-
-static void
-ring_move(TraceRing *r, int force)
-{
-    if (!r->nkept || !r->base)
-        return;
-    int64_t k = LOAD64(r->base + r->count), drained = LOAD64(r->base + r->count + 8);
-    int64_t room = force ? r->nkept : r->nevents - (k - drained);
-    if (room > r->nkept)
-        room = r->nkept;
-    if (room <= 0 || (!force && k < drained))
-        return;
-    for (int64_t j = 0; j < room; j++) /* (a count scribbled below 0 still lands inside) */
-        memcpy(r->base + r->events
-                   + (((k + j) % r->nevents + r->nevents) % r->nevents) * (Py_ssize_t)sizeof(Event),
-               &r->kept[j], sizeof(Event));
-    STORE64(r->base + r->count, k + room); /* after the events: never read half-written */
-    r->nkept -= room;
-    memmove(r->kept, r->kept + room, r->nkept * sizeof(Event));
-}
-
-static void
-ring_note(TraceRing *r, double when, int kind, int64_t src, int64_t dst, int64_t tag,
-          uint64_t length)
-{
-    if (!r->base)
-        return;
-    if (r->nkept == r->cap) {
-        ring_move(r, 0);
-        if (r->nkept == r->cap)
-            ring_move(r, 1); /* kept all it may: over undrained events (counted lost) */
-    }
-    Event e = {when, kind, (int32_t)src, (int32_t)dst, (int32_t)tag, length};
-    r->kept[r->nkept++] = e;
-}
-
-static int
-tracering_init(TraceRing *r, PyObject *args, PyObject *kw)
-{
-    static char *names[] = {"buf", "ring", "events", "nevents", "backlog", NULL};
-    PyObject *buf;
-    Py_ssize_t ring, events, nevents, backlog;
-    if (r->base || r->kept) {
-        PyErr_SetString(PyExc_RuntimeError, "TraceRing is already set up");
-        return -1;
-    }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Onnnn", names, &buf, &ring, &events, &nevents,
-                                     &backlog))
-        return -1;
-    if (nevents <= 0 || backlog <= 0) {
-        PyErr_SetString(PyExc_ValueError, "nevents and backlog must be > 0");
-        return -1;
-    }
-    if (hold(buf, &r->view, 1) < 0)
-        return -1;
-    if (inside(&r->view, ring, 16, "the trace ring's count") < 0
-        || inside(&r->view, ring + events, nevents * (Py_ssize_t)sizeof(Event), "the events") < 0
-        || ring % 8) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "a word is not aligned");
-        PyBuffer_Release(&r->view);
-        return -1;
-    }
-    r->kept = PyMem_Malloc(backlog * sizeof(Event));
-    if (!r->kept) {
-        PyBuffer_Release(&r->view);
-        PyErr_NoMemory();
-        return -1;
-    }
-    r->base = r->view.buf;
-    r->count = ring;
-    r->events = ring + events;
-    r->nevents = nevents;
-    r->cap = backlog;
-    r->nkept = 0;
-    return 0;
-}
-
-static PyObject *
-tracering_flush(TraceRing *r, PyObject *const *args, Py_ssize_t nargs)
-{
-    int force = nargs > 0 ? PyObject_IsTrue(args[0]) : 0;
-    if (force < 0)
-        return NULL;
-    ring_move(r, force);
-    return PyLong_FromSsize_t(r->nkept);
-}
-
-static PyObject *
-tracering_close(TraceRing *r, PyObject *unused)
-{
-    if (r->base) {
-        r->base = NULL;
-        PyBuffer_Release(&r->view);
-    }
-    Py_RETURN_NONE;
-}
-
-static void
-tracering_dealloc(TraceRing *r)
-{
-    tracering_close(r, NULL);
-    PyMem_Free(r->kept);
-    Py_TYPE(r)->tp_free((PyObject *)r);
-}
-
-static PyMethodDef tracering_methods[] = {
-    {"flush", (PyCFunction)(void (*)(void))tracering_flush, METH_FASTCALL,
-     "flush(force=False) -> events still kept: move kept events into the ring (force: "
-     "over undrained ones)"},
-    {"close", (PyCFunction)tracering_close, METH_NOARGS, "release the segment"},
-    {NULL},
-};
-
-static PyTypeObject TraceRingType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmd._fast.TraceRing",
-    .tp_basicsize = sizeof(TraceRing),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "a traced task's trace ring, and the events it has no room for yet",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)tracering_init,
-    .tp_dealloc = (destructor)tracering_dealloc,
-    .tp_methods = tracering_methods,
-};
-
-enum { T_PSEND, T_PRECV, T_INTO }; /* what a Traced wraps */
-/* Events are kept here and moved into the ring this many at a time, when a receive
- * starts (and at flush: trace.py's, when the task publishes its counters): one store
- * of the count, which pvm_shmd polls, per batch, and none on a message's way. */
-#define BATCH 16
-
-/* psend, precv or precv_into of a traced task: the call, and its events in its ring */
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *func, *task; /* the plain method, its task */
-    TraceRing *ring;
-    int what, kinds[3];    /* T_*, and trace.py's PSEND, PRECV_START, PRECV_END */
-    int32_t tid;
-} Traced;
-
-/* positional argument *pos*, or keyword *name*, or NULL */
-static PyObject *
-arg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t pos,
-    const char *name)
-{
-    if (pos < nargs)
-        return args[pos];
-    if (kwnames) {
-        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
-        for (Py_ssize_t k = 0; k < nk; k++)
-            if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, k), name) == 0)
-                return args[nargs + k];
-    }
-    return NULL;
-}
-
-static int64_t
-as_int(PyObject *o, int64_t dflt)
-{
-    if (!o)
-        return dflt;
-    long long v = PyLong_AsLongLong(o);
-    if (v == -1 && PyErr_Occurred()) {
-        PyErr_Clear(); /* a bad argument: the call itself says so */
-        return dflt;
-    }
-    return v;
-}
-
-static uint64_t
-nbytes(PyObject *o)
-{
-    if (PyBytes_CheckExact(o))
-        return PyBytes_GET_SIZE(o);
-    Py_buffer b;
-    if (PyObject_GetBuffer(o, &b, PyBUF_SIMPLE) < 0) {
-        PyErr_Clear();
-        return 0;
-    }
-    uint64_t n = b.len;
-    PyBuffer_Release(&b);
-    return n;
-}
-
-static PyObject *
-traced_call(Traced *t, PyObject *const *args, size_t nargsf, PyObject *kwnames)
-{
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *small[8], **full = small, *res;
-    if (nargs + nkw + 1 > 8) {
-        full = PyMem_Malloc((nargs + nkw + 1) * sizeof(PyObject *));
-        if (!full)
-            return PyErr_NoMemory();
-    }
-    full[0] = t->task;
-    memcpy(full + 1, args, (nargs + nkw) * sizeof(PyObject *));
-    int64_t tid = t->tid;
-    if (t->what == T_PSEND) {
-        double start = now();
-        res = PyObject_Vectorcall(t->func, full, nargs + 1, kwnames);
-        if (res)
-            ring_note(t->ring, start, t->kinds[0], tid,
-                      as_int(arg(args, nargs, kwnames, 0, "dest"), 0),
-                      as_int(arg(args, nargs, kwnames, 1, "tag"), 0),
-                      nbytes(arg(args, nargs, kwnames, 2, "data")));
-    } else {
-        Py_ssize_t at = t->what == T_INTO; /* precv_into: the buffer comes first */
-        ring_note(t->ring, now(), t->kinds[1], as_int(arg(args, nargs, kwnames, at, "source"), -1),
-                  tid, as_int(arg(args, nargs, kwnames, at + 1, "tag"), -1), 0);
-        if (t->ring->nkept >= BATCH)
-            ring_move(t->ring, 0); /* a receive's start: on a ping-pong, the other side works */
-        res = PyObject_Vectorcall(t->func, full, nargs + 1, kwnames);
-        if (res && PyTuple_Check(res) && PyTuple_GET_SIZE(res) == 3) {
-            PyObject *d = PyTuple_GET_ITEM(res, 2); /* the data, or precv_into's count */
-            ring_note(t->ring, now(), t->kinds[2], as_int(PyTuple_GET_ITEM(res, 0), 0), tid,
-                      as_int(PyTuple_GET_ITEM(res, 1), 0),
-                      t->what == T_INTO ? (uint64_t)as_int(d, 0) : nbytes(d));
-        }
-    }
-    if (full != small)
-        PyMem_Free(full);
-    return res;
-}
-
-static int
-traced_init(Traced *t, PyObject *args, PyObject *kw)
-{
-    static char *names[] = {"what", "func", "task", "tid", "ring", "kinds", NULL};
-    PyObject *func, *task, *ring;
-    int what, tid;
-    if (t->func) {
-        PyErr_SetString(PyExc_RuntimeError, "Traced is already set up");
-        return -1;
-    }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iOOiO!(iii)", names, &what, &func, &task, &tid,
-                                     &TraceRingType, &ring, &t->kinds[0], &t->kinds[1],
-                                     &t->kinds[2]))
-        return -1;
-    if (what < T_PSEND || what > T_INTO) {
-        PyErr_SetString(PyExc_ValueError, "what must be 0 (psend), 1 (precv) or 2 (precv_into)");
-        return -1;
-    }
-    t->what = what;
-    t->tid = tid;
-    t->func = Py_NewRef(func);
-    t->task = Py_NewRef(task);
-    t->ring = (TraceRing *)Py_NewRef(ring);
-    t->vectorcall = (vectorcallfunc)traced_call;
-    return 0;
-}
-
-static int
-traced_traverse(Traced *t, visitproc visit, void *arg)
-{
-    Py_VISIT(t->func);
-    Py_VISIT(t->task);
-    Py_VISIT(t->ring);
-    return 0;
-}
-
-static int
-traced_clear(Traced *t)
-{
-    Py_CLEAR(t->func);
-    Py_CLEAR(t->task);
-    Py_CLEAR(t->ring);
-    return 0;
-}
-
-static void
-traced_dealloc(Traced *t)
-{
-    PyObject_GC_UnTrack(t);
-    traced_clear(t);
-    Py_TYPE(t)->tp_free((PyObject *)t);
-}
-
-static PyObject *
-traced_tp_call(Traced *t, PyObject *args, PyObject *kw)
-{
-    if (!t->func) {
-        PyErr_SetString(PyExc_RuntimeError, "Traced is not set up");
-        return NULL;
-    }
-    return PyVectorcall_Call((PyObject *)t, args, kw);
-}
-
-static PyTypeObject TracedType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmd._fast.Traced",
-    .tp_basicsize = sizeof(Traced),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "a traced task's psend, precv or precv_into",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)traced_init,
-    .tp_dealloc = (destructor)traced_dealloc,
-    .tp_traverse = (traverseproc)traced_traverse,
-    .tp_clear = (inquiry)traced_clear,
-    .tp_call = (ternaryfunc)traced_tp_call,
-    .tp_vectorcall_offset = offsetof(Traced, vectorcall),
-};
 
 static PyMethodDef module_methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
@@ -1336,7 +1451,7 @@ PyMODINIT_FUNC
 PyInit__fast(void)
 {
     if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&InboxType) < 0
-        || PyType_Ready(&TraceRingType) < 0 || PyType_Ready(&TracedType) < 0
+        || PyType_Ready(&TraceRingType) < 0
         || PyType_Ready(&SegmentsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
@@ -1345,7 +1460,6 @@ PyInit__fast(void)
     if (PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0
         || PyModule_AddObjectRef(m, "Inbox", (PyObject *)&InboxType) < 0
         || PyModule_AddObjectRef(m, "TraceRing", (PyObject *)&TraceRingType) < 0
-        || PyModule_AddObjectRef(m, "Traced", (PyObject *)&TracedType) < 0
         || PyModule_AddObjectRef(m, "Segments", (PyObject *)&SegmentsType) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -3,7 +3,8 @@
 The common case, nothing pending and a small message next in our ring (after a spin,
 or one sleep), is taken in as few interpreter steps as we can: by shmd._fast's
 ``Inbox.take`` where it is built (fastpath.py; also a message in one run of pages),
-else inline in ``precv`` and in ``_next_small`` for ``precv_into`` (keep the two in
+in ``precv`` and ``precv_into`` themselves; else (and after that take found nothing)
+inline in ``_precv`` and in ``_next_small`` for ``_precv_into`` (keep the two in
 step). Everything else goes
 through ``_receive``: the first match from the pending queue or the ring (inbox.py),
 put together if it came in pieces; a large ``precv_into`` buffer, and ``precv_view``
@@ -36,21 +37,28 @@ class Receiving(Rendezvous):
         """Receive the first message from *source* with *tag* (-1: any). Waits up to
         *timeout* seconds (None: for ever) for it to start arriving, then raises
         PvmTimeout. ``data`` is bytes (a bytearray for a message sent in pieces)."""
+        fx = self._fx
+        if fx is not None and not self._pending:
+            # compiled (fastpath.py): the spin, then a small message that matches
+            if self._nrx >= self._pub_at:  # our counters to our slot, now and then
+                self._publish()
+            m = fx.take(source, tag, self._spin_budget if timeout != 0 else 0.0)
+            if m is not None:
+                self._spun = False
+                self._nrx += 1  # (_received, inline)
+                self._brx += len(m[2])
+                return m
+            return self._precv(source, tag, timeout, 0.0)  # (spun already: sleep, or the rest)
+        return self._precv(source, tag, timeout, None)
+
+    def _precv(self, source: int, tag: int, timeout: float | None,
+               budget: float | None) -> Message:
+        """precv past the compiled fast path (all of it without one): spin *budget*
+        seconds (None: ours), sleep, take. trace.py wraps it in a traced task."""
         deadline = None
         if not self._pending:
-            budget = self._spin_budget if timeout != 0 else 0.0
-            fx = self._fx
-            if fx is not None:
-                # compiled (fastpath.py): the spin, then a small message that matches
-                if self._nrx >= self._pub_at:  # our counters to our slot, now and then
-                    self._publish()
-                m = fx.take(source, tag, budget)
-                if m is not None:
-                    self._spun = False
-                    self._nrx += 1  # (_received, inline)
-                    self._brx += len(m[2])
-                    return m
-                budget = 0.0  # spun already; on below: sleep, or what C leaves to us
+            if budget is None:
+                budget = self._spin_budget if timeout != 0 else 0.0
             # _next_small, inline (keep the two in step): the receive every small
             # message takes. Calling it instead costs ~0.05 us a message, measured:
             # 2.74-2.76x mpi4py's ping-pong latency became 2.83-3.04x, the floor being 3x.
@@ -116,24 +124,15 @@ class Receiving(Rendezvous):
             self._rx = small_desc(n)
         return self._buf[off + _INL:off + _INL + n].tobytes(), span
 
-    def _next_small(self, source: int, tag: int, timeout: float | None, into: memoryview):
+    def _next_small(self, source: int, tag: int, timeout: float | None, into: memoryview,
+                    budget: float):
         """The common case of a receive, in as few interpreter steps as we can: nothing
-        pending, and the next message in the ring (after a spin, or one sleep, if it is
-        empty) is a small one, or one in one run of pages, that matches and fits in
-        *into*. Returns (message, deadline): the message (src, tag, data) taken off the
-        ring (a paged one is copied into *into* here: data is then its length), or None
-        for the general path, with the deadline already running if we slept (else
-        None). ``precv`` has this inline (keep the two in step)."""
-        budget = self._spin_budget if timeout != 0 else 0.0
-        fx = self._fx
-        if fx is not None:  # compiled (fastpath.py), as in precv
-            if self._nrx >= self._pub_at:
-                self._publish()
-            got = fx.take(source, tag, budget, into)
-            if got is not None:
-                self._spun = False
-                return got, None
-            budget = 0.0
+        pending, and the next message in the ring (after a spin of *budget* seconds, or
+        one sleep, if it is empty) is a small one, or one in one run of pages, that
+        matches and fits in *into*. Returns (message, deadline): the message (src, tag,
+        data) taken off the ring (a paged one is copied into *into* here: data is then
+        its length), or None for the general path, with the deadline already running if
+        we slept (else None). ``_precv`` has this inline (keep the two in step)."""
         room = into.nbytes
         q, H, T = self._q, self._H, self._T
         head = q[H]
@@ -177,9 +176,28 @@ class Receiving(Rendezvous):
         mv = as_bytes_view(buffer)
         if mv.readonly:
             raise PvmError(PvmBadParam, "receive buffer is read-only")
+        fx = self._fx
+        if fx is not None and not self._pending and (mv.nbytes < self._paths.into_min
+                                                     or not self._direct):
+            # compiled (fastpath.py), as in precv
+            if self._nrx >= self._pub_at:
+                self._publish()
+            got = fx.take(source, tag, self._spin_budget if timeout != 0 else 0.0, mv)
+            if got is not None:
+                self._spun = False
+                self._received(got[2])
+                return got
+            return self._precv_into(mv, source, tag, timeout, 0.0)
+        return self._precv_into(mv, source, tag, timeout, None)
+
+    def _precv_into(self, mv: memoryview, source: int, tag: int, timeout: float | None,
+                    budget: float | None) -> tuple[int, int, int]:
+        """precv_into past the compiled fast path (all of it without one), as _precv."""
         deadline = None
         if not self._pending and (mv.nbytes < self._paths.into_min or not self._direct):
-            got, deadline = self._next_small(source, tag, timeout, mv)
+            if budget is None:
+                budget = self._spin_budget if timeout != 0 else 0.0
+            got, deadline = self._next_small(source, tag, timeout, mv, budget)
             if got is not None:
                 data = got[2]
                 if data.__class__ is int:

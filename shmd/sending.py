@@ -69,7 +69,11 @@ class Sending(Rendezvous):
                 run = self._sx.alloc_copy(data)
                 sent = run is not None
                 if sent and not fx.post_pages(self._src, tag, n, *run):
+                    tr = fx.trace  # (traced: fx records only the posts it makes)
+                    t = tr.stamp() if tr is not None else 0
                     self._post_run(dest, tag, n, run, INF if timeout is None else time.monotonic() + timeout)
+                    if tr is not None:
+                        tr.sent(t, dest, tag, n)
             else:
                 sent = False
             if sent:
@@ -78,6 +82,11 @@ class Sending(Rendezvous):
                 if not self._ntx & _PUBLISH_MASK:
                     self._publish()
                 return
+        self._psend(dest, tag, data, timeout)
+
+    def _psend(self, dest: int, tag: int, data, timeout: float | None = None) -> None:
+        """psend past its fast path: every send, waiting as psend says. trace.py wraps
+        it in a traced task whose fast path is compiled (which records its own)."""
         if not 0 <= tag <= MAX_TAG:
             raise PvmError(PvmBadParam, f"tag {tag} must be >= 0 and < 2**31")
         if type(data) is bytes:

@@ -206,6 +206,7 @@ class TaskBase:
     _blocked: int  # our slot's blocked word (int32 index)
     _tracing: int  # the header's trace word as last seen (a change: trace.switch)
     _traceable: bool  # False for pvm_netd
+    _send_trace: Any = None  # the TraceRing our compiled sends record into (trace.switch)
 
     def _publish(self) -> None:
         """Store our message counters in our slot (for pvm_shmd and the console's view),
@@ -277,5 +278,7 @@ class TaskBase:
                 p = self._peers[tid] = Peer(i, lock, wake)
                 p.first = cpus_apart(t["pid"]) is not False
                 p.fx = fastpath.route(self._buf, p, tid, self._wake)
+                if p.fx is not None:
+                    p.fx.trace = self._send_trace
                 return p
         raise PvmError(PvmNoTask, f"no task {tids.fmt(tid)}")

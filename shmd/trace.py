@@ -11,9 +11,11 @@ when it leaves and when its interpreter exits without a leave (``_at_exit``).
 What is recorded is a mask (``BIT``; PVM's event names map to it: ``PVM_EVENTS``):
 for a task spawned with ``$PVM_TRACE=<mask>`` (the console's ``spawn -@``) and for
 every task of a host whose header trace word is a mask (``trace on``). A task looks at
-that word when it publishes its counters (idle, every PUBLISH_EVERY sends); its calls
-are then wrapped (``switch``): with tracing off the task runs the plain methods, so
-nothing is checked per message at all.
+that word when it publishes its counters (idle, every PUBLISH_EVERY sends) and
+``switch`` follows it: with the compiled fast path, its Routes and Inbox are given the
+task's TraceRing (shmd._fast: they record their own events) and the general paths past
+them are wrapped (``_wrap_general``); without it, the public calls are wrapped. With
+tracing off the task runs the plain methods, so nothing is checked per message at all.
 
 pvm_shmd drains the rings (``Collector``) every few milliseconds while tracing is on,
 when a task leaves, and when asked (``pvm_shmd_stat --trace dump``); it stores how far
@@ -77,7 +79,10 @@ def env_mask(value: str | None) -> int:
     return int(value) if value and value.isdigit() and 0 < int(value) <= ALL else 0
 MAX_KEPT = 1_000_000  # events a daemon keeps (older ones are dropped and counted lost)
 EVENTS_OFF = 64  # the events of a ring start here (its count is at its start)
-WRAPPED = ("psend", "precv", "precv_into", "precv_view")
+# what a traced task's methods are replaced by (in its __dict__): its public calls
+# (without the compiled module), or the general paths past the compiled fast paths,
+# which record their own events
+WRAPPED = ("psend", "precv", "precv_into", "precv_view", "_psend", "_precv", "_precv_into")
 
 
 _now = time.monotonic
@@ -99,13 +104,25 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
     task.__dict__["_trace_mask"] = mask
     rec, flush, noted = _recorder(task)
     keep = noted.append
+    cring = task.__dict__.get("_trace_ring")  # compiled: the fast paths record into it
+    if cring is not None:
+        cring.forget()  # (a receive begun under the old mask)
+        sends = task.__dict__["_send_trace"] = cring if mask & BIT[PSEND] else None
+        for p in task._peers.values():
+            if p.fx is not None:
+                p.fx.trace = sends
+        if task._fx is not None:
+            task._fx.trace = cring if mask & BIT[PRECV_END] else None
     if event and (mask | old) & BIT[event]:
         rec(event, task.tid, 0, 0, 0)
     flush(True)  # (a switch, a join, a leave: what was noted goes to the ring now)
     if not mask & (BIT[PSEND] | BIT[PRECV_END]):
         return
+    if cring is not None:
+        _wrap_general(task, mask, cring)
+        return
     cls, tid = type(task), task.tid
-    psend, precv, precv_into, precv_view = (getattr(cls, n) for n in WRAPPED)
+    psend, precv, precv_into, precv_view = (getattr(cls, n) for n in WRAPPED[:4])
 
     # Per call only the clock is read and a tuple kept: the ring is written when the
     # task publishes its counters (taskbase.py: before a receive sleeps or spins after
@@ -116,7 +133,7 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
     def t_psend(dest: int, tag: int, data, timeout: float | None = None) -> None:
         t = _now()
         psend(task, dest, tag, data, timeout)
-        keep((t, PSEND, tid, dest, tag, len(data) if type(data) is bytes else memoryview(data).nbytes))
+        keep((t, PSEND, tid, dest, tag, _nbytes(data)))
 
     def t_precv(source: int = -1, tag: int = -1, timeout: float | None = None):
         if len(noted) >= NOTED:
@@ -135,6 +152,22 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
         keep((_now(), PRECV_END, got[0], tid, got[1], got[2]))
         return got
 
+    if mask & BIT[PSEND]:
+        task.psend = t_psend
+    if mask & BIT[PRECV_END]:
+        task.precv, task.precv_into = t_precv, t_precv_into
+        task.precv_view = _traced_view(task, precv_view, keep, noted, flush)
+
+
+def _nbytes(data: Any) -> int:
+    return len(data) if type(data) is bytes else memoryview(data).nbytes
+
+
+def _traced_view(task: Any, precv_view: Any, keep: Any, noted: list, flush: Any) -> Any:
+    """*task*'s precv_view, its start and end kept as tuples (with or without the
+    compiled module: it never takes the compiled fast path)."""
+    tid = task.tid
+
     def t_precv_view(source: int = -1, tag: int = -1, timeout: float | None = None):
         if len(noted) >= NOTED:
             flush()
@@ -142,19 +175,49 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
         v = precv_view(task, source, tag, timeout)
         keep((_now(), PRECV_END, v.src, tid, v.tag, v.data.nbytes))
         return v
+    return t_precv_view
 
-    wrap: dict[str, Any] = {"psend": t_psend, "precv": t_precv, "precv_into": t_precv_into}
-    ring = task.__dict__.get("_trace_ring")
-    if ring is not None:
-        # compiled (fastpath.py): each event stored straight into the ring, not kept
-        # as a tuple and packed later (the functions above: where nothing compiles)
-        for what, (name, func) in enumerate(zip(wrap, (psend, precv, precv_into))):
-            wrap[name] = fastpath.fast.Traced(what=what, func=func, task=task, tid=tid, ring=ring,
-                                              kinds=(PSEND, PRECV_START, PRECV_END))
+
+def _wrap_general(task: Any, mask: int, ring: Any) -> None:
+    """Trace *task* whose fast paths are compiled: they record into *ring* (its
+    TraceRing, their *trace*: set by switch), and the general paths past them are
+    wrapped here to record into it too. A receive the compiled take began and left to
+    the general path is finished by it (TraceRing.begin keeps the start)."""
+    cls = type(task)
+    psend, precv, precv_into = cls._psend, cls._precv, cls._precv_into
+
+    def t_psend(dest: int, tag: int, data, timeout: float | None = None) -> None:
+        t = ring.stamp()
+        psend(task, dest, tag, data, timeout)
+        ring.sent(t, dest, tag, _nbytes(data))
+
+    def t_precv(source: int, tag: int, timeout: float | None, budget: float | None):
+        ring.begin(source, tag)
+        try:
+            m = precv(task, source, tag, timeout, budget)
+        except BaseException:
+            ring.finish()  # (its start alone)
+            raise
+        ring.finish(m.src, m.tag, len(m.data))
+        return m
+
+    def t_precv_into(mv: memoryview, source: int, tag: int, timeout: float | None,
+                     budget: float | None) -> tuple[int, int, int]:
+        ring.begin(source, tag)
+        try:
+            got = precv_into(task, mv, source, tag, timeout, budget)
+        except BaseException:
+            ring.finish()
+            raise
+        ring.finish(*got)
+        return got
+
     if mask & BIT[PSEND]:
-        task.psend = wrap["psend"]
+        task._psend = t_psend
     if mask & BIT[PRECV_END]:
-        task.precv, task.precv_into, task.precv_view = wrap["precv"], wrap["precv_into"], t_precv_view
+        task._precv, task._precv_into = t_precv, t_precv_into
+        rec, flush, noted = _recorder(task)
+        task.precv_view = _traced_view(task, cls.precv_view, noted.append, noted, flush)
 
 
 def active(task: Any) -> int:
@@ -208,9 +271,10 @@ def _new_recorder(task: Any):
     keep = noted.append
     first = 0  # noted[:first] are in the ring (taken off the list in bulk, not at each flush)
     fast = fastpath.fast
-    # the compiled wrappers' ring (switch), and the events it keeps (task.py closes it)
+    # the compiled fast paths' ring (switch), and the events it keeps (task.py closes it)
     cring = task.__dict__["_trace_ring"] = None if fast is None else fast.TraceRing(
-        buf, ring=base, events=EVENTS_OFF, nevents=n, backlog=BACKLOG)
+        buf, ring=base, events=EVENTS_OFF, nevents=n, backlog=BACKLOG, tid=task.tid,
+        kinds=(PSEND, PRECV_START, PRECV_END), tsc=fastpath.TSC)
 
     def flush(all_: bool = False) -> None:
         nonlocal first
@@ -219,7 +283,7 @@ def _new_recorder(task: Any):
         left = len(noted) - first
         if left <= 0:
             return
-        k = q[c]  # we alone write the count (here, or the compiled wrappers: fastpath.py)
+        k = q[c]  # we alone write the count (here, or cring: shmd._fast)
         # what pvm_shmd has not drained yet is not overwritten while we can keep it
         room = min(left, n - (k - q[c + 1])) if left < BACKLOG else left
         if room < (1 if all_ else min(left, NOTED)):

@@ -110,6 +110,12 @@ def test_traced_ping_pong_has_exactly_its_messages_and_valid_chrome_json(daemon,
                 if e.kind == trace.PSEND and e.owner == peer.tid]
         assert back == [(me.tid, 100 + k % 8, n) for k, n in enumerate(sizes)]
         assert [e.kind for e in events if e.owner == peer.tid][0] == trace.SPAWN
+        # every receive of the peer's a start and an end (the compiled take's start
+        # kept when the general path finishes it), then its idle one: a start alone
+        recvs = [e for e in events if e.owner == peer.tid and e.kind in (trace.PRECV_START, trace.PRECV_END)]
+        assert [e.kind for e in recvs] == [trace.PRECV_START, trace.PRECV_END] * len(sizes) + [
+            trace.PRECV_START]
+        assert [e.length for e in recvs[1::2]] == sizes
         flows, unmatched = trace.flows(events)
         assert len(flows) == 2 * len(sizes) and not unmatched, (unmatched, [e for e in events if e.kind != trace.PSEND])
         assert all(f.send.t <= f.recv.t and f.send.length == f.recv.length for f in flows)
@@ -209,6 +215,7 @@ def test_a_full_ring_keeps_the_events_in_order_until_drained():
 
     class Slot:  # a task's slot 0 and its trace ring, in a buffer of our own
         _slot = 0
+        tid = 0x40001
         _buf = bytearray(layout.trace_ring_off(1))
         _q = memoryview(_buf).cast("q")
 
@@ -247,3 +254,64 @@ def test_a_traced_task_that_ends_without_leave_has_its_events_and_exit(daemon):
             break
         time.sleep(0.05)
     assert got == [trace.SPAWN, trace.PSEND, trace.PRECV_START, trace.PRECV_END, trace.EXIT], got
+
+
+@pytest.mark.parametrize("path", ["compiled", "python"])
+def test_a_traced_receive_that_times_out_records_its_start_alone(daemon, path, monkeypatch):
+    """The receive's start is recorded when its timeout ends it; the next receive's start
+    is its own (the compiled take keeps a start open for the general path: not past it)."""
+    if path == "compiled" and fastpath.fast is None:
+        pytest.skip("shmd._fast is not built here")
+    if path == "python":
+        monkeypatch.setattr(fastpath, "fast", None)
+    dump(daemon, "on")
+    try:
+        with shmd.join(name="alone") as me:
+            t0 = time.monotonic()
+            with pytest.raises(PvmTimeout):
+                me.precv(me.tid, 7, timeout=0.05)
+            me.psend(me.tid, 7, b"x")
+            assert me.precv(me.tid, 7).data == b"x"
+            big = payload(1, 200000)  # (the general paths: pages, and precv_into's copy)
+            me.psend(me.tid, 8, big)
+            assert me.precv_into(bytearray(len(big)), me.tid, 8) == (me.tid, 8, len(big))
+            t1 = time.monotonic()
+    finally:
+        dump(daemon, "off")
+    events = [e for e in trace.events_of([("h", dump(daemon, "take"), 0.0)])[0]
+              if e.kind in (trace.PSEND, trace.PRECV_START, trace.PRECV_END)]
+    t = me.tid
+    assert [(e.kind, e.src, e.dst, e.tag, e.length) for e in events] == [
+        (trace.PRECV_START, t, t, 7, 0), (trace.PSEND, t, t, 7, 1), (trace.PRECV_START, t, t, 7, 0),
+        (trace.PRECV_END, t, t, 7, 1), (trace.PSEND, t, t, 8, len(big)),
+        (trace.PRECV_START, t, t, 8, 0), (trace.PRECV_END, t, t, 8, len(big))]
+    assert events[1].t - events[0].t >= 0.05  # (after the timeout: not the first start)
+    assert t0 <= events[0].t and events[-1].t <= t1
+    assert [e.t for e in events] == sorted(e.t for e in events)
+
+
+@pytest.mark.parametrize("tsc", [True, False], ids=["tsc", "clock"])
+def test_compiled_trace_stamps_become_monotonic_times(tsc):
+    """TraceRing's raw stamps (TSC readings where the kernel keeps time by the TSC, else
+    the clock) are written as time.monotonic() seconds, each within its neighbours."""
+    fast = fastpath.fast
+    if fast is None:
+        pytest.skip("shmd._fast is not built here")
+    if tsc and not fastpath.TSC:
+        pytest.skip("the kernel does not keep time by the TSC here: stamps read the clock")
+    n = 32
+    buf = bytearray(64 + trace.EVENT.size * n)
+    ring = fast.TraceRing(buf, ring=0, events=64, nevents=n, backlog=n, tid=9, tsc=tsc)
+    marks = []
+    for k in range(20):
+        before = time.monotonic()
+        s = ring.stamp()
+        marks.append((before, time.monotonic()))
+        ring.sent(s, 1, k, 8)
+        time.sleep(0.001)
+    assert ring.flush(True) == 0
+    got = [trace.EVENT.unpack_from(buf, 64 + trace.EVENT.size * k) for k in range(20)]
+    ring.close()
+    assert [g[1:] for g in got] == [(trace.PSEND, 9, 1, k, 8) for k in range(20)]
+    for (before, after), g in zip(marks, got):
+        assert before - 2e-6 <= g[0] <= after + 2e-6, (before, g[0], after)

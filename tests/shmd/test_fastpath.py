@@ -217,12 +217,10 @@ def test_scribbled_counters_below_zero_stay_inside_the_segment():
     q[0], q[1] = -5, 0
     assert box.take(-1, -1, 0.0) is None  # (the Python path names the damage)
     box.close()
-    ring = fast.TraceRing(buf, ring=0, events=64, nevents=8, backlog=4)
-    events = fast.Traced(what=0, func=lambda task, dest, tag, data: None, task=None, tid=7,
-                         ring=ring, kinds=(3, 4, 5))
+    ring = fast.TraceRing(buf, ring=0, events=64, nevents=8, backlog=4, tid=7)
     q[0], q[1] = -3, -3  # count and drained, scribbled
     for k in range(6):
-        events(1, k, b"ab")  # the backlog (4) overflows: written over, whatever the count
+        ring.sent(ring.stamp(), 1, k, 2)  # the backlog (4) overflows: written over, whatever the count
     assert ring.flush(True) >= 0 and q[0] >= -3
     written = [bytes(buf[64 + 32 * k:64 + 32 * (k + 1)]) for k in range(8)]
     assert sum(1 for w in written if any(w)) >= 4  # inside the ring's 8 events
