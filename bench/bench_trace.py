@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 import shmd  # noqa: E402
-from shmd import control, trace  # noqa: E402
+from shmd import control, fastpath, trace  # noqa: E402
 
 MP = multiprocessing.get_context("fork")
 SPIN = {"auto": None, "on": True, "off": False}
@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
               f"{a.size} B ping-pong, spin {a.spin}, {a.iters} round trips a run, median RTT/2 "
-              f"in us")
+              f"in us; {fastpath.KIND} path, stamps from "
+              f"{'the TSC' if fastpath.TSC else 'the clock'}")
         control.request("trace", vmid, set=trace.ALL)  # the daemon drains the rings
         lat = pair(vmid, a.size, a.iters // 10, 0, a.blocks, spin=spin)
         d = control.request("trace", vmid, set=0, dump=True, clear=True)
