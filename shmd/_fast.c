@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/futex.h>
+#include <pthread.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CPU_RELAX() __builtin_ia32_pause()
@@ -511,7 +512,7 @@ typedef struct {
     Py_ssize_t ring, tid, waiting, head, tail, posted; /* byte offsets */
     int64_t seen;   /* its head as last read (see taskbase.Peer.seen) */
     uint32_t dest;
-    int lock;       /* the inbox lock's semid */
+    Py_ssize_t lock; /* the inbox lock (a robust pthread mutex: shmd/mutex.py), byte offset */
     int wake;       /* the wake semaphore's semid; -1: futex on the waiting word */
     short wake_flg; /* SEM_UNDO if the wake semaphore is released with it */
     int first;      /* wake before posting (taskbase.Peer.first) */
@@ -542,7 +543,7 @@ route_init(Route *r, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "Route is already set up");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OnnnnnnIiipp", names, &buf, &r->ring, &r->tid,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OnnnnnnInipp", names, &buf, &r->ring, &r->tid,
                                      &r->waiting, &r->head, &r->tail, &r->posted, &dest, &r->lock,
                                      &r->wake, &undo, &first))
         return -1;
@@ -554,7 +555,8 @@ route_init(Route *r, PyObject *args, PyObject *kw)
         || inside(&r->view, r->head, 8, "the head") < 0
         || inside(&r->view, r->tail, 8, "the tail") < 0
         || inside(&r->view, r->posted, 8, "the posted count") < 0
-        || (r->waiting | r->tid) % 4 || (r->head | r->tail | r->posted) % 8) {
+        || inside(&r->view, r->lock, sizeof(pthread_mutex_t), "the inbox lock") < 0
+        || (r->waiting | r->tid) % 4 || (r->head | r->tail | r->posted | r->lock) % 8) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "a word is not aligned");
         PyBuffer_Release(&r->view);
@@ -566,6 +568,15 @@ route_init(Route *r, PyObject *args, PyObject *kw)
     r->first = first;
     r->seen = 0;
     return 0;
+}
+
+/* An inbox lock's release, and the full barrier the protocol needs after it (between
+ * storing a tail and reading the waiting word: inbox.py's Dekker handshake) */
+static inline void
+unlock(pthread_mutex_t *lock)
+{
+    pthread_mutex_unlock(lock);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
 /* A descriptor: the header's fields, then the inline bytes (*data*: none in pages) */
@@ -605,14 +616,15 @@ route_put(Route *r, uint32_t src, int32_t tag, Py_ssize_t n, const void *data, i
         else
             early = 0;
     }
-    struct sembuf op = {0, -1, IPC_NOWAIT | SEM_UNDO};
-    if (semop(r->lock, &op, 1) < 0)
+    pthread_mutex_t *lock = (pthread_mutex_t *)(base + r->lock);
+    int taken = pthread_mutex_trylock(lock);
+    if (taken == EOWNERDEAD) /* its holder died: ours now (a tail is stored whole) */
+        pthread_mutex_consistent(lock);
+    else if (taken)
         return 0;
-    op.sem_op = 1;
-    op.sem_flg = SEM_UNDO;
     int64_t tail = LOAD64(base + r->tail);
     if (tail < 0) { /* scribbled: the Python path names it */
-        semop(r->lock, &op, 1);
+        unlock(lock);
         return 0;
     }
     int64_t k = tail % g_ring, fill = k + need > g_ring ? g_ring - k : 0;
@@ -622,7 +634,7 @@ route_put(Route *r, uint32_t src, int32_t tag, Py_ssize_t n, const void *data, i
         r->seen = LOAD64(base + r->head);
     int64_t used = tail - r->seen;
     if ((uint32_t)LOAD32(base + r->tid) != r->dest || used < 0 || used + fill + need > limit) {
-        semop(r->lock, &op, 1);
+        unlock(lock);
         return 0;
     }
     char *ring = base + r->ring;
@@ -634,8 +646,7 @@ route_put(Route *r, uint32_t src, int32_t tag, Py_ssize_t n, const void *data, i
     if (seg >= 0) /* paged bytes waiting in its inbox (sending.py paces on them) */
         STORE64(base + r->posted, (int64_t)((uint64_t)LOAD64(base + r->posted) + n));
     STORE64(base + r->tail, tail + need);
-    if (semop(r->lock, &op, 1) < 0)
-        return 1; /* the receiver was reaped meanwhile; so was the message */
+    unlock(lock);
     int32_t w = LOAD32(base + r->waiting);
     if (w && w != early)
         route_wake(r);

@@ -1,6 +1,6 @@
 """pvm_shmd: the per-host shared-memory daemon.
 
-It creates the segments, their page maps and semaphores, keeps the task table,
+It creates the segments, their page maps, semaphores and inbox locks, keeps the task table,
 notices dead tasks and reclaims their pages, and answers joins and status requests
 on a Unix socket. Tasks allocate and free pages themselves, under each segment's
 semaphore, without asking it.
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 import sysv_ipc
 
-from . import calibrate, handshake, hostenv, ipc, layout, pagemap, paths, private, tids, trace, wake
+from . import calibrate, handshake, hostenv, ipc, layout, mutex, pagemap, paths, private, tids, trace, wake
 from .clients import Client, Clients, error_reply
 from .errors import PvmDenied, PvmExists, PvmOutOfRes
 from .exits import DaemonExit
@@ -36,7 +36,7 @@ from .log import Log
 from .options import USAGE, Options, UsageError, parse
 from .resources import OutOfResources, Resources, leftovers
 
-LOCK_TIMEOUT = 2.0  # longest the daemon waits for a page-map or inbox semaphore
+LOCK_TIMEOUT = 2.0  # longest the daemon waits for a page-map semaphore or an inbox lock
 HUP_GRACE = 2.0  # seconds between TERM and KILL of a task on HUP
 TICK = 0.2  # liveness-check period (seconds)
 QUICK = 0.002  # re-check period for a task whose socket closed while it was still exiting
@@ -233,6 +233,8 @@ class Daemon:
                                 ("map_off", layout.map_off(i))):
                 entry[name] = value
         self.clear_maps()
+        for i in range(layout.MAX_TASKS):  # every slot's inbox lock, once (mutex.py says why)
+            mutex.init(self.segs[0].address + layout.slot_off(i) + layout.T_LOCK_OFF)
         self.buf[:8] = layout.MAGIC  # last: only now may an alien process trust it
 
     @contextlib.contextmanager
@@ -316,21 +318,18 @@ class Daemon:
                 local = tids.next_local(local)
             h["next_local"] = tids.next_local(local)
         tid = self.dtid | local
-        lock = None
         try:
-            lock = self.res.semaphore(1)
             wake = self.res.semaphore(0)
         except (sysv_ipc.Error, OSError) as e:
-            if lock is not None:
-                self.res.drop("sem", lock.id)
-            return error_reply(f"cannot create semaphores: {e}", PvmOutOfRes)
+            return error_reply(f"cannot create a semaphore: {e}", PvmOutOfRes)
         t = layout.slot(self.buf, free)
         rv = layout.slot_off(free) + layout.RV_OFF
-        self.buf[rv:rv + layout.SLOT_HDR - layout.RV_OFF] = bytes(layout.SLOT_HDR - layout.RV_OFF)
+        # (not the inbox lock after them: made with the segment, never again)
+        self.buf[rv:rv + layout.T_LOCK_OFF - layout.RV_OFF] = bytes(layout.T_LOCK_OFF - layout.RV_OFF)
         for k, v in (("pid", pid), ("start_ticks", start), ("name", name), ("head", 0),
                      ("tail", 0), ("posted", 0), ("consumed", 0), ("waiting", 0),
-                     ("pending", 0), ("sending", 0), ("lock_key", lock.key),
-                     ("lock_id", lock.id), ("wake_key", wake.key), ("wake_id", wake.id),
+                     ("pending", 0), ("sending", 0), ("serial", (h["joined"] + 1) & 0x7FFFFFFF),
+                     ("wake_key", wake.key), ("wake_id", wake.id),
                      ("conn", int(pid == client.pid)), ("state", layout.ACTIVE)):
             t[k] = v
         self.tracer.joined(self.m64, free)
@@ -340,6 +339,10 @@ class Daemon:
         self.log.debug(1, f"task t{tid:x} pid {pid} ({name}) joined, slot {free}")
         return {"tid": tid, "slot": free, "generation": h["generation"]}
 
+    def inbox_lock(self, i: int) -> mutex.Mutex:
+        """Slot *i*'s inbox lock."""
+        return mutex.Mutex(self.segs[0].address + layout.slot_off(i) + layout.T_LOCK_OFF)
+
     def reap(self, i: int, why: str) -> None:
         """Free everything of the task in slot *i*: pages it holds, messages queued to
         it, its semaphores and slot."""
@@ -347,11 +350,11 @@ class Daemon:
         tid = t["tid"]
         if not tid:
             return
-        lock = None
+        lock = self.inbox_lock(i)
         try:
-            lock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
             locked = lock.acquire(LOCK_TIMEOUT)  # keep senders out while we empty the ring
-        except (ipc.Gone, sysv_ipc.Error):
+        except mutex.Broken as err:
+            self.note_damage(f"reaping t{tid:x}: its inbox lock: {err}")
             locked = False
         t["state"] = layout.FREE
         queued: dict[int, set[int]] = {}
@@ -396,13 +399,12 @@ class Daemon:
                     self.seg_locks[s].release()
         self.retire(i, t, why)
         t["tid"] = 0
-        if locked and lock is not None:
+        if locked:
             lock.release()
-        for k in ("lock_id", "wake_id"):
-            try:
-                self.res.drop("sem", t[k])
-            except OSError:
-                pass
+        try:
+            self.res.drop("sem", t["wake_id"])
+        except OSError:
+            pass
         h = layout.header(self.buf)
         if why == "left":
             h["exited"] = h["exited"] + 1

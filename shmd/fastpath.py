@@ -66,7 +66,7 @@ def route(buf: memoryview, peer: Any, dest: int, kind: int) -> Any:
     futex = kind == wake.FUTEX
     return fast.Route(buf, ring=peer.ring, tid=4 * peer.tid_i, waiting=4 * peer.waiting_i,
                       head=8 * peer.head_q, tail=8 * peer.tail_q, posted=8 * peer.posted_q,
-                      dest=dest, lock=peer.lock.id,
+                      dest=dest, lock=layout.slot_off(peer.slot) + layout.T_LOCK_OFF,
                       wake=-1 if futex else w.id, wake_undo=False if futex else w.undo,
                       first=peer.first)
 

@@ -34,7 +34,8 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = b"pvmshmd\x00"
-VERSION = 6  # 5: the wake word and the page maps' intent records; 6: a slot's conn word
+VERSION = 7  # 5: the wake word and the page maps' intent records; 6: a slot's conn word;
+# 7: a slot's inbox lock is a mutex in it (mutex.py), its semaphore gone; its serial word
 
 MAXSEG = 8  # the man page's MAXSEG: segments at most
 MAXPAGES = 4096  # the man page's MAXPAGES: pages per segment at most
@@ -109,8 +110,9 @@ T = {
     "waiting": (112, "I"),  # apart from head and tail: senders read it on every send
     "head": (16, "Q"),
     "tail": (24, "Q"),
-    "lock_key": (32, "i"),
-    "lock_id": (36, "i"),
+    # which join of this slot the task is: a sender's cached Peer of a tid that left
+    # and joined again is stale (its ring restarted)
+    "serial": (36, "i"),
     "wake_key": (40, "i"),
     "wake_id": (44, "i"),
     "pending": (48, "I"),
@@ -137,6 +139,9 @@ T = {
     # task table can be read from segment 0 alone (spawner.tasks), without asking
     # pvm_shmd, which knows its connections.
     "conn": (296, "I"),
+    # the inbox lock: a robust, process-shared pthread mutex (mutex.py), made with the
+    # segment; senders take it to post into the ring
+    "lock": (304, f"{64}s"),
 }
 COUNTERS = ("sent", "sent_bytes", "recvd", "recvd_bytes")  # a slot's, in this order
 PUBLISH_EVERY = 256  # sends between two stores of the counters (a power of two)
@@ -161,7 +166,8 @@ T_PID_I = index(T["pid"], 4)
 T_WAITING_I = index(T["waiting"], 4)
 T_HEAD_Q = index(T["head"], 8)
 T_TAIL_Q = index(T["tail"], 8)
-T_LOCK_ID_I = index(T["lock_id"], 4)
+T_SERIAL_I = index(T["serial"], 4)
+T_LOCK_OFF = T["lock"][0]
 T_PENDING_I = index(T["pending"], 4)
 T_START_TICKS_Q = index(T["start_ticks"], 8)
 T_POSTED_Q = index(T["posted"], 8)

@@ -16,7 +16,7 @@ import functools
 import time
 from collections.abc import Callable
 
-from . import direct, ipc, layout
+from . import direct, ipc, layout, mutex
 from .errors import PvmError, PvmNoMem, PvmTimeout
 from .inbox import Inbox
 from .message import Desc
@@ -107,7 +107,7 @@ class Rendezvous(Inbox):
         try:
             if not lock.acquire(min(SLICE, max(deadline - time.monotonic(), 0.0))):
                 return False
-        except ipc.Gone:
+        except mutex.Broken:
             return False
         try:
             # the inbox is empty (head read before the record: the receiver closes the
@@ -129,7 +129,7 @@ class Rendezvous(Inbox):
             q[r] = _RV_CLAIMED
             return True
         finally:
-            lock.release()  # a semop: the barrier between the claim and the flag load
+            lock.release()  # a full barrier: between the claim and the flag load
 
     def _await_post(self, peer: Peer, n: int, tag: int, deadline: float) -> bool:
         """Wait for the receiver *peer* to empty its inbox and post a

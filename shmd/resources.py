@@ -160,7 +160,6 @@ def leftovers(registry_path: str, seg0: memoryview | None) -> set[tuple[str, int
         for i in range(layout.MAX_TASKS):
             t = layout.slot(seg0, i)
             if t["tid"]:
-                wanted.setdefault(("sem", t["lock_id"]), t["lock_key"])
                 wanted.setdefault(("sem", t["wake_id"]), t["wake_key"])
     found = set()
     for kind in ("shm", "sem"):

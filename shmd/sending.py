@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import time
 
-import sysv_ipc
-
-from . import ipc, layout, remote
+from . import layout, mutex, remote
 from .errors import PvmBadParam, PvmError, PvmNoTask, PvmSysErr, PvmTimeout
 from .message import DESC, as_bytes_view
 from .remote import RemoteTid
@@ -201,11 +199,9 @@ class Sending(Rendezvous):
                 p.rouse()
             else:
                 early = 0
-        sem = p.sem
-        try:
-            sem.acquire()  # non-blocking (IPC_NOWAIT), with SEM_UNDO
-        except sysv_ipc.Error:
-            return False  # busy, or gone (a reaped peer's semaphore is removed)
+        lock = p.lock
+        if not lock.try_acquire():
+            return False  # busy
         q = self._q
         T = p.tail_q
         tail = q[T]
@@ -216,10 +212,7 @@ class Sending(Rendezvous):
             d = p.ring + (tail % _RING) * _DESCSZ
             self._buf[d:d + _INL + len(data)] = hdr + data
             q[T] = tail + 1
-            try:
-                sem.release()  # a semop: barrier between tail store, flag load
-            except sysv_ipc.ExistentialError:
-                return True  # the receiver was reaped meanwhile; so was the message
+            lock.release()  # (a full barrier: between the tail store and the flag load)
             # Asleep in a sleep we did not wake (or did not wake early): wake it.
             # Still in the one we woke: it looks at the ring once awake and, before
             # it sleeps again, stores a new number and looks again after a barrier
@@ -228,10 +221,7 @@ class Sending(Rendezvous):
             if w and w != early:
                 p.rouse()
             return True
-        try:
-            sem.release()
-        except sysv_ipc.ExistentialError:
-            pass
+        lock.release()
         return False
 
     def _hdr(self, tag: int, n: int) -> bytes:
@@ -308,9 +298,9 @@ class Sending(Rendezvous):
             try:
                 # held long only by a stopped holder: not past our deadline for it
                 got = lock.acquire(min(SLICE, max(deadline - time.monotonic(), 0.0)))
-            except ipc.Gone:
-                self._check_alive()  # pvm_shmd stopped (its semaphores go): PvmSysErr
-                raise PvmError(PvmNoTask, f"t{dest:x} exited") from None
+            except mutex.Broken as err:
+                self._check_alive()  # pvm_shmd reset the segment: PvmSysErr
+                raise damaged(f"inbox lock of t{dest:x}: {err}") from None
             if got:
                 if i[peer.tid_i] & 0xFFFFFFFF != dest:
                     lock.release()
@@ -347,7 +337,7 @@ class Sending(Rendezvous):
         if s >= 0:
             q[peer.posted_q] = (q[peer.posted_q] + n) & MASK64
         q[T] = tail + need
-        lock.release()  # a semop, the barrier between our tail store and the flag load
+        lock.release()  # a full barrier, between our tail store and the flag load
         w = i[peer.waiting_i]
         if w and w != early:  # asleep in a sleep we did not wake (see psend)
             peer.rouse()  # (gone meanwhile: the message went with it)

@@ -31,7 +31,7 @@ from collections import deque
 
 import sysv_ipc
 
-from . import calibrate, control, direct, fastpath, ipc, layout, paths, tids, trace, wake
+from . import calibrate, control, direct, fastpath, ipc, layout, mutex, paths, tids, trace, wake
 from .errors import MemoryFull, PvmError, PvmExists, PvmSysErr  # noqa: F401  (MemoryFull: shmd.task's, as before)
 from .message import DESC as _DESC  # noqa: F401  (the names tools and tests use)
 from .message import Desc as _Desc  # noqa: F401
@@ -159,11 +159,12 @@ class Task(Receiving, Sending):
         self._i[self._S] = 0
         self._orphans = {}  # src -> ends still to come of messages we dropped
         self._deferred = []  # frees a stuck lock put off
+        self._mylock = mutex.Mutex(self._shm0.address + layout.slot_off(self._slot)
+                                   + layout.T_LOCK_OFF)
         try:
-            self._mylock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
             self._mywake = ipc.nonblocking(ipc.open_sem(t["wake_key"], t["wake_id"]))
         except (ipc.Gone, sysv_ipc.Error) as err:
-            raise PvmError(PvmSysErr, f"our inbox semaphores: {err}") from None
+            raise PvmError(PvmSysErr, f"our wake-up semaphore: {err}") from None
         self._direct = direct.available()
         self._paths = paths_
         # where our mapping of each segment's pages starts (senders hand us runs by

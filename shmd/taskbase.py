@@ -27,7 +27,7 @@ from typing import Any
 
 import sysv_ipc
 
-from . import calibrate, control, fastpath, ipc, layout, tids, trace
+from . import calibrate, control, fastpath, ipc, layout, mutex, tids, trace
 from .errors import PvmBadParam, PvmError, PvmNoTask, PvmSysErr
 from .message import Desc, Matcher, MessageView
 from .remote import RemoteTid
@@ -87,16 +87,17 @@ class Peer:
     indexes of the words of its slot that senders read and write (int32 ``*_i``,
     int64 ``*_q``, in the views of segment 0)."""
 
-    __slots__ = ("slot", "lock", "wake", "sem", "tid_i", "pid_i", "lock_id_i", "waiting_i",
+    __slots__ = ("slot", "lock", "wake", "serial", "tid_i", "pid_i", "serial_i", "waiting_i",
                  "sending_i", "head_q", "tail_q", "start_q", "posted_q", "consumed_q", "rv",
                  "ring", "seen", "first", "fx")
 
-    def __init__(self, slot: int, lock: ipc.Lock, wake: sysv_ipc.Semaphore | FutexWake):
+    def __init__(self, slot: int, lock: mutex.Mutex, wake: sysv_ipc.Semaphore | FutexWake,
+                 serial: int):
         bi, bq = layout.slot_i(slot), layout.slot_q(slot)
         self.slot, self.lock, self.wake = slot, lock, wake
-        self.sem = lock.sem  # psend's fast path takes the lock without waiting
+        self.serial = serial  # which join of the slot it is (a rejoin: not this Peer's)
         self.tid_i, self.pid_i = bi + layout.T_TID_I, bi + layout.T_PID_I
-        self.lock_id_i, self.waiting_i = bi + layout.T_LOCK_ID_I, bi + layout.T_WAITING_I
+        self.serial_i, self.waiting_i = bi + layout.T_SERIAL_I, bi + layout.T_WAITING_I
         self.sending_i = bi + layout.T_SENDING_I
         self.head_q, self.tail_q = bq + layout.T_HEAD_Q, bq + layout.T_TAIL_Q
         self.start_q = bq + layout.T_START_TICKS_Q
@@ -168,7 +169,7 @@ class TaskBase:
     _P: int
     _S: int
     _ring: int
-    _mylock: ipc.Lock
+    _mylock: mutex.Mutex
     _mywake: sysv_ipc.Semaphore
     _waiter: ipc.Waiter | FutexWaiter  # how we sleep: our daemon's kind (_wake, wake.py)
     _wake: int  # wake.SEM or wake.FUTEX
@@ -254,9 +255,9 @@ class TaskBase:
     def _peer(self, tid: int) -> Peer:
         """The Peer of local task *tid*, cached while its slot still holds it."""
         p = self._peers.get(tid)
-        # the tid, and the inbox lock (a task that rejoined with the same tid has new ones)
+        # the tid, and which join (a task that rejoined with the same tid has a new ring)
         if (p is not None and self._i[p.tid_i] & 0xFFFFFFFF == tid
-                and self._i[p.lock_id_i] == p.lock.id):
+                and self._i[p.serial_i] == p.serial):
             return p
         if not isinstance(tid, int) or not 0 < tid <= 0x7FFFFFFF:
             raise PvmError(PvmBadParam, f"bad tid {tid!r}")
@@ -265,8 +266,8 @@ class TaskBase:
         for i in range(layout.MAX_TASKS):
             t = layout.slot(self._buf, i)
             if t["tid"] == tid and t["state"] == layout.ACTIVE:
+                lock = mutex.Mutex(self._base0 + layout.slot_off(i) + layout.T_LOCK_OFF)
                 try:
-                    lock = ipc.Lock(ipc.open_sem(t["lock_key"], t["lock_id"]))
                     if self._wake == FUTEX:  # its waiting word, in the segment we share
                         k = layout.slot_i(i) + layout.T_WAITING_I
                         wake: sysv_ipc.Semaphore | FutexWake = FutexWake(
@@ -275,7 +276,7 @@ class TaskBase:
                         wake = ipc.open_sem(t["wake_key"], t["wake_id"])
                 except (ipc.Gone, sysv_ipc.Error):
                     break
-                p = self._peers[tid] = Peer(i, lock, wake)
+                p = self._peers[tid] = Peer(i, lock, wake, t["serial"])
                 p.first = cpus_apart(t["pid"]) is not False
                 p.fx = fastpath.route(self._buf, p, tid, self._wake)
                 if p.fx is not None:

@@ -84,10 +84,10 @@ def test_detaches_and_says_ready_only_when_everything_exists(shmd_vm):
 def test_every_object_and_file_is_mode_0600(shmd_vm):
     vm = shmd_vm
     vm.start()
-    t = vm.task()  # a joined task has its inbox semaphores too
+    t = vm.task()  # a joined task has its wake-up semaphore too (its inbox lock is in segment 0)
     objs = all_objects_of(vm)
     assert len([o for o in objs if o[0] == "shm"]) == 2
-    assert len([o for o in objs if o[0] == "sem"]) == 2 + 2  # 2 page maps + 1 task's lock/wake
+    assert len([o for o in objs if o[0] == "sem"]) == 2 + 1  # 2 page maps + 1 task's wake-up
     for kind, iid in objs:
         assert mode_of(kind, iid) & 0o777 == 0o600, f"{kind} {iid} mode {mode_of(kind, iid):o}"
     names = vm.files()
@@ -295,7 +295,7 @@ def test_term_and_int_remove_everything_and_exit_0(shmd_vm, sig):
     c = vm.task()
     c.do("alloc", n=3)
     objs = all_objects_of(vm)
-    assert len(objs) == 6
+    assert len(objs) == 5  # 2 segments, 2 page-map semaphores, its wake-up
     files = set(vm.files())
     assert {f"pvm_shmd.{os.getuid()}.{vm.vmid}.{x}" for x in ("pid", "sock", "ipc")} <= files
     p.send_signal(sig)
@@ -407,7 +407,7 @@ def test_restart_after_sigkill_reclaims_leftovers(shmd_vm):
     c = vm.task()
     c.do("alloc", n=5)
     old = all_objects_of(vm)
-    assert len(old) == 6
+    assert len(old) == 5
     os.kill(ready["pid"], signal.SIGKILL)
     wait_for(lambda: not proc_alive(ready["pid"]), timeout=5, what="daemon death")
     c.close()

@@ -4,7 +4,8 @@ a bad value is a one-line error naming it (test_paths.py); a scribbled header wo
 named at join;
 the daemon's choice follows the measurement and distrusts a busy host's; in either order
 of wake-up and post no wake-up is lost, and the order follows the CPUs sender and
-receiver may run on (taskbase.cpus_apart)."""
+receiver may run on (taskbase.cpus_apart); an inbox lock whose holder was killed is
+taken over (mutex.py)."""
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ import sysv_ipc
 
 import shmd
 from shmd import calibrate, fastpath, ipc, layout, taskbase, wake
+from shmd.errors import PvmTimeout
 
 KINDS = wake.available()
 
@@ -243,3 +245,30 @@ def test_a_wake_semaphore_at_its_maximum_loses_nothing(sem_kind, daemon, peers, 
                 sem.value = 0
             assert p.call("result = [len(me.precv(dest, t, timeout=5).data) for t in (1, 2)]",
                           dest=me.tid) == [1, n]
+
+
+@pytest.mark.parametrize("path", ["compiled", "python"])
+def test_an_inbox_lock_whose_holder_was_killed_is_taken_over(daemon, peers, path, monkeypatch):
+    """A task killed -9 holding another's inbox lock (a robust mutex: mutex.py) leaves
+    it to the next taker, as SEM_UNDO did the semaphore: sends time out while it is
+    held, and post once its holder is dead, on either path."""
+    if path == "compiled" and fastpath.fast is None:
+        pytest.skip("shmd._fast is not built here")
+    if path == "python":
+        monkeypatch.setattr(fastpath, "fast", None)
+    holder = peers()
+    with shmd.join() as me:
+        assert holder.call("from shmd import layout, mutex\n"
+                           "lock = mutex.Mutex(me._base0 + layout.slot_off(slot) + layout.T_LOCK_OFF)\n"
+                           "result = lock.acquire(1)", slot=me._slot) is True
+        t = time.monotonic()
+        with pytest.raises(PvmTimeout, match="stayed locked"):
+            me.psend(me.tid, 1, b"held", timeout=0.1)
+        assert time.monotonic() - t < 2
+        holder.kill()
+        holder.wait()
+        for k in range(3):  # (the first takes it over; the others find it free again)
+            me.psend(me.tid, 2, b"after %d" % k, timeout=5)
+        assert [me.precv(me.tid, 2, timeout=5).data for _ in range(3)] == [
+            b"after 0", b"after 1", b"after 2"]
+        assert me.probe() is None  # the timed-out send posted nothing
