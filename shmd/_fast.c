@@ -170,6 +170,8 @@ typedef struct {
     int64_t started;          /* the stamp of a receive begun and not finished, or 0 */
     int32_t want_src, want_tag; /* what that receive asked for */
     int start_kept;           /* its start is kept already (flush: the task goes to sleep) */
+    PyObject *on_full;        /* called when all it may keep is kept: pvm_shmd drains, or None */
+    int in_full;              /* on_full is running (a thread's event meanwhile: no call) */
 } TraceRing;
 
 static inline int64_t
@@ -250,6 +252,20 @@ ring_note(TraceRing *r, int64_t raw, int which, int64_t src, int64_t dst, int64_
         return;
     if (r->nkept == r->cap) {
         ring_move(r, 0);
+        if (r->nkept == r->cap && r->on_full && !r->in_full) {
+            /* pvm_shmd is behind (a task tracing at full speed while it waits for a
+             * CPU): asked to drain now (trace.py), so the task waits, not the events */
+            PyObject *et, *ev, *tb, *got;
+            PyErr_Fetch(&et, &ev, &tb); /* (none is set on the paths that note events) */
+            r->in_full = 1;
+            got = PyObject_CallNoArgs(r->on_full);
+            r->in_full = 0;
+            if (!got)
+                PyErr_Clear();
+            Py_XDECREF(got);
+            PyErr_Restore(et, ev, tb);
+            ring_move(r, 0);
+        }
         if (r->nkept == r->cap)
             ring_move(r, 1); /* kept all it may: over undrained events (counted lost) */
     }
@@ -294,8 +310,8 @@ static int
 tracering_init(TraceRing *r, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"buf", "ring", "events", "nevents", "backlog", "tid", "kinds", "tsc",
-                            NULL};
-    PyObject *buf;
+                            "on_full", NULL};
+    PyObject *buf, *on_full = Py_None;
     Py_ssize_t ring, events, nevents, backlog;
     int tid = 0, tsc = 0;
     r->kinds[K_PSEND] = 3; /* (trace.py's, unless given) */
@@ -305,10 +321,14 @@ tracering_init(TraceRing *r, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "TraceRing is already set up");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Onnnn|i(iii)p", names, &buf, &ring, &events,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Onnnn|i(iii)pO", names, &buf, &ring, &events,
                                      &nevents, &backlog, &tid, &r->kinds[K_PSEND],
-                                     &r->kinds[K_START], &r->kinds[K_END], &tsc))
+                                     &r->kinds[K_START], &r->kinds[K_END], &tsc, &on_full))
         return -1;
+    if (on_full != Py_None && !PyCallable_Check(on_full)) {
+        PyErr_SetString(PyExc_TypeError, "on_full must be callable or None");
+        return -1;
+    }
     if (nevents <= 0 || backlog <= 0) {
         PyErr_SetString(PyExc_ValueError, "nevents and backlog must be > 0");
         return -1;
@@ -340,6 +360,7 @@ tracering_init(TraceRing *r, PyObject *args, PyObject *kw)
     r->nkept = 0;
     r->tid = tid;
     r->tsc = tsc;
+    r->on_full = on_full == Py_None ? NULL : Py_NewRef(on_full);
     r->started = r->start_kept = 0;
     if (tsc)
         tsc_pair(&r->tsc0, &r->mono0);
@@ -449,6 +470,7 @@ static void
 tracering_dealloc(TraceRing *r)
 {
     tracering_close(r, NULL);
+    Py_CLEAR(r->on_full);
     PyMem_Free(r->kept);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }

@@ -37,7 +37,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import fastpath, layout
+from . import control, fastpath, layout
+from .errors import PvmError
 
 ENV = "PVM_TRACE"  # a mask (below): the task traces from its join (spawn -@)
 EVENT = struct.Struct("<diiiiQ")  # time, kind, src, dst, tag, length
@@ -115,7 +116,10 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
             task._fx.trace = cring if mask & BIT[PRECV_END] else None
     if event and (mask | old) & BIT[event]:
         rec(event, task.tid, 0, 0, 0)
-    flush(True)  # (a switch, a join, a leave: what was noted goes to the ring now)
+    if event == EXIT:
+        _flush_at_leave(task, flush)
+    else:
+        flush(True)  # (a switch, a join: what was noted goes to the ring now)
     if not mask & (BIT[PSEND] | BIT[PRECV_END]):
         return
     if cring is not None:
@@ -220,6 +224,40 @@ def _wrap_general(task: Any, mask: int, ring: Any) -> None:
         task.precv_view = _traced_view(task, cls.precv_view, noted.append, noted, flush)
 
 
+# pvm_shmd is asked to drain a leaving task's ring this many times at most while its
+# kept events do not fit in it (a traced ping-pong at full speed keeps up to BACKLOG)
+LEAVE_DRAINS = 128  # (twice BACKLOG over the ring's 1024 events)
+
+
+def _flush_at_leave(task: Any, flush: Any) -> None:
+    """Every event *task* kept goes to its ring before it leaves: as many as fit, then
+    pvm_shmd drains the ring (a request on the task's connection) and the next go in;
+    what still does not fit (pvm_shmd gone or too slow) over undrained ones, counted
+    lost."""
+    conn = getattr(task, "_conn", None)
+    for _ in range(LEAVE_DRAINS):
+        if not flush(True) or conn is None:
+            break
+        try:
+            conn.request("trace")  # (drains every ring: trace_request)
+        except PvmError:
+            break
+    flush(True, True)
+
+
+def _drain_now(vmid: str) -> None:
+    """pvm_shmd drains every ring now (a task kept all it may: BACKLOG events, its ring
+    full): the task waits for that rather than write over events not drained. (The
+    VM id, not the task: the compiled ring keeps this, and the task keeps the ring.)"""
+    try:
+        control.request("trace", vmid, timeout=DRAIN_TIMEOUT)
+    except PvmError:
+        pass  # (gone: the ring is written over, and the loss counted, as before)
+
+
+DRAIN_TIMEOUT = 1.0  # seconds a full task waits for pvm_shmd to drain (_drain_now)
+
+
 def active(task: Any) -> int:
     """The mask *task* traces now (0: not traced)."""
     return task.__dict__.get("_trace_mask", 0)
@@ -236,7 +274,7 @@ def _at_exit(ref: weakref.ref, pid: int) -> None:
     note, flush, _ = task.__dict__["_trace_rec"]
     if active(task) & BIT[EXIT]:
         note(EXIT, task.tid, 0, 0, 0)
-    flush(True)
+    flush(True, True)  # (what does not fit: over undrained events, counted lost)
 
 
 def _recorder(task: Any):
@@ -274,20 +312,22 @@ def _new_recorder(task: Any):
     # the compiled fast paths' ring (switch), and the events it keeps (task.py closes it)
     cring = task.__dict__["_trace_ring"] = None if fast is None else fast.TraceRing(
         buf, ring=base, events=EVENTS_OFF, nevents=n, backlog=BACKLOG, tid=task.tid,
-        kinds=(PSEND, PRECV_START, PRECV_END), tsc=fastpath.TSC)
+        kinds=(PSEND, PRECV_START, PRECV_END), tsc=fastpath.TSC,
+        on_full=functools.partial(_drain_now, task.vmid))
 
-    def flush(all_: bool = False) -> None:
+    def flush(all_: bool = False, force: bool = False) -> int:
+        """Move kept events into the ring (*all_*: even a few; *force*: over events
+        pvm_shmd has not drained, which it counts lost); return how many are still kept."""
         nonlocal first
-        if cring is not None:
-            cring.flush()
+        kept_c = cring.flush(force) if cring is not None else 0
         left = len(noted) - first
         if left <= 0:
-            return
+            return kept_c
         k = q[c]  # we alone write the count (here, or cring: shmd._fast)
         # what pvm_shmd has not drained yet is not overwritten while we can keep it
-        room = min(left, n - (k - q[c + 1])) if left < BACKLOG else left
+        room = min(left, n - (k - q[c + 1])) if left < BACKLOG and not force else left
         if room < (1 if all_ else min(left, NOTED)):
-            return  # (the ring is nearly full: wait for pvm_shmd rather than write a few)
+            return kept_c + left  # (nearly full: wait for pvm_shmd rather than write a few)
         end = first + room
         while first < end:  # in one piece up to the ring's end, then from its start
             at = k % n
@@ -302,6 +342,7 @@ def _new_recorder(task: Any):
         elif first > len(noted) // 2:  # (pvm_shmd is behind: the list is cut now and then)
             del noted[:first]
             first = 0
+        return kept_c + len(noted) - first
 
     def note(kind: int, src: int, dst: int, tag: int, length: int) -> None:
         keep((_now(), kind, src, dst, tag, length))

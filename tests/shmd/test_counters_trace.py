@@ -4,6 +4,9 @@ traced ping-pong's events, flows and Chrome JSON."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -11,7 +14,7 @@ from daemons import STAT
 from peers import Peer, payload
 
 import shmd
-from shmd import fastpath, trace
+from shmd import fastpath, layout, trace
 from shmd.errors import PvmTimeout
 
 IDLE = "try:\n    me.precv(timeout=0.02)\nexcept Exception:\n    pass\n"  # a receive finding nothing
@@ -216,6 +219,7 @@ def test_a_full_ring_keeps_the_events_in_order_until_drained():
     class Slot:  # a task's slot 0 and its trace ring, in a buffer of our own
         _slot = 0
         tid = 0x40001
+        vmid = "none"  # (no daemon: the compiled ring is never full here)
         _buf = bytearray(layout.trace_ring_off(1))
         _q = memoryview(_buf).cast("q")
 
@@ -315,3 +319,58 @@ def test_compiled_trace_stamps_become_monotonic_times(tsc):
     assert [g[1:] for g in got] == [(trace.PSEND, 9, 1, k, 8) for k in range(20)]
     for (before, after), g in zip(marks, got):
         assert before - 2e-6 <= g[0] <= after + 2e-6, (before, g[0], after)
+
+
+@pytest.mark.parametrize("path", ["compiled", "python"])
+def test_every_event_kept_reaches_the_daemon_when_the_task_leaves(daemon, path, monkeypatch):
+    """A task that leaves with more events kept than its ring holds (3000 messages to
+    itself between two of pvm_shmd's drains) has pvm_shmd drain the ring as often as
+    it takes: every event arrives, its exit too, none lost."""
+    if path == "compiled" and fastpath.fast is None:
+        pytest.skip("shmd._fast is not built here")
+    if path == "python":
+        monkeypatch.setattr(fastpath, "fast", None)
+    dump(daemon, "on")
+    n = 3000
+    try:
+        with shmd.join(name="many") as me:
+            for k in range(n):
+                me.psend(me.tid, 1, b"12345678")
+                me.precv(me.tid, 1)
+    finally:
+        dump(daemon, "off")
+    d = dump(daemon, "take")
+    kinds = [e.kind for e in trace.events_of([("h", d, 0.0)])[0]]
+    assert d["lost"] == 0
+    assert {k: kinds.count(k) for k in set(kinds)} == {
+        trace.SPAWN: 1, trace.PSEND: n, trace.PRECV_START: n, trace.PRECV_END: n, trace.EXIT: 1}
+
+
+def test_a_task_that_outruns_the_daemon_waits_for_it_rather_than_lose_events(daemon):
+    """The compiled path keeps up to trace.BACKLOG events while its ring is full; past
+    that it asks pvm_shmd to drain and waits (here: pvm_shmd stopped for 0.3 s while
+    a task writes more events than it may keep), instead of writing over events not
+    drained."""
+    if fastpath.fast is None:
+        pytest.skip("shmd._fast is not built here")
+    dump(daemon, "on")
+    n = (trace.BACKLOG + layout.TRACE_EVENTS) // 3 + 500  # events: 3 a message
+    pid = daemon.pid
+    cont = threading.Timer(0.3, os.kill, (pid, signal.SIGCONT))
+    try:
+        with shmd.join(name="fast") as me:
+            t = time.monotonic()
+            os.kill(pid, signal.SIGSTOP)
+            cont.start()
+            for k in range(n):
+                me.psend(me.tid, 1, b"12345678")
+                me.precv(me.tid, 1)
+            waited = time.monotonic() - t
+    finally:
+        cont.cancel()
+        os.kill(pid, signal.SIGCONT)
+        dump(daemon, "off")
+    d = dump(daemon, "take")
+    assert d["lost"] == 0
+    assert len(d["events"]) == 3 * n + 2  # (and its spawn and exit)
+    assert waited >= 0.25  # it waited for pvm_shmd
