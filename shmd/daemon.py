@@ -44,7 +44,7 @@ QUICK_FOR = 1.0  # ... for at most this long (then the TICK check takes over)
 # While tracing, the task slots' trace rings are drained every drain_wait seconds: from
 # TRACE_DRAIN, halved (down to TRACE_DRAIN_MIN) after a drain that found a ring over half
 # full, doubled back after one that found every ring under an eighth full.
-TRACE_DRAIN, TRACE_DRAIN_MIN = 0.01, 0.0002
+TRACE_DRAIN, TRACE_DRAIN_MIN = 0.01, 0.001
 GONE_KEPT = 64  # tasks that left, kept (with their counters) for the console's view
 
 

@@ -334,7 +334,7 @@ def test_every_event_kept_reaches_the_daemon_when_the_task_leaves(daemon, path, 
     n = 3000
     try:
         with shmd.join(name="many") as me:
-            for k in range(n):
+            for _ in range(n):
                 me.psend(me.tid, 1, b"12345678")
                 me.precv(me.tid, 1)
     finally:
@@ -362,7 +362,7 @@ def test_a_task_that_outruns_the_daemon_waits_for_it_rather_than_lose_events(dae
             t = time.monotonic()
             os.kill(pid, signal.SIGSTOP)
             cont.start()
-            for k in range(n):
+            for _ in range(n):
                 me.psend(me.tid, 1, b"12345678")
                 me.precv(me.tid, 1)
             waited = time.monotonic() - t
