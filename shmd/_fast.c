@@ -131,8 +131,8 @@ inside(Py_buffer *view, Py_ssize_t off, Py_ssize_t size, const char *what)
  * against 29 for clock_gettime on a 2-vCPU EPYC), else CLOCK_MONOTONIC in ns. Kept
  * events are turned into CLOCK_MONOTONIC seconds (trace.py's time) when moved into
  * the ring: TSC readings by the straight line through two pairs (TSC, monotonic) read
- * together, one when the ring was made and one at the move, so every event lies
- * between the two. */
+ * together, one when the ring was made and the latest (read again at a move once the
+ * events are further past it than it is from the first). */
 
 #pragma pack(push, 1)
 typedef struct {
@@ -165,8 +165,8 @@ typedef struct {
     int32_t tid;              /* the task's */
     int kinds[3];             /* trace.py's PSEND, PRECV_START, PRECV_END */
     int tsc;                  /* stamps are TSC readings */
-    int64_t tsc0;             /* the pair read when it was made (tsc) */
-    double mono0;
+    int64_t tsc0, tsc1;       /* the pair read when it was made, and the latest (tsc) */
+    double mono0, mono1;
     int64_t started;          /* the stamp of a receive begun and not finished, or 0 */
     int32_t want_src, want_tag; /* what that receive asked for */
     int start_kept;           /* its start is kept already (flush: the task goes to sleep) */
@@ -224,10 +224,13 @@ ring_move(TraceRing *r, int force)
     double scale = 1e-9, at0 = 0.0; /* time = at0 + (raw - tsc0) * scale */
     int64_t raw0 = 0;
     if (r->tsc) {
-        int64_t t1;
-        double m1;
-        tsc_pair(&t1, &m1);
-        scale = t1 > r->tsc0 ? (m1 - r->mono0) / (double)(t1 - r->tsc0) : 0.0;
+        /* the latest pair read again once the events are further past it than it is
+         * from the first (so a few dozen times in a day's trace, not at every move:
+         * the clock costs three TSC readings); the TSC's rate is steady, so the line
+         * through the two holds past the second */
+        if (read_tsc() - r->tsc1 > r->tsc1 - r->tsc0)
+            tsc_pair(&r->tsc1, &r->mono1);
+        scale = r->tsc1 > r->tsc0 ? (r->mono1 - r->mono0) / (double)(r->tsc1 - r->tsc0) : 0.0;
         at0 = r->mono0;
         raw0 = r->tsc0;
     }
@@ -362,8 +365,11 @@ tracering_init(TraceRing *r, PyObject *args, PyObject *kw)
     r->tsc = tsc;
     r->on_full = on_full == Py_None ? NULL : Py_NewRef(on_full);
     r->started = r->start_kept = 0;
-    if (tsc)
+    if (tsc) {
         tsc_pair(&r->tsc0, &r->mono0);
+        r->tsc1 = r->tsc0;
+        r->mono1 = r->mono0;
+    }
     return 0;
 }
 

@@ -116,8 +116,8 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
             task._fx.trace = cring if mask & BIT[PRECV_END] else None
     if event and (mask | old) & BIT[event]:
         rec(event, task.tid, 0, 0, 0)
-    if event == EXIT:
-        _flush_at_leave(task, flush)
+    if not mask:
+        _flush_all(task, flush)  # (a leave, trace off: every event kept is handed over)
     else:
         flush(True)  # (a switch, a join: what was noted goes to the ring now)
     if not mask & (BIT[PSEND] | BIT[PRECV_END]):
@@ -224,16 +224,17 @@ def _wrap_general(task: Any, mask: int, ring: Any) -> None:
         task.precv_view = _traced_view(task, cls.precv_view, noted.append, noted, flush)
 
 
-# pvm_shmd is asked to drain a leaving task's ring this many times at most while its
-# kept events do not fit in it (a traced ping-pong at full speed keeps up to BACKLOG)
+# pvm_shmd is asked to drain the ring of a task that stops tracing (or leaves) this many
+# times at most while its kept events do not fit in it (a traced ping-pong at full
+# speed keeps up to BACKLOG)
 LEAVE_DRAINS = 128  # (twice BACKLOG over the ring's 1024 events)
 
 
-def _flush_at_leave(task: Any, flush: Any) -> None:
-    """Every event *task* kept goes to its ring before it leaves: as many as fit, then
-    pvm_shmd drains the ring (a request on the task's connection) and the next go in;
-    what still does not fit (pvm_shmd gone or too slow) over undrained ones, counted
-    lost."""
+def _flush_all(task: Any, flush: Any) -> None:
+    """Every event *task* kept goes to its ring when it stops tracing (trace off, a
+    leave): as many as fit, then pvm_shmd drains the ring (a request on the task's
+    connection) and the next go in; what still does not fit (pvm_shmd gone or too
+    slow) over undrained ones, counted lost."""
     conn = getattr(task, "_conn", None)
     for _ in range(LEAVE_DRAINS):
         if not flush(True) or conn is None:
