@@ -118,8 +118,10 @@ inside(Py_buffer *view, Py_ssize_t off, Py_ssize_t size, const char *what)
 
 /* A task's trace ring (trace.py: its count, the count pvm_shmd drained, then the
  * events; one writer, the task) and the events kept until they are moved in (BATCH
- * below) or while it has no room: up to *backlog*, past that written over undrained
- * ones, which pvm_shmd counts lost, as trace.py does. pvm_shmd orders what it drains
+ * below) or while it has no room: up to *backlog*; past that *on_full* is called
+ * (trace.py has pvm_shmd drain the rings now, and the task waits for it), and only if
+ * there is still no room are undrained events written over, which pvm_shmd counts
+ * lost, as trace.py does. pvm_shmd orders what it drains
  * by time, so trace.py's own writes may come in between.
  *
  * The events are recorded where they happen, inside Route's posts and Inbox's take
@@ -263,8 +265,13 @@ ring_note(TraceRing *r, int64_t raw, int which, int64_t src, int64_t dst, int64_
             r->in_full = 1;
             got = PyObject_CallNoArgs(r->on_full);
             r->in_full = 0;
-            if (!got)
+            if (!got) {
+                /* (nowhere to raise it from here: a ^C comes again, at the next step) */
+                int interrupted = PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
                 PyErr_Clear();
+                if (interrupted)
+                    PyErr_SetInterrupt();
+            }
             Py_XDECREF(got);
             PyErr_Restore(et, ev, tb);
             ring_move(r, 0);

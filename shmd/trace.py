@@ -232,28 +232,25 @@ LEAVE_DRAINS = 128  # (twice BACKLOG over the ring's 1024 events)
 
 def _flush_all(task: Any, flush: Any) -> None:
     """Every event *task* kept goes to its ring when it stops tracing (trace off, a
-    leave): as many as fit, then pvm_shmd drains the ring (a request on the task's
-    connection) and the next go in; what still does not fit (pvm_shmd gone or too
-    slow) over undrained ones, counted lost."""
-    conn = getattr(task, "_conn", None)
+    leave): as many as fit, then pvm_shmd drains the ring and the next go in; what
+    still does not fit (pvm_shmd gone or too slow) over undrained ones, counted lost."""
     for _ in range(LEAVE_DRAINS):
-        if not flush(True) or conn is None:
-            break
-        try:
-            conn.request("trace")  # (drains every ring: trace_request)
-        except PvmError:
+        if not flush(True) or not _drain_now(task.vmid):
             break
     flush(True, True)
 
 
-def _drain_now(vmid: str) -> None:
-    """pvm_shmd drains every ring now (a task kept all it may: BACKLOG events, its ring
-    full): the task waits for that rather than write over events not drained. (The
-    VM id, not the task: the compiled ring keeps this, and the task keeps the ring.)"""
+def _drain_now(vmid: str) -> bool:
+    """pvm_shmd drains every ring now (trace_request), asked on a connection of its own
+    (a task's may be in use by another thread); False if it did not answer. Also the
+    compiled ring's on_full (a task kept all it may: BACKLOG events, its ring full):
+    the task waits for that rather than write over events not drained. (The VM id,
+    not the task: the compiled ring keeps this, and the task keeps the ring.)"""
     try:
         control.request("trace", vmid, timeout=DRAIN_TIMEOUT)
+        return True
     except PvmError:
-        pass  # (gone: the ring is written over, and the loss counted, as before)
+        return False  # (gone or stopped: the ring is written over, the loss counted)
 
 
 DRAIN_TIMEOUT = 1.0  # seconds a full task waits for pvm_shmd to drain (_drain_now)
