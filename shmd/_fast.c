@@ -547,6 +547,8 @@ typedef struct {
     Py_ssize_t ring, tid, waiting, head, tail, posted; /* byte offsets */
     int64_t seen;   /* its head as last read (see taskbase.Peer.seen) */
     uint32_t dest;
+    Py_ssize_t serial; /* its slot's serial word (byte offset), and the value it had: */
+    int32_t join;      /* a task that left and joined again with the same tid is not ours */
     Py_ssize_t lock; /* the inbox lock (a robust pthread mutex: shmd/mutex.py), byte offset */
     int wake;       /* the wake semaphore's semid; -1: futex on the waiting word */
     short wake_flg; /* SEM_UNDO if the wake semaphore is released with it */
@@ -570,7 +572,7 @@ static int
 route_init(Route *r, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"buf", "ring", "tid", "waiting", "head", "tail", "posted", "dest",
-                            "lock", "wake", "wake_undo", "first", NULL};
+                            "lock", "wake", "wake_undo", "first", "serial", "join", NULL};
     PyObject *buf;
     unsigned int dest;
     int undo, first;
@@ -578,9 +580,9 @@ route_init(Route *r, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "Route is already set up");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OnnnnnnInipp", names, &buf, &r->ring, &r->tid,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OnnnnnnInippni", names, &buf, &r->ring, &r->tid,
                                      &r->waiting, &r->head, &r->tail, &r->posted, &dest, &r->lock,
-                                     &r->wake, &undo, &first))
+                                     &r->wake, &undo, &first, &r->serial, &r->join))
         return -1;
     if (hold(buf, &r->view, 1) < 0)
         return -1;
@@ -591,7 +593,8 @@ route_init(Route *r, PyObject *args, PyObject *kw)
         || inside(&r->view, r->tail, 8, "the tail") < 0
         || inside(&r->view, r->posted, 8, "the posted count") < 0
         || inside(&r->view, r->lock, sizeof(pthread_mutex_t), "the inbox lock") < 0
-        || (r->waiting | r->tid) % 4 || (r->head | r->tail | r->posted | r->lock) % 8) {
+        || inside(&r->view, r->serial, 4, "the serial word") < 0
+        || (r->waiting | r->tid | r->serial) % 4 || (r->head | r->tail | r->posted | r->lock) % 8) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "a word is not aligned");
         PyBuffer_Release(&r->view);
@@ -668,7 +671,8 @@ route_put(Route *r, uint32_t src, int32_t tag, Py_ssize_t n, const void *data, i
     if (seg >= 0 || !(tail - r->seen >= 0 && tail - r->seen + fill + need <= limit))
         r->seen = LOAD64(base + r->head);
     int64_t used = tail - r->seen;
-    if ((uint32_t)LOAD32(base + r->tid) != r->dest || used < 0 || used + fill + need > limit) {
+    if ((uint32_t)LOAD32(base + r->tid) != r->dest || LOAD32(base + r->serial) != r->join
+        || used < 0 || used + fill + need > limit) {
         unlock(lock);
         return 0;
     }

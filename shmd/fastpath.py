@@ -68,7 +68,7 @@ def route(buf: memoryview, peer: Any, dest: int, kind: int) -> Any:
                       head=8 * peer.head_q, tail=8 * peer.tail_q, posted=8 * peer.posted_q,
                       dest=dest, lock=layout.slot_off(peer.slot) + layout.T_LOCK_OFF,
                       wake=-1 if futex else w.id, wake_undo=False if futex else w.undo,
-                      first=peer.first)
+                      first=peer.first, serial=4 * peer.serial_i, join=peer.serial)
 
 
 def inbox(task: Any, defer_max: int) -> Any:

@@ -174,7 +174,7 @@ class Sending(Rendezvous):
         s, page, want = run
         try:
             if peer is None:
-                peer = self._peer(dest)  # (the cached one's lock may be gone: a new task)
+                peer = self._peer(dest)  # (the cached one may be stale: a new task)
             fx = peer.fx
             if fx is None or not fx.post_pages(self._src, tag, n, s, page, want):
                 self._post(peer, dest, tag, n, s, page, want, _F_FIRST, n, None, deadline)
@@ -192,7 +192,7 @@ class Sending(Rendezvous):
         # takes tens of microseconds to arrive, the posting one or two. One bound to
         # our one CPU is woken after (early = 0): it would preempt us and find
         # nothing (Peer.first: taskbase.cpus_apart). (Its slot is checked first: the
-        # cached semaphore must still be that task's.)
+        # cached wake-up must still be that task's.)
         early = i[p.waiting_i]
         if early and i[tid_i] == dest:
             if p.first:
@@ -207,8 +207,9 @@ class Sending(Rendezvous):
         tail = q[T]
         if not 0 <= tail - p.seen < _RING:  # full, or a new task in the slot
             p.seen = q[p.head_q]
-        # (a tail behind the head is damage: the general path names it)
-        if i[tid_i] == dest and 0 <= tail - p.seen < _RING:
+        # (a tail behind the head is damage: the general path names it; the slot's
+        # serial tells a task that left and joined again with that tid: _peer's anew)
+        if i[tid_i] == dest and i[p.serial_i] == p.serial and 0 <= tail - p.seen < _RING:
             d = p.ring + (tail % _RING) * _DESCSZ
             self._buf[d:d + _INL + len(data)] = hdr + data
             q[T] = tail + 1

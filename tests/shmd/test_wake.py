@@ -272,3 +272,47 @@ def test_an_inbox_lock_whose_holder_was_killed_is_taken_over(daemon, peers, path
         assert [me.precv(me.tid, 2, timeout=5).data for _ in range(3)] == [
             b"after 0", b"after 1", b"after 2"]
         assert me.probe() is None  # the timed-out send posted nothing
+
+
+JOIN_GS = ("from shmd.task import Task\n"
+           "t = Task(name='gs', spin=False, role='gs')\n"
+           "result = [t.tid, t._slot]")
+COUNT_SLEEPS = """
+class Counting:
+    def __init__(self, inner):
+        self.inner, self.ends = inner, []
+    def down(self, timeout):
+        woke = self.inner.down(timeout)
+        self.ends.append(woke)
+        return woke
+t._waiter = w = Counting(t._waiter)
+"""
+
+
+@pytest.mark.parametrize("path", ["compiled", "python"])
+def test_a_sender_wakes_a_task_that_joined_again_with_the_same_tid(kind, daemon, peers, path,
+                                                                   monkeypatch):
+    """pvmgs and pvm_netd join again with the tid kept for their role, here in the same
+    slot. A sender that knew the first one must not post to the second on its old
+    wake-up (gone with it: the receiver would sleep out its slice, not be woken): the
+    slot's serial word tells the fast paths, which then leave it to _peer."""
+    if path == "compiled" and fastpath.fast is None:
+        pytest.skip("shmd._fast is not built here")
+    if path == "python":
+        monkeypatch.setattr(fastpath, "fast", None)
+    p = peers(join=False)
+    with shmd.join(spin=False) as me:
+        tid, slot = p.call(JOIN_GS)
+        for word in (b"first", b"again"):  # (known now to our fast paths)
+            me.psend(tid, 1, word)
+        assert p.call("result = [t.precv(timeout=5).data.decode() for _ in range(2)]") == [
+            "first", "again"]
+        p.call("t.leave()")
+        assert p.call(JOIN_GS) == [tid, slot]  # the same tid in the same slot
+        p.call(COUNT_SLEEPS)
+        p.start("m = t.precv(timeout=5)\nresult = [m.data.decode(), w.ends]")
+        time.sleep(0.05)  # (asleep by now)
+        me.psend(tid, 1, b"later")
+        data, ends = p.result(10)
+    assert data == "later"
+    assert ends and all(ends), ends  # every sleep woken, none out at its slice
