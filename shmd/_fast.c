@@ -608,6 +608,8 @@ route_init(Route *r, PyObject *args, PyObject *kw)
     return 0;
 }
 
+_Static_assert(sizeof(pthread_mutex_t) <= 64, "layout.T's lock keeps 64 bytes for the mutex");
+
 /* An inbox lock's release, and the full barrier the protocol needs after it (between
  * storing a tail and reading the waiting word: inbox.py's Dekker handshake) */
 static inline void

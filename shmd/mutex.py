@@ -24,7 +24,6 @@ import os
 import platform
 import time
 
-SIZE = 64  # bytes kept for one (glibc's pthread_mutex_t: 40 on x86-64, 48 on aarch64)
 SPIN = 20e-6  # a held lock is tried again this long before sleeping (held a microsecond)
 _CLOCK_MONOTONIC = 1
 _X86 = platform.machine() in ("x86_64", "AMD64")
@@ -52,7 +51,8 @@ class Broken(Exception):
 
 
 def init(addr: int) -> None:
-    """Make a robust, process-shared mutex at *addr* (SIZE bytes of a shared mapping)."""
+    """Make a robust, process-shared mutex at *addr* (in a shared mapping: layout.T's
+    "lock" bytes)."""
     attr = ctypes.create_string_buffer(64)  # (pthread_mutexattr_t: 4 bytes in glibc)
     for call, *args in ((_libc.pthread_mutexattr_init,),
                         (_libc.pthread_mutexattr_setpshared, 1),  # PTHREAD_PROCESS_SHARED

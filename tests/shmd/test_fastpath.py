@@ -160,7 +160,10 @@ def test_compiled_objects_refuse_bad_offsets_and_closed_use(daemon):
             fast.Inbox(buf, ring=0, head=4, tail=8)
         with pytest.raises(ValueError, match="outside"):
             fast.Route(buf, ring=0, tid=0, waiting=4, head=len(buf), tail=8, posted=16, dest=1,
-                       lock=0, wake=-1, wake_undo=False, first=True)
+                       lock=0, wake=-1, wake_undo=False, first=True, serial=8, join=1)
+        with pytest.raises(ValueError, match="serial word.*outside"):
+            fast.Route(buf, ring=0, tid=0, waiting=4, head=8, tail=8, posted=16, dest=1,
+                       lock=0, wake=-1, wake_undo=False, first=True, serial=len(buf), join=1)
         with pytest.raises(ValueError, match="npages"):
             fast.Segments(buf, list(me._data), ps=me._ps, npages=[1] * (me._nsegs + 1),
                           mapb=me._mapb, intent=me._intent, segi=me._segi, segq=me._segq,
