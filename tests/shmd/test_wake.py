@@ -67,9 +67,8 @@ def test_each_kind_wakes_every_sleep(kind, daemon, peers):
                                                         else "Waiter")
 
 
-# in a peer: its waiter counting as Counting does, and the order forced (first: wake first)
-PEER_SETUP = """
-from shmd import taskbase
+# in a peer: Counting (as above), for its waiter
+COUNTING = """
 class Counting:
     def __init__(self, inner):
         self.inner, self.ends = inner, []
@@ -77,6 +76,10 @@ class Counting:
         woke = self.inner.down(timeout)
         self.ends.append(woke)
         return woke
+"""
+# in a peer: its waiter counting, and the order forced (first: wake first)
+PEER_SETUP = COUNTING + """
+from shmd import taskbase
 taskbase.cpus_apart = lambda pid: first
 me._spin_auto, me._spin_budget = False, 0.0
 me._waiter = w = Counting(me._waiter)
@@ -277,16 +280,7 @@ def test_an_inbox_lock_whose_holder_was_killed_is_taken_over(daemon, peers, path
 JOIN_GS = ("from shmd.task import Task\n"
            "t = Task(name='gs', spin=False, role='gs')\n"
            "result = [t.tid, t._slot]")
-COUNT_SLEEPS = """
-class Counting:
-    def __init__(self, inner):
-        self.inner, self.ends = inner, []
-    def down(self, timeout):
-        woke = self.inner.down(timeout)
-        self.ends.append(woke)
-        return woke
-t._waiter = w = Counting(t._waiter)
-"""
+COUNT_SLEEPS = COUNTING + "t._waiter = w = Counting(t._waiter)\n"
 
 
 @pytest.mark.parametrize("path", ["compiled", "python"])
