@@ -47,7 +47,7 @@ def _tsc_steady() -> bool:
     TraceRing; else clock_gettime, about three times its cost)."""
     try:
         with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
-            return f.read().strip() == "tsc"
+            return f.read(64).strip() == "tsc"
     except OSError:
         return False
 

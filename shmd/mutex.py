@@ -25,7 +25,6 @@ import platform
 import time
 
 SPIN = 20e-6  # a held lock is tried again this long before sleeping (held a microsecond)
-_CLOCK_MONOTONIC = 1
 _X86 = platform.machine() in ("x86_64", "AMD64")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -106,9 +105,9 @@ class Mutex:
                 return True
         if timeout <= SPIN:
             return False
-        at = time.clock_gettime(_CLOCK_MONOTONIC) + timeout - SPIN
+        at = time.clock_gettime(time.CLOCK_MONOTONIC) + timeout - SPIN
         ts = _Timespec(int(at), int((at - int(at)) * 1e9))
-        return self._taken(_clocklock(p, _CLOCK_MONOTONIC, ctypes.byref(ts)))
+        return self._taken(_clocklock(p, time.CLOCK_MONOTONIC, ctypes.byref(ts)))
 
     def release(self) -> None:
         """Let it go: a full barrier too (see the module's docstring)."""

@@ -43,8 +43,8 @@ class Resources:
     (``[kind, id, key]`` made, ``["-", kind, id]`` removed), appended; rewritten whole,
     through a rename, only at the first write and when removed ones make up most of it.
     A rename over the file cost 1.3 ms here (ext4 starts writing out a file renamed over
-    another: auto_da_alloc), and each task's two semaphores made and removed were four
-    of them: most of a join's cost. Not synced: SysV objects do not outlive the machine, and what a
+    another: auto_da_alloc), and each task's semaphores made and removed (two a task
+    then) were four of them: most of a join's cost. Not synced: SysV objects do not outlive the machine, and what a
     killed daemon wrote is in the page cache for the next start."""
 
     def __init__(self, registry_path: str):

@@ -122,11 +122,13 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
         flush(True)  # (a switch, a join: what was noted goes to the ring now)
     if not mask & (BIT[PSEND] | BIT[PRECV_END]):
         return
+    cls, tid = type(task), task.tid
+    if mask & BIT[PRECV_END]:  # (never the compiled fast path: wrapped either way)
+        task.precv_view = _traced_view(task, cls.precv_view, noted, flush)
     if cring is not None:
         _wrap_general(task, mask, cring)
         return
-    cls, tid = type(task), task.tid
-    psend, precv, precv_into, precv_view = (getattr(cls, n) for n in WRAPPED[:4])
+    psend, precv, precv_into = cls.psend, cls.precv, cls.precv_into
 
     # Per call only the clock is read and a tuple kept: the ring is written when the
     # task publishes its counters (taskbase.py: before a receive sleeps or spins after
@@ -160,17 +162,16 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
         task.psend = t_psend
     if mask & BIT[PRECV_END]:
         task.precv, task.precv_into = t_precv, t_precv_into
-        task.precv_view = _traced_view(task, precv_view, keep, noted, flush)
 
 
 def _nbytes(data: Any) -> int:
     return len(data) if type(data) is bytes else memoryview(data).nbytes
 
 
-def _traced_view(task: Any, precv_view: Any, keep: Any, noted: list, flush: Any) -> Any:
+def _traced_view(task: Any, precv_view: Any, noted: list, flush: Any) -> Any:
     """*task*'s precv_view, its start and end kept as tuples (with or without the
     compiled module: it never takes the compiled fast path)."""
-    tid = task.tid
+    tid, keep = task.tid, noted.append
 
     def t_precv_view(source: int = -1, tag: int = -1, timeout: float | None = None):
         if len(noted) >= NOTED:
@@ -220,14 +221,6 @@ def _wrap_general(task: Any, mask: int, ring: Any) -> None:
         task._psend = t_psend
     if mask & BIT[PRECV_END]:
         task._precv, task._precv_into = t_precv, t_precv_into
-        rec, flush, noted = _recorder(task)
-        task.precv_view = _traced_view(task, cls.precv_view, noted.append, noted, flush)
-
-
-# pvm_shmd is asked to drain the ring of a task that stops tracing (or leaves) this many
-# times at most while its kept events do not fit in it (a traced ping-pong at full
-# speed keeps up to BACKLOG)
-LEAVE_DRAINS = 128  # (twice BACKLOG over the ring's 1024 events)
 
 
 def _flush_all(task: Any, flush: Any) -> None:
@@ -296,6 +289,9 @@ def _recorder(task: Any):
 # Xeon at load 3.7-4.1: on/off 1.27 and 1.21 with 64, 1.14 and 1.14 with 4.
 NOTED = 4
 BACKLOG = 1 << 16  # events it keeps while its ring has no room (the daemon is behind)
+# pvm_shmd is asked to drain the ring of a task that stops tracing (or leaves) this many
+# times at most while its kept events do not fit in it (_flush_all)
+LEAVE_DRAINS = 2 * BACKLOG // layout.TRACE_EVENTS
 
 
 def _new_recorder(task: Any):
