@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import zmq
 
 from .errors import PvmError, PvmHostFail
-from .netd import ANSWER, ASK, secure
+from .netd import ANSWER, ASK
+from .wire import secure
 
 ASK_TIMEOUT = 1.0  # seconds for an answer from a live pvm_netd (it answers in milliseconds)
 _ids = itertools.count(1)

@@ -6,7 +6,8 @@ A task of this host's pvm_shmd (it joins as ``pvm_netd``) that forwards messages
 tids of other hosts and delivers incoming ones into the local shared pages with the
 remote sender's tid as src (remote.py has the library's side). Transport: ZeroMQ
 (pyzmq), authenticated and encrypted with CURVE: every host of a VM holds the VM's key
-pair, made by the console and handed over stdin (never argv, never a file); a client
+pair, made by the console and handed over stdin (never argv; written only into the
+route file, 0600, for this host's tasks that send to other hosts themselves); a client
 whose public key is not the VM's is refused by the ZAP handler before any message.
 
 It binds ADDR on a port the OS picks, forks into the background and prints one line,
@@ -16,8 +17,10 @@ it could not start). It exits when its pvm_shmd goes (TERM, delete, halt) or on 
 Two threads, each with its own sockets (a zmq socket and a Task are used from one
 thread only; the Task's receive side and send side share no state they write):
 
-* out: precv from local tasks (chunks with a remote.OUT header), send to the
-  destination host's DEALER; heartbeats to every peer every BEAT seconds.
+* out: precv from local tasks (chunks with a remote.OUT header: our own messages, and
+  the tasks' with PVM_NET_DIRECT=0; a task sends to the far pvm_netd itself,
+  netsend.py), send to the destination host's DEALER; heartbeats to every peer every
+  BEAT seconds.
 * in: the ROUTER every peer connects to; chunks assembled per (src, dest) and psent
   to the local receiver as src; hellos and heartbeats mark hosts up; a host not heard
   from for DEAD seconds is down (written to the route file: senders and receivers
@@ -63,23 +66,20 @@ from . import stat as statmod
 from .errors import PvmBadParam, PvmError, PvmHostFail, PvmNoHost, PvmNoTask, PvmSysErr, PvmTimeout
 from .pvmbuf import HEADER, MAGIC, VERSION, XDR
 from .task import Task
+from .wire import BIG_KIND, MSG, NET, PLAIN_USER, ZAP_DOMAIN, chunk_frames, secure
 
-NET = struct.Struct("<IIiQQ")  # on the wire: src, dest, tag, total, offset
 HELLO = struct.Struct("<IH")  # host index, port
+HELLO_KIND, BEAT_KIND, JOIN_KIND = b"h", b"b", b"j"
 BEAT = 0.3  # heartbeat period (seconds)
 DEAD = 2.0  # a peer silent this long is down: PvmHostFail well within 3 s
 HWM = 16  # frames queued per peer socket and direction (of up to remote.CHUNK bytes each)
 HOLD = 4 << 20  # bytes for other hosts held beyond those queues before senders wait
 RETRY, RETRY_MAX = 1e-3, 0.02  # how soon a held frame is offered to its peer again (seconds)
-BIG = 65536  # a chunk this large goes to and from zmq uncopied (below it, copying is cheaper)
 SLICE = 0.2  # the longest either thread waits before looking round (seconds)
-MSG, HELLO_KIND, BEAT_KIND, JOIN_KIND = b"m", b"h", b"b", b"j"
-BIG_KIND = b"M"  # a message chunk of BIG bytes or more (received without a copy)
 ASK, ANSWER = b"q", b"r"  # the console's requests (stat, tasks, stop) and their answers
 KILL_GRACE = 2.0  # stop: TERM the host's tasks, KILL what is left after this (as the console)
 STOP_TIMEOUT = 30.0  # stop: the longest wait for pvm_shmd to exit
 MASTER = 1  # the master's pvm_netd tells every host of each other that joins
-ZAP_DOMAIN = "pvm"  # the domain our ZAP handler judges (every other is refused)
 POST = "inproc://pvm_netd-post"  # the pool's answers and notifications, for the in thread to send
 WORKERS = 4  # threads for requests that wait (spawn, signals, asking other hosts)
 PEER_TIMEOUT = 5.0  # a request to another host's pvm_netd (a spawn there: fork and exec)
@@ -88,27 +88,6 @@ TASK_ASKS = ("stat", "tasks", "config", "spawn", "signal", "notify")  # what a t
 SLOW = ("spawn", "signal", "notify", "tasks")  # run in the pool when they ask other hosts
 # pvm_notify's kinds (pvm3.h, as shmd.pvmmsg)
 TASK_EXIT, HOST_DELETE, HOST_ADD = 1, 2, 3
-
-
-PLAIN_USER = b"pvm"  # a trusted network's PLAIN login: this name, the VM's secret key as password
-
-
-def secure(sock: zmq.Socket, public: bytes, secret: bytes, trusted: bool, server: bool) -> None:
-    """Set *sock* up as the VM's: CURVE with the VM's key pair (authenticated and
-    encrypted), or with *trusted* (a private network the user trusts) ZeroMQ's PLAIN:
-    authenticated by the VM's secret, not encrypted. Both are checked by Zap."""
-    if trusted:
-        if server:
-            sock.plain_server = True
-        else:
-            sock.plain_username, sock.plain_password = PLAIN_USER, secret
-    elif server:
-        sock.curve_server = True
-        sock.curve_secretkey, sock.curve_publickey = secret, public
-    else:
-        sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = secret, public, public
-    if server:
-        sock.zap_domain = ZAP_DOMAIN.encode()
 
 
 class Zap(threading.Thread):
@@ -249,9 +228,15 @@ class Net:
 
     # ---- the route file ------------------------------------------------------------
     def write_route(self) -> None:
+        """The route file (remote.route): our tid, which hosts are up, and for the
+        tasks' own route to them (netsend.py) where each host's pvm_netd listens and the
+        VM's keys (the file is private, 0600, and checked so at each read)."""
         with self.lock:
             hosts = {str(h): up for h, up in self.up.items()}
-        data = json.dumps({"tid": self.task.tid, "pid": os.getpid(), "hosts": hosts}).encode()
+            at = {str(h): list(a) for h, a in self.where.items()}
+        data = json.dumps({"tid": self.task.tid, "pid": os.getpid(), "hosts": hosts, "at": at,
+                           "keys": [self.public.decode(), self.secret.decode()],
+                           "trusted": self.trusted}).encode()
         private.write_atomic(paths.tmpfile(remote.ROUTE_STEM, self.vmid), data)
 
     def mark(self, h: int, up: bool) -> None:
@@ -404,11 +389,10 @@ class Net:
             if h not in out:
                 continue  # no such host: dropped, as PVM drops a message to nowhere
             body = memoryview(m.data)[remote.OUT.size:]
-            kind = BIG_KIND if len(body) >= BIG else MSG
             frames = backlog.get(h)
             if frames is None:
                 frames = backlog[h] = deque()
-            frames.append([kind, NET.pack(m.src, dest, tag, total, off), body])
+            frames.append(chunk_frames(m.src, dest, tag, total, off, body))
             held += len(body)
             held -= self._flush(out, backlog, only=h)
             wait = RETRY
@@ -487,8 +471,10 @@ class Net:
                         if isinstance(info, dict) and info:
                             self.info[h] = _host_info(info, f"host{h}")
                     if self.where.get(h) != (addr, port):
-                        self.where[h] = (addr, port)
+                        with self.lock:
+                            self.where[h] = (addr, port)
                         self.joined.append((h, addr, port))
+                        self.write_route()  # (where the tasks' own route reaches it)
                         if self.host == MASTER and kind == HELLO_KIND:
                             self.announce.append((h, addr, port))
                     self.heard.setdefault(h, time.monotonic())

@@ -1,13 +1,15 @@
 """Messages to and from tasks of other hosts: the library's side of pvm_netd.
 
-A tid of another host is reached through this host's network process (netd.py), a
-task of the local pvm_shmd like any other. ``send`` posts the message to it through
-the shared pages, in chunks of at most CHUNK bytes, each led by an ``OUT`` header
-(final destination, tag, total length, offset); it forwards them to the destination
-host's pvm_netd, which puts the whole message into the receiver's inbox with the
-remote sender's tid as src. So a remote message is an ordinary queued message at the
-receiver: wildcards, probe, precv_into's overflow rule and order per sender (one
-sender, one local inbox, one connection, one delivering thread) hold as on one host.
+A message to a tid of another host goes to that host's network process (netd.py, a
+task of its pvm_shmd like any other), which puts the whole message into the
+receiver's inbox with the remote sender's tid as src. So a remote message is an
+ordinary queued message at the receiver: wildcards, probe, precv_into's overflow rule
+and order per sender (one sender, one connection, one delivering thread) hold as on
+one host. ``send`` sends it there itself (netsend.py: the chunks on a socket of the
+task's own); with PVM_NET_DIRECT=0, and for pvm_netd's own messages, it posts the
+message to this host's pvm_netd through the shared pages instead, in chunks of at
+most CHUNK bytes, each led by an ``OUT`` header (final destination, tag, total
+length, offset), and that one forwards them.
 
 pvm_netd keeps its route file (``paths.tmpfile("pvmnet", vmid)``, private, 0600):
 its tid and which hosts are up. ``send`` and a receive waiting for a task of another
@@ -57,7 +59,7 @@ class RemoteTid(PvmError):
         super().__init__(PvmNoTask, f"{tids.fmt(tid)} is on another host")
 
 
-_cache: dict[str, tuple[int, dict]] = {}  # vmid -> (mtime_ns, route file contents)
+_cache: dict[str, tuple[tuple[int, int, int], dict]] = {}  # vmid -> (inode, mtime_ns, size), contents
 _paths: dict[tuple[str, str], str] = {}  # (vmid, $PVM_TMP) -> route file path
 
 
@@ -87,12 +89,15 @@ def route(vmid: str) -> dict:
     while unchanged); PvmNoTask if no pvm_netd runs for this VM on this host."""
     path = route_path(vmid)
     try:
-        mtime = os.stat(path).st_mtime_ns
+        st = os.stat(path)
     except OSError:
         raise PvmError(PvmNoTask, "no pvm_netd on this host: a task on another host is out of "
                                   "reach (start the VM with the console)") from None
+    # (pvm_netd replaces the file, so a new one is a new inode even within the clock's
+    # tick that stamps mtimes: two changes in a few ms are both seen)
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)
     got = _cache.get(vmid)
-    if got is not None and got[0] == mtime:
+    if got is not None and got[0] == key:
         return got[1]
     text = private.read_text(path)
     try:
@@ -101,14 +106,14 @@ def route(vmid: str) -> dict:
             raise ValueError
     except ValueError:
         raise PvmError(PvmNoTask, f"unreadable route file {path}") from None
-    _cache[vmid] = (mtime, r)
+    _cache[vmid] = (key, r)
     return r
 
 
-def check_host(vmid: str, tid: int) -> int:
+def check_host(vmid: str, tid: int, r: dict | None = None) -> int:
     """pvm_netd's tid, if the host of *tid* is in the VM and up; PvmHostFail if it is
-    down, PvmNoTask if there is no such host."""
-    r = route(vmid)
+    down, PvmNoTask if there is no such host. (*r*: the route file, if just read.)"""
+    r = r if r is not None else route(vmid)
     up = r["hosts"].get(str(tids.host_of(tid)))
     if up is None:
         raise PvmError(PvmNoTask, f"{tids.fmt(tid)}: no host {tids.host_of(tid)} in the virtual machine")
@@ -118,7 +123,12 @@ def check_host(vmid: str, tid: int) -> int:
 
 
 def send(task: Sending, dest: int, tag: int, mv: memoryview | bytes, n: int, deadline: float) -> None:
-    """psend of *n* bytes to *dest* on another host: to pvm_netd, in chunks."""
+    """psend of *n* bytes to *dest* on another host: straight to its host's pvm_netd
+    (netsend.py), else to ours, in chunks."""
+    from . import netsend  # (imports zmq: only in a task that sends to another host)
+
+    if netsend.enabled(task) and netsend.send(task, dest, tag, mv, n, deadline):
+        return
     off = 0
     while True:
         chunk = min(n - off, CHUNK)

@@ -94,6 +94,8 @@ class Task(Receiving, Sending):
         # pvm_netd is PVM's pvmd, not a task of the program: never traced (its forwarding
         # shows as the tasks' own sends and receives)
         self._traceable = role != "net"
+        # pvm_netd sends to other hosts through its own out thread, a task straight (netsend.py)
+        self._net_direct = role != "net"
         self._tracing = self._i[layout.H_TRACE_I] if self._traceable else 0
         mask = (trace.env_mask(os.environ.get(trace.ENV)) or self._tracing) if self._traceable else 0
         if mask:  # spawned traced (spawn -@), or the host traces
@@ -239,6 +241,9 @@ class Task(Receiving, Sending):
                 trace.switch(self, 0, trace.EXIT)  # (recorded if its mask says so)
         except (ValueError, PvmError):
             pass  # (a view released by a failed attach)
+        ns = sys.modules.get("shmd.netsend")  # (imported by a send to another host)
+        if ns is not None:
+            ns.leave(self.vmid)  # what we sent to other hosts leaves before we do
         try:
             if self._conn is not None:
                 self._conn.request("leave")

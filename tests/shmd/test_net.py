@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -23,7 +24,7 @@ from daemons import shmd_vm, wait_for
 from other_user import other_user  # noqa: F401  (a fixture)
 
 import shmd
-from shmd import netd, remote, spawner, tids
+from shmd import netd, netsend, remote, spawner, tids, wire
 from shmd.errors import PvmError, PvmHostFail, PvmOverflow
 
 NETD = os.path.join(BIN, "pvm_netd")
@@ -125,9 +126,12 @@ exec(PATTERN, _defs)
 pattern = _defs["pattern"]
 
 
-def test_ping_pong_every_byte_across_hosts(two):
+@pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "through-netd"])
+def test_ping_pong_every_byte_across_hosts(two, direct, monkeypatch):
     """Sizes from tag-0 empty to several network chunks (and more than a segment of the
-    small daemons, so the receiving side takes it in pieces): every byte comes back."""
+    small daemons, so the receiving side takes it in pieces): every byte comes back,
+    sent by each task to the far pvm_netd itself (netsend.py) or through its own host's."""
+    monkeypatch.setenv(netsend.ENV, direct)  # (the echo task inherits it)
     p, peer = two.echo()
     assert tids.host_of(peer) == 2
     with shmd.join(two.a) as me:
@@ -173,7 +177,7 @@ def test_wildcard_and_order_local_and_remote(two):
 
 
 def _frame_to(me_tid: int, tag: int) -> list[bytes]:
-    return [netd.MSG, netd.NET.pack(tids.dtid(2) + 0x77, me_tid, tag, 5, 0), b"hello"]
+    return [wire.MSG, wire.NET.pack(tids.dtid(2) + 0x77, me_tid, tag, 5, 0), b"hello"]
 
 
 def test_wrong_key_and_garbage_get_nothing(two):
@@ -289,6 +293,7 @@ def test_stopped_receiver_makes_senders_wait_and_loses_nothing(two):
     peer = int(p.stdout.readline())
     with shmd.join(two.a) as me:
         os.kill(p.pid, signal.SIGSTOP)
+        rss = _rss_mib(os.getpid())
         try:
             sent = 0
             with pytest.raises(PvmError) as e:
@@ -299,11 +304,98 @@ def test_stopped_receiver_makes_senders_wait_and_loses_nothing(two):
             assert 0 < sent < 200, f"{sent} MiB taken for a stopped receiver"
             for pid in (two.pid1, two.pid2):
                 assert _rss_mib(pid) < 300, f"pvm_netd {pid}: {_rss_mib(pid):.0f} MiB"
+            # (and the sender's own queue to host 2, netsend.HWM chunks: not all it sent)
+            assert _rss_mib(os.getpid()) - rss < 150, f"sender grew by {_rss_mib(os.getpid()) - rss:.0f} MiB"
         finally:
             os.kill(p.pid, signal.SIGCONT)
         for k in range(sent):  # each answered: all of them, in order, intact
             m = me.precv(peer, 3, timeout=30)
             assert tuple(m.data) == (k % 256, 1), f"message {k} of {sent}: {tuple(m.data)}"
+        me.psend(peer, 99, b"", timeout=5)
+    assert p.wait(20) == 0
+
+
+# a task of host 2 that says each message it gets (tag 2, message k: pattern(size, k)) is
+# intact, on its stdout, as it gets it; tag 99 ends it
+TELL = PATTERN + """
+import shmd
+with shmd.join(name="tell") as me:
+    print(me.tid, flush=True)
+    k = 0
+    while True:
+        m = me.precv(timeout=60)
+        if m.tag == 99:
+            break
+        print(k, bytes(m.data) == pattern(len(m.data), k), flush=True)
+        k += 1
+"""
+
+
+@pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "through-netd"])
+def test_a_task_sends_to_the_far_netd_itself(two, direct, monkeypatch):
+    """With this host's pvm_netd stopped (SIGSTOP, well within the heartbeats' DEAD), a
+    message sent to a task of host 2 still gets there: the task sent it to host 2's
+    pvm_netd itself. With PVM_NET_DIRECT=0 it waits in this host's pvm_netd until that
+    goes on, as before."""
+    monkeypatch.setenv(netsend.ENV, direct)
+    p = subprocess.Popen([sys.executable, "-c", TELL], stdout=subprocess.PIPE, text=True, env=two.vm.env(two.b))
+    two.procs.append(p)
+    peer = int(p.stdout.readline())
+    with shmd.join(two.a) as me:
+        me.psend(peer, 2, pattern(10, 0), timeout=5)  # (the first: connects)
+        assert p.stdout.readline().split() == ["0", "True"]
+        os.kill(two.pid1, signal.SIGSTOP)
+        try:
+            me.psend(peer, 2, pattern(10, 1), timeout=5)
+            ready = select.select([p.stdout], [], [], 0.7)[0]
+        finally:
+            os.kill(two.pid1, signal.SIGCONT)
+        assert bool(ready) == (direct == "1"), "arrived while this host's pvm_netd was stopped" if ready else \
+            "did not arrive while this host's pvm_netd was stopped"
+        assert p.stdout.readline().split() == ["1", "True"]
+        me.psend(peer, 99, b"", timeout=5)
+    assert p.wait(20) == 0
+
+
+# a task of host 1 that sends N messages of SIZE bytes (pattern(SIZE, k)) to DEST and
+# ends at once: leaving, then os._exit ("leave"), or without leaving (its process exits
+# with the task open);
+# odd ones from one bytearray written over right after each psend (which must have
+# copied it), even ones as bytes (handed to zmq uncopied)
+SEND_AND_GO = PATTERN + """
+import os, sys, shmd
+dest, n, size, how = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+me = shmd.join(name="sender")
+buf = bytearray(size)
+for k in range(n):
+    if k % 2:
+        buf[:] = pattern(size, k)
+        me.psend(dest, 2, buf, timeout=30)
+        buf[:] = bytes(size)  # (a psend that kept a view of buf would send these zeros)
+    else:
+        me.psend(dest, 2, pattern(size, k), timeout=30)
+if how == "leave":
+    me.leave()
+    os._exit(0)  # (no atexit handlers: what leave sent is all that goes)
+"""
+
+
+@pytest.mark.parametrize("how", ["leave", "exit"])
+def test_what_a_task_queued_arrives_after_it_is_gone(two, how):
+    """A task sends 24 MiB to host 2 and is gone at once: psend returned with chunks
+    still queued in its own process (its socket to host 2's pvm_netd), which leave, or
+    the process's exit, sends first. Every message arrives intact, in order, whether
+    copied (a bytearray written over right after psend) or not (bytes)."""
+    p = subprocess.Popen([sys.executable, "-c", TELL], stdout=subprocess.PIPE, text=True, env=two.vm.env(two.b))
+    two.procs.append(p)
+    peer = int(p.stdout.readline())
+    n = 24
+    s = subprocess.run([sys.executable, "-c", SEND_AND_GO, str(peer), str(n), str(1 << 20), how],
+                       capture_output=True, text=True, env=two.vm.env(two.a), timeout=60)
+    assert s.returncode == 0, s.stderr
+    got = [p.stdout.readline().split() for _ in range(n)]
+    assert got == [[str(k), "True"] for k in range(n)]
+    with shmd.join(two.a) as me:
         me.psend(peer, 99, b"", timeout=5)
     assert p.wait(20) == 0
 

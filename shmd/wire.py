@@ -1,0 +1,43 @@
+"""What travels between hosts: the frames of a message and how a ZeroMQ socket is
+made the VM's. Shared by pvm_netd (netd.py), its requesters (netask.py) and the
+tasks that send to other hosts themselves (netsend.py).
+
+A message chunk is three frames: its kind (MSG, or BIG_KIND for a chunk of BIG bytes
+or more, which the receiving pvm_netd takes without a copy), the NET header (source,
+destination, tag, total length, this chunk's offset) and the chunk.
+"""
+from __future__ import annotations
+
+import struct
+
+import zmq
+
+NET = struct.Struct("<IIiQQ")  # on the wire: src, dest, tag, total, offset
+BIG = 65536  # a chunk this large goes to and from zmq uncopied (below it, copying is cheaper)
+MSG = b"m"  # a message chunk
+BIG_KIND = b"M"  # a message chunk of BIG bytes or more (received without a copy)
+ZAP_DOMAIN = "pvm"  # the domain pvm_netd's ZAP handler judges (every other is refused)
+PLAIN_USER = b"pvm"  # a trusted network's PLAIN login: this name, the VM's secret key as password
+
+
+def chunk_frames(src: int, dest: int, tag: int, total: int, off: int, body) -> list:
+    """The frames of one chunk of a message (*body*, at *off* of *total* bytes)."""
+    return [BIG_KIND if len(body) >= BIG else MSG, NET.pack(src, dest, tag, total, off), body]
+
+
+def secure(sock: zmq.Socket, public: bytes, secret: bytes, trusted: bool, server: bool) -> None:
+    """Set *sock* up as the VM's: CURVE with the VM's key pair (authenticated and
+    encrypted), or with *trusted* (a private network the user trusts) ZeroMQ's PLAIN:
+    authenticated by the VM's secret, not encrypted. Both are checked by pvm_netd's Zap."""
+    if trusted:
+        if server:
+            sock.plain_server = True
+        else:
+            sock.plain_username, sock.plain_password = PLAIN_USER, secret
+    elif server:
+        sock.curve_server = True
+        sock.curve_secretkey, sock.curve_publickey = secret, public
+    else:
+        sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = secret, public, public
+    if server:
+        sock.zap_domain = ZAP_DOMAIN.encode()
