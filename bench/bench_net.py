@@ -1,7 +1,7 @@
 """Benchmark: psend/precv between tasks of two hosts through pvm_netd, side by side with
 the floors (run by hand).
 
-    .venv/bin/python bench/bench_net.py [--repeat 3] [--only ours,ours-trusted,ours-packed,floors]
+    .venv/bin/python bench/bench_net.py [--repeat 3] [--only ours,ours-trusted,ours-packed,ours-via-netd,floors]
 
 Two "hosts" on this machine: two pvm_shmd (VM ids of their own, host 1 and host 2, a
 private PVM_TMP) each with its pvm_netd bound to 127.0.0.1, so the network is the
@@ -11,6 +11,8 @@ loopback device (a pvm-lab would add its veth pair and bridge). Rows, in one run
   ours-trusted    the same with the trusted-network option (authenticated, not encrypted)
   ours-packed     as ours, with PVM's packed messages: pvm_initsend(PvmDataDefault) +
                   pvm_pkbyte + pvm_send, pvm_recv + pvm_upkbyte (shmd.pvm)
+  ours-via-netd   as ours, each task sending through its own host's pvm_netd
+                  (PVM_NET_DIRECT=0: the route before tasks sent to the far pvm_netd)
   tcp             a plain Python TCP socket pair (the floor)
   tls             Python's ssl, mutual, ECDSA P-256 (the other candidate)
   zmq             pyzmq PAIR without encryption (the library's floor)
@@ -42,7 +44,7 @@ from _net_floor import floors, measure  # noqa: E402
 BIN = os.path.dirname(sys.executable)
 LAT = (8, 1024, 65536, 1 << 20)
 BW = (65536, 1 << 20, 16 << 20)
-ROWS = ("ours", "ours-trusted", "ours-packed", "floors")
+ROWS = ("ours", "ours-trusted", "ours-packed", "ours-via-netd", "floors")
 
 # host 2's task: echo ping-pongs, sink streams (tag 2: a stream; its last message tag 3)
 PEER = r'''
@@ -75,8 +77,8 @@ def cpu() -> str:
 class Hosts:
     """Two daemons with their pvm_netd, and host 2's peer task."""
 
-    def __init__(self, tmp: str, trusted: bool):
-        self.env = {**os.environ, "PVM_TMP": tmp}
+    def __init__(self, tmp: str, trusted: bool, direct: bool = True):
+        self.env = {**os.environ, "PVM_TMP": tmp, "PVM_NET_DIRECT": "1" if direct else "0"}
         self.keys = [k.decode() for k in zmq.curve_keypair()]
         self.vmids = ("bn1", "bn2")
         self.peer: subprocess.Popen | None = None
@@ -94,7 +96,7 @@ class Hosts:
             if r.returncode:
                 raise SystemExit(f"pvm_netd: {r.stderr.strip()}")
             port = port or int(r.stdout.split("netd<")[1].split(">")[0])
-        os.environ.update(PVM_TMP=tmp, PVM_VMID=self.vmids[0])
+        os.environ.update(PVM_TMP=tmp, PVM_VMID=self.vmids[0], PVM_NET_DIRECT=self.env["PVM_NET_DIRECT"])
         from shmd import remote
         deadline = time.monotonic() + 10
         while remote.route(self.vmids[0])["hosts"].get("2") is not True:
@@ -168,13 +170,14 @@ def main() -> int:
           f"pvm_shmd+pvm_netd of this machine; median of {a.repeat}")
     runs: dict[str, list[dict]] = {}
     for _ in range(a.repeat):
-        for name, trusted, packed in (("ours", False, False), ("ours-trusted", True, False),
-                                      ("ours-packed", False, True)):
+        for name, trusted, packed, direct in (("ours", False, False, True), ("ours-trusted", True, False, True),
+                                              ("ours-packed", False, True, True),
+                                              ("ours-via-netd", False, False, False)):
             if name not in only:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 os.chmod(tmp, 0o700)
-                hosts = Hosts(tmp, trusted)
+                hosts = Hosts(tmp, trusted, direct)
                 try:
                     runs.setdefault(name, []).append(ours(hosts, packed))
                 finally:
@@ -182,10 +185,10 @@ def main() -> int:
         for k, r in (floors("127.0.0.1", sizes_lat=LAT, sizes_bw=BW) if "floors" in only else {}).items():
             runs.setdefault(k, []).append(r)
     head = "".join(f"{_size(n) + ' us':>11}" for n in LAT) + "".join(f"{_size(n) + ' GB/s':>12}" for n in BW)
-    print(f"{'transport':<14}{head}")
+    print(f"{'transport':<15}{head}")
     for k, rs in runs.items():
         med = {f: statistics.median(r[f] for r in rs) for f in rs[0]}
-        print(f"{k:<14}" + "".join(f"{med[f'lat{n}'] * 1e6:11.1f}" for n in LAT)
+        print(f"{k:<15}" + "".join(f"{med[f'lat{n}'] * 1e6:11.1f}" for n in LAT)
               + "".join(f"{med[f'bw{n}'] / 1e9:12.2f}" for n in BW))
     return 0
 
