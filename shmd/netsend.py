@@ -30,6 +30,7 @@ import threading
 import time
 
 import zmq
+import zmq.utils.garbage  # noqa: F401  (before our atexit: see _at_exit)
 
 from . import remote, tids
 from .errors import MemoryFull, PvmError
@@ -173,7 +174,11 @@ def leave(vmid: str) -> None:
 
 @atexit.register
 def _at_exit() -> None:
-    """A process that ends without leaving: its queued messages still go."""
+    """A process that ends without leaving: its queued messages still go. (Handlers run
+    last registered first: pyzmq's collector of chunks sent uncopied, imported above
+    before this was registered, stops after this flush, not before it; the other way
+    round zmq called into a stopped collector when it freed them, and the process
+    died of SIGSEGV.)"""
     leave_all = _state
     if leave_all is not None and leave_all.pid == os.getpid():
         try:
