@@ -35,13 +35,11 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import statistics
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import direct, ipc, paths, private, wake
 from .errors import PvmBadParam, PvmError
@@ -64,8 +62,7 @@ BUDGET = 0.04  # caches still cold); seconds: no further trial starts after this
 FORMAT = 2  # of the file (2: with the wake-up figures)
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     """From which message size each receive goes direct (NEVER: not at all), and why."""
 
     into_min: int  # precv_into: both copy with process_vm_writev/readv, no pages
@@ -405,6 +402,8 @@ def size_text(n: int) -> str:
 
 def summary(measured: dict | None = None) -> dict:
     """What ``pvm_shmd_stat --json`` shows as "paths": the choice, and the figures."""
+    import statistics  # (not at import: every task imports this module, few call this)
+
     m = measured or ensure()
     c = choice(m)
     kind, kwhy = wake_choice(m)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAGIC = b"pvmshmd\x00"
 VERSION = 7  # 5: the wake word and the page maps' intent records; 6: a slot's conn word;
@@ -246,8 +246,7 @@ def round_up(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
 
-@dataclass(frozen=True)
-class Geometry:
+class Geometry(NamedTuple):
     """Sizes of one daemon's segments."""
 
     pagesize: int

@@ -34,8 +34,7 @@ import struct
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import control, fastpath, layout
 from .errors import PvmError
@@ -429,8 +428,7 @@ class Collector:
 
 
 # ---- reading a trace ----------------------------------------------------------------
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     host: str
     owner: int  # the task that recorded it
     t: float  # seconds, on the console's clock (the host's offset taken off)
@@ -441,8 +439,7 @@ class Event:
     length: int
 
 
-@dataclass(frozen=True)
-class Flow:
+class Flow(NamedTuple):
     """One message: its psend and the precv that took it."""
 
     send: Event
@@ -511,7 +508,7 @@ def align(events: Sequence[Event], within: Mapping[str, float]) -> tuple[list[Ev
         shift[h] = (lo + hi) / 2 if lo > hi else min(max(0.0, lo), hi)  # (lo > hi: clocks drifted)
     if not any(shift.values()):
         return list(events), {}
-    out = sorted((replace(e, t=e.t + shift[e.host]) if shift[e.host] else e for e in events),
+    out = sorted((e._replace(t=e.t + shift[e.host]) if shift[e.host] else e for e in events),
                  key=lambda e: e.t)
     return out, {h: d for h, d in shift.items() if d}
 

@@ -30,7 +30,6 @@ import errno
 import mmap
 import os
 import platform
-import statistics
 import time
 from typing import Any
 
@@ -192,6 +191,8 @@ def measure(sems: Any, trials: int = TRIALS, n: int = ROUND_TRIPS) -> dict[str, 
 def _run_pair(kind: str, m32: memoryview, addr: int, sems: Any, n: int, cpus: list[int],
               out: Any) -> float | None:
     """One trial: fork the two sides, wait (bounded) for both; one-way microseconds."""
+    import statistics  # (not at import: every task imports this module, a daemon's start calls this)
+
     pids = []
     for who in (1, 0):
         pid = os.fork()
