@@ -338,9 +338,13 @@ def ensure(again_if_noisy: bool = False,
            sems: Callable[[], AbstractContextManager[Any]] | None = None) -> dict:
     """The measurement of this machine: the kept one, else measured now and kept.
     With *again_if_noisy* (a daemon starting), a kept one made on a busy host is
-    measured again; with *sems* (a daemon), one without wake-up figures too."""
+    measured again if the host is not busy now (else it is kept: measured now it would
+    be as noisy, and several daemons starting at once, a VM's emulated hosts on one
+    machine say, each spent CPU on it when it was scarcest: a lab of 8 hosts measured
+    at every start, since starting it kept the load up); with *sems* (a daemon), one
+    without wake-up figures too."""
     m = load()
-    if m is None or (again_if_noisy and noisy(m)):
+    if m is None or (again_if_noisy and noisy(m) and not noisy({"load": os.getloadavg()[0]})):
         m = measure(sems)
         if not m["gbps"]:
             return m  # the two sides could not run: not kept, measured again next time
