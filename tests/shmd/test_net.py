@@ -782,7 +782,7 @@ def _attack(port: int, server_key: bytes, victim: int, vmid: str, route: str) ->
 def test_another_user_cannot_send_or_ask_through_pvm_netd(two, other_user):
     """A second uid (root only): its own CURVE key gets no message in and no answer out
     of pvm_netd (no spawn, no stat), it cannot join the VM's pvm_shmd (so it cannot
-    post to pvm_netd either) nor read its route file."""
+    post to pvm_netd either) nor read its route file (which holds the VM's keys)."""
     import errno
     import mmap  # noqa: F401  (loaded for the other user's join: it cannot read our checkout)
 
