@@ -67,10 +67,12 @@ class _Links:
     def link(self, vmid: str, h: int, r: dict) -> _Link | None:
         """The socket to host *h* of VM *vmid* (*r*: its route file); None if the route
         file does not say where it is (a pvm_netd of before: through ours, then)."""
-        at, keys = r.get("at", {}).get(str(h)), r.get("keys")
-        if not (isinstance(at, list) and len(at) == 2 and isinstance(keys, list) and len(keys) == 2):
-            return None
-        where = (str(at[0]), int(at[1]))
+        at, keys = r.get("at", {}).get(str(h)) if isinstance(r.get("at"), dict) else None, r.get("keys")
+        if not (isinstance(at, list) and len(at) == 2 and isinstance(at[0], str) and isinstance(at[1], int)
+                and isinstance(keys, list) and len(keys) == 2
+                and all(isinstance(k, str) and len(k) == 40 and k.isascii() for k in keys)):
+            return None  # (not what pvm_netd writes: through it, which says what is wrong)
+        where = (at[0], at[1])
         if where[0] in ("0.0.0.0", "::", "*"):  # (bound everywhere: the console's own host)
             where = ("127.0.0.1", where[1])
         trusted = r.get("trusted") is True
@@ -96,14 +98,28 @@ class _Links:
 
 
 _state: _Links | None = None
+_state_lock = threading.Lock()
 
 
 def _links() -> _Links:
     global _state
-    if _state is None or _state.pid != os.getpid():
-        # (a forked child: the parent's sockets and context are not ours to use or close)
-        _state = _Links()
-    return _state
+    s = _state
+    if s is None:
+        with _state_lock:
+            s = _state
+            if s is None:
+                s = _state = _Links()
+    return s
+
+
+def _forget() -> None:
+    """In a forked child: the parent's sockets and context are not ours to use or close
+    (nor its locks, which another of its threads may have held)."""
+    global _state, _state_lock
+    _state, _state_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget)
 
 
 def enabled(task) -> bool:

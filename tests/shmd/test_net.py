@@ -357,6 +357,27 @@ def test_a_task_sends_to_the_far_netd_itself(two, direct, monkeypatch):
     assert p.wait(20) == 0
 
 
+def test_a_route_file_that_does_not_say_where_sends_through_this_hosts_netd():
+    """netsend takes from the route file only what pvm_netd writes there (an address and a
+    port, two Z85 keys); anything else, it leaves the message to this host's pvm_netd."""
+    keys = [k.decode() for k in zmq.curve_keypair()]
+    links = netsend._Links()
+    at = {"2": ["127.0.0.1", 5555]}
+    for r in ({}, {"at": at}, {"at": {"2": ["127.0.0.1", "5555"]}, "keys": keys},
+              {"at": ["127.0.0.1", 5555], "keys": keys}, {"at": at, "keys": ["x", "y"]},
+              {"at": at, "keys": [keys[0], 7]}, {"at": {"3": ["127.0.0.1", 5555]}, "keys": keys}):
+        assert links.link("v", 2, r) is None, r
+    assert links.ctx is None  # (nothing was made for them)
+    try:
+        link = links.link("v", 2, {"at": {"2": ["0.0.0.0", 5555]}, "keys": keys})
+        assert link is not None and link.at == ("127.0.0.1", 5555)
+    finally:
+        for lk in links.links.values():
+            lk.sock.close(0)
+        if links.ctx is not None:
+            links.ctx.term()
+
+
 # a task of host 1 that sends N messages of SIZE bytes (pattern(SIZE, k)) to DEST and
 # ends at once: leaving, then os._exit ("leave"), or without leaving (its process exits
 # with the task open);
