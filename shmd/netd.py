@@ -325,7 +325,8 @@ class Net:
             h, a, p = self.joined.pop(0)
             if h in out:
                 out.pop(h).close()
-            self.where[h] = (a, p)
+            with self.lock:
+                self.where[h] = (a, p)
             out[h] = self._dealer(h)
 
     def out_loop(self) -> None:

@@ -88,10 +88,15 @@ class _Links:
 
     def flush(self, vmid: str | None = None) -> None:
         """Close the sockets (of *vmid*, or all) once what they queued has left, or after
-        LINGER seconds; the context too once none is left."""
+        LINGER seconds (at once for a host the route file says is down: nothing would
+        leave); the context too once none is left."""
         with self.lock:
             for key in [k for k in self.links if vmid is None or k[0] == vmid]:
-                self.links.pop(key).sock.close()  # (linger: the queue is sent first)
+                try:
+                    up = remote.route(key[0])["hosts"].get(str(key[1])) is True
+                except PvmError:
+                    up = False  # (no pvm_netd here any more: the VM is going)
+                self.links.pop(key).sock.close(None if up else 0)  # (linger: the queue is sent first)
             if not self.links and self.ctx is not None:
                 self.ctx.term()  # waits for the closed sockets' queues, LINGER at most
                 self.ctx = None
