@@ -334,6 +334,11 @@ def noisy(m: dict) -> bool:
     return m.get("load", 0) >= len(_cpus())
 
 
+def busy_now() -> bool:
+    """Is the host busy now, as noisy() judges a measurement's moment?"""
+    return os.getloadavg()[0] >= len(_cpus())
+
+
 def ensure(again_if_noisy: bool = False,
            sems: Callable[[], AbstractContextManager[Any]] | None = None) -> dict:
     """The measurement of this machine: the kept one, else measured now and kept.
@@ -344,7 +349,7 @@ def ensure(again_if_noisy: bool = False,
     at every start, since starting it kept the load up); with *sems* (a daemon), one
     without wake-up figures too."""
     m = load()
-    if m is None or (again_if_noisy and noisy(m) and not noisy({"load": os.getloadavg()[0]})):
+    if m is None or (again_if_noisy and noisy(m) and not busy_now()):
         m = measure(sems)
         if not m["gbps"]:
             return m  # the two sides could not run: not kept, measured again next time
