@@ -55,6 +55,7 @@ DEFAULT_EP = f"~/pvm3/bin/{ARCH}"
 KILL_GRACE = 2.0
 MAX_LINE = 65536
 ENROLL_TIMEOUT = 10.0
+COMPACT_BYTES = 32 << 10  # the spawn registry is rewritten with the live records past this size
 
 # ps FLAG bits (PVM's TF_*)
 F_SPAWNED = 0x2  # "f": child of pvmd
@@ -107,8 +108,18 @@ def resolve(prog: str, ep: str | None, wd: str) -> list[str]:
 
 
 # ---- the spawn registry: who spawned which tid (for ps -l's PTID and kill -c) -------------
+_registry_paths: dict[tuple[str, str], str] = {}  # (vmid, $PVM_TMP) -> the registry's path
+
+
 def registry_path(vmid: str) -> str:
-    return paths.tmpfile("pvmspawn", vmid)
+    """The spawn registry of *vmid* (private). The private directory is checked once per
+    process and VM, as remote.route_path does (the walk up its ancestors cost a pvm_netd
+    a tenth of a millisecond at every spawn); the file itself at each open."""
+    key = (vmid, private.base())
+    path = _registry_paths.get(key)
+    if path is None:
+        path = _registry_paths[key] = paths.tmpfile("pvmspawn", vmid)
+    return path
 
 
 def _parse_registry(text: str) -> dict[int, dict]:
@@ -130,29 +141,31 @@ def load_registry(vmid: str) -> dict[int, dict]:
 
 
 def record(vmid: str, entries: Sequence[dict]) -> None:
-    """Add *entries*. Records of tids no longer in the daemon's table are dropped once
-    there are more than the table holds (a stale one misleads nobody: a record counts
-    only for the pid it names, tasks()), so a spawn rarely pays for reading the table."""
+    """Add *entries*: a line each, appended (a later line for a tid wins). Once the file
+    holds more than COMPACT_LINES, it is rewritten with the records of tids still in the
+    daemon's table (a stale one misleads nobody: a record counts only for the pid it
+    names, tasks()). Rewriting it at every spawn cost a pvm_netd up to a millisecond of
+    CPU a spawn, most of a copy's share on a lab's shared CPUs."""
     path = registry_path(vmid)
     try:
-        fd = private.open_file(path, os.O_RDWR | os.O_CREAT)
+        fd = private.open_file(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
     except (OSError, PvmError):
         return  # ps -l then shows no PTID: not worth failing a spawn for
     with os.fdopen(fd, "r+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
+        lines = "".join(json.dumps(e) + "\n" for e in entries)
+        if os.fstat(f.fileno()).st_size < COMPACT_BYTES:
+            f.write(lines)
+            return
         f.seek(0)
         keep = _parse_registry(f.read(private.READ_LIMIT))
-        if len(keep) + len(entries) > layout.MAX_TASKS:
-            try:
-                live = live_tids(vmid)
-                keep = {t: r for t, r in keep.items() if t in live}
-            except PvmError:
-                pass
-        for e in entries:
-            keep[int(e["tid"])] = e
-        f.seek(0)
-        f.truncate()
-        f.write("".join(json.dumps(r) + "\n" for r in keep.values()))
+        try:
+            live = live_tids(vmid)
+            keep = {t: r for t, r in keep.items() if t in live}
+        except PvmError:
+            pass
+        f.truncate(0)  # (O_APPEND: what follows goes at the new end)
+        f.write("".join(json.dumps(r) + "\n" for r in keep.values()) + lines)
 
 
 def tasks(vmid: str, buf: memoryview | None = None) -> list[dict]:

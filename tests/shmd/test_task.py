@@ -567,3 +567,25 @@ def test_the_task_table_read_from_segment_0_agrees_with_pvm_shmd(daemon):
         enroller.close()
         kid.stdin.close()
         kid.wait(10)
+
+
+def test_the_spawn_registry_appends_and_keeps_only_live_records_past_its_size(daemon):
+    """spawner.record appends a line per copy (a later line for a tid wins); past
+    COMPACT_BYTES it rewrites the file with the records of tids still joined, then the
+    new ones. ps's PTID (spawner.tasks) reads them back."""
+    import shmd
+
+    with shmd.join(daemon.vmid) as me:
+        spawner.record(daemon.vmid, [{"tid": me.tid, "pid": os.getpid(), "ptid": 0x40001}])
+        spawner.record(daemon.vmid, [{"tid": me.tid, "pid": os.getpid(), "ptid": 0x40002}])  # wins
+        path = spawner.registry_path(daemon.vmid)
+        assert len(open(path).read().splitlines()) == 2
+        assert {t["tid"]: t["ptid"] for t in spawner.tasks(daemon.vmid)}[me.tid] == 0x40002
+        gone = [{"tid": 0x40100 + k, "pid": 1, "ptid": 0x40001} for k in range(40)]
+        while os.stat(path).st_size < spawner.COMPACT_BYTES:
+            spawner.record(daemon.vmid, gone)
+        new = {"tid": 0x40fff, "pid": 1, "ptid": 0x40003}
+        spawner.record(daemon.vmid, [new])  # rewritten: ours, live, and the new one
+        assert spawner.load_registry(daemon.vmid) == {me.tid: {"tid": me.tid, "pid": os.getpid(), "ptid": 0x40002},
+                                                      0x40fff: new}
+        assert os.stat(path).st_mode & 0o777 == 0o600
