@@ -49,8 +49,27 @@ def tmpfile(stem: str, vmid: str) -> str:
     return os.path.join(private.directory(), stem + suffix(vmid))
 
 
+_checked: dict[tuple[str, str, str], str] = {}  # (stem, vmid, $PVM_TMP) -> path
+
+
+def tmpfile_once(stem: str, vmid: str) -> str:
+    """tmpfile, its directory checked once per process, stem, VM and ``$PVM_TMP``: for
+    paths used again and again (a route file at every message to another host, a spawn
+    registry at every spawn); the walk up the ancestors cost 50-100 us each time. What
+    was checked stays safe: no other user can rename entries in any of them. The file
+    itself is still checked at each open (private.open_file)."""
+    key = (stem, vmid, private.base())
+    path = _checked.get(key)
+    if path is None:
+        path = _checked[key] = tmpfile(stem, vmid)
+    return path
+
+
+LOG_STEM = "pvml"  # the host's log: $PVM_TMP/pvm.<uid>/pvml.<uid>[.<vmid>]
+
+
 def log_path(vmid: str) -> str:
-    return tmpfile("pvml", vmid)
+    return tmpfile(LOG_STEM, vmid)
 
 
 def daemon_files(vmid: str) -> dict[str, str]:

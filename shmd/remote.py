@@ -60,7 +60,6 @@ class RemoteTid(PvmError):
 
 
 _cache: dict[str, tuple[tuple[int, int, int], dict]] = {}  # vmid -> (inode, mtime_ns, size), contents
-_paths: dict[tuple[str, str], str] = {}  # (vmid, $PVM_TMP) -> route file path
 
 
 def load_json(data: bytes | memoryview) -> object:
@@ -72,16 +71,9 @@ def load_json(data: bytes | memoryview) -> object:
 
 
 def route_path(vmid: str) -> str:
-    """Where pvm_netd keeps its route file for *vmid* (private, 0600). The private
-    directory is checked once per process and VM: the check walks and stats every
-    ancestor (~60 us on a loaded 2-vCPU guest), which every message to another host
-    paid twice (send, then the reply's receive); the file itself is still checked at
-    each read (private.read_text)."""
-    key = (vmid, private.base())
-    path = _paths.get(key)
-    if path is None:
-        path = _paths[key] = paths.tmpfile(ROUTE_STEM, vmid)
-    return path
+    """Where pvm_netd keeps its route file for *vmid* (private, 0600; its directory
+    checked once per process: every message to another host looks at it)."""
+    return paths.tmpfile_once(ROUTE_STEM, vmid)
 
 
 def route(vmid: str) -> dict:

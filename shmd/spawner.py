@@ -108,18 +108,9 @@ def resolve(prog: str, ep: str | None, wd: str) -> list[str]:
 
 
 # ---- the spawn registry: who spawned which tid (for ps -l's PTID and kill -c) -------------
-_registry_paths: dict[tuple[str, str], str] = {}  # (vmid, $PVM_TMP) -> the registry's path
-
-
 def registry_path(vmid: str) -> str:
-    """The spawn registry of *vmid* (private). The private directory is checked once per
-    process and VM, as remote.route_path does (the walk up its ancestors cost a pvm_netd
-    a tenth of a millisecond at every spawn); the file itself at each open."""
-    key = (vmid, private.base())
-    path = _registry_paths.get(key)
-    if path is None:
-        path = _registry_paths[key] = paths.tmpfile("pvmspawn", vmid)
-    return path
+    """The spawn registry of *vmid* (private; its directory checked once per process)."""
+    return paths.tmpfile_once("pvmspawn", vmid)
 
 
 def _parse_registry(text: str) -> dict[int, dict]:
@@ -256,7 +247,7 @@ def start_copies(prog: str, args: Sequence[str], count: int, *, vmid: str, ep: s
     env = {**os.environ, **(env or {}), "PVM_VMID": vmid, "PVM_PARENT": f"{ptid:x}"}
     log_fd = None
     if output == "log":
-        log_fd = private.open_file(paths.log_path(vmid), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        log_fd = private.open_file(paths.tmpfile_once(paths.LOG_STEM, vmid), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     results: list[Copy | PvmError] = []
     try:
         for _ in range(count):
