@@ -7,7 +7,8 @@ Two "hosts" on this machine: two pvm_shmd (VM ids of their own, host 1 and host 
 private PVM_TMP) each with its pvm_netd bound to 127.0.0.1, so the network is the
 loopback device (a pvm-lab would add its veth pair and bridge). Rows, in one run:
 
-  ours            a task of host 1 and one of host 2, psend/precv through both pvm_netd
+  ours            a task of host 1 and one of host 2, psend/precv (each sends to the other
+                  host's pvm_netd, which delivers)
   ours-trusted    the same with the trusted-network option (authenticated, not encrypted)
   ours-packed     as ours, with PVM's packed messages: pvm_initsend(PvmDataDefault) +
                   pvm_pkbyte + pvm_send, pvm_recv + pvm_upkbyte (shmd.pvm)

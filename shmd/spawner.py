@@ -133,7 +133,7 @@ def load_registry(vmid: str) -> dict[int, dict]:
 
 def record(vmid: str, entries: Sequence[dict]) -> None:
     """Add *entries*: a line each, appended (a later line for a tid wins). Once the file
-    holds more than COMPACT_LINES, it is rewritten with the records of tids still in the
+    holds COMPACT_BYTES or more, it is rewritten with the records of tids still in the
     daemon's table (a stale one misleads nobody: a record counts only for the pid it
     names, tasks()). Rewriting it at every spawn cost a pvm_netd up to a millisecond of
     CPU a spawn, most of a copy's share on a lab's shared CPUs."""
