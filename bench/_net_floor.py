@@ -206,26 +206,62 @@ def _zmq_client(host: str, port: int, keys, sizes_lat, sizes_bw) -> dict:
     return out
 
 
+def enter_netns(name: str | None) -> None:
+    """Move this process into network namespace *name* (``ip netns``'s /run/netns/NAME);
+    None: stay."""
+    if name is None:
+        return
+    import ctypes
+
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000):  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+    finally:
+        os.close(fd)
+
+
+def _server(kind: str, host: str, q, certs, keys, ns: str | None) -> None:
+    enter_netns(ns)
+    if kind in ("tcp", "tls"):
+        _stream_server(kind, host, q, certs)
+    else:
+        _zmq_server(host, q, keys if kind == "zmq-curve" else None)
+
+
+def _client(kind: str, host: str, port: int, certs, keys, sizes_lat, sizes_bw, ns: str | None, q=None) -> dict:
+    enter_netns(ns)
+    if kind in ("tcp", "tls"):
+        got = _stream_client(kind, host, port, certs, sizes_lat, sizes_bw)
+    else:
+        got = _zmq_client(host, port, keys if kind == "zmq-curve" else None, sizes_lat, sizes_bw)
+    if q is not None:
+        q.put(got)
+    return got
+
+
 def floors(host: str = "127.0.0.1", kinds=("tcp", "tls", "zmq", "zmq-curve"), sizes_lat=SIZES_LAT,
-           sizes_bw=SIZES_BW) -> dict[str, dict]:
-    """Each transport's figures (lat8 in s, bw* in B/s), both ends on this host."""
+           sizes_bw=SIZES_BW, server_ns: str | None = None, client_ns: str | None = None) -> dict[str, dict]:
+    """Each transport's figures (lat8 in s, bw* in B/s): the server in network namespace
+    *server_ns*, the client in *client_ns* (None: this one), reaching it at *host*."""
     res = {}
     with tempfile.TemporaryDirectory() as d:
         certs = make_certs(d)
         keys = (zmq.curve_keypair(), zmq.curve_keypair())
         for kind in kinds:
             q: mp.Queue = mp.Queue()
-            if kind in ("tcp", "tls"):
-                p = mp.Process(target=_stream_server, args=(kind, host, q, certs))
-            else:
-                p = mp.Process(target=_zmq_server, args=(host, q, keys if kind == "zmq-curve" else None))
+            p = mp.Process(target=_server, args=(kind, host, q, certs, keys, server_ns))
             p.start()
             try:
                 port = q.get(timeout=10)
-                if kind in ("tcp", "tls"):
-                    res[kind] = _stream_client(kind, host, port, certs, sizes_lat, sizes_bw)
-                else:
-                    res[kind] = _zmq_client(host, port, keys if kind == "zmq-curve" else None, sizes_lat, sizes_bw)
+                if client_ns is None:
+                    res[kind] = _client(kind, host, port, certs, keys, sizes_lat, sizes_bw, None)
+                else:  # (in a process of its own: this one stays where it is)
+                    c = mp.Process(target=_client, args=(kind, host, port, certs, keys, sizes_lat, sizes_bw,
+                                                         client_ns, q))
+                    c.start()
+                    res[kind] = q.get(timeout=600)
+                    c.join(10)
             finally:
                 p.join(10)
                 if p.is_alive():

@@ -2,10 +2,14 @@
 the floors (run by hand).
 
     .venv/bin/python bench/bench_net.py [--repeat 3] [--only ours,ours-trusted,ours-packed,ours-via-netd,floors]
+    .venv/bin/python bench/bench_net.py --lab [--repeat 3] [--only ...,pvm]   (root)
 
 Two "hosts" on this machine: two pvm_shmd (VM ids of their own, host 1 and host 2, a
 private PVM_TMP) each with its pvm_netd bound to 127.0.0.1, so the network is the
-loopback device (a pvm-lab would add its veth pair and bridge). Rows, in one run:
+loopback device. With --lab: two hosts of a pvm-lab made for the run (each its own
+network, IPC and PID namespace and sshd, joined by veth pairs and a bridge; removed at
+the end), a VM of this checkout's console over them, and the same rows between them, plus
+real PVM 3.4.6's (_net_lab.py says how each is run). Rows, in one run:
 
   ours            a task of host 1 and one of host 2, psend/precv (each sends to the other
                   host's pvm_netd, which delivers)
@@ -18,6 +22,9 @@ loopback device (a pvm-lab would add its veth pair and bridge). Rows, in one run
   tls             Python's ssl, mutual, ECDSA P-256 (the other candidate)
   zmq             pyzmq PAIR without encryption (the library's floor)
   zmq-curve       pyzmq PAIR with CURVE (the library's floor with its encryption)
+  PVM via pvmds   (--lab) Debian's PVM 3.4.6, pvm_bench.c: packed messages through the
+                  two pvmds (UDP between them)
+  PVM direct      (--lab) the same with PvmRouteDirect (a TCP connection task to task)
 
 Ping-pong one-way latency (median round trip / 2) at 8 B, 1 KiB, 64 KiB, 1 MiB and
 stream bandwidth (bytes acknowledged by the receiver / time) at 64 KiB, 1 MiB, 16 MiB;
@@ -118,8 +125,9 @@ class Hosts:
                            capture_output=True, timeout=30)
 
 
-def ours(hosts: Hosts, packed: bool = False) -> dict[str, float]:
-    """psend/precv (or, *packed*, pvm_initsend(PvmDataDefault) + pvm_pkbyte + pvm_send,
+def ours(vmid: str | None, peer: int, packed: bool = False) -> dict[str, float]:
+    """As a task of VM *vmid* (None: $PVM_VMID), with the echo task *peer* of another host:
+    psend/precv (or, *packed*, pvm_initsend(PvmDataDefault) + pvm_pkbyte + pvm_send,
     pvm_recv + pvm_upkbyte: the echo sends the packed message back as it came)."""
     import shmd
     from shmd import pvm
@@ -128,18 +136,18 @@ def ours(hosts: Hosts, packed: bool = False) -> dict[str, float]:
         if packed:
             pvm.pvm_initsend(pvm.PvmDataDefault)
             pvm.pvm_pkbyte(msg, len(msg), 1)
-            pvm.pvm_send(hosts.tid, tag)
+            pvm.pvm_send(peer, tag)
         else:
-            me.psend(hosts.tid, tag, msg, timeout=60)
+            me.psend(peer, tag, msg, timeout=60)
 
-    with shmd.join(hosts.vmids[0], spin=False) as me:
+    with shmd.join(vmid, spin=False) as me:
         buf = bytearray(16 << 20)
 
         def pinger(n: int):
             msg = bytes(n)
             if packed:
-                return lambda: (send(1, msg), pvm.pvm_trecv(hosts.tid, 1, 30), pvm.pvm_upkbyte(buf, n, 1))
-            return lambda: (send(1, msg), me.precv_into(buf, hosts.tid, 1, timeout=30))
+                return lambda: (send(1, msg), pvm.pvm_trecv(peer, 1, 30), pvm.pvm_upkbyte(buf, n, 1))
+            return lambda: (send(1, msg), me.precv_into(buf, peer, 1, timeout=30))
 
         def pusher(n: int):
             msg = bytes(n)
@@ -147,44 +155,89 @@ def ours(hosts: Hosts, packed: bool = False) -> dict[str, float]:
             def push(last: bool) -> None:
                 send(3 if last else 2, msg)
                 if last:
-                    me.precv(hosts.tid, 4, timeout=60)
+                    me.precv(peer, 4, timeout=60)
             return push
 
         try:
             return measure(pinger, pusher, LAT, BW)
         finally:
-            me.psend(hosts.tid, 9, b"")
+            me.psend(peer, 9, b"")
             if packed:
                 pvm.pvm_exit()  # (the library's state: its buffers, its task)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--only", default=",".join(ROWS),
-                    help=f"rows to run, comma-separated: {', '.join(ROWS)} (default: all)")
-    a = ap.parse_args()
-    only = set(a.only.split(","))
-    if not only or only - set(ROWS):
-        ap.error(f"--only {a.only!r}: expected a comma-separated list of {', '.join(ROWS)}")
-    print(f"CPU: {cpu()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; loopback between two "
-          f"pvm_shmd+pvm_netd of this machine; median of {a.repeat}")
+VARIANTS = (("ours", False, False, True), ("ours-trusted", True, False, True), ("ours-packed", False, True, True),
+            ("ours-via-netd", False, False, False))  # (row, trusted, packed, direct)
+
+
+def loopback(only: set[str], repeat: int) -> dict[str, list[dict]]:
+    """The rows between two pvm_shmd+pvm_netd of this machine, over the loopback device."""
     runs: dict[str, list[dict]] = {}
-    for _ in range(a.repeat):
-        for name, trusted, packed, direct in (("ours", False, False, True), ("ours-trusted", True, False, True),
-                                              ("ours-packed", False, True, True),
-                                              ("ours-via-netd", False, False, False)):
+    for _ in range(repeat):
+        for name, trusted, packed, direct in VARIANTS:
             if name not in only:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 os.chmod(tmp, 0o700)
                 hosts = Hosts(tmp, trusted, direct)
                 try:
-                    runs.setdefault(name, []).append(ours(hosts, packed))
+                    runs.setdefault(name, []).append(ours(hosts.vmids[0], hosts.tid, packed))
                 finally:
                     hosts.close()
         for k, r in (floors("127.0.0.1", sizes_lat=LAT, sizes_bw=BW) if "floors" in only else {}).items():
             runs.setdefault(k, []).append(r)
+    return runs
+
+
+def in_lab(only: set[str], repeat: int) -> dict[str, list[dict]]:
+    """The rows between two hosts of a pvm-lab made for the run (and removed after)."""
+    import _net_lab
+    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+    from lab_probe import running_lab
+
+    missing = _net_lab.pvm_missing() if "pvm" in only else None
+    if missing:
+        print(f"(no PVM rows: {missing})")
+    runs: dict[str, list[dict]] = {}
+    with running_lab("n", 2) as lab:
+        h1, h2 = lab.hosts[:2]
+        for _ in range(repeat):
+            for name, trusted, packed, direct in VARIANTS:
+                if name in only:
+                    runs.setdefault(name, []).append(_net_lab.ours(lab, name, trusted, packed, direct, PEER))
+            if "pvm" in only and not missing:
+                for k, r in _net_lab.real_pvm(lab).items():
+                    runs.setdefault(k, []).append(r)
+            if "floors" in only:
+                for k, r in floors(h2.addr, sizes_lat=LAT, sizes_bw=BW, server_ns=h2.netns,
+                                   client_ns=h1.netns).items():
+                    runs.setdefault(k, []).append(r)
+    return runs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--lab", action="store_true",
+                    help="between two hosts of a pvm-lab made for the run (root), with real PVM 3.4.6's rows")
+    ap.add_argument("--only", help=f"rows to run, comma-separated: {', '.join(ROWS)} (default: all; "
+                                   "pvm only with --lab)")
+    ap.add_argument("--side", type=int, metavar="TID", help=argparse.SUPPRESS)  # (--lab: host 1's pinger)
+    ap.add_argument("--packed", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.side is not None:
+        print(json.dumps(ours(None, a.side, a.packed)))
+        return 0
+    rows = ROWS + (("pvm",) if a.lab else ())
+    only = set((a.only or ",".join(rows)).split(","))
+    if not only or only - set(rows):
+        ap.error(f"--only {a.only!r}: expected a comma-separated list of {', '.join(rows)}")
+    if a.repeat < 1:
+        ap.error(f"--repeat {a.repeat}: expected at least 1")
+    where = ("two hosts of a pvm-lab (network namespaces, veth pairs and a bridge)" if a.lab
+             else "loopback between two pvm_shmd+pvm_netd of this machine")
+    print(f"CPU: {cpu()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; {where}; median of {a.repeat}")
+    runs = in_lab(only, a.repeat) if a.lab else loopback(only, a.repeat)
     head = "".join(f"{_size(n) + ' us':>11}" for n in LAT) + "".join(f"{_size(n) + ' GB/s':>12}" for n in BW)
     print(f"{'transport':<15}{head}")
     for k, rs in runs.items():

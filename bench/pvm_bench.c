@@ -1,12 +1,14 @@
 /* Real PVM 3.4.6's packed messages, for bench_pvm.py: pvm_initsend(PvmDataDefault) +
  * pvm_pkbyte + pvm_send, pvm_recv + pvm_upkbyte, between this task and a copy of it
- * that it spawns. Usage: pvm_bench ROUNDS DIRECT (1: PvmRouteDirect in both).
- * Prints "lat SIZE SECONDS" (half a round trip) and "bw SIZE BYTES_PER_SECOND". */
+ * that it spawns. Usage: pvm_bench ROUNDS DIRECT [HOST] (DIRECT 1: PvmRouteDirect in
+ * both; HOST: the copy is spawned there, PvmTaskHost, else where PVM places it).
+ * Prints "lat SIZE SECONDS" (half a round trip, the mean), "med SIZE SECONDS" (half the
+ * median round trip) and "bw SIZE BYTES_PER_SECOND". */
 #include <pvm3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
+#include <time.h>
 
 static const int lat_sizes[] = {8, 64, 1024, 16384, 65536, 1 << 20};
 static const int bw_sizes[] = {64 << 10, 1 << 20, 4 << 20, 16 << 20};
@@ -15,9 +17,14 @@ static const int bw_sizes[] = {64 << 10, 1 << 20, 4 << 20, 16 << 20};
 enum { TAG = 1, ACK = 2 };
 
 static double now(void) {
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return tv.tv_sec + tv.tv_usec * 1e-6;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
 static void send_bytes(int tid, char *buf, int n, int tag) {
@@ -53,19 +60,25 @@ int main(int argc, char **argv) {
         return 0;
     }
     char *args[] = {argv[1], argv[2], "echo", NULL};
-    if (pvm_spawn(argv[0], args, PvmTaskDefault, "", 1, &peer) != 1) {
+    char *host = argc > 3 ? argv[3] : "";
+    if (pvm_spawn(argv[0], args, *host ? PvmTaskHost : PvmTaskDefault, host, 1, &peer) != 1) {
         fprintf(stderr, "spawn failed: %d\n", peer);
         pvm_exit();
         return 1;
     }
+    double *rt = malloc(sizeof *rt * (rounds + 2));
     for (i = 0; i < NLAT; i++) {
-        double t0 = 0;
+        double t0 = 0, t;
         for (k = 0; k < rounds + 2; k++) {
-            if (k == 2) t0 = now();
+            t = now();
+            if (k == 2) t0 = t;
             send_bytes(peer, buf, lat_sizes[i], TAG);
             recv_bytes(peer, back, lat_sizes[i], TAG);
+            rt[k] = now() - t;
         }
         printf("lat %d %.9f\n", lat_sizes[i], (now() - t0) / rounds / 2);
+        qsort(rt + 2, rounds, sizeof *rt, by_value);
+        printf("med %d %.9f\n", lat_sizes[i], rt[2 + rounds / 2] / 2);
     }
     for (i = 0; i < NBW; i++) {
         int n = rounds / 10 < 8 ? 8 : rounds / 10;
