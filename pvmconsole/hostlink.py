@@ -25,7 +25,7 @@ from shmd.errors import (
     PvmError,
     PvmHostFail,
 )
-from shmd.exits import SpawnExit, StatExit, daemon_exit
+from shmd.exits import DaemonExit, SpawnExit, StatExit, daemon_exit
 from shmd.spawner import copy_result, err_line, parse_err_line
 
 DAEMON = "pvm_shmd"
@@ -87,8 +87,19 @@ def start_timeout() -> float:
     return value
 
 
+def net_line(keys: Sequence[str], peers: Sequence[Sequence[object]], trusted: bool,
+             me: Mapping[str, object]) -> str:
+    """What a host's pvm_netd reads on its stdin: the VM's keys, the other hosts'
+    [index, address, port, {name, arch, speed, dsig}] and this host's own {name, ep, wd
+    and what the console knows of arch, speed, dsig} (shmd.netd.parse_input)."""
+    return json.dumps({"public": keys[0], "secret": keys[1], "peers": [list(p) for p in peers],
+                       "trusted": trusted, "me": dict(me)})
+
+
 class HostLink:
     """Runs pvm_shmd / pvm_shmd_stat for one VM on one host."""
+
+    manual = False  # its daemon started by hand (so=ms: ManualLink)
 
     def __init__(self, runner: Runner, vmid: str, daemon: str, stat: str, wd: str | None = None):
         self.runner = runner
@@ -113,26 +124,37 @@ class HostLink:
         return [self.daemon, *self._vm_args(), f"-host={index}", f"-name={name}", *wd, *extra,
                 *shlex.split(os.environ.get(OPTS_ENV, ""))]
 
-    def start(self, index: int, name: str, extra: Sequence[str] = ()) -> dict[str, object]:
-        """Start the host's daemon; return its parsed handshake line."""
-        argv = self.start_argv(index, name, extra)
+    def start(self, index: int, name: str, extra: Sequence[str] = (),
+              net: tuple[str, str] | None = None) -> dict[str, object]:
+        """Start the host's daemon; return its parsed handshake line. *net*: (where its
+        pvm_netd binds, pvm_netd's stdin line, net_line): pvm_shmd -net= starts pvm_netd
+        too, in the same program start; the result's "netd" is then its port, or the
+        PvmError saying why it did not start (the daemon runs either way)."""
+        argv = self.start_argv(index, name, extra) + ([f"-net={net[0]}"] if net else [])
         timeout = start_timeout()
-        r = self.runner.run(argv, timeout=timeout)
+        r = self.runner.run(argv, timeout=timeout, input=net[1] + "\n" if net else None)
         if r.rc == 124:
             # The runner killed the starter's process group; the daemon it may have forked
             # is in a session of its own, so it is stopped by the VM's own means.
             said = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
             why = said[-1] if said else f"{self.daemon} did not start within {timeout:g} s"
             raise PvmError(PvmCantStart, why + self._cleanup())
+        if net and r.rc == DaemonExit.USAGE and "unknown option '-net=" in r.stderr:
+            return self.start(index, name, extra)  # a pvm_shmd from before -net=: pvm_netd apart
         if r.rc != 0:
             status = daemon_exit(r.rc)
             raise PvmError(status.pvm_code if status is not None else PvmCantStart,
                            _first_line(r.stderr) or f"{self.daemon} exited {r.rc}")
-        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("ddpro")), "")
+        lines = r.stdout.splitlines()
         try:
-            return handshake.parse(line)
+            info = handshake.parse(next((ln for ln in lines if ln.startswith("ddpro")), ""))
         except ValueError as e:
             raise PvmError(PvmCantStart, str(e)) from None
+        if net:
+            port = handshake.fields(next((ln for ln in lines if ln.startswith("netd<")), "")).get("netd")
+            info["netd"] = (int(port) if isinstance(port, str) and port.isdigit() else
+                            PvmError(PvmCantStart, _first_line(r.stderr) or f"{NETD} did not say it was ready"))
+        return info
 
     def _cleanup(self) -> str:
         """After a timed-out start: stop this VM's daemon on the host if one came up
@@ -232,17 +254,17 @@ class HostLink:
 
     def net_addresses(self) -> tuple[str, str | None]:
         """(where this host's pvm_netd binds: the address the console reaches it at,
-        the console's own address as the host sees it; None when it is this machine)."""
+        the console's own address as the host sees it; None when it is this machine).
+        Over SSH the connection is opened first, if it is not yet (its socket says)."""
+        connect = getattr(self.runner, "connect", None)
+        if connect is not None:
+            connect(start_timeout())
         ends = getattr(self.runner, "addresses", lambda: None)()
         return ends if ends is not None else (ANYWHERE, None)
 
-    def start_net(self, index: int, bind: str, keys: Sequence[str], peers: Sequence[Sequence[object]],
-                  trusted: bool = False, me: Mapping[str, object] | None = None) -> int:
-        """Start the host's pvm_netd (its daemon runs), the VM's keys, the other hosts'
-        [index, address, port, {name, arch, speed, dsig}] and this host's own
-        {name, arch, speed, dsig, ep, wd} on its stdin; return the port it bound."""
-        line = json.dumps({"public": keys[0], "secret": keys[1], "peers": [list(p) for p in peers],
-                           "trusted": trusted, "me": dict(me or {})})
+    def start_net(self, index: int, bind: str, line: str) -> int:
+        """Start the host's pvm_netd (its daemon runs) with *line* (net_line) on its
+        stdin; return the port it bound."""
         r = self.runner.run([self._sibling(NETD), *self._vm_args(), f"-host={index}", f"-bind={bind}"],
                             timeout=start_timeout(), input=line + "\n")
         w = handshake.fields(r.stdout) if r.rc == 0 else {}
@@ -446,8 +468,9 @@ class ManualLink(HostLink):
 
     manual = True
 
-    def start(self, index: int, name: str, extra: Sequence[str] = ()) -> dict[str, object]:
-        return manual_dialogue(name, self.start_argv(index, name, extra))
+    def start(self, index: int, name: str, extra: Sequence[str] = (),
+              net: tuple[str, str] | None = None) -> dict[str, object]:
+        return manual_dialogue(name, self.start_argv(index, name, extra))  # (no pvm_netd with it)
 
 
 def is_local(name: str) -> bool:

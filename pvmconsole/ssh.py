@@ -599,6 +599,11 @@ class SshRunner:
             self._jump.close()
             self._jump = None
 
+    def connect(self, timeout: float) -> None:
+        """Open the connection now if there is none (SshError as run would give): what
+        addresses() reads."""
+        self._transport(time.monotonic() + timeout)
+
     def connected(self) -> bool:
         t = self._client.get_transport() if self._client else None
         return bool(t and t.is_active())

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import zmq
 
 from pvmconsole import hostfile as hf
-from pvmconsole.hostlink import MANUAL_HINT, HostLink, is_local, link_for
+from pvmconsole.hostlink import MANUAL_HINT, HostLink, is_local, link_for, net_line
 from pvmconsole.netlink import NetLink, ask_all
 from pvmconsole.runner import LocalRunner
 from pvmconsole.view import clocks
@@ -175,17 +175,47 @@ class VirtualMachine:
             out.append(h)
         return out
 
-    def _start_host(self, name: str, index: int, options: Mapping[str, str]) -> HostRecord:
+    def _start_host(self, name: str, index: int, options: Mapping[str, str], t: VmTable | None = None) -> HostRecord:
+        """Start host *name*'s daemon as host *index*. With table *t* (a VM that has its
+        keys), its pvm_netd too: by the same program start where the link can
+        (pvm_shmd -net=), else by its own (_start_nets)."""
         link = self.link_factory(name, options, self.vmid)
         self._links[name] = link
-        info = link.start(index, name, self.daemon_args)
+        net = None
+        if t is not None and t.netkeys and not link.manual:
+            bind, me = link.net_addresses()
+            own = {"name": name, "ep": options.get("ep"), "wd": options.get("wd"),
+                   **({"speed": int(options["sp"])} if options.get("sp") else {})}  # (the rest: the daemon's)
+            net = (bind, net_line(t.netkeys, self._peers(t, index, me), t.nettrusted, own))
+        info = link.start(index, name, self.daemon_args, net=net)
         sp = options.get("sp")
-        return HostRecord(
+        rec = HostRecord(
             name=name, index=index, arch=str(info.get("arch", "?")),
             speed=int(sp) if sp else int(info.get("speed", 1000)),  # type: ignore[call-overload]
             dsig=int(info.get("dsig", 0)), pid=int(info["pid"]),  # type: ignore[call-overload]
             options=dict(options),
         )
+        if t is None:
+            return rec
+        got = info.get("netd")
+        if net is not None and isinstance(got, int):
+            rec.net = [net[0], got]
+            rec.clock = clocks.at_start(t, rec, isinstance(link.runner, LocalRunner))
+        elif isinstance(got, PvmError):
+            self._no_net(name, got)
+        else:
+            self._start_nets(t, [rec])
+        return rec
+
+    def _no_net(self, name: str, e: PvmError) -> None:
+        self.notes.append(f"{name}: no network process, its tasks reach only tasks of their host ({e})")
+
+    @staticmethod
+    def _peers(t: VmTable, index: int, me: str | None) -> list[list[object]]:
+        """The hosts of *t* with a pvm_netd but host *index*, as its pvm_netd is told them;
+        the master at *me*, its address as that host sees it (None: as recorded)."""
+        return [[h.index, me if h.index == MASTER and me is not None else h.net[0], h.net[1], _info(h)]
+                for h in t.hosts if h.net and h.index != index]
 
     def _start_nets(self, t: VmTable, recs: Sequence[HostRecord]) -> None:
         """Start the pvm_netd of each of *recs* (their daemons run; the master's first,
@@ -201,16 +231,14 @@ class VirtualMachine:
         for batch in (first, [r for r in recs if r.index != MASTER]):
             for o in _parallel(one, batch):
                 if o.error is not None:
-                    self.notes.append(f"{o.name}: no network process, its tasks reach only tasks "
-                                      f"of their host ({PvmError(o.error, o.detail)})")
+                    self._no_net(o.name, PvmError(o.error, o.detail))
 
     def _start_net(self, t: VmTable, rec: HostRecord) -> None:
         link = self.link(rec)
         bind, me = link.net_addresses()
-        peers = [[h.index, me if h.index == MASTER and me is not None else h.net[0], h.net[1], _info(h)]
-                 for h in t.hosts if h.net and h.index != rec.index]
         own = {**_info(rec), "ep": rec.options.get("ep"), "wd": rec.options.get("wd")}
-        rec.net = [bind, link.start_net(rec.index, bind, t.netkeys, peers, t.nettrusted, own)]
+        rec.net = [bind, link.start_net(rec.index, bind, net_line(t.netkeys, self._peers(t, rec.index, me),
+                                                                  t.nettrusted, own))]
         rec.clock = clocks.at_start(t, rec, isinstance(link.runner, LocalRunner))
 
     def prune(self) -> list[str]:
@@ -329,10 +357,9 @@ class VirtualMachine:
                 return done, None
             assert index is not None
             try:
-                rec = self._start_host(e.name, index, e.options)
-            except PvmError as err:
+                rec = self._start_host(e.name, index, e.options, t)  # its pvm_netd too: at once,
+            except PvmError as err:  # overlapping the other hosts' starts
                 return Outcome(e.name, err.code, err.detail or ""), None
-            self._start_nets(t, [rec])  # at once: it overlaps the other hosts' starts
             return Outcome(e.name, dtid=rec.dtid), rec
 
         def report(waiting: list[int]) -> None:

@@ -60,6 +60,9 @@ class Daemon:
         self.files = paths.daemon_files(opts.vmid)
         self.res = Resources(self.files["ipc"])
         self.segs: list[sysv_ipc.SharedMemory] = []
+        # segments whose pages are not populated yet: one per turn of the loop once we
+        # are ready (8 segments of 16 MiB took 45 ms, the larger part of a start's CPU)
+        self.unpopulated: list[sysv_ipc.SharedMemory] = []
         self.seg_locks: list[ipc.Lock] = []
         # segment 0 (bytes, int32 and int64 views), mapped by create()
         self.buf = self.m32 = self.m64 = memoryview(b"")
@@ -210,8 +213,7 @@ class Daemon:
                 self.seg_locks.append(ipc.Lock(self.res.semaphore(1)))
         except (sysv_ipc.Error, OSError) as e:
             raise OutOfResources(f"cannot create semaphores ({e}); see kernel.sem") from None
-        for shm in self.segs:  # take the page faults (and zeroing) now, not per message
-            ipc.populate(shm)
+        self.unpopulated = list(self.segs)  # (the page faults and zeroing: soon, not per message)
         self.buf = memoryview(self.segs[0])
         self.m32 = self.buf.cast("i")
         self.m64 = self.buf.cast("Q")
@@ -270,7 +272,7 @@ class Daemon:
 
     def ready_line(self) -> str:
         return handshake.format_line(
-            ip=self.o.name, mtu=self.geo.pagesize, dsig=handshake.DSIG, speed=1000,
+            ip=self.o.name, mtu=self.geo.pagesize, dsig=handshake.DSIG, speed=handshake.SPEED,
             pid=os.getpid(), tid=f"{self.dtid:x}", segs=len(self.segs), pages=self.geo.npages)
 
     # ---- tasks ----------------------------------------------------------------------
@@ -663,7 +665,7 @@ class Daemon:
         last = time.monotonic()
         while self.running:
             tracing = self.m32[layout.H_TRACE_I]
-            wait = (0.0 if self.clients.busy else QUICK if self.suspects
+            wait = (0.0 if self.clients.busy or self.unpopulated else QUICK if self.suspects
                     else self.drain_wait if tracing else TICK)
             for key, mask in self.sel.select(wait):
                 if key.data is self.clients:
@@ -677,6 +679,8 @@ class Daemon:
                     self.clients.event(key.data, mask)
             self.guarded(self.clients.serve)
             self.guarded(self.handle_signals)
+            if self.unpopulated and self.running:
+                ipc.populate(self.unpopulated.pop())
             if self.suspects:
                 self.guarded(self.check_suspects)
             if tracing:
@@ -892,7 +896,35 @@ def main(argv: list[str] | None = None) -> int:
         return DaemonExit.DENIED
     if opts.foreground:
         return run(opts, ReadyPipe(None))
-    return detach(opts)
+    net = None
+    if opts.net:  # pvm_netd's line (keys, peers) read and checked before anything starts
+        from . import netd
+        try:
+            net = netd.parse_input(sys.stdin.readline(1 << 20))
+        except ValueError as e:
+            print(f"pvm_shmd: -net={opts.net}: {e}", file=sys.stderr)
+            return DaemonExit.USAGE
+    status = detach(opts)
+    if status == DaemonExit.OK and net is not None:
+        start_net(opts, net)
+    return status
+
+
+def start_net(opts: Options, got: tuple) -> None:
+    """pvm_shmd -net=: this host's pvm_netd, forked from this starting process once the
+    daemon is ready (one program start and one SSH exec for both). Its ready line on
+    stdout, or why it did not start on stderr; the daemon runs either way."""
+    from . import netd
+
+    *keys, me, infos = got
+    # what this host is, as its pvm_netd tells others: the daemon's ready line, unless
+    # the console said otherwise (a hostfile's sp=)
+    me = {"name": opts.name, "arch": handshake.arch(), "dsig": handshake.DSIG, "speed": handshake.SPEED, **me}
+    line = netd.start(opts.vmid, opts.host, opts.net, (*keys, me, infos))
+    if line.startswith("netd<"):
+        print(line, flush=True)
+    else:
+        print(f"pvm_netd: {line or 'exited before it was ready'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

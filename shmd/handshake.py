@@ -11,6 +11,7 @@ import re
 
 PROTOCOL = 2316  # PVM 3.4's DDPROTOCOL
 DSIG = 0x00408C41  # PVM's data signature of little-endian LP64 (x86-64 Linux)
+SPEED = 1000  # the speed a daemon reports (PVM's default; a hostfile's sp= overrides it)
 _FIELD = re.compile(r"(\w+)<([^<>]*)>")
 _INT_FIELDS = ("ddpro", "mtu", "speed", "pid", "tid", "host", "segs", "pages")
 

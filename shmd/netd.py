@@ -61,7 +61,7 @@ from collections.abc import Callable, Sequence
 import zmq
 from zmq.utils import z85
 
-from . import control, layout, paths, private, remote, spawner, tids, traceask
+from . import control, ipc, layout, paths, private, remote, spawner, tids, traceask
 from . import stat as statmod
 from .errors import PvmBadParam, PvmError, PvmHostFail, PvmNoHost, PvmNoTask, PvmSysErr, PvmTimeout
 from .pvmbuf import HEADER, MAGIC, VERSION, XDR
@@ -87,6 +87,7 @@ PEER_TIMEOUT = 5.0  # a request to another host's pvm_netd (a spawn there: fork 
 POST_PATIENCE = 2.0  # the longest the in thread tries to hand on an answer or a notification
 TASK_ASKS = ("stat", "tasks", "config", "spawn", "signal", "notify")  # what a task may ask (not stop)
 SLOW = ("spawn", "signal", "notify", "tasks")  # run in the pool when they ask other hosts
+PR_SET_NAME = 15  # prctl(2): the process's name
 # pvm_notify's kinds (pvm3.h, as shmd.pvmmsg)
 TASK_EXIT, HOST_DELETE, HOST_ADD = 1, 2, 3
 
@@ -960,42 +961,57 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         vmid = paths.current_vmid(a.vmid)
-        pub, sec, peers, trusted, me, infos = parse_input(sys.stdin.readline(1 << 20))
+        got = parse_input(sys.stdin.readline(1 << 20))
     except ValueError as e:
         print(f"pvm_netd: {e}", file=sys.stderr)
         return 2
+    line = start(vmid, a.host, a.bind, got)
+    if not line.startswith("netd<"):
+        print(f"pvm_netd: {line or 'exited before it was ready'}", file=sys.stderr)
+        return 1
+    print(line, flush=True)
+    return 0
+
+
+def start(vmid: str, host: int, bind: str, got: tuple) -> str:
+    """Fork this host's pvm_netd (in a session of its own, stdio on /dev/null) with
+    *got*, what parse_input read; return its ready line ``netd<PORT> pid<PID>``, or
+    why it did not start. (pvm_netd's main, and pvm_shmd -net= after its daemon is
+    ready: one program start for both.)"""
+    pub, sec, peers, trusted, me, infos = got
     r, w = os.pipe()
     pid = os.fork()
     if pid:
         os.close(w)
         with os.fdopen(r) as f:
-            line = f.readline()
-        if not line.startswith("netd<"):
-            print(f"pvm_netd: {line.strip() or 'exited before it was ready'}", file=sys.stderr)
-            return 1
-        print(line.strip(), flush=True)
-        return 0
-    os.close(r)
-    os.setsid()
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # only record; the loop acts
+            return f.readline().strip()
     try:
-        net = Net(vmid, a.host, a.bind, pub, sec, peers, trusted, me, infos)
-    except (PvmError, zmq.ZMQError, OSError) as e:
-        os.write(w, f"{e}\n".encode())
-        os._exit(1)
-    os.write(w, f"netd<{net.port}> pid<{os.getpid()}>\n".encode())
-    os.close(w)
-    def stopper() -> None:
-        stop.wait()
-        net.running = False
+        os.close(r)
+        os.setsid()
+        # its name (ps -e, top, pgrep pvm_netd) when forked by pvm_shmd -net=, whose
+        # command line it keeps (what ps ax shows)
+        ipc._libc.prctl(PR_SET_NAME, b"pvm_netd", 0, 0, 0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())  # only record; the loop acts
+        try:
+            net = Net(vmid, host, bind, pub, sec, peers, trusted, me, infos)
+        except (PvmError, zmq.ZMQError, OSError) as e:
+            os.write(w, f"{e}\n".encode())
+            os._exit(1)
+        os.write(w, f"netd<{net.port}> pid<{os.getpid()}>\n".encode())
+        os.close(w)
 
-    threading.Thread(target=stopper, daemon=True).start()
-    net.serve()
-    os._exit(0)
+        def stopper() -> None:
+            stop.wait()
+            net.running = False
+
+        threading.Thread(target=stopper, daemon=True).start()
+        net.serve()
+    finally:
+        os._exit(0)  # (never back into the caller's code: that is the parent's)
 
 
 if __name__ == "__main__":

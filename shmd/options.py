@@ -9,7 +9,7 @@ from .errors import PvmError
 from .layout import MAXPAGES, MAXSEG
 
 USAGE = ("usage: pvm_shmd [-debug=N] [-maxsegs=N] [-maxpages=N] [-vmid=ID] [-host=N] "
-         "[-name=HOST] [-wd=DIR] [-foreground]")
+         "[-name=HOST] [-wd=DIR] [-net=ADDR] [-foreground]")
 
 
 
@@ -26,6 +26,7 @@ class Options:
     host: int = 1
     name: str = ""
     wd: str = ""  # the hostfile's wd=, as written: expanded and entered by the daemon
+    net: str = ""  # where this host's pvm_netd binds: started too, once the daemon is ready
     foreground: bool = False
 
 
@@ -67,6 +68,10 @@ def parse(argv: list[str]) -> Options:
             if not value or not value.isprintable():
                 raise UsageError(f"{word!r}: bad directory")
             o.wd = value
+        elif name == "net":
+            if not value or not value.isprintable() or any(c.isspace() for c in value):
+                raise UsageError(f"{word!r}: bad address")
+            o.net = value
         else:
             raise UsageError(f"unknown option {word!r}")
     if o.vmid is None:
@@ -79,5 +84,7 @@ def parse(argv: list[str]) -> Options:
         wake.mode()
     except PvmError as e:
         raise UsageError(e.detail or str(e)) from None
+    if o.net and o.foreground:
+        raise UsageError("-net= starts pvm_netd beside a daemon in the background: not with -foreground")
     o.name = o.name or socket.gethostname()
     return o

@@ -56,7 +56,8 @@ def lab():
 
 
 def daemons(lab, vmid: str) -> list[str]:
-    r = ssh(lab, "pvmh1", f"ps -eo pid,args | grep '[p]vm_shmd -vmid={vmid}' || true")
+    # (by name: the console's start forks pvm_netd from pvm_shmd, with pvm_shmd's command line)
+    r = ssh(lab, "pvmh1", f"ps -C pvm_shmd -o pid=,args= | grep -- '-vmid={vmid} ' || true")
     return r.stdout.splitlines()
 
 

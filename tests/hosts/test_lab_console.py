@@ -39,7 +39,8 @@ def console(lab, tmp_path, pvm_env):
 
 
 def daemons(lab, host: str, vmid: str) -> list[str]:
-    r = ssh(lab, host, f"ps -eo pid,args | grep '[p]vm_shmd -vmid={vmid}' || true")
+    # (by name: the console's start forks pvm_netd from pvm_shmd, with pvm_shmd's command line)
+    r = ssh(lab, host, f"ps -C pvm_shmd -o pid=,args= | grep -- '-vmid={vmid} ' || true")
     return r.stdout.splitlines()
 
 

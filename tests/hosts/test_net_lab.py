@@ -145,7 +145,7 @@ def test_program_and_console_reach_every_host_through_pvm_netd(lab, vm):
         assert re.search(rf"^\s*\S+\s+{t:x}\b.*echo\.py", r.stdout, re.M), r.stdout  # ps -a lists it
     h2 = next(n for n, d in hosts.items() if n == "pvmh2")
     far = next(t for t in started if tids.dtid(tids.host_of(t)) == hosts[h2])
-    netd_pid = ssh(lab, h2, f"pgrep -f -- '[p]vm_netd -vmid={vm.vmid}'").stdout.split()
+    netd_pid = ssh(lab, h2, f"ps -C pvm_netd -o pid=,args= | grep -- '-vmid={vm.vmid} '").stdout.split()[:1]
     task_pid = ssh(lab, h2, f"grep -l -a -z -x PVM_MYTID={far:x} /proc/[0-9]*/environ").stdout.split("/")[2]
     parent = ssh(lab, h2, f"ps -o ppid= -p {task_pid}").stdout.split()
     assert parent == netd_pid, (parent, netd_pid)  # spawned by pvm_netd, not a pvm_spawn over SSH
