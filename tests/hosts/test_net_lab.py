@@ -18,6 +18,7 @@ from consoles import PVM, vm_procs, wait_for  # noqa: F401
 from lab_probe import host_procs, lab_vm_setup, running_lab, ssh, write_progs
 
 import shmd
+from pvmconsole import lab as labmod
 from shmd import tids
 from shmd.errors import PvmError, PvmHostFail
 
@@ -175,3 +176,38 @@ def test_program_and_console_reach_every_host_through_pvm_netd(lab, vm):
         pvmmsg.S.reset()
         me.leave()
     ssh(lab, "pvmh3", "ipcrm -a; true")  # what the killed daemon could not remove
+
+
+def test_host_whose_pvm_shmd_predates_net_option_gets_its_pvm_netd_apart(lab, pvm_env, tmp_path):
+    """A host whose dx= is a pvm_shmd from before -net= (it refuses the option as unknown):
+    the console starts it without, then its pvm_netd by a program start of its own, and
+    a message still crosses to that host and back."""
+    old = os.path.join(lab.dir, f"old-{pvm_env['vmid']}")
+    os.mkdir(old)
+    real = os.path.dirname(labmod.local_program("pvm_shmd"))
+    for prog in ("pvm_netd", "pvm_shmd_stat", "pvm_spawn"):
+        os.symlink(os.path.join(real, prog), os.path.join(old, prog))
+    with open(os.path.join(old, "pvm_shmd"), "w") as f:
+        f.write("#!/bin/sh\nfor w; do case $w in -net=*) echo \"pvm_shmd: unknown option '$w' "
+                f"(pvm_shmd -help for usage)\" >&2; exit 2;; esac; done\nexec {real}/pvm_shmd \"$@\"\n")
+    os.chmod(os.path.join(old, "pvm_shmd"), 0o755)
+    hostfile, env = lab_vm_setup(lab, str(tmp_path), f"{lab.dir}/progs", "-maxpages=256 -maxsegs=2")
+    with open(hostfile, "w") as f:
+        f.write(f"* ep={lab.dir}/progs\npvmh2 dx={old}/pvm_shmd\n")
+    vmid = pvm_env["vmid"]
+
+    def run(cmds: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PVM, "--norc", hostfile, "-e", cmds], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path, env=env)
+    try:
+        r = run("conf; spawn -pvmh2 echo.py")
+        assert r.returncode == 0 and "no network process" not in r.stdout + r.stderr, r.stderr + r.stdout
+        netd = ssh(lab, "pvmh2", f"ps -C pvm_netd -o args= | grep -- '-vmid={vmid} '").stdout
+        assert "/pvm_netd " in netd and "-net=" not in netd, netd  # the program, started apart
+        far = int(re.findall(r"^t([0-9a-f]+)$", r.stdout, re.M)[0], 16)
+        with shmd.join(vmid) as me:
+            me.psend(far, 4, b"across", timeout=20)
+            assert me.precv(far, 4, timeout=20).data == b"across"
+    finally:
+        run("halt")
+        wait_for(lambda: host_procs(lab, "pvmh2", vmid, daemons=True) == [], 10, "pvmh2's processes to end")

@@ -20,11 +20,11 @@ import time
 import pytest
 import zmq
 from conftest import BIN, need_root
-from daemons import shmd_vm, wait_for
+from daemons import PVM_SHMD, SMALL, daemon_objects, shmd_vm, wait_for
 from other_user import other_user  # noqa: F401  (a fixture)
 
 import shmd
-from shmd import netd, netsend, remote, spawner, tids, wire
+from shmd import handshake, ipc, netd, netsend, remote, spawner, tids, wire
 from shmd.errors import PvmError, PvmHostFail, PvmOverflow
 
 NETD = os.path.join(BIN, "pvm_netd")
@@ -49,29 +49,63 @@ with shmd.join(name="echo") as me:
 NAMES = {1: "alpha", 2: "beta", 3: "gamma"}  # the hosts' names, as the console would give them
 
 
+def netd_line(host: int, keys, peers, trusted: bool = False, me: dict | None = None) -> str:
+    """What pvm_netd reads on stdin (the console's hostlink.net_line)."""
+    pub, sec = keys
+    return json.dumps({"public": pub.decode(), "secret": sec.decode(), "peers": peers, "trusted": trusted,
+                       "me": {"name": NAMES[host], "arch": "LINUX64", "speed": 1000 * host} if me is None else me})
+
+
+def ready_fields(line: str) -> dict[str, str]:
+    return dict(f.split("<") for f in line.strip().rstrip(">").split("> "))
+
+
 def start_netd(vm, vmid: str, host: int, keys, peers, trusted: bool = False) -> tuple[int, int]:
     """pvm_netd for *vmid* as host *host* (named NAMES[host]): (port, pid)."""
-    pub, sec = keys
-    line = json.dumps({"public": pub.decode(), "secret": sec.decode(), "peers": peers, "trusted": trusted,
-                       "me": {"name": NAMES[host], "arch": "LINUX64", "speed": 1000 * host}})
-    r = subprocess.run([NETD, f"-vmid={vmid}", f"-host={host}", "-bind=127.0.0.1"], input=line + "\n",
+    r = subprocess.run([NETD, f"-vmid={vmid}", f"-host={host}", "-bind=127.0.0.1"],
+                       input=netd_line(host, keys, peers, trusted) + "\n",
                        capture_output=True, text=True, timeout=20, env=vm.env(vmid))
     assert r.returncode == 0, r.stderr
-    w = dict(netd_field.split("<") for netd_field in r.stdout.strip().rstrip(">").split("> "))
+    w = ready_fields(r.stdout)
+    return int(w["netd"]), int(w["pid"])
+
+
+def adopt(vm, ddpro: str) -> None:
+    """The daemon of ready line *ddpro*, started here without vm.start: stopped after the test."""
+    pid = int(ready_fields(ddpro)["pid"])
+    vm.daemons.append((pid, ipc.process_start(pid)))
+
+
+def start_together(vm, vmid: str, host: int, keys, peers) -> tuple[int, int]:
+    """pvm_shmd -net=127.0.0.1 for *vmid* as host *host*: its daemon and its pvm_netd
+    (told only the name: arch, speed and dsig are the daemon's), as the console starts
+    a host; pvm_netd's (port, pid)."""
+    r = subprocess.run([PVM_SHMD, *SMALL, f"-vmid={vmid}", f"-host={host}", f"-name={NAMES[host]}",
+                        "-net=127.0.0.1"], input=netd_line(host, keys, peers, me={"name": NAMES[host]}) + "\n",
+                       capture_output=True, text=True, timeout=20, env=vm.env(vmid))
+    vm.vmids.add(vmid)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    ddpro, netd = r.stdout.splitlines()
+    adopt(vm, ddpro)
+    assert ddpro.startswith("ddpro<") and netd.startswith("netd<"), r.stdout
+    w = ready_fields(netd)
     return int(w["netd"]), int(w["pid"])
 
 
 class Two:
     """Host 1 (VM id a, the test process joins it) and host 2 (VM id b) with their netds."""
 
-    def __init__(self, vm, trusted: bool = False, small: bool = True):
+    def __init__(self, vm, trusted: bool = False, small: bool = True, together: bool = False):
         self.vm = vm
         self.a, self.b = vm.vmid, vm.vmid + "b"
         self.keys = zmq.curve_keypair()
         vm.start("-host=1", vmid=self.a, small=small)
-        vm.start("-host=2", vmid=self.b, small=small)
         self.port1, self.pid1 = start_netd(vm, self.a, 1, self.keys, [], trusted)
-        self.port2, self.pid2 = start_netd(vm, self.b, 2, self.keys, [[1, "127.0.0.1", self.port1]], trusted)
+        if together:  # (host 2 as the console starts a host it adds: one program start)
+            self.port2, self.pid2 = start_together(vm, self.b, 2, self.keys, [[1, "127.0.0.1", self.port1]])
+        else:
+            vm.start("-host=2", vmid=self.b, small=small)
+            self.port2, self.pid2 = start_netd(vm, self.b, 2, self.keys, [[1, "127.0.0.1", self.port1]], trusted)
         self.procs: list[subprocess.Popen] = []
         self.netds = [self.pid1, self.pid2]
         # host 1 hears host 2's hello: both up
@@ -124,6 +158,60 @@ def pattern(n, seed):
 _defs: dict = {}
 exec(PATTERN, _defs)
 pattern = _defs["pattern"]
+
+
+def test_host_started_with_its_netd_by_one_program(shmd_vm):
+    """pvm_shmd -net=: the daemon, then pvm_netd forked from the starting process (named
+    pvm_netd, in a session of its own), which serves: messages both ways, and host 1
+    hears of host 2 with the arch, speed and dsig of its daemon's ready line."""
+    two = Two(shmd_vm, together=True)
+    try:
+        with open(f"/proc/{two.pid2}/comm") as f:
+            assert f.read().strip() == "pvm_netd"
+        assert os.getsid(two.pid2) == two.pid2
+        daemon = shmd_vm.stat(two.b)["pid"]
+        assert two.pid2 != daemon and os.getsid(daemon) != two.pid2
+        p, peer = two.echo()
+        with shmd.join(two.a) as me:
+            for n in (8, remote.CHUNK + 5):
+                me.psend(peer, 3, pattern(n, n), timeout=20)
+                assert bytes(me.precv(peer, 3, timeout=20).data) == pattern(n, n)
+            hosts = {h["host"]: h for h in remote.ask(me, "config", 10)["up"]}
+            assert {k: hosts[2][k] for k in ("name", "arch", "speed", "dsig")} == \
+                {"name": "beta", "arch": handshake.arch(), "speed": handshake.SPEED, "dsig": handshake.DSIG}
+            me.psend(peer, 99, b"", timeout=5)
+        assert p.wait(20) == 0
+    finally:
+        two.close()
+
+
+@pytest.mark.parametrize("stdin,needle", [
+    ("not json\n", "-net=127.0.0.1: stdin: expected one JSON line"),
+    ("", "-net=127.0.0.1: stdin: expected one JSON line"),
+    ('{"public": "x", "secret": "y", "peers": []}\n', "keys must be 40 characters"),
+])
+def test_host_start_with_bad_netd_input_starts_nothing(shmd_vm, stdin, needle):
+    """A bad line for pvm_netd: one line naming it, status 2, no daemon, no IPC object."""
+    r = shmd_vm.run([PVM_SHMD, "-host=2", "-net=127.0.0.1"], timeout=20) if not stdin else subprocess.run(
+        [PVM_SHMD, "-host=2", "-net=127.0.0.1"], input=stdin, capture_output=True, text=True, timeout=20,
+        env=shmd_vm.env())
+    assert r.returncode == 2 and r.stdout == "", r
+    assert len(r.stderr.splitlines()) == 1 and needle in r.stderr, r.stderr
+    assert not shmd_vm.files() and not daemon_objects(shmd_vm.vmid)
+
+
+def test_host_start_whose_netd_cannot_bind_keeps_the_daemon(shmd_vm):
+    """pvm_netd cannot bind (an address not of this machine): the daemon runs, its ready
+    line on stdout, pvm_netd's reason on stderr, status 0 (the console notes a host
+    without a network process, as when pvm_netd fails on its own)."""
+    keys = zmq.curve_keypair()
+    r = subprocess.run([PVM_SHMD, *SMALL, "-host=2", "-net=192.0.2.1"], input=netd_line(2, keys, []) + "\n",
+                       capture_output=True, text=True, timeout=20, env=shmd_vm.env())
+    assert r.returncode == 0, r.stderr
+    adopt(shmd_vm, r.stdout)
+    assert r.stdout.startswith("ddpro<") and len(r.stdout.splitlines()) == 1, r.stdout
+    assert r.stderr.startswith("pvm_netd: ") and "192.0.2.1" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert shmd_vm.stat()["pid"] == int(ready_fields(r.stdout)["pid"])
 
 
 @pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "through-netd"])
