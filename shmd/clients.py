@@ -19,7 +19,6 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from .control import peer_credentials
 from .errors import PvmBadParam
@@ -52,17 +51,16 @@ def error_reply(msg: str, code: int = PvmBadParam) -> dict:
     return {"error": msg, "code": code}
 
 
-@dataclass(eq=False)
 class Client:
     """One connection: who is at the other end (from the kernel) and its buffers."""
 
-    sock: socket.socket
-    pid: int
-    uid: int
-    slot: int | None = None  # the task slot this connection holds (joined)
-    inbuf: bytearray = field(default_factory=bytearray)
-    outbuf: bytearray = field(default_factory=bytearray)
-    last: float = field(default_factory=time.monotonic)
+    __slots__ = ("sock", "pid", "uid", "slot", "inbuf", "outbuf", "last")
+
+    def __init__(self, sock: socket.socket, pid: int, uid: int, slot: int | None = None):
+        self.sock, self.pid, self.uid = sock, pid, uid
+        self.slot = slot  # the task slot this connection holds (joined)
+        self.inbuf, self.outbuf = bytearray(), bytearray()
+        self.last = time.monotonic()
 
 
 def raise_fd_limit() -> int:

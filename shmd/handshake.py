@@ -6,7 +6,7 @@ Example::
 """
 from __future__ import annotations
 
-import platform
+import os
 import re
 
 PROTOCOL = 2316  # PVM 3.4's DDPROTOCOL
@@ -18,7 +18,7 @@ _INT_FIELDS = ("ddpro", "mtu", "speed", "pid", "tid", "host", "segs", "pages")
 
 def arch() -> str:
     """PVM's architecture name for this machine."""
-    m = platform.machine()
+    m = os.uname().machine
     return {"x86_64": "LINUX64", "aarch64": "LINUXARM64", "i686": "LINUX", "i386": "LINUX"}.get(
         m, "LINUX" + m.upper()
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import time
 
 import sysv_ipc
@@ -102,7 +101,7 @@ def _make_fence():
     """A full memory barrier callable from Python for ~0.15 us (a semop costs 0.2-0.5):
     ``pthread_spin_trylock`` on a private word is an atomic exchange or lock cmpxchg,
     a full barrier on x86-64. Elsewhere None: callers use a semop instead."""
-    if platform.machine() not in ("x86_64", "AMD64"):
+    if os.uname().machine not in ("x86_64", "AMD64"):
         return None
     word = ctypes.c_int(0)
     ref, xchg = ctypes.byref(word), _libc.pthread_spin_trylock

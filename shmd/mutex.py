@@ -21,11 +21,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import time
 
 SPIN = 20e-6  # a held lock is tried again this long before sleeping (held a microsecond)
-_X86 = platform.machine() in ("x86_64", "AMD64")
+_X86 = os.uname().machine in ("x86_64", "AMD64")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _trylock = _libc.pthread_mutex_trylock

@@ -45,7 +45,6 @@ its senders wait in turn.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import mmap
 import os
@@ -954,6 +953,8 @@ def parse_input(line: str) -> tuple[bytes, bytes, list[tuple[int, str, int]], bo
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse  # (here: pvm_shmd -net= imports this module, and starts faster without it)
+
     ap = argparse.ArgumentParser(prog="pvm_netd", prefix_chars="-", description="a host's network process")
     ap.add_argument("-vmid", default=None)
     ap.add_argument("-host", type=int, required=True)

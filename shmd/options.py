@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 
 from . import calibrate, paths, wake
 from .errors import PvmError
@@ -17,8 +16,10 @@ class UsageError(Exception):
     """A bad command line; the message names the offending word."""
 
 
-@dataclass
 class Options:
+    """pvm_shmd's options, each its default until parse sets it. (A plain class: the
+    dataclasses module costs every daemon start 5 ms to import.)"""
+
     debug: int = 0
     maxsegs: int = MAXSEG
     maxpages: int = MAXPAGES
@@ -29,6 +30,9 @@ class Options:
     net: str = ""  # where this host's pvm_netd binds: started too, once the daemon is ready
     foreground: bool = False
 
+    def __repr__(self) -> str:
+        return f"Options({', '.join(f'{k}={getattr(self, k)!r}' for k in self.__annotations__)})"
+
 
 _INT_BOUNDS = {"debug": (0, 0xFFFFFF), "maxsegs": (1, MAXSEG), "maxpages": (1, MAXPAGES),
                "host": (1, 4095)}
@@ -36,7 +40,8 @@ _INT_BOUNDS = {"debug": (0, 0xFFFFFF), "maxsegs": (1, MAXSEG), "maxpages": (1, M
 
 def parse(argv: list[str]) -> Options:
     """Parse ``-word=value`` options; raise UsageError naming the bad word."""
-    o = Options(vmid=None)  # type: ignore[arg-type]
+    o = Options()
+    o.vmid = None  # type: ignore[assignment]  # (unless an option names it: $PVM_VMID)
     for word in argv:
         if word in ("-foreground", "-f"):
             o.foreground = True

@@ -30,7 +30,6 @@ runs pvm_spawn (the project's virtual environment), so it can import shmd and nu
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import fcntl
 import json
@@ -517,6 +516,8 @@ def parse_err_line(line: str) -> PvmError:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse  # (here: pvm_shmd -net= imports this module, and starts faster without it)
+
     ap = argparse.ArgumentParser(prog="pvm_spawn", description=__doc__.splitlines()[0])
     ap.add_argument("-vmid", "--vmid", default=None)
     ap.add_argument("--count", type=int, default=1)

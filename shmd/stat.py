@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -27,12 +26,12 @@ TRACE_OPS: dict[str, dict[str, object]] = {"on": {"set": trace.ALL}, "off": {"se
 
 
 def trace_op(word: str) -> dict[str, object]:
-    """The request --trace WORD makes (argparse's type)."""
+    """The request --trace WORD makes; ValueError naming a wrong one."""
     if word in TRACE_OPS:
         return TRACE_OPS[word]
     if word.isdigit() and int(word) <= trace.ALL:
         return {"set": int(word)}
-    raise argparse.ArgumentTypeError(f"{word!r}: on, off, a mask from 0 to {trace.ALL}, dump or take")
+    raise ValueError(f"{word!r}: on, off, a mask from 0 to {trace.ALL}, dump or take")
 
 
 def find_daemon(vmid: str) -> tuple[int, int]:
@@ -86,10 +85,18 @@ def stop(vmid: str, timeout: float) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse  # (here: pvm_netd imports this module, and starts faster without it)
+
+    def trace_arg(word: str) -> dict[str, object]:
+        try:
+            return trace_op(word)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
     ap = argparse.ArgumentParser(prog="pvm_shmd_stat", description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the state as JSON")
     ap.add_argument("--stop", action="store_true", help="stop the daemon (TERM) and wait")
-    ap.add_argument("--trace", type=trace_op, metavar="on|off|MASK|dump|take",
+    ap.add_argument("--trace", type=trace_arg, metavar="on|off|MASK|dump|take",
                     help="every task traces (on: all events, MASK: those), none, the events so far")
     ap.add_argument("-vmid", "--vmid", default=None, help="VM id (default $PVM_VMID)")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")

@@ -76,7 +76,9 @@ class Task(Receiving, Sending):
             reply = self._conn.request("join", pid=os.getpid(), name=name, **({"role": role} if role else {}))
             self.tid, self._slot, self._gen = reply["tid"], reply["slot"], reply["generation"]
             self._src = self.tid
-            self._attach(buf, h, paths_)
+            # (pvm_netd does not map every page as it starts: the daemon fills the pages
+            # in once it is ready; a page pvm_netd touches later costs it a minor fault)
+            self._attach(buf, h, paths_, populate=role != "net")
         except BaseException:
             self._detach()
             raise
@@ -101,7 +103,7 @@ class Task(Receiving, Sending):
         if mask:  # spawned traced (spawn -@), or the host traces
             trace.switch(self, mask, trace.SPAWN)
 
-    def _attach(self, buf: memoryview, h, paths_: calibrate.Choice) -> None:
+    def _attach(self, buf: memoryview, h, paths_: calibrate.Choice, populate: bool = True) -> None:
         self._buf = buf
         self._q = buf.cast("Q")
         self._i = buf.cast("i")
@@ -131,7 +133,8 @@ class Task(Receiving, Sending):
             if shm.size < off + n * self._ps:  # slices past its end would be short
                 raise damaged(f"segment {s}: {n} pages of {self._ps} bytes at {off} do "
                               f"not fit its {shm.size} bytes")
-            ipc.populate(shm)  # map every page now: no page faults on the hot path
+            if populate:
+                ipc.populate(shm)  # map every page now: no page faults on the hot path
             whole = memoryview(shm)
             self._views.append(whole)
             data = whole[off:off + n * self._ps]

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 from . import control, stat
@@ -28,9 +27,9 @@ def request_of(word: object) -> dict[str, object]:
     ``pvm_shmd_stat --trace`` takes); ValueError naming a wrong one."""
     try:
         if not isinstance(word, str):
-            raise argparse.ArgumentTypeError(f"{str(word)[:20]!r}: not a word")
+            raise ValueError(f"{str(word)[:20]!r}: not a word")
         return stat.trace_op(word)
-    except argparse.ArgumentTypeError as e:
+    except ValueError as e:
         raise ValueError(f"trace {e}") from None
 
 

@@ -29,7 +29,6 @@ import ctypes
 import errno
 import mmap
 import os
-import platform
 import time
 from typing import Any
 
@@ -41,7 +40,7 @@ KINDS = ("sem", "futex")  # the header's wake word holds the index
 MODES = (*KINDS, "auto")
 SEM, FUTEX = 0, 1
 # the futex system call's number (none elsewhere: sem only)
-_SYS_FUTEX = {"x86_64": 202, "AMD64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine())
+_SYS_FUTEX = {"x86_64": 202, "AMD64": 202, "aarch64": 98, "arm64": 98}.get(os.uname().machine)
 FUTEX_WAIT, FUTEX_WAKE = 0, 1  # shared (not FUTEX_PRIVATE): the word is in shared memory
 ROUND_TRIPS = 200  # timed per trial of measure(), each kind (the median counts)
 WARM = 20  # round trips not timed (the first wake-ups of a fresh process are slow)
@@ -63,7 +62,7 @@ def mode() -> str:
     if m not in MODES:
         raise PvmError(PvmBadParam, f"{ENV}={m!r}: use one of {', '.join(MODES)}")
     if m != "auto" and m not in available():
-        raise PvmError(PvmBadParam, f"{ENV}={m}: no {m} on {platform.machine()}")
+        raise PvmError(PvmBadParam, f"{ENV}={m}: no {m} on {os.uname().machine}")
     return m
 
 
