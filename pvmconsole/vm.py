@@ -311,22 +311,22 @@ class VirtualMachine:
             del master_opts["so"]
             if own is not None:
                 self.notes.append(f"{me}: so=ms ignored for the master host")
+        t = VmTable(self.vmid, hosts=[], hostfile=hosts.path if hosts else "",
+                    defaults=dict(hosts.defaults) if hosts else {},
+                    known={e.name: dict(e.options) for e in entries if e is not own},
+                    netkeys=[k.decode("ascii") for k in zmq.curve_keypair()],
+                    nettrusted=os.environ.get(TRUSTED_ENV, "") == "1")
+        self._netkeys, self._nettrusted = t.netkeys, t.nettrusted
         try:
-            master = self._start_host(me, MASTER, master_opts)
+            master = self._start_host(me, MASTER, master_opts, t)  # and its pvm_netd
         except PvmError as e:
             if e.code != PvmDupHost:
                 raise
             # a daemon of this VM id without a table: stale, never trusted
             self.notes.append(f"stale pvm_shmd for this virtual machine on {me}: replaced")
             self._links[me].stop()
-            master = self._start_host(me, MASTER, master_opts)
-        t = VmTable(self.vmid, hosts=[master], hostfile=hosts.path if hosts else "",
-                    defaults=dict(hosts.defaults) if hosts else {},
-                    known={e.name: dict(e.options) for e in entries if e is not own},
-                    netkeys=[k.decode("ascii") for k in zmq.curve_keypair()],
-                    nettrusted=os.environ.get(TRUSTED_ENV, "") == "1")
-        self._netkeys, self._nettrusted = t.netkeys, t.nettrusted
-        self._start_nets(t, [master])
+            master = self._start_host(me, MASTER, master_opts, t)
+        t.hosts.append(master)
         self.store.save(t)  # the master is up: the VM exists even if other hosts fail
         todo = [e for e in entries if e is not own and not e.defer]
         for o in self._add_entries(t, todo):
