@@ -739,10 +739,17 @@ class SshRunner:
             watchdog.cancel()
         out, err = bytearray(), bytearray()
         try:
-            if input:
-                ch.settimeout(max(0.1, deadline - time.monotonic()))
-                ch.sendall(input.encode())
-            ch.shutdown_write()  # remote stdin: EOF, so nothing waits for us
+            try:
+                if input:
+                    ch.settimeout(max(0.1, deadline - time.monotonic()))
+                    ch.sendall(input.encode())
+                ch.shutdown_write()  # remote stdin: EOF, so nothing waits for us
+            except (OSError, paramiko.SSHException):
+                # the command ended before it read its input (a dx= that does not exist:
+                # the shell's "No such file" and 127): what it said and its status say
+                # why; a connection that died instead is found out below
+                if not (ch.closed or ch.eof_received or ch.exit_status_ready()):
+                    raise
             ch.settimeout(0.0)
             while True:
                 got = False

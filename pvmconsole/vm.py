@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -126,6 +126,8 @@ class VirtualMachine:
         self._netkeys: list[str] | None = None  # the VM's keys, read from the table once
         self._nettrusted = False
         self._net_given: dict[str, tuple] = {}  # host -> the pvm_netd already given its link
+        #: host -> (its options, its link being connected): see _reach
+        self._reaching: dict[str, tuple[dict[str, str], Future[HostLink]]] = {}
         self.notes: list[str] = []  # things worth telling the user (stderr)
 
     # -- plumbing ---------------------------------------------------------------
@@ -179,7 +181,9 @@ class VirtualMachine:
         """Start host *name*'s daemon as host *index*. With table *t* (a VM that has its
         keys), its pvm_netd too: by the same program start where the link can
         (pvm_shmd -net=), else by its own (_start_nets)."""
-        link = self.link_factory(name, options, self.vmid)
+        early = self._reaching.pop(name, None)
+        link: HostLink = early[1].result() if early is not None and early[0] == dict(options) else \
+            self.link_factory(name, options, self.vmid)
         self._links[name] = link
         net = None
         if t is not None and t.netkeys and not link.manual:
@@ -206,6 +210,37 @@ class VirtualMachine:
         else:
             self._start_nets(t, [rec])
         return rec
+
+    def _reach(self, pool: ThreadPoolExecutor, entries: Sequence[hf.HostEntry]) -> None:
+        """Open the SSH connections of *entries* in *pool* while the master starts: they
+        do not need it (their start does: the master's pvm_netd is in its line), and a
+        connection costs the console 50-100 ms of key exchange and authentication, on top
+        of importing paramiko for the first one. _start_host takes each link (or the
+        error that its connection gave, which its start would have given too)."""
+        def open_link(name: str, options: Mapping[str, str]) -> HostLink:
+            link = self.link_factory(name, options, self.vmid)
+            try:
+                if not link.manual:
+                    link.net_addresses()  # (connects)
+            except BaseException:
+                link.close()
+                raise
+            return link
+
+        for e in entries:
+            if e.name not in self._reaching and not is_local(e.name):
+                self._reaching[e.name] = (dict(e.options), pool.submit(open_link, e.name, e.options))
+
+    def _unreached(self) -> None:
+        """Close the links _reach opened that no start took (the master failed)."""
+        for _, f in self._reaching.values():
+            if f.cancel():
+                continue
+            try:
+                f.result().close()
+            except PvmError:
+                pass
+        self._reaching.clear()
 
     def _no_net(self, name: str, e: PvmError) -> None:
         self.notes.append(f"{name}: no network process, its tasks reach only tasks of their host ({e})")
@@ -317,21 +352,26 @@ class VirtualMachine:
                     netkeys=[k.decode("ascii") for k in zmq.curve_keypair()],
                     nettrusted=os.environ.get(TRUSTED_ENV, "") == "1")
         self._netkeys, self._nettrusted = t.netkeys, t.nettrusted
-        try:
-            master = self._start_host(me, MASTER, master_opts, t)  # and its pvm_netd
-        except PvmError as e:
-            if e.code != PvmDupHost:
-                raise
-            # a daemon of this VM id without a table: stale, never trusted
-            self.notes.append(f"stale pvm_shmd for this virtual machine on {me}: replaced")
-            self._links[me].stop()
-            master = self._start_host(me, MASTER, master_opts, t)
-        t.hosts.append(master)
-        self.store.save(t)  # the master is up: the VM exists even if other hosts fail
         todo = [e for e in entries if e is not own and not e.defer]
-        for o in self._add_entries(t, todo):
-            if o.error is not None:
-                self.notes.append(f"{o.name}: {PvmError(o.error, o.detail)}")
+        with ThreadPoolExecutor(max_workers=PARALLEL_STARTS) as pool:
+            self._reach(pool, todo)
+            try:
+                try:
+                    master = self._start_host(me, MASTER, master_opts, t)  # and its pvm_netd
+                except PvmError as e:
+                    if e.code != PvmDupHost:
+                        raise
+                    # a daemon of this VM id without a table: stale, never trusted
+                    self.notes.append(f"stale pvm_shmd for this virtual machine on {me}: replaced")
+                    self._links[me].stop()
+                    master = self._start_host(me, MASTER, master_opts, t)
+                t.hosts.append(master)
+                self.store.save(t)  # the master is up: the VM exists even if other hosts fail
+                for o in self._add_entries(t, todo):
+                    if o.error is not None:
+                        self.notes.append(f"{o.name}: {PvmError(o.error, o.detail)}")
+            finally:
+                self._unreached()
         self.store.save(t)
 
     # -- add / delete -------------------------------------------------------------

@@ -164,6 +164,7 @@ S_FREED_Q = index(S["freed"], 8)  # frees so far
 S_ROVER_I = index(S["rover"], 4)
 T_TID_I = index(T["tid"], 4)
 T_PID_I = index(T["pid"], 4)
+T_STATE_I = index(T["state"], 4)
 T_WAITING_I = index(T["waiting"], 4)
 T_HEAD_Q = index(T["head"], 8)
 T_TAIL_Q = index(T["tail"], 8)

@@ -123,11 +123,33 @@ def _parse_registry(text: str) -> dict[int, dict]:
     return out
 
 
+# path -> ((inode, mtime, size), its records): read again only once it changed (a
+# pvm_netd reads it for every ps; spawns append to it)
+_registries: dict[str, tuple[tuple[int, int, int], dict[int, dict]]] = {}
+
+
 def load_registry(vmid: str) -> dict[int, dict]:
+    """The spawn registry's records by tid (not to be changed: the same dict is given
+    again while the file is the same)."""
+    path = registry_path(vmid)
     try:
-        return _parse_registry(private.read_text(registry_path(vmid)) or "")
+        fd = private.open_file(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return {}
     except (OSError, PvmError):
         return {}  # ps -l then shows no PTID: not worth failing for
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        kept = _registries.get(path)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        data = f.read(private.READ_LIMIT + 1)
+    if len(data) > private.READ_LIMIT:
+        return {}
+    reg = _parse_registry(data.decode("utf-8", errors="replace"))
+    _registries[path] = (key, reg)
+    return reg
 
 
 def record(vmid: str, entries: Sequence[dict]) -> None:
@@ -166,18 +188,23 @@ def tasks(vmid: str, buf: memoryview | None = None) -> list[dict]:
     seg = None
     if buf is None:
         seg, buf = control.attach_seg0(vmid)
+    words = buf.cast("I")
     try:
         host = layout.header(buf)["host"]
         rows = []
-        for i in range(layout.MAX_TASKS):
+        # every slot's tid word in one slice: only the slots in use are looked at further
+        # (a loop over all 128 cost ps -a 50-100 us on each host)
+        first, stride = layout.slot_i(0) + layout.T_TID_I, layout.slot_i(1) - layout.slot_i(0)
+        for i, tid in enumerate(words[first:first + stride * layout.MAX_TASKS:stride].tolist()):
+            if not tid or words[layout.slot_i(i) + layout.T_STATE_I] != layout.ACTIVE:
+                continue
             t = layout.slot(buf, i)
             tid = t["tid"]
-            if not tid or t["state"] != layout.ACTIVE:
-                continue
             row = layout.task_row(t)
             if t["tid"] == tid == row["tid"]:  # (still that task's slot, read after the rest)
                 rows.append(row)
     finally:
+        words.release()
         if seg is not None:
             buf.release()
             seg.detach()
