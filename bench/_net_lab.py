@@ -107,13 +107,13 @@ def pvm_missing() -> str | None:
     return None
 
 
-def real_pvm(lab) -> dict[str, dict[str, float]]:
-    """Real PVM between lab hosts 1 and 2: {"PVM via pvmds": figures, "PVM direct": figures}
-    (latency: half the median round trip, pvm_bench's "med" lines)."""
-    d = os.path.join(lab.dir, "pvm")  # (the lab's directory is seen at the same path by every host)
+def pvm_setup(lab, hosts: list[str]) -> tuple[str, str]:
+    """Real PVM's files in the lab's directory (seen at the same path by every host): a
+    PVM_RSH wrapper of the lab's ssh, a pvmd wrapper that lets it run as root, a hostfile
+    of *hosts* (the first the master's). (what a shell command on a lab host starts with
+    to run PVM's programs, the hostfile's path)"""
+    d = os.path.join(lab.dir, "pvm")
     os.makedirs(d, exist_ok=True)
-    exe = os.path.join(d, "pvm_bench")
-    subprocess.run(["cc", "-O2", "-o", exe, os.path.join(HERE, "pvm_bench.c"), "-lpvm3"], check=True)
     rsh, pvmd = os.path.join(d, "rsh"), os.path.join(d, "pvmd")
     for path, text in ((rsh, f'#!/bin/sh\nexec ssh -F {shlex.quote(lab.ssh_config)} -o BatchMode=yes "$@"\n'),
                        (pvmd, f'#!/bin/sh\nexport PVM_ALLOW_ROOT=1 PVM_ROOT={PVM_ROOT}\n'
@@ -121,11 +121,37 @@ def real_pvm(lab) -> dict[str, dict[str, float]]:
         with open(path, "w") as f:
             f.write(text)
         os.chmod(path, 0o755)
-    hostfile = os.path.join(d, "hostfile")
-    h1, h2 = (h.name for h in lab.hosts[:2])
+    hostfile = os.path.join(d, f"hostfile{len(hosts)}")
     with open(hostfile, "w") as f:
-        f.write(f"* dx={pvmd}\n{h1}\n{h2}\n")
-    env = f"export PVM_ROOT={PVM_ROOT} PVM_ALLOW_ROOT=1 PVM_RSH={shlex.quote(rsh)}; cd /tmp;"
+        f.write(f"* dx={pvmd}\n" + "".join(h + "\n" for h in hosts))
+    return f"export PVM_ROOT={PVM_ROOT} PVM_ALLOW_ROOT=1 PVM_RSH={shlex.quote(rsh)}; cd /tmp;", hostfile
+
+
+def pvm_start(lab) -> float:
+    """Seconds real PVM's console takes, on lab host 1, to make a VM of every lab host
+    (``echo conf | pvm HOSTFILE``, timed there; every host checked in conf, then halted)."""
+    names = [h.name for h in lab.hosts]
+    env, hostfile = pvm_setup(lab, names)
+    script = (f"{env} t=$(date +%s%N); echo conf | {PVM_ROOT}/lib/pvm {shlex.quote(hostfile)}; "
+              "echo elapsed $(( $(date +%s%N) - t ))")
+    try:
+        out = ssh(lab, names[0], script)
+    finally:  # (halt ends the console too, by SIGTERM: its status says nothing)
+        subprocess.run(ssh_argv(lab, names[0], f"{env} echo halt | {PVM_ROOT}/lib/pvm"), capture_output=True,
+                       timeout=60)
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise SystemExit(f"PVM: {' '.join(missing)} not in the VM: {out[-400:]}")
+    return int(out.split("elapsed ")[-1].split()[0]) / 1e9
+
+
+def real_pvm(lab) -> dict[str, dict[str, float]]:
+    """Real PVM between lab hosts 1 and 2: {"PVM via pvmds": figures, "PVM direct": figures}
+    (latency: half the median round trip, pvm_bench's "med" lines)."""
+    h1, h2 = (h.name for h in lab.hosts[:2])
+    env, hostfile = pvm_setup(lab, [h1, h2])
+    exe = os.path.join(lab.dir, "pvm", "pvm_bench")
+    subprocess.run(["cc", "-O2", "-o", exe, os.path.join(HERE, "pvm_bench.c"), "-lpvm3"], check=True)
     master = subprocess.Popen(ssh_argv(lab, h1, f"{env} exec {PVM_ROOT}/lib/pvmd {shlex.quote(hostfile)}"),
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out: dict[str, dict[str, float]] = {}

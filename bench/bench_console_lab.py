@@ -9,7 +9,10 @@ commands make (``VirtualMachine``): start of all hosts, ``stat`` of one remote h
 of all, ``mstat`` of all, ``ps -a`` (every host's tasks), the console's ``spawn -8
 /bin/true`` (placed round the hosts, every copy started), ``delete`` of the remote hosts
 (each daemon gone), ``halt`` of what is left; each the median of 7 where it can be
-repeated. The lab is torn down at the end. Both sides print side by side.
+repeated. Where Debian's PVM 3.4.6 is installed (``apt-get install pvm``), real PVM's
+console also makes a VM of the lab's hosts RUNS times (master on the first; timed on that
+host, ``echo conf | pvm HOSTFILE``: see _net_lab.pvm_start), for the start's row. The lab
+is torn down at the end. Both sides print side by side.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 
 
 def time_commands(lab_dir: str, vmid: str) -> None:
@@ -102,7 +106,11 @@ def main() -> int:
 
     sides = {"before": a.before, "this": sys.executable}
     got: dict[str, dict[str, list[float]]] = {}
+    import _net_lab
+    pvm_rows: list[float] = []
     with running_lab("b", a.hosts) as lab:
+        for _ in range(a.runs if _net_lab.pvm_missing() is None else 0):
+            pvm_rows.append(_net_lab.pvm_start(lab))
         for side, py in sides.items():
             for r in range(a.runs):
                 p = subprocess.run([py, os.path.abspath(__file__), "--time", lab.dir, f"bc{r}{side[:2]}"],
@@ -118,6 +126,9 @@ def main() -> int:
     for k, by in got.items():
         cell = {s: " ".join(f"{v:.1f}" for v in by.get(s, [])) for s in sides}
         print(f"{k:<26}{cell['before']:>24}{cell['this']:>24}")
+    if pvm_rows:
+        print(f"real PVM 3.4.6: start of {a.hosts} lab hosts (its master on the first), ms: "
+              + " ".join(f"{v * 1e3:.1f}" for v in pvm_rows))
     return 0
 
 
