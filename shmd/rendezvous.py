@@ -189,10 +189,16 @@ class Rendezvous(Inbox):
         try:
             head = q[H]
             clock = time.perf_counter
-            end = clock() + self._spin_budget
+            budget = self._spin_budget
+            start = clock()
+            end = start + budget
+            slept = False
             while q[T] == head and q[r] == _RV_OPEN:
                 if clock() >= end:
+                    slept = True
                     self._sleep(deadline)
+            if slept and budget:  # (as _take: the spin follows the gaps between messages)
+                self._adapt_spin(budget, clock() - start, True)
         except BaseException as e:
             try:
                 with self._mylock_held():

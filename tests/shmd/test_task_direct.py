@@ -18,6 +18,7 @@ import shmd
 from shmd import direct, layout
 from shmd.errors import PvmError, PvmTimeout
 from shmd.layout import INLINE
+from shmd.taskbase import MAX_SPIN
 
 pytestmark = pytest.mark.skipif(not direct.available(),
                                 reason="cross-memory attach (process_vm_readv) not permitted")
@@ -93,6 +94,22 @@ def test_a_large_message_goes_direct_and_intact(daemon, me, peers):
     assert me.precv_into(buf, timeout=10) == (p.tid, 7, BIG)
     assert buf[:BIG].tobytes() == payload(2, BIG)
     assert allocations(daemon) > before
+
+
+def test_a_posted_receive_spins_less_after_a_long_gap(daemon, peers):
+    """A spinning receiver posted for a large message that comes long after its spin ran
+    out spins half as long next time, as a plain receive does (one whose messages come
+    from another host, through pvm_netd, spun its whole budget for each: a third of a
+    CPU in a stream, which that host's pvm_netd needed)."""
+    p = peers()
+    with shmd.join(spin=True) as me:
+        assert me._spin_budget == MAX_SPIN
+        buf = np.zeros(BIG, "u1")
+        got = receive_into_later(me, buf, timeout=20)
+        time.sleep(0.05)  # far past its spin: it sleeps
+        p.call("me.psend(dest, 7, payload(1, size))", dest=me.tid, size=BIG)
+        assert got() == (p.tid, 7, BIG)
+        assert me._spin_budget == MAX_SPIN / 2
 
 
 def test_order_is_kept_when_small_and_large_messages_mix(daemon, me, peers):
