@@ -188,8 +188,9 @@ def tasks(vmid: str, buf: memoryview | None = None) -> list[dict]:
     seg = None
     if buf is None:
         seg, buf = control.attach_seg0(vmid)
-    words = buf.cast("I")
+    words = None
     try:
+        words = buf.cast("I")
         host = layout.header(buf)["host"]
         rows = []
         # every slot's tid word in one slice: only the slots in use are looked at further
@@ -204,7 +205,8 @@ def tasks(vmid: str, buf: memoryview | None = None) -> list[dict]:
             if t["tid"] == tid == row["tid"]:  # (still that task's slot, read after the rest)
                 rows.append(row)
     finally:
-        words.release()
+        if words is not None:
+            words.release()
         if seg is not None:
             buf.release()
             seg.detach()
