@@ -25,7 +25,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 PVM_ROOT = "/usr/lib/pvm3"
 PVM_ROUNDS = 200  # pvm_bench's ping-pongs per size (ours: _net_floor.measure's rounds)
 
@@ -34,9 +33,9 @@ def ssh_argv(lab, host: str, cmd: str) -> list[str]:
     return ["ssh", "-F", lab.ssh_config, "-o", "BatchMode=yes", host, cmd]
 
 
-def ssh(lab, host: str, cmd: str, timeout: float = 120, input: str | None = None) -> str:
+def ssh(lab, host: str, cmd: str, timeout: float = 120) -> str:
     """*cmd* on lab host *host*; its stdout (a failure raises with its stderr)."""
-    r = subprocess.run(ssh_argv(lab, host, cmd), capture_output=True, text=True, timeout=timeout, input=input)
+    r = subprocess.run(ssh_argv(lab, host, cmd), capture_output=True, text=True, timeout=timeout)
     if r.returncode:
         raise SystemExit(f"{host}: {cmd.split()[0]}... exited {r.returncode}: {r.stderr.strip()[-400:]}")
     return r.stdout
