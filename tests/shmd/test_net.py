@@ -192,9 +192,8 @@ def test_host_started_with_its_netd_by_one_program(shmd_vm):
 ])
 def test_host_start_with_bad_netd_input_starts_nothing(shmd_vm, stdin, needle):
     """A bad line for pvm_netd: one line naming it, status 2, no daemon, no IPC object."""
-    r = shmd_vm.run([PVM_SHMD, "-host=2", "-net=127.0.0.1"], timeout=20) if not stdin else subprocess.run(
-        [PVM_SHMD, "-host=2", "-net=127.0.0.1"], input=stdin, capture_output=True, text=True, timeout=20,
-        env=shmd_vm.env())
+    r = subprocess.run([PVM_SHMD, "-host=2", "-net=127.0.0.1"], input=stdin, capture_output=True, text=True,
+                       timeout=20, env=shmd_vm.env())  # (input "": stdin at its end at once)
     assert r.returncode == 2 and r.stdout == "", r
     assert len(r.stderr.splitlines()) == 1 and needle in r.stderr, r.stderr
     assert not shmd_vm.files() and not daemon_objects(shmd_vm.vmid)
