@@ -984,11 +984,25 @@ with shmd.join(name="mesh") as me:
                 bad.append([m.src, k])
             got.setdefault(m.src, []).append(k)
         return True
+    def send(p, data):
+        """psend, taking our own messages while p's inbox stays full: p may be waiting
+        for room in ours (every task sends before it receives; two or three of them
+        could otherwise wait on each other in a ring). A psend that times out sent
+        nothing, so it is tried again."""
+        end = time.monotonic() + 60
+        while True:
+            try:
+                return me.psend(p, 5, data, timeout=0.25)
+            except PvmTimeout:
+                if time.monotonic() > end:
+                    raise
+                while take(0):
+                    pass
     live = list(peers)
     for k in range(n):
         for p in list(live):
             try:
-                me.psend(p, 5, body(k, me.tid), timeout=20)
+                send(p, body(k, me.tid))
             except PvmError as e:
                 if e.code != PvmNoTask:
                     raise
