@@ -126,6 +126,12 @@ def pvm_setup(lab, hosts: list[str]) -> tuple[str, str]:
     return f"export PVM_ROOT={PVM_ROOT} PVM_ALLOW_ROOT=1 PVM_RSH={shlex.quote(rsh)}; cd /tmp;", hostfile
 
 
+def pvm_halt(lab, host: str, env: str) -> None:
+    """Halt the real PVM whose master runs on *host* (halt ends its console too, by
+    SIGTERM: its status says nothing)."""
+    subprocess.run(ssh_argv(lab, host, f"{env} echo halt | {PVM_ROOT}/lib/pvm"), capture_output=True, timeout=60)
+
+
 def pvm_start(lab) -> float:
     """Seconds real PVM's console takes, on lab host 1, to make a VM of every lab host
     (``echo conf | pvm HOSTFILE``, timed there; every host checked in conf, then halted)."""
@@ -135,9 +141,8 @@ def pvm_start(lab) -> float:
               "echo elapsed $(( $(date +%s%N) - t ))")
     try:
         out = ssh(lab, names[0], script)
-    finally:  # (halt ends the console too, by SIGTERM: its status says nothing)
-        subprocess.run(ssh_argv(lab, names[0], f"{env} echo halt | {PVM_ROOT}/lib/pvm"), capture_output=True,
-                       timeout=60)
+    finally:
+        pvm_halt(lab, names[0], env)
     missing = [n for n in names if n not in out]
     if missing:
         raise SystemExit(f"PVM: {' '.join(missing)} not in the VM: {out[-400:]}")
@@ -170,8 +175,7 @@ def real_pvm(lab) -> dict[str, dict[str, float]]:
                     got[f"{'lat' if kind == 'med' else 'bw'}{size}"] = float(val)
             out[name] = got
     finally:
-        # (halt ends the console too, by SIGTERM: its status says nothing)
-        subprocess.run(ssh_argv(lab, h1, f"{env} echo halt | {PVM_ROOT}/lib/pvm"), capture_output=True, timeout=60)
+        pvm_halt(lab, h1, env)
         try:
             master.wait(10)
         except subprocess.TimeoutExpired:

@@ -30,9 +30,6 @@ class Options:
     net: str = ""  # where this host's pvm_netd binds: started too, once the daemon is ready
     foreground: bool = False
 
-    def __repr__(self) -> str:
-        return f"Options({', '.join(f'{k}={getattr(self, k)!r}' for k in self.__annotations__)})"
-
 
 _INT_BOUNDS = {"debug": (0, 0xFFFFFF), "maxsegs": (1, MAXSEG), "maxpages": (1, MAXPAGES),
                "host": (1, 4095)}
