@@ -1298,6 +1298,84 @@ now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* The descriptor at our ring's head, after the spin, if it is a whole message from
+ * *source* with tag *want* (-1: any) that the compiled paths take: inline (at most the
+ * medium size), or in one run of pages (if *freeing*, one whose free will not have to
+ * wait). Fills *h*; NULL: none such (empty, another message, or damage: the Python
+ * path names it). */
+typedef struct {
+    int64_t head, span;
+    uint32_t src, page, npages;
+    int32_t tag, seg;
+    uint64_t n;
+    const char *from;
+} Head;
+
+static const char *
+inbox_head(Inbox *b, long source, long want, double spin, int freeing, Head *h)
+{
+    char *base = b->base;
+    int64_t head = LOAD64(base + b->head);
+    if (LOAD64(base + b->tail) == head && spin > 0) {
+        double end = now() + spin;
+        do {
+            for (int k = 0; k < 16 && LOAD64(base + b->tail) == head; k++)
+                CPU_RELAX();
+        } while (LOAD64(base + b->tail) == head && now() < end);
+    }
+    int64_t tail = LOAD64(base + b->tail);
+    if (head < 0 || !(tail - head > 0 && tail - head <= g_ring))
+        return NULL;
+    char *d = base + b->ring + (head % g_ring) * g_desc;
+    uint32_t flags;
+    memcpy(&h->src, d + o_src, 4);
+    memcpy(&h->tag, d + o_tag, 4);
+    memcpy(&h->n, d + o_nbytes, 8);
+    memcpy(&h->seg, d + o_seg, 4);
+    memcpy(&flags, d + o_flags, 4);
+    if (flags != g_first || (source != -1 && (long)h->src != source)
+        || (want != -1 && (long)h->tag != want))
+        return NULL;
+    h->head = head;
+    h->span = 1;
+    h->page = h->npages = 0;
+    Segments *g = b->segs;
+    if (h->seg < 0) {
+        if (h->n > (uint64_t)g_medium)
+            return NULL;
+        h->span = ((int64_t)h->n + g_inl + g_desc - 1) / g_desc; /* layout.span */
+        if (head % g_ring + h->span > g_ring || head + h->span > tail)
+            return NULL;
+        h->from = d + g_inl;
+        return d;
+    }
+    /* a whole message in one run of pages (inbox.py's _take_paged) */
+    uint64_t total;
+    memcpy(&h->page, d + o_page, 4);
+    memcpy(&h->npages, d + o_npages, 4);
+    memcpy(&total, d + o_total, 8);
+    if (!g || !g->base || total != h->n || h->seg >= g->nsegs || h->npages == 0
+        || (uint64_t)h->npages != (h->n + g->ps - 1) / g->ps
+        || (int64_t)h->page + h->npages > g->npages[h->seg])
+        return NULL;
+    /* a free that may have to wait (pages.py's _free_soon): the Python path */
+    if (freeing && (PyList_GET_SIZE(g->deferred) >= b->defer_max
+                    || (int64_t)h->npages * b->defer_max > g->npages[h->seg]))
+        return NULL;
+    h->from = (const char *)g->data[h->seg].buf + (Py_ssize_t)h->page * g->ps;
+    return d;
+}
+
+/* The run of pages of the message at the head is ours now (pvm_shmd frees it with
+ * ours if we die), and its bytes consumed */
+static inline void
+inbox_own_run(Inbox *b, const Head *h)
+{
+    Segments *g = b->segs;
+    M32(g, g->mapb[h->seg] + 2 * (int32_t)g_maxpages + (int32_t)h->page) = g->tid;
+    STORE64(b->base + b->consumed, (int64_t)((uint64_t)LOAD64(b->base + b->consumed) + h->n));
+}
+
 /* take(source, tag, spin, into=None) -> Message | (src, tag, nbytes) | None */
 static PyObject *
 inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
@@ -1318,57 +1396,17 @@ inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
     PyObject *into = nargs == 4 && args[3] != Py_None ? args[3] : NULL;
     if (b->trace)
         ring_begin(b->trace, source, want); /* (left open when the Python path goes on) */
-    char *base = b->base;
-    int64_t head = LOAD64(base + b->head);
-    if (LOAD64(base + b->tail) == head && spin > 0) {
-        double end = now() + spin;
-        do {
-            for (int k = 0; k < 16 && LOAD64(base + b->tail) == head; k++)
-                CPU_RELAX();
-        } while (LOAD64(base + b->tail) == head && now() < end);
-    }
-    int64_t tail = LOAD64(base + b->tail);
-    if (head < 0 || !(tail - head > 0 && tail - head <= g_ring))
-        Py_RETURN_NONE; /* empty, or damage: the Python path names it */
-    char *d = base + b->ring + (head % g_ring) * g_desc;
-    uint32_t src, flags;
-    int32_t tag, seg;
-    uint64_t n;
-    memcpy(&src, d + o_src, 4);
-    memcpy(&tag, d + o_tag, 4);
-    memcpy(&n, d + o_nbytes, 8);
-    memcpy(&seg, d + o_seg, 4);
-    memcpy(&flags, d + o_flags, 4);
-    if (flags != g_first || (source != -1 && (long)src != source)
-        || (want != -1 && (long)tag != want))
+    Head h;
+    if (!inbox_head(b, source, want, spin, 1, &h))
         Py_RETURN_NONE;
     Segments *g = b->segs;
-    const char *from;
-    int64_t span = 1;
-    uint32_t page = 0, npages = 0;
-    if (seg < 0) {
-        if (n > (uint64_t)g_medium)
-            Py_RETURN_NONE;
-        span = ((int64_t)n + g_inl + g_desc - 1) / g_desc; /* layout.span */
-        if (head % g_ring + span > g_ring || head + span > tail)
-            Py_RETURN_NONE; /* damage: the Python path names it */
-        from = d + g_inl;
-    } else {
-        /* a whole message in one run of pages (inbox.py's _take_paged) */
-        uint64_t total;
-        memcpy(&page, d + o_page, 4);
-        memcpy(&npages, d + o_npages, 4);
-        memcpy(&total, d + o_total, 8);
-        if (!g || !g->base || total != n || seg >= g->nsegs || npages == 0
-            || (uint64_t)npages != (n + g->ps - 1) / g->ps
-            || (int64_t)page + npages > g->npages[seg])
-            Py_RETURN_NONE; /* (damage too: the Python path names it) */
-        /* a free that may have to wait (pages.py's _free_soon): the Python path */
-        if (PyList_GET_SIZE(g->deferred) >= b->defer_max
-            || (int64_t)npages * b->defer_max > g->npages[seg])
-            Py_RETURN_NONE;
-        from = (const char *)g->data[seg].buf + (Py_ssize_t)page * g->ps;
-    }
+    char *base = b->base;
+    uint64_t n = h.n;
+    uint32_t src = h.src;
+    int32_t tag = h.tag, seg = h.seg;
+    int64_t head = h.head, span = h.span;
+    uint32_t page = h.page;
+    const char *from = h.from;
     PyObject *data, *res;
     Py_buffer out;
     if (into) {
@@ -1393,10 +1431,8 @@ inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
             PyBuffer_Release(&out);
         return NULL;
     }
-    if (seg >= 0) { /* the run is ours now (pvm_shmd frees it with ours if we die) */
-        M32(g, g->mapb[seg] + 2 * (int32_t)g_maxpages + (int32_t)page) = g->tid;
-        STORE64(base + b->consumed, (int64_t)((uint64_t)LOAD64(base + b->consumed) + n));
-    }
+    if (seg >= 0)
+        inbox_own_run(b, &h);
     if (into) {
         memcpy(out.buf, from, n);
         PyBuffer_Release(&out);
@@ -1427,6 +1463,38 @@ inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
         }
         Py_DECREF(run);
     }
+    return res;
+}
+
+/* take_run(source, tag, spin) -> (src, tag, nbytes, segment, page, pages) | None: the
+ * next message if it is in one run of pages, taken off the ring and left there, ours
+ * (precv_view's fast path: the caller frees the run when the view is released) */
+static PyObject *
+inbox_take_run(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "take_run(source, tag, spin)");
+        return NULL;
+    }
+    if (!b->base) {
+        PyErr_SetString(PyExc_ValueError, "take_run on a closed Inbox");
+        return NULL;
+    }
+    long source = PyLong_AsLong(args[0]);
+    long want = PyLong_AsLong(args[1]);
+    double spin = PyFloat_AsDouble(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    Head h; /* (not traced here: trace.py wraps the whole of a traced precv_view) */
+    if (!inbox_head(b, source, want, spin, 0, &h) || h.seg < 0)
+        Py_RETURN_NONE;
+    PyObject *res = Py_BuildValue("(kiKiIk)", (unsigned long)h.src, (int)h.tag,
+                                  (unsigned long long)h.n, (int)h.seg, (unsigned int)h.page,
+                                  (unsigned long)h.npages);
+    if (!res)
+        return NULL;
+    inbox_own_run(b, &h);
+    STORE64(b->base + b->head, h.head + h.span);
     return res;
 }
 
@@ -1470,6 +1538,8 @@ static PyGetSetDef inbox_getset[] = {
 static PyMethodDef inbox_methods[] = {
     {"take", (PyCFunction)(void (*)(void))inbox_take, METH_FASTCALL,
      "take(source, tag, spin, into=None): the next small message, or None"},
+    {"take_run", (PyCFunction)(void (*)(void))inbox_take_run, METH_FASTCALL,
+     "take_run(source, tag, spin): the next message's run of pages, left there, or None"},
     {"close", (PyCFunction)inbox_close, METH_NOARGS, "release the segment"},
     {NULL},
 };

@@ -93,7 +93,9 @@ class MessageView:
         d, self._d = self._d, None
         self.data.release()
         if d.seg >= 0:
-            self._task._free(d.seg, d.page)
+            sx = self._task._sx  # compiled (fastpath.py): when its segment's lock is free
+            if sx is None or not sx.free(d.seg, d.page):
+                self._task._free(d.seg, d.page)
 
     @property
     def released(self) -> bool:

@@ -122,7 +122,7 @@ def switch(task: Any, mask: int, event: int = 0) -> None:
     if not mask & (BIT[PSEND] | BIT[PRECV_END]):
         return
     cls, tid = type(task), task.tid
-    if mask & BIT[PRECV_END]:  # (never the compiled fast path: wrapped either way)
+    if mask & BIT[PRECV_END]:  # (its compiled take records nothing: wrapped either way)
         task.precv_view = _traced_view(task, cls.precv_view, noted, flush)
     if cring is not None:
         _wrap_general(task, mask, cring)
@@ -169,7 +169,7 @@ def _nbytes(data: Any) -> int:
 
 def _traced_view(task: Any, precv_view: Any, noted: list, flush: Any) -> Any:
     """*task*'s precv_view, its start and end kept as tuples (with or without the
-    compiled module: it never takes the compiled fast path)."""
+    compiled module: its compiled take, Inbox.take_run, records nothing)."""
     tid, keep = task.tid, noted.append
 
     def t_precv_view(source: int = -1, tag: int = -1, timeout: float | None = None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sysconfig
+import time
 
 import pytest
 from peers import crc, payload
@@ -207,6 +208,64 @@ result = 200""", dest=me.tid)
     p.call("me._free_deferred()")
     segs = daemon.stat()["segments"]
     assert all(seg["free"] == seg["pages"] for seg in segs), segs
+
+
+def test_views_of_runs_of_pages_in_order_released_out_of_order(paths, daemon):
+    """precv_view on either path (compiled: Inbox.take_run, then the compiled free at
+    release): order kept across inline and paged messages, the right bytes in every
+    view while later ones are taken, the runs ours (the sender killed, pvm_shmd keeps
+    them), freed whatever the order of release."""
+    me, p = paths
+    sizes = [5, 1 << 16, layout.MEDIUM + 1, 3 * me._ps + 5, 100, 1 << 20, 1 << 16]
+    p.start("""
+for k, n in enumerate(sizes):
+    me.psend(dest, 4, payload(k, n), timeout=10)
+result = len(sizes)""", dest=me.tid, sizes=sizes)
+    views = []
+    for n in sizes:
+        v = me.precv_view(p.tid, 4, timeout=10)
+        assert (v.src, v.tag, v.nbytes) == (p.tid, 4, n)
+        views.append(v)
+    assert p.result() == len(sizes)
+    p.kill()
+    p.wait(5)
+    deadline = time.monotonic() + 10
+    while len((st := daemon.stat())["tasks"]) > 1 and time.monotonic() < deadline:
+        time.sleep(0.02)  # (pvm_shmd reclaims the killed sender's pages)
+    assert len(st["tasks"]) == 1
+    held = sum(-(-n // me._ps) for n in sizes if n > layout.MEDIUM)
+    assert sum(x["pages"] - x["free"] for x in st["segments"]) == held
+    for k, v in enumerate(views):  # (all still held: none was written over)
+        assert v.data == payload(k, sizes[k]), k
+    for v in views[1::2] + views[0::2]:
+        v.release()
+    with pytest.raises(PvmTimeout):
+        me.precv_view(timeout=0.05)
+    me._free_deferred()
+    segs = daemon.stat()["segments"]
+    assert all(seg["free"] == seg["pages"] for seg in segs), segs
+
+
+@needs_compiled
+def test_take_run_leaves_what_it_does_not_take(daemon):
+    """The compiled take of a view takes only a whole message in one run of pages that
+    matches; anything else (nothing there, an inline message, another tag) stays."""
+    with shmd.join() as me:
+        assert me._fx.take_run(-1, -1, 0.0) is None
+        me.psend(me.tid, 1, b"small")
+        assert me._fx.take_run(-1, -1, 0.0) is None  # inline: the Python path's
+        assert me.precv(me.tid, 1, timeout=1).data == b"small"
+        big = payload(1, 1 << 16)
+        me.psend(me.tid, 2, big)
+        assert me._fx.take_run(-1, 3, 0.0) is None  # another tag: left queued
+        with me.precv_view(-1, 2, timeout=1) as v:
+            assert v.data == big
+        with pytest.raises(TypeError):
+            me._fx.take_run(-1, -1)
+        box = fastpath.fast.Inbox(me._buf, ring=me._ring, head=8 * me._H, tail=8 * me._T)
+        box.close()
+        with pytest.raises(ValueError, match="closed"):
+            box.take_run(-1, -1, 0.0)
 
 
 @needs_compiled
