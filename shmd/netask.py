@@ -18,7 +18,7 @@ import zmq
 
 from .errors import PvmError, PvmHostFail
 from .netd import ANSWER, ASK
-from .wire import secure
+from .wire import NOBLOCK, secure, send_frames
 
 ASK_TIMEOUT = 1.0  # seconds for an answer from a live pvm_netd (it answers in milliseconds)
 _ids = itertools.count(1)
@@ -92,7 +92,7 @@ def ask_all(links: Sequence[NetLink], op: str, timeout: float = ASK_TIMEOUT,
             try:
                 s = link._socket()
                 a = (args[k] if isinstance(args, list) else args) or {}
-                s.send_multipart([ASK, rid, json.dumps({**a, "op": op}).encode()], flags=zmq.NOBLOCK)
+                send_frames(s, [ASK, rid, json.dumps({**a, "op": op}).encode()], NOBLOCK)
             except zmq.ZMQError as e:
                 link.close()
                 out[k] = PvmError(PvmHostFail, f"pvm_netd at {link.where}: {e}")

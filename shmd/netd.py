@@ -65,7 +65,7 @@ from . import stat as statmod
 from .errors import PvmBadParam, PvmError, PvmHostFail, PvmNoHost, PvmNoTask, PvmSysErr, PvmTimeout
 from .pvmbuf import HEADER, MAGIC, VERSION, XDR
 from .task import Task
-from .wire import BIG_KIND, MSG, NET, PLAIN_USER, ZAP_DOMAIN, chunk_frames, secure
+from .wire import BIG_KIND, MSG, NET, NOBLOCK, PLAIN_USER, ZAP_DOMAIN, chunk_frames, secure, send_frames
 
 HELLO = struct.Struct("<IH")  # host index, port
 HELLO_KIND, BEAT_KIND, JOIN_KIND = b"h", b"b", b"j"
@@ -360,7 +360,7 @@ class Net:
                 last_beat = now
                 for s in out.values():
                     try:
-                        s.send_multipart(beat, flags=zmq.NOBLOCK)
+                        send_frames(s, beat, NOBLOCK)
                     except zmq.Again:
                         pass  # queue full: frames are on their way, which says as much
             if backlog:
@@ -414,7 +414,7 @@ class Net:
                 if up:
                     try:
                         big = f[0] == BIG_KIND
-                        out[h].send_multipart(f, flags=zmq.NOBLOCK, copy=not big)
+                        send_frames(out[h], f, NOBLOCK, copy=not big)
                     except zmq.Again:
                         break
                 frames.popleft()
@@ -558,7 +558,7 @@ class Net:
 
             self.pool.submit(later)
             return
-        self.rx.send_multipart([who, ANSWER, rid, json.dumps(self.answer(req if req is not None else ask)).encode()])
+        send_frames(self.rx, [who, ANSWER, rid, json.dumps(self.answer(req if req is not None else ask)).encode()])
 
     def _task_request(self, src: int, data: bytes) -> None:
         """A local task's request (pool): answered to it from our tid, tag REPLY_TAG."""
@@ -578,12 +578,12 @@ class Net:
     def post(self, src: int, dest: int, tag: int, data: bytes) -> None:
         """psend *data* to *dest* (any host's task) as from *src*, by the in thread."""
         with self.post_lock:
-            self.post_tx.send_multipart([b"d", NET.pack(src, dest, tag, len(data), 0), data])
+            send_frames(self.post_tx, [b"d", NET.pack(src, dest, tag, len(data), 0), data])
 
     def reply(self, frames: list[bytes]) -> None:
         """Send *frames* on the ROUTER (an answer to an ASK), by the in thread."""
         with self.post_lock:
-            self.post_tx.send_multipart([b"r", *frames])
+            send_frames(self.post_tx, [b"r", *frames])
 
     def _posted(self, hdrs: dict[int, dict[int, bytes]]) -> None:
         """What the other threads handed the in thread (post, reply), all of it."""
@@ -593,7 +593,7 @@ class Net:
             except zmq.Again:
                 return
             if f[0] == b"r":
-                self.rx.send_multipart(f[1:])
+                send_frames(self.rx, f[1:])
             elif f[0] == b"d" and len(f) == 3:
                 src, dest, tag, _, _ = NET.unpack(f[1])
                 self._deliver(hdrs, src, dest, tag, f[2], time.monotonic() + POST_PATIENCE)

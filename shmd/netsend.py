@@ -34,7 +34,7 @@ import zmq.utils.garbage  # noqa: F401  (before our atexit: see _at_exit)
 
 from . import remote, tids
 from .errors import MemoryFull, PvmError
-from .wire import chunk_frames, secure
+from .wire import NOBLOCK, chunk_frames, secure, send_frames
 
 ENV = "PVM_NET_DIRECT"
 HWM = 16  # chunks queued per socket (of up to remote.CHUNK bytes each), as pvm_netd's
@@ -172,7 +172,7 @@ def _queue(task, link: _Link, dest: int, frames: list, deadline: float, copy: bo
     at *deadline*, as a full pvm_netd gives."""
     while True:
         try:
-            link.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+            send_frames(link.sock, frames, NOBLOCK, copy=copy)
             return
         except zmq.Again:
             pass

@@ -20,6 +20,21 @@ ZAP_DOMAIN = "pvm"  # the domain pvm_netd's ZAP handler judges (every other is r
 PLAIN_USER = b"pvm"  # a trusted network's PLAIN login: this name, the VM's secret key as password
 
 
+_MORE, NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)  # (plain ints: see send_frames)
+
+
+def send_frames(sock: zmq.Socket, frames: list, flags: int = 0, copy: bool = True) -> None:
+    """``sock.send_multipart(frames, flags, copy=copy)`` at under half its cost: every
+    frame sent with plain int flags (pyzmq's own combines its enum flags per frame, 4 us
+    of the 17 a four-frame answer took here). ZeroMQ takes a message's frames whole or
+    not at all: only the first send can raise zmq.Again, and then nothing was sent."""
+    send = sock.send
+    more = flags | _MORE
+    for f in frames[:-1]:
+        send(f, more, copy=copy)
+    send(frames[-1], flags, copy=copy)
+
+
 def chunk_frames(src: int, dest: int, tag: int, total: int, off: int, body) -> list:
     """The frames of one chunk of a message (*body*, at *off* of *total* bytes)."""
     return [BIG_KIND if len(body) >= BIG else MSG, NET.pack(src, dest, tag, total, off), body]
