@@ -341,12 +341,15 @@ def map_i(seg: int) -> int:
 def tids_in(m32: memoryview) -> set[int]:
     """The tids in the task table (slots whose tid word is set), from an int32 view of
     segment 0."""
-    out = set()
-    for s in range(MAX_TASKS):
-        t = m32[slot_i(s) + T_TID_I] & 0xFFFFFFFF
-        if t:
-            out.add(t)
-    return out
+    return {m32[slot_i(s) + T_TID_I] & 0xFFFFFFFF for s in used_slots(m32)}
+
+
+def used_slots(m32: memoryview) -> list[int]:
+    """The slots whose tid word is set, from an int32 view of segment 0: every slot's
+    tid word in one strided slice (a loop over the MAX_TASKS slots' Structs cost pvm_shmd
+    half of a stat's 0.9 ms here)."""
+    first, stride = slot_i(0) + T_TID_I, slot_i(1) - slot_i(0)
+    return [i for i, t in enumerate(m32[first:first + stride * MAX_TASKS:stride].tolist()) if t]
 
 
 def slot(buf: memoryview, i: int) -> Struct:

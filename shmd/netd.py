@@ -214,7 +214,7 @@ class Net:
         # The console's requests by name: each handler takes the request (a dict) and
         # returns what goes back as JSON. A new request is one entry here.
         self.asks: dict[str, Callable[[dict], object]] = {
-            "stat": lambda req: control.request("stat", self.vmid),
+            "stat": lambda req: control.request_at(layout.header(self.task._buf)["sock"], "stat"),
             "tasks": self._ask_tasks,
             "stop": self._ask_stop,
             "clock": traceask.clock,

@@ -56,3 +56,18 @@ def test_a_bad_length_still_moves_on():
     m32, _ = ring_with([(-200, -1, layout.F_FIRST)] * 3, 0)
     assert layout.span(-200) < 1
     assert [n for n, _ in layout.ring_entries(m32, SLOT, 0, 3)] == [0, 1, 2]
+
+
+def test_used_slots_are_those_whose_tid_word_is_set():
+    """The strided scan the daemon's stat and the task table use: the slots with a tid
+    (however high its bits), in order, none other; tids_in gives their tids."""
+    buf = bytearray(layout.slot_off(layout.MAX_TASKS))
+    m32 = memoryview(buf).cast("i")
+    assert layout.used_slots(m32) == [] and layout.tids_in(m32) == set()
+    for i, tid in ((0, 0x40001), (5, 0x80040002), (layout.MAX_TASKS - 1, 7)):
+        layout.slot(memoryview(buf), i)["tid"] = tid
+        m32[layout.slot_i(i) + layout.T_STATE_I] = 1  # (a neighbouring word: not looked at)
+    m32[layout.slot_i(9) + layout.T_STATE_I] = 1
+    assert layout.used_slots(m32) == [0, 5, layout.MAX_TASKS - 1]
+    assert layout.tids_in(m32) == {0x40001, 0x80040002, 7}
+    m32.release()
