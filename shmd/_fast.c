@@ -1377,21 +1377,32 @@ inbox_own_run(Inbox *b, const Head *h)
 }
 
 /* take(source, tag, spin, into=None) -> Message | (src, tag, nbytes) | None */
+/* The (source, tag, spin) a take begins with, from *args* (3 of them, or *most*); -1
+ * with the error set if they are not, or the Inbox is closed. *usage*: the call. */
+static int
+take_args(Inbox *b, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t most, const char *usage,
+          long *source, long *want, double *spin)
+{
+    if (nargs < 3 || nargs > most) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    if (!b->base) {
+        PyErr_Format(PyExc_ValueError, "%s on a closed Inbox", usage);
+        return -1;
+    }
+    *source = PyLong_AsLong(args[0]);
+    *want = PyLong_AsLong(args[1]);
+    *spin = PyFloat_AsDouble(args[2]);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
 static PyObject *
 inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 && nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "take(source, tag, spin, into=None)");
-        return NULL;
-    }
-    if (!b->base) {
-        PyErr_SetString(PyExc_ValueError, "take on a closed Inbox");
-        return NULL;
-    }
-    long source = PyLong_AsLong(args[0]);
-    long want = PyLong_AsLong(args[1]);
-    double spin = PyFloat_AsDouble(args[2]);
-    if (PyErr_Occurred())
+    long source, want;
+    double spin;
+    if (take_args(b, args, nargs, 4, "take(source, tag, spin, into=None)", &source, &want, &spin) < 0)
         return NULL;
     PyObject *into = nargs == 4 && args[3] != Py_None ? args[3] : NULL;
     if (b->trace)
@@ -1472,18 +1483,9 @@ inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 inbox_take_run(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "take_run(source, tag, spin)");
-        return NULL;
-    }
-    if (!b->base) {
-        PyErr_SetString(PyExc_ValueError, "take_run on a closed Inbox");
-        return NULL;
-    }
-    long source = PyLong_AsLong(args[0]);
-    long want = PyLong_AsLong(args[1]);
-    double spin = PyFloat_AsDouble(args[2]);
-    if (PyErr_Occurred())
+    long source, want;
+    double spin;
+    if (take_args(b, args, nargs, 3, "take_run(source, tag, spin)", &source, &want, &spin) < 0)
         return NULL;
     Head h; /* (not traced here: trace.py wraps the whole of a traced precv_view) */
     if (!inbox_head(b, source, want, spin, 0, &h) || h.seg < 0)
