@@ -25,9 +25,10 @@ _MORE, NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)  # (plain ints: see send_fra
 
 def send_frames(sock: zmq.Socket, frames: list, flags: int = 0, copy: bool = True) -> None:
     """``sock.send_multipart(frames, flags, copy=copy)`` at under half its cost: every
-    frame sent with plain int flags (pyzmq's own combines its enum flags per frame, 4 us
-    of the 17 a four-frame answer took here). ZeroMQ takes a message's frames whole or
-    not at all: only the first send can raise zmq.Again, and then nothing was sent."""
+    frame sent with plain int flags (pyzmq's own combines its enum flags and checks each
+    frame's type, frame by frame: 16.6 us against 6.3 for a four-frame answer here).
+    ZeroMQ takes a message's frames whole or not at all: only the first send can raise
+    zmq.Again, and then nothing was sent. Every frame must be bytes-like (ours are)."""
     send = sock.send
     more = flags | _MORE
     for f in frames[:-1]:
