@@ -78,6 +78,8 @@ def ask_all(links: Sequence[NetLink], op: str, timeout: float = ASK_TIMEOUT,
     the answers awaited together (so nine hosts cost about what one does). A link that
     fails is closed: its next request opens a new socket (no late answer can come there)."""
     out: list[object] = [None] * len(links)
+    each = args if isinstance(args, list) else None  # (else one request for all, made once)
+    same = b"" if isinstance(args, list) else json.dumps({**(args or {}), "op": op}).encode()
     waiting: dict[int, bytes] = {}  # link number -> request id
     held: list[NetLink] = []
     poller = zmq.Poller()
@@ -91,8 +93,8 @@ def ask_all(links: Sequence[NetLink], op: str, timeout: float = ASK_TIMEOUT,
             rid = str(next(_ids)).encode()
             try:
                 s = link._socket()
-                a = (args[k] if isinstance(args, list) else args) or {}
-                send_frames(s, [ASK, rid, json.dumps({**a, "op": op}).encode()], NOBLOCK)
+                req = same if each is None else json.dumps({**(each[k] or {}), "op": op}).encode()
+                send_frames(s, [ASK, rid, req], NOBLOCK)
             except zmq.ZMQError as e:
                 link.close()
                 out[k] = PvmError(PvmHostFail, f"pvm_netd at {link.where}: {e}")
