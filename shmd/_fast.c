@@ -1411,13 +1411,7 @@ inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
     if (!inbox_head(b, source, want, spin, 1, &h))
         Py_RETURN_NONE;
     Segments *g = b->segs;
-    char *base = b->base;
     uint64_t n = h.n;
-    uint32_t src = h.src;
-    int32_t tag = h.tag, seg = h.seg;
-    int64_t head = h.head, span = h.span;
-    uint32_t page = h.page;
-    const char *from = h.from;
     PyObject *data, *res;
     Py_buffer out;
     if (into) {
@@ -1431,8 +1425,8 @@ inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
     } else {
         data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     }
-    PyObject *s = data ? PyLong_FromUnsignedLong(src) : NULL;
-    PyObject *t = s ? PyLong_FromLong(tag) : NULL;
+    PyObject *s = data ? PyLong_FromUnsignedLong(h.src) : NULL;
+    PyObject *t = s ? PyLong_FromLong(h.tag) : NULL;
     res = !t ? NULL : into ? PyTuple_New(3) : g_message->tp_alloc(g_message, 3);
     if (!res) {
         Py_XDECREF(s);
@@ -1442,31 +1436,31 @@ inbox_take(Inbox *b, PyObject *const *args, Py_ssize_t nargs)
             PyBuffer_Release(&out);
         return NULL;
     }
-    if (seg >= 0)
+    if (h.seg >= 0)
         inbox_own_run(b, &h);
     if (into) {
-        memcpy(out.buf, from, n);
+        memcpy(out.buf, h.from, n);
         PyBuffer_Release(&out);
     } else {
-        memcpy(PyBytes_AS_STRING(data), from, n);
+        memcpy(PyBytes_AS_STRING(data), h.from, n);
     }
     /* taken: its room is the senders' again. Only now: bytes carried in the ring are
      * copied out first, or a sender that finds the room (we were preempted between the
      * two: 256 messages later, in a test) writes over them as we copy. */
-    STORE64(base + b->head, head + span);
+    STORE64(b->base + b->head, h.head + h.span);
     PyTuple_SET_ITEM(res, 0, s);
     PyTuple_SET_ITEM(res, 1, t);
     PyTuple_SET_ITEM(res, 2, data);
     if (b->trace)
-        ring_finish(b->trace, src, tag, n);
-    int freed = seg >= 0 ? seg_free(g, seg, (int32_t)page) : 1;
+        ring_finish(b->trace, h.src, h.tag, n);
+    int freed = h.seg >= 0 ? seg_free(g, h.seg, (int32_t)h.page) : 1;
     if (freed < 0) {
         Py_DECREF(res);
         return NULL;
     }
     if (!freed) {
         /* its segment's lock busy: freed later by pages.py (the run stays ours) */
-        PyObject *run = Py_BuildValue("(iii)", seg, (int)page, 0);
+        PyObject *run = Py_BuildValue("(iii)", h.seg, (int)h.page, 0);
         if (!run || PyList_Append(g->deferred, run) < 0) {
             Py_XDECREF(run);
             Py_DECREF(res);
