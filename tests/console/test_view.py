@@ -17,6 +17,7 @@ import termios
 import textwrap
 import time
 
+import pyte
 import pytest
 from consoles import PVM, wait_for
 from test_tasks import vm  # noqa: F401  (the fixture: a one-host VM of our own)
@@ -163,20 +164,40 @@ class Terminal:
         if self.pid == 0:  # the child: the console
             os.execve(PVM, [PVM, "--norc", *args], {**env, "TERM": "xterm"})
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
-        self.seen = bytearray()
+        self.seen = bytearray()  # what the console wrote (since the test last cleared it)
+        self.screen = pyte.Screen(120, 30)  # what the terminal shows (all of it, emulated)
+        self._stream = pyte.ByteStream(self.screen)
 
     def until(self, text: bytes, timeout: float = 20) -> None:
-        """Read the screen until *text* is on it (the screen is drawn with cursor moves
-        for blanks: single words are looked for)."""
+        """Read the output until *text* is in it (the screen is drawn with cursor moves
+        for blanks, and only what changed is redrawn: single words are looked for)."""
         deadline = time.monotonic() + timeout
         while text not in self.seen:
             left = deadline - time.monotonic()
             assert left > 0, f"no {text!r} on the screen: {bytes(self.seen[-2000:])!r}"
-            if select.select([self.fd], [], [], left)[0]:
-                try:
-                    self.seen.extend(os.read(self.fd, 65536))
-                except OSError:  # the console exited
-                    break
+            if not self._read(left):
+                break
+
+    def until_shown(self, cond, what: str, timeout: float = 20) -> list[str]:
+        """Read the output until cond(the screen's lines) holds; those lines."""
+        deadline = time.monotonic() + timeout
+        while not cond(self.screen.display):
+            left = deadline - time.monotonic()
+            assert left > 0, f"never on the screen: {what}:\n" + "\n".join(self.screen.display)
+            if not self._read(left):
+                break
+        return list(self.screen.display)
+
+    def _read(self, timeout: float) -> bool:
+        """What the console wrote within *timeout* s, if anything; False once it exited."""
+        if select.select([self.fd], [], [], timeout)[0]:
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:  # the console exited
+                return False
+            self.seen.extend(data)
+            self._stream.feed(data)
+        return True
 
     def type(self, keys: bytes) -> None:
         os.write(self.fd, keys)
@@ -220,16 +241,24 @@ def test_full_screen_view_in_a_terminal_filters_kills_and_quits(vm, tmp_path):  
 
 def test_trace_show_in_a_terminal_is_full_screen(vm, tmp_path):  # noqa: F811
     assert vm.run("conf; trace on").returncode == 0
-    # 64 KiB messages: each receive (the copy out of the pages) takes a fair part of the
-    # messages' window; of 10 bytes it took too few columns, now and then, to look for
     p, tid = start(vm, tmp_path, 3, 64 << 10)
     term = Terminal({**vm.env, "PVM_TMP": vm.tmp, "PVM_VMID": vm.vmid}, "-e", "trace show")
     try:
         term.until(b"messages")  # the key help: full screen
         term.until(tid.encode())  # the task's line
-        del term.seen[:]
-        term.type(b"m")  # the window fits the messages: the diagram is redrawn, wider
-        term.until(b"---")  # (a wait in a receive, now a few columns long)
+
+        def scale(lines: list[str]) -> tuple[float, float] | None:  # the diagram's window, ms
+            got = next((re.findall(r"([0-9.]+) ms", ln) for ln in lines if ln.rstrip().endswith(" ms|")), None)
+            return (float(got[0]), float(got[1])) if got and len(got) == 2 else None
+
+        whole = scale(term.until_shown(scale, "the diagram's scale"))
+        assert whole is not None and whole[0] == 0.0  # all of the trace
+        term.type(b"m")  # the window fits the messages: from the first psend to the last receive
+        shown = term.until_shown(lambda ls: scale(ls) not in (None, whole), "a new window")
+        a, b = scale(shown)  # type: ignore[misc]
+        assert 0.0 <= a < b <= whole[1] and b - a < whole[1], (whole, (a, b))  # narrower: redrawn wider
+        row = next(ln for ln in shown if ln.startswith(tid))
+        assert row.count("s") >= 3, row  # the three sends, apart now
         term.type(b"q")
         term.until(b"running.")
         assert term.status() == 0
