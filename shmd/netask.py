@@ -17,8 +17,7 @@ from collections.abc import Sequence
 import zmq
 
 from .errors import PvmError, PvmHostFail
-from .netd import ANSWER, ASK
-from .wire import NOBLOCK, secure, send_frames
+from .wire import ANSWER, ASK, NOBLOCK, request, secure, split_request
 
 ASK_TIMEOUT = 1.0  # seconds for an answer from a live pvm_netd (it answers in milliseconds)
 _ids = itertools.count(1)
@@ -58,11 +57,11 @@ class NetLink:
             self._sock = None
 
 
-def _answer(frames: list[bytes]) -> object:
-    """The answer in an ANSWER message's JSON, or the PvmError it reports (with the
+def _answer(data: bytes) -> object:
+    """The answer in an ANSWER's JSON *data*, or the PvmError it reports (with the
     request's own PVM code when it gives one, else PvmHostFail)."""
     try:
-        got = json.loads(frames[2])
+        got = json.loads(data)
         if "ok" in got:
             return got["ok"]
         code = got.get("code")
@@ -94,7 +93,7 @@ def ask_all(links: Sequence[NetLink], op: str, timeout: float = ASK_TIMEOUT,
             try:
                 s = link._socket()
                 req = same if each is None else json.dumps({**(each[k] or {}), "op": op}).encode()
-                send_frames(s, [ASK, rid, req], NOBLOCK)
+                s.send(request(ASK, rid, req), NOBLOCK)
             except zmq.ZMQError as e:
                 link.close()
                 out[k] = PvmError(PvmHostFail, f"pvm_netd at {link.where}: {e}")
@@ -107,9 +106,12 @@ def ask_all(links: Sequence[NetLink], op: str, timeout: float = ASK_TIMEOUT,
             for s, _ in poller.poll(int(left * 1000) + 1):
                 k = owner[s]
                 f = s.recv_multipart()
-                if k in waiting and len(f) == 3 and f[0] == ANSWER and f[1] == waiting[k]:
+                if k in waiting and len(f) == 1 and f[0][:1] == ANSWER:
+                    rid, data = split_request(f[0])
+                    if rid != waiting[k]:
+                        continue  # (a late answer to an earlier request)
                     del waiting[k]
-                    out[k] = _answer(f)
+                    out[k] = _answer(data)
                     links[k].answered = time.monotonic()
         for k in waiting:
             links[k].close()

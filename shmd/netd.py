@@ -65,9 +65,29 @@ from . import stat as statmod
 from .errors import PvmBadParam, PvmError, PvmHostFail, PvmNoHost, PvmNoTask, PvmSysErr, PvmTimeout
 from .pvmbuf import HEADER, MAGIC, VERSION, XDR
 from .task import Task
-from .wire import BIG_KIND, MSG, NET, NOBLOCK, PLAIN_USER, ZAP_DOMAIN, chunk_frames, secure, send_frames
+from .wire import (
+    ANSWER,
+    ASK,
+    BIG_KIND,
+    MSG,
+    NET,
+    NOBLOCK,
+    ONE,
+    ONE_HEAD,
+    PLAIN_USER,
+    WIRE,
+    ZAP_DOMAIN,
+    chunk_frames,
+    chunk_length,
+    request,
+    secure,
+    send_frames,
+    split_request,
+)
 
-HELLO = struct.Struct("<IH")  # host index, port
+# a peer's hello, beat or join notice; one of another WIRE is not heard (its host is never
+# up here, so nothing goes to it in frames it would drop)
+HELLO = struct.Struct("<IHH")  # host index, port, WIRE
 HELLO_KIND, BEAT_KIND, JOIN_KIND = b"h", b"b", b"j"
 BEAT = 0.3  # heartbeat period (seconds)
 DEAD = 2.0  # a peer silent this long is down: PvmHostFail well within 3 s
@@ -76,7 +96,6 @@ HOLD = 4 << 20  # bytes for other hosts held beyond those queues before senders 
 KEEP = 32 << 20  # the in thread keeps one assembly buffer of up to this many bytes for the next message
 RETRY, RETRY_MAX = 1e-3, 0.02  # how soon a held frame is offered to its peer again (seconds)
 SLICE = 0.2  # the longest either thread waits before looking round (seconds)
-ASK, ANSWER = b"q", b"r"  # the console's requests (stat, tasks, stop) and their answers
 KILL_GRACE = 2.0  # stop: TERM the host's tasks, KILL what is left after this (as the console)
 STOP_TIMEOUT = 30.0  # stop: the longest wait for pvm_shmd to exit
 MASTER = 1  # the master's pvm_netd tells every host of each other that joins
@@ -315,7 +334,7 @@ class Net:
         s.sndhwm = HWM  # (every send on it is NOBLOCK: what a full queue refuses waits in the backlog)
         secure(s, self.public, self.secret, self.trusted, server=False)
         s.connect(f"tcp://{a}:{p}")
-        s.send_multipart([HELLO_KIND, HELLO.pack(self.host, self.port), self.addr.encode(),
+        s.send_multipart([HELLO_KIND, HELLO.pack(self.host, self.port, WIRE), self.addr.encode(),
                           json.dumps(self.info[self.host]).encode()], flags=zmq.NOBLOCK)
         return s
 
@@ -340,7 +359,7 @@ class Net:
         backlog: dict[int, deque[list]] = {}
         held = 0
         last_beat = 0.0
-        beat = [BEAT_KIND, HELLO.pack(self.host, self.port)]
+        beat = [BEAT_KIND, HELLO.pack(self.host, self.port, WIRE)]
         task = self.task
         full_i = layout.slot_i(task._slot) + layout.T_HELD_I
         wait = RETRY
@@ -351,7 +370,7 @@ class Net:
                 for k, s in out.items():
                     if k != h:
                         try:
-                            s.send_multipart([JOIN_KIND, HELLO.pack(h, p), a.encode(),
+                            s.send_multipart([JOIN_KIND, HELLO.pack(h, p, WIRE), a.encode(),
                                               json.dumps(self.info.get(h, {})).encode()], flags=zmq.NOBLOCK)
                         except zmq.Again:
                             pass  # that host is stuck: it does not need to know
@@ -418,7 +437,7 @@ class Net:
                     except zmq.Again:
                         break
                 frames.popleft()
-                gone += len(f[2])
+                gone += chunk_length(f)
             if not frames:
                 del backlog[h]
         return gone
@@ -453,45 +472,20 @@ class Net:
             if rx not in ready:
                 continue
             f = _frames(rx)
-            if len(f) < 3:
-                continue
-            kind = f[1]
-            if kind in (HELLO_KIND, BEAT_KIND, JOIN_KIND) and len(f[2]) == HELLO.size:
-                h, port = HELLO.unpack(bytes(f[2]))
-                if h == self.host or not 0 < h <= tids.MAX_HOSTS:
+            if len(f) == 2:  # one frame: a whole small message, or a request
+                one = f[1]
+                if one[:1] != ONE or len(one) < ONE_HEAD:
+                    if one[:1] == ASK:
+                        self._asked(f[0], *split_request(one))
                     continue
-                if kind != JOIN_KIND:  # (a join notice comes from the master, not from h)
-                    self.heard[h] = time.monotonic()
-                if kind != BEAT_KIND and len(f) >= 4:
-                    addr = bytes(f[3]).decode("ascii", "replace")
-                    if addr in ("0.0.0.0", "::", "*"):  # bound everywhere (the console's host):
-                        addr = self.where[h][0] if h in self.where else str(f[3].get("Peer-Address"))
-                    if len(f) >= 5 and kind != BEAT_KIND:
-                        try:
-                            info = remote.load_json(f[4])
-                        except ValueError:
-                            info = None
-                        if isinstance(info, dict) and info:
-                            self.info[h] = _host_info(info, f"host{h}")
-                    if self.where.get(h) != (addr, port):
-                        with self.lock:
-                            self.where[h] = (addr, port)
-                        self.joined.append((h, addr, port))
-                        self.write_route()  # (where the tasks' own route reaches it)
-                        if self.host == MASTER and kind == HELLO_KIND:
-                            self.announce.append((h, addr, port))
-                    self.heard.setdefault(h, time.monotonic())
-                if h in self.up or kind != BEAT_KIND:
-                    self.mark(h, True)
+                src, dest, tag, total, off = NET.unpack_from(one, 1)
+                body = one[ONE_HEAD:]  # (bytes: psend's fast path takes bytes, not views)
+            elif self._not_a_chunk(f):
                 continue
-            if kind == ASK:
-                self._asked(f[0], bytes(f[2]), bytes(f[3]) if len(f) > 3 else b"")
-                continue
-            if kind not in (MSG, BIG_KIND) or len(f) != 4 or len(f[2]) != NET.size:
-                continue
-            src, dest, tag, total, off = NET.unpack(f[2])
+            else:
+                src, dest, tag, total, off = NET.unpack(f[2])
+                body = f[3].buffer if isinstance(f[3], zmq.Frame) else f[3]
             self.heard[tids.host_of(src)] = now
-            body = f[3].buffer if isinstance(f[3], zmq.Frame) else f[3]
             if not tids.local_of(src) and self.far_exits and total == off + len(body) == HEADER.size + 4:
                 self._told(dest, tag, bytes(body))
             key = (src, dest)
@@ -529,6 +523,43 @@ class Net:
                 if isinstance(done, mmap.mmap) and len(done) <= KEEP and (spare is None or len(done) > len(spare)):
                     spare = done
 
+    def _not_a_chunk(self, f: list) -> bool:
+        """In thread: *f* (a ROUTER's frames, three at least) handled here, or dropped,
+        if it is not a message chunk of three frames: a peer's hello, beat or join
+        notice. False for a chunk (the caller takes it)."""
+        if len(f) < 3:
+            return True
+        kind = f[1]
+        if kind in (HELLO_KIND, BEAT_KIND, JOIN_KIND) and len(f[2]) == HELLO.size:
+            h, port, wire = HELLO.unpack(bytes(f[2]))
+            if h == self.host or not 0 < h <= tids.MAX_HOSTS or wire != WIRE:
+                return True
+            if kind != JOIN_KIND:  # (a join notice comes from the master, not from h)
+                self.heard[h] = time.monotonic()
+            if kind != BEAT_KIND and len(f) >= 4:
+                addr = bytes(f[3]).decode("ascii", "replace")
+                if addr in ("0.0.0.0", "::", "*"):  # bound everywhere (the console's host):
+                    addr = self.where[h][0] if h in self.where else str(f[3].get("Peer-Address"))
+                if len(f) >= 5 and kind != BEAT_KIND:
+                    try:
+                        info = remote.load_json(f[4])
+                    except ValueError:
+                        info = None
+                    if isinstance(info, dict) and info:
+                        self.info[h] = _host_info(info, f"host{h}")
+                if self.where.get(h) != (addr, port):
+                    with self.lock:
+                        self.where[h] = (addr, port)
+                    self.joined.append((h, addr, port))
+                    self.write_route()  # (where the tasks' own route reaches it)
+                    if self.host == MASTER and kind == HELLO_KIND:
+                        self.announce.append((h, addr, port))
+                self.heard.setdefault(h, time.monotonic())
+            if h in self.up or kind != BEAT_KIND:
+                self.mark(h, True)
+            return True
+        return kind not in (MSG, BIG_KIND) or len(f) != 4 or len(f[2]) != NET.size
+
     def answer(self, ask: object, allowed: Sequence[str] | None = None) -> dict:
         """A request (JSON {"op": name, ...its arguments}) answered from this host:
         {"ok": what the request's handler in self.asks returned} or {"error": ...,
@@ -554,11 +585,12 @@ class Net:
             req = None
         if isinstance(req, dict) and req.get("op") in SLOW and (req.get("op") != "tasks" or req.get("all")):
             def later() -> None:
-                self.reply([who, ANSWER, rid, json.dumps(self.answer(req)).encode()])
+                self.reply([who, request(ANSWER, rid, json.dumps(self.answer(req)).encode())])
 
             self.pool.submit(later)
             return
-        send_frames(self.rx, [who, ANSWER, rid, json.dumps(self.answer(req if req is not None else ask)).encode()])
+        out = self.answer(req if req is not None else ask)
+        send_frames(self.rx, [who, request(ANSWER, rid, json.dumps(out).encode())])
 
     def _task_request(self, src: int, data: bytes) -> None:
         """A local task's request (pool): answered to it from our tid, tag REPLY_TAG."""

@@ -304,6 +304,39 @@ def test_wrong_key_and_garbage_get_nothing(two):
         assert os.path.exists(f"/proc/{two.pid1}") and not _zombie(two.pid1)
 
 
+def test_one_frame_messages_and_hosts_of_another_wire(two):
+    """A whole small message is one frame (kind, header, body) and a piece of a larger
+    one three; pvm_netd takes both. A hello, beat or join notice of another wire (an
+    older release's, without the WIRE field, or another WIRE) is not heard: its host
+    never comes up, so nothing is sent to it in frames it would drop; one of this WIRE is."""
+    assert len(wire.chunk_frames(1, 2, 3, 5, 0, b"hello")) == 1
+    assert len(wire.chunk_frames(1, 2, 3, 9, 4, b"hello")) == 3  # a piece
+    assert len(wire.chunk_frames(1, 2, 3, wire.BIG, 0, bytes(wire.BIG))) == 3
+    assert wire.split_request(wire.request(wire.ASK, b"17", b'{"op": "x"}')) == (b"17", b'{"op": "x"}')
+    src = tids.dtid(2) + 0x77
+    with shmd.join(two.a) as me:
+        ctx = zmq.Context()
+        try:
+            s = ctx.socket(zmq.DEALER)
+            s.linger = 0
+            s.curve_publickey, s.curve_secretkey = two.keys
+            s.curve_serverkey = two.keys[0]
+            s.connect(f"tcp://127.0.0.1:{two.port1}")
+            s.send_multipart(wire.chunk_frames(src, me.tid, 21, 5, 0, b"whole"))
+            s.send_multipart([wire.MSG, wire.NET.pack(src, me.tid, 22, 5, 0), b"three"])
+            for tag, body in ((21, b"whole"), (22, b"three")):
+                m = me.precv(shmd.ANY, tag, timeout=10)
+                assert (m.src, m.data) == (src, body)
+            old = struct.Struct("<IH")
+            for hello in (old.pack(5, 1), netd.HELLO.pack(6, 1, wire.WIRE + 1), netd.HELLO.pack(7, 1, wire.WIRE)):
+                s.send_multipart([netd.HELLO_KIND, hello, b"127.0.0.1", b"{}"])
+            wait_for(lambda: remote.route(two.a)["hosts"].get("7") is True, what="host 7's hello heard")
+            hosts = remote.route(two.a)["hosts"]
+            assert "5" not in hosts and "6" not in hosts, hosts
+        finally:
+            ctx.destroy(0)
+
+
 def test_host_death_gives_host_fail(two):
     """kill -9 of host 2's daemon and pvm_netd: a receive from a task there and a send to
     it raise PvmHostFail within 3 s; host 1 goes on, and its task leaves at once."""
@@ -876,7 +909,7 @@ def _attack(port: int, server_key: bytes, victim: int, vmid: str, route: str) ->
         s.connect(f"tcp://127.0.0.1:{port}")
         s.send_multipart(_frame_to(victim, 13), flags=zmq.NOBLOCK)
         for rid, ask in ((b"1", {"op": "spawn", "prog": "/bin/true", "here": True}), (b"2", {"op": "stat"})):
-            s.send_multipart([netd.ASK, rid, json.dumps(ask).encode()], flags=zmq.NOBLOCK)
+            s.send(wire.request(wire.ASK, rid, json.dumps(ask).encode()), flags=zmq.NOBLOCK)
         out["answers"] = s.poll(1500)
         try:
             shmd.join(vmid)
