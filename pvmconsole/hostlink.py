@@ -27,6 +27,7 @@ from shmd.errors import (
 )
 from shmd.exits import DaemonExit, SpawnExit, StatExit, daemon_exit
 from shmd.spawner import copy_result, err_line, parse_err_line
+from shmd.wire import WIRE
 
 DAEMON = "pvm_shmd"
 STAT = "pvm_shmd_stat"
@@ -66,6 +67,20 @@ def users_tasks(tasks: list) -> list:
     """The tasks of a daemon's table but its pvm_netd (PVM's ps did not show pvmds)."""
     return [t for t in tasks if not (isinstance(t, dict) and isinstance(t.get("tid"), int)
                                      and tids.is_netd(t["tid"]))]
+
+
+def netd_port(said: str, why: str) -> int:
+    """The port in the ready line of a pvm_netd (``netd<PORT> pid<PID> wire<WIRE>``) in
+    *said*, a start's output; PvmCantStart with *why* if there is none, or saying so if
+    that pvm_netd is of another release (its hosts would not hear each other)."""
+    w = handshake.fields(next((ln for ln in said.splitlines() if ln.startswith("netd<")), ""))
+    port = w.get("netd")
+    if not isinstance(port, str) or not port.isdigit():
+        raise PvmError(PvmCantStart, why)
+    if w.get("wire") != str(WIRE):
+        raise PvmError(PvmCantStart, f"{NETD} of another release (wire {w.get('wire') or 1}, this console's "
+                                     f"{WIRE}): every host of a VM needs the same pvm-shmd")
+    return int(port)
 
 
 def _first_line(text: str) -> str:
@@ -151,9 +166,10 @@ class HostLink:
         except ValueError as e:
             raise PvmError(PvmCantStart, str(e)) from None
         if net:
-            port = handshake.fields(next((ln for ln in lines if ln.startswith("netd<")), "")).get("netd")
-            info["netd"] = (int(port) if isinstance(port, str) and port.isdigit() else
-                            PvmError(PvmCantStart, _first_line(r.stderr) or f"{NETD} did not say it was ready"))
+            try:
+                info["netd"] = netd_port(r.stdout, _first_line(r.stderr) or f"{NETD} did not say it was ready")
+            except PvmError as e:
+                info["netd"] = e
         return info
 
     def _cleanup(self) -> str:
@@ -267,10 +283,7 @@ class HostLink:
         stdin; return the port it bound."""
         r = self.runner.run([self._sibling(NETD), *self._vm_args(), f"-host={index}", f"-bind={bind}"],
                             timeout=start_timeout(), input=line + "\n")
-        w = handshake.fields(r.stdout) if r.rc == 0 else {}
-        if not isinstance(w.get("netd"), str) or not str(w["netd"]).isdigit():
-            raise PvmError(PvmCantStart, _first_line(r.stderr) or f"{NETD} exited {r.rc}")
-        return int(str(w["netd"]))
+        return netd_port(r.stdout if r.rc == 0 else "", _first_line(r.stderr) or f"{NETD} exited {r.rc}")
 
     def kill_tasks(self, pids: list[int]) -> None:
         """TERM the given task pids on the host, KILL what is left after KILL_GRACE s

@@ -11,7 +11,7 @@ route file, 0600, for this host's tasks that send to other hosts themselves); a 
 whose public key is not the VM's is refused by the ZAP handler before any message.
 
 It binds ADDR on a port the OS picks, forks into the background and prints one line,
-``netd<port> pid<pid>``, then the starting process exits 0 (1 and a one-line error if
+``netd<port> pid<pid> wire<WIRE>``, then the starting process exits 0 (1 and a one-line error if
 it could not start). It exits when its pvm_shmd goes (TERM, delete, halt) or on TERM.
 
 Two threads, each with its own sockets (a zmq socket and a Task are used from one
@@ -1008,7 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def start(vmid: str, host: int, bind: str, got: tuple) -> str:
     """Fork this host's pvm_netd (in a session of its own, stdio on /dev/null) with
-    *got*, what parse_input read; return its ready line ``netd<PORT> pid<PID>``, or
+    *got*, what parse_input read; return its ready line ``netd<PORT> pid<PID> wire<WIRE>``, or
     why it did not start. (pvm_netd's main, and pvm_shmd -net= after its daemon is
     ready: one program start for both.)"""
     pub, sec, peers, trusted, me, infos = got
@@ -1034,7 +1034,7 @@ def start(vmid: str, host: int, bind: str, got: tuple) -> str:
         except (PvmError, zmq.ZMQError, OSError) as e:
             os.write(w, f"{e}\n".encode())
             os._exit(1)
-        os.write(w, f"netd<{net.port}> pid<{os.getpid()}>\n".encode())
+        os.write(w, f"netd<{net.port}> pid<{os.getpid()}> wire<{WIRE}>\n".encode())
         os.close(w)
 
         def stopper() -> None:

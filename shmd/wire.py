@@ -23,9 +23,9 @@ BIG = 65536  # a chunk this large goes to and from zmq uncopied (below it, copyi
 MSG = b"m"  # a message chunk
 BIG_KIND = b"M"  # a message chunk of BIG bytes or more (received without a copy)
 ONE = b"s"  # a whole message under BIG bytes in one frame: this byte, the NET header, the body
-ASK, ANSWER = b"q", b"r"  # a request to a pvm_netd and its answer, one frame each
-WIRE = 2  # this release's frames: a pvm_netd's hello says it, and one of another is not heard
 ONE_HEAD = len(ONE) + NET.size  # where a ONE frame's body starts
+ASK, ANSWER = b"q", b"r"  # a request to a pvm_netd and its answer, one frame each
+WIRE = 2  # this release's frames: pvm_netd's hellos and ready line say it; one of another is not heard
 ZAP_DOMAIN = "pvm"  # the domain pvm_netd's ZAP handler judges (every other is refused)
 PLAIN_USER = b"pvm"  # a trusted network's PLAIN login: this name, the VM's secret key as password
 

@@ -213,6 +213,32 @@ def test_host_start_whose_netd_cannot_bind_keeps_the_daemon(shmd_vm):
     assert shmd_vm.stat()["pid"] == int(ready_fields(r.stdout)["pid"])
 
 
+def test_a_netd_of_another_release_is_named_at_start(shmd_vm):
+    """pvm_netd's ready line says its wire version: the console takes the port from a
+    line of its own WIRE, and names a pvm_netd of another release (an older one says
+    none) instead of counting on a host whose pvm_netd would not hear the others."""
+    from pvmconsole import hostlink
+
+    r = subprocess.run([PVM_SHMD, *SMALL, "-host=2", "-net=127.0.0.1"], capture_output=True, text=True,
+                       input=netd_line(2, zmq.curve_keypair(), []) + "\n", timeout=20, env=shmd_vm.env())
+    assert r.returncode == 0, r.stderr
+    ddpro, line = r.stdout.splitlines()
+    adopt(shmd_vm, ddpro)
+    w = ready_fields(line)
+    try:
+        assert w["wire"] == str(wire.WIRE)
+        assert hostlink.netd_port(r.stdout, "no line") == int(w["netd"])
+        for other in (line.replace(f" wire<{wire.WIRE}>", ""), line.replace(f"<{wire.WIRE}>", f"<{wire.WIRE + 1}>")):
+            with pytest.raises(PvmError) as e:
+                hostlink.netd_port(other, "no line")
+            assert "of another release" in str(e.value), e.value
+        with pytest.raises(PvmError, match="no line"):
+            hostlink.netd_port("", "no line")
+    finally:
+        os.kill(int(w["pid"]), signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(f"/proc/{w['pid']}") or _zombie(int(w["pid"])), what="pvm_netd gone")
+
+
 @pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "through-netd"])
 def test_ping_pong_every_byte_across_hosts(two, direct, monkeypatch):
     """Sizes from tag-0 empty to several network chunks (and more than a segment of the
